@@ -1,0 +1,177 @@
+"""One validated configuration for a run, read from TOML; every field has a default.
+
+The built-in default (no --config) is the smart-home intents task with the tiny offline
+DeepSeek teacher. Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or names an unknown or invalid setting."""
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "intents"  # intents | jsonl | npz
+    train: str = ""  # jsonl/npz: training file
+    test: str = ""  # jsonl/npz: test file (empty: hold out test_fraction of train)
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    samples_per_intent: int = 240  # built-in intents: samples per intent and language
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    source: str = "default"  # "default" (tiny DeepSeek-V3 built locally), an HF folder, or a .gguf file
+    tokenizer: str = ""  # GGUF only: folder of the tokenizer (empty: the one inside the GGUF)
+    # The built-in teacher's size.
+    hidden_size: int = 96
+    num_layers: int = 4
+    num_heads: int = 4
+    # Domain adaptation.
+    pretrain_epochs: int = 2  # continued pretraining (causal LM) on the task's text
+    finetune_epochs: int = 6  # classification head (+ backbone) on the labels
+    lr: float = 1e-3
+    batch_size: int = 32
+    max_tokens: int = 48
+    # Knowledge extraction.
+    layers: list[int] = field(default_factory=list)  # hidden-state layers; empty = evenly spaced, 3 of them
+    attentions: bool = False  # also cache attention maps of those layers (head-averaged)
+    seed: int = 0
+
+
+@dataclass
+class StudentConfig:
+    hidden: int = 64
+    layers: int = 1
+    embed_dim: int = 32
+    vocab_size: int = 1024
+    max_len: int = 32
+
+
+@dataclass
+class DistillConfig:
+    alpha: float = 0.7  # weight of the KL term (1 - alpha on the hard labels)
+    temperature: float = 4.0
+    beta: float = 0.1  # weight of feature matching
+    feature_layer: int = -1  # which cached teacher layer the student's state is matched to
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class QuantConfig:
+    calibration_samples: int = 512
+
+
+@dataclass
+class CodegenConfig:
+    name: str = ""  # C prefix; empty = the run name
+    out_dir: str = ""  # empty = firmware/lib/<name>
+
+
+@dataclass
+class Config:
+    run: str = "intents"
+    models_dir: str = "models"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    codegen: CodegenConfig = field(default_factory=CodegenConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.models_dir) / self.run
+
+    @property
+    def model_name(self) -> str:
+        return self.codegen.name or self.run
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fill(cls, data: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting '{where}{key}'; known: {', '.join(sorted(known))}")
+        default = known[key].default_factory() if callable(known[key].default_factory) else known[key].default
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{where}{key}' must be a table ([{where}{key}])")
+            kwargs[key] = _fill(type(default), value, f"{where}{key}.")
+            continue
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, (str, list)) and not isinstance(value, type(default))):
+            raise ConfigError(f"'{where}{key}' must be {type(default).__name__}, not {value!r}")
+        if isinstance(default, float):
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = _fill(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML config (None: the built-in default), then apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p} is not valid TOML: {e}") from e
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+    need(cfg.task.kind in ("intents", "jsonl", "npz"), f"task.kind must be intents, jsonl or npz, not {cfg.task.kind!r}")
+    need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
+    need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
+    need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
+    need(cfg.student.layers in (1, 2), "student.layers must be 1 or 2")
+    need(1 <= cfg.student.hidden <= 1024 and 1 <= cfg.student.embed_dim <= 1024, "student.hidden/embed_dim must be 1..1024")
+    need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
+    need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
+    need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
+    name = cfg.model_name
+    need(bool(_C_IDENT.fullmatch(name)) and len(name) <= 32 and name not in _C_KEYWORDS,
+         f"model name {name!r} must be a C identifier (not a keyword) of at most 32 ASCII characters; "
+         "set codegen.name or choose another run name")
+
+
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "_Bool _Complex _Imaginary".split())

@@ -1,0 +1,203 @@
+"""The int8 model: the artifact between quantization and code generation.
+
+A QuantModel holds integers only (plus the few real scales a host needs to quantize inputs
+and read logits). It is saved as `model.json` (the IR: ops, shapes, scales) next to
+`params.safetensors` (every integer array), and its hash is taken over both, so the same
+model always gives the same hash and the same generated C.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """An int8 model folder is missing, malformed or inconsistent."""
+
+
+@dataclass
+class LSTMLayerQ:
+    input_size: int
+    hidden: int
+    cell_frac_bits: int
+    w_x: np.ndarray  # int8 [4H, I], gate order i, f, g, o
+    w_h: np.ndarray  # int8 [4H, H]
+    mx: np.ndarray  # int32 [4H] requant multipliers of acc_x
+    nx: np.ndarray  # int32 [4H] requant shifts of acc_x
+    mh: np.ndarray  # int32 [4H]
+    nh: np.ndarray  # int32 [4H]
+    bias: np.ndarray  # int32 [4H], Q3.12
+
+
+@dataclass
+class HeadQ:
+    w: np.ndarray  # int8 [C, H]
+    bias: np.ndarray  # int32 [C], at scale s_w[k] / 128
+    m: np.ndarray  # int32 [C]
+    n: np.ndarray  # int32 [C]
+
+
+@dataclass
+class QuantModel:
+    name: str  # C identifier prefix of everything generated for this model
+    kind: str  # "text" (token ids in) or "sequence" (int8 feature vectors in)
+    labels: list[str]
+    input_scale: float  # s_x of the first layer's input
+    output_scale: float  # s_out: real logit = int16 logit * s_out
+    layers: list[LSTMLayerQ]
+    head: HeadQ
+    sigmoid_table: np.ndarray  # int16 [257]
+    tanh_table: np.ndarray  # int16 [257]
+    embedding: np.ndarray | None = None  # int8 [V, E] for text models
+    num_features: int | None = None  # F for sequence models
+    vocab_size: int | None = None
+    max_len: int | None = None  # tokenizer truncation / longest sequence the host sends
+    meta: dict = field(default_factory=dict)  # provenance (source hash, calibration), JSON-safe
+
+    # -- shapes -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.w.shape[0])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.layers[0].input_size)
+
+    def ir(self) -> list[dict]:
+        """The op list codegen renders from: one dict per op, shapes and parameter names."""
+        ops: list[dict] = []
+        if self.kind == "text":
+            ops.append({"op": "embedding", "vocab": self.vocab_size, "dim": self.input_size,
+                        "params": ["embedding"]})
+        else:
+            ops.append({"op": "input", "features": self.num_features})
+        for i, layer in enumerate(self.layers):
+            ops.append({"op": "lstm", "index": i, "input": layer.input_size, "hidden": layer.hidden,
+                        "cell_frac_bits": layer.cell_frac_bits,
+                        "params": [f"lstm{i}.{k}" for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")]})
+        ops.append({"op": "fc", "input": self.layers[-1].hidden, "output": self.num_classes,
+                    "params": ["head.w", "head.bias", "head.m", "head.n"]})
+        return ops
+
+    # -- arrays -------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            "sigmoid_table": self.sigmoid_table, "tanh_table": self.tanh_table,
+            "head.w": self.head.w, "head.bias": self.head.bias, "head.m": self.head.m, "head.n": self.head.n,
+        }
+        if self.embedding is not None:
+            out["embedding"] = self.embedding
+        for i, layer in enumerate(self.layers):
+            for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias"):
+                out[f"lstm{i}.{k}"] = getattr(layer, k)
+        return {k: np.ascontiguousarray(v) for k, v in sorted(out.items())}
+
+    def header(self) -> dict:
+        return {
+            "format": FORMAT_VERSION, "name": self.name, "kind": self.kind, "labels": list(self.labels),
+            "input_scale": float(self.input_scale), "output_scale": float(self.output_scale),
+            "num_features": self.num_features, "vocab_size": self.vocab_size, "max_len": self.max_len,
+            "ops": self.ir(), "meta": self.meta,
+        }
+
+    def model_hash(self) -> str:
+        """sha256 over the header and every array's dtype, shape and bytes (16 hex digits)."""
+        h = hashlib.sha256(json.dumps(self.header(), sort_keys=True).encode())
+        for k, v in self.arrays().items():
+            h.update(f"{k}:{v.dtype.str}:{v.shape}".encode())
+            h.update(v.tobytes())
+        return h.hexdigest()[:16]
+
+    def weight_bytes(self) -> int:
+        """Bytes of int8 weight matrices and tables (what lands in flash besides code)."""
+        return int(sum(v.nbytes for v in self.arrays().values()))
+
+    def params(self) -> int:
+        n = self.head.w.size + self.head.bias.size
+        if self.embedding is not None:
+            n += self.embedding.size
+        for layer in self.layers:
+            n += layer.w_x.size + layer.w_h.size + layer.bias.size
+        return int(n)
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps(self.header(), indent=2, sort_keys=True) + "\n")
+        save_file(self.arrays(), str(folder / "params.safetensors"), metadata={"format": str(FORMAT_VERSION)})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "QuantModel":
+        folder = Path(folder)
+        head_file, params_file = folder / "model.json", folder / "params.safetensors"
+        for f in (head_file, params_file):
+            if not f.is_file():
+                raise ModelFileError(f"{f} is missing: run `tinyseek quantize` to create the int8 model")
+        try:
+            hdr = json.loads(head_file.read_text())
+            arr = load_file(str(params_file))
+        except Exception as e:  # corrupt JSON or safetensors
+            raise ModelFileError(f"{folder} is not a readable int8 model ({e}); re-run `tinyseek quantize`") from e
+        if hdr.get("format") != FORMAT_VERSION:
+            raise ModelFileError(f"{head_file}: format {hdr.get('format')} is not {FORMAT_VERSION}; re-run `tinyseek quantize`")
+        try:
+            layers = []
+            for op in hdr["ops"]:
+                if op["op"] == "lstm":
+                    p = {k: arr[f"lstm{op['index']}.{k}"] for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")}
+                    layers.append(LSTMLayerQ(input_size=op["input"], hidden=op["hidden"],
+                                             cell_frac_bits=op["cell_frac_bits"], **p))
+            model = cls(
+                name=hdr["name"], kind=hdr["kind"], labels=hdr["labels"], input_scale=hdr["input_scale"],
+                output_scale=hdr["output_scale"], layers=layers,
+                head=HeadQ(w=arr["head.w"], bias=arr["head.bias"], m=arr["head.m"], n=arr["head.n"]),
+                sigmoid_table=arr["sigmoid_table"], tanh_table=arr["tanh_table"],
+                embedding=arr.get("embedding"), num_features=hdr["num_features"],
+                vocab_size=hdr["vocab_size"], max_len=hdr["max_len"], meta=hdr.get("meta", {}),
+            )
+        except KeyError as e:
+            raise ModelFileError(f"{folder}: missing entry {e}; the int8 model is incomplete, re-run `tinyseek quantize`") from e
+        model.validate()
+        return model
+
+    def validate(self) -> None:
+        """Shapes, dtypes and ranges every consumer relies on; raises ModelFileError."""
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise ModelFileError(f"int8 model '{self.name}': {what}")
+        need(self.kind in ("text", "sequence"), f"kind must be 'text' or 'sequence', not {self.kind!r}")
+        need(len(self.layers) >= 1, "needs at least one LSTM layer")
+        need(self.sigmoid_table.dtype == np.int16 and self.sigmoid_table.shape == (257,), "sigmoid_table must be int16[257]")
+        need(self.tanh_table.dtype == np.int16 and self.tanh_table.shape == (257,), "tanh_table must be int16[257]")
+        if self.kind == "text":
+            need(self.embedding is not None and self.embedding.dtype == np.int8, "text model needs an int8 embedding")
+            need(self.vocab_size == self.embedding.shape[0], "vocab_size differs from the embedding rows")
+            need(self.max_len is not None and self.max_len >= 1, "text model needs max_len >= 1")
+            need(self.embedding.shape[1] == self.layers[0].input_size, "embedding width differs from the LSTM input")
+        else:
+            need(self.num_features == self.layers[0].input_size, "num_features differs from the LSTM input")
+        prev = self.layers[0].input_size
+        for i, L in enumerate(self.layers):
+            H = L.hidden
+            need(L.input_size == prev, f"lstm{i} input {L.input_size} != {prev}")
+            need(L.w_x.dtype == np.int8 and L.w_x.shape == (4 * H, L.input_size), f"lstm{i}.w_x must be int8[{4*H},{L.input_size}]")
+            need(L.w_h.dtype == np.int8 and L.w_h.shape == (4 * H, H), f"lstm{i}.w_h must be int8[{4*H},{H}]")
+            for k in ("mx", "nx", "mh", "nh", "bias"):
+                v = getattr(L, k)
+                need(v.dtype == np.int32 and v.shape == (4 * H,), f"lstm{i}.{k} must be int32[{4*H}]")
+            need(bool(np.all((L.nx >= 1) & (L.nx <= 62) & (L.nh >= 1) & (L.nh <= 62))), f"lstm{i} shifts outside 1..62")
+            need(7 <= L.cell_frac_bits <= 12, f"lstm{i} cell_frac_bits must be in 7..12")
+            prev = H
+        C = self.head.w.shape[0]
+        need(self.head.w.dtype == np.int8 and self.head.w.shape == (C, prev), f"head.w must be int8[C,{prev}]")
+        need(len(self.labels) == C, f"{len(self.labels)} labels for {C} outputs")
+        need(bool(np.all((self.head.n >= 1) & (self.head.n <= 62))), "head shifts outside 1..62")

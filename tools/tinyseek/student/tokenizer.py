@@ -1,0 +1,96 @@
+"""The student's own tokenizer: UTF-8 bytes -> hashed token ids.
+
+Defined once here and rendered to C by codegen; docs/numerics.md ("The student tokenizer")
+is the spec both follow, byte for byte.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+
+_SEPARATOR_RANGES = ((0x80, 0xBF), (0x2000, 0x206F), (0x3000, 0x303F), (0xFF00, 0xFF0F), (0xFF1A, 0xFF20))
+
+
+def decode_utf8(data: bytes) -> list[int]:
+    """Code points of `data`; a byte that does not start a complete valid sequence becomes -1
+    (a separator), and decoding resumes at the next byte."""
+    out: list[int] = []
+    i, n = 0, len(data)
+    while i < n:
+        b = data[i]
+        if b < 0x80:
+            out.append(b)
+            i += 1
+            continue
+        if 0xC2 <= b <= 0xDF:
+            length, cp = 2, b & 0x1F
+        elif 0xE0 <= b <= 0xEF:
+            length, cp = 3, b & 0x0F
+        elif 0xF0 <= b <= 0xF4:
+            length, cp = 4, b & 0x07
+        else:
+            out.append(-1)
+            i += 1
+            continue
+        if i + length > n or any(not 0x80 <= data[i + k] <= 0xBF for k in range(1, length)):
+            out.append(-1)
+            i += 1
+            continue
+        for k in range(1, length):
+            cp = (cp << 6) | (data[i + k] & 0x3F)
+        out.append(cp)
+        i += length
+    return out
+
+
+def _is_separator(cp: int) -> bool:
+    if cp < 0:
+        return True
+    if cp < 0x80:
+        return not (chr(cp).isascii() and (chr(cp).isalnum()))
+    return any(lo <= cp <= hi for lo, hi in _SEPARATOR_RANGES)
+
+
+def fnv1a(data: bytes) -> int:
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+@dataclass(frozen=True)
+class HashTokenizer:
+    vocab_size: int
+    max_len: int
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2 (got {self.vocab_size})")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be at least 1 (got {self.max_len})")
+
+    def _token_id(self, token: bytes) -> int:
+        if token.isdigit():
+            token = b"#"
+        return 1 + fnv1a(token) % (self.vocab_size - 1)
+
+    def encode(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        ids: list[int] = []
+        word = bytearray()
+        for cp in decode_utf8(data):
+            if len(ids) >= self.max_len:
+                break
+            if 0 <= cp < 0x80 and not _is_separator(cp):
+                word.append(ord(chr(cp).lower()))
+                continue
+            if word:
+                ids.append(self._token_id(bytes(word)))
+                word.clear()
+            if not _is_separator(cp) and len(ids) < self.max_len:
+                ids.append(self._token_id(chr(cp).encode("utf-8")))
+        if word and len(ids) < self.max_len:
+            ids.append(self._token_id(bytes(word)))
+        return ids[: self.max_len]
