@@ -1,0 +1,33 @@
+# The two set-up commands of the README:
+#   make demo   builds the default model end to end (teacher -> student -> int8 -> C -> checks)
+#   make test   runs the test suite
+# Both create .venv and install what is missing first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tinyseek-installed
+
+.PHONY: demo test setup system clean-venv
+
+demo: setup
+	$(BIN)/tinyseek build
+
+test: setup
+	$(BIN)/pytest -q
+
+setup: system $(STAMP)
+
+system:
+	@sh tools/setup/system-packages.sh
+
+# torch is pinned to the CPU build first, so no other requirement pulls a multi-GB GPU build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[teacher,test]"
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the Debian/Ubuntu packages tinyseek needs (compilers, cross compilers, QEMU).
+# As root it installs what is missing; otherwise it prints the exact command to run.
+set -e
+PACKAGES="gcc make python3-venv python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  echo "installing system packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends $missing >/dev/null
+else
+  echo "missing system packages:$missing"
+  echo "install them with:  sudo apt-get update && sudo apt-get install -y$missing"
+  exit 1
+fi

@@ -1,0 +1,80 @@
+"""`tinyseek`: one entry point, one subcommand per stage, `build` for all of them."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .config import ConfigError, load
+from .pipeline import STAGES, Run
+
+_STAGE_HELP = {
+    "teacher": "adapt the teacher to the task and extract its knowledge to the cache",
+    "distill": "train the TinyLSTM student from the knowledge cache",
+    "quantize": "quantize the float student to the int8 model",
+    "codegen": "render the int8 model as C into firmware/lib/<name>/",
+    "verify": "measure accuracy and check the generated C bit-exactly against the integer reference",
+    "report": "write report.json, report.md and the confusion-matrix plot",
+}
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. student.hidden=48), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML config file (default: the built-in intents task)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set distill.epochs=10 (repeatable)")
+    p.add_argument("--force", action="store_true", help="run even if the inputs did not change")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyseek", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tinyseek {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="run every stage, skipping those whose inputs did not change")
+    _common(p)
+    for name in STAGES:
+        p = sub.add_parser(name, help=_STAGE_HELP[name])
+        _common(p)
+        if name == "verify":
+            p.add_argument("--target", default="host", choices=["host"],
+                           help="where the generated C runs (host: gcc on this machine)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        cfg = load(args.config, _overrides(args.set))
+        run = Run(cfg)
+        if args.command == "build":
+            run.build(force=args.force)
+            print((run.dir / "report.md").read_text())
+        else:
+            run.stage(args.command, force=args.force)
+            if args.command == "report":
+                print((run.dir / "report.md").read_text())
+    except (ValueError, FileNotFoundError) as e:  # every stage's own errors subclass ValueError
+        print(f"tinyseek {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The verify stage on the host: accuracy of teacher, float and int8 student, and the
+bit-exact check of the generated C against the integer reference.
+
+Writes metrics.json (accuracies, agreement, sizes, confusion matrix) and verify.json (the
+host check) into the run folder; the report stage only collects them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(pred == y)) if len(y) else 0.0
+
+
+def confusion(pred: np.ndarray, y: np.ndarray, num_classes: int) -> list[list[int]]:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm.tolist()
+
+
+def int8_inputs(qmodel, split):
+    """What the device is fed for a split: raw UTF-8 texts, or int8 feature sequences."""
+    from ..quant.reference import quantize_inputs
+    if qmodel.kind == "text":
+        return list(split.texts)
+    return quantize_inputs(qmodel, split.x)
+
+
+def oracle_logits(qmodel, split) -> np.ndarray:
+    from ..quant.reference import infer_sequences, infer_tokens
+    from ..student.tokenizer import HashTokenizer
+    if qmodel.kind == "text":
+        tok = HashTokenizer(qmodel.vocab_size, qmodel.max_len)
+        return infer_tokens(qmodel, [tok.encode(t) for t in split.texts])
+    return infer_sequences(qmodel, int8_inputs(qmodel, split))
+
+
+def evaluate_host(run) -> dict:
+    from ..codegen.verify import verify_host
+    from ..quant.float_model import FloatStudent
+    from ..quant.model import QuantModel
+
+    ds, qm = run.dataset, QuantModel.load(run.int8_dir)
+    test, y = ds.test, ds.test.y
+    knowledge = load_file(str(run.knowledge))
+    teacher_pred = knowledge["test.logits"].argmax(axis=1)
+    float_pred = FloatStudent.from_folder(run.student_dir).predict(test).argmax(axis=1)
+    int8_logits = oracle_logits(qm, test)
+    int8_pred = int8_logits.argmax(axis=1)
+
+    teacher_acc = _accuracy(teacher_pred, y)
+    int8_acc = _accuracy(int8_pred, y)
+    metrics = {
+        "model": {"name": qm.name, "hash": qm.model_hash()},
+        "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
+                 "train_samples": len(ds.train.y), "test_samples": len(y)},
+        "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source},
+        "student": {"float_accuracy": _accuracy(float_pred, y), "int8_accuracy": int8_acc,
+                    "params": qm.params(), "weight_bytes": qm.weight_bytes()},
+        "retention": int8_acc / teacher_acc if teacher_acc else 0.0,
+        "agreement_int8_float": _accuracy(int8_pred, float_pred),
+        "confusion": confusion(int8_pred, y, len(ds.labels)),
+    }
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+    result = verify_host(qm, run.lib_dir, int8_inputs(qm, test))
+    verify = {"target": "host", "compiler": result.compiler, "samples": result.samples,
+              "bitexact": bool(result.bitexact), "mismatches": int(result.mismatches)}
+    if not np.array_equal(result.logits, int8_logits):
+        # verify_host compares with the oracle itself; this guards the two oracles' inputs agree.
+        verify["bitexact"] = False
+    (run.dir / "verify.json").write_text(json.dumps(verify, indent=2, sort_keys=True) + "\n")
+    run.log(f"[verify] teacher {teacher_acc:.4f}  int8 {int8_acc:.4f}  host bit-exact: {verify['bitexact']} "
+            f"({result.samples} samples)")
+    return {"metrics": metrics, "verify": verify}

@@ -1,0 +1,108 @@
+"""report.json, report.md and a confusion-matrix plot from a run's measured files.
+
+The report only collects: every number in it was measured by an earlier stage
+(metrics.json from the accuracy evaluation, verify.json from the host check, device.json
+from a device run) and is copied, never recomputed or rounded in the JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_report(run_dir: Path) -> dict:
+    metrics = _read(run_dir / "metrics.json")
+    verify = _read(run_dir / "verify.json")
+    device = _read(run_dir / "device.json")
+    if not metrics:
+        raise FileNotFoundError(f"{run_dir}/metrics.json is missing: run `tinyseek verify` first")
+    report = {
+        "model": metrics["model"],
+        "task": metrics["task"],
+        "teacher": metrics["teacher"],
+        "student": metrics["student"],
+        "retention": metrics["retention"],
+        "agreement_int8_float": metrics["agreement_int8_float"],
+    }
+    if verify:
+        report["host"] = verify
+    if device:
+        report["device"] = device
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def render_markdown(report: dict) -> str:
+    t, s = report["teacher"], report["student"]
+    lines = [
+        f"# tinyseek report: {report['model']['name']}",
+        "",
+        f"Task `{report['task']['name']}` ({report['task']['kind']}), {report['task']['test_samples']} held-out test "
+        f"samples, {len(report['task']['labels'])} classes. Model hash `{report['model']['hash']}`.",
+        "",
+        "| | accuracy |",
+        "|---|---|",
+        f"| teacher ({t.get('source', 'teacher')}) | {_pct(t['accuracy'])} |",
+        f"| student, float | {_pct(s['float_accuracy'])} |",
+        f"| student, int8 (integer reference) | {_pct(s['int8_accuracy'])} |",
+        "",
+        f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
+        f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
+        f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
+    ]
+    if "host" in report:
+        h = report["host"]
+        verdict = "every logit of every sample matched" if h["bitexact"] else f"{h['mismatches']} samples differ"
+        lines += ["", "## Host C check", "",
+                  f"Generated C (`{h['compiler']}`) vs the numpy integer reference on {h['samples']} samples: "
+                  f"**{'bit-exact' if h['bitexact'] else 'NOT bit-exact'}** ({verdict})."]
+    if "device" in report:
+        d = report["device"]
+        lines += ["", "## Device", "", "```json", json.dumps(d, indent=2), "```"]
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_confusion(report: dict, confusion: list[list[int]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = report["task"]["labels"]
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(labels), 0.8 + 0.45 * len(labels)), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted (int8 student)")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report['model']['name']}: int8 accuracy {_pct(report['student']['int8_accuracy'])}")
+    fig.tight_layout()
+    # A fixed software tag and no timestamp keep the PNG byte-identical run to run.
+    fig.savefig(path, metadata={"Software": "tinyseek"})
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    out_json, out_md, out_png = run_dir / "report.json", run_dir / "report.md", run_dir / "confusion.png"
+    out_json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    out_md.write_text(render_markdown(report))
+    plot_confusion(report, _read(run_dir / "metrics.json")["confusion"], out_png)
+    return [out_json, out_md, out_png]
