@@ -1,0 +1,67 @@
+"""The whole default pipeline in a small configuration: teacher -> student -> int8 -> C ->
+host check -> report, then the stage skipping."""
+import json
+
+import pytest
+
+from tinyseek.cli import main
+from tinyseek.config import load
+from tinyseek.pipeline import Run
+
+SMALL = {
+    "task.samples_per_intent": 24,
+    "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
+    "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 2,
+    "student.hidden": 12, "student.embed_dim": 8, "student.vocab_size": 256,
+    "distill.epochs": 2,
+    "quant.calibration_samples": 64,
+}
+
+
+def _args(tmp_path, extra=()):
+    sets = {**SMALL, "models_dir": str(tmp_path / "models"), "codegen.out_dir": str(tmp_path / "lib"), **dict(extra)}
+    out = []
+    for k, v in sets.items():
+        out += ["--set", f"{k}={json.dumps(v)}"]
+    return out
+
+
+@pytest.mark.slow
+def test_build_end_to_end_then_skip_unchanged_stages(tmp_path, capsys):
+    assert main(["build", *_args(tmp_path)]) == 0
+    run_dir = tmp_path / "models" / "intents"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["host"]["bitexact"] is True
+    assert report["host"]["samples"] == report["task"]["test_samples"] > 0
+    for key in ("float_accuracy", "int8_accuracy"):
+        assert 0.0 <= report["student"][key] <= 1.0
+    assert 0.0 < report["teacher"]["accuracy"] <= 1.0
+    assert report["retention"] == pytest.approx(report["student"]["int8_accuracy"] / report["teacher"]["accuracy"])
+    assert report["student"]["params"] > 0 and report["student"]["weight_bytes"] > 0
+    assert (run_dir / "confusion.png").stat().st_size > 0
+    assert "bit-exact" in (run_dir / "report.md").read_text()
+    assert (tmp_path / "lib" / "intents_model.h").is_file()
+
+    capsys.readouterr()
+    assert main(["build", *_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("teacher", "distill", "quantize", "codegen", "verify", "report"):
+        assert f"[{stage}] inputs unchanged, skipped" in out
+
+    # A student setting changes: the teacher stays, everything from distill on runs again.
+    assert main(["build", *_args(tmp_path, {"distill.epochs": 1})]) == 0
+    out = capsys.readouterr().out
+    assert "[teacher] inputs unchanged, skipped" in out
+    assert "[distill] running" in out and "[quantize] running" in out
+
+
+def test_a_stage_without_its_inputs_says_what_to_run(tmp_path, capsys):
+    assert main(["quantize", *_args(tmp_path)]) == 2
+    assert "tinyseek" in capsys.readouterr().err
+
+
+def test_input_keys_follow_the_config(tmp_path):
+    a = Run(load(overrides={"models_dir": str(tmp_path)}))
+    b = Run(load(overrides={"models_dir": str(tmp_path), "teacher.hidden_size": 48}))
+    assert a.input_key("teacher") != b.input_key("teacher")
+    assert a.input_key("teacher") == Run(load(overrides={"models_dir": str(tmp_path)})).input_key("teacher")
