@@ -1,0 +1,239 @@
+"""Distillation: the loss parts, a small training run end to end, determinism and the
+knowledge-cache checks. Datasets and knowledge caches are synthetic and built here."""
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import save_file
+
+from tinyseek.config import load
+from tinyseek.distill import DistillError, distill, distill_loss, evaluate, load_knowledge, predict_logits
+from tinyseek.distill.train import cached_layers
+from tinyseek.student import load_student
+
+
+@dataclass
+class Split:
+    y: np.ndarray
+    texts: list[str] | None = None
+    x: np.ndarray | None = None
+
+
+@dataclass
+class Dataset:
+    name: str
+    kind: str
+    labels: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+
+KEYWORDS = [["lamp", "light"], ["song", "music"], ["rain", "sunny"]]
+FILLER = "the a please could you now my in at for to it is".split()
+
+
+def text_dataset(n_train=300, seed=0) -> Dataset:
+    """Three classes, each marked by one keyword somewhere among 1-4 filler words."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = rng.integers(0, 3, n)
+        texts = []
+        for c in y:
+            words = list(rng.choice(FILLER, rng.integers(1, 5)))
+            words.insert(rng.integers(0, len(words) + 1), KEYWORDS[c][rng.integers(0, 2)])
+            texts.append(" ".join(words))
+        return Split(y=y.astype(np.int64), texts=texts)
+
+    return Dataset("toy", "text", ["lights", "music", "weather"], split(n_train), split(90), split(60))
+
+
+def sequence_dataset(seed=0) -> Dataset:
+    """Two classes: the sign of the mean of feature 0 over a sequence of 6 steps."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(0, 1, (n, 6, 3)).astype(np.float32)
+        x[:, :, 0] += np.where(y == 1, 1.0, -1.0)[:, None]
+        return Split(y=y.astype(np.int64), x=x)
+
+    return Dataset("toyseq", "sequence", ["neg", "pos"], split(200), split(60), split(60))
+
+
+def write_knowledge(path, ds: Dataset, layers=(1, 3), dim=12, seed=0, metadata=True):
+    """Teacher logits and pooled hidden states correlated with the labels (plus noise)."""
+    rng = np.random.default_rng(seed)
+    c = len(ds.labels)
+    arrays = {}
+    for name in ("train", "val", "test"):
+        y = getattr(ds, name).y
+        onehot = np.eye(c)[y]
+        arrays[f"{name}.logits"] = (4 * onehot + rng.normal(0, 1, (len(y), c))).astype(np.float32)
+        for layer in layers:
+            proj = rng.normal(0, 1, (c, dim))
+            arrays[f"{name}.hidden.{layer}"] = (onehot @ proj + rng.normal(0, 0.5, (len(y), dim)) + 7).astype(np.float32)
+    meta = {"layers": json.dumps(list(layers)), "num_classes": str(c), "teacher_hash": "test"} if metadata else None
+    save_file(arrays, str(path), metadata=meta)
+    return path
+
+
+def small_cfg(**extra):
+    return load(overrides={"student.hidden": 16, "student.embed_dim": 8, "student.vocab_size": 128,
+                           "student.max_len": 12, "distill.epochs": 10, "distill.batch_size": 32,
+                           "distill.lr": 1e-2, **extra})
+
+
+# -- the loss -----------------------------------------------------------------------------
+
+def _loss_inputs(seed=0, n=8, c=5, d=6):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, c, generator=g, requires_grad=True)
+    t = torch.randn(n, c, generator=g) * 3
+    y = torch.randint(0, c, (n,), generator=g)
+    sf = torch.randn(n, d, generator=g, requires_grad=True)
+    tf = torch.randn(n, d, generator=g)
+    return s, t, y, sf, tf
+
+
+def test_alpha_one_is_pure_kl_with_t_squared():
+    s, t, y, sf, tf = _loss_inputs()
+    T = 3.0
+    total, parts = distill_loss(s, t, y, sf, tf, alpha=1.0, T=T, beta=0.0)
+    p = torch.softmax(t / T, 1)
+    kl = (p * (torch.log(p) - torch.log_softmax(s / T, 1))).sum(1).mean()
+    torch.testing.assert_close(total, T * T * kl)
+    assert parts["kl"] == pytest.approx(float(T * T * kl.detach()), rel=1e-5)
+    assert parts["total"] == pytest.approx(parts["kl"], rel=1e-6) and parts["feature"] == 0.0
+    same, _ = distill_loss(t.clone(), t, y, None, None, alpha=1.0, T=T, beta=0.0)
+    assert abs(float(same)) < 1e-5
+
+
+def test_alpha_zero_is_pure_cross_entropy():
+    s, t, y, sf, tf = _loss_inputs()
+    total, parts = distill_loss(s, t, y, sf, tf, alpha=0.0, T=4.0, beta=0.0)
+    torch.testing.assert_close(total, F.cross_entropy(s, y))
+    assert parts["kl"] > 0 and parts["total"] == pytest.approx(parts["ce"], rel=1e-6)
+
+
+def test_feature_term_is_scale_free_cosine_and_off_at_beta_zero():
+    s, t, y, sf, tf = _loss_inputs()
+    base, _ = distill_loss(s, t, y, None, None, alpha=0.5, T=2.0, beta=0.0)
+    total, parts = distill_loss(s, t, y, sf, tf, alpha=0.5, T=2.0, beta=0.3)
+    expect = (1 - F.cosine_similarity(sf, tf, dim=1)).mean().detach()
+    assert parts["feature"] == pytest.approx(float(expect), rel=1e-5)
+    torch.testing.assert_close(total, base + 0.3 * expect)
+    _, scaled = distill_loss(s, t, y, sf, 1000 * tf, alpha=0.5, T=2.0, beta=0.3)
+    assert scaled["feature"] == pytest.approx(parts["feature"], rel=1e-5)
+    _, aligned = distill_loss(s, t, y, 2 * tf, tf, alpha=0.5, T=2.0, beta=0.3)
+    assert aligned["feature"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="needs student_feat"):
+        distill_loss(s, t, y, None, tf, alpha=0.5, T=2.0, beta=0.3)
+    with pytest.raises(ValueError, match="teacher width"):
+        distill_loss(s, t, y, sf[:, :3], tf, alpha=0.5, T=2.0, beta=0.3)
+
+
+def test_gradients_flow_to_logits_and_features():
+    s, t, y, sf, tf = _loss_inputs()
+    total, _ = distill_loss(s, t, y, sf, tf, alpha=0.7, T=4.0, beta=0.1)
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert sf.grad is not None and sf.grad.abs().sum() > 0
+
+
+# -- the knowledge cache ------------------------------------------------------------------
+
+def test_cached_layers_reads_metadata_or_keys():
+    keys = {"train.logits", "train.hidden.4", "train.hidden.12", "train.hidden.0"}
+    assert cached_layers({"layers": "[2, 5]"}, keys) == [2, 5]
+    assert cached_layers({"layers": "2,5,7"}, keys) == [2, 5, 7]
+    assert cached_layers(None, keys) == [0, 4, 12]
+    with pytest.raises(DistillError, match="not a list of integers"):
+        cached_layers({"layers": "two"}, keys)
+
+
+def test_load_knowledge_picks_the_feature_layer(tmp_path):
+    ds = text_dataset(n_train=20)
+    path = write_knowledge(tmp_path / "k.safetensors", ds, layers=(1, 3, 5))
+    logits, hidden, layer = load_knowledge(path, "train", -1)
+    assert logits.shape == (20, 3) and hidden.shape == (20, 12) and layer == 5
+    assert load_knowledge(path, "train", 0)[2] == 1
+    assert load_knowledge(path, "train", None)[1] is None
+    with pytest.raises(DistillError, match=r"feature_layer = 3 is out of range.*\[1, 3, 5\]"):
+        load_knowledge(path, "train", 3)
+    with pytest.raises(DistillError, match="missing: run `tinyseek teacher`"):
+        load_knowledge(tmp_path / "none.safetensors", "train", -1)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage!")
+    with pytest.raises(DistillError, match="not a readable knowledge cache"):
+        load_knowledge(tmp_path / "bad.safetensors", "train", -1)
+
+
+def test_distill_rejects_a_cache_from_another_dataset(tmp_path):
+    path = write_knowledge(tmp_path / "k.safetensors", text_dataset(n_train=20))
+    with pytest.raises(DistillError, match=r"'train.logits' has shape \[20, 3\], expected \[30, 3\]"):
+        distill(text_dataset(n_train=30), path, small_cfg(), tmp_path, progress=False)
+
+
+# -- training -----------------------------------------------------------------------------
+
+def test_tiny_text_distillation_learns_and_writes_the_student(tmp_path):
+    ds = text_dataset()
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    out = distill(ds, knowledge, small_cfg(), tmp_path, progress=False)
+    assert out == tmp_path / "student"
+    for name in ("student.safetensors", "student.json", "history.json"):
+        assert (out / name).is_file()
+    model, spec = load_student(out)
+    assert spec.labels == ds.labels and spec.hidden == 16 and spec.vocab_size == 128
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["epochs"]) == 10 and hist["teacher_layer"] == 3
+    accs = [e["val_accuracy"] for e in hist["epochs"]]
+    assert hist["best_val_accuracy"] == max(accs) == accs[hist["best_epoch"] - 1]
+    # The saved model is the best epoch's, not the last one's.
+    assert evaluate(model, spec, ds.val) == pytest.approx(hist["best_val_accuracy"])
+    assert hist["best_val_accuracy"] >= 0.9
+    assert evaluate(model, spec, ds.test) >= 0.85
+    assert hist["epochs"][-1]["loss_total"] < hist["epochs"][0]["loss_total"]
+    assert 0 < hist["max_abs_cell"][0] < 8
+    logits = predict_logits(model, spec, ds.test)
+    assert logits.shape == (60, 3) and logits.dtype == np.float32
+
+
+def test_distillation_is_deterministic(tmp_path):
+    ds = text_dataset(n_train=120)
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    cfg = small_cfg(**{"distill.epochs": 3})
+    a = distill(ds, knowledge, cfg, tmp_path / "a", progress=False)
+    b = distill(ds, knowledge, cfg, tmp_path / "b", progress=False)
+    assert (a / "student.safetensors").read_bytes() == (b / "student.safetensors").read_bytes()
+    assert (a / "history.json").read_text() == (b / "history.json").read_text()
+    c = distill(ds, knowledge, small_cfg(**{"distill.epochs": 3, "distill.seed": 1}), tmp_path / "c", progress=False)
+    assert (a / "student.safetensors").read_bytes() != (c / "student.safetensors").read_bytes()
+
+
+def test_sequence_distillation_without_feature_matching(tmp_path):
+    ds = sequence_dataset()
+    # beta = 0 needs no hidden states in the cache at all.
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds, layers=())
+    cfg = small_cfg(**{"distill.beta": 0.0, "distill.epochs": 6, "student.layers": 2})
+    out = distill(ds, knowledge, cfg, tmp_path, progress=False)
+    model, spec = load_student(out)
+    assert (spec.kind, spec.num_features, spec.max_len, spec.vocab_size, spec.layers) == ("sequence", 3, 6, None, 2)
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["teacher_layer"] is None and hist["epochs"][-1]["loss_feature"] == 0.0
+    assert evaluate(model, spec, ds.val) >= 0.85
+
+
+def test_cell_penalty_keeps_the_cell_state_small(tmp_path):
+    ds = text_dataset(n_train=120)
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    cfg = small_cfg(**{"distill.epochs": 4, "distill.lr": 3e-2})
+    free = distill(ds, knowledge, cfg, tmp_path / "free", cell_weight=0.0, progress=False)
+    held = distill(ds, knowledge, cfg, tmp_path / "held", cell_bound=0.5, cell_weight=100.0, progress=False)
+    free_c = json.loads((free / "history.json").read_text())["max_abs_cell"][0]
+    held_c = json.loads((held / "history.json").read_text())["max_abs_cell"][0]
+    assert held_c < 1.0 < free_c
