@@ -1,0 +1,220 @@
+"""Bring your own data: JSONL (text classification) and NPZ (sequence classification).
+
+Both read `task.train` and an optional `task.test`; without a test file a stratified, seeded
+`task.test_fraction` of train is held out. Validation is seeded the same way from what is left.
+Every problem raises DataError naming the file, the line or sample, and the fix. NPZ files are
+read with allow_pickle=False: nothing in a data file can run code.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..config import TaskConfig
+from .dataset import DataError, Dataset, Split, stratified_holdout, take
+
+_JSONL_EXAMPLE = '{"text": "turn on the lights", "label": "lights_on"}'
+
+
+def _existing(path: str, setting: str, what: str) -> Path:
+    if not path:
+        raise DataError(f"{setting} is empty; set it to {what}")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{setting}: {p} does not exist; set {setting} to {what}")
+    return p
+
+
+def _label_order(labels: set[str]) -> list[str]:
+    # Sorted, with all-digit labels in numeric order ("2" before "10").
+    return sorted(labels, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+
+
+# -- JSONL --------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    """(texts, labels) of a JSONL file; blank lines are skipped, integer labels become strings."""
+    texts, labels = [], []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} line {lineno}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from e
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                            f"each line must be one object like {_JSONL_EXAMPLE}") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}; "
+                            f"write one object per line like {_JSONL_EXAMPLE}")
+        missing = [k for k in ("text", "label") if k not in obj]
+        if missing:
+            raise DataError(f"{path} line {lineno}: missing key {' and '.join(repr(k) for k in missing)}; "
+                            f"each line needs both, like {_JSONL_EXAMPLE}")
+        text, label = obj["text"], obj["label"]
+        if not isinstance(text, str):
+            raise DataError(f"{path} line {lineno}: 'text' must be a string, got {type(text).__name__} "
+                            f"{text!r:.40}; quote it")
+        if not text.strip():
+            raise DataError(f"{path} line {lineno}: 'text' is empty; remove the line or give it text")
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(f"{path} line {lineno}: 'label' must be a string (or an integer), got "
+                            f"{type(label).__name__} {label!r:.40}")
+        label = str(label)
+        if not label.strip():
+            raise DataError(f"{path} line {lineno}: 'label' is empty; every sample needs a class name")
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise DataError(f"{path} is empty (no JSON lines); write one object per line like {_JSONL_EXAMPLE}")
+    return texts, labels
+
+
+def load_jsonl(cfg: TaskConfig) -> Dataset:
+    train_path = _existing(cfg.train, "task.train", f"a JSONL file with lines like {_JSONL_EXAMPLE}")
+    texts, raw = read_jsonl(train_path)
+    labels = _label_order(set(raw))
+    _need_two_classes(labels, train_path)
+    index = {name: i for i, name in enumerate(labels)}
+    full = Split(y=np.array([index[r] for r in raw], dtype=np.int64), texts=texts, x=None)
+    test = None
+    if cfg.test:
+        test_path = _existing(cfg.test, "task.test", "a JSONL test file (or leave task.test empty to hold out "
+                                                     "task.test_fraction of train)")
+        t_texts, t_raw = read_jsonl(test_path)
+        unknown = _label_order(set(t_raw) - set(labels))
+        if unknown:
+            raise DataError(f"{test_path}: labels {', '.join(map(repr, unknown))} do not occur in the training file "
+                            f"{train_path} (its labels: {', '.join(labels)}); add training samples of them or "
+                            "remove them from the test file")
+        test = Split(y=np.array([index[r] for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
+    return _assemble(train_path.stem, "text", labels, full, test, cfg)
+
+
+# -- NPZ ----------------------------------------------------------------------------------
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; write it with np.savez(path, x=x, y=y)")
+    if not zipfile.is_zipfile(path):
+        kind = "a single .npy array" if path.read_bytes()[:6] == b"\x93NUMPY" else "not a .npz (zip) archive"
+        raise DataError(f"{path} is {kind}; write x and y together with np.savez(path, x=x, y=y)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for name in z.files:
+                try:
+                    arrays[name] = z[name]
+                except ValueError as e:  # object arrays need pickle, which is refused
+                    hint = ("pad every sequence to the same length T and save x as one float array [N, T, F]"
+                            if name == "x" else
+                            "save labels as a unicode array, np.array(labels, dtype=str)" if name == "labels" else
+                            "save it as a plain numeric or unicode array")
+                    raise DataError(f"{path}: array {name!r} is stored as Python objects (ragged or mixed "
+                                    f"data), which is never unpickled; {hint}") from e
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{path} is a damaged .npz archive ({e}); write it again with np.savez(path, x=x, y=y)") from e
+    return arrays
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """(x float32 [N, T, F], y int64 [N], label names or None) of an NPZ file, validated."""
+    arrays = _load_npz(path)
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array {' and '.join(map(repr, missing))} (has: "
+                        f"{', '.join(arrays) or 'nothing'}); save it with np.savez(path, x=x, y=y)")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim != 3:
+        raise DataError(f"{path}: x must have 3 dimensions [N, T, F] (samples, steps, features), got shape "
+                        f"{x.shape}; for one feature per step use x[..., None]")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(f"{path}: x must be a float (or integer) array, got dtype {x.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{path}: y must be a 1-D array of class indices [N], got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must hold integer class indices, got dtype {y.dtype}; "
+                        "use y.astype(np.int64) (and a 'labels' array for the names)")
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}; they must match one to one")
+    if len(y) == 0:
+        raise DataError(f"{path} holds no samples (N = 0)")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{path}: x has shape {x.shape}; every sample needs at least one step and one feature")
+    if y.min() < 0:
+        raise DataError(f"{path}: y[{int(np.argmin(y))}] = {int(y.min())}; class indices must be >= 0")
+    with np.errstate(over="ignore"):  # checked after the cast, so values too large for float32 count as inf
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n, t, f = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(f"{path}: sample {n} has a non-finite feature ({x[n, t, f]} at step {t}, feature {f}; "
+                        f"samples affected: {int(bad.any(axis=(1, 2)).sum())}); replace NaN/inf before training")
+    names = None
+    if "labels" in arrays:
+        lab = arrays["labels"]
+        if lab.dtype.kind != "U" or lab.ndim != 1:
+            raise DataError(f"{path}: 'labels' must be a 1-D unicode array, got dtype {lab.dtype} shape "
+                            f"{lab.shape}; save np.array(names, dtype=str)")
+        names = [str(s) for s in lab]
+        if len(set(names)) != len(names):
+            raise DataError(f"{path}: 'labels' repeats a name ({names}); every class needs its own name")
+        if y.max() >= len(names):
+            raise DataError(f"{path}: y[{int(np.argmax(y))}] = {int(y.max())} but 'labels' names only "
+                            f"{len(names)} classes (0..{len(names) - 1}); add the missing names")
+    return x, y.astype(np.int64), names
+
+
+def load_npz(cfg: TaskConfig) -> Dataset:
+    train_path = _existing(cfg.train, "task.train", "an .npz file with arrays x [N, T, F] and y [N]")
+    x, y, names = read_npz(train_path)
+    labels = names if names is not None else [str(i) for i in range(int(y.max()) + 1)]
+    _need_two_classes(labels, train_path)
+    absent = [labels[c] for c in range(len(labels)) if not np.any(y == c)]
+    if absent:
+        raise DataError(f"{train_path}: class{'es' if len(absent) > 1 else ''} {', '.join(map(repr, absent))} "
+                        f"{'have' if len(absent) > 1 else 'has'} no training sample; add samples or remove the "
+                        "class (from 'labels', or renumber y to 0..K-1)")
+    test = None
+    if cfg.test:
+        test_path = _existing(cfg.test, "task.test", "an .npz test file (or leave task.test empty to hold out "
+                                                     "task.test_fraction of train)")
+        tx, ty, tnames = read_npz(test_path)
+        if tx.shape[2] != x.shape[2]:
+            raise DataError(f"{test_path}: x has {tx.shape[2]} features per step but the training file has "
+                            f"{x.shape[2]}; both must have the same F")
+        if tnames is not None:  # map test names onto training indices
+            unknown = [n for n in dict.fromkeys(tnames[c] for c in np.unique(ty)) if n not in labels]
+            if unknown:
+                raise DataError(f"{test_path}: labels {', '.join(map(repr, unknown))} do not occur in the training "
+                                f"file {train_path} (its labels: {', '.join(labels)}); add training samples of "
+                                "them or remove them from the test file")
+            ty = np.array([labels.index(tnames[c]) for c in ty], dtype=np.int64)
+        elif ty.max() >= len(labels):
+            unknown = sorted(int(c) for c in np.unique(ty[ty >= len(labels)]))
+            raise DataError(f"{test_path}: class indices {', '.join(map(str, unknown))} do not occur in the "
+                            f"training file {train_path} (classes 0..{len(labels) - 1}); fix y or add training "
+                            "samples of them")
+        test = Split(y=ty, texts=None, x=tx)
+    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x), test, cfg)
+
+
+# -- shared -------------------------------------------------------------------------------
+def _need_two_classes(labels: list[str], path: Path) -> None:
+    if len(labels) < 2:
+        raise DataError(f"{path}: only {len(labels)} class ({', '.join(labels)}); a classifier needs at least "
+                        "2 classes in the training file")
+
+
+def _assemble(name: str, kind: str, labels: list[str], full: Split, test: Split | None,
+              cfg: TaskConfig) -> Dataset:
+    """Hold out test (when no test file was given), then validation, both stratified and seeded."""
+    if test is None:
+        keep, held = stratified_holdout(full.y, cfg.test_fraction, np.random.default_rng([cfg.seed, 0]))
+        full, test = take(full, keep), take(full, held)
+    keep, held = stratified_holdout(full.y, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
+    return Dataset(name=name, kind=kind, labels=labels, train=take(full, keep), val=take(full, held), test=test)
