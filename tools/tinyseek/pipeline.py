@@ -88,7 +88,8 @@ class Run:
 
     def input_key(self, stage: str) -> str:
         c = self.cfg
-        task = asdict(c.task)
+        # Your own data counts by content, not only by path: an edited file re-runs the stages.
+        task = [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test) if f and Path(f).exists()]
         if stage == "teacher":
             return hash_obj([__version__, task, asdict(c.teacher)])
         if stage == "distill":
