@@ -1,0 +1,198 @@
+"""Host verification: compile the generated library with a generated test driver, run every
+input through it and compare every logit with the integer reference (bit for bit)."""
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..quant.model import QuantModel
+from ..quant.reference import infer_sequences, infer_tokens, stream_logits
+from ..student.tokenizer import HashTokenizer
+from .context import build_context
+from .render import render_template
+
+CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
+APT_HINT = "sudo apt-get update && sudo apt-get install -y gcc (or run tools/setup/system-packages.sh)"
+
+
+class VerifyError(ValueError):
+    """The generated C could not be compiled or run, or belongs to another model."""
+
+
+@dataclass
+class VerifyResult:
+    samples: int
+    bitexact: bool  # every logit of every path equals the oracle (and, for text, every token id)
+    mismatches: int  # samples with any difference
+    first_mismatch: dict | None  # sample, path, expected, got
+    logits: np.ndarray  # int16 [N, C] of the device path (text: raw UTF-8 through classify_text)
+    compiler: str  # e.g. "gcc 12.2.0"
+    c_token_ids_match: bool | None  # text: the C tokenizer gave the Python tokenizer's ids for every sample
+
+
+def compile_library(lib_dir: Path, sources: list[Path], exe: Path, *, cc: str = "gcc",
+                    cflags: tuple[str, ...] = ()) -> str:
+    """Compile the library's .c files plus `sources` into `exe`; returns the compiler id."""
+    if shutil.which(cc) is None:
+        raise VerifyError(f"C compiler '{cc}' not found on PATH; install it: {APT_HINT}")
+    lib_sources = sorted(Path(lib_dir).glob("*.c"))
+    cmd = [cc, *CFLAGS, *cflags, "-I", str(lib_dir), *map(str, lib_sources), *map(str, sources), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise VerifyError(f"compiling the generated C failed ({' '.join(cmd)}):\n{proc.stdout}{proc.stderr}")
+    version = subprocess.run([cc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True).stdout.strip()
+    return f"{Path(cc).name} {version}".strip()
+
+
+def _library_hash(lib_dir: Path, model: QuantModel) -> str:
+    header = lib_dir / f"{model.name}_model.h"
+    if not header.is_file():
+        raise VerifyError(f"{header} is missing: run `tinyseek codegen` first")
+    m = re.search(r'#define\s+\w+_MODEL_HASH\s+"([0-9a-f]{16})"', header.read_text())
+    if m is None:
+        raise VerifyError(f"{header} has no MODEL_HASH macro; regenerate it with `tinyseek codegen`")
+    return m.group(1)
+
+
+def _text_bytes(t) -> bytes:
+    return t.encode("utf-8") if isinstance(t, str) else bytes(t)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise VerifyError("the test driver's output is truncated (did it crash?)")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def i32(self) -> int:
+        return struct.unpack("<i", self.take(4))[0]
+
+    def i16(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.take(2 * n), dtype="<i2").astype(np.int16)
+
+    def u16(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.take(2 * n), dtype="<u2").astype(np.int64)
+
+
+def verify_host(model: QuantModel, lib_dir: str | Path, inputs, *, token_ids=None, every_step: bool = False,
+                cc: str = "gcc", cflags: tuple[str, ...] = (), workdir: str | Path | None = None,
+                timeout: float = 600.0) -> VerifyResult:
+    """Compile the C library in `lib_dir` with the test driver, run `inputs` through it and
+    compare with the oracle (see HostDriver.run)."""
+    with tempfile.TemporaryDirectory(prefix="tinyseek-verify-") as tmp:
+        driver = HostDriver(model, lib_dir, Path(workdir) if workdir is not None else Path(tmp), cc=cc, cflags=cflags)
+        return driver.run(inputs, token_ids=token_ids, every_step=every_step, timeout=timeout)
+
+
+class HostDriver:
+    """The library compiled once with the test driver; `run` may be called many times."""
+
+    def __init__(self, model: QuantModel, lib_dir: str | Path, workdir: str | Path, *, cc: str = "gcc",
+                 cflags: tuple[str, ...] = ()):
+        self.model, self.lib_dir, self.work = model, Path(lib_dir), Path(workdir)
+        lib_hash, want = _library_hash(self.lib_dir, model), model.model_hash()
+        if lib_hash != want:
+            raise VerifyError(f"{self.lib_dir} was generated from model hash {lib_hash}, not {want}: "
+                              "run `tinyseek codegen`")
+        self.work.mkdir(parents=True, exist_ok=True)
+        source = self.work / "verify_driver.c"
+        source.write_text(render_template("host/verify_driver.c.j2", build_context(model, __version__)))
+        self.exe = self.work / "verify_driver"
+        self.compiler = compile_library(self.lib_dir, [source], self.exe, cc=cc, cflags=cflags)
+
+    def run(self, inputs, *, token_ids=None, every_step: bool = False, timeout: float = 600.0) -> VerifyResult:
+        """Text models: `inputs` are strings (or UTF-8 bytes). The C tokenizer's ids are compared
+        with tinyseek.student.tokenizer's, `classify_text` with the oracle on those ids, and
+        `infer_tokens` with the oracle on `token_ids` (default: the Python tokenizer's ids).
+        Sequence models: `inputs` are int8 [N, T, F] (or a list of int8 [T_n, F]); `infer` is
+        compared. `every_step` also compares the logits after every single step."""
+        model = self.model
+        text = model.kind == "text"
+        if text:
+            texts = [_text_bytes(t) for t in inputs]
+            tok = HashTokenizer(model.vocab_size, model.max_len)
+            py_ids = [tok.encode(t) for t in texts]
+            run_ids = py_ids if token_ids is None else [list(map(int, s)) for s in token_ids]
+            if len(run_ids) != len(texts):
+                raise VerifyError(f"{len(run_ids)} token-id lists for {len(texts)} texts")
+            n = len(texts)
+        else:
+            seqs = list(inputs)
+            n = len(seqs)
+
+        blob = bytearray(b"TSIN" + struct.pack("<II", n, 1 if every_step else 0))
+        for k in range(n):
+            if text:
+                blob += struct.pack("<I", len(texts[k])) + texts[k]
+                blob += struct.pack("<I", len(run_ids[k])) + np.asarray(run_ids[k], dtype="<u2").tobytes()
+            else:
+                x = np.ascontiguousarray(seqs[k], dtype=np.int8)
+                blob += struct.pack("<I", x.shape[0]) + x.tobytes()
+        in_file, out_file = self.work / "in.bin", self.work / "out.bin"
+        in_file.write_bytes(bytes(blob))
+        proc = subprocess.run([str(self.exe), str(in_file), str(out_file)], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise VerifyError(f"the test driver failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        r = _Reader(out_file.read_bytes())
+
+        want = model.model_hash()
+        if r.take(16).decode() != want:
+            raise VerifyError("the compiled library reports another model hash; regenerate it with `tinyseek codegen`")
+        C = model.num_classes
+        expected_main = infer_tokens(model, py_ids) if text else infer_sequences(model, seqs)
+        expected_run = infer_tokens(model, run_ids) if text and token_ids is not None else expected_main
+        expected_steps = stream_logits(model, run_ids if text else seqs) if every_step else None
+
+        logits = np.zeros((n, C), np.int16)
+        mismatches, first, ids_match = 0, None, True
+        for k in range(n):
+            problems = []
+            if text:
+                got_ids = r.u16(r.u32()).tolist()
+                if got_ids != list(py_ids[k]):
+                    ids_match = False
+                    problems.append(("C tokenizer ids", list(py_ids[k]), got_ids))
+            cls = r.i32()
+            logits[k] = r.i16(C)
+            problems += _diff("logits" + (" of classify_text" if text else " of infer"), expected_main[k], logits[k])
+            if cls != int(np.argmax(expected_main[k])):
+                problems.append(("class", int(np.argmax(expected_main[k])), cls))
+            if text:
+                problems += _diff("logits of infer_tokens", expected_run[k], r.i16(C))
+            if every_step:
+                T = len(run_ids[k]) if text else len(seqs[k])
+                problems += _diff("logits after every step", expected_steps[k], r.i16(T * C).reshape(T, C))
+            if problems:
+                mismatches += 1
+                if first is None:
+                    what, exp, got = problems[0]
+                    first = {"sample": k, "path": what, "expected": exp, "got": got}
+                    if text:
+                        first["input"] = texts[k][:200].decode("utf-8", errors="backslashreplace")
+        if r.take(4) != b"DONE":
+            raise VerifyError("the test driver's output is out of sync with the protocol")
+        return VerifyResult(samples=n, bitexact=mismatches == 0, mismatches=mismatches, first_mismatch=first,
+                            logits=logits, compiler=self.compiler, c_token_ids_match=ids_match if text else None)
+
+
+def _diff(what: str, expected: np.ndarray, got: np.ndarray) -> list[tuple]:
+    if np.array_equal(np.asarray(expected), np.asarray(got)):
+        return []
+    return [(what, np.asarray(expected).tolist(), np.asarray(got).tolist())]
