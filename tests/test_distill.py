@@ -1,7 +1,6 @@
 """Distillation: the loss parts, a small training run end to end, determinism and the
 knowledge-cache checks. Datasets and knowledge caches are synthetic and built here."""
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,27 +9,10 @@ import torch.nn.functional as F
 from safetensors.numpy import save_file
 
 from tinyseek.config import load
+from tinyseek.data import Dataset, Split
 from tinyseek.distill import DistillError, distill, distill_loss, evaluate, load_knowledge, predict_logits
-from tinyseek.distill.train import cached_layers
+from tinyseek.distill.train import cached_layers, drop_tokens
 from tinyseek.student import load_student
-
-
-@dataclass
-class Split:
-    y: np.ndarray
-    texts: list[str] | None = None
-    x: np.ndarray | None = None
-
-
-@dataclass
-class Dataset:
-    name: str
-    kind: str
-    labels: list[str]
-    train: Split
-    val: Split
-    test: Split
-
 
 KEYWORDS = [["lamp", "light"], ["song", "music"], ["rain", "sunny"]]
 FILLER = "the a please could you now my in at for to it is".split()
@@ -47,7 +29,7 @@ def text_dataset(n_train=300, seed=0) -> Dataset:
             words = list(rng.choice(FILLER, rng.integers(1, 5)))
             words.insert(rng.integers(0, len(words) + 1), KEYWORDS[c][rng.integers(0, 2)])
             texts.append(" ".join(words))
-        return Split(y=y.astype(np.int64), texts=texts)
+        return Split(y=y.astype(np.int64), texts=texts, x=None)
 
     return Dataset("toy", "text", ["lights", "music", "weather"], split(n_train), split(90), split(60))
 
@@ -60,7 +42,7 @@ def sequence_dataset(seed=0) -> Dataset:
         y = rng.integers(0, 2, n)
         x = rng.normal(0, 1, (n, 6, 3)).astype(np.float32)
         x[:, :, 0] += np.where(y == 1, 1.0, -1.0)[:, None]
-        return Split(y=y.astype(np.int64), x=x)
+        return Split(y=y.astype(np.int64), texts=None, x=x)
 
     return Dataset("toyseq", "sequence", ["neg", "pos"], split(200), split(60), split(60))
 
@@ -178,12 +160,30 @@ def test_distill_rejects_a_cache_from_another_dataset(tmp_path):
         distill(text_dataset(n_train=30), path, small_cfg(), tmp_path, progress=False)
 
 
+def test_drop_tokens_removes_words_and_closes_gaps():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 100, (200, 9), generator=g)
+    lengths = torch.randint(0, 10, (200,), generator=g)
+    ids[torch.arange(9)[None, :] >= lengths[:, None]] = 0
+    same, same_len = drop_tokens(ids, lengths, 0.0, g)
+    assert torch.equal(same, ids) and torch.equal(same_len, lengths)
+    out, out_len = drop_tokens(ids, lengths, 0.3, g)
+    assert bool((out_len <= lengths).all()) and out_len.sum() < lengths.sum()
+    for row, n, new, m in zip(ids.tolist(), lengths.tolist(), out.tolist(), out_len.tolist()):
+        kept, it = new[:m], iter(row[:n])
+        assert all(tok in it for tok in kept)  # an ordered subsequence of the original
+        assert 0 not in kept and new[m:] == [0] * (9 - m)
+    empty, empty_len = drop_tokens(ids, lengths, 1.0, g)
+    assert int(empty_len.sum()) == 0 and int(empty.abs().sum()) == 0
+
+
 # -- training -----------------------------------------------------------------------------
 
 def test_tiny_text_distillation_learns_and_writes_the_student(tmp_path):
     ds = text_dataset()
     knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
-    out = distill(ds, knowledge, small_cfg(), tmp_path, progress=False)
+    # One keyword carries each label here, so dropping words would only remove the signal.
+    out = distill(ds, knowledge, small_cfg(), tmp_path, word_dropout=0.0, progress=False)
     assert out == tmp_path / "student"
     for name in ("student.safetensors", "student.json", "history.json"):
         assert (out / name).is_file()
