@@ -280,3 +280,11 @@ def test_load_errors_integer_weights(tmp_path):
 def test_spec_replace_keeps_validation():
     with pytest.raises(StudentError, match="no vocab_size"):
         replace(seq_spec(), vocab_size=10)
+
+
+def test_the_tokenizer_imports_without_torch():
+    # quantize/codegen/verify use the tokenizer and must run where torch is not installed.
+    import subprocess
+    import sys
+    code = "import sys; from tinyseek.student import HashTokenizer; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .tokenizer import HashTokenizer
@@ -174,12 +175,12 @@ class TinyLSTM(nn.Module):
         inp = self._input(x[:, :t_max]) if t_max else None
         for t in range(t_max):
             out, (h_new, c_new) = self.lstm(inp[:, t : t + 1], (h, c))
-            live = (t < lengths).to(h.dtype)
+            live = t < lengths
             # Finished samples keep their state so `last` ends at their own final step.
-            h = torch.where(live.view(1, n, 1) > 0, h_new, h)
-            c = torch.where(live.view(1, n, 1) > 0, c_new, c)
-            last = torch.where(live.view(n, 1) > 0, out[:, 0], last)
-            cells.append(c_new.permute(1, 0, 2) * live.view(n, 1, 1))
+            h = torch.where(live.view(1, n, 1), h_new, h)
+            c = torch.where(live.view(1, n, 1), c_new, c)
+            last = torch.where(live.view(n, 1), out[:, 0], last)
+            cells.append(torch.where(live.view(n, 1, 1), c_new.permute(1, 0, 2), 0.0))
         cells_t = torch.stack(cells, dim=1) if cells else torch.zeros(n, 0, L, H)
         return last, cells_t
 
@@ -256,8 +257,6 @@ def export_params(model: TinyLSTM) -> int:
 
 def save_student(model: TinyLSTM, spec: StudentSpec, folder: str | Path) -> Path:
     """Write folder/student.safetensors (exported tensors only) and folder/student.json."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(exported_state(model), str(folder / WEIGHTS_FILE))
@@ -267,8 +266,6 @@ def save_student(model: TinyLSTM, spec: StudentSpec, folder: str | Path) -> Path
 
 def load_student(folder: str | Path) -> tuple[TinyLSTM, StudentSpec]:
     """Read a student folder back; StudentError names what is wrong and how to fix it."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     spec_file, weights_file = folder / SPEC_FILE, folder / WEIGHTS_FILE
     for f in (spec_file, weights_file):
@@ -276,7 +273,7 @@ def load_student(folder: str | Path) -> tuple[TinyLSTM, StudentSpec]:
             raise StudentError(f"{f} is missing: run `tinyseek distill` to train the student")
     try:
         spec = StudentSpec.from_json(spec_file.read_text())
-    except (StudentError, UnicodeDecodeError, TypeError) as e:
+    except (StudentError, UnicodeDecodeError) as e:
         raise StudentError(f"{spec_file}: {e}; re-run `tinyseek distill`") from e
     try:
         state = load_file(str(weights_file))
