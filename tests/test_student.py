@@ -1,5 +1,7 @@
 """TinyLSTM: shapes, the exported state-dict contract, streaming == batched, files and errors."""
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -284,7 +286,5 @@ def test_spec_replace_keeps_validation():
 
 def test_the_tokenizer_imports_without_torch():
     # quantize/codegen/verify use the tokenizer and must run where torch is not installed.
-    import subprocess
-    import sys
     code = "import sys; from tinyseek.student import HashTokenizer; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
