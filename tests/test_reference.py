@@ -8,7 +8,7 @@ import pytest
 from tinyseek.quant.model import HeadQ, LSTMLayerQ, QuantModel
 from tinyseek.quant.reference import (
     InputError, Int8Runtime, QuantRangeError, check_model, encode_multiplier, encode_multipliers, infer_sequences,
-    infer_tokens, make_tables, quantize_inputs, requant, rshift_round, sat, stream_logits, table_lookup,
+    infer_tokens, make_tables, quantize_inputs, requant, rshift_round, sat, stream_logits, table_lookup, trace,
 )
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 
@@ -157,6 +157,20 @@ def test_streaming_equals_infer_and_logits_do_not_change_the_state():
             assert np.array_equal(steps[k][-1], final[k])
         rt.reset()
         assert all(not h.any() and not c.any() for h, c in rt.state)
+
+
+def test_trace_records_the_state_of_every_layer_after_every_step():
+    m = random_model(14, kind="sequence", hidden=[4, 6])
+    x = random_sequences(m, np.random.default_rng(14), 3, 9)
+    ragged = [x[0], x[1, :4], x[2, :0]]
+    for sample, rec in zip(ragged, trace(m, ragged)):
+        assert rec["logits"].shape == (len(sample), m.num_classes)
+        rt = Int8Runtime(m)
+        for t, v in enumerate(sample):
+            rt.step(v)
+            for k, (h, c) in enumerate(rt.state):
+                assert rec["h"][k].dtype == np.int8 and rec["c"][k].dtype == np.int16
+                assert np.array_equal(rec["h"][k][t], h) and np.array_equal(rec["c"][k][t], c)
 
 
 def test_empty_sequence_gives_the_head_on_the_zero_state():

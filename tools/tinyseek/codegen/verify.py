@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..quant.model import QuantModel
-from ..quant.reference import infer_sequences, infer_tokens, stream_logits
+from ..quant.reference import infer_sequences, infer_tokens, trace
 from ..student.tokenizer import HashTokenizer
 from .context import build_context
 from .render import render_template
@@ -39,11 +39,12 @@ class VerifyResult:
 
 
 def compile_library(lib_dir: Path, sources: list[Path], exe: Path, *, cc: str = "gcc",
-                    cflags: tuple[str, ...] = ()) -> str:
-    """Compile the library's .c files plus `sources` into `exe`; returns the compiler id."""
+                    cflags: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> str:
+    """Compile the library's .c files (but `exclude`) plus `sources` into `exe`; returns the
+    compiler id."""
     if shutil.which(cc) is None:
         raise VerifyError(f"C compiler '{cc}' not found on PATH; install it: {APT_HINT}")
-    lib_sources = sorted(Path(lib_dir).glob("*.c"))
+    lib_sources = sorted(p for p in Path(lib_dir).glob("*.c") if p.name not in exclude)
     cmd = [cc, *CFLAGS, *cflags, "-I", str(lib_dir), *map(str, lib_sources), *map(str, sources), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -86,6 +87,9 @@ class _Reader:
     def i16(self, n: int) -> np.ndarray:
         return np.frombuffer(self.take(2 * n), dtype="<i2").astype(np.int16)
 
+    def i8(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.take(n), dtype=np.int8).copy()
+
     def u16(self, n: int) -> np.ndarray:
         return np.frombuffer(self.take(2 * n), dtype="<u2").astype(np.int64)
 
@@ -112,16 +116,20 @@ class HostDriver:
                               "run `tinyseek codegen`")
         self.work.mkdir(parents=True, exist_ok=True)
         source = self.work / "verify_driver.c"
-        source.write_text(render_template("host/verify_driver.c.j2", build_context(model, __version__)))
+        ctx = build_context(model, __version__)
+        source.write_text(render_template("host/verify_driver.c.j2", ctx))
         self.exe = self.work / "verify_driver"
-        self.compiler = compile_library(self.lib_dir, [source], self.exe, cc=cc, cflags=cflags)
+        # The driver includes the model's .c file itself (to read its static state).
+        self.compiler = compile_library(self.lib_dir, [source], self.exe, cc=cc, cflags=cflags,
+                                        exclude=(ctx["files"]["model.c.j2"],))
 
     def run(self, inputs, *, token_ids=None, every_step: bool = False, timeout: float = 600.0) -> VerifyResult:
         """Text models: `inputs` are strings (or UTF-8 bytes). The C tokenizer's ids are compared
         with tinyseek.student.tokenizer's, `classify_text` with the oracle on those ids, and
         `infer_tokens` with the oracle on `token_ids` (default: the Python tokenizer's ids).
         Sequence models: `inputs` are int8 [N, T, F] (or a list of int8 [T_n, F]); `infer` is
-        compared. `every_step` also compares the logits after every single step."""
+        compared. `every_step` also compares the logits and the state (h, c of every layer)
+        after every single step."""
         model = self.model
         text = model.kind == "text"
         if text:
@@ -158,7 +166,7 @@ class HostDriver:
         C = model.num_classes
         expected_main = infer_tokens(model, py_ids) if text else infer_sequences(model, seqs)
         expected_run = infer_tokens(model, run_ids) if text and token_ids is not None else expected_main
-        expected_steps = stream_logits(model, run_ids if text else seqs) if every_step else None
+        expected_steps = trace(model, run_ids if text else seqs) if every_step else None
 
         logits = np.zeros((n, C), np.int16)
         mismatches, first, ids_match = 0, None, True
@@ -177,8 +185,7 @@ class HostDriver:
             if text:
                 problems += _diff("logits of infer_tokens", expected_run[k], r.i16(C))
             if every_step:
-                T = len(run_ids[k]) if text else len(seqs[k])
-                problems += _diff("logits after every step", expected_steps[k], r.i16(T * C).reshape(T, C))
+                problems += self._steps(r, expected_steps[k])
             if problems:
                 mismatches += 1
                 if first is None:
@@ -190,6 +197,24 @@ class HostDriver:
             raise VerifyError("the test driver's output is out of sync with the protocol")
         return VerifyResult(samples=n, bitexact=mismatches == 0, mismatches=mismatches, first_mismatch=first,
                             logits=logits, compiler=self.compiler, c_token_ids_match=ids_match if text else None)
+
+
+    def _steps(self, r: "_Reader", want: dict) -> list[tuple]:
+        """Compare the per-step records of one sample; reports the first differing step."""
+        layers = self.model.layers
+        for t in range(len(want["logits"])):
+            got = [("logits", r.i16(self.model.num_classes), want["logits"][t])]
+            for k, L in enumerate(layers):
+                got.append((f"h of layer {k}", r.i8(L.hidden), want["h"][k][t]))
+                got.append((f"c of layer {k}", r.i16(L.hidden), want["c"][k][t]))
+            for what, g, w in got:
+                diff = _diff(f"{what} after step {t + 1}", w, g)
+                if diff:
+                    # Skip the rest of this sample's records to stay in sync, then report.
+                    rest = len(want["logits"]) - t - 1
+                    r.take(rest * (2 * self.model.num_classes + sum(3 * L.hidden for L in layers)))
+                    return diff
+        return []
 
 
 def _diff(what: str, expected: np.ndarray, got: np.ndarray) -> list[tuple]:

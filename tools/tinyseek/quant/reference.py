@@ -267,38 +267,53 @@ def _sequence_batch(model: QuantModel, x) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-def _run(model: QuantModel, xs: np.ndarray, lengths: np.ndarray, every_step: bool):
+def _run(model: QuantModel, xs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     check_model(model)
     state = _State(model, len(lengths))
-    steps = []
     for t in range(xs.shape[1]):
         active = lengths > t
         state.advance(xs[:, t], None if active.all() else active)
-        if every_step:
-            steps.append(state.logits())
-    if not every_step:
-        return state.logits()
-    per = np.stack(steps, axis=1) if steps else np.zeros((len(lengths), 0, model.num_classes), np.int16)
-    return [per[n, :lengths[n]] for n in range(len(lengths))]
+    return state.logits()
 
 
 def infer_tokens(model: QuantModel, ids: Sequence[Sequence[int]]) -> np.ndarray:
     """reset, step over each sample's token ids, logits: int16 [N, C]."""
-    xs, lengths = _token_batch(model, ids)
-    return _run(model, xs, lengths, every_step=False)
+    return _run(model, *_token_batch(model, ids))
 
 
 def infer_sequences(model: QuantModel, x) -> np.ndarray:
     """Same for int8 feature sequences: [N, T, F], or a list of [T_n, F] of different lengths."""
-    xs, lengths = _sequence_batch(model, x)
-    return _run(model, xs, lengths, every_step=False)
+    return _run(model, *_sequence_batch(model, x))
+
+
+def trace(model: QuantModel, inputs) -> list[dict]:
+    """Everything after every step, per sample (token-id lists for text models, int8 sequences
+    for sequence models): {"logits": int16 [T_n, C], "h": [int8 [T_n, H_l] per layer],
+    "c": [int16 [T_n, H_l] per layer]}."""
+    xs, lengths = _token_batch(model, inputs) if model.kind == "text" else _sequence_batch(model, inputs)
+    check_model(model)
+    state = _State(model, len(lengths))
+    logits, hs, cs = [], [], []
+    for t in range(xs.shape[1]):
+        state.advance(xs[:, t], lengths > t)
+        logits.append(state.logits())
+        hs.append([h.astype(np.int8) for h in state.h])
+        cs.append([c.astype(np.int16) for c in state.c])
+    out = []
+    for n, T in enumerate(lengths.tolist()):
+        out.append({
+            "logits": np.array([logits[t][n] for t in range(T)], np.int16).reshape(T, model.num_classes),
+            "h": [np.array([hs[t][k][n] for t in range(T)], np.int8).reshape(T, L.hidden)
+                  for k, L in enumerate(model.layers)],
+            "c": [np.array([cs[t][k][n] for t in range(T)], np.int16).reshape(T, L.hidden)
+                  for k, L in enumerate(model.layers)],
+        })
+    return out
 
 
 def stream_logits(model: QuantModel, inputs) -> list[np.ndarray]:
-    """The logits after every step: one int16 [T_n, C] per sample (token-id lists for text
-    models, int8 sequences for sequence models)."""
-    xs, lengths = _token_batch(model, inputs) if model.kind == "text" else _sequence_batch(model, inputs)
-    return _run(model, xs, lengths, every_step=True)
+    """The logits after every step: one int16 [T_n, C] per sample."""
+    return [s["logits"] for s in trace(model, inputs)]
 
 
 def quantize_inputs(model: QuantModel, x) -> np.ndarray:
