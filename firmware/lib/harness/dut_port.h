@@ -1,0 +1,42 @@
+/* What the interpreter (dut.c) needs from the board. The firmware implements these in
+ * firmware/src/board/, host tests in their own small file. */
+#ifndef TINYSEEK_DUT_PORT_H
+#define TINYSEEK_DUT_PORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *board;            /* e.g. "mps2-an386" */
+    const char *cpu;              /* e.g. "cortex-m4" */
+    unsigned long clock_hz;       /* CPU clock the board is configured for */
+    const char *timer;            /* timing source, e.g. "systick-icount", "dwt-cyccnt" */
+    const char *timer_unit;       /* unit of dut_port_timer(): "instructions", "cycles", "us" */
+    unsigned long timer_per_us;   /* timer units per microsecond (for m-lap-us) */
+} dut_target_t;
+
+/* Memory figures the board can measure itself; -1 where it cannot. */
+typedef struct {
+    long flash_used;              /* code + read-only data + .data load image */
+    long ram_static;              /* .data + .bss */
+    long stack_size;              /* bytes reserved for the main stack */
+    long stack_peak;              /* deepest stack use since boot (painting) */
+} dut_mem_t;
+
+void dut_port_write(const char *s, size_t n);
+uint64_t dut_port_ticks(void);          /* raw monotonic counter: cheap to read */
+uint64_t dut_port_ticks_to_units(uint64_t ticks);  /* a tick count in target->timer_unit */
+void dut_port_timer_sync(void);         /* wait for the next timer edge before a measurement */
+const dut_target_t *dut_port_target(void);
+void dut_port_mem(dut_mem_t *mem);
+int dut_port_exit(int code);            /* stop the emulator; returns 0 where a board cannot */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TINYSEEK_DUT_PORT_H */
