@@ -14,15 +14,10 @@
 #define TS_FN(suffix) TS_PASTE(TINYSEEK_MODEL, suffix)         /* TS_FN(_reset): intents_reset */
 #define TS_DEF(suffix) TS_PASTE(TINYSEEK_MODEL_UPPER, suffix)  /* TS_DEF(_NUM_CLASSES) */
 
-/* The kernel variant, by the rule of the library's dispatch header: compiler feature macros. */
-#if defined(__ARM_FEATURE_MVE)
-#define TS_KERNEL "mve"
-#elif defined(__ARM_FEATURE_DSP)
-#define TS_KERNEL "dsp"
-#elif defined(__ARM_NEON)
-#define TS_KERNEL "neon"
-#else
-#define TS_KERNEL "c"
+/* The kernel variant compiled into the library. The generator renders the portable C kernels
+ * (templates/lib/kernels.c.j2); a build may name another variant with -DTINYSEEK_KERNEL=\"...\". */
+#ifndef TINYSEEK_KERNEL
+#define TINYSEEK_KERNEL "c"
 #endif
 
 /* The `db` input buffer holds TINYSEEK_INPUT_STEPS steps: token ids (text models, by default
@@ -51,7 +46,7 @@ static int16_t logits[TS_DEF(_NUM_CLASSES)];
 const dut_model_t tinyseek_model = {
     .name = TS_STR(TINYSEEK_MODEL),
     .hash = TS_DEF(_MODEL_HASH),
-    .kernel = TS_KERNEL,
+    .kernel = TINYSEEK_KERNEL,
     .num_classes = TS_DEF(_NUM_CLASSES),
     .input_size = TS_DEF(_INPUT_SIZE),
     .num_layers = TS_DEF(_NUM_LAYERS),
