@@ -66,6 +66,7 @@ def test_text_models_match_the_oracle(spec, steps):
 
 @pytest.mark.parametrize("kind, hidden, weights, scales", [
     ("text", [13, 6], "extreme", "mixed"), ("sequence", [17], "normal", "normal"), ("sequence", [3, 21], "extreme", "huge"),
+    ("sequence", [12, 5], "normal", "pow2"),  # exact ties in every rounding
 ])
 def test_fixed_models_match_the_oracle(kind, hidden, weights, scales):
     m = random_model(31, kind=kind, hidden=hidden, weights=weights, scales=scales, biases=weights,

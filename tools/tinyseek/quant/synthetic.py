@@ -11,7 +11,7 @@ from .model import HeadQ, LSTMLayerQ, QuantModel
 from .reference import INT32_MAX, MAX_PRODUCT, encode_multiplier, make_tables
 
 WEIGHT_MODES = ("normal", "extreme")
-SCALE_MODES = ("normal", "tiny", "huge", "mixed")
+SCALE_MODES = ("normal", "tiny", "huge", "mixed", "pow2")
 
 
 def _int8(rng: np.random.Generator, shape, mode: str) -> np.ndarray:
@@ -22,10 +22,13 @@ def _int8(rng: np.random.Generator, shape, mode: str) -> np.ndarray:
 
 
 def _multipliers(rng: np.random.Generator, size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(M, n) pairs; `normal` encodes realistic reals, the others draw shifts at the ends."""
+    """(M, n) pairs: `normal` encodes realistic reals, `pow2` exact powers 2^-1..2^-8 (so that
+    rounding ties are frequent), the others draw shifts at the ends of 1..62."""
     if mode == "normal":
         pairs = [encode_multiplier(2.0 ** rng.uniform(-9, 0)) for _ in range(size)]
         return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32)
+    if mode == "pow2":
+        return np.full(size, 2**30, np.int32), rng.integers(31, 39, size=size).astype(np.int32)
     lo, hi = {"tiny": (55, 62), "huge": (1, 6), "mixed": (1, 62)}[mode]
     m = rng.integers(2**30, 2**31, size=size, dtype=np.int64)
     # The very ends of the valid range in every drawn vector: M = 2^30 and M = 2^31 - 1.
