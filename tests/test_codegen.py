@@ -234,6 +234,19 @@ def test_compiles_for_cortex_m4_and_needs_no_float_support(make, tmp_path):
         assert not re.search(r"__aeabi_[fd]|__aeabi_[iul]+2[fd]|__(add|sub|mul|div)[sd]f3", undefined), obj.name
 
 
+@pytest.mark.parametrize("ci", ["1", None])
+def test_a_missing_cross_compiler_fails_in_ci_and_skips_elsewhere(monkeypatch, ci):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == ARM else real_which(name))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="apt-get install -y gcc-arm-none-eabi"):
+        _need_arm()
+
+
 # -- the literal helpers ---------------------------------------------------------------------
 
 def test_c_ints_aligns_wraps_and_writes_int32_min():
