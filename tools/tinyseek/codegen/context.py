@@ -64,9 +64,10 @@ def file_names(name: str, kind: str) -> dict[str, str]:
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
+    table_doc = "Q3.12 -> Q0.15, 257 samples on [-8, 8]"
     arrays: list[CArray] = [
-        _array(name, "sigmoid_table", "int16_t", model.sigmoid_table, "sigmoid, Q3.12 -> Q0.15, 257 samples on [-8, 8]"),
-        _array(name, "tanh_table", "int16_t", model.tanh_table, "tanh, Q3.12 -> Q0.15, 257 samples on [-8, 8]"),
+        _array(name, "sigmoid_table", "int16_t", model.sigmoid_table, f"sigmoid, {table_doc}"),
+        _array(name, "tanh_table", "int16_t", model.tanh_table, f"tanh, {table_doc}"),
     ]
     if model.kind == "text":
         arrays.append(_array(name, "embedding", "int8_t", model.embedding,
@@ -75,7 +76,8 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     for i, L in enumerate(model.layers):
         H, I = L.hidden, L.input_size
         la = {
-            "w_x": _array(name, f"l{i}_w_x", "int8_t", L.w_x, f"layer {i} input weights [{4 * H}][{I}], gates i, f, g, o"),
+            "w_x": _array(name, f"l{i}_w_x", "int8_t", L.w_x,
+                          f"layer {i} input weights [{4 * H}][{I}], gates i, f, g, o"),
             "w_h": _array(name, f"l{i}_w_h", "int8_t", L.w_h, f"layer {i} recurrent weights [{4 * H}][{H}]"),
             "mx": _array(name, f"l{i}_mx", "int32_t", L.mx, f"layer {i} requant multipliers of W_x x"),
             "nx": _array(name, f"l{i}_nx", "uint8_t", L.nx, f"layer {i} requant shifts of W_x x"),
