@@ -214,6 +214,9 @@ def test_sequence_model_stores_the_folded_layer_and_calibrated_scales(tmp_path):
     r = qm.layers[0].mx * 2.0 ** -qm.layers[0].nx.astype(float)
     np.testing.assert_allclose(r, s_wx * qm.input_scale * 4096, rtol=1e-9)
     assert qm.output_scale == pytest.approx(np.abs(fs.logits(x)).max() / 32000)
+    s_wo = np.abs(fs.tensors["head.weight"]).max(axis=1) / 127
+    np.testing.assert_allclose(qm.head.m * 2.0 ** -qm.head.n.astype(float), s_wo / 128 / qm.output_scale, rtol=1e-9)
+    np.testing.assert_array_equal(qm.head.bias, np.round(fs.tensors["head.bias"] / (s_wo / 128)).astype(np.int32))
 
 
 @pytest.mark.parametrize("kind", ["text", "sequence"])

@@ -291,10 +291,14 @@ class FloatStudent:
                 raise QuantError(f"a {self.kind} student needs a split with "
                                  f"{'texts' if self.kind == 'text' else 'x'}")
         if self.kind == "text" and len(data) and isinstance(data[0], str):
-            from ..student.tokenizer import HashTokenizer
-            tok = HashTokenizer(self.vocab_size, self.max_len)
-            data = [tok.encode(s) for s in data]
+            data = self.tokenize(data)
         return self.logits(data)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of texts with the student's own tokenizer (docs/numerics.md)."""
+        from ..student.tokenizer import HashTokenizer
+        tok = HashTokenizer(self.vocab_size, self.max_len)
+        return [tok.encode(t) for t in texts]
 
     def calibrate(self, inputs) -> ActivationStats:
         """Run the inputs and record the ranges the quantizer needs (see ActivationStats)."""

@@ -205,9 +205,7 @@ def quantize_run(cfg, run_dir: str | Path, dataset) -> QuantModel:
     if fs.kind == "text":
         if split.texts is None:
             raise QuantError(f"the training split of '{dataset.name}' has no texts to calibrate the text student on")
-        from ..student.tokenizer import HashTokenizer
-        tok = HashTokenizer(fs.vocab_size, fs.max_len)
-        calib = [tok.encode(split.texts[i]) for i in idx]
+        calib = fs.tokenize([split.texts[i] for i in idx])
     else:
         if split.x is None:
             raise QuantError(f"the training split of '{dataset.name}' has no features x to calibrate on")
@@ -227,9 +225,7 @@ def compare_int8_float(student_dir: str | Path, qmodel: QuantModel, inputs, labe
         raise QuantError(f"int8 model '{qmodel.name}' ({qmodel.kind}, {qmodel.num_classes} classes) is not a "
                          f"quantization of {student_dir} ({fs.kind}, {fs.num_classes} classes)")
     if fs.kind == "text" and len(inputs) and isinstance(inputs[0], str):
-        from ..student.tokenizer import HashTokenizer
-        tok = HashTokenizer(fs.vocab_size, fs.max_len)
-        inputs = [tok.encode(s) for s in inputs]
+        inputs = fs.tokenize(inputs)
     float_logits = fs.logits(inputs)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(float_logits):
