@@ -1,0 +1,177 @@
+"""Build the firmware for one environment, run a model on the device, collect what it measured.
+
+`run_device_bench(env, lib_name, inputs)` is the entry point (the CLI calls it): PlatformIO
+build, QEMU (emulated environments) or flash + serial port (real boards), one inference per
+input, and plain dicts back: logits, latency in the board's timer unit, memory from the ELF and
+from the device.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .boards import BoardProfile, load_profile
+from .elfmem import memory_report
+from .pio_offline import ensure_scons_package
+from .protocol import DutClient
+from .qemu import Machine, QemuProcess, ToolMissingError
+from .serial_link import SerialLink
+
+PROJECT_DIR = Path(__file__).resolve().parents[3]
+LINE_MAX = 512  # DUT_LINE_MAX of the firmware
+DEFAULT_INPUT_STEPS = 128  # TINYSEEK_INPUT_STEPS of a sequence model's firmware
+
+
+class BuildError(ValueError):
+    """PlatformIO could not build (or flash) the firmware."""
+
+
+def pio_executable() -> str:
+    """`pio` next to this Python (the venv), else on PATH."""
+    local = Path(sys.executable).with_name("pio")
+    if local.is_file():
+        return str(local)
+    found = shutil.which("pio") or shutil.which("platformio")
+    if not found:
+        raise ToolMissingError("PlatformIO is not installed; install it with: .venv/bin/pip install platformio scons")
+    return found
+
+
+def _model_environ(lib: str | Path) -> tuple[str, dict[str, str]]:
+    """(model name, environment variables that make the build link it). `lib` is a library
+    name in firmware/lib or the path of a library folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYSEEK_MODEL", "TINYSEEK_MODEL_DIR")}
+    if isinstance(lib, Path) or os.sep in lib:
+        path = Path(lib).resolve()
+        env["TINYSEEK_MODEL_DIR"] = str(path)
+        return path.name, env
+    env["TINYSEEK_MODEL"] = lib
+    return lib, env
+
+
+def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJECT_DIR,
+                   build_dir: str | Path | None = None, extra_flags: Sequence[str] = (),
+                   upload_port: str | None = None, timeout: float = 600.0) -> Path:
+    """`pio run -e env` for model `lib` (with `-t upload` when upload_port is given); returns
+    the ELF. Each model builds in its own folder, so switching models recompiles nothing."""
+    project_dir = Path(project_dir)
+    ensure_scons_package(project_dir)
+    name, environ = _model_environ(lib)
+    build_dir = Path(build_dir) if build_dir else project_dir / ".pio" / "models" / name
+    environ["PLATFORMIO_BUILD_DIR"] = str(build_dir)
+    if extra_flags:
+        environ["PLATFORMIO_BUILD_FLAGS"] = " ".join(extra_flags)
+    cmd = [pio_executable(), "run", "-d", str(project_dir), "-e", env]
+    if upload_port:
+        cmd += ["-t", "upload", "--upload-port", upload_port]
+    try:
+        p = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise BuildError(f"`{' '.join(cmd)}` did not finish within {timeout:.0f} s") from e
+    if p.returncode != 0:
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-25:])
+        raise BuildError(f"`{' '.join(cmd)}` failed (exit {p.returncode}):\n{tail}")
+    elf = build_dir / env / "firmware.elf"
+    if not elf.is_file():
+        raise BuildError(f"the build reported success but {elf} does not exist")
+    return elf
+
+
+def _send(dut: DutClient, item, kind: str, runs: int, warmups: int, timeout: float) -> tuple[dict, str]:
+    """One input -> (result, how it was sent)."""
+    if kind == "text" and isinstance(item, (str, bytes)):
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+        if len(text.encode()) <= LINE_MAX - 4 and not any(c in text for c in "%\r\n"):
+            return dut.classify(text), "text"
+        raise ValueError("text input too long for one command or containing '%', CR or LF; "
+                         "tokenize it on the host and pass token ids instead")
+    data = (np.asarray(item, "<u2") if kind == "text" else np.asarray(item, np.int8)).tobytes()
+    if not data:
+        raise ValueError("an empty input cannot be loaded (the protocol needs db load N > 0)")
+    dut.load(data)
+    return dut.infer(runs, warmups, timeout=timeout), "token_ids" if kind == "text" else "features"
+
+
+def _latency(times: list[dict]) -> dict:
+    per = [t["total"] / t["runs"] for t in times]
+    return {"per_input": per, "mean": float(np.mean(per)), "min": min(t["min"] for t in times),
+            "max": max(t["max"] for t in times), "median": float(np.median(per))} if per else {}
+
+
+def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: int = 1, warmups: int = 0,
+                     port: str | None = None, project_dir: str | Path = PROJECT_DIR,
+                     build_dir: str | Path | None = None, timeout: float = 60.0) -> dict:
+    """Build `lib_name` for `env`, run every input on the device, and report.
+
+    inputs: texts (str, classified on the device with `cls`) or token-id lists for text models;
+    int8 feature arrays [T, F] (or one [N, T, F] array) for sequence models.
+    port: the serial port of a real board (e.g. /dev/ttyUSB0; the board is flashed first);
+    emulated environments start QEMU and need none. Returns plain, JSON-ready dicts."""
+    profile = load_profile(env)
+    steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, bytes, list))]
+    flags = [f"-DTINYSEEK_INPUT_STEPS={max(steps)}"] if steps and max(steps) > DEFAULT_INPUT_STEPS else []
+    if not profile.emulated and not port:
+        raise ValueError(f"{env} is a real board: pass port= (e.g. /dev/ttyUSB0) to flash and talk to it")
+    elf = build_firmware(env, lib_name, project_dir=project_dir, build_dir=build_dir, extra_flags=flags,
+                         upload_port=None if profile.emulated else port)
+    name = _model_environ(lib_name)[0]
+    memory = memory_report(elf, name, elf.with_name("firmware.map"))
+    if profile.emulated:
+        with QemuProcess(elf, Machine(profile.qemu_system, profile.qemu_machine)) as qemu:
+            session = _session(qemu.url, inputs, runs, warmups, timeout)
+    else:
+        session = _session(port, inputs, runs, warmups, timeout)
+    return _report(profile, elf, memory, session, runs, warmups)
+
+
+def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float) -> dict:
+    with SerialLink(url) as link:
+        dut = DutClient(link, timeout=timeout)
+        dut.sync()
+        info, results, modes = dut.info(), [], []
+        for item in inputs:
+            result, mode = _send(dut, item, info["kind"], runs, warmups, timeout)
+            results.append(result)
+            modes.append(mode)
+        device_mem = dut.mem()
+    return {"info": info, "results": results, "modes": modes, "device_mem": device_mem}
+
+
+def _report(profile: BoardProfile, elf: Path, memory: dict, session: dict, runs: int, warmups: int) -> dict:
+    info, results = session["info"], session["results"]
+    latency = _latency([r["time"] for r in results])
+    unit = info["unit"]
+    note = ("QEMU -icount: instructions executed, not CPU cycles (no pipeline model)"
+            if unit == "instructions" else f"{unit} of the {info['timer']} counter")
+    energy = None
+    if latency:
+        energy = {"per_inference_uj": profile.energy_uj(latency["mean"]), "active_power_mw": profile.active_power_mw,
+                  "basis": (f"{unit} taken as cycles of {profile.reference_board} at {profile.reference_clock_hz} Hz"
+                            if profile.emulated else f"cycles at {profile.clock_hz} Hz"),
+                  "note": "an estimate from a datasheet power figure, not a measurement"}
+    return {
+        "env": profile.env,
+        "board": info["board"],
+        "cpu": info["cpu"],
+        "emulated": profile.emulated,
+        "elf": str(elf),
+        "model": {"name": info["model"], "hash": info["hash"], "kind": info["kind"], "kernel": info["kernel"]},
+        "timer": {"source": info["timer"], "unit": unit, "clock_hz": info["clock_hz"], "note": note},
+        "runs_per_input": runs,
+        "warmups": warmups,
+        "inputs": len(results),
+        "input_modes": sorted(set(session["modes"])),
+        "latency": {"unit": unit, **latency},
+        "energy": energy,
+        "logits": [r["logits"] for r in results],
+        "predictions": [int(np.argmax(r["logits"])) for r in results],
+        "memory": {"elf": memory, "device": session["device_mem"],
+                   "stack_peak": session["device_mem"].get("stack_peak")},
+    }
+
