@@ -170,7 +170,8 @@ def validate(cfg: Config) -> None:
          "set codegen.name or choose another run name")
 
 
-_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# No leading underscore: the upper-cased macros would be reserved identifiers.
+_C_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _C_KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "
     "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "

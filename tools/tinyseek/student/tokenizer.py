@@ -49,8 +49,20 @@ def _is_separator(cp: int) -> bool:
     if cp < 0:
         return True
     if cp < 0x80:
-        return not (chr(cp).isascii() and (chr(cp).isalnum()))
+        return not chr(cp).isalnum()
     return any(lo <= cp <= hi for lo, hi in _SEPARATOR_RANGES)
+
+
+def utf8_bytes(cp: int) -> bytes:
+    """The generic UTF-8 form of a decoded code point, surrogates and values above U+10FFFF
+    included (the decoder accepts them, so Python's strict codec cannot be used here)."""
+    if cp < 0x80:
+        return bytes([cp])
+    if cp < 0x800:
+        return bytes([0xC0 | cp >> 6, 0x80 | cp & 0x3F])
+    if cp < 0x10000:
+        return bytes([0xE0 | cp >> 12, 0x80 | (cp >> 6) & 0x3F, 0x80 | cp & 0x3F])
+    return bytes([0xF0 | cp >> 18, 0x80 | (cp >> 12) & 0x3F, 0x80 | (cp >> 6) & 0x3F, 0x80 | cp & 0x3F])
 
 
 def fnv1a(data: bytes) -> int:
@@ -90,7 +102,7 @@ class HashTokenizer:
                 ids.append(self._token_id(bytes(word)))
                 word.clear()
             if not _is_separator(cp) and len(ids) < self.max_len:
-                ids.append(self._token_id(chr(cp).encode("utf-8")))
+                ids.append(self._token_id(utf8_bytes(cp)))
         if word and len(ids) < self.max_len:
             ids.append(self._token_id(bytes(word)))
         return ids[: self.max_len]
