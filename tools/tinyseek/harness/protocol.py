@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .serial_link import LinkTimeout, SerialLink
 
 READY = "m-ready"
-_BRACKET = re.compile(r"^m-([a-z_]+)-\[(.*)\]$")
+_BRACKET = re.compile(r"^m-([a-z_-]+?)-\[(.*)\]$")
 
 
 class ProtocolError(ValueError):
@@ -142,7 +142,8 @@ class DutClient:
 
     # -- commands -----------------------------------------------------------------------
     def name(self) -> str:
-        return self.command("name").field("name")
+        """The vendor name of `m-name-dut-[NAME]` (tinyseek)."""
+        return self.command("name").field("name-dut")
 
     def info(self) -> dict:
         return parse_kv(self.command("info").field("info"))
