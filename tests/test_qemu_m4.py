@@ -138,7 +138,7 @@ def test_pio_test_runs_the_custom_runner(text_fw):
     model, _, tmp = text_fw
     model.save(tmp / "int8")
     env = dict(os.environ, TINYSEEK_MODEL_DIR=str(tmp / "m4txt"), TINYSEEK_INT8_DIR=str(tmp / "int8"),
-               PLATFORMIO_BUILD_DIR=str(tmp / "piotest"))
+               PLATFORMIO_BUILD_DIR=str(tmp / "piotest"), PLATFORMIO_SETTING_ENABLE_TELEMETRY="no")
     p = subprocess.run([pio_executable(), "test", "-d", str(ROOT), "-e", "qemu_m4"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

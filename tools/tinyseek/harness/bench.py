@@ -65,6 +65,8 @@ def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJE
     name, environ = _model_environ(lib)
     build_dir = Path(build_dir) if build_dir else project_dir / ".pio" / "models" / name
     environ["PLATFORMIO_BUILD_DIR"] = str(build_dir)
+    # PlatformIO's usage telemetry is its only network access in an offline build.
+    environ.setdefault("PLATFORMIO_SETTING_ENABLE_TELEMETRY", "no")
     if extra_flags:
         environ["PLATFORMIO_BUILD_FLAGS"] = " ".join(extra_flags)
     cmd = [pio_executable(), "run", "-d", str(project_dir), "-e", env]
