@@ -15,7 +15,7 @@ from platformio.public import TestCase, TestRunnerBase, TestStatus
 
 from tinyseek.harness.boards import load_profile
 from tinyseek.harness.protocol import DutClient
-from tinyseek.harness.qemu import Machine, QemuProcess
+from tinyseek.harness.qemu import QemuProcess
 from tinyseek.harness.selftest import run_checks
 from tinyseek.harness.serial_link import SerialLink
 from tinyseek.quant.model import ModelFileError, QuantModel
@@ -50,10 +50,10 @@ class CustomTestRunner(TestRunnerBase):
         qmodel = self._quant_model()
         if profile.emulated:
             elf = Path(self.project_config.get("platformio", "build_dir")) / env / "firmware.elf"
-            with QemuProcess(elf, Machine(profile.qemu_system, profile.qemu_machine)) as qemu:
+            with QemuProcess(elf, profile.machine()) as qemu:
                 self._run(qemu.url, qmodel)
                 code = qemu.wait(10)
-                self._case("semihosting_exit", TestStatus.PASSED if code == 0 else TestStatus.FAILED,
+                self._case("emulator_exit", TestStatus.PASSED if code == 0 else TestStatus.FAILED,
                            f"QEMU exit code {code}")
         else:
             port = self.get_test_port()

@@ -20,7 +20,7 @@ from .boards import BoardProfile, load_profile
 from .elfmem import memory_report
 from .pio_offline import ensure_scons_package
 from .protocol import DutClient
-from .qemu import Machine, QemuProcess, ToolMissingError
+from .qemu import QemuProcess, ToolMissingError
 from .serial_link import SerialLink
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -125,7 +125,7 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
     name = _model_environ(lib_name)[0]
     memory = memory_report(elf, name, elf.with_name("firmware.map"))
     if profile.emulated:
-        with QemuProcess(elf, Machine(profile.qemu_system, profile.qemu_machine)) as qemu:
+        with QemuProcess(elf, profile.machine()) as qemu:
             session = _session(qemu.url, inputs, runs, warmups, timeout)
     else:
         session = _session(port, inputs, runs, warmups, timeout)

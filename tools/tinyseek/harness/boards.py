@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .qemu import Machine
+
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "codegen" / "boards"
 
 
@@ -33,8 +35,14 @@ class BoardProfile:
     active_power_mw: float
     qemu_system: str = ""
     qemu_machine: str = ""
+    qemu_args: tuple[str, ...] = ()  # further QEMU options the machine needs
     reference_board: str = ""  # emulated boards: the real board the energy estimate assumes
     reference_clock_hz: int = 0
+
+    def machine(self) -> Machine:
+        if not self.emulated:
+            raise BoardError(f"{self.env} is a real board, not an emulated one")
+        return Machine(self.qemu_system, self.qemu_machine, self.qemu_args)
 
     def energy_uj(self, latency: float) -> float:
         """Energy of one inference in microjoules, from a latency in this board's unit.
@@ -54,6 +62,7 @@ def load_profile(env: str) -> BoardProfile:
     unknown = set(data) - known
     if unknown:
         raise BoardError(f"{path}: unknown keys {sorted(unknown)}")
+    data["qemu_args"] = tuple(data.get("qemu_args", ()))
     try:
         profile = BoardProfile(**data)
     except TypeError as e:

@@ -44,10 +44,11 @@ env.Replace(
 )
 
 cpu_flags = list(board.get("build.cpu_flags"))
+libc_specs = list(board.get("build.libc_specs"))  # the C library's include and link setup
 env.Append(
     ASFLAGS=cpu_flags,
     ASPPFLAGS=["-x", "assembler-with-cpp"],
-    CCFLAGS=cpu_flags + ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
+    CCFLAGS=cpu_flags + libc_specs + ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra"],
     CFLAGS=["-std=c99"],
     CXXFLAGS=["-fno-exceptions", "-fno-rtti"],
     CPPDEFINES=[
@@ -57,7 +58,7 @@ env.Append(
         ("TS_UART_BASE", board.get("build.uart_base") + "UL"),
     ],
     LINKFLAGS=cpu_flags + [
-        "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
+        "-nostartfiles", *libc_specs, "-Wl,--gc-sections",
         "-Wl,-Map=" + os.path.join("$BUILD_DIR", "firmware.map"),
         "-L" + os.path.join(platform_dir, "ldscripts"),
     ],
