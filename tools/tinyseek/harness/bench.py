@@ -24,7 +24,6 @@ from .qemu import QemuProcess, ToolMissingError
 from .serial_link import SerialLink
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
-LINE_MAX = 512  # DUT_LINE_MAX of the firmware
 DEFAULT_INPUT_STEPS = 128  # TINYSEEK_INPUT_STEPS of a sequence model's firmware
 
 
@@ -85,14 +84,17 @@ def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJE
     return elf
 
 
-def _send(dut: DutClient, item, kind: str, runs: int, warmups: int, timeout: float) -> tuple[dict, str]:
-    """One input -> (result, how it was sent)."""
-    if kind == "text" and isinstance(item, (str, bytes)):
-        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-        if len(text.encode()) <= LINE_MAX - 4 and not any(c in text for c in "%\r\n"):
-            return dut.classify(text), "text"
-        raise ValueError("text input too long for one command or containing '%', CR or LF; "
-                         "tokenize it on the host and pass token ids instead")
+def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: float) -> tuple[dict, str]:
+    """One input -> (result, how it was sent). A text the command line cannot carry (too long,
+    or with '%', CR or LF) is tokenized on the host by the same tokenizer and sent as ids."""
+    kind = info["kind"]
+    if kind == "text" and isinstance(item, str):
+        if len(item.encode()) <= info["line"] - 4 and not any(c in item for c in "%\r\n"):
+            return dut.classify(item), "text"
+        from ..student.tokenizer import HashTokenizer
+        item = HashTokenizer(info["vocab"], info["max_len"]).encode(item)
+        if not item:  # nothing but separators: the same as classifying an empty text
+            return dut.classify(""), "text"
     data = (np.asarray(item, "<u2") if kind == "text" else np.asarray(item, np.int8)).tobytes()
     if not data:
         raise ValueError("an empty input cannot be loaded (the protocol needs db load N > 0)")
@@ -111,12 +113,13 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
                      build_dir: str | Path | None = None, timeout: float = 60.0) -> dict:
     """Build `lib_name` for `env`, run every input on the device, and report.
 
-    inputs: texts (str, classified on the device with `cls`) or token-id lists for text models;
+    inputs: texts (str, tokenized and classified on the device with `cls`) or token-id lists for
+    text models;
     int8 feature arrays [T, F] (or one [N, T, F] array) for sequence models.
     port: the serial port of a real board (e.g. /dev/ttyUSB0; the board is flashed first);
     emulated environments start QEMU and need none. Returns plain, JSON-ready dicts."""
     profile = load_profile(env)
-    steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, bytes, list))]
+    steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, list))]
     flags = [f"-DTINYSEEK_INPUT_STEPS={max(steps)}"] if steps and max(steps) > DEFAULT_INPUT_STEPS else []
     if not profile.emulated and not port:
         raise ValueError(f"{env} is a real board: pass port= (e.g. /dev/ttyUSB0) to flash and talk to it")
@@ -138,7 +141,7 @@ def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float
         dut.sync()
         info, results, modes = dut.info(), [], []
         for item in inputs:
-            result, mode = _send(dut, item, info["kind"], runs, warmups, timeout)
+            result, mode = _send(dut, item, info, runs, warmups, timeout)
             results.append(result)
             modes.append(mode)
         device_mem = dut.mem()
