@@ -69,6 +69,16 @@ def packages_dir(project_dir: str | Path | None = None) -> Path:
     return Path(config.get("platformio", "packages_dir"))
 
 
+def _is_ready(target: Path, version: str) -> bool:
+    meta = target / ".piopm"
+    if not (meta.is_file() and (target / "SCons" / "__init__.py").is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("version") == version
+    except json.JSONDecodeError:
+        return False
+
+
 def ensure_scons_package(project_dir: str | Path | None = None) -> Path:
     """Install `tool-scons` into PlatformIO's packages folder unless it is already there;
     returns the package folder."""
@@ -85,16 +95,12 @@ def ensure_scons_package(project_dir: str | Path | None = None) -> Path:
             f"{version}; install the matching scons: .venv/bin/pip install "
             f"'scons=={major}.{int(rest[1:3])}.{int(rest[3:5])}'")
     target = packages_dir(project_dir) / PACKAGE
-    meta = target / ".piopm"
-    if meta.is_file() and (target / "SCons" / "__init__.py").is_file():
-        try:
-            if json.loads(meta.read_text()).get("version") == version:
-                return target
-        except json.JSONDecodeError:
-            pass
+    if _is_ready(target, version):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and swap it in, so a concurrent build never sees half a package.
-    tmp = Path(tempfile.mkdtemp(prefix=".tool-scons-", dir=target.parent))
+    # Build it beside the packages folder (where PlatformIO does not look) and move it in whole,
+    # so a concurrent build never sees half a package.
+    tmp = Path(tempfile.mkdtemp(prefix=".tool-scons-", dir=target.parent.parent))
     try:
         shutil.copytree(source, tmp / "SCons", ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "scons.py").write_text(_LAUNCHER)
@@ -107,9 +113,15 @@ def ensure_scons_package(project_dir: str | Path | None = None) -> Path:
             "spec": {"owner": "platformio", "id": None, "name": PACKAGE, "requirements": None, "uri": None},
         }))
         tmp.chmod(0o755)  # mkdtemp makes it private
+        if _is_ready(target, version):  # another process finished first
+            return target
         if target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_ready(target, version):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
