@@ -29,8 +29,8 @@ class CustomTestRunner(TestRunnerBase):
             f"env:{self.test_suite.env_name}", "custom_tinyseek_model")
 
     def _quant_model(self):
-        folder = os.environ.get("TINYSEEK_INT8_DIR") or os.path.join(
-            self.project_config.get("platformio", "workspace_dir"), "..", "models", self._model_name(), "int8")
+        folder = os.environ.get("TINYSEEK_INT8_DIR") or (
+            Path(self.project_config.path).parent / "models" / self._model_name() / "int8")
         try:
             return QuantModel.load(folder)
         except ModelFileError:
