@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.tinyseek-installed
 
 demo: setup
 	$(BIN)/tinyseek build
+	$(BIN)/tinyseek bench --env qemu_m4
 
 test: setup
 	$(BIN)/pytest -q
@@ -26,7 +27,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[teacher,test]"
+	$(BIN)/python -m pip install -q -e ".[teacher,test,firmware]"
+	$(BIN)/python -m tinyseek.harness.pio_offline
 	touch $(STAMP)
 
 clean-venv:

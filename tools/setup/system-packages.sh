@@ -2,7 +2,7 @@
 # Installs the Debian/Ubuntu packages tinyseek needs (compilers, cross compilers, QEMU).
 # As root it installs what is missing; otherwise it prints the exact command to run.
 set -e
-PACKAGES="gcc make python3-venv python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+PACKAGES="gcc make python3-venv python3-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

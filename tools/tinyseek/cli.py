@@ -55,6 +55,11 @@ def make_parser() -> argparse.ArgumentParser:
         if name == "verify":
             p.add_argument("--target", default="host", choices=["host"],
                            help="where the generated C runs (host: gcc on this machine)")
+    p = sub.add_parser("bench", help="run the test split on a board (QEMU or a serial port), bit-exact check, device report")
+    _common(p)
+    p.add_argument("--env", default="qemu_m4", help="platformio.ini environment (default qemu_m4: emulated Cortex-M4)")
+    p.add_argument("--port", help="serial port of a real board, e.g. /dev/ttyUSB0 or socket://HOST:PORT")
+    p.add_argument("--limit", type=int, default=0, help="send only the first N test samples (0: all)")
     return parser
 
 
@@ -63,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args.config, _overrides(args.set))
         run = Run(cfg)
-        if args.command == "build":
+        if args.command == "bench":
+            from .harness.device import run_on_device
+            run_on_device(run, args.env, args.port, args.limit)
+            run.stage("report", force=True)
+            print((run.dir / "report.md").read_text())
+        elif args.command == "build":
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())
         else:

@@ -105,7 +105,7 @@ class Run:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
     def _report_inputs(self) -> list[Path]:
-        return [p for p in (self.dir / "metrics.json", self.dir / "verify.json") if p.exists()]
+        return [p for p in (self.dir / n for n in ("metrics.json", "verify.json", "device.json")) if p.exists()]
 
     def outputs(self, stage: str) -> list[Path]:
         return {

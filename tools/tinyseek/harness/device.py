@@ -1,0 +1,50 @@
+"""The device stage: the default test split on a board (emulated or on a port), every logit
+checked against the integer reference, written to the run's device.json for the report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dict:
+    from ..quant.model import QuantModel
+    from .bench import run_device_bench
+    from .boards import load_profile
+    from .evaluate import int8_inputs, oracle_logits
+
+    qm = QuantModel.load(run.int8_dir)
+    test = run.dataset.test
+    n = len(test.y) if not limit else min(limit, len(test.y))
+    if qm.kind == "text":
+        from ..data import Split
+        test = Split(y=test.y[:n], texts=list(test.texts[:n]), x=None)
+    else:
+        from ..data import Split
+        test = Split(y=test.y[:n], texts=None, x=test.x[:n])
+    run.log(f"[device] {env}: building and sending {n} samples")
+    result = run_device_bench(env, run.lib_dir, int8_inputs(qm, test), port=port)
+    logits = np.asarray(result["logits"], dtype=np.int64)
+    expected = oracle_logits(qm, test).astype(np.int64)
+    mismatches = int(np.sum(np.any(logits != expected, axis=1)))
+    per = np.asarray(result["latency"]["per_input"], dtype=float)
+    profile = load_profile(env)
+    clock = profile.reference_clock_hz if profile.emulated else profile.clock_hz
+    mem = result["memory"]
+    device = {
+        "target": env, "board": result["board"], "cpu": result["cpu"], "emulated": result["emulated"],
+        "samples": n, "bitexact": mismatches == 0, "mismatches": mismatches,
+        "accuracy": float(np.mean(logits.argmax(axis=1) == test.y)),
+        "latency": {"value": float(np.median(per)), "p99": float(np.percentile(per, 99)),
+                    "unit": result["latency"]["unit"], "timer": result["timer"]["source"],
+                    "note": result["timer"]["note"],
+                    "ms_at_clock": float(np.median(per)) / clock * 1e3, "clock_hz": clock},
+        "memory": {"flash_model": mem["elf"]["flash"]["model"], "flash_runtime": mem["elf"]["flash"]["runtime"],
+                   "ram_static": mem["elf"]["ram"]["static"], "stack_peak": mem["stack_peak"]},
+        "energy_uj_estimate": (result["energy"] or {}).get("per_inference_uj"),
+        "kernel": result["model"]["kernel"],
+    }
+    (run.dir / "device.json").write_text(json.dumps(device, indent=2, sort_keys=True) + "\n")
+    run.log(f"[device] {env}: bit-exact {device['bitexact']} on {n} samples, median "
+            f"{device['latency']['value']:.0f} {device['latency']['unit']} per inference")
+    return device
