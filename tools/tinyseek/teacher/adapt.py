@@ -1,0 +1,208 @@
+"""Domain adaptation: fit the teacher to the task before its knowledge is extracted.
+
+Text tasks: continued pretraining (causal LM loss on the training texts, cfg.pretrain_epochs),
+then a classification head on the mean-pooled last hidden state (cfg.finetune_epochs).
+Sequence tasks: no pretraining (there are no tokens to predict); an input projection
+Linear(F -> hidden) feeds `inputs_embeds`, trained together with the head.
+
+What the fine-tuning trains (`train_backbone`, default: only for the built-in teacher):
+- the built-in tiny teacher: backbone + head (+ projection), all of it;
+- a loaded teacher (HF folder or GGUF): the backbone is frozen and only the head (+ projection)
+  is trained, which is what a CPU can afford for a model of billions of parameters. For a
+  text task its pooled features are then computed once and the head trains on those.
+Continued pretraining always updates the backbone; set pretrain_epochs = 0 to skip it.
+
+After every fine-tuning epoch the validation accuracy is measured and the best epoch's
+weights are kept (the last epoch's when there is no validation split).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .build import build_default_teacher
+from .classifier import TeacherClassifier, mean_pool, save_adapted, split_inputs, trim
+from .extract import select_layers
+from .load import TeacherError, load_teacher
+
+
+def _check_dataset(dataset) -> None:
+    c = len(dataset.labels)
+    if c < 2:
+        raise TeacherError(f"task {dataset.name!r} has {c} label(s); a classifier needs at least 2")
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        y = np.asarray(split.y)
+        if len(y) and (y.min() < 0 or y.max() >= c):
+            raise TeacherError(f"task {dataset.name!r}: {name} labels must be in 0..{c - 1}, found {y.min()}..{y.max()}")
+        if dataset.kind == "text" and (split.texts is None or len(split.texts) != len(y)):
+            raise TeacherError(f"task {dataset.name!r}: the {name} split needs one text per label")
+        if dataset.kind == "sequence" and (split.x is None or np.ndim(split.x) != 3 or len(split.x) != len(y)):
+            raise TeacherError(f"task {dataset.name!r}: the {name} split needs x of shape [N, T, F] with N = {len(y)}")
+    if len(dataset.train.y) == 0:
+        raise TeacherError(f"task {dataset.name!r} has no training samples")
+
+
+def _schedule(opt, total_steps: int):
+    """Linear warm-up over the first 5% of steps, then linear decay to 0."""
+    warm = max(1, total_steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total_steps))
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    return torch.randperm(n, generator=gen).split(batch_size)
+
+
+def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator) -> None:
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    steps_per_epoch = -(-len(ids) // cfg.batch_size)
+    sched = _schedule(opt, cfg.pretrain_epochs * steps_per_epoch)
+    backbone.train()
+    for epoch in range(cfg.pretrain_epochs):
+        bar = tqdm(_batches(len(ids), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
+                   desc=f"teacher pretrain {epoch + 1}/{cfg.pretrain_epochs}")
+        for idx in bar:
+            b_ids, b_mask = trim(ids[idx], mask[idx])
+            loss = backbone(input_ids=b_ids, attention_mask=b_mask, use_cache=False,
+                            labels=b_ids.masked_fill(b_mask == 0, -100)).loss
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    backbone.eval()
+
+
+@torch.no_grad()
+def _logits(forward: Callable, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([forward(inputs[i:i + batch_size], mask[i:i + batch_size])
+                      for i in range(0, len(inputs), batch_size)])
+
+
+def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[[], dict], train, val,
+         cfg, gen: torch.Generator) -> float:
+    """Cross-entropy training of `params`; keeps the state (from `snapshot`, restored into
+    `module`) of the epoch with the best validation accuracy. Returns that accuracy
+    (-1 without a validation split)."""
+    (inputs, mask, y), (v_inputs, v_mask, v_y) = train, val
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    steps_per_epoch = -(-len(y) // cfg.batch_size)
+    sched = _schedule(opt, cfg.finetune_epochs * steps_per_epoch)
+    best_acc, best_state = -1.0, None
+    for epoch in range(cfg.finetune_epochs):
+        module.train()
+        bar = tqdm(_batches(len(y), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
+                   desc=f"teacher finetune {epoch + 1}/{cfg.finetune_epochs}")
+        for idx in bar:
+            loss = nn.functional.cross_entropy(forward(inputs[idx], mask[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        module.eval()
+        if len(v_y):
+            acc = float((_logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).argmax(1) == v_y).float().mean())
+            if acc > best_acc:
+                best_acc, best_state = acc, snapshot()
+    if best_state is not None:
+        module.load_state_dict(best_state, strict=False)
+    module.eval()
+    return best_acc
+
+
+@torch.no_grad()
+def _pooled(model: TeacherClassifier, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def pool(inp, m):
+        inp, m = trim(inp, m)
+        return mean_pool(model.encode(inp, m).last_hidden_state, m)
+    return _logits(pool, inputs, mask, batch_size)
+
+
+def _token_dropout(ids: torch.Tensor, mask: torch.Tensor, p: float, unk_id: int, gen: torch.Generator):
+    """Replace each real token except the first (bos, when there is one) by `unk_id` with
+    probability p: the classifier cannot lean on any single word of a training phrasing."""
+    drop = (torch.rand(ids.shape, generator=gen) < p) & (mask == 1)
+    drop[:, 0] = False
+    return ids.masked_fill(drop, unk_id)
+
+
+def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
+          token_dropout: float = 0.1) -> Path:
+    """Adapt the teacher named by `cfg.source` to `dataset` and save it to `<run_dir>/teacher/`.
+
+    `train_backbone` (None: True for the built-in teacher, False for a loaded one) chooses
+    whether fine-tuning updates the backbone or only the head (+ input projection); see the
+    module docstring. Seeded by cfg.seed. Returns the teacher folder.
+    """
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    _check_dataset(dataset)
+    out = Path(run_dir) / "teacher"
+    if cfg.source == "default":
+        with tempfile.TemporaryDirectory() as tmp:
+            backbone, tokenizer = load_teacher(build_default_teacher(dataset, cfg, tmp))
+    else:
+        backbone, tokenizer = load_teacher(cfg.source, cfg.tokenizer or None)
+    if train_backbone is None:
+        train_backbone = cfg.source == "default"
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sequence = dataset.kind == "sequence"
+    model = TeacherClassifier(backbone, len(dataset.labels), int(dataset.train.x.shape[-1]) if sequence else 0)
+    if sequence:
+        model.proj.fit(dataset.train.x)
+    inputs, mask = split_inputs(tokenizer, dataset.train, dataset.kind, cfg.max_tokens)
+    v_inputs, v_mask = (split_inputs(tokenizer, dataset.val, dataset.kind, cfg.max_tokens) if len(dataset.val.y)
+                        else (inputs[:0], mask[:0]))
+    y, v_y = torch.as_tensor(dataset.train.y, dtype=torch.long), torch.as_tensor(dataset.val.y, dtype=torch.long)
+
+    if not sequence and cfg.pretrain_epochs > 0:
+        _pretrain(backbone, inputs, mask, cfg, gen)
+
+    backbone.requires_grad_(train_backbone)
+    if train_backbone or sequence:
+        params = [p for p in model.parameters() if p.requires_grad]
+        snapshot = (lambda: {k: v.clone() for k, v in model.state_dict().items()}) if train_backbone \
+            else model.classifier_state
+        unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+
+        def forward(i, m):
+            if model.training and not sequence and token_dropout > 0:
+                i = _token_dropout(i, m, token_dropout, unk, gen)
+            return model(*trim(i, m))
+        val_acc = _fit(forward, model, params, snapshot,
+                       (inputs, mask, y), (v_inputs, v_mask, v_y), cfg, gen)
+    else:
+        # Frozen backbone on text: its pooled features never change, so compute them once.
+        feats = _pooled(model, inputs, mask, 2 * cfg.batch_size)
+        v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size) if len(v_y) else feats[:0]
+        ones, v_ones = torch.ones(len(feats), 1), torch.ones(len(v_feats), 1)
+        val_acc = _fit(lambda f, m: model.head(f), model.head, list(model.head.parameters()),
+                       lambda: {k: v.clone() for k, v in model.head.state_dict().items()},
+                       (feats, ones, y), (v_feats, v_ones, v_y), cfg, gen)
+
+    meta = {
+        "labels": list(dataset.labels), "kind": dataset.kind, "pooling": "mean", "source": cfg.source,
+        "layers": select_layers(list(cfg.layers), backbone.config.num_hidden_layers),
+        "model_type": backbone.config.model_type, "num_layers": backbone.config.num_hidden_layers,
+        "hidden_size": backbone.config.hidden_size, "num_features": model.proj.weight.shape[1] if sequence else 0,
+        "max_tokens": cfg.max_tokens, "train_backbone": train_backbone,
+        "pretrain_epochs": 0 if sequence else cfg.pretrain_epochs, "finetune_epochs": cfg.finetune_epochs,
+        "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
+    }
+    if out.exists():
+        shutil.rmtree(out)  # stale shards of an earlier, different teacher must not linger
+    save_adapted(model, tokenizer, out, meta)
+    return out

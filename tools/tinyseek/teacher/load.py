@@ -1,0 +1,143 @@
+"""Load a teacher from local files only: a Hugging Face folder (safetensors) or a .gguf file.
+
+Nothing here touches the network (`local_files_only=True`) or runs code shipped with a
+checkpoint (`trust_remote_code=False`): the supported model types are implemented in
+transformers itself. Pickle-based weights (`pytorch_model.bin`) are refused, because
+unpickling a file can run arbitrary code.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class TeacherError(ValueError):
+    """The teacher cannot be loaded, built or used as configured."""
+
+
+def _check_model_type(model_type: str | None, where: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise TeacherError(
+            f"{where}: model_type {model_type!r} is not supported; supported model types: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def _missing_source(source: str, path: Path) -> TeacherError:
+    if _HUB_ID.fullmatch(source) and not source.startswith("."):
+        return TeacherError(
+            f"teacher source {source!r} is no local file or folder and looks like a Hugging Face Hub id, but "
+            f"tinyseek works offline and loads only local paths. On a machine with network access download the files, e.g. "
+            f"`huggingface-cli download {source} --local-dir {source.split('/')[-1]}` (or a .gguf file), "
+            f"copy that folder here and set teacher.source to its path")
+    return TeacherError(f"teacher source {path} does not exist; give a local Hugging Face folder, "
+                        f"a .gguf file, or \"default\" for the built-in tiny teacher")
+
+
+def _check_vocab(model, tokenizer, where: str) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise TeacherError(
+            f"{where}: tokenizer mismatch: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding has only {rows} rows; use the tokenizer that was released with these weights")
+
+
+def _prepare_tokenizer(tokenizer):
+    # Right padding keeps every real token at its true position; mean pooling masks the rest.
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise TeacherError("the tokenizer defines no pad, eos or unk token to pad batches with")
+    return tokenizer
+
+
+def _load_tokenizer(folder: Path, what: str):
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise TeacherError(
+            f"{what}: no tokenizer in {folder} (expected one of {', '.join(_TOKENIZER_FILES)}); copy the "
+            f"tokenizer files that came with the model into that folder or set teacher.tokenizer to a folder "
+            f"holding them")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise TeacherError(f"{what}: the tokenizer in {folder} cannot be loaded: {e}") from e
+
+
+def _load_folder(path: Path, tokenizer: str | None):
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise TeacherError(f"{path} is not a Hugging Face model folder: it has no config.json")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise TeacherError(f"{cfg_file} is not valid JSON: {e}") from e
+    _check_model_type(model_type, str(path))
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("pytorch_model*.bin")):
+            raise TeacherError(
+                f"{path} holds only pickle weights (pytorch_model*.bin); tinyseek loads safetensors only, "
+                f"because unpickling a file can run arbitrary code. Convert them on a trusted machine "
+                f"(load the model and call model.save_pretrained(folder, safe_serialization=True)) or download "
+                f"the .safetensors files")
+        raise TeacherError(f"{path} has no *.safetensors weight file")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), attn_implementation="eager", use_safetensors=True, local_files_only=True,
+        trust_remote_code=False, dtype=torch.float32)
+    tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, str(path))
+    return model, tok
+
+
+def _load_gguf(path: Path, tokenizer: str | None):
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TeacherError(
+            f"loading {path.name} needs the packages {' and '.join(missing)}: pip install 'tinyseek[gguf]' "
+            f"(or pip install gguf accelerate)")
+    folder, name = str(path.parent), path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    _check_model_type(config.model_type, str(path))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, attn_implementation="eager", local_files_only=True,
+        trust_remote_code=False, dtype=torch.float32)
+    if tokenizer:
+        tok = _load_tokenizer(Path(tokenizer), str(path))
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise TeacherError(
+                f"{path}: the tokenizer inside the GGUF file cannot be loaded ({e}); set teacher.tokenizer to a "
+                f"folder with the model's tokenizer files") from e
+    return model, tok
+
+
+def load_teacher(source: str | Path, tokenizer: str | Path | None = None):
+    """Load `(model, tokenizer)` from a local HF folder or a .gguf file.
+
+    The model is an `AutoModelForCausalLM` in float32 with eager attention (so attention maps
+    can be returned), in eval mode. `tokenizer` is an optional folder with tokenizer files
+    that replaces the one found next to the weights. The tokenizer pads on the right; one
+    without a pad token pads with its eos (or unk) token. Raises TeacherError.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise _missing_source(source, path)
+    if path.is_dir():
+        model, tok = _load_folder(path, str(tokenizer) if tokenizer else None)
+    elif path.suffix.lower() == ".gguf":
+        model, tok = _load_gguf(path, str(tokenizer) if tokenizer else None)
+    else:
+        raise TeacherError(f"teacher source {path} is a file but not a .gguf file; give a Hugging Face "
+                           f"folder (config.json + *.safetensors + tokenizer) or a .gguf file")
+    _check_vocab(model, tok, str(path))
+    return model.eval(), _prepare_tokenizer(tok)
