@@ -67,7 +67,19 @@ def render_markdown(report: dict) -> str:
                   f"**{'bit-exact' if h['bitexact'] else 'NOT bit-exact'}** ({verdict})."]
     if "device" in report:
         d = report["device"]
-        lines += ["", "## Device", "", "```json", json.dumps(d, indent=2), "```"]
+        lat, mem = d["latency"], d["memory"]
+        emu = " (emulated: instructions, not cycles)" if d.get("emulated") else ""
+        lines += ["", f"## Device: {d['target']} ({d['board']}, {d['cpu']}){emu}", "",
+                  "| | |", "|---|---|",
+                  f"| samples | {d['samples']} |",
+                  f"| bit-exact vs the integer reference | {'yes' if d['bitexact'] else 'NO'} ({d['mismatches']} differ) |",
+                  f"| accuracy on the device | {_pct(d['accuracy'])} |",
+                  f"| latency per inference, median / p99 | {lat['value']:,.0f} / {lat['p99']:,.0f} {lat['unit']} ({lat['timer']}) |",
+                  f"| the median at {lat['clock_hz'] / 1e6:g} MHz, one {lat['unit'][:-1]} a cycle | {lat['ms_at_clock']:.2f} ms |",
+                  f"| flash: model / runtime | {mem['flash_model']:,} / {mem['flash_runtime']:,} B |",
+                  f"| static RAM / stack peak | {mem['ram_static']:,} / {mem['stack_peak']:,} B |",
+                  f"| energy per inference (estimate from a datasheet power figure) | {d['energy_uj_estimate']:.0f} µJ |",
+                  "", f"Kernel variant: `{d['kernel']}`. {lat['note']}."]
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)
 
