@@ -35,9 +35,7 @@
 #define SCB_CFSR REG32(0xE000ED28u)
 
 #define SYST_RELOAD 0xFFFFFFu
-#define PAINT 0xC5C5C5C5u
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_start, __stack_end, __flash_start;
 
 int main(void);
 
@@ -54,6 +52,8 @@ static void uart_putc(char c) {
     }
     UART_DATA = (uint8_t)c;
 }
+
+#include "emulated_port.h"
 
 static uint8_t uart_getc(void) {
     while (!(UART_STATE & UART_STATE_RXFULL)) {
@@ -106,25 +106,11 @@ void dut_port_timer_sync(void) {
 
 /* ---- the rest of the port ------------------------------------------------------------- */
 
-void dut_port_write(const char *s, size_t n) {
-    while (n--) uart_putc(*s++);
-}
-
 const dut_target_t *dut_port_target(void) {
     static const dut_target_t target = {
         TS_BOARD_NAME, TS_CPU_NAME, TS_CLOCK_HZ, "systick-icount", "instructions", 1000u,
     };
     return &target;
-}
-
-void dut_port_mem(dut_mem_t *mem) {
-    const uint32_t *p = &__stack_start;
-    while (p < &__stack_end && *p == PAINT) p++;
-    mem->flash_used = (long)((uintptr_t)&_sidata - (uintptr_t)&__flash_start) +
-                      (long)((uintptr_t)&_edata - (uintptr_t)&_sdata);
-    mem->ram_static = (long)((uintptr_t)&_ebss - (uintptr_t)&_sdata);
-    mem->stack_size = (long)((uintptr_t)&__stack_end - (uintptr_t)&__stack_start);
-    mem->stack_peak = (long)((uintptr_t)&__stack_end - (uintptr_t)p);
 }
 
 int dut_port_exit(int code) {
@@ -133,12 +119,6 @@ int dut_port_exit(int code) {
 }
 
 /* ---- startup -------------------------------------------------------------------------- */
-
-static void print_hex32(uint32_t v) {
-    static const char digits[] = "0123456789abcdef";
-    int i;
-    for (i = 28; i >= 0; i -= 4) uart_putc(digits[(v >> i) & 15u]);
-}
 
 /* Any fault: say so on the serial line (the harness reports it) and stop the emulator. */
 void Fault_Handler(void) {

@@ -19,9 +19,7 @@
 #define UART_LSR_DR 0x01u
 #define UART_LSR_THRE 0x20u
 #define FINISHER (*(volatile uint32_t *)0x100000u)
-#define PAINT 0xC5C5C5C5u
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_start, __stack_end, __flash_start;
 
 int main(void);
 
@@ -30,6 +28,8 @@ static void uart_putc(char c) {
     }
     UART_THR = (uint8_t)c;
 }
+
+#include "emulated_port.h"
 
 static uint8_t uart_getc(void) {
     while (!(UART_LSR & UART_LSR_DR)) {
@@ -58,10 +58,6 @@ uint64_t dut_port_ticks_to_units(uint64_t ticks) { return ticks; }
 
 void dut_port_timer_sync(void) {} /* an instruction counter has no coarse ticks */
 
-void dut_port_write(const char *s, size_t n) {
-    while (n--) uart_putc(*s++);
-}
-
 const dut_target_t *dut_port_target(void) {
     static const dut_target_t target = {
         TS_BOARD_NAME, TS_CPU_NAME, TS_CLOCK_HZ, "minstret-icount", "instructions", 1000u,
@@ -69,25 +65,9 @@ const dut_target_t *dut_port_target(void) {
     return &target;
 }
 
-void dut_port_mem(dut_mem_t *mem) {
-    const uint32_t *p = &__stack_start;
-    while (p < &__stack_end && *p == PAINT) p++;
-    mem->flash_used = (long)((uintptr_t)&_sidata - (uintptr_t)&__flash_start) +
-                      (long)((uintptr_t)&_edata - (uintptr_t)&_sdata);
-    mem->ram_static = (long)((uintptr_t)&_ebss - (uintptr_t)&_sdata);
-    mem->stack_size = (long)((uintptr_t)&__stack_end - (uintptr_t)&__stack_start);
-    mem->stack_peak = (long)((uintptr_t)&__stack_end - (uintptr_t)p);
-}
-
 int dut_port_exit(int code) {
     finish(code);
     return 0;
-}
-
-static void print_hex32(uint32_t v) {
-    static const char digits[] = "0123456789abcdef";
-    int i;
-    for (i = 28; i >= 0; i -= 4) uart_putc(digits[(v >> i) & 15u]);
 }
 
 /* Any trap: say so on the serial line (the harness reports it) and stop the emulator. */
