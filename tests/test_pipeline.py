@@ -2,6 +2,7 @@
 host check -> report, then the stage skipping."""
 import json
 
+import numpy as np
 import pytest
 
 from tinyseek.cli import main
@@ -65,3 +66,35 @@ def test_input_keys_follow_the_config(tmp_path):
     b = Run(load(overrides={"models_dir": str(tmp_path), "teacher.hidden_size": 48}))
     assert a.input_key("teacher") != b.input_key("teacher")
     assert a.input_key("teacher") == Run(load(overrides={"models_dir": str(tmp_path)})).input_key("teacher")
+
+
+def _write_jsonl(path):
+    rng = np.random.default_rng(0)
+    phrases = {"on": ["turn on the fan", "fan on", "start the fan"], "off": ["turn off the fan", "fan off", "stop the fan"],
+               "time": ["what time is it", "tell me the time", "current time"]}
+    with path.open("w") as f:
+        for _ in range(40):
+            for label, ps in phrases.items():
+                f.write(json.dumps({"text": ps[rng.integers(3)] + rng.choice(["", " please", " now"]), "label": label}) + "\n")
+
+
+def _write_npz(path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    x = rng.normal(0, 0.5, (150, 10, 4)).astype(np.float32)
+    x[np.arange(150), :, y] += 1.5  # the class shows in one channel
+    np.savez(path, x=x, y=y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["jsonl", "npz"])
+def test_your_own_data_runs_through_the_whole_pipeline(tmp_path, kind):
+    data = tmp_path / f"data.{kind}"
+    (_write_jsonl if kind == "jsonl" else _write_npz)(data)
+    extra = {"task.kind": kind, "task.train": str(data), "run": f"byo_{kind}", "distill.epochs": 6,
+             "codegen.out_dir": str(tmp_path / "lib" / f"byo_{kind}")}
+    assert main(["build", *_args(tmp_path, extra)]) == 0
+    report = json.loads((tmp_path / "models" / f"byo_{kind}" / "report.json").read_text())
+    assert report["task"]["kind"] == ("text" if kind == "jsonl" else "sequence")
+    assert report["host"]["bitexact"] is True and report["host"]["samples"] == report["task"]["test_samples"]
+    assert report["student"]["int8_accuracy"] > 0.6  # three well-separated classes; chance is 1/3
