@@ -223,3 +223,9 @@ def test_linker_map_split_counts_only_placed_model_sections(tmp_path):
     path.write_text(MAP)
     assert model_bytes_from_map(path, "m4txt") == {(".text", "code"): 0x1C, (".text", "data"): 0x209,
                                                    (".bss", "data"): 0x20}
+
+
+def test_flash_refuses_an_emulated_board_and_says_what_to_run(capsys):
+    from tinyseek.cli import main
+    assert main(["flash", "--env", "qemu_m4"]) == 2
+    assert "tinyseek bench --env qemu_m4" in capsys.readouterr().err

@@ -60,6 +60,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="qemu_m4", help="platformio.ini environment (default qemu_m4: emulated Cortex-M4)")
     p.add_argument("--port", help="serial port of a real board, e.g. /dev/ttyUSB0 or socket://HOST:PORT")
     p.add_argument("--limit", type=int, default=0, help="send only the first N test samples (0: all)")
+    p = sub.add_parser("flash", help="build the firmware with the run's model and flash a real board (pio run -t upload)")
+    _common(p)
+    p.add_argument("--env", required=True, help="platformio.ini environment of the board, e.g. nucleo_f446re, esp32dev")
+    p.add_argument("--port", help="upload port (default: PlatformIO's auto-detection)")
     return parser
 
 
@@ -73,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             run_on_device(run, args.env, args.port, args.limit)
             run.stage("report", force=True)
             print((run.dir / "report.md").read_text())
+        elif args.command == "flash":
+            from .harness.bench import build_firmware
+            from .harness.boards import load_profile
+            if load_profile(args.env).emulated:
+                raise ValueError(f"{args.env} is an emulated board: `tinyseek bench --env {args.env}` builds it and "
+                                 f"starts QEMU (or `pio run -e {args.env} -t upload` to start it by hand)")
+            elf = build_firmware(args.env, run.lib_dir, upload_port=args.port or "auto")
+            print(f"flashed {elf} to {args.env}")
         elif args.command == "build":
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())

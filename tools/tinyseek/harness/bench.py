@@ -69,8 +69,8 @@ def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJE
     if extra_flags:
         environ["PLATFORMIO_BUILD_FLAGS"] = " ".join(extra_flags)
     cmd = [pio_executable(), "run", "-d", str(project_dir), "-e", env]
-    if upload_port:
-        cmd += ["-t", "upload", "--upload-port", upload_port]
+    if upload_port:  # "auto": let PlatformIO find the board
+        cmd += ["-t", "upload"] + (["--upload-port", upload_port] if upload_port != "auto" else [])
     try:
         p = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
