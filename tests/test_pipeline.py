@@ -98,3 +98,15 @@ def test_your_own_data_runs_through_the_whole_pipeline(tmp_path, kind):
     assert report["task"]["kind"] == ("text" if kind == "jsonl" else "sequence")
     assert report["host"]["bitexact"] is True and report["host"]["samples"] == report["task"]["test_samples"]
     assert report["student"]["int8_accuracy"] > 0.6  # three well-separated classes; chance is 1/3
+
+
+def test_safetensors_hash_ignores_metadata_order(tmp_path):
+    from safetensors.numpy import save_file
+
+    from tinyseek.pipeline import hash_safetensors
+    t = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    save_file(t, str(tmp_path / "1.safetensors"), metadata={"x": "1", "y": "2"})
+    save_file(t, str(tmp_path / "2.safetensors"), metadata={"y": "2", "x": "1"})
+    save_file({"a": t["a"] + 1}, str(tmp_path / "3.safetensors"), metadata={"x": "1", "y": "2"})
+    assert hash_safetensors(tmp_path / "1.safetensors") == hash_safetensors(tmp_path / "2.safetensors")
+    assert hash_safetensors(tmp_path / "1.safetensors") != hash_safetensors(tmp_path / "3.safetensors")
