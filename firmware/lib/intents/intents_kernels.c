@@ -3,13 +3,52 @@
  * 'intents', model hash 4d6fb7c5bbd6d262.
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
-/* Portable C99 reference kernels, specialised for this model's shapes. */
+/* Portable C99 reference kernels, specialised for this model's shapes, and the DSP-extension
+ * variant of the gate products (INTENTS_KERNEL_DSP, see intents_kernels.h). */
 #include "intents_kernels.h"
+
+#if INTENTS_KERNEL_DSP
+#include <arm_acle.h>
+#include <string.h>
+#endif
 
 /* Compile-time check that >> of a negative int is the arithmetic shift the spec needs. */
 typedef char intents_arithmetic_shift_check[((-7 >> 1) == -4) ? 1 : -1];
 
-void intents_l0_gates(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z)
+#if INTENTS_KERNEL_DSP
+/* v[0..n-1] (n a multiple of 4) as int16 pairs: out[2q] = (v[4q], v[4q+2]),
+ * out[2q+1] = (v[4q+1], v[4q+3]) (low half first), the order SXTB16 unpacks a weight word. */
+static void intents_widen_pairs(const int8_t *v, uint32_t n, uint32_t *out)
+{
+    uint32_t k;
+    for (k = 0; k < n; k += 4) {
+        out[k / 2] = (uint32_t)(uint16_t)v[k] | ((uint32_t)(uint16_t)v[k + 2] << 16);
+        out[k / 2 + 1] = (uint32_t)(uint16_t)v[k + 1] | ((uint32_t)(uint16_t)v[k + 3] << 16);
+    }
+}
+
+/* sum_k w[k] * v[k]: four int8 weights per 32-bit load (rows need not be word aligned; the
+ * M4/M7 load unaligned words), two dual MACs per word, a scalar tail for n % 4. Integer sums
+ * are exact, so the grouping does not change the result. (wq >> 8 | wq << 24) is a rotate:
+ * the odd bytes for SXTB16; gcc 12's arm_acle.h has no __ror. */
+static inline int32_t intents_dot_dsp(const int8_t *w, const uint32_t *vq, const int8_t *v, uint32_t n)
+{
+    int32_t acc = 0;
+    uint32_t k;
+    for (k = 0; k + 4 <= n; k += 4) {
+        uint32_t wq;
+        memcpy(&wq, w + k, 4);
+        acc = __smlad((int32_t)__sxtb16((int32_t)wq), (int32_t)vq[k / 2], acc);
+        acc = __smlad((int32_t)__sxtb16((int32_t)((wq >> 8) | (wq << 24))), (int32_t)vq[k / 2 + 1], acc);
+    }
+    for (; k < n; ++k) {
+        acc += (int32_t)w[k] * v[k];
+    }
+    return acc;
+}
+#endif
+
+void intents_l0_gates_c(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z)
 {
     uint32_t j, k;
     for (j = 0; j < 4 * INTENTS_L0_HIDDEN; ++j) {
@@ -25,6 +64,32 @@ void intents_l0_gates(const intents_layer_params *p, const int8_t *x, const int8
         z[j] = (int16_t)intents_sat16(intents_requant(acc_x, p->mx[j], p->nx[j])
                                         + intents_requant(acc_h, p->mh[j], p->nh[j]) + p->bias[j]);
     }
+}
+
+#if INTENTS_KERNEL_DSP
+void intents_l0_gates_dsp(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z)
+{
+    /* x and h are read by every row: widen them once, in the order the rows' words unpack. */
+    uint32_t xq[INTENTS_L0_INPUT / 4 * 2 + 1], hq[INTENTS_L0_HIDDEN / 4 * 2 + 1];
+    uint32_t j;
+    intents_widen_pairs(x, INTENTS_L0_INPUT / 4 * 4, xq);
+    intents_widen_pairs(h, INTENTS_L0_HIDDEN / 4 * 4, hq);
+    for (j = 0; j < 4 * INTENTS_L0_HIDDEN; ++j) {
+        int32_t acc_x = intents_dot_dsp(p->w_x + j * INTENTS_L0_INPUT, xq, x, INTENTS_L0_INPUT);
+        int32_t acc_h = intents_dot_dsp(p->w_h + j * INTENTS_L0_HIDDEN, hq, h, INTENTS_L0_HIDDEN);
+        z[j] = (int16_t)intents_sat16(intents_requant(acc_x, p->mx[j], p->nx[j])
+                                        + intents_requant(acc_h, p->mh[j], p->nh[j]) + p->bias[j]);
+    }
+}
+#endif
+
+void intents_l0_gates(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z)
+{
+#if INTENTS_KERNEL_DSP
+    intents_l0_gates_dsp(p, x, h, z);
+#else
+    intents_l0_gates_c(p, x, h, z);
+#endif
 }
 
 void intents_l0_cell(const intents_model_params *p, const int16_t *z, int8_t *h, int16_t *c)

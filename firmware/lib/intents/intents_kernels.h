@@ -50,9 +50,26 @@ typedef struct {
 
 extern const intents_model_params intents_params;
 
+/* Kernel dispatch, fixed at compile time: cores with the DSP extension (Cortex-M4/M7/M33...)
+ * run the gate products as dual 16-bit MACs (SXTB16 + SMLAD); every other target, or a build
+ * with -DTINYSEEK_KERNEL_PORTABLE, runs the portable C. Both give the same integers. */
+#if defined(__ARM_FEATURE_DSP) && !defined(TINYSEEK_KERNEL_PORTABLE)
+#define INTENTS_KERNEL_DSP 1
+#define INTENTS_KERNEL "dsp"
+#else
+#define INTENTS_KERNEL_DSP 0
+#define INTENTS_KERNEL "c"
+#endif
+
 /* Layer 0: z[j] = sat16(requant(W_x[j] . x) + requant(W_h[j] . h) + bias[j]), j < 4H;
  * x and h are read only. */
 void intents_l0_gates(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
+/* The same, portable C (always compiled: the fallback and the yardstick). */
+void intents_l0_gates_c(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
+#if INTENTS_KERNEL_DSP
+/* The same with SXTB16 + SMLAD. */
+void intents_l0_gates_dsp(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
+#endif
 /* Layer 0: gate activations and the cell update from z; h and c updated in place. */
 void intents_l0_cell(const intents_model_params *p, const int16_t *z, int8_t *h, int16_t *c);
 /* The head: logits[k] = sat16(requant(bias[k] + W_o[k] . h)). */
