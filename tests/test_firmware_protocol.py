@@ -46,7 +46,8 @@ class HostDut:
         cmd = ["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
                "-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"), "-I", str(lib),
                f"-DTINYSEEK_MODEL={model.name}", f"-DTINYSEEK_MODEL_UPPER={model.name.upper()}",
-               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', *map(str, sources), "-o", str(self.exe)]
+               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', f'-DTINYSEEK_KERNELS_HEADER="{model.name}_kernels.h"',
+               *map(str, sources), "-o", str(self.exe)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
     def raw(self, data: bytes) -> list[str]:

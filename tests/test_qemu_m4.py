@@ -128,7 +128,7 @@ def test_sequence_model_and_run_device_bench(tmp_path):
     x = random_sequences(model, np.random.default_rng(4), 4, 20)
     out = run_device_bench("qemu_m4", tmp_path / "m4seq", x, runs=2, build_dir=tmp_path / "build")
     assert out["logits"] == infer_sequences(model, x).tolist()
-    assert out["model"] == {"name": "m4seq", "hash": model.model_hash(), "kind": "sequence", "kernel": "c"}
+    assert out["model"] == {"name": "m4seq", "hash": model.model_hash(), "kind": "sequence", "kernel": "dsp"}
     assert out["latency"]["unit"] == "instructions" and len(out["latency"]["per_input"]) == 4
     assert out["latency"]["min"] > 0 and out["energy"]["per_inference_uj"] > 0
     assert out["memory"]["elf"]["flash"]["model"] > 0 and out["memory"]["stack_peak"] > 0

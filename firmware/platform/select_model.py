@@ -49,6 +49,7 @@ env.Append(CPPDEFINES=[  # noqa: F821
     ("TINYSEEK_MODEL", model),
     ("TINYSEEK_MODEL_UPPER", model.upper()),
     ("TINYSEEK_MODEL_HEADER", '\\"%s_model.h\\"' % model),
+    ("TINYSEEK_KERNELS_HEADER", '\\"%s_kernels.h\\"' % model),
 ])
 deps = [d for d in config.get(section, "lib_deps", []) if d != model]
 config.set(section, "lib_deps", "\n".join(deps + [model]))

@@ -14,10 +14,13 @@
 #define TS_FN(suffix) TS_PASTE(TINYSEEK_MODEL, suffix)         /* TS_FN(_reset): intents_reset */
 #define TS_DEF(suffix) TS_PASTE(TINYSEEK_MODEL_UPPER, suffix)  /* TS_DEF(_NUM_CLASSES) */
 
-/* The kernel variant compiled into the library. The generator renders the portable C kernels
- * (templates/lib/kernels.c.j2); a build may name another variant with -DTINYSEEK_KERNEL=\"...\". */
+/* The kernel variant the library's dispatch header chose from the compiler's feature macros
+ * ("dsp", "c", ...); a build may override the name with -DTINYSEEK_KERNEL=\"...\". */
+#ifdef TINYSEEK_KERNELS_HEADER
+#include TINYSEEK_KERNELS_HEADER
+#endif
 #ifndef TINYSEEK_KERNEL
-#define TINYSEEK_KERNEL "c"
+#define TINYSEEK_KERNEL TS_DEF(_KERNEL)
 #endif
 
 /* The `db` input buffer holds TINYSEEK_INPUT_STEPS steps: token ids (text models, by default
