@@ -12,8 +12,11 @@ What the fine-tuning trains (`train_backbone`, default: only for the built-in te
   text task its pooled features are then computed once and the head trains on those.
 Continued pretraining always updates the backbone; set pretrain_epochs = 0 to skip it.
 
-After every fine-tuning epoch the validation accuracy is measured and the best epoch's
-weights are kept (the last epoch's when there is no validation split).
+When the backbone trains on a text task, its training texts are noised (`_augment`: half of
+them with their words shuffled, then 30% of the tokens replaced by unk), because the test
+phrasings of the built-in task are templates never seen in training. After every fine-tuning
+epoch the validation accuracy is measured and the best epoch's weights are kept (the last
+epoch's when there is no validation split).
 """
 from __future__ import annotations
 
@@ -130,21 +133,38 @@ def _pooled(model: TeacherClassifier, inputs: torch.Tensor, mask: torch.Tensor, 
     return _logits(pool, inputs, mask, batch_size)
 
 
-def _token_dropout(ids: torch.Tensor, mask: torch.Tensor, p: float, unk_id: int, gen: torch.Generator):
-    """Replace each real token except the first (bos, when there is one) by `unk_id` with
-    probability p: the classifier cannot lean on any single word of a training phrasing."""
-    drop = (torch.rand(ids.shape, generator=gen) < p) & (mask == 1)
-    drop[:, 0] = False
-    return ids.masked_fill(drop, unk_id)
+def _augment(ids: torch.Tensor, mask: torch.Tensor, dropout: float, shuffle: float, unk_id: int,
+             gen: torch.Generator) -> torch.Tensor:
+    """Training-time noise on token ids [B, T] (right-padded). The first token (bos, when
+    the tokenizer adds one) and the padding stay in place.
+
+    - shuffle: with this probability per text, its real tokens are put in random order;
+    - dropout: each real token is then replaced by `unk_id` with this probability.
+
+    Test phrasings are templates never seen in training; without this noise the teacher
+    learns the training templates' word order instead of the words that carry the intent.
+    """
+    b, t = ids.shape
+    real = (mask == 1) & (torch.arange(t) > 0)
+    pos = torch.arange(t).expand(b, t)
+    keys = torch.where(real, torch.rand(b, t, generator=gen), pos + 2.0)  # padding sorts after real tokens
+    keys[:, 0] = -1.0  # the first token stays first
+    chosen = torch.rand(b, 1, generator=gen) < shuffle
+    order = torch.where(chosen, keys.argsort(1), pos)
+    out = ids.gather(1, order)
+    drop = (torch.rand(b, t, generator=gen) < dropout) & real
+    return out.masked_fill(drop, unk_id)
 
 
 def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
-          token_dropout: float = 0.1) -> Path:
+          token_dropout: float = 0.3, word_shuffle: float = 0.5) -> Path:
     """Adapt the teacher named by `cfg.source` to `dataset` and save it to `<run_dir>/teacher/`.
 
     `train_backbone` (None: True for the built-in teacher, False for a loaded one) chooses
     whether fine-tuning updates the backbone or only the head (+ input projection); see the
-    module docstring. Seeded by cfg.seed. Returns the teacher folder.
+    module docstring. `token_dropout` and `word_shuffle` set the training noise of
+    `_augment` (text tasks with a trained backbone). Seeded by cfg.seed. Returns the teacher
+    folder.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
     _check_dataset(dataset)
@@ -156,6 +176,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         backbone, tokenizer = load_teacher(cfg.source, cfg.tokenizer or None)
     if train_backbone is None:
         train_backbone = cfg.source == "default"
+    layers = select_layers(list(cfg.layers), backbone.config.num_hidden_layers)  # fail before training
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -179,8 +200,8 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
 
         def forward(i, m):
-            if model.training and not sequence and token_dropout > 0:
-                i = _token_dropout(i, m, token_dropout, unk, gen)
+            if model.training and not sequence:
+                i = _augment(i, m, token_dropout, word_shuffle, unk, gen)
             return model(*trim(i, m))
         val_acc = _fit(forward, model, params, snapshot,
                        (inputs, mask, y), (v_inputs, v_mask, v_y), cfg, gen)
@@ -195,7 +216,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
 
     meta = {
         "labels": list(dataset.labels), "kind": dataset.kind, "pooling": "mean", "source": cfg.source,
-        "layers": select_layers(list(cfg.layers), backbone.config.num_hidden_layers),
+        "layers": layers,
         "model_type": backbone.config.model_type, "num_layers": backbone.config.num_hidden_layers,
         "hidden_size": backbone.config.hidden_size, "num_features": model.proj.weight.shape[1] if sequence else 0,
         "max_tokens": cfg.max_tokens, "train_backbone": train_backbone,

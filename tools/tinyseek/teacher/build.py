@@ -28,9 +28,13 @@ def train_text_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrained
     memorise the training phrasings instead of the words they share with new ones.
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    # The prepended space makes a text's first word the same token as anywhere else; a text
+    # that starts with a CJK character does not need one.
+    tok.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Prepend(" "),
+        normalizers.Replace(Regex(f"^ (?={_CJK})"), "")])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_CJK), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=True)])
+        pre_tokenizers.Split(Regex(_CJK), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
