@@ -1,15 +1,19 @@
 """Teacher stage: tiny DeepSeek-V3 built locally, loading checks, adaptation and the
 knowledge cache, on tiny tasks so the whole file runs in seconds."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from tinyseek.config import TeacherConfig
 from tinyseek.data import Dataset, Split
+from tinyseek.pipeline import hash_files
 from tinyseek.teacher import (TeacherError, adapt, build_default_teacher, default_layers, extract,
                               load_teacher, select_layers, teacher_accuracy)
+from tinyseek.teacher.adapt import _augment
 
 TINY = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=1, finetune_epochs=10,
                      batch_size=16, lr=3e-3)
@@ -24,15 +28,9 @@ def _text_split(n_per_class, seed):
     texts, y = [], []
     for label, phrases in WORDS.items():
         for _ in range(n_per_class):
-            texts.append(phrases[rng.integers(len(phrases))] + rng.choice(["", " now", " thanks"]))
+            texts.append(phrases[rng.integers(len(phrases))] + rng.choice(["", " now", " thanks", " right now please"]))
             y.append(label)
     return Split(y=np.array(y, dtype=np.int64), texts=texts, x=None)
-
-
-@pytest.fixture(scope="module")
-def text_task():
-    return Dataset(name="tiny", kind="text", labels=["on", "off", "time"],
-                   train=_text_split(20, 0), val=_text_split(3, 1), test=_text_split(4, 2))
 
 
 def _seq_split(n, seed):
@@ -44,99 +42,266 @@ def _seq_split(n, seed):
 
 
 @pytest.fixture(scope="module")
+def text_task():
+    return Dataset(name="tiny", kind="text", labels=["on", "off", "time"],
+                   train=_text_split(20, 0), val=_text_split(3, 1), test=_text_split(4, 2))
+
+
+@pytest.fixture(scope="module")
+def seq_task():
+    return Dataset(name="seq", kind="sequence", labels=["a", "b"], train=_seq_split(48, 0),
+                   val=_seq_split(12, 1), test=_seq_split(16, 2))
+
+
+@pytest.fixture(scope="module")
 def adapted_text(text_task, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    cfg = TeacherConfig(**{**TINY.__dict__, "attentions": True})
+    cfg = replace(TINY, attentions=True)
     adapt(text_task, cfg, run)
     extract(text_task, cfg, run)
     return run, cfg
 
 
-def test_default_layers_are_evenly_spaced():
+def _check_attention(attn, lengths):
+    """Real query rows sum to 1 over real keys; everything involving padding is 0."""
+    a = attn.astype(np.float32)
+    for i, n in enumerate(lengths):
+        assert np.allclose(a[i, :n, :n].sum(-1), 1.0, atol=1e-2)
+        assert np.all(np.triu(a[i, :n, :n], 1) == 0)  # causal: no attention to later tokens
+        assert not a[i, n:].any() and not a[i, :, n:].any()
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+def test_default_layers_are_evenly_spaced_and_end_at_the_last():
     assert default_layers(36) == [12, 24, 36]
     assert default_layers(4) == [1, 3, 4]
+    assert default_layers(2) == [1, 2]
     assert default_layers(1) == [1]
-    assert select_layers([2, 1, 2], 4) == [1, 2]
-    with pytest.raises(TeacherError, match="valid layers are 0"):
-        select_layers([5], 4)
+    assert select_layers([], 6) == [2, 4, 6]
+    assert select_layers([2, 0, 2], 4) == [0, 2]
 
 
-def test_built_teacher_is_deepseek_v3_and_loads_back(text_task, tmp_path):
+@pytest.mark.parametrize("layers", [[5], [-1], [True]])
+def test_out_of_range_layers_are_refused_naming_the_range(layers):
+    with pytest.raises(TeacherError, match=r"valid layers are 0 \(the embeddings\) to 4"):
+        select_layers(layers, 4)
+
+
+def test_adapt_refuses_bad_layers_before_training(text_task, tmp_path):
+    with pytest.raises(TeacherError, match="to 2"):
+        adapt(text_task, replace(TINY, layers=[3]), tmp_path)
+    assert not (tmp_path / "teacher").exists()
+
+
+# -- build and load ----------------------------------------------------------------------------
+
+def test_built_teacher_is_moe_deepseek_v3_and_loads_back(text_task, tmp_path):
     folder = build_default_teacher(text_task, TINY, tmp_path / "t")
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "deepseek_v3"
+    assert cfg["n_routed_experts"] > 1 and cfg["first_k_dense_replace"] < cfg["num_hidden_layers"]
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"]) == (TINY.hidden_size, TINY.num_layers)
     assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))
     model, tok = load_teacher(folder)
+    assert type(model.model.layers[-1].mlp).__name__ == "DeepseekV3MoE"
+    assert len(tok) == cfg["vocab_size"] < 2000
     ids = tok(["turn on the lights"], return_tensors="pt")
+    assert ids["input_ids"][0, 0] == tok.bos_token_id
     out = model(**ids, output_hidden_states=True, output_attentions=True)
     assert len(out.hidden_states) == TINY.num_layers + 1
-    assert out.attentions[0] is not None
+    assert out.attentions[0].shape[-1] == ids["input_ids"].shape[1]
 
 
-def test_knowledge_cache_shapes(adapted_text, text_task):
-    run, cfg = adapted_text
-    k = load_file(str(run / "knowledge.safetensors"))
-    layers = default_layers(cfg.num_layers)
-    for name in ("train", "val", "test"):
-        n = len(getattr(text_task, name).y)
-        assert k[f"{name}.logits"].shape == (n, 3) and k[f"{name}.logits"].dtype == np.float32
-        for layer in layers:
-            assert k[f"{name}.hidden.{layer}"].shape == (n, cfg.hidden_size)
-            attn = k[f"{name}.attn.{layer}"]
-            assert attn.dtype == np.float16 and attn.shape[0] == n and attn.shape[1] == attn.shape[2]
-            # Each real query row of a head-averaged softmax sums to one.
-            assert np.allclose(attn[0].astype(np.float32).sum(-1)[:2], 1.0, atol=1e-2)
-    assert np.isfinite(k["train.logits"]).all()
+def test_chinese_characters_are_tokens_never_merged_into_phrases():
+    from tinyseek.teacher.build import train_text_tokenizer
+    tok = train_text_tokenizer(["打开灯", "把灯打开", "关灯吧"] * 20 + ["turn on the lights"] * 20)
+    assert len(tok.tokenize("打开灯")) == 3 and len(tok.tokenize("turn on")) == 2
+    assert tok.tokenize("on")[0] == tok.tokenize("turn on")[1]
+    assert tok.decode(tok("打开 Lights")["input_ids"], skip_special_tokens=True) == "打开 lights"
 
 
-def test_adapted_teacher_learns_the_tiny_task(adapted_text, text_task):
-    run, _ = adapted_text
-    acc = teacher_accuracy(run / "knowledge.safetensors", text_task)
-    assert acc["test"] >= 0.9, acc
-    meta = json.loads((run / "teacher" / "teacher.json").read_text())
-    assert meta["labels"] == text_task.labels
+def test_built_teacher_is_deterministic(text_task, tmp_path):
+    a = build_default_teacher(text_task, TINY, tmp_path / "a")
+    b = build_default_teacher(text_task, TINY, tmp_path / "b")
+    c = build_default_teacher(text_task, replace(TINY, seed=1), tmp_path / "c")
+    assert hash_files(a) == hash_files(b) != hash_files(c)
 
 
-def test_sequence_teacher_through_inputs_embeds(tmp_path):
-    task = Dataset(name="seq", kind="sequence", labels=["a", "b"], train=_seq_split(48, 0),
-                   val=_seq_split(12, 1), test=_seq_split(16, 2))
-    adapt(task, TINY, tmp_path)
-    extract(task, TINY, tmp_path)
-    k = load_file(str(tmp_path / "knowledge.safetensors"))
-    assert k["test.logits"].shape == (16, 2)
-    assert teacher_accuracy(tmp_path / "knowledge.safetensors", task)["test"] >= 0.8
-
-
-def test_qwen2_folder_loads(tmp_path, text_task):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    folder = build_default_teacher(text_task, TINY, tmp_path / "ds")
-    _, tok = load_teacher(folder)
-    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
-    qwen.save_pretrained(tmp_path / "qwen", safe_serialization=True)
-    tok.save_pretrained(tmp_path / "qwen")
-    model, _ = load_teacher(tmp_path / "qwen")
-    assert model.config.model_type == "qwen2"
-
-
-def test_load_errors(tmp_path, text_task):
-    with pytest.raises(TeacherError, match="only local paths"):
+def test_load_errors_name_the_problem(tmp_path, text_task):
+    with pytest.raises(TeacherError, match="only local paths.*huggingface-cli download"):
         load_teacher("deepseek-ai/DeepSeek-V3")
     with pytest.raises(TeacherError, match="does not exist"):
-        load_teacher(tmp_path / "nothing-here")
+        load_teacher(tmp_path / "nothing" / "here")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TeacherError, match="no config.json"):
         load_teacher(tmp_path / "empty")
     (tmp_path / "weights.pt").write_bytes(b"x")
     with pytest.raises(TeacherError, match="not a .gguf"):
         load_teacher(tmp_path / "weights.pt")
+
     folder = build_default_teacher(text_task, TINY, tmp_path / "t")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
-    with pytest.raises(TeacherError, match="not supported"):
+    with pytest.raises(TeacherError, match="'bert' is not supported.*deepseek_v2, deepseek_v3, qwen2, llama"):
         load_teacher(folder)
     (folder / "config.json").write_text(json.dumps(cfg))
-    for f in folder.glob("*.safetensors"):
-        f.rename(f.with_suffix(".bin"))
-    with pytest.raises(TeacherError, match="safetensors"):
-        load_teacher(folder)
+
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (no_tok / f).write_bytes((folder / f).read_bytes())
+    with pytest.raises(TeacherError, match="no tokenizer"):
+        load_teacher(no_tok)
+    # A tokenizer from elsewhere can be given instead.
+    model, tok = load_teacher(no_tok, tokenizer=folder)
+    assert len(tok) == cfg["vocab_size"]
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(cfg))
+    (pickled / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(TeacherError, match="pickle weights.*safetensors only"):
+        load_teacher(pickled)
+
+
+def test_tokenizer_larger_than_the_embedding_is_a_mismatch(tmp_path, text_task):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    folder = build_default_teacher(text_task, TINY, tmp_path / "ds")
+    _, tok = load_teacher(folder)
+    small = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok) - 5, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    small.save_pretrained(tmp_path / "small")
+    tok.save_pretrained(tmp_path / "small")
+    with pytest.raises(TeacherError, match=f"tokenizer mismatch.*{len(tok)} tokens.*{len(tok) - 5} rows"):
+        load_teacher(tmp_path / "small")
+
+
+def test_gguf_without_its_packages_says_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(TeacherError, match=r"gguf.*pip install 'tinyseek\[gguf\]'"):
+        load_teacher(tmp_path / "model.gguf")
+
+
+# -- adapt and extract -------------------------------------------------------------------------
+
+def test_knowledge_cache_of_a_text_task(adapted_text, text_task):
+    run, cfg = adapted_text
+    path = run / "knowledge.safetensors"
+    k = load_file(str(path))
+    from safetensors import safe_open
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+    layers = default_layers(cfg.num_layers)
+    assert meta["layers"] == ",".join(map(str, layers)) and meta["num_classes"] == "3"
+    assert meta["teacher_hash"] == hash_files(run / "teacher")
+    _, tok = load_teacher(run / "teacher")
+    expected = {"logits", *(f"hidden.{l}" for l in layers), *(f"attn.{l}" for l in layers)}
+    for name in ("train", "val", "test"):
+        split = getattr(text_task, name)
+        assert {key.split(".", 1)[1] for key in k if key.startswith(name + ".")} == expected
+        lengths = [len(ids) for ids in tok(split.texts)["input_ids"]]
+        n, t = len(split.y), max(lengths)
+        assert k[f"{name}.logits"].shape == (n, 3) and k[f"{name}.logits"].dtype == np.float32
+        for layer in layers:
+            hidden = k[f"{name}.hidden.{layer}"]
+            assert hidden.shape == (n, cfg.hidden_size) and hidden.dtype == np.float32
+            assert np.isfinite(hidden).all()
+            attn = k[f"{name}.attn.{layer}"]
+            assert attn.dtype == np.float16 and attn.shape == (n, t, t)
+            _check_attention(attn, lengths)
+
+
+def test_adapted_teacher_learns_the_tiny_task(adapted_text, text_task):
+    run, _ = adapted_text
+    acc = teacher_accuracy(run / "knowledge.safetensors", text_task)
+    assert acc["test"] >= 0.9 and acc["accuracy"] == acc["test"], acc
+    meta = json.loads((run / "teacher" / "teacher.json").read_text())
+    assert meta["labels"] == text_task.labels and meta["kind"] == "text" and meta["pooling"] == "mean"
+    assert meta["source"] == "default" and meta["layers"] == default_layers(2) and meta["train_backbone"]
+    head = load_file(str(run / "teacher" / "classifier.safetensors"))
+    assert set(head) == {"head.weight", "head.bias"} and head["head.weight"].shape == (3, TINY.hidden_size)
+
+
+def test_adaptation_is_seeded(text_task, tmp_path):
+    cfg = replace(TINY, finetune_epochs=1)
+    for run in ("a", "b"):
+        adapt(text_task, cfg, tmp_path / run)
+    a = load_file(str(tmp_path / "a" / "teacher" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "teacher" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+
+
+def test_sequence_teacher_through_inputs_embeds(seq_task, tmp_path):
+    cfg = replace(TINY, attentions=True, layers=[0, 2])
+    adapt(seq_task, cfg, tmp_path)
+    extract(seq_task, cfg, tmp_path)
+    k = load_file(str(tmp_path / "knowledge.safetensors"))
+    for name in ("train", "val", "test"):
+        n = len(getattr(seq_task, name).y)
+        assert k[f"{name}.logits"].shape == (n, 2)
+        assert k[f"{name}.hidden.0"].shape == k[f"{name}.hidden.2"].shape == (n, TINY.hidden_size)
+        assert f"{name}.attn.0" not in k  # the embeddings have no attention
+        assert k[f"{name}.attn.2"].shape == (n, 6, 6)
+        _check_attention(k[f"{name}.attn.2"], [6] * n)
+    assert teacher_accuracy(tmp_path / "knowledge.safetensors", seq_task)["test"] >= 0.8
+    head = load_file(str(tmp_path / "teacher" / "classifier.safetensors"))
+    assert head["proj.weight"].shape == (TINY.hidden_size, 3)
+    assert head["proj.mean"].shape == head["proj.std"].shape == (3,)
+    meta = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
+    assert meta["kind"] == "sequence" and meta["num_features"] == 3 and meta["pretrain_epochs"] == 0
+
+
+def test_a_local_qwen2_teacher_is_adapted_head_only_and_extracted(text_task, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    _, tok = load_teacher(build_default_teacher(text_task, TINY, tmp_path / "ds"))
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=24, intermediate_size=48,
+                                        num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
+    qwen.save_pretrained(tmp_path / "qwen")
+    tok.save_pretrained(tmp_path / "qwen")
+    cfg = replace(TINY, source=str(tmp_path / "qwen"), pretrain_epochs=0, attentions=True)
+    adapt(text_task, cfg, tmp_path / "run")
+    extract(text_task, cfg, tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "teacher" / "teacher.json").read_text())
+    assert meta["model_type"] == "qwen2" and meta["train_backbone"] is False
+    # The frozen backbone is saved unchanged.
+    before = load_file(str(tmp_path / "qwen" / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "teacher" / "model.safetensors"))
+    assert all(np.array_equal(before[key], after[key]) for key in before)
+    k = load_file(str(tmp_path / "run" / "knowledge.safetensors"))
+    n = len(text_task.test.y)
+    assert k["test.logits"].shape == (n, 3)
+    assert k["test.hidden.3"].shape == (n, 24) and "test.attn.1" in k
+    assert 0.0 <= teacher_accuracy(tmp_path / "run" / "knowledge.safetensors", text_task)["test"] <= 1.0
+
+
+def test_extract_refuses_a_teacher_adapted_to_other_labels(adapted_text, text_task, tmp_path):
+    run, cfg = adapted_text
+    other = replace(text_task, labels=["x", "y", "z"])
+    with pytest.raises(TeacherError, match="labels"):
+        extract(other, cfg, run)
+    with pytest.raises(TeacherError, match="not an adapted teacher"):
+        extract(text_task, cfg, tmp_path)
+
+
+def test_teacher_accuracy_refuses_a_stale_cache(adapted_text, text_task):
+    run, _ = adapted_text
+    shorter = replace(text_task, test=_text_split(2, 5))
+    with pytest.raises(TeacherError, match="test split"):
+        teacher_accuracy(run / "knowledge.safetensors", shorter)
+
+
+def test_augment_shuffles_and_drops_only_real_tokens():
+    ids = torch.tensor([[1, 5, 6, 7, 8, 0, 0], [1, 9, 10, 11, 0, 0, 0]])
+    mask = (ids != 0).long()
+    gen = torch.Generator().manual_seed(0)
+    shuffled = _augment(ids, mask, 0.0, 1.0, 3, gen)
+    assert torch.equal(shuffled[:, 0], ids[:, 0]) and torch.equal(shuffled == 0, ids == 0)
+    assert all(sorted(s.tolist()) == sorted(i.tolist()) for s, i in zip(shuffled, ids))
+    dropped = _augment(ids, mask, 1.0, 0.0, 3, gen)
+    assert torch.equal(dropped, torch.where((mask == 1) & (torch.arange(7) > 0), 3, ids))
+    assert torch.equal(_augment(ids, mask, 0.0, 0.0, 3, gen), ids)
