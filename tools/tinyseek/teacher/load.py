@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -81,14 +81,14 @@ def _load_folder(path: Path, tokenizer: str | None):
     except json.JSONDecodeError as e:
         raise TeacherError(f"{cfg_file} is not valid JSON: {e}") from e
     _check_model_type(model_type, str(path))
-    if not any(path.glob("*.safetensors")):
+    if not any(path.glob("model*.safetensors")):
         if any(path.glob("pytorch_model*.bin")):
             raise TeacherError(
                 f"{path} holds only pickle weights (pytorch_model*.bin); tinyseek loads safetensors only, "
                 f"because unpickling a file can run arbitrary code. Convert them on a trusted machine "
                 f"(load the model and call model.save_pretrained(folder, safe_serialization=True)) or download "
                 f"the .safetensors files")
-        raise TeacherError(f"{path} has no *.safetensors weight file")
+        raise TeacherError(f"{path} has no model*.safetensors weight file")
     model = AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation="eager", use_safetensors=True, local_files_only=True,
         trust_remote_code=False, dtype=torch.float32)
@@ -103,11 +103,16 @@ def _load_gguf(path: Path, tokenizer: str | None):
             f"loading {path.name} needs the packages {' and '.join(missing)}: pip install 'tinyseek[gguf]' "
             f"(or pip install gguf accelerate)")
     folder, name = str(path.parent), path.name
-    config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise TeacherError(f"{path}: transformers cannot read this GGUF file: {e}") from e
     _check_model_type(config.model_type, str(path))
+    # Dequantized to plain float32 modules: the backbone can then be trained, and saved as a
+    # safetensors folder after adaptation (a GGUF-quantized model cannot be saved).
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, attn_implementation="eager", local_files_only=True,
-        trust_remote_code=False, dtype=torch.float32)
+        trust_remote_code=False, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True))
     if tokenizer:
         tok = _load_tokenizer(Path(tokenizer), str(path))
     else:
@@ -124,7 +129,8 @@ def load_teacher(source: str | Path, tokenizer: str | Path | None = None):
     """Load `(model, tokenizer)` from a local HF folder or a .gguf file.
 
     The model is an `AutoModelForCausalLM` in float32 with eager attention (so attention maps
-    can be returned), in eval mode. `tokenizer` is an optional folder with tokenizer files
+    can be returned), in eval mode; GGUF weights are dequantized to float32 on load (4 bytes
+    per parameter in memory). `tokenizer` is an optional folder with tokenizer files
     that replaces the one found next to the weights. The tokenizer pads on the right; one
     without a pad token pads with its eos (or unk) token. Raises TeacherError.
     """
