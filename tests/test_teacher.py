@@ -186,6 +186,73 @@ def test_gguf_without_its_packages_says_how_to_install(tmp_path, monkeypatch):
         load_teacher(tmp_path / "model.gguf")
 
 
+def _write_qwen2_gguf(model, tokenizer, path):
+    """A float32 GGUF of a Qwen2 model with its byte-level BPE tokenizer, as llama.cpp writes one."""
+    gguf = pytest.importorskip("gguf", reason="the GGUF tests need pip install 'tinyseek[gguf]'")
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_embedding_length(c.hidden_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = sorted(state["model"]["vocab"], key=state["model"]["vocab"].get) + ["<|endoftext|>"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_merges([" ".join(m) for m in state["model"]["merges"]])
+    specials = {"<pad>", "<bos>", "<eos>", "<unk>", "<|endoftext|>"}
+    w.add_token_types([3 if t in specials else 1 for t in tokens])  # 3: control
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, c.num_hidden_layers)
+    for key, value in model.state_dict().items():
+        w.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), value.numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gguf_teacher_loads_with_its_own_tokenizer(text_task, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    _, tok = load_teacher(build_default_teacher(text_task, TINY, tmp_path / "ds"))
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok) + 1, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        max_position_embeddings=64, tie_word_embeddings=False)).eval()
+    _write_qwen2_gguf(qwen, tok, tmp_path / "tiny.gguf")
+    model, gguf_tok = load_teacher(tmp_path / "tiny.gguf")
+    assert model.config.model_type == "qwen2"
+    texts = ["turn on the lights now", "what time is it"]
+    ids = [gguf_tok(t)["input_ids"] for t in texts]
+    assert len(gguf_tok) == len(tok) + 1 and gguf_tok.pad_token == "<pad>"
+    assert [gguf_tok.decode(i) for i in ids] == texts
+    with torch.no_grad():
+        for row in ids:
+            x = torch.tensor([row])
+            assert torch.allclose(model(input_ids=x).logits, qwen(input_ids=x).logits, atol=1e-5)
+    # Adapted head-only, the teacher folder is a plain HF folder (safetensors) from then on.
+    cfg = replace(TINY, source=str(tmp_path / "tiny.gguf"), pretrain_epochs=0, finetune_epochs=2)
+    adapt(text_task, cfg, tmp_path / "run")
+    extract(text_task, cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
+    k = load_file(str(tmp_path / "run" / "knowledge.safetensors"))
+    assert k["val.logits"].shape == (len(text_task.val.y), 3) and k["val.hidden.2"].shape == (len(text_task.val.y), 32)
+
+
+def test_an_unreadable_gguf_is_a_teacher_error(tmp_path):
+    pytest.importorskip("gguf", reason="the GGUF tests need pip install 'tinyseek[gguf]'")
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(TeacherError, match="broken.gguf"):
+        load_teacher(tmp_path / "broken.gguf")
+
+
 # -- adapt and extract -------------------------------------------------------------------------
 
 def test_knowledge_cache_of_a_text_task(adapted_text, text_task):
@@ -305,3 +372,14 @@ def test_augment_shuffles_and_drops_only_real_tokens():
     dropped = _augment(ids, mask, 1.0, 0.0, 3, gen)
     assert torch.equal(dropped, torch.where((mask == 1) & (torch.arange(7) > 0), 3, ids))
     assert torch.equal(_augment(ids, mask, 0.0, 0.0, 3, gen), ids)
+
+
+def test_a_text_without_tokens_is_read_as_one_pad_token():
+    from tinyseek.teacher.build import special_tokens_tokenizer
+    from tinyseek.teacher.classifier import tokenize
+    tok = special_tokens_tokenizer()  # adds no bos, so "" has no tokens at all
+    ids, mask = tokenize(tok, ["", "<eos> <eos>"], 8)
+    assert ids.tolist() == [[tok.pad_token_id, tok.pad_token_id], [2, 2]]
+    assert mask.tolist() == [[1, 0], [1, 1]]
+    ids, mask = tokenize(tok, [""], 8)
+    assert ids.tolist() == [[tok.pad_token_id]] and mask.tolist() == [[1]]
