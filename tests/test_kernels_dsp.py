@@ -2,10 +2,7 @@
 chosen by the compile-time dispatch, bit-exact with the integer oracle on random models with
 sizes that are not multiples of 4 and extreme weights, and cheaper than the portable C, which
 -DTINYSEEK_KERNEL_PORTABLE still selects."""
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +21,6 @@ TOOLS = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewl
          "arm-none-eabi-nm": "sudo apt-get install -y gcc-arm-none-eabi",
          "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
 
-
-def _need_tools():
-    missing = [f"{tool} (install: {cmd})" for tool, cmd in TOOLS.items() if shutil.which(tool) is None]
-    if not Path(sys.executable).with_name("pio").is_file() and shutil.which("pio") is None:
-        missing.append("pio (install: .venv/bin/pip install platformio scons)")
-    if missing:
-        msg = "missing: " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 def _symbols(elf: Path) -> set[str]:
@@ -56,8 +43,8 @@ def _run(elf: Path, payloads: list[bytes]) -> tuple[list[list[int]], list[int]]:
 
 
 @pytest.mark.slow
-def test_dsp_gates_are_bit_exact_and_selected_on_the_m4(tmp_path):
-    _need_tools()
+def test_dsp_gates_are_bit_exact_and_selected_on_the_m4(tmp_path, need_tools):
+    need_tools(TOOLS)
     # Input 7, hidden 13 then 6: every dot product has a scalar tail (or is only a tail).
     seq = random_model(31, kind="sequence", hidden=[13, 6], input_size=7, num_classes=3,
                        weights="extreme", name="dspseq")

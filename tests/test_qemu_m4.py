@@ -2,9 +2,7 @@
 offline: an MLPerf Tiny session, the extra commands, a garbage burst, bit-exactness against the
 integer oracle, run_device_bench and `pio test`."""
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +24,10 @@ TOOLS = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewl
          "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
 
 
-def _need_tools():
-    missing = [f"{tool} (install: {cmd})" for tool, cmd in TOOLS.items() if shutil.which(tool) is None]
-    if not Path(sys.executable).with_name("pio").is_file() and shutil.which("pio") is None:
-        missing.append("pio (install: .venv/bin/pip install platformio scons)")
-    if missing:
-        msg = "missing: " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
 
 @pytest.fixture(scope="module")
-def text_fw(tmp_path_factory):
-    _need_tools()
+def text_fw(tmp_path_factory, need_tools):
+    need_tools(TOOLS)
     tmp = tmp_path_factory.mktemp("m4text")
     model = random_model(21, kind="text", hidden=[10, 7], input_size=6, num_classes=4, vocab_size=700, max_len=16,
                          name="m4txt", labels=["on", "off", "温度", "timer"])
@@ -121,8 +109,8 @@ def test_quit_ends_qemu_with_exit_code_0(text_fw):
         assert qemu.wait(10) == 0
 
 
-def test_sequence_model_and_run_device_bench(tmp_path):
-    _need_tools()
+def test_sequence_model_and_run_device_bench(tmp_path, need_tools):
+    need_tools(TOOLS)
     model = random_model(22, kind="sequence", hidden=12, input_size=5, num_classes=3, name="m4seq")
     render(model, tmp_path / "m4seq")
     x = random_sequences(model, np.random.default_rng(4), 4, 20)

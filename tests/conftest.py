@@ -1,0 +1,22 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def need_tools():
+    """need_tools({program: install command}) fails (under CI) or skips naming what is missing,
+    PlatformIO included, with the command that installs it."""
+    def check(tools: dict[str, str]) -> None:
+        missing = [f"{tool} (install: {cmd})" for tool, cmd in tools.items() if shutil.which(tool) is None]
+        if not Path(sys.executable).with_name("pio").is_file() and shutil.which("pio") is None:
+            missing.append("pio (install: .venv/bin/pip install platformio scons)")
+        if missing:
+            msg = "missing: " + "; ".join(missing)
+            if os.environ.get("CI"):
+                pytest.fail(msg)
+            pytest.skip(msg)
+    return check
