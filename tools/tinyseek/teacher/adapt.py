@@ -64,6 +64,16 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
     return torch.randperm(n, generator=gen).split(batch_size)
 
 
+def _update(loss: torch.Tensor, opt, sched, params: list, bar) -> None:
+    """One optimizer step with gradient clipping and the schedule; the loss shown on the bar."""
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
 def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator) -> None:
     params = [p for p in backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -77,12 +87,7 @@ def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.G
             b_ids, b_mask = trim(ids[idx], mask[idx])
             loss = backbone(input_ids=b_ids, attention_mask=b_mask, use_cache=False,
                             labels=b_ids.masked_fill(b_mask == 0, -100)).loss
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            _update(loss, opt, sched, params, bar)
     backbone.eval()
 
 
@@ -108,12 +113,7 @@ def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[
                    desc=f"teacher finetune {epoch + 1}/{cfg.finetune_epochs}")
         for idx in bar:
             loss = nn.functional.cross_entropy(forward(inputs[idx], mask[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            _update(loss, opt, sched, params, bar)
         module.eval()
         if len(v_y):
             acc = float((_logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).argmax(1) == v_y).float().mean())
