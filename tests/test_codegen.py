@@ -66,7 +66,7 @@ def test_render_is_byte_identical_for_the_same_inputs(tmp_path):
     assert [p.name for p in a] == [p.name for p in b] == [p.name for p in again]
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     assert {p.name for p in a} == {"demo_model.h", "demo_model.c", "demo_model_data.c", "demo_kernels.h",
-                                   "demo_kernels.c", "demo_tokenizer.c", "library.json", "README.md"}
+                                   "demo_kernels_c.c", "demo_kernels_dsp.c", "demo_tokenizer.c", "library.json", "README.md"}
     # A different model (one weight changed) gives a different hash in every stamp.
     m = _text_model()
     m.layers[0].w_x[0, 0] ^= 1
@@ -177,8 +177,8 @@ def test_size_macros_equal_what_the_arrays_occupy(make, tmp_path):
     ram = {s: size for s, size, kind in _symbols(objs[f"{P}_model.o"]) if kind in "bB"}
     state = sum(v for s, v in ram.items() if re.fullmatch(rf"{P}_[hc]\d+", s))
     assert int(mac[f"{N}_STATE_BYTES"]) == state == sum(3 * L.hidden for L in m.layers)
-    assert int(mac[f"{N}_SCRATCH_BYTES"]) == ram[f"{P}_z"]
-    assert set(ram) == {f"{P}_z"} | {f"{P}_{k}{i}" for k in "hc" for i in range(len(m.layers))}
+    assert int(mac[f"{N}_SCRATCH_BYTES"]) == ram[f"{P}_h_new"]
+    assert set(ram) == {f"{P}_h_new"} | {f"{P}_{k}{i}" for k in "hc" for i in range(len(m.layers))}
     for other in ("kernels", "tokenizer"):  # no other RAM anywhere
         if f"{P}_{other}.o" in objs:
             assert not [s for s, _, kind in _symbols(objs[f"{P}_{other}.o"]) if kind in "bBdD"]

@@ -63,13 +63,13 @@ def test_dsp_gates_are_bit_exact_and_selected_on_the_m4(tmp_path, need_tools):
         render(model, tmp_path / model.name)
         dsp = build_firmware("qemu_m4", tmp_path / model.name, build_dir=tmp_path / f"{model.name}-dsp")
         syms = _symbols(dsp)
-        assert {f"{model.name}_l0_gates_dsp", f"{model.name}_l1_gates_dsp"} <= syms
+        assert {f"{model.name}_l0_step_dsp", f"{model.name}_l1_step_dsp", f"{model.name}_head_dsp"} <= syms
         got, dsp_counts = _run(dsp, payloads)
         assert got == want.tolist()
 
         portable = build_firmware("qemu_m4", tmp_path / model.name, build_dir=tmp_path / f"{model.name}-c",
                                   extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
-        assert not any(s.endswith("_gates_dsp") for s in _symbols(portable))
+        assert not any(s.endswith("_dsp") for s in _symbols(portable))
         got, c_counts = _run(portable, payloads)
         assert got == want.tolist()
         # Same inputs, same step counts: the dual MACs must cost fewer instructions.

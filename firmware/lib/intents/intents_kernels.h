@@ -3,20 +3,25 @@
  * 'intents', model hash ba9e2286766ecd6d.
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
-/* Internal to the library: parameter layout, shapes and the kernels one step runs. A backend
- * (e.g. SIMD) replaces intents_kernels.c by functions of the same signatures; every
- * backend must give the same integers as the portable one (docs/numerics.md). */
+/* Internal to the library: parameter layout, shapes, the kernel variant this build runs and the
+ * integer primitives every variant shares. The variant is fixed at compile time from the
+ * compiler's feature macros, so a kernel for a richer ISA cannot be built for a poorer core;
+ * -DTINYSEEK_KERNEL_PORTABLE forces the portable C. Every variant gives the integers of the
+ * portable one (docs/numerics.md), which is always compiled as the fallback and the yardstick. */
 #ifndef INTENTS_KERNELS_H
 #define INTENTS_KERNELS_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "intents_model.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define INTENTS_ALIGN4 __attribute__((aligned(4)))
+#define INTENTS_INLINE static inline __attribute__((always_inline))
 #else
 #define INTENTS_ALIGN4
+#define INTENTS_INLINE static inline
 #endif
 
 /* Shapes (compile-time constants). */
@@ -25,15 +30,17 @@
 #define INTENTS_L0_HIDDEN 64
 #define INTENTS_L0_CELL_FRAC_BITS 11
 
-/* One LSTM layer's parameters (in flash). Rows 0..4H-1 are the gates i, f, g, o. */
+/* One LSTM layer's parameters (in flash). The rows are unit-major: row 4j+g is gate g (i, f,
+ * g, o) of hidden unit j, so the four gate rows of a unit lie next to each other; every per-row
+ * array follows the same order. */
 typedef struct {
-    const int8_t *w_x;   /* [4H][I] */
-    const int8_t *w_h;   /* [4H][H] */
-    const int32_t *mx;   /* [4H] requant multipliers of W_x x */
-    const uint8_t *nx;   /* [4H] requant shifts of W_x x */
-    const int32_t *mh;   /* [4H] */
-    const uint8_t *nh;   /* [4H] */
-    const int32_t *bias; /* [4H] Q3.12 */
+    const int8_t *w_x;   /* [H][4][I] */
+    const int8_t *w_h;   /* [H][4][H] */
+    const int32_t *mx;   /* [H][4] requant multipliers of W_x x */
+    const uint8_t *nx;   /* [H][4] requant shifts of W_x x */
+    const int32_t *mh;   /* [H][4] */
+    const uint8_t *nh;   /* [H][4] */
+    const int32_t *bias; /* [H][4] Q3.12 */
 } intents_layer_params;
 
 /* Every parameter of the model (in flash). */
@@ -50,72 +57,128 @@ typedef struct {
 
 extern const intents_model_params intents_params;
 
-/* Kernel dispatch, fixed at compile time: cores with the DSP extension (Cortex-M4/M7/M33...)
- * run the gate products as dual 16-bit MACs (SXTB16 + SMLAD); every other target, or a build
- * with -DTINYSEEK_KERNEL_PORTABLE, runs the portable C. Both give the same integers. */
-#if defined(__ARM_FEATURE_DSP) && !defined(TINYSEEK_KERNEL_PORTABLE)
+/* -- the variant ------------------------------------------------------------------------- */
+#if defined(TINYSEEK_KERNEL_PORTABLE)
+#define INTENTS_KERNEL_C 1
+#elif defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
+/* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD). */
 #define INTENTS_KERNEL_DSP 1
-#define INTENTS_KERNEL "dsp"
 #else
-#define INTENTS_KERNEL_DSP 0
+#define INTENTS_KERNEL_C 1
+#endif
+
+#if defined(INTENTS_KERNEL_DSP)
+#define INTENTS_KERNEL "dsp"
+#define INTENTS_VARIANT(fn) fn##_dsp /* what the model calls: fn of the variant */
+#else
 #define INTENTS_KERNEL "c"
+#define INTENTS_VARIANT(fn) fn##_c
 #endif
 
-/* Layer 0: z[j] = sat16(requant(W_x[j] . x) + requant(W_h[j] . h) + bias[j]), j < 4H;
- * x and h are read only. */
-void intents_l0_gates(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
-/* The same, portable C (always compiled: the fallback and the yardstick). */
-void intents_l0_gates_c(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
-#if INTENTS_KERNEL_DSP
-/* The same with SXTB16 + SMLAD. */
-void intents_l0_gates_dsp(const intents_layer_params *p, const int8_t *x, const int8_t *h, int16_t *z);
+/* A layer's step: reads x (its input, int8) and the old h and c; writes the new h and c.
+ * h_new is caller-owned scratch of HIDDEN bytes (every unit reads the old h). The head:
+ * logits[k] = sat16(requant(bias[k] + W_o[k] . h)). `_c` is the portable variant, always built. */
+void intents_l0_step_c(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new);
+void intents_head_c(const intents_model_params *p, const int8_t *h, int16_t *logits);
+#if !defined(INTENTS_KERNEL_C)
+void INTENTS_VARIANT(intents_l0_step)(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new);
+void INTENTS_VARIANT(intents_head)(const intents_model_params *p, const int8_t *h, int16_t *logits);
 #endif
-/* Layer 0: gate activations and the cell update from z; h and c updated in place. */
-void intents_l0_cell(const intents_model_params *p, const int16_t *z, int8_t *h, int16_t *c);
-/* The head: logits[k] = sat16(requant(bias[k] + W_o[k] . h)). */
-void intents_head(const intents_model_params *p, const int8_t *h, int16_t *logits);
-
 /* -- integer primitives of docs/numerics.md ----------------------------------------------
  * `>>` of a negative value is implementation-defined in C99; gcc, clang and the usual
  * embedded compilers (arm-none-eabi-gcc, xtensa-gcc, armclang, IAR) shift arithmetically
- * (flooring), which the spec requires; intents_kernels.c refuses to compile otherwise.
+ * (flooring), which the spec requires; intents_kernels_c.c refuses to compile otherwise.
  * Left shifts are only applied to non-negative values (negatives are multiplied instead). */
 
 /* (v + 2^(n-1)) >> n, n in 1..62: rounds half up. */
-static inline int64_t intents_rshift_round64(int64_t v, int n)
+INTENTS_INLINE int64_t intents_rshift_round64(int64_t v, int n)
 {
     return (v + ((int64_t)1 << (n - 1))) >> n;
 }
 
 /* The same for int32 values whose sum with 2^(n-1) fits int32, n in 1..30. */
-static inline int32_t intents_rshift_round32(int32_t v, int n)
+INTENTS_INLINE int32_t intents_rshift_round32(int32_t v, int n)
 {
     return (v + ((int32_t)1 << (n - 1))) >> n;
 }
 
 /* acc * M * 2^-n with M in [2^30, 2^31): the product fits int64. */
-static inline int64_t intents_requant(int32_t acc, int32_t m, int n)
+INTENTS_INLINE int64_t intents_requant(int32_t acc, int32_t m, int n)
 {
     return intents_rshift_round64((int64_t)acc * m, n);
 }
 
-static inline int32_t intents_sat16(int64_t v)
+/* The same in 32-bit arithmetic, for the rows where the generator proved it exact (the `mode`
+ * of each matrix below). n <= 32 ("pre"): acc << (32 - n) fits int32, and
+ * (acc * 2^(32-n) * M + 2^31) >> 32 equals (acc * M + 2^(n-1)) >> n. n > 32 ("post"): with
+ * hi = (acc * M) >> 32 and s = n - 32, (hi + 2^(s-1)) >> s equals it too (the low word only
+ * adds a fraction below one unit of hi). */
+INTENTS_INLINE int32_t intents_requant_pre(int32_t acc, int32_t m, int n)
+{
+    return (int32_t)(((int64_t)(acc * (1 << (32 - n))) * m + 0x80000000LL) >> 32);
+}
+
+INTENTS_INLINE int32_t intents_requant_post(int32_t acc, int32_t m, int n)
+{
+    return intents_rshift_round32((int32_t)(((int64_t)acc * m) >> 32), n - 32);
+}
+
+INTENTS_INLINE int32_t intents_sat16(int64_t v)
 {
     return v < -32768 ? -32768 : v > 32767 ? 32767 : (int32_t)v;
 }
 
-static inline int32_t intents_sat8(int32_t v)
+INTENTS_INLINE int32_t intents_sat8(int32_t v)
 {
     return v < -128 ? -128 : v > 127 ? 127 : v;
 }
 
 /* Table activation: Q3.12 in, Q0.15 out, linear interpolation on the low 8 bits. */
-static inline int32_t intents_activate(const int16_t *table, int32_t z)
+INTENTS_INLINE int32_t intents_activate(const int16_t *table, int32_t z)
 {
     int32_t u = z + 32768; /* 0..65535 */
     int32_t k = u >> 8;
     int32_t f = u & 255;
     return table[k] + (((table[k + 1] - table[k]) * f + 128) >> 8);
+}
+
+/* One unit's cell update from its four gate pre-activations (Q3.12): c in place (2^-cf), the
+ * new h returned (Q0.7). */
+INTENTS_INLINE int8_t intents_cell_unit(const intents_model_params *p, int32_t zi, int32_t zf, int32_t zg,
+                                    int32_t zo, int16_t *c, int cf)
+{
+    int32_t gi = intents_activate(p->sigmoid_table, zi);
+    int32_t gf = intents_activate(p->sigmoid_table, zf);
+    int32_t gg = intents_activate(p->tanh_table, zg);
+    int32_t go = intents_activate(p->sigmoid_table, zo);
+    int32_t cn = intents_sat16(intents_rshift_round32(gf * *c, 15) + intents_rshift_round32(gi * gg, 30 - cf));
+    /* c' from Q(cf) to Q3.12 for the table; 12 - cf >= 0. */
+    int32_t t = intents_activate(p->tanh_table, intents_sat16(cn * (1 << (12 - cf))));
+    *c = (int16_t)cn;
+    return (int8_t)intents_sat8(intents_rshift_round32(go * t, 23));
+}
+
+/* How each matrix's requantization may run in 32 bits (see above), fixed by the generator for
+ * this model's weights and shifts: 1 "pre", 2 "post", 3 either per row, 0 only int64. */
+#define INTENTS_REQUANT_EXACT 0
+#define INTENTS_REQUANT_PRE 1
+#define INTENTS_REQUANT_POST 2
+#define INTENTS_REQUANT_MIXED 3
+#define INTENTS_L0_X_REQUANT INTENTS_REQUANT_PRE
+#define INTENTS_L0_H_REQUANT INTENTS_REQUANT_MIXED
+#define INTENTS_HEAD_REQUANT INTENTS_REQUANT_POST
+
+/* requant(acc, m, n) in the cheapest exact form `mode` allows; int64 otherwise. The
+ * modes other than EXACT bound |result| below 2^30. */
+INTENTS_INLINE int64_t intents_requant_as(int mode, int32_t acc, int32_t m, int n)
+{
+    if (mode == INTENTS_REQUANT_PRE || (mode == INTENTS_REQUANT_MIXED && n <= 32)) {
+        return intents_requant_pre(acc, m, n);
+    }
+    if (mode == INTENTS_REQUANT_POST || mode == INTENTS_REQUANT_MIXED) {
+        return intents_requant_post(acc, m, n);
+    }
+    return intents_requant(acc, m, n);
 }
 
 #endif /* INTENTS_KERNELS_H */

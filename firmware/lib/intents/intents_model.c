@@ -9,8 +9,8 @@
 /* State: h (Q0.7) and c (2^-cf, cf per layer) of every layer, 192 bytes. */
 static int8_t intents_h0[INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
 static int16_t intents_c0[INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
-/* Scratch: the gate pre-activations of one layer (Q3.12), 512 bytes. */
-static int16_t intents_z[4 * INTENTS_MAX_HIDDEN] INTENTS_ALIGN4;
+/* Scratch: the new h of one layer while its units still read the old one, 64 bytes. */
+static int8_t intents_h_new[INTENTS_MAX_HIDDEN] INTENTS_ALIGN4;
 
 void intents_reset(void)
 {
@@ -24,13 +24,12 @@ void intents_reset(void)
 /* One step of every layer; layer k's input is the h layer k-1 has just produced. */
 static void intents_advance(const int8_t *x)
 {
-    intents_l0_gates(&intents_params.layers[0], x, intents_h0, intents_z);
-    intents_l0_cell(&intents_params, intents_z, intents_h0, intents_c0);
+    INTENTS_VARIANT(intents_l0_step)(&intents_params, x, intents_h0, intents_c0, intents_h_new);
 }
 
 void intents_logits(int16_t *logits)
 {
-    intents_head(&intents_params, intents_h0, logits);
+    INTENTS_VARIANT(intents_head)(&intents_params, intents_h0, logits);
 }
 
 int intents_step_token(uint16_t token)

@@ -33,7 +33,7 @@ extern "C" {
  * SCRATCH: static buffers one step uses. All of it is static and sized here: no malloc. */
 #define INTENTS_WEIGHT_BYTES 63051
 #define INTENTS_STATE_BYTES 192
-#define INTENTS_SCRATCH_BYTES 512
+#define INTENTS_SCRATCH_BYTES 64
 #define INTENTS_RAM_BYTES (INTENTS_STATE_BYTES + INTENTS_SCRATCH_BYTES)
 
 /* For hosts only (the device code has no floats): the embedding scale; real logit = int16 logit * OUTPUT_SCALE. */

@@ -49,7 +49,7 @@ def render(model: QuantModel, out_dir: str | Path, *, generator_version: str = _
     """
     ctx = build_context(model, generator_version)
     env = make_env(templates_dir)
-    rendered = {out: env.get_template(f"lib/{tpl}").render(ctx) for tpl, out in ctx["files"].items()}
+    rendered = {out: env.get_template(tpl).render(ctx) for tpl, out in ctx["files"].items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():

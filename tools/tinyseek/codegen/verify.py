@@ -121,7 +121,7 @@ class HostDriver:
         self.exe = self.work / "verify_driver"
         # The driver includes the model's .c file itself (to read its static state).
         self.compiler = compile_library(self.lib_dir, [source], self.exe, cc=cc, cflags=cflags,
-                                        exclude=(ctx["files"]["model.c.j2"],))
+                                        exclude=(ctx["files"]["lib/model.c.j2"],))
 
     def run(self, inputs, *, token_ids=None, every_step: bool = False, timeout: float = 600.0) -> VerifyResult:
         """Text models: `inputs` are strings (or UTF-8 bytes). The C tokenizer's ids are compared
