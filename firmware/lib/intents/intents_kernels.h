@@ -60,16 +60,29 @@ extern const intents_model_params intents_params;
 /* -- the variant ------------------------------------------------------------------------- */
 #if defined(TINYSEEK_KERNEL_PORTABLE)
 #define INTENTS_KERNEL_C 1
+#elif defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1) && !defined(__aarch64__)
+/* Cortex-M55/M85: Helium integer vectors (VMLADAVA, predicated tails). */
+#define INTENTS_KERNEL_MVE 1
 #elif defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
 /* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD). */
 #define INTENTS_KERNEL_DSP 1
+#elif defined(__riscv) && __riscv_xlen == 32
+/* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
+#define INTENTS_KERNEL_RV32 1
 #else
 #define INTENTS_KERNEL_C 1
 #endif
 
-#if defined(INTENTS_KERNEL_DSP)
+/* INTENTS_VARIANT(fn): the function fn of the selected variant, what the model calls. */
+#if defined(INTENTS_KERNEL_MVE)
+#define INTENTS_KERNEL "mve"
+#define INTENTS_VARIANT(fn) fn##_mve
+#elif defined(INTENTS_KERNEL_DSP)
 #define INTENTS_KERNEL "dsp"
-#define INTENTS_VARIANT(fn) fn##_dsp /* what the model calls: fn of the variant */
+#define INTENTS_VARIANT(fn) fn##_dsp
+#elif defined(INTENTS_KERNEL_RV32)
+#define INTENTS_KERNEL "rv32"
+#define INTENTS_VARIANT(fn) fn##_rv32
 #else
 #define INTENTS_KERNEL "c"
 #define INTENTS_VARIANT(fn) fn##_c
@@ -179,6 +192,30 @@ INTENTS_INLINE int64_t intents_requant_as(int mode, int32_t acc, int32_t m, int 
         return intents_requant_post(acc, m, n);
     }
     return intents_requant(acc, m, n);
+}
+
+/* The gate pre-activation of row r (Q3.12) from its two accumulators. In the 32-bit modes
+ * both requantized terms are below 2^30, so their sum is exact in int32; one saturating add of
+ * the bias (QADD where the core has it) then keeps the saturated result of the spec's int64 sum. */
+INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, int32_t acc_x, int32_t acc_h,
+                               int xmode, int hmode)
+{
+    int32_t sum;
+    if (xmode == INTENTS_REQUANT_EXACT || hmode == INTENTS_REQUANT_EXACT) {
+        return intents_sat16(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
+                                + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]) + L->bias[r]);
+    }
+    sum = (int32_t)(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
+                    + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]));
+#if defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
+    {
+        int32_t z;
+        __asm__("qadd %0, %1, %2\n\tssat %0, #16, %0" : "=&r"(z) : "r"(sum), "r"(L->bias[r]));
+        return z;
+    }
+#else
+    return intents_sat16((int64_t)sum + L->bias[r]);
+#endif
 }
 
 #endif /* INTENTS_KERNELS_H */

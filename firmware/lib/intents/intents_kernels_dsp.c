@@ -72,23 +72,6 @@ INTENTS_INLINE void intents_dot4(const int8_t *w, const uint32_t *vq, const int8
     acc[3] = a3;
 }
 
-/* The gate pre-activation of row r (Q3.12) from its two accumulators. In the 32-bit modes
- * both requantized terms are below 2^30, so their sum is exact in int32 and one saturating add
- * of the bias keeps the saturated result of the int64 sum of the spec. */
-INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, int32_t acc_x, int32_t acc_h,
-                               int xmode, int hmode)
-{
-    if (xmode == INTENTS_REQUANT_EXACT || hmode == INTENTS_REQUANT_EXACT) {
-        return intents_sat16(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
-                                + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]) + L->bias[r]);
-    }
-    int32_t sum = (int32_t)(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
-                            + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]));
-    int32_t z;
-    __asm__("ssat %0, #16, %1" : "=r"(z) : "r"(__qadd(sum, L->bias[r]))); /* arm_acle.h's __ssat trips -Wsign-conversion */
-    return z;
-}
-
 void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
 {
     const intents_layer_params *L = &p->layers[0];

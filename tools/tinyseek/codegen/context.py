@@ -58,6 +58,8 @@ def file_names(name: str, kind: str) -> dict[str, str]:
         "kernels/dispatch.h.j2": f"{name}_kernels.h",
         "kernels/portable.c.j2": f"{name}_kernels_c.c",
         "kernels/cortexm_dsp.c.j2": f"{name}_kernels_dsp.c",
+        "kernels/helium.c.j2": f"{name}_kernels_mve.c",
+        "kernels/riscv.c.j2": f"{name}_kernels_rv32.c",
     }
     if kind == "text":
         files["lib/tokenizer.c.j2"] = f"{name}_tokenizer.c"

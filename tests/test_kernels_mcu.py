@@ -1,0 +1,123 @@
+"""The kernel variants on their emulated cores: the DSP extension on Cortex-M4 and M7, Helium on
+Cortex-M55, the RV32 kernels on rv32imc. Random models whose sizes are not multiples of 4 or 16,
+with extreme weights and every requantization form of the dispatch header (32-bit "pre",
+"post", per-row "mixed", int64 "exact"), must reproduce the integer oracle bit for bit; the
+variant the firmware reports must be the one its core's feature macros select."""
+import subprocess
+
+import numpy as np
+import pytest
+
+from tinyseek.codegen.context import requant_mode
+from tinyseek.codegen.render import render
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
+
+ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
+       "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
+RV = {"riscv64-unknown-elf-gcc": "sudo apt-get install -y gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf",
+      "qemu-system-riscv32": "sudo apt-get install -y qemu-system-misc"}
+VARIANTS = {"qemu_m4": ("dsp", ARM), "qemu_m7": ("dsp", ARM), "qemu_m55": ("mve", ARM), "qemu_rv32": ("rv32", RV)}
+
+
+def _post_only(model):
+    """Shifts raised to at least 33 (real multipliers at most halved): only the "post" form."""
+    for L in model.layers:
+        L.nx, L.nh = np.maximum(L.nx, 33), np.maximum(L.nh, 33)
+    model.validate()
+    return model
+
+
+def _with_head_of(model, other):
+    """`other`'s head (realistic scales), so that the logits do not all saturate."""
+    model.head = other.head
+    model.validate()
+    return model
+
+
+def _models():
+    return [
+        # Every dot product has a tail (7, 13, 6) and the h side of layer 1 is only a tail.
+        random_model(31, kind="sequence", hidden=[13, 6], input_size=7, num_classes=3, weights="extreme",
+                     name="kseq"),
+        # 17 = one 16-byte chunk plus a 1-byte predicated tail; n > 32 everywhere.
+        _post_only(random_model(32, kind="text", hidden=[3, 17], input_size=9, num_classes=5, vocab_size=300,
+                                max_len=12, weights="extreme", name="ktxt")),
+        # Powers of two: shifts 31..38, both 32-bit forms in one matrix (rounding ties are frequent).
+        random_model(33, kind="sequence", hidden=[33], input_size=21, num_classes=4, scales="pow2", name="kpow"),
+        # Shifts anywhere in 1..62: rows only int64 can requantize.
+        _with_head_of(random_model(34, kind="sequence", hidden=[5], input_size=4, num_classes=3, scales="mixed",
+                                   name="kmix"), random_model(34, hidden=[5], input_size=4, num_classes=3)),
+    ]
+
+
+def test_the_models_cover_every_requant_form():
+    modes = set()
+    for m in _models():
+        for L in m.layers:
+            modes |= {requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)}
+        modes.add(requant_mode(m.head.w, m.head.n, m.head.bias))
+    # "pre" alone is what real students give on the x side: the default model covers it on
+    # every board (tests/test_device_default.py) and test_requant32.py on the host.
+    assert {"post", "mixed", "exact"} <= modes
+
+
+def _inputs(model, rng):
+    if model.kind == "text":
+        ids = [t for t in random_token_ids(model, rng, 8, model.max_len) if t]
+        return ids, infer_tokens(model, ids)
+    xs = np.concatenate([random_sequences(model, rng, 4, 9), random_sequences(model, rng, 4, 9, extreme=True)])
+    return list(xs), infer_sequences(model, xs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", sorted(VARIANTS))
+def test_variant_is_bit_exact_on_its_core(env, tmp_path, need_tools):
+    variant, tools = VARIANTS[env]
+    need_tools(tools)
+    rng = np.random.default_rng(5)
+    for model in _models():
+        inputs, want = _inputs(model, rng)
+        # Saturated outputs would hide a wrong sum: the inputs must tell the outputs apart.
+        assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2
+        render(model, tmp_path / model.name)
+        out = run_device_bench(env, tmp_path / model.name, inputs, build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == variant
+        assert out["logits"] == want.tolist(), model.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m55"])
+def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[0]
+    render(model, tmp_path / model.name)
+    inputs, want = _inputs(model, np.random.default_rng(6))
+    from tinyseek.harness import bench
+    orig = bench.build_firmware
+
+    def portable(*a, **kw):
+        return orig(*a, **{**kw, "extra_flags": [*kw.get("extra_flags", ()), "-DTINYSEEK_KERNEL_PORTABLE"]})
+
+    bench.build_firmware = portable
+    try:
+        out = run_device_bench(env, tmp_path / model.name, inputs, build_dir=tmp_path / "b")
+    finally:
+        bench.build_firmware = orig
+    assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
+
+
+@pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "c"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
+                                          ("cortex-m7", "dsp"), ("cortex-m33", "dsp"), ("cortex-m55", "mve"),
+                                          ("cortex-m55+nomve", "dsp")])
+def test_the_variant_follows_the_cores_feature_macros(cpu, variant, tmp_path, need_tools):
+    """A kernel for a richer ISA cannot be built for a poorer core by accident."""
+    need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
+    model = _models()[0]
+    render(model, tmp_path)
+    src = tmp_path / "probe.c"
+    src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
+    out = subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=softfp", "-E", "-I", str(tmp_path),
+                          str(src)], capture_output=True, text=True, check=True).stdout
+    assert f'probe = "{variant}"' in out
