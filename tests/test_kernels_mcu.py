@@ -94,17 +94,8 @@ def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
     model = _models()[0]
     render(model, tmp_path / model.name)
     inputs, want = _inputs(model, np.random.default_rng(6))
-    from tinyseek.harness import bench
-    orig = bench.build_firmware
-
-    def portable(*a, **kw):
-        return orig(*a, **{**kw, "extra_flags": [*kw.get("extra_flags", ()), "-DTINYSEEK_KERNEL_PORTABLE"]})
-
-    bench.build_firmware = portable
-    try:
-        out = run_device_bench(env, tmp_path / model.name, inputs, build_dir=tmp_path / "b")
-    finally:
-        bench.build_firmware = orig
+    out = run_device_bench(env, tmp_path / model.name, inputs, build_dir=tmp_path / "b",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
     assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
 
 

@@ -123,17 +123,53 @@ INTENTS_INLINE int64_t intents_requant(int32_t acc, int32_t m, int n)
 
 /* The same in 32-bit arithmetic, for the rows where the generator proved it exact (the `mode`
  * of each matrix below). n <= 32 ("pre"): acc << (32 - n) fits int32, and
- * (acc * 2^(32-n) * M + 2^31) >> 32 equals (acc * M + 2^(n-1)) >> n. n > 32 ("post"): with
- * hi = (acc * M) >> 32 and s = n - 32, (hi + 2^(s-1)) >> s equals it too (the low word only
- * adds a fraction below one unit of hi). */
+ * (acc * 2^(32-n) * M + 2^31) >> 32 equals (acc * M + 2^(n-1)) >> n: one SMMULR on the Cortex-M
+ * DSP extension. n > 32 ("post"): with hi = (acc * M) >> 32, (hi + 2^(n-33)) >> (n - 32)
+ * equals it too (the low word only adds a fraction below one unit of hi), and so does
+ * ((hi >> (n - 33)) + 1) >> 1, which needs no rounding constant. */
+#if defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
+#define INTENTS_ARM_DSP 1
+#else
+#define INTENTS_ARM_DSP 0
+#endif
+
 INTENTS_INLINE int32_t intents_requant_pre(int32_t acc, int32_t m, int n)
 {
-    return (int32_t)(((int64_t)(acc * (1 << (32 - n))) * m + 0x80000000LL) >> 32);
+    int32_t scaled = (int32_t)((uint32_t)acc << (32 - n));
+#if INTENTS_ARM_DSP
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(scaled), "r"(m));
+    return r;
+#else
+    return (int32_t)(((int64_t)scaled * m + 0x80000000LL) >> 32);
+#endif
 }
 
 INTENTS_INLINE int32_t intents_requant_post(int32_t acc, int32_t m, int n)
 {
-    return intents_rshift_round32((int32_t)(((int64_t)acc * m) >> 32), n - 32);
+    int32_t hi = (int32_t)(((int64_t)acc * m) >> 32);
+    return ((hi >> (n - 33)) + 1) >> 1;
+}
+
+/* sat16 / sat8 of an int32: one SSAT where the core has it. */
+INTENTS_INLINE int32_t intents_sat16_32(int32_t v)
+{
+#if INTENTS_ARM_DSP
+    __asm__("ssat %0, #16, %0" : "+r"(v));
+    return v;
+#else
+    return v < -32768 ? -32768 : v > 32767 ? 32767 : v;
+#endif
+}
+
+INTENTS_INLINE int32_t intents_sat8_32(int32_t v)
+{
+#if INTENTS_ARM_DSP
+    __asm__("ssat %0, #8, %0" : "+r"(v));
+    return v;
+#else
+    return v < -128 ? -128 : v > 127 ? 127 : v;
+#endif
 }
 
 INTENTS_INLINE int32_t intents_sat16(int64_t v)
@@ -164,11 +200,11 @@ INTENTS_INLINE int8_t intents_cell_unit(const intents_model_params *p, int32_t z
     int32_t gf = intents_activate(p->sigmoid_table, zf);
     int32_t gg = intents_activate(p->tanh_table, zg);
     int32_t go = intents_activate(p->sigmoid_table, zo);
-    int32_t cn = intents_sat16(intents_rshift_round32(gf * *c, 15) + intents_rshift_round32(gi * gg, 30 - cf));
+    int32_t cn = intents_sat16_32(intents_rshift_round32(gf * *c, 15) + intents_rshift_round32(gi * gg, 30 - cf));
     /* c' from Q(cf) to Q3.12 for the table; 12 - cf >= 0. */
-    int32_t t = intents_activate(p->tanh_table, intents_sat16(cn * (1 << (12 - cf))));
+    int32_t t = intents_activate(p->tanh_table, intents_sat16_32(cn * (1 << (12 - cf))));
     *c = (int16_t)cn;
-    return (int8_t)intents_sat8(intents_rshift_round32(go * t, 23));
+    return (int8_t)intents_sat8_32(intents_rshift_round32(go * t, 23));
 }
 
 /* How each matrix's requantization may run in 32 bits (see above), fixed by the generator for
@@ -207,7 +243,7 @@ INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, i
     }
     sum = (int32_t)(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
                     + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]));
-#if defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
+#if INTENTS_ARM_DSP
     {
         int32_t z;
         __asm__("qadd %0, %1, %2\n\tssat %0, #16, %0" : "=&r"(z) : "r"(sum), "r"(L->bias[r]));

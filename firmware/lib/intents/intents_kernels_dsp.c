@@ -39,33 +39,132 @@ INTENTS_INLINE void intents_widen(const int8_t *v, uint32_t n, uint32_t *out)
         out[k / 2] = (uint32_t)__sxtb16((int32_t)q);
         out[k / 2 + 1] = intents_sxtb16_ror8(q);
     }
-}
-
-/* acc[g] = sum_k w[g*n + k] * v[k] for the four rows g = 0..3 starting at w. */
-INTENTS_INLINE void intents_dot4(const int8_t *w, const uint32_t *vq, const int8_t *v, uint32_t n, int32_t *acc)
+}/* acc[g] = sum_k w[g*32 + k] * v[k] for the four rows g = 0..3 starting at w; vq is v widened.
+ * Two words per loop pass, then 0 word and 0 byte(s) of tail. */
+INTENTS_INLINE void intents_dot4_32(const int8_t *w, const uint32_t *vq, const int8_t *v, int32_t *acc)
 {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    uint32_t k;
-    for (k = 0; k + 4 <= n; k += 4) {
-        uint32_t v02 = vq[k / 2], v13 = vq[k / 2 + 1];
-        uint32_t w0 = intents_load32(w + k), w1 = intents_load32(w + n + k);
-        uint32_t w2 = intents_load32(w + 2 * n + k), w3 = intents_load32(w + 3 * n + k);
-        a0 = __smlad(__sxtb16((int32_t)w0), (int32_t)v02, a0);
-        a0 = __smlad((int32_t)intents_sxtb16_ror8(w0), (int32_t)v13, a0);
-        a1 = __smlad(__sxtb16((int32_t)w1), (int32_t)v02, a1);
-        a1 = __smlad((int32_t)intents_sxtb16_ror8(w1), (int32_t)v13, a1);
-        a2 = __smlad(__sxtb16((int32_t)w2), (int32_t)v02, a2);
-        a2 = __smlad((int32_t)intents_sxtb16_ror8(w2), (int32_t)v13, a2);
-        a3 = __smlad(__sxtb16((int32_t)w3), (int32_t)v02, a3);
-        a3 = __smlad((int32_t)intents_sxtb16_ror8(w3), (int32_t)v13, a3);
-    }
-    for (; k < n; ++k) {
-        int32_t vk = v[k];
-        a0 += w[k] * vk;
-        a1 += w[n + k] * vk;
-        a2 += w[2 * n + k] * vk;
-        a3 += w[3 * n + k] * vk;
-    }
+    uint32_t v02, v13, t, u;
+    const int8_t *wend = w + 32;
+    /* The whole loop in one asm statement: the compiler would copy the accumulators around a
+     * loop of asm statements. */
+    __asm__(
+            "1:\n\t"
+            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
+            "ldr %[t], [%[w], #32]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
+            "ldr %[t], [%[w], #64]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
+            "ldr %[t], [%[w], #96]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
+            "ldr %[t], [%[w]], #4\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
+            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
+            "ldr %[t], [%[w], #32]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
+            "ldr %[t], [%[w], #64]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
+            "ldr %[t], [%[w], #96]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
+            "ldr %[t], [%[w]], #4\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
+            "cmp %[w], %[wend]\n\t"
+            "bne 1b\n\t"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
+            : [wend] "r"(wend)
+            : "cc");
+    (void)vq;
+    (void)v;
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* acc[g] = sum_k w[g*64 + k] * v[k] for the four rows g = 0..3 starting at w; vq is v widened.
+ * Two words per loop pass, then 0 word and 0 byte(s) of tail. */
+INTENTS_INLINE void intents_dot4_64(const int8_t *w, const uint32_t *vq, const int8_t *v, int32_t *acc)
+{
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    uint32_t v02, v13, t, u;
+    const int8_t *wend = w + 64;
+    /* The whole loop in one asm statement: the compiler would copy the accumulators around a
+     * loop of asm statements. */
+    __asm__(
+            "1:\n\t"
+            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
+            "ldr %[t], [%[w], #64]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
+            "ldr %[t], [%[w], #128]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
+            "ldr %[t], [%[w], #192]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
+            "ldr %[t], [%[w]], #4\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
+            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
+            "ldr %[t], [%[w], #64]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
+            "ldr %[t], [%[w], #128]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
+            "ldr %[t], [%[w], #192]\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
+            "ldr %[t], [%[w]], #4\n\t"
+            "sxtb16 %[u], %[t]\n\t"
+            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
+            "sxtb16 %[t], %[t], ror #8\n\t"
+            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
+            "cmp %[w], %[wend]\n\t"
+            "bne 1b\n\t"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
+            : [wend] "r"(wend)
+            : "cc");
+    (void)vq;
+    (void)v;
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
@@ -83,8 +182,8 @@ void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t 
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         int32_t ax[4], ah[4];
         uint32_t r = 4 * j;
-        intents_dot4(L->w_x + r * INTENTS_L0_INPUT, xq, x, INTENTS_L0_INPUT, ax);
-        intents_dot4(L->w_h + r * INTENTS_L0_HIDDEN, hq, h, INTENTS_L0_HIDDEN, ah);
+        intents_dot4_32(L->w_x + r * INTENTS_L0_INPUT, xq, x, ax);
+        intents_dot4_64(L->w_h + r * INTENTS_L0_HIDDEN, hq, h, ah);
         h_new[j] = intents_cell_unit(p,
             intents_gate(L, r, ax[0], ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
             intents_gate(L, r + 1, ax[1], ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),

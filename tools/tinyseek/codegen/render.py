@@ -34,7 +34,7 @@ def make_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir(templates_dir))),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, autoescape=False,
+        keep_trailing_newline=True, autoescape=False, extensions=["jinja2.ext.do"],
     )
     env.filters.update(c_ints=c_ints, c_string=c_string, c_double=c_double, json=json.dumps)
     return env

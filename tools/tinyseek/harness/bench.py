@@ -110,17 +110,20 @@ def _latency(times: list[dict]) -> dict:
 
 def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: int = 1, warmups: int = 0,
                      port: str | None = None, project_dir: str | Path = PROJECT_DIR,
-                     build_dir: str | Path | None = None, timeout: float = 60.0) -> dict:
+                     build_dir: str | Path | None = None, extra_flags: Sequence[str] = (),
+                     timeout: float = 60.0) -> dict:
     """Build `lib_name` for `env`, run every input on the device, and report.
 
     inputs: texts (str, tokenized and classified on the device with `cls`) or token-id lists for
     text models;
     int8 feature arrays [T, F] (or one [N, T, F] array) for sequence models.
     port: the serial port of a real board (e.g. /dev/ttyUSB0; the board is flashed first);
-    emulated environments start QEMU and need none. Returns plain, JSON-ready dicts."""
+    emulated environments start QEMU and need none. extra_flags: more compiler flags (e.g.
+    -DTINYSEEK_KERNEL_PORTABLE). Returns plain, JSON-ready dicts."""
     profile = load_profile(env)
     steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, list))]
     flags = [f"-DTINYSEEK_INPUT_STEPS={max(steps)}"] if steps and max(steps) > DEFAULT_INPUT_STEPS else []
+    flags += list(extra_flags)
     if not profile.emulated and not port:
         raise ValueError(f"{env} is a real board: pass port= (e.g. /dev/ttyUSB0) to flash and talk to it")
     elf = build_firmware(env, lib_name, project_dir=project_dir, build_dir=build_dir, extra_flags=flags,

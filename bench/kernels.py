@@ -1,0 +1,172 @@
+"""Benchmark of the kernel variants on the emulated boards: instructions per inference and per
+multiply-accumulate (MAC) of each variant against the portable C on the same emulator, for the
+default model and for a sweep of hidden sizes; flash and RAM of each build. Writes
+bench/results/kernels.json and bench/results/kernels.md (copied into bench/RESULTS.md).
+
+    .venv/bin/python bench/kernels.py                      # every emulated board, full sweep
+    .venv/bin/python bench/kernels.py --envs qemu_m4 --hidden 16,64 --samples 50
+
+Every figure is a count of instructions QEMU executed with -icount (the firmware's SysTick runs
+on the instruction clock), not CPU cycles: QEMU has no pipeline model. Every run is also a
+bit-exactness check: the logits must equal the numpy integer reference.
+
+- per inference: the median over the first N test texts of the default task, token ids sent
+  to the board (tokenization not timed);
+- per MAC, whole inference: instructions / MACs, MACs = steps * 4H(I + H) + classes * H;
+- per step: from one model run at two sequence lengths, (t(T2) - t(T1)) / (T2 - T1), which
+  removes the reset and the head;
+- per MAC, matrix: the marginal cost of the gate matrix work, from two models that differ only
+  in their input width: (step(I2) - step(I1)) / (4H (I2 - I1)) (loads, multiplies, loop).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from tinyseek.codegen.render import render
+from tinyseek.config import load
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.quant.model import QuantModel
+from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.synthetic import random_model, random_sequences
+from tinyseek.student.tokenizer import HashTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTABLE = ["-DTINYSEEK_KERNEL_PORTABLE"]
+ENVS = ["qemu_m4", "qemu_m7", "qemu_m55", "qemu_rv32"]
+STEPS = (4, 12)  # the two sequence lengths of the per-step figures
+SWEEP_INPUTS = (32, 64)  # the two input widths of the matrix figure
+
+
+class BitExactError(AssertionError):
+    """A board's logits differ from the integer reference: no figure of that run counts."""
+
+
+def macs_per_step(model: QuantModel) -> int:
+    return sum(4 * L.hidden * (L.input_size + L.hidden) for L in model.layers)
+
+
+def _run(env: str, lib: Path, inputs, want: np.ndarray, flags: list[str], work: Path) -> dict:
+    out = run_device_bench(env, lib, inputs, build_dir=work, extra_flags=flags)
+    if out["logits"] != want.tolist():
+        raise BitExactError(f"{env} {out['model']['kernel']}: {lib.name} is not bit-exact")
+    return out
+
+
+def _memory(out: dict) -> dict:
+    elf = out["memory"]["elf"]
+    return {"flash_model": elf["flash"]["model"], "flash_runtime": elf["flash"]["runtime"],
+            "ram_static": elf["ram"]["static"], "ram_model": elf["ram"]["model"],
+            "stack_peak": out["memory"]["stack_peak"]}
+
+
+def default_model(env: str, samples: int, work: Path) -> dict:
+    """Variant vs portable on the committed default model."""
+    model = QuantModel.load(ROOT / "models" / "intents" / "int8")
+    data = __import__("tinyseek.data", fromlist=["load_task"]).load_task(load().task)
+    tok = HashTokenizer(model.vocab_size, model.max_len)
+    ids = [t for t in (tok.encode(x) for x in data.test.texts) if t][:samples]
+    want = infer_tokens(model, ids)
+    lib = ROOT / "firmware" / "lib" / model.name
+    macs = np.array([len(t) * macs_per_step(model) + model.num_classes * model.layers[-1].hidden for t in ids])
+    result = {"samples": len(ids), "macs_per_inference_median": float(np.median(macs))}
+    for label, flags in (("variant", []), ("c", PORTABLE)):
+        out = _run(env, lib, ids, want, flags, work / f"default-{label}")
+        per = np.array(out["latency"]["per_input"])
+        result[label] = {"kernel": out["model"]["kernel"], "instructions_median": float(np.median(per)),
+                         "instructions_per_mac": float(per.sum() / macs.sum()), "memory": _memory(out)}
+    result["speedup"] = result["c"]["instructions_median"] / result["variant"]["instructions_median"]
+    return result
+
+
+def _per_step(env: str, model: QuantModel, flags: list[str], work: Path) -> tuple[float, str]:
+    rng = np.random.default_rng(0)
+    inputs = [x for T in STEPS for x in random_sequences(model, rng, 3, T)]
+    want = infer_sequences(model, np.stack(inputs[:3])).tolist() + infer_sequences(model, np.stack(inputs[3:])).tolist()
+    lib = work / "lib" / model.name
+    render(model, lib)
+    out = _run(env, lib, inputs, np.array(want), flags, work / f"build-{model.name}")
+    per = out["latency"]["per_input"]
+    t1, t2 = np.median(per[:3]), np.median(per[3:])
+    return float((t2 - t1) / (STEPS[1] - STEPS[0])), out["model"]["kernel"]
+
+
+def sweep(env: str, hidden: list[int], work: Path) -> list[dict]:
+    rows = []
+    for H in hidden:
+        for label, flags in (("variant", []), ("c", PORTABLE)):
+            steps, kernel = {}, None
+            for I in SWEEP_INPUTS:
+                model = random_model(H * 1000 + I, kind="sequence", hidden=H, input_size=I, num_classes=8,
+                                     name=f"sw{H}x{I}")
+                steps[I], kernel = _per_step(env, model, flags, work / label)
+            I1, I2 = SWEEP_INPUTS
+            macs = 4 * H * (I1 + H)
+            rows.append({"hidden": H, "input": I1, "kernel": kernel, "instructions_per_step": steps[I1],
+                         "macs_per_step": macs, "instructions_per_mac_step": steps[I1] / macs,
+                         "instructions_per_mac_matrix": (steps[I2] - steps[I1]) / (4 * H * (I2 - I1))})
+    return rows
+
+
+def markdown(results: dict) -> str:
+    lines = ["Default model (`models/intents`, text, 1 LSTM layer 32 -> 64, head 64 -> 15), median over "
+             f"the first {next(iter(results['default'].values()))['samples']} test texts. QEMU -icount "
+             "instructions, not cycles.", "",
+             "| board | variant | instructions / inference | per MAC | portable C | per MAC | speedup | "
+             "runtime flash | model flash | static RAM | stack peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for env, r in results["default"].items():
+        v, c = r["variant"], r["c"]
+        m = v["memory"]
+        lines.append(f"| {env} | {v['kernel']} | {v['instructions_median']:,.0f} | {v['instructions_per_mac']:.2f} | "
+                     f"{c['instructions_median']:,.0f} | {c['instructions_per_mac']:.2f} | {r['speedup']:.2f}x | "
+                     f"{m['flash_runtime']:,} B | {m['flash_model']:,} B | {m['ram_static']:,} B | {m['stack_peak']:,} B |")
+    lines += ["", f"Hidden-size sweep (sequence models, input {SWEEP_INPUTS[0]}): instructions per LSTM step and per "
+              "MAC; *matrix* is the marginal cost of one more MAC of gate matrix work "
+              f"(input {SWEEP_INPUTS[0]} vs {SWEEP_INPUTS[1]}).", "",
+              "| board | hidden | MACs / step | variant | per step | per MAC | per MAC, matrix | "
+              "portable per step | per MAC | per MAC, matrix |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for env, rows in results["sweep"].items():
+        by = {}
+        for row in rows:
+            by.setdefault(row["hidden"], {})["c" if row["kernel"] == "c" else "v"] = row
+        for H, pair in by.items():
+            v, c = pair["v"], pair["c"]
+            lines.append(f"| {env} | {H} | {v['macs_per_step']:,} | {v['kernel']} | {v['instructions_per_step']:,.0f} | "
+                         f"{v['instructions_per_mac_step']:.2f} | {v['instructions_per_mac_matrix']:.2f} | "
+                         f"{c['instructions_per_step']:,.0f} | {c['instructions_per_mac_step']:.2f} | "
+                         f"{c['instructions_per_mac_matrix']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", default=",".join(ENVS))
+    ap.add_argument("--samples", type=int, default=200, help="default model: test texts per board")
+    ap.add_argument("--hidden", default="16,32,64,128,256", help="sweep: hidden sizes ('' to skip)")
+    ap.add_argument("--work", default=str(ROOT / "build" / "bench" / "kernels"))
+    args = ap.parse_args()
+    envs = [e for e in args.envs.split(",") if e]
+    hidden = [int(h) for h in args.hidden.split(",") if h]
+    work = Path(args.work)
+    results = {"machine": platform.machine(), "unit": "instructions (QEMU -icount), not cycles",
+               "default": {}, "sweep": {}}
+    for env in envs:
+        print(f"[kernels] {env}: default model", flush=True)
+        results["default"][env] = default_model(env, args.samples, work / env)
+        if hidden:
+            print(f"[kernels] {env}: sweep {hidden}", flush=True)
+            results["sweep"][env] = sweep(env, hidden, work / env)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "kernels.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
