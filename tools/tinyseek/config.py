@@ -45,6 +45,11 @@ class TeacherConfig:
     # Knowledge extraction.
     layers: list[int] = field(default_factory=list)  # hidden-state layers; empty = evenly spaced, 3 of them
     attentions: bool = False  # also cache attention maps of those layers (head-averaged)
+    shard_size: int = 256  # samples per cache shard: an interrupted extraction resumes from the last whole shard
+    # Size: the weights' dtype (auto: bfloat16 above 100M parameters, float32 below) and device
+    # (auto: CUDA when torch sees a GPU). See docs/teachers.md.
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
 
 
@@ -159,6 +164,11 @@ def validate(cfg: Config) -> None:
     need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
+    need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
+    need(cfg.teacher.dtype in ("auto", "bfloat16", "float16", "float32"),
+         f"teacher.dtype must be auto, bfloat16, float16 or float32, not {cfg.teacher.dtype!r}")
+    need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device)),
+         f"teacher.device must be auto, cpu, cuda or cuda:N, not {cfg.teacher.device!r}")
     need(cfg.student.layers in (1, 2), "student.layers must be 1 or 2")
     need(1 <= cfg.student.hidden <= 1024 and 1 <= cfg.student.embed_dim <= 1024, "student.hidden/embed_dim must be 1..1024")
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")

@@ -8,21 +8,42 @@ Per split `s` in train, val, test:
                      averaged over heads; T is the split's longest input (in teacher tokens for
                      text), rows and columns of padding are 0, so each real row sums to 1
 Metadata: `layers` (comma-separated), `num_classes`, `teacher_hash` (of `<run>/teacher/`).
+
+Large teachers: the weights load in cfg.dtype on cfg.device (see load.py); batches run under
+inference mode; forward hooks pool the chosen layers as the decoder runs, so a batch never
+holds every layer's hidden states (nor attention maps, unless asked for). Results are written
+in shards of cfg.shard_size samples, `<run>/knowledge.parts/<split>-<k>.safetensors`, each
+stamped with a hash of the teacher, its inputs and the settings. A rerun after an
+interruption keeps every shard whose stamp matches and recomputes the rest (a truncated or
+corrupt shard with a warning); when all are there they are merged into the file above and
+the parts folder is removed.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+from safetensors.torch import load_file as load_torch_file
+from tqdm import tqdm
 
-from .classifier import load_adapted, mean_pool, split_inputs, trim
-from .load import TeacherError
+from .classifier import CLASSIFIER_FILE, META_FILE, TeacherClassifier, mean_pool, split_inputs, trim
+from .load import TeacherError, load_teacher
 
 SPLITS = ("train", "val", "test")
 KNOWLEDGE_FILE = "knowledge.safetensors"
+PARTS_DIR = "knowledge.parts"
+SHARD_FORMAT = "1"  # part of every shard's stamp: a change of layout invalidates old shards
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -48,67 +69,234 @@ def select_layers(requested: list[int], num_layers: int) -> list[int]:
     return sorted(set(requested))
 
 
-@torch.no_grad()
-def _split_knowledge(model, tokenizer, split, kind: str, layers: list[int], attentions: bool,
-                     max_tokens: int, batch_size: int) -> dict[str, np.ndarray]:
-    n = len(split.y)
-    hidden = model.backbone.config.hidden_size
-    num_classes = model.head.out_features
-    if n == 0:
-        out = {"logits": np.zeros((0, num_classes), np.float32)}
-        out.update({f"hidden.{l}": np.zeros((0, hidden), np.float32) for l in layers})
-        if attentions:
-            out.update({f"attn.{l}": np.zeros((0, 0, 0), np.float16) for l in layers if l > 0})
-        return out
-    inputs, mask = split_inputs(tokenizer, split, kind, max_tokens)
-    t_max = mask.shape[1]
-    logits = torch.zeros(n, num_classes)
-    pooled = {l: torch.zeros(n, hidden) for l in layers}
-    attn = {l: torch.zeros(n, t_max, t_max, dtype=torch.float16) for l in layers if l > 0} if attentions else {}
-    for start in range(0, n, batch_size):
-        inp, m = trim(inputs[start:start + batch_size], mask[start:start + batch_size])
-        stop, t = start + len(m), m.shape[1]
-        out = model.encode(inp, m, output_hidden_states=True, output_attentions=attentions)
-        logits[start:stop] = model.head(mean_pool(out.last_hidden_state, m))
+def load_for_extraction(teacher_dir: Path, dtype: str = "auto", device: str = "auto"):
+    """(TeacherClassifier in eval mode, tokenizer, teacher.json) of `<run>/teacher/`, the
+    backbone in `dtype` on `device`. The head (and input projection) stay float32 on that
+    device; a sequence task's projection runs in the backbone's dtype, whose embeddings it
+    replaces."""
+    meta_file, head_file = teacher_dir / META_FILE, teacher_dir / CLASSIFIER_FILE
+    if not meta_file.is_file() or not head_file.is_file():
+        raise TeacherError(f"{teacher_dir} is not an adapted teacher (no {META_FILE} or {CLASSIFIER_FILE}); "
+                           f"run `tinyseek teacher` first")
+    meta = json.loads(meta_file.read_text())
+    backbone, tokenizer = load_teacher(teacher_dir, dtype=dtype, device=device)
+    model = TeacherClassifier(backbone, len(meta["labels"]), meta.get("num_features", 0))
+    missing, unexpected = model.load_state_dict(load_torch_file(str(head_file)), strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise TeacherError(f"{head_file} does not match teacher.json: missing {missing}, unexpected {unexpected}")
+    model.head.to(backbone.device)
+    if model.proj is not None:
+        model.proj.to(backbone.device, backbone.dtype)
+    return model.eval(), tokenizer, meta
+
+
+def head_logits(model: TeacherClassifier, last_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C] from the decoder's last hidden state [B, T, D]: the one place the cached
+    logits come from (another labelling, e.g. from the LM head, replaces this function)."""
+    return model.head(mean_pool(last_hidden.float(), mask))
+
+
+@contextmanager
+def _layer_hooks(model: TeacherClassifier, layers: list[int], attn_layers: list[int], mask_box: list):
+    """Forward hooks that keep, per batch, only what is cached: layer l's hidden states
+    mean-pooled (l < L; layer L, after the final norm, is the decoder's last_hidden_state)
+    and, for `attn_layers`, the head-averaged attention. `mask_box[0]` is the batch's mask.
+    Yields the dict the hooks fill: `hidden.<l>` [B, D] and `attn.<l>` [B, T, T], float32."""
+    decoder = model.backbone.base_model
+    blocks, captured, handles = decoder.layers, {}, []
+
+    def pool_input(l):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[f"hidden.{l}"] = mean_pool(hidden.float(), mask_box[0])
+        return hook
+
+    def pool_output(l):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured[f"hidden.{l}"] = mean_pool(hidden.float(), mask_box[0])
+        return hook
+
+    def keep_attention(l):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise TeacherError("the teacher's attention returned no weights; attention maps need the eager "
+                                   "attention implementation")
+            real = mask_box[0].to(torch.float32)
+            captured[f"attn.{l}"] = weights.float().mean(1) * real[:, :, None] * real[:, None, :]
+        return hook
+
+    try:
         for l in layers:
-            pooled[l][start:stop] = mean_pool(out.hidden_states[l], m)
-        for l in attn:
-            real = m.to(torch.float32)
-            a = out.attentions[l - 1].mean(1) * real[:, :, None] * real[:, None, :]
-            attn[l][start:stop, :t, :t] = a.to(torch.float16)
-    result = {"logits": logits.numpy()}
-    result.update({f"hidden.{l}": v.numpy() for l, v in pooled.items()})
-    result.update({f"attn.{l}": v.numpy() for l, v in attn.items()})
-    return result
+            if l == 0:
+                handles.append(blocks[0].register_forward_pre_hook(pool_input(l), with_kwargs=True))
+            elif l < len(blocks):
+                handles.append(blocks[l - 1].register_forward_hook(pool_output(l)))
+        for l in attn_layers:
+            handles.append(blocks[l - 1].self_attn.register_forward_hook(keep_attention(l)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
 
 
-def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64) -> Path:
+def _empty_split(hidden: int, num_classes: int, layers: list[int], attn_layers: list[int]) -> dict[str, np.ndarray]:
+    out = {"logits": np.zeros((0, num_classes), np.float32)}
+    out.update({f"hidden.{l}": np.zeros((0, hidden), np.float32) for l in layers})
+    out.update({f"attn.{l}": np.zeros((0, 0, 0), np.float16) for l in attn_layers})
+    return out
+
+
+def _run_shard(model, inputs: torch.Tensor, mask: torch.Tensor, layers: list[int], attn_layers: list[int],
+               t_max: int, batch_size: int, bar) -> dict[str, np.ndarray]:
+    """The cached tensors of one shard's samples (inputs/mask are that shard's rows)."""
+    n, device = len(mask), model.backbone.device
+    last = model.backbone.config.num_hidden_layers
+    out = {"logits": np.zeros((n, model.head.out_features), np.float32)}
+    out.update({f"hidden.{l}": np.zeros((n, model.backbone.config.hidden_size), np.float32) for l in layers})
+    out.update({f"attn.{l}": np.zeros((n, t_max, t_max), np.float16) for l in attn_layers})
+    mask_box = [None]
+    with torch.inference_mode(), _layer_hooks(model, layers, attn_layers, mask_box) as captured:
+        for start in range(0, n, batch_size):
+            inp, m = trim(inputs[start:start + batch_size], mask[start:start + batch_size])
+            inp, m = inp.to(device), m.to(device)
+            if inp.is_floating_point():
+                inp = inp.to(model.backbone.dtype)
+            mask_box[0] = m
+            stop, t = start + len(m), m.shape[1]
+            captured.clear()
+            last_hidden = model.encode(inp, m).last_hidden_state
+            out["logits"][start:stop] = head_logits(model, last_hidden, m).cpu().numpy()
+            if last in layers:
+                captured[f"hidden.{last}"] = mean_pool(last_hidden.float(), m)
+            for l in layers:
+                out[f"hidden.{l}"][start:stop] = captured[f"hidden.{l}"].cpu().numpy()
+            for l in attn_layers:
+                out[f"attn.{l}"][start:stop, :t, :t] = captured[f"attn.{l}"].to(torch.float16).cpu().numpy()
+            bar.update(stop - start)
+    return out
+
+
+def _content_hash(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(f"{key}:{tensors[key].dtype.str}:{tensors[key].shape}".encode())
+        h.update(np.ascontiguousarray(tensors[key]).tobytes())
+    return h.hexdigest()
+
+
+def _read_shard(path: Path, stamp: str, shapes: dict[str, tuple]) -> dict[str, np.ndarray] | None:
+    """The shard's tensors if it is whole and was made for `stamp`, else None (with a warning
+    when the file is there but truncated or corrupt; a shard of other inputs or settings is
+    simply stale)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            if meta.get("stamp") != stamp:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        warnings.warn(f"cache shard {path} is unreadable ({e}); extracting it again", stacklevel=3)
+        return None
+    if {k: v.shape for k, v in tensors.items()} != shapes or meta.get("content") != _content_hash(tensors):
+        warnings.warn(f"cache shard {path} is corrupt (its tensors do not match its checksum); extracting it again",
+                      stacklevel=3)
+        return None
+    return tensors
+
+
+def _write_shard(path: Path, tensors: dict[str, np.ndarray], stamp: str) -> None:
+    # Written under another name and renamed: an interruption never leaves a half-written shard
+    # under the final name.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"stamp": stamp, "content": _content_hash(tensors)})
+    os.replace(tmp, path)
+
+
+def _shard_stamp(settings: dict, split: str, start: int, inputs: torch.Tensor, mask: torch.Tensor) -> str:
+    h = hashlib.sha256(json.dumps({**settings, "split": split, "start": start}, sort_keys=True).encode())
+    h.update(inputs.contiguous().numpy().tobytes())
+    h.update(mask.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
+            on_shard: Callable[[str, int, Path], None] | None = None) -> Path:
     """Cache the adapted teacher's knowledge of every split in `<run_dir>/knowledge.safetensors`.
 
     Layers: `cfg.layers`, or `default_layers` of the teacher's depth when empty. Attention
     maps (cfg.attentions) are cached for the chosen layers >= 1 only: layer 0 is the
-    embedding output, which has none. Returns the file's path.
+    embedding output, which has none. The teacher runs in cfg.dtype on cfg.device, in
+    batches of `batch_size`; results go to shards of cfg.shard_size samples first (see the
+    module docstring), so a rerun after an interruption only computes the missing ones.
+    `on_shard(split, index, path)` is called after each shard computed and written.
+    Returns the file's path.
     """
     from ..pipeline import hash_files
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     run_dir = Path(run_dir)
     teacher_dir = run_dir / "teacher"
-    model, tokenizer, meta = load_adapted(teacher_dir)
+    model, tokenizer, meta = load_for_extraction(teacher_dir, cfg.dtype, cfg.device)
     if list(meta["labels"]) != list(dataset.labels) or meta["kind"] != dataset.kind:
         raise TeacherError(
             f"the teacher in {teacher_dir} was adapted to a {meta['kind']} task with labels {meta['labels']}, "
             f"not to this {dataset.kind} task with labels {list(dataset.labels)}; run `tinyseek teacher --force`")
-    layers = select_layers(list(cfg.layers), model.backbone.config.num_hidden_layers)
+    num_layers = model.backbone.config.num_hidden_layers
+    layers = select_layers(list(cfg.layers), num_layers)
+    attn_layers = [l for l in layers if l > 0] if cfg.attentions else []
+    hidden, num_classes = model.backbone.config.hidden_size, model.head.out_features
+    teacher_hash = hash_files(teacher_dir)
+    settings = {"format": SHARD_FORMAT, "teacher": teacher_hash, "layers": layers, "attn_layers": attn_layers,
+                "dtype": str(model.backbone.dtype), "device": model.backbone.device.type,
+                "batch_size": batch_size, "shard_size": cfg.shard_size}
+
+    parts = run_dir / PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    plan = []  # (split, k, path, stamp, shapes, inputs, mask, t_max) of every shard
+    for name in SPLITS:
+        split = getattr(dataset, name)
+        if len(split.y) == 0:
+            continue
+        inputs, mask = split_inputs(tokenizer, split, dataset.kind, meta["max_tokens"])
+        t_max = mask.shape[1]
+        for k, start in enumerate(range(0, len(split.y), cfg.shard_size)):
+            inp, m = inputs[start:start + cfg.shard_size], mask[start:start + cfg.shard_size]
+            n = len(m)
+            shapes = {"logits": (n, num_classes), **{f"hidden.{l}": (n, hidden) for l in layers},
+                      **{f"attn.{l}": (n, t_max, t_max) for l in attn_layers}}
+            stamp = _shard_stamp({**settings, "t_max": t_max}, name, start, inp, m)
+            plan.append((name, k, parts / f"{name}-{k:05d}.safetensors", stamp, shapes, inp, m, t_max))
+
+    done = {i: t for i, (_, _, path, stamp, shapes, *_) in enumerate(plan)
+            if (t := _read_shard(path, stamp, shapes)) is not None}
+    total = sum(len(p[6]) for p in plan)
+    with tqdm(total=total, initial=sum(len(plan[i][6]) for i in done), unit="sample", desc="teacher extract",
+              leave=False) as bar:
+        for i, (name, k, path, stamp, _, inp, m, t_max) in enumerate(plan):
+            if i in done:
+                continue
+            done[i] = _run_shard(model, inp, m, layers, attn_layers, t_max, batch_size, bar)
+            _write_shard(path, done[i], stamp)
+            if on_shard is not None:
+                on_shard(name, k, path)
+
     tensors: dict[str, np.ndarray] = {}
     for name in SPLITS:
-        part = _split_knowledge(model, tokenizer, getattr(dataset, name), dataset.kind, layers,
-                                cfg.attentions, meta["max_tokens"], batch_size)
-        tensors.update({f"{name}.{k}": np.ascontiguousarray(v) for k, v in part.items()})
+        shards = [done[i] for i, p in enumerate(plan) if p[0] == name]
+        part = ({key: np.concatenate([s[key] for s in shards]) for key in shards[0]} if shards
+                else _empty_split(hidden, num_classes, layers, attn_layers))
+        tensors.update({f"{name}.{key}": np.ascontiguousarray(v) for key, v in part.items()})
     path = run_dir / KNOWLEDGE_FILE
-    save_file(tensors, str(path), metadata={
-        "layers": ",".join(str(l) for l in layers), "num_classes": str(len(dataset.labels)),
-        "teacher_hash": hash_files(teacher_dir)})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={
+        "layers": ",".join(str(l) for l in layers), "num_classes": str(num_classes), "teacher_hash": teacher_hash})
+    os.replace(tmp, path)
+    shutil.rmtree(parts)
     return path
 
 

@@ -4,6 +4,12 @@ Nothing here touches the network (`local_files_only=True`) or runs code shipped 
 checkpoint (`trust_remote_code=False`): the supported model types are implemented in
 transformers itself. Pickle-based weights (`pytorch_model.bin`) are refused, because
 unpickling a file can run arbitrary code.
+
+Size: weights load in the dtype asked for (`resolve_dtype`: "auto" is bfloat16 above
+AUTO_BF16_PARAMS parameters, so a 7B model takes ~14 GB instead of ~28 GB) straight onto the
+device asked for (`resolve_device`: "auto" is CUDA when torch sees a GPU). transformers 5
+always builds the model on the meta device and fills it tensor by tensor from the
+memory-mapped safetensors, so loading never holds a second full copy of the weights.
 """
 from __future__ import annotations
 
@@ -16,6 +22,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Above this many parameters "auto" halves the weights' memory: float32 matters for the tiny
+# built-in teacher (trained from scratch), not for a pretrained model of billions.
+AUTO_BF16_PARAMS = 100_000_000
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -31,13 +41,52 @@ def _check_model_type(model_type: str | None, where: str) -> None:
             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto": CUDA when torch sees a GPU, else the CPU; "cpu"; "cuda" or "cuda:N"."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", device):
+        if not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise TeacherError(
+                f"teacher.device = {device!r} but torch ({torch.__version__}, {build}) sees no CUDA GPU; set "
+                f"teacher.device = \"auto\" or \"cpu\", or install a CUDA build of torch on a machine with a GPU")
+        return torch.device(device)
+    raise TeacherError(f"teacher.device {device!r} is unknown; choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(dtype: str, num_params: int, device: torch.device) -> torch.dtype:
+    """The weights' dtype: `dtype` by name, or for "auto" float32 up to AUTO_BF16_PARAMS
+    parameters and above that bfloat16 (float16 on a GPU without bfloat16)."""
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype != "auto":
+        raise TeacherError(f"teacher.dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
+    if num_params <= AUTO_BF16_PARAMS:
+        return torch.float32
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def count_parameters(config) -> int:
+    """Parameters of the model `config` describes (tied weights once), counted on the meta
+    device: nothing is allocated, so this is instant even for billions of parameters."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def _missing_source(source: str, path: Path) -> TeacherError:
     if _HUB_ID.fullmatch(source) and not source.startswith("."):
         return TeacherError(
             f"teacher source {source!r} is no local file or folder and looks like a Hugging Face Hub id, but "
             f"tinyseek works offline and loads only local paths. On a machine with network access download the files, e.g. "
-            f"`huggingface-cli download {source} --local-dir {source.split('/')[-1]}` (or a .gguf file), "
-            f"copy that folder here and set teacher.source to its path")
+            f"`huggingface-cli download {source} --local-dir {source.split('/')[-1]}` (`hf download` in newer "
+            f"huggingface_hub; or fetch a .gguf file), copy that folder here and set teacher.source to its path "
+            f"(docs/teachers.md)")
     return TeacherError(f"teacher source {path} does not exist; give a local Hugging Face folder, "
                         f"a .gguf file, or \"default\" for the built-in tiny teacher")
 
@@ -72,7 +121,7 @@ def _load_tokenizer(folder: Path, what: str):
         raise TeacherError(f"{what}: the tokenizer in {folder} cannot be loaded: {e}") from e
 
 
-def _load_folder(path: Path, tokenizer: str | None):
+def _load_folder(path: Path, tokenizer: str | None, dtype: str, device: torch.device):
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise TeacherError(f"{path} is not a Hugging Face model folder: it has no config.json")
@@ -89,14 +138,16 @@ def _load_folder(path: Path, tokenizer: str | None):
                 f"(load the model and call model.save_pretrained(folder, safe_serialization=True)) or download "
                 f"the .safetensors files")
         raise TeacherError(f"{path} has no model*.safetensors weight file")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation="eager", use_safetensors=True, local_files_only=True,
-        trust_remote_code=False, dtype=torch.float32)
+        trust_remote_code=False, dtype=resolve_dtype(dtype, count_parameters(config), device),
+        device_map=_device_map(device))
     tok = _load_tokenizer(Path(tokenizer) if tokenizer else path, str(path))
     return model, tok
 
 
-def _load_gguf(path: Path, tokenizer: str | None):
+def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.device):
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise TeacherError(
@@ -108,11 +159,13 @@ def _load_gguf(path: Path, tokenizer: str | None):
     except (OSError, ValueError, KeyError) as e:
         raise TeacherError(f"{path}: transformers cannot read this GGUF file: {e}") from e
     _check_model_type(config.model_type, str(path))
-    # Dequantized to plain float32 modules: the backbone can then be trained, and saved as a
-    # safetensors folder after adaptation (a GGUF-quantized model cannot be saved).
+    # Dequantized to plain modules of `dtype` (each tensor is cast right after dequantizing):
+    # the backbone can then be trained, and saved as a safetensors folder after adaptation
+    # (a GGUF-quantized model cannot be saved).
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, attn_implementation="eager", local_files_only=True,
-        trust_remote_code=False, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True))
+        trust_remote_code=False, dtype=resolve_dtype(dtype, count_parameters(config), device),
+        quantization_config=GgufConfig(dequantize=True), device_map=_device_map(device))
     if tokenizer:
         tok = _load_tokenizer(Path(tokenizer), str(path))
     else:
@@ -125,23 +178,35 @@ def _load_gguf(path: Path, tokenizer: str | None):
     return model, tok
 
 
-def load_teacher(source: str | Path, tokenizer: str | Path | None = None):
+def _device_map(device: torch.device) -> str | None:
+    # On a GPU the weights go straight to it; on the CPU they stay where they were loaded.
+    return str(device) if device.type == "cuda" else None
+
+
+def load_teacher(source: str | Path, tokenizer: str | Path | None = None, dtype: str = "float32",
+                 device: str = "cpu"):
     """Load `(model, tokenizer)` from a local HF folder or a .gguf file.
 
-    The model is an `AutoModelForCausalLM` in float32 with eager attention (so attention maps
-    can be returned), in eval mode; GGUF weights are dequantized to float32 on load (4 bytes
-    per parameter in memory). `tokenizer` is an optional folder with tokenizer files
-    that replaces the one found next to the weights. The tokenizer pads on the right; one
-    without a pad token pads with its eos (or unk) token. Raises TeacherError.
+    The model is an `AutoModelForCausalLM` with eager attention (so attention maps can be
+    returned), in eval mode, its weights in `dtype` (auto, bfloat16, float16, float32; see
+    `resolve_dtype`) on `device` (auto, cpu, cuda[:N]; see `resolve_device`). Memory is about
+    the weights' size: 2 bytes per parameter in bfloat16/float16, 4 in float32; GGUF weights are
+    dequantized to `dtype` on load. The defaults keep float32 on the CPU, as training needs;
+    the teacher settings (teacher.dtype, teacher.device) default to "auto". `tokenizer` is an
+    optional folder with tokenizer files that replaces the one found next to the weights. The
+    tokenizer pads on the right; one without a pad token pads with its eos (or unk) token.
+    Raises TeacherError.
     """
     source = str(source)
     path = Path(source).expanduser()
     if not path.exists():
         raise _missing_source(source, path)
+    target = resolve_device(device)
+    resolve_dtype(dtype, 0, target)  # an unknown name fails before anything is read
     if path.is_dir():
-        model, tok = _load_folder(path, str(tokenizer) if tokenizer else None)
+        model, tok = _load_folder(path, str(tokenizer) if tokenizer else None, dtype, target)
     elif path.suffix.lower() == ".gguf":
-        model, tok = _load_gguf(path, str(tokenizer) if tokenizer else None)
+        model, tok = _load_gguf(path, str(tokenizer) if tokenizer else None, dtype, target)
     else:
         raise TeacherError(f"teacher source {path} is a file but not a .gguf file; give a Hugging Face "
                            f"folder (config.json + *.safetensors + tokenizer) or a .gguf file")
