@@ -21,12 +21,14 @@ bit-exactness check: the logits must equal the numpy integer reference.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 from pathlib import Path
 
 import numpy as np
 
+from tinyseek.codegen.context import requant_mode
 from tinyseek.codegen.render import render
 from tinyseek.config import load
 from tinyseek.harness.bench import run_device_bench
@@ -95,14 +97,29 @@ def _per_step(env: str, model: QuantModel, flags: list[str], work: Path) -> tupl
     return float((t2 - t1) / (STEPS[1] - STEPS[0])), out["model"]["kernel"]
 
 
+def sweep_models(H: int) -> list[QuantModel]:
+    """Two one-layer models that differ only in extra input columns of W_x: the same shifts,
+    multipliers and biases, so the same requantization paths; the difference is matrix work."""
+    I1, I2 = SWEEP_INPUTS
+    narrow = random_model(H, kind="sequence", hidden=H, input_size=I1, num_classes=8, name=f"sw{H}x{I1}")
+    wide = copy.deepcopy(narrow)
+    wide.name, wide.num_features = f"sw{H}x{I2}", I2
+    extra = random_model(H + 1, kind="sequence", hidden=H, input_size=I2 - I1).layers[0].w_x
+    wide.layers[0].w_x = np.concatenate([narrow.layers[0].w_x, extra], axis=1)
+    wide.layers[0].input_size = I2
+    wide.validate()
+    for a, b in ((narrow.layers[0].w_x, wide.layers[0].w_x), (narrow.layers[0].w_h, wide.layers[0].w_h)):
+        if requant_mode(a, narrow.layers[0].nx) != requant_mode(b, narrow.layers[0].nx):
+            raise ValueError(f"hidden {H}: the wider input changes the requantization form; pick other sizes")
+    return [narrow, wide]
+
+
 def sweep(env: str, hidden: list[int], work: Path) -> list[dict]:
     rows = []
     for H in hidden:
         for label, flags in (("variant", []), ("c", PORTABLE)):
             steps, kernel = {}, None
-            for I in SWEEP_INPUTS:
-                model = random_model(H * 1000 + I, kind="sequence", hidden=H, input_size=I, num_classes=8,
-                                     name=f"sw{H}x{I}")
+            for I, model in zip(SWEEP_INPUTS, sweep_models(H)):
                 steps[I], kernel = _per_step(env, model, flags, work / label)
             I1, I2 = SWEEP_INPUTS
             macs = 4 * H * (I1 + H)

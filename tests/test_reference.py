@@ -83,12 +83,17 @@ def test_encode_multiplier_round_trip():
     rng = np.random.default_rng(1)
     for r in 2.0 ** rng.uniform(-31.5, 29.5, size=3000):
         m, n = encode_multiplier(r)
-        assert 2**30 <= m < 2**31 and 1 <= n <= 62
-        assert abs(m * 2.0**-n - r) <= r * 2.0**-31
+        if 2.0**-16 <= r < 2.0**-2:  # the n = 32 window: M = round(r * 2^32), 16 to 30 bits
+            assert n == 32 and 2**16 <= m <= 2**30 and abs(m * 2.0**-n - r) <= 2.0**-33
+        else:
+            assert 2**30 <= m < 2**31 and 1 <= n <= 62
+            assert abs(m * 2.0**-n - r) <= r * 2.0**-31
     assert encode_multiplier(1.0) == (2**30, 30)
     assert encode_multiplier(0.5) == (2**30, 31)
     assert encode_multiplier(1 - 2**-40) == (2**30, 30)  # q * 2^31 rounds to 2^31: M = 2^30, e + 1
     assert encode_multiplier(2.0**-32) == (2**30, 62)
+    assert encode_multiplier(2.0**-16) == (2**16, 32) and encode_multiplier(2.0**-16 * 0.75) == (3 * 2**29, 47)
+    assert encode_multiplier(0.25 * (1 - 2**-40)) == (2**30, 32)  # rounds up to the window's top
     ms, ns = encode_multipliers([1.0, 0.25])
     assert ms.dtype == ns.dtype == np.int32 and ms.tolist() == [2**30, 2**30] and ns.tolist() == [30, 32]
 

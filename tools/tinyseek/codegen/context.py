@@ -76,7 +76,9 @@ def unit_major(values: np.ndarray, hidden: int) -> np.ndarray:
 def requant_mode(w: np.ndarray, n: np.ndarray, extra: np.ndarray | int = 0) -> str:
     """How a 32-bit kernel computes requant(acc, M, n) of docs/numerics.md exactly for every row.
 
-    "pre":  n <= 32 for every row: (acc << (32 - n)) * M rounded to its high word (SMMULR);
+    "pre32": n == 32 for every row (what real models give, docs/numerics.md): acc * M rounded
+            to its high word (SMMULR), no shift to load.
+    "pre":  n <= 32 for every row: (acc << (32 - n)) * M rounded to its high word;
             exact because acc << (32 - n) provably fits int32 (bound below).
     "post": n > 32 for every row: the high word of acc * M, then a rounding shift by n - 32.
     "mixed": either of the two, chosen per row at run time.
@@ -87,6 +89,8 @@ def requant_mode(w: np.ndarray, n: np.ndarray, extra: np.ndarray | int = 0) -> s
     pre = n <= 32
     if np.any(bound[pre] << (32 - n[pre]) >= 2**31) or np.any(bound >= 2**30):
         return "exact"
+    if np.all(n == 32):
+        return "pre32"
     return "pre" if pre.all() else "post" if not pre.any() else "mixed"
 
 

@@ -71,9 +71,12 @@ def make_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_multiplier(r: float, name: str = "multiplier") -> tuple[int, int]:
-    """Encode a real multiplier `r > 0` as `(M, n)`, `M` in [2^30, 2^31), `r ~= M * 2^-n`.
+    """Encode a real multiplier `r > 0` as `(M, n)`, `r ~= M * 2^-n` (docs/numerics.md).
 
-    `M = round(q * 2^31)` rounds half to even (Python's and numpy's `round`); `q * 2^31` is
+    Normally `M` in [2^30, 2^31), `n = 31 - e`. A multiplier in [2^-16, 2^-2), whose normal
+    shift would exceed 32, is encoded with n = 32 and M = round(r * 2^32) in [2^16, 2^30]
+    instead: still 16 or more significant bits, and 32-bit kernels requantize it with one
+    rounding high multiply (SMMULR). `round` rounds half to even; `q * 2^31` and `r * 2^32` are
     exact in float64, so the result does not depend on the platform.
     """
     r = float(r)
@@ -85,6 +88,8 @@ def encode_multiplier(r: float, name: str = "multiplier") -> tuple[int, int]:
     if m == 2**31:
         m, e = 2**30, e + 1
     n = 31 - e
+    if n > 32 and r >= 2.0**-16:
+        m, n = round(r * 2**32), 32
     if not 1 <= n <= 62:
         raise QuantRangeError(
             f"{name}: the real multiplier {r:.6g} needs a shift of {n}, outside 1..62 (encodable: about "
@@ -108,7 +113,7 @@ def check_model(model: QuantModel) -> None:
     """Validate the model and prove that no accumulator can overflow int32.
 
     Raises QuantRangeError when an int32 accumulation could wrap (C would be undefined there)
-    or a multiplier is outside [2^30, 2^31).
+    or a multiplier is outside [2^16, 2^31).
     """
     model.validate()
     for i, layer in enumerate(model.layers):
@@ -130,9 +135,9 @@ def check_model(model: QuantModel) -> None:
 
 
 def _check_m(m: np.ndarray, what: str) -> None:
-    bad = np.flatnonzero((m.astype(np.int64) < 2**30) | (m.astype(np.int64) >= 2**31))
+    bad = np.flatnonzero((m.astype(np.int64) < 2**16) | (m.astype(np.int64) >= 2**31))
     if bad.size:
-        raise QuantRangeError(f"{what}[{int(bad[0])}] = {int(m[bad[0]])} is not in [2^30, 2^31); "
+        raise QuantRangeError(f"{what}[{int(bad[0])}] = {int(m[bad[0]])} is not in [2^16, 2^31); "
                               "encode multipliers with encode_multiplier")
 
 
