@@ -85,6 +85,30 @@ def default_model(env: str, samples: int, work: Path) -> dict:
     return result
 
 
+# The reference LSTM of the CMSIS-NN comparison (bench/cmsis_nn.py builds the same shape with
+# arm_lstm_unidirectional_s8 + arm_fully_connected_s8): 24 steps, input 32, hidden 64, then a
+# fully-connected 64 -> 13 on the last h; 24 * 4*64*(32+64) + 13*64 = 590,656 MACs.
+REFERENCE = {"steps": 24, "input": 32, "hidden": 64, "classes": 13}
+
+
+def reference_lstm(env: str, work: Path) -> dict:
+    """Instructions of one inference of the reference shape, variant and portable C."""
+    R = REFERENCE
+    model = random_model(7, kind="sequence", hidden=R["hidden"], input_size=R["input"], num_classes=R["classes"],
+                         name="reflstm")
+    xs = random_sequences(model, np.random.default_rng(7), 3, R["steps"])
+    want = infer_sequences(model, xs)
+    lib = work / "lib" / model.name
+    render(model, lib)
+    macs = R["steps"] * macs_per_step(model) + R["classes"] * R["hidden"]
+    result = {"shape": R, "macs": macs}
+    for label, flags in (("variant", []), ("c", PORTABLE)):
+        out = _run(env, lib, list(xs), want, flags, work / f"reflstm-{label}")
+        per = float(np.median(out["latency"]["per_input"]))
+        result[label] = {"kernel": out["model"]["kernel"], "instructions": per, "instructions_per_mac": per / macs}
+    return result
+
+
 def _per_step(env: str, model: QuantModel, flags: list[str], work: Path) -> tuple[float, str]:
     rng = np.random.default_rng(0)
     inputs = [x for T in STEPS for x in random_sequences(model, rng, 3, T)]
@@ -142,6 +166,14 @@ def markdown(results: dict) -> str:
         lines.append(f"| {env} | {v['kernel']} | {v['instructions_median']:,.0f} | {v['instructions_per_mac']:.2f} | "
                      f"{c['instructions_median']:,.0f} | {c['instructions_per_mac']:.2f} | {r['speedup']:.2f}x | "
                      f"{m['flash_runtime']:,} B | {m['flash_model']:,} B | {m['ram_static']:,} B | {m['stack_peak']:,} B |")
+    R = REFERENCE
+    lines += ["", f"Reference LSTM ({R['steps']} steps, input {R['input']}, hidden {R['hidden']}, fully-connected "
+              f"{R['hidden']} -> {R['classes']}; the shape bench/cmsis_nn.py builds with CMSIS-NN), one inference:", "",
+              "| board | variant | instructions | per MAC | portable C | per MAC |", "|---|---|---|---|---|---|"]
+    for env, r in results["reference"].items():
+        v, c = r["variant"], r["c"]
+        lines.append(f"| {env} | {v['kernel']} | {v['instructions']:,.0f} | {v['instructions_per_mac']:.2f} | "
+                     f"{c['instructions']:,.0f} | {c['instructions_per_mac']:.2f} |")
     lines += ["", f"Hidden-size sweep (sequence models, input {SWEEP_INPUTS[0]}): instructions per LSTM step and per "
               "MAC; *matrix* is the marginal cost of one more MAC of gate matrix work "
               f"(input {SWEEP_INPUTS[0]} vs {SWEEP_INPUTS[1]}).", "",
@@ -171,10 +203,11 @@ def main() -> None:
     hidden = [int(h) for h in args.hidden.split(",") if h]
     work = Path(args.work)
     results = {"machine": platform.machine(), "unit": "instructions (QEMU -icount), not cycles",
-               "default": {}, "sweep": {}}
+               "default": {}, "reference": {}, "sweep": {}}
     for env in envs:
         print(f"[kernels] {env}: default model", flush=True)
         results["default"][env] = default_model(env, args.samples, work / env)
+        results["reference"][env] = reference_lstm(env, work / env)
         if hidden:
             print(f"[kernels] {env}: sweep {hidden}", flush=True)
             results["sweep"][env] = sweep(env, hidden, work / env)

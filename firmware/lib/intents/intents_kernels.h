@@ -129,6 +129,7 @@ INTENTS_INLINE int64_t intents_requant(int32_t acc, int32_t m, int n)
  * ((hi >> (n - 33)) + 1) >> 1, which needs no rounding constant. */
 #if defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
 #define INTENTS_ARM_DSP 1
+#include <arm_acle.h>
 #else
 #define INTENTS_ARM_DSP 0
 #endif
@@ -235,28 +236,37 @@ INTENTS_INLINE int64_t intents_requant_as(int mode, int32_t acc, int32_t m, int 
     return intents_requant(acc, m, n);
 }
 
-/* The gate pre-activation of row r (Q3.12) from its two accumulators. In the 32-bit modes
- * both requantized terms are below 2^30, so their sum is exact in int32; one saturating add of
- * the bias (QADD where the core has it) then keeps the saturated result of the spec's int64 sum. */
-INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, int32_t acc_x, int32_t acc_h,
+/* The gate pre-activation of row r (Q3.12) in two halves, so that a kernel keeps one value per
+ * row between its pass over x and its pass over h: gate_x = requant(acc_x) + bias, then
+ * gate = sat16(gate_x + requant(acc_h)). In the 32-bit modes each requantized term is below
+ * 2^30; where the core has QADD both additions saturate at int32, which keeps the saturated
+ * result of the spec's int64 sum (an overflow of the first leaves a value beyond 2^30 that the
+ * second cannot bring back into int16 range). Elsewhere the sum is int64. */
+INTENTS_INLINE int64_t intents_gate_x(const intents_layer_params *L, uint32_t r, int32_t acc_x, int xmode)
+{
+    int64_t rx = intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r]);
+#if INTENTS_ARM_DSP
+    if (xmode != INTENTS_REQUANT_EXACT) {
+        return __qadd((int32_t)rx, L->bias[r]);
+    }
+#endif
+    return rx + L->bias[r];
+}
+
+INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, int64_t gate_x, int32_t acc_h,
                                int xmode, int hmode)
 {
-    int32_t sum;
-    if (xmode == INTENTS_REQUANT_EXACT || hmode == INTENTS_REQUANT_EXACT) {
-        return intents_sat16(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
-                                + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]) + L->bias[r]);
-    }
-    sum = (int32_t)(intents_requant_as(xmode, acc_x, L->mx[r], L->nx[r])
-                    + intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]));
+    int64_t rh = intents_requant_as(hmode, acc_h, L->mh[r], L->nh[r]);
 #if INTENTS_ARM_DSP
-    {
+    if (xmode != INTENTS_REQUANT_EXACT && hmode != INTENTS_REQUANT_EXACT) {
         int32_t z;
-        __asm__("qadd %0, %1, %2\n\tssat %0, #16, %0" : "=&r"(z) : "r"(sum), "r"(L->bias[r]));
+        __asm__("qadd %0, %1, %2\n\tssat %0, #16, %0" : "=&r"(z) : "r"((int32_t)gate_x), "r"((int32_t)rh));
         return z;
     }
 #else
-    return intents_sat16((int64_t)sum + L->bias[r]);
+    (void)xmode;
 #endif
+    return intents_sat16(gate_x + rh);
 }
 
 #endif /* INTENTS_KERNELS_H */

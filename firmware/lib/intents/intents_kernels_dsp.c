@@ -47,7 +47,8 @@ INTENTS_INLINE void intents_dot4_32(const int8_t *w, const uint32_t *vq, const i
     uint32_t v02, v13, t, u;
     const int8_t *wend = w + 32;
     /* The whole loop in one asm statement: the compiler would copy the accumulators around a
-     * loop of asm statements. */
+     * loop of asm statements. The "memory" clobber keeps the compiler from hoisting the rows'
+     * multipliers and shifts above the loop, where they would only be spilled to the stack. */
     __asm__(
             "1:\n\t"
             "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
@@ -96,7 +97,7 @@ INTENTS_INLINE void intents_dot4_32(const int8_t *w, const uint32_t *vq, const i
             "bne 1b\n\t"
             : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
             : [wend] "r"(wend)
-            : "cc");
+            : "cc", "memory");
     (void)vq;
     (void)v;
     acc[0] = a0;
@@ -113,7 +114,8 @@ INTENTS_INLINE void intents_dot4_64(const int8_t *w, const uint32_t *vq, const i
     uint32_t v02, v13, t, u;
     const int8_t *wend = w + 64;
     /* The whole loop in one asm statement: the compiler would copy the accumulators around a
-     * loop of asm statements. */
+     * loop of asm statements. The "memory" clobber keeps the compiler from hoisting the rows'
+     * multipliers and shifts above the loop, where they would only be spilled to the stack. */
     __asm__(
             "1:\n\t"
             "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
@@ -162,7 +164,7 @@ INTENTS_INLINE void intents_dot4_64(const int8_t *w, const uint32_t *vq, const i
             "bne 1b\n\t"
             : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
             : [wend] "r"(wend)
-            : "cc");
+            : "cc", "memory");
     (void)vq;
     (void)v;
     acc[0] = a0;
@@ -176,22 +178,32 @@ void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t 
     const intents_layer_params *L = &p->layers[0];
     /* x and h widened once for all 4H rows (their tails, n % 4, are read as bytes). */
     uint32_t xq[INTENTS_L0_INPUT / 4 * 2 + 1], hq[INTENTS_L0_HIDDEN / 4 * 2 + 1];
+    /* Two passes, each with few live values on a 13-register core: the gate pre-activations
+     * of every unit (reading the old h), then the cell updates (h rewritten in place). */
+    int16_t z[4 * INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
     uint32_t j;
+    (void)h_new;
     intents_widen(x, INTENTS_L0_INPUT / 4 * 4, xq);
     intents_widen(h, INTENTS_L0_HIDDEN / 4 * 4, hq);
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         int32_t ax[4], ah[4];
+        int64_t gx0, gx1, gx2, gx3;
         uint32_t r = 4 * j;
         intents_dot4_32(L->w_x + r * INTENTS_L0_INPUT, xq, x, ax);
+        gx0 = intents_gate_x(L, r, ax[0], INTENTS_L0_X_REQUANT);
+        gx1 = intents_gate_x(L, r + 1, ax[1], INTENTS_L0_X_REQUANT);
+        gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
+        gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
         intents_dot4_64(L->w_h + r * INTENTS_L0_HIDDEN, hq, h, ah);
-        h_new[j] = intents_cell_unit(p,
-            intents_gate(L, r, ax[0], ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 1, ax[1], ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 2, ax[2], ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 3, ax[3], ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            &c[j], INTENTS_L0_CELL_FRAC_BITS);
+        z[r] = (int16_t)intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
+        z[r + 1] = (int16_t)intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
+        z[r + 2] = (int16_t)intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
+        z[r + 3] = (int16_t)intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
     }
-    memcpy(h, h_new, INTENTS_L0_HIDDEN);
+    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
+        const int16_t *zj = z + 4 * j;
+        h[j] = intents_cell_unit(p, zj[0], zj[1], zj[2], zj[3], &c[j], INTENTS_L0_CELL_FRAC_BITS);
+    }
 }
 
 void intents_head_dsp(const intents_model_params *p, const int8_t *h, int16_t *logits)

@@ -38,14 +38,19 @@ void intents_l0_step_rv32(const intents_model_params *p, const int8_t *x, int8_t
     uint32_t j;
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         int32_t ax[4], ah[4];
+        int64_t gx0, gx1, gx2, gx3;
         uint32_t r = 4 * j;
         intents_dot4_rv32(L->w_x + r * INTENTS_L0_INPUT, x, INTENTS_L0_INPUT, ax);
+        gx0 = intents_gate_x(L, r, ax[0], INTENTS_L0_X_REQUANT);
+        gx1 = intents_gate_x(L, r + 1, ax[1], INTENTS_L0_X_REQUANT);
+        gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
+        gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
         intents_dot4_rv32(L->w_h + r * INTENTS_L0_HIDDEN, h, INTENTS_L0_HIDDEN, ah);
         h_new[j] = intents_cell_unit(p,
-            intents_gate(L, r, ax[0], ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 1, ax[1], ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 2, ax[2], ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 3, ax[3], ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
             &c[j], INTENTS_L0_CELL_FRAC_BITS);
     }
     memcpy(h, h_new, INTENTS_L0_HIDDEN);
