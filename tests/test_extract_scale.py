@@ -15,7 +15,8 @@ from tinyseek.config import load as load_config
 from tinyseek.data import Dataset, Split
 from tinyseek.teacher import TeacherError, adapt, build_default_teacher, extract, load_teacher
 from tinyseek.teacher.classifier import mean_pool, split_inputs, trim
-from tinyseek.teacher.extract import PARTS_DIR, load_for_extraction
+from tinyseek.pipeline import hash_files
+from tinyseek.teacher.extract import PARTS_DIR, hash_folder, load_for_extraction
 from tinyseek.teacher.load import AUTO_BF16_PARAMS, count_parameters, resolve_device, resolve_dtype
 
 # The module, not the function of the same name that tinyseek.teacher exports.
@@ -184,6 +185,12 @@ def test_shards_of_other_settings_are_stale_and_redone_quietly(adapted, task, tm
     assert counted == [8, 8, 6, 8, 1] and not recwarn.list
     assert {k for k in load_file(str(run2 / "knowledge.safetensors")) if k.startswith("val.")} == {
         "val.logits", "val.hidden.2", "val.attn.2"}
+
+
+def test_the_teacher_hash_is_streamed_and_equals_the_pipelines(adapted):
+    run, _, meta = adapted
+    assert meta["teacher_hash"] == hash_files(run / "teacher") == hash_folder(run / "teacher", chunk=1000)
+    assert hash_folder(run / "teacher") != hash_folder(run / "teacher" / "..")
 
 
 # -- dtype and device ------------------------------------------------------------------------------

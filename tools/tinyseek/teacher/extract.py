@@ -179,6 +179,18 @@ def _run_shard(model, inputs: torch.Tensor, mask: torch.Tensor, layers: list[int
     return out
 
 
+def hash_folder(folder: Path, chunk: int = 1 << 24) -> str:
+    """pipeline.hash_files(folder), read in chunks of `chunk` bytes: a 7B teacher's weights are
+    one 14 GB file, which must not be read into memory whole next to the loaded model."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        with f.open("rb") as stream:
+            while block := stream.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
 def _content_hash(tensors: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for key in sorted(tensors):
@@ -236,8 +248,6 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     `on_shard(split, index, path)` is called after each shard computed and written.
     Returns the file's path.
     """
-    from ..pipeline import hash_files
-
     torch.set_num_threads(min(2, torch.get_num_threads()))
     run_dir = Path(run_dir)
     teacher_dir = run_dir / "teacher"
@@ -250,7 +260,7 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     layers = select_layers(list(cfg.layers), num_layers)
     attn_layers = [l for l in layers if l > 0] if cfg.attentions else []
     hidden, num_classes = model.backbone.config.hidden_size, model.head.out_features
-    teacher_hash = hash_files(teacher_dir)
+    teacher_hash = hash_folder(teacher_dir)
     settings = {"format": SHARD_FORMAT, "teacher": teacher_hash, "layers": layers, "attn_layers": attn_layers,
                 "dtype": str(model.backbone.dtype), "device": model.backbone.device.type,
                 "batch_size": batch_size, "shard_size": cfg.shard_size}
@@ -287,7 +297,7 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
 
     tensors: dict[str, np.ndarray] = {}
     for name in SPLITS:
-        shards = [done[i] for i, p in enumerate(plan) if p[0] == name]
+        shards = [done.pop(i) for i, p in enumerate(plan) if p[0] == name]  # freed once merged
         part = ({key: np.concatenate([s[key] for s in shards]) for key in shards[0]} if shards
                 else _empty_split(hidden, num_classes, layers, attn_layers))
         tensors.update({f"{name}.{key}": np.ascontiguousarray(v) for key, v in part.items()})
