@@ -64,6 +64,13 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--env", required=True, help="platformio.ini environment of the board, e.g. nucleo_f446re, esp32dev")
     p.add_argument("--port", help="upload port (default: PlatformIO's auto-detection)")
+    p = sub.add_parser("edge", help="distill a student for bigger devices, export it to ONNX and check it in "
+                                    "onnxruntime -> models/<run>/edge/<student>/")
+    _common(p)  # --force is accepted; the student is always trained anew
+    p.add_argument("--student", required=True, choices=["tinybert", "truncated"],
+                   help="tinybert: MobileBERT-style transformer (edge boxes); truncated: the teacher's first "
+                        "layers (high-end phones)")
+    p.add_argument("--layers", type=int, help="truncated: decoder layers kept (default: edge.truncated_layers)")
     return parser
 
 
@@ -85,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                                  f"starts QEMU (or `pio run -e {args.env} -t upload` to start it by hand)")
             elf = build_firmware(args.env, run.lib_dir, upload_port=args.port or "auto")
             print(f"flashed {elf} to {args.env}")
+        elif args.command == "edge":
+            from .distill.edge import build_edge
+            run.stage("teacher")
+            out = build_edge(run, args.student, args.layers)
+            m = json.loads((out / "metrics.json").read_text())
+            print(f"{args.student}: accuracy {m['accuracy']:.4f} (teacher {m['teacher_accuracy']:.4f}), "
+                  f"{m['params']:,} parameters, {m['onnx_bytes']:,} bytes ONNX, onnxruntime "
+                  f"{m['latency']['median_ms']:.3f} ms per sample -> {out}")
         elif args.command == "build":
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())

@@ -86,6 +86,30 @@ class CodegenConfig:
 
 
 @dataclass
+class EdgeConfig:
+    """The students for bigger devices (`tinyseek edge`, docs/students.md); KD uses
+    distill.alpha and distill.temperature."""
+    # TinyBert (edge boxes): a MobileBERT-style bottleneck transformer over the hash tokenizer.
+    vocab_size: int = 2048
+    max_len: int = 32
+    hidden: int = 128  # inter-block width
+    bottleneck: int = 64  # intra-block width (attention, FFNs)
+    layers: int = 4
+    heads: int = 4
+    ffn_stack: int = 2  # feed-forward networks per block
+    embed_dim: int = 64  # token embedding, before the trigram projection to `hidden`
+    epochs: int = 20
+    lr: float = 2e-3
+    attention_weight: float = 1.0  # attention transfer from the cached maps (needs teacher.attentions); 0 = off
+    # Truncated teacher (high-end phones): the first truncated_layers decoder layers, fine-tuned.
+    truncated_layers: int = 2
+    truncated_epochs: int = 4
+    truncated_lr: float = 3e-4
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
 class Config:
     run: str = "intents"
     models_dir: str = "models"
@@ -95,6 +119,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     codegen: CodegenConfig = field(default_factory=CodegenConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -174,6 +199,12 @@ def validate(cfg: Config) -> None:
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
+    e = cfg.edge
+    need(min(e.vocab_size - 1, e.max_len, e.hidden, e.bottleneck, e.layers, e.heads, e.ffn_stack, e.embed_dim,
+             e.epochs, e.truncated_layers, e.truncated_epochs, e.batch_size) >= 1 and e.bottleneck % e.heads == 0,
+         "edge: sizes, epochs and batch_size must be >= 1, vocab_size >= 2, bottleneck a multiple of heads")
+    need(e.lr > 0 and e.truncated_lr > 0 and e.attention_weight >= 0,
+         "edge.lr and edge.truncated_lr must be > 0, edge.attention_weight >= 0")
     name = cfg.model_name
     need(bool(_C_IDENT.fullmatch(name)) and len(name) <= 32 and name not in _C_KEYWORDS,
          f"model name {name!r} must be a C identifier (not a keyword) of at most 32 ASCII characters; "
