@@ -25,6 +25,9 @@ class TaskConfig:
     val_fraction: float = 0.1
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     samples_per_intent: int = 240  # built-in intents: samples per intent and language
+    # jsonl: the classes, in order (empty: the training file's labels). With it, lines may have no
+    # label: the teacher labels them (teacher.labels = "zero-shot"); docs/datasets.md.
+    labels: list[str] = field(default_factory=list)
     seed: int = 0
 
 
@@ -50,6 +53,22 @@ class TeacherConfig:
     # (auto: CUDA when torch sees a GPU). See docs/teachers.md.
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # What adaptation trains (docs/teachers.md): full = the weights themselves, lora = low-rank
+    # adapters on the frozen backbone (saved alone), none = nothing of the backbone.
+    adapt: str = "full"  # full | lora | none
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    # Linear layers that get adapters, by name: attention and MLP projections of deepseek_v2/v3
+    # (multi-head latent attention), qwen2 and llama; absent names are ignored.
+    lora_targets: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+        "gate_proj", "up_proj", "down_proj"])
+    # Where the soft labels come from: head = a classifier trained on the labels; zero-shot = the
+    # LM's next-token log-probabilities of each label's words after the prompt (no labels needed).
+    labels: str = "head"  # head | zero-shot
+    prompt: str = "Classify the text into one of these categories: {labels}.\nText: {text}\nCategory:"
+    verbalizers: dict[str, list[str]] = field(default_factory=dict)  # label -> words; default: the name, _ as space
+    verbalizer_score: str = "mean"  # mean | sum of a multi-token verbaliser's token log-probs
     seed: int = 0
 
 
@@ -194,6 +213,21 @@ def validate(cfg: Config) -> None:
          f"teacher.dtype must be auto, bfloat16, float16 or float32, not {cfg.teacher.dtype!r}")
     need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device)),
          f"teacher.device must be auto, cpu, cuda or cuda:N, not {cfg.teacher.device!r}")
+    need(cfg.teacher.adapt in ("full", "lora", "none"),
+         f"teacher.adapt must be full, lora or none, not {cfg.teacher.adapt!r}")
+    need(cfg.teacher.lora_rank >= 1 and cfg.teacher.lora_alpha > 0 and bool(cfg.teacher.lora_targets),
+         "teacher.lora_rank must be >= 1, teacher.lora_alpha > 0 and teacher.lora_targets not empty")
+    need(cfg.teacher.labels in ("head", "zero-shot") and cfg.teacher.verbalizer_score in ("mean", "sum"),
+         "teacher.labels must be head or zero-shot, teacher.verbalizer_score mean or sum")
+    need(cfg.teacher.labels == "head" or ("{text}" in cfg.teacher.prompt and cfg.task.kind != "npz"),
+         "teacher.labels = \"zero-shot\" needs a text task and a teacher.prompt with a {text} placeholder")
+    need(isinstance(cfg.teacher.verbalizers, dict) and all(
+        isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(w, str) for w in v))
+        for v in cfg.teacher.verbalizers.values()),
+        "teacher.verbalizers must be a table of label = \"word\" or [\"word\", ...]")
+    need(len(set(cfg.task.labels)) == len(cfg.task.labels) and all(str(s).strip() for s in cfg.task.labels)
+         and (not cfg.task.labels or cfg.task.kind == "jsonl"),
+         "task.labels (jsonl tasks only) must name each class once, none of them empty")
     need(cfg.student.layers in (1, 2), "student.layers must be 1 or 2")
     need(1 <= cfg.student.hidden <= 1024 and 1 <= cfg.student.embed_dim <= 1024, "student.hidden/embed_dim must be 1..1024")
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")

@@ -5,18 +5,29 @@ then a classification head on the mean-pooled last hidden state (cfg.finetune_ep
 Sequence tasks: no pretraining (there are no tokens to predict); an input projection
 Linear(F -> hidden) feeds `inputs_embeds`, trained together with the head.
 
-What the fine-tuning trains (`train_backbone`, default: only for the built-in teacher):
-- the built-in tiny teacher: backbone + head (+ projection), all of it;
-- a loaded teacher (HF folder or GGUF): the backbone is frozen and only the head (+ projection)
-  is trained, which is what a CPU can afford for a model of billions of parameters. For a
-  text task its pooled features are then computed once and the head trains on those.
-Continued pretraining always updates the backbone; set pretrain_epochs = 0 to skip it.
+What is trained, by cfg.adapt:
+- "full" (the default): the backbone's own weights.
+  - the built-in tiny teacher: backbone + head (+ projection), all of it;
+  - a loaded teacher (HF folder or GGUF): continued pretraining updates the backbone, then the
+    backbone is frozen and only the head (+ projection) is trained (`train_backbone`); for a
+    text task its pooled features are then computed once and the head trains on those.
+  The whole backbone is saved: for a model of billions of parameters, a full copy.
+- "lora": low-rank adapters (peft) in the attention and MLP projections (cfg.lora_targets,
+  rank cfg.lora_rank, scale cfg.lora_alpha / cfg.lora_rank) on a frozen backbone, loaded in
+  cfg.dtype on cfg.device: continued pretraining trains the adapters, fine-tuning the adapters
+  and the head. Only the adapter is saved (classifier.py), megabytes instead of gigabytes.
+- "none": the backbone as it is (no continued pretraining); only the head (+ projection) trains.
+Set pretrain_epochs = 0 to skip continued pretraining.
 
-When the backbone trains on a text task, its training texts are noised (`_augment`: half of
-them with their words shuffled, then 30% of the tokens replaced by unk), because the test
-phrasings of the built-in task are templates never seen in training. After every fine-tuning
-epoch the validation accuracy is measured and the best epoch's weights are kept (the last
-epoch's when there is no validation split).
+Labels, by cfg.labels: "head" trains the head on the task's labels; "zero-shot" trains no head:
+the extraction scores the label words after a prompt (verbalize.py), so the training texts
+need no labels. The prompt and verbalisers are checked here and recorded in teacher.json.
+
+When the backbone (or its adapters) trains on a text task, its training texts are noised
+(`_augment`: half of them with their words shuffled, then 30% of the tokens replaced by unk),
+because the test phrasings of the built-in task are templates never seen in training. After
+every fine-tuning epoch the validation accuracy is measured and the best epoch's weights are
+kept (the last epoch's when there is no validation split).
 """
 from __future__ import annotations
 
@@ -31,19 +42,31 @@ from torch import nn
 from tqdm import tqdm
 
 from .build import build_default_teacher
-from .classifier import TeacherClassifier, mean_pool, save_adapted, split_inputs, trim
+from .classifier import (BASE_DIR, TeacherClassifier, add_lora, base_fingerprint, mean_pool, save_adapted,
+                         split_inputs, trim)
 from .extract import select_layers
 from .load import TeacherError, load_teacher
+from .verbalize import SCORES, check_prompt, resolve_verbalizers
+
+ADAPT_MODES = ("full", "lora", "none")
+LABEL_SOURCES = ("head", "zero-shot")
 
 
-def _check_dataset(dataset) -> None:
+def _check_dataset(dataset, labelled: bool = True) -> None:
+    """Labels in 0..C-1 (or -1, no label, when the teacher labels the texts itself:
+    `labelled` False) and inputs that fit the task's kind."""
     c = len(dataset.labels)
     if c < 2:
         raise TeacherError(f"task {dataset.name!r} has {c} label(s); a classifier needs at least 2")
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)
         y = np.asarray(split.y)
-        if len(y) and (y.min() < 0 or y.max() >= c):
+        if len(y) and labelled and y.min() < 0:
+            raise TeacherError(
+                f"task {dataset.name!r}: {int((y < 0).sum())} {name} samples have no label; a classification head "
+                f"(teacher.labels = \"head\") needs a label on every sample: label them, or let the teacher label "
+                f"the texts with teacher.labels = \"zero-shot\" (docs/teachers.md)")
+        if len(y) and (y.min() < -1 or y.max() >= c):
             raise TeacherError(f"task {dataset.name!r}: {name} labels must be in 0..{c - 1}, found {y.min()}..{y.max()}")
         if dataset.kind == "text" and (split.texts is None or len(split.texts) != len(y)):
             raise TeacherError(f"task {dataset.name!r}: the {name} split needs one text per label")
@@ -51,6 +74,29 @@ def _check_dataset(dataset) -> None:
             raise TeacherError(f"task {dataset.name!r}: the {name} split needs x of shape [N, T, F] with N = {len(y)}")
     if len(dataset.train.y) == 0:
         raise TeacherError(f"task {dataset.name!r} has no training samples")
+
+
+def _check_settings(dataset, cfg) -> dict | None:
+    """Fail before anything is loaded or trained; returns the zero-shot settings (or None)."""
+    if cfg.adapt not in ADAPT_MODES:
+        raise TeacherError(f"teacher.adapt {cfg.adapt!r} is unknown; choose {', '.join(ADAPT_MODES)}")
+    if cfg.labels not in LABEL_SOURCES:
+        raise TeacherError(f"teacher.labels {cfg.labels!r} is unknown; choose {', '.join(LABEL_SOURCES)}")
+    zero_shot = cfg.labels == "zero-shot"
+    _check_dataset(dataset, labelled=not zero_shot)
+    if cfg.adapt == "lora" and (cfg.lora_rank < 1 or cfg.lora_alpha <= 0 or not cfg.lora_targets):
+        raise TeacherError(f"LoRA needs teacher.lora_rank >= 1, teacher.lora_alpha > 0 and some "
+                           f"teacher.lora_targets; got {cfg.lora_rank}, {cfg.lora_alpha}, {list(cfg.lora_targets)}")
+    if not zero_shot:
+        return None
+    if dataset.kind != "text":
+        raise TeacherError(f"teacher.labels = \"zero-shot\" scores label words after a text prompt; task "
+                           f"{dataset.name!r} is a {dataset.kind} task: use teacher.labels = \"head\"")
+    check_prompt(cfg.prompt)
+    if cfg.verbalizer_score not in SCORES:
+        raise TeacherError(f"teacher.verbalizer_score {cfg.verbalizer_score!r} is unknown; choose mean or sum")
+    return {"prompt": cfg.prompt, "verbalizers": resolve_verbalizers(list(dataset.labels), cfg.verbalizers),
+            "score": cfg.verbalizer_score}
 
 
 def _schedule(opt, total_steps: int):
@@ -84,7 +130,7 @@ def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.G
         bar = tqdm(_batches(len(ids), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
                    desc=f"teacher pretrain {epoch + 1}/{cfg.pretrain_epochs}")
         for idx in bar:
-            b_ids, b_mask = trim(ids[idx], mask[idx])
+            b_ids, b_mask = (t.to(backbone.device) for t in trim(ids[idx], mask[idx]))
             loss = backbone(input_ids=b_ids, attention_mask=b_mask, use_cache=False,
                             labels=b_ids.masked_fill(b_mask == 0, -100)).loss
             _update(loss, opt, sched, params, bar)
@@ -112,11 +158,12 @@ def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[
         bar = tqdm(_batches(len(y), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
                    desc=f"teacher finetune {epoch + 1}/{cfg.finetune_epochs}")
         for idx in bar:
-            loss = nn.functional.cross_entropy(forward(inputs[idx], mask[idx]), y[idx])
+            logits = forward(inputs[idx], mask[idx])
+            loss = nn.functional.cross_entropy(logits, y[idx].to(logits.device))
             _update(loss, opt, sched, params, bar)
         module.eval()
         if len(v_y):
-            acc = float((_logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).argmax(1) == v_y).float().mean())
+            acc = float((_logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).argmax(1).cpu() == v_y).float().mean())
             if acc > best_acc:
                 best_acc, best_state = acc, snapshot()
     if best_state is not None:
@@ -128,8 +175,8 @@ def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[
 @torch.no_grad()
 def _pooled(model: TeacherClassifier, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     def pool(inp, m):
-        inp, m = trim(inp, m)
-        return mean_pool(model.encode(inp, m).last_hidden_state, m)
+        inp, m = (t.to(model.backbone.device) for t in trim(inp, m))
+        return mean_pool(model.encode(inp, m).last_hidden_state.float(), m)
     return _logits(pool, inputs, mask, batch_size)
 
 
@@ -156,74 +203,114 @@ def _augment(ids: torch.Tensor, mask: torch.Tensor, dropout: float, shuffle: flo
     return out.masked_fill(drop, unk_id)
 
 
+def _load(dataset, cfg, tmp: str):
+    """(backbone, tokenizer, base path) of cfg.source; the built-in teacher is built in `tmp`.
+    "full" loads float32 on the CPU (its weights train); "lora" and "none" keep the backbone
+    frozen, so it loads in cfg.dtype on cfg.device."""
+    frozen = cfg.adapt != "full"
+    kwargs = {"dtype": cfg.dtype, "device": cfg.device} if frozen else {}
+    if cfg.source == "default":
+        base = build_default_teacher(dataset, cfg, tmp)
+        return (*load_teacher(base, **kwargs), base)
+    model, tokenizer = load_teacher(cfg.source, cfg.tokenizer or None, **kwargs)
+    return model, tokenizer, Path(cfg.source).expanduser().resolve()
+
+
 def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
           token_dropout: float = 0.3, word_shuffle: float = 0.5) -> Path:
     """Adapt the teacher named by `cfg.source` to `dataset` and save it to `<run_dir>/teacher/`.
 
-    `train_backbone` (None: True for the built-in teacher, False for a loaded one) chooses
-    whether fine-tuning updates the backbone or only the head (+ input projection); see the
-    module docstring. `token_dropout` and `word_shuffle` set the training noise of
-    `_augment` (text tasks with a trained backbone). Seeded by cfg.seed. Returns the teacher
-    folder.
+    cfg.adapt (full | lora | none) and cfg.labels (head | zero-shot) choose what trains; see
+    the module docstring. `train_backbone` (None: True for the built-in teacher, False for a
+    loaded one; "full" only) chooses whether fine-tuning updates the backbone or only the head
+    (+ input projection). `token_dropout` and `word_shuffle` set the training noise of
+    `_augment` (text tasks whose backbone or adapters train). Seeded by cfg.seed. Returns the
+    teacher folder; classifier.load_adapted reads it back.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    _check_dataset(dataset)
+    zero_shot = _check_settings(dataset, cfg)
     out = Path(run_dir) / "teacher"
-    if cfg.source == "default":
-        with tempfile.TemporaryDirectory() as tmp:
-            backbone, tokenizer = load_teacher(build_default_teacher(dataset, cfg, tmp))
-    else:
-        backbone, tokenizer = load_teacher(cfg.source, cfg.tokenizer or None)
-    if train_backbone is None:
-        train_backbone = cfg.source == "default"
-    layers = select_layers(list(cfg.layers), backbone.config.num_hidden_layers)  # fail before training
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone, tokenizer, base = _load(dataset, cfg, tmp)
+        if train_backbone is None or cfg.adapt != "full":
+            train_backbone = cfg.adapt == "full" and cfg.source == "default"
+        layers = select_layers(list(cfg.layers), backbone.config.num_hidden_layers)  # fail before training
+        device = backbone.device
 
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sequence = dataset.kind == "sequence"
-    model = TeacherClassifier(backbone, len(dataset.labels), int(dataset.train.x.shape[-1]) if sequence else 0)
-    if sequence:
-        model.proj.fit(dataset.train.x)
-    inputs, mask = split_inputs(tokenizer, dataset.train, dataset.kind, cfg.max_tokens)
-    v_inputs, v_mask = (split_inputs(tokenizer, dataset.val, dataset.kind, cfg.max_tokens) if len(dataset.val.y)
-                        else (inputs[:0], mask[:0]))
-    y, v_y = torch.as_tensor(dataset.train.y, dtype=torch.long), torch.as_tensor(dataset.val.y, dtype=torch.long)
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sequence = dataset.kind == "sequence"
+        model = TeacherClassifier(backbone, 0 if zero_shot else len(dataset.labels),
+                                  int(dataset.train.x.shape[-1]) if sequence else 0)
+        if sequence:
+            model.proj.fit(dataset.train.x)
+        for part in (model.head, model.proj):
+            if part is not None:
+                part.to(device)
+        lora = add_lora(backbone, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets)) if cfg.adapt == "lora" \
+            else None
+        inputs, mask = split_inputs(tokenizer, dataset.train, dataset.kind, cfg.max_tokens)
+        v_inputs, v_mask = (split_inputs(tokenizer, dataset.val, dataset.kind, cfg.max_tokens) if len(dataset.val.y)
+                            else (inputs[:0], mask[:0]))
+        y, v_y = torch.as_tensor(dataset.train.y, dtype=torch.long), torch.as_tensor(dataset.val.y, dtype=torch.long)
 
-    if not sequence and cfg.pretrain_epochs > 0:
-        _pretrain(backbone, inputs, mask, cfg, gen)
+        if not sequence and cfg.pretrain_epochs > 0 and cfg.adapt != "none":
+            _pretrain(backbone, inputs, mask, cfg, gen)
 
-    backbone.requires_grad_(train_backbone)
-    if train_backbone or sequence:
-        params = [p for p in model.parameters() if p.requires_grad]
-        snapshot = (lambda: {k: v.clone() for k, v in model.state_dict().items()}) if train_backbone \
-            else model.classifier_state
-        unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+        if zero_shot:
+            val_acc = -1.0  # no head to train: the extraction scores the verbalisers (verbalize.py)
+        elif train_backbone or sequence or lora is not None:
+            if lora is None:
+                backbone.requires_grad_(train_backbone)
+            params = [p for p in model.parameters() if p.requires_grad]
+            kept = {n for n, p in model.named_parameters() if p.requires_grad} | set(model.classifier_state())
+            unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+            noise = not sequence and (train_backbone or lora is not None)
 
-        def forward(i, m):
-            if model.training and not sequence:
-                i = _augment(i, m, token_dropout, word_shuffle, unk, gen)
-            return model(*trim(i, m))
-        val_acc = _fit(forward, model, params, snapshot,
-                       (inputs, mask, y), (v_inputs, v_mask, v_y), cfg, gen)
-    else:
-        # Frozen backbone on text: its pooled features never change, so compute them once.
-        feats = _pooled(model, inputs, mask, 2 * cfg.batch_size)
-        v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size) if len(v_y) else feats[:0]
-        ones, v_ones = torch.ones(len(feats), 1), torch.ones(len(v_feats), 1)
-        val_acc = _fit(lambda f, m: model.head(f), model.head, list(model.head.parameters()),
-                       lambda: {k: v.clone() for k, v in model.head.state_dict().items()},
-                       (feats, ones, y), (v_feats, v_ones, v_y), cfg, gen)
+            def snapshot():
+                return {k: v.detach().clone() for k, v in model.state_dict().items() if k in kept}
 
-    meta = {
-        "labels": list(dataset.labels), "kind": dataset.kind, "pooling": "mean", "source": cfg.source,
-        "layers": layers,
-        "model_type": backbone.config.model_type, "num_layers": backbone.config.num_hidden_layers,
-        "hidden_size": backbone.config.hidden_size, "num_features": model.proj.weight.shape[1] if sequence else 0,
-        "max_tokens": cfg.max_tokens, "train_backbone": train_backbone,
-        "pretrain_epochs": 0 if sequence else cfg.pretrain_epochs, "finetune_epochs": cfg.finetune_epochs,
-        "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
-    }
-    if out.exists():
-        shutil.rmtree(out)  # stale shards of an earlier, different teacher must not linger
-    save_adapted(model, tokenizer, out, meta)
+            def forward(i, m):
+                if model.training and noise:
+                    i = _augment(i, m, token_dropout, word_shuffle, unk, gen)
+                i, m = trim(i, m)
+                return model(i.to(device), m.to(device))
+            val_acc = _fit(forward, model, params, snapshot, (inputs, mask, y), (v_inputs, v_mask, v_y), cfg, gen)
+        else:
+            # Frozen backbone on text: its pooled features never change, so compute them once.
+            backbone.requires_grad_(False)
+            feats = _pooled(model, inputs, mask, 2 * cfg.batch_size)
+            v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size) if len(v_y) else feats[:0]
+            ones, v_ones = torch.ones(len(feats), 1), torch.ones(len(v_feats), 1)
+            val_acc = _fit(lambda f, m: model.head(f), model.head, list(model.head.parameters()),
+                           lambda: {k: v.clone() for k, v in model.head.state_dict().items()},
+                           (feats, ones, y), (v_feats, v_ones, v_y), cfg, gen)
+
+        meta = {
+            "labels": list(dataset.labels), "kind": dataset.kind, "pooling": "mean", "source": cfg.source,
+            "layers": layers,
+            "model_type": backbone.config.model_type, "num_layers": backbone.config.num_hidden_layers,
+            "hidden_size": backbone.config.hidden_size, "num_features": model.proj.weight.shape[1] if sequence else 0,
+            "max_tokens": cfg.max_tokens, "adapt": cfg.adapt, "labels_from": cfg.labels,
+            "train_backbone": train_backbone,
+            "pretrain_epochs": 0 if sequence or cfg.adapt == "none" else cfg.pretrain_epochs,
+            "finetune_epochs": 0 if zero_shot else cfg.finetune_epochs,
+            "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
+        }
+        if cfg.adapt != "full":
+            meta["base"] = BASE_DIR if cfg.source == "default" else str(base)
+            meta["base_fingerprint"] = base_fingerprint(base)
+        if lora is not None:
+            meta["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                            "targets": sorted({t.rsplit(".", 1)[-1] for t in lora.target_modules}),
+                            "adapter_parameters": sum(p.numel() for n, p in backbone.named_parameters() if "lora_" in n),
+                            "backbone_parameters": sum(p.numel() for n, p in backbone.named_parameters()
+                                                       if "lora_" not in n)}
+        if zero_shot:
+            meta["zero_shot"] = zero_shot
+        if out.exists():
+            shutil.rmtree(out)  # stale shards of an earlier, different teacher must not linger
+        save_adapted(model, tokenizer, out, meta, lora)
+        if cfg.adapt != "full" and cfg.source == "default":
+            shutil.copytree(base, out / BASE_DIR)  # the built base lives only in `tmp`
     return out
