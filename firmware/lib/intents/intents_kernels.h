@@ -69,6 +69,12 @@ extern const intents_model_params intents_params;
 #elif defined(__riscv) && __riscv_xlen == 32
 /* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
 #define INTENTS_KERNEL_RV32 1
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+/* Armv8.2-A+ Cortex-A (A55, A76, Raspberry Pi 5): NEON with the dot product (SDOT). */
+#define INTENTS_KERNEL_NEON_DOT 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+/* Any AArch64 core (Cortex-A53, Raspberry Pi 3/4): NEON widening multiply-accumulate. */
+#define INTENTS_KERNEL_NEON 1
 #else
 #define INTENTS_KERNEL_C 1
 #endif
@@ -83,6 +89,12 @@ extern const intents_model_params intents_params;
 #elif defined(INTENTS_KERNEL_RV32)
 #define INTENTS_KERNEL "rv32"
 #define INTENTS_VARIANT(fn) fn##_rv32
+#elif defined(INTENTS_KERNEL_NEON_DOT)
+#define INTENTS_KERNEL "neon-dot"
+#define INTENTS_VARIANT(fn) fn##_neondot
+#elif defined(INTENTS_KERNEL_NEON)
+#define INTENTS_KERNEL "neon"
+#define INTENTS_VARIANT(fn) fn##_neon
 #else
 #define INTENTS_KERNEL "c"
 #define INTENTS_VARIANT(fn) fn##_c

@@ -178,11 +178,7 @@ void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t 
     const intents_layer_params *L = &p->layers[0];
     /* x and h widened once for all 4H rows (their tails, n % 4, are read as bytes). */
     uint32_t xq[INTENTS_L0_INPUT / 4 * 2 + 1], hq[INTENTS_L0_HIDDEN / 4 * 2 + 1];
-    /* Two passes, each with few live values on a 13-register core: the gate pre-activations
-     * of every unit (reading the old h), then the cell updates (h rewritten in place). */
-    int16_t z[4 * INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
     uint32_t j;
-    (void)h_new;
     intents_widen(x, INTENTS_L0_INPUT / 4 * 4, xq);
     intents_widen(h, INTENTS_L0_HIDDEN / 4 * 4, hq);
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
@@ -195,15 +191,14 @@ void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t 
         gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
         gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
         intents_dot4_64(L->w_h + r * INTENTS_L0_HIDDEN, hq, h, ah);
-        z[r] = (int16_t)intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
-        z[r + 1] = (int16_t)intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
-        z[r + 2] = (int16_t)intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
-        z[r + 3] = (int16_t)intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
+        h_new[j] = intents_cell_unit(p,
+            intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
+            &c[j], INTENTS_L0_CELL_FRAC_BITS);
     }
-    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        const int16_t *zj = z + 4 * j;
-        h[j] = intents_cell_unit(p, zj[0], zj[1], zj[2], zj[3], &c[j], INTENTS_L0_CELL_FRAC_BITS);
-    }
+    memcpy(h, h_new, INTENTS_L0_HIDDEN);
 }
 
 void intents_head_dsp(const intents_model_params *p, const int8_t *h, int16_t *logits)
