@@ -123,20 +123,19 @@ void intents_l0_step_mve(const intents_model_params *p, const int8_t *x, int8_t 
     uint32_t j;
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         int32_t ax[4], ah[4];
-        int64_t gx0, gx1, gx2, gx3;
         uint32_t r = 4 * j;
+        /* The unit's four gates as one vector: VRMULH is SMMULR per lane (dispatch header,
+         * "pre" form), VQADD the saturating adds; then saturated to int16. */
+        int32x4_t rx, rh, z;
         intents_dot4_mve_32(L->w_x + r * INTENTS_L0_INPUT, x, ax);
-        gx0 = intents_gate_x(L, r, ax[0], INTENTS_L0_X_REQUANT);
-        gx1 = intents_gate_x(L, r + 1, ax[1], INTENTS_L0_X_REQUANT);
-        gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
-        gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
+        rx = vshlq_s32(vldrwq_s32(ax), vsubq_s32(vdupq_n_s32(32), vreinterpretq_s32_u32(vldrbq_u32(L->nx + r))));
+        rx = vqaddq_s32(vrmulhq_s32(rx, vldrwq_s32(L->mx + r)), vldrwq_s32(L->bias + r));
         intents_dot4_mve_64(L->w_h + r * INTENTS_L0_HIDDEN, h, ah);
-        h_new[j] = intents_cell_unit(p,
-            intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            &c[j], INTENTS_L0_CELL_FRAC_BITS);
+        rh = vldrwq_s32(ah);
+        z = vqaddq_s32(rx, vrmulhq_s32(rh, vldrwq_s32(L->mh + r)));
+        z = vmaxq_s32(vminq_s32(z, vdupq_n_s32(32767)), vdupq_n_s32(-32768));
+        h_new[j] = intents_cell_unit(p, vgetq_lane_s32(z, 0), vgetq_lane_s32(z, 1), vgetq_lane_s32(z, 2),
+                                        vgetq_lane_s32(z, 3), &c[j], INTENTS_L0_CELL_FRAC_BITS);
     }
     memcpy(h, h_new, INTENTS_L0_HIDDEN);
 }

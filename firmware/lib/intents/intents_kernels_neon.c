@@ -16,7 +16,8 @@
  * is read outside a row and nothing is counted twice; rows shorter than 8 bytes take scalar C.
  * The four row sums of a unit are requantized together, in the 32-bit forms the generator
  * proved exact or in int64 (SMULL + SRSHL, which rounds exactly as rshift_round), then
- * saturated by narrowing; only the table activations and the cell update are scalar. */
+ * saturated by narrowing. The cell updates run 8 units at a time once every unit's gates are
+ * known; only the table reads are scalar. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_NEON) || defined(INTENTS_KERNEL_NEON_DOT)
@@ -216,23 +217,83 @@ INTENTS_INLINE int16x4_t intents_gates4(const intents_layer_params *L, uint32_t 
     return vqmovn_s32(vcombine_s32(vqmovn_s64(xlo), vqmovn_s64(xhi)));
 }
 
+/* The table activation of docs/numerics.md for 8 lanes. The pair T[k], T[k+1] of each lane is one
+ * 32-bit load (the only scalar part); UZP splits the pairs, RSHRN rounds (d * f + 128) >> 8. */
+INTENTS_INLINE int16x8_t intents_activate8(const int16_t *table, int16x8_t z)
+{
+    uint16x8_t u = vreinterpretq_u16_s16(veorq_s16(z, vdupq_n_s16(INT16_MIN))); /* z + 32768 */
+    uint16x8_t k = vshrq_n_u16(u, 8);
+    int16x8_t f = vreinterpretq_s16_u16(vandq_u16(u, vdupq_n_u16(255)));
+    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+    int32_t pair;
+    int16x8_t t0, d;
+    memcpy(&pair, table + vgetq_lane_u16(k, 0), 4);
+    lo = vsetq_lane_s32(pair, lo, 0);
+    memcpy(&pair, table + vgetq_lane_u16(k, 1), 4);
+    lo = vsetq_lane_s32(pair, lo, 1);
+    memcpy(&pair, table + vgetq_lane_u16(k, 2), 4);
+    lo = vsetq_lane_s32(pair, lo, 2);
+    memcpy(&pair, table + vgetq_lane_u16(k, 3), 4);
+    lo = vsetq_lane_s32(pair, lo, 3);
+    memcpy(&pair, table + vgetq_lane_u16(k, 4), 4);
+    hi = vsetq_lane_s32(pair, hi, 0);
+    memcpy(&pair, table + vgetq_lane_u16(k, 5), 4);
+    hi = vsetq_lane_s32(pair, hi, 1);
+    memcpy(&pair, table + vgetq_lane_u16(k, 6), 4);
+    hi = vsetq_lane_s32(pair, hi, 2);
+    memcpy(&pair, table + vgetq_lane_u16(k, 7), 4);
+    hi = vsetq_lane_s32(pair, hi, 3);
+    t0 = vuzp1q_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi));
+    /* T[k+1] - T[k] >= 0 (monotone tables) */
+    d = vsubq_s16(vuzp2q_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi)), t0);
+    return vaddq_s16(t0, vcombine_s16(vrshrn_n_s32(vmull_s16(vget_low_s16(d), vget_low_s16(f)), 8),
+                                      vrshrn_n_s32(vmull_high_s16(d, f), 8)));
+}
+
+/* The cell update of 8 units from their gate pre-activations z[8][4] (Q3.12): c in place, h. */
+INTENTS_INLINE void intents_cell8(const intents_model_params *p, const int16_t *z, int16_t *c, int8_t *h, int cf)
+{
+    int16x8x4_t g = vld4q_s16(z); /* de-interleaved: the i, f, g, o gates of the 8 units */
+    int16x8_t gi = intents_activate8(p->sigmoid_table, g.val[0]);
+    int16x8_t gf = intents_activate8(p->sigmoid_table, g.val[1]);
+    int16x8_t gg = intents_activate8(p->tanh_table, g.val[2]);
+    int16x8_t go = intents_activate8(p->sigmoid_table, g.val[3]);
+    int16x8_t cn, t;
+    int32x4_t ig_lo = vmull_s16(vget_low_s16(gi), vget_low_s16(gg)), ig_hi = vmull_high_s16(gi, gg);
+    /* rshift_round(f * c, 15) is SQRDMULH (f >= 0, so it never saturates); rshift_round(i * g,
+     * 30 - cf) is below 2^12; both fit int16, so SQADD is the spec's sat16 of their sum. */
+    ig_lo = vrshlq_s32(ig_lo, vdupq_n_s32(cf - 30)); /* SRSHL by -(30 - cf): rounds as rshift_round */
+    ig_hi = vrshlq_s32(ig_hi, vdupq_n_s32(cf - 30));
+    cn = vqaddq_s16(vqrdmulhq_s16(gf, vld1q_s16(c)), vcombine_s16(vmovn_s32(ig_lo), vmovn_s32(ig_hi)));
+    vst1q_s16(c, cn);
+    /* sat16(c' * 2^(12 - cf)) is SQSHL */
+    t = intents_activate8(p->tanh_table, vqshlq_s16(cn, vdupq_n_s16((int16_t)(12 - cf))));
+    /* sat8(rshift_round(o * t, 23)): SQXTN twice is sat16 then sat8, the same as sat8 */
+    vst1_s8(h, vqmovn_s16(vcombine_s16(vqmovn_s32(vrshrq_n_s32(vmull_s16(vget_low_s16(go), vget_low_s16(t)), 23)),
+                                       vqmovn_s32(vrshrq_n_s32(vmull_high_s16(go, t), 23)))));
+}
+
 void INTENTS_VARIANT(intents_l0_step)(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
 {
-    const intents_layer_params *L = &p->layers[0];
+    /* A copy of the layer's pointers: the stores to h and c below could alias them. */
+    const intents_layer_params L = p->layers[0];
     intents_vec_32 xv;
     intents_vec_64 hv;
+    /* Two passes: the gate pre-activations of every unit (reading the old h), then the cell
+     * updates 8 units at a time (h rewritten in place). */
+    int16_t z[4 * INTENTS_L0_HIDDEN];
     uint32_t j;
-    /* Every unit reads the old h from hv, so the new h goes straight into h. */
     (void)h_new;
     intents_load_32(x, &xv);
     intents_load_64(h, &hv);
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         uint32_t r = 4 * j;
-        int16x4_t z = intents_gates4(L, r, intents_dot4_32(L->w_x + r * INTENTS_L0_INPUT, &xv),
-                                        intents_dot4_64(L->w_h + r * INTENTS_L0_HIDDEN, &hv),
-                                        INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT);
-        h[j] = intents_cell_unit(p, vget_lane_s16(z, 0), vget_lane_s16(z, 1), vget_lane_s16(z, 2),
-                                    vget_lane_s16(z, 3), &c[j], INTENTS_L0_CELL_FRAC_BITS);
+        vst1_s16(z + r, intents_gates4(&L, r, intents_dot4_32(L.w_x + r * INTENTS_L0_INPUT, &xv),
+                                          intents_dot4_64(L.w_h + r * INTENTS_L0_HIDDEN, &hv),
+                                          INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
+    }
+    for (j = 0; j + 8 <= INTENTS_L0_HIDDEN; j += 8) {
+        intents_cell8(p, z + 4 * j, c + j, h + j, INTENTS_L0_CELL_FRAC_BITS);
     }
 }
 
