@@ -81,9 +81,9 @@ def counted(monkeypatch):
     computed = []
     real = extract_mod._run_shard
 
-    def run_shard(model, inputs, mask, *args):
-        computed.append(len(inputs))
-        return real(model, inputs, mask, *args)
+    def run_shard(model, shard, *args):
+        computed.append(len(shard.mask))
+        return real(model, shard, *args)
     monkeypatch.setattr(extract_mod, "_run_shard", run_shard)
     return computed
 
@@ -191,6 +191,19 @@ def test_the_teacher_hash_is_streamed_and_equals_the_pipelines(adapted):
     run, _, meta = adapted
     assert meta["teacher_hash"] == hash_files(run / "teacher") == hash_folder(run / "teacher", chunk=1000)
     assert hash_folder(run / "teacher") != hash_folder(run / "teacher" / "..")
+
+
+def test_a_zero_shot_teacher_caches_its_verbaliser_scores_shard_by_shard(task, tmp_path):
+    from tinyseek.teacher.verbalize import zero_shot_from_meta
+    cfg = replace(TINY, labels="zero-shot", attentions=False, shard_size=8)
+    adapt(task, cfg, tmp_path)
+    k = load_file(str(extract(task, cfg, tmp_path, batch_size=BATCH)))
+    model, tok, meta = load_for_extraction(tmp_path / "teacher", "float32", "cpu")
+    assert model.head is None
+    want = zero_shot_from_meta(model, tok, task.train.texts, meta, BATCH)
+    assert k["train.logits"].shape == (22, 3) and np.allclose(k["train.logits"], want, atol=1e-5)
+    assert np.allclose(np.exp(k["val.logits"]).sum(1), 1.0, atol=1e-5)
+    assert k["train.hidden.2"].shape == (22, TINY.hidden_size)
 
 
 # -- dtype and device ------------------------------------------------------------------------------

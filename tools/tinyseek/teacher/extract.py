@@ -27,6 +27,7 @@ import os
 import shutil
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,11 +35,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
-from safetensors.torch import load_file as load_torch_file
 from tqdm import tqdm
 
-from .classifier import CLASSIFIER_FILE, META_FILE, TeacherClassifier, mean_pool, split_inputs, trim
-from .load import TeacherError, load_teacher
+from .classifier import TeacherClassifier, load_adapted, mean_pool, split_inputs, trim
+from .load import TeacherError
 
 SPLITS = ("train", "val", "test")
 KNOWLEDGE_FILE = "knowledge.safetensors"
@@ -70,30 +70,15 @@ def select_layers(requested: list[int], num_layers: int) -> list[int]:
 
 
 def load_for_extraction(teacher_dir: Path, dtype: str = "auto", device: str = "auto"):
-    """(TeacherClassifier in eval mode, tokenizer, teacher.json) of `<run>/teacher/`, the
-    backbone in `dtype` on `device`. The head (and input projection) stay float32 on that
-    device; a sequence task's projection runs in the backbone's dtype, whose embeddings it
-    replaces."""
-    meta_file, head_file = teacher_dir / META_FILE, teacher_dir / CLASSIFIER_FILE
-    if not meta_file.is_file() or not head_file.is_file():
-        raise TeacherError(f"{teacher_dir} is not an adapted teacher (no {META_FILE} or {CLASSIFIER_FILE}); "
-                           f"run `tinyseek teacher` first")
-    meta = json.loads(meta_file.read_text())
-    backbone, tokenizer = load_teacher(teacher_dir, dtype=dtype, device=device)
-    model = TeacherClassifier(backbone, len(meta["labels"]), meta.get("num_features", 0))
-    missing, unexpected = model.load_state_dict(load_torch_file(str(head_file)), strict=False)
-    missing = [k for k in missing if not k.startswith("backbone.")]
-    if missing or unexpected:
-        raise TeacherError(f"{head_file} does not match teacher.json: missing {missing}, unexpected {unexpected}")
-    model.head.to(backbone.device)
-    if model.proj is not None:
-        model.proj.to(backbone.device, backbone.dtype)
-    return model.eval(), tokenizer, meta
+    """(TeacherClassifier in eval mode, tokenizer, teacher.json) of `<run>/teacher/`, as the
+    extraction runs it: classifier.load_adapted with the backbone in `dtype` on `device`."""
+    return load_adapted(teacher_dir, dtype, device)
 
 
 def head_logits(model: TeacherClassifier, last_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits [B, C] from the decoder's last hidden state [B, T, D]: the one place the cached
-    logits come from (another labelling, e.g. from the LM head, replaces this function)."""
+    """Logits [B, C] of a teacher with a head, from the decoder's last hidden state [B, T, D].
+    A teacher without one (teacher.labels = "zero-shot") gets its logits per shard from
+    verbalize.zero_shot_from_meta instead (see `_run_shard`)."""
     return model.head(mean_pool(last_hidden.float(), mask))
 
 
@@ -149,18 +134,32 @@ def _empty_split(hidden: int, num_classes: int, layers: list[int], attn_layers: 
     return out
 
 
-def _run_shard(model, inputs: torch.Tensor, mask: torch.Tensor, layers: list[int], attn_layers: list[int],
-               t_max: int, batch_size: int, bar) -> dict[str, np.ndarray]:
-    """The cached tensors of one shard's samples (inputs/mask are that shard's rows)."""
-    n, device = len(mask), model.backbone.device
+@dataclass
+class _Shard:
+    split: str
+    index: int
+    path: Path
+    stamp: str
+    shapes: dict[str, tuple]
+    inputs: torch.Tensor  # this shard's rows of the split's inputs and mask
+    mask: torch.Tensor
+    texts: list[str] | None  # text tasks: the shard's texts (zero-shot logits prompt them)
+    t_max: int  # the split's longest input: the attention maps' size
+
+
+def _run_shard(model, shard: _Shard, layers: list[int], attn_layers: list[int], batch_size: int, bar,
+               zero_shot: Callable[[list[str]], np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The cached tensors of one shard's samples. Logits come from `head_logits` per batch,
+    or with `zero_shot` (a teacher without a head) from its scoring of the shard's texts."""
+    n, device, t_max = len(shard.mask), model.backbone.device, shard.t_max
     last = model.backbone.config.num_hidden_layers
-    out = {"logits": np.zeros((n, model.head.out_features), np.float32)}
+    out = {"logits": np.zeros(shard.shapes["logits"], np.float32)}
     out.update({f"hidden.{l}": np.zeros((n, model.backbone.config.hidden_size), np.float32) for l in layers})
     out.update({f"attn.{l}": np.zeros((n, t_max, t_max), np.float16) for l in attn_layers})
     mask_box = [None]
     with torch.inference_mode(), _layer_hooks(model, layers, attn_layers, mask_box) as captured:
         for start in range(0, n, batch_size):
-            inp, m = trim(inputs[start:start + batch_size], mask[start:start + batch_size])
+            inp, m = trim(shard.inputs[start:start + batch_size], shard.mask[start:start + batch_size])
             inp, m = inp.to(device), m.to(device)
             if inp.is_floating_point():
                 inp = inp.to(model.backbone.dtype)
@@ -168,7 +167,8 @@ def _run_shard(model, inputs: torch.Tensor, mask: torch.Tensor, layers: list[int
             stop, t = start + len(m), m.shape[1]
             captured.clear()
             last_hidden = model.encode(inp, m).last_hidden_state
-            out["logits"][start:stop] = head_logits(model, last_hidden, m).cpu().numpy()
+            if zero_shot is None:
+                out["logits"][start:stop] = head_logits(model, last_hidden, m).cpu().numpy()
             if last in layers:
                 captured[f"hidden.{last}"] = mean_pool(last_hidden.float(), m)
             for l in layers:
@@ -176,6 +176,8 @@ def _run_shard(model, inputs: torch.Tensor, mask: torch.Tensor, layers: list[int
             for l in attn_layers:
                 out[f"attn.{l}"][start:stop, :t, :t] = captured[f"attn.{l}"].to(torch.float16).cpu().numpy()
             bar.update(stop - start)
+    if zero_shot is not None:  # its own forward passes (prompted texts), without the layer hooks
+        out["logits"] = zero_shot(shard.texts)
     return out
 
 
@@ -259,7 +261,13 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     num_layers = model.backbone.config.num_hidden_layers
     layers = select_layers(list(cfg.layers), num_layers)
     attn_layers = [l for l in layers if l > 0] if cfg.attentions else []
-    hidden, num_classes = model.backbone.config.hidden_size, model.head.out_features
+    hidden, num_classes = model.backbone.config.hidden_size, len(meta["labels"])
+    zero_shot = None
+    if model.head is None:
+        from .verbalize import zero_shot_from_meta
+        zero_shot = lambda texts: zero_shot_from_meta(model, tokenizer, texts, meta, batch_size)  # noqa: E731
+    # The teacher's files include teacher.json: its labelling settings (head or zero-shot
+    # prompt and verbalisers) and, for lora/none, the base model's fingerprint.
     teacher_hash = hash_folder(teacher_dir)
     settings = {"format": SHARD_FORMAT, "teacher": teacher_hash, "layers": layers, "attn_layers": attn_layers,
                 "dtype": str(model.backbone.dtype), "device": model.backbone.device.type,
@@ -267,7 +275,7 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
 
     parts = run_dir / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    plan = []  # (split, k, path, stamp, shapes, inputs, mask, t_max) of every shard
+    plan: list[_Shard] = []
     for name in SPLITS:
         split = getattr(dataset, name)
         if len(split.y) == 0:
@@ -275,29 +283,30 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
         inputs, mask = split_inputs(tokenizer, split, dataset.kind, meta["max_tokens"])
         t_max = mask.shape[1]
         for k, start in enumerate(range(0, len(split.y), cfg.shard_size)):
-            inp, m = inputs[start:start + cfg.shard_size], mask[start:start + cfg.shard_size]
-            n = len(m)
+            rows = slice(start, start + cfg.shard_size)
+            n = len(mask[rows])
             shapes = {"logits": (n, num_classes), **{f"hidden.{l}": (n, hidden) for l in layers},
                       **{f"attn.{l}": (n, t_max, t_max) for l in attn_layers}}
-            stamp = _shard_stamp({**settings, "t_max": t_max}, name, start, inp, m)
-            plan.append((name, k, parts / f"{name}-{k:05d}.safetensors", stamp, shapes, inp, m, t_max))
+            plan.append(_Shard(name, k, parts / f"{name}-{k:05d}.safetensors",
+                               _shard_stamp({**settings, "t_max": t_max}, name, start, inputs[rows], mask[rows]),
+                               shapes, inputs[rows], mask[rows],
+                               list(split.texts[rows]) if dataset.kind == "text" else None, t_max))
 
-    done = {i: t for i, (_, _, path, stamp, shapes, *_) in enumerate(plan)
-            if (t := _read_shard(path, stamp, shapes)) is not None}
-    total = sum(len(p[6]) for p in plan)
-    with tqdm(total=total, initial=sum(len(plan[i][6]) for i in done), unit="sample", desc="teacher extract",
-              leave=False) as bar:
-        for i, (name, k, path, stamp, _, inp, m, t_max) in enumerate(plan):
+    done = {i: t for i, shard in enumerate(plan)
+            if (t := _read_shard(shard.path, shard.stamp, shard.shapes)) is not None}
+    with tqdm(total=sum(len(s.mask) for s in plan), initial=sum(len(plan[i].mask) for i in done), unit="sample",
+              desc="teacher extract", leave=False) as bar:
+        for i, shard in enumerate(plan):
             if i in done:
                 continue
-            done[i] = _run_shard(model, inp, m, layers, attn_layers, t_max, batch_size, bar)
-            _write_shard(path, done[i], stamp)
+            done[i] = _run_shard(model, shard, layers, attn_layers, batch_size, bar, zero_shot)
+            _write_shard(shard.path, done[i], shard.stamp)
             if on_shard is not None:
-                on_shard(name, k, path)
+                on_shard(shard.split, shard.index, shard.path)
 
     tensors: dict[str, np.ndarray] = {}
     for name in SPLITS:
-        shards = [done.pop(i) for i, p in enumerate(plan) if p[0] == name]  # freed once merged
+        shards = [done.pop(i) for i, shard in enumerate(plan) if shard.split == name]  # freed once merged
         part = ({key: np.concatenate([s[key] for s in shards]) for key in shards[0]} if shards
                 else _empty_split(hidden, num_classes, layers, attn_layers))
         tensors.update({f"{name}.{key}": np.ascontiguousarray(v) for key, v in part.items()})
