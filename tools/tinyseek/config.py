@@ -105,6 +105,13 @@ class CodegenConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    kinds: list[str] = field(default_factory=list)  # noise kinds (data/noise.py); empty = the task's defaults
+    seed: int = 0  # of the noise
+    max_drop_points: float = 3.0  # goal: accuracy drop at the medium level, percentage points
+
+
+@dataclass
 class EdgeConfig:
     """The students for bigger devices (`tinyseek edge`, docs/students.md); KD uses
     distill.alpha and distill.temperature."""
@@ -139,6 +146,7 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     codegen: CodegenConfig = field(default_factory=CodegenConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -233,6 +241,7 @@ def validate(cfg: Config) -> None:
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
+    need(cfg.robustness.max_drop_points > 0, "robustness.max_drop_points must be > 0 (percentage points)")
     e = cfg.edge
     need(min(e.vocab_size - 1, e.max_len, e.hidden, e.bottleneck, e.layers, e.heads, e.ffn_stack, e.embed_dim,
              e.epochs, e.truncated_layers, e.truncated_epochs, e.batch_size) >= 1 and e.bottleneck % e.heads == 0,
