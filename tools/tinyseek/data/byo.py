@@ -2,6 +2,8 @@
 
 Both read `task.train` and an optional `task.test`; without a test file a stratified, seeded
 `task.test_fraction` of train is held out. Validation is seeded the same way from what is left.
+JSONL lines may go without a label when the classes are listed in `task.labels`: the teacher
+then labels the texts (teacher.labels = "zero-shot"); such samples have y = UNLABELED (-1).
 Every problem raises DataError naming the file, the line or sample, and the fix. NPZ files are
 read with allow_pickle=False: nothing in a data file can run code.
 """
@@ -17,6 +19,9 @@ from ..config import TaskConfig
 from .dataset import DataError, Dataset, Split, stratified_holdout, take
 
 _JSONL_EXAMPLE = '{"text": "turn on the lights", "label": "lights_on"}'
+UNLABELED = -1  # y of a sample without a label (JSONL with task.labels); its label comes from the teacher
+_UNLABELED_HINT = ('or, to let the teacher label the texts, list the classes in task.labels and set '
+                   'teacher.labels = "zero-shot" (docs/datasets.md)')
 
 
 def _existing(path: str, setting: str, what: str) -> Path:
@@ -34,8 +39,9 @@ def _label_order(labels: set[str]) -> list[str]:
 
 
 # -- JSONL --------------------------------------------------------------------------------
-def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a JSONL file; blank lines are skipped, integer labels become strings."""
+def read_jsonl(path: Path, allow_unlabeled: bool = False) -> tuple[list[str], list[str | None]]:
+    """(texts, labels) of a JSONL file; blank lines are skipped, integer labels become strings.
+    With `allow_unlabeled`, a line without "label" (or with "label": null) gets None."""
     texts, labels = [], []
     for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
@@ -52,16 +58,22 @@ def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
         if not isinstance(obj, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}; "
                             f"write one object per line like {_JSONL_EXAMPLE}")
-        missing = [k for k in ("text", "label") if k not in obj]
+        unlabeled = allow_unlabeled and obj.get("label") is None
+        missing = [k for k in ("text", "label") if k not in obj and not (k == "label" and unlabeled)]
         if missing:
+            hint = f"; {_UNLABELED_HINT}" if missing == ["label"] else ""
             raise DataError(f"{path} line {lineno}: missing key {' and '.join(repr(k) for k in missing)}; "
-                            f"each line needs both, like {_JSONL_EXAMPLE}")
-        text, label = obj["text"], obj["label"]
+                            f"each line needs both, like {_JSONL_EXAMPLE}{hint}")
+        text, label = obj["text"], obj.get("label")
         if not isinstance(text, str):
             raise DataError(f"{path} line {lineno}: 'text' must be a string, got {type(text).__name__} "
                             f"{text!r:.40}; quote it")
         if not text.strip():
             raise DataError(f"{path} line {lineno}: 'text' is empty; remove the line or give it text")
+        if unlabeled:
+            texts.append(text)
+            labels.append(None)
+            continue
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise DataError(f"{path} line {lineno}: 'label' must be a string (or an integer), got "
                             f"{type(label).__name__} {label!r:.40}")
@@ -75,25 +87,43 @@ def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def load_jsonl(cfg: TaskConfig) -> Dataset:
+def load_jsonl(cfg: TaskConfig, labels: list[str] | None = None) -> Dataset:
+    """The JSONL task. The classes are `labels`, else `cfg.labels`, else the training file's
+    labels (sorted). With classes given, lines may lack a label (y = UNLABELED) and every label
+    present must be one of them."""
     train_path = _existing(cfg.train, "task.train", f"a JSONL file with lines like {_JSONL_EXAMPLE}")
-    texts, raw = read_jsonl(train_path)
-    labels = _label_order(set(raw))
+    fixed = [str(c) for c in (labels or cfg.labels)]
+    texts, raw = read_jsonl(train_path, allow_unlabeled=bool(fixed))
+    if fixed:
+        _check_known(raw, fixed, train_path, None)
+        labels = fixed
+    else:
+        labels = _label_order(set(raw))
     _need_two_classes(labels, train_path)
     index = {name: i for i, name in enumerate(labels)}
-    full = Split(y=np.array([index[r] for r in raw], dtype=np.int64), texts=texts, x=None)
+    full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None)
     test = None
     if cfg.test:
         test_path = _existing(cfg.test, "task.test", "a JSONL test file (or leave task.test empty to hold out "
                                                      "task.test_fraction of train)")
-        t_texts, t_raw = read_jsonl(test_path)
-        unknown = _label_order(set(t_raw) - set(labels))
-        if unknown:
-            raise DataError(f"{test_path}: labels {', '.join(map(repr, unknown))} do not occur in the training file "
-                            f"{train_path} (its labels: {', '.join(labels)}); add training samples of them or "
-                            "remove them from the test file")
-        test = Split(y=np.array([index[r] for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
+        t_texts, t_raw = read_jsonl(test_path, allow_unlabeled=bool(fixed))
+        _check_known(t_raw, labels, test_path, None if fixed else train_path)
+        test = Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
     return _assemble(train_path.stem, "text", labels, full, test, cfg)
+
+
+def _check_known(raw: list[str | None], labels: list[str], path: Path, train_path: Path | None) -> None:
+    """Every label in `raw` is one of `labels`: those of task.labels (`train_path` None) or of
+    the training file `train_path`."""
+    unknown = _label_order({r for r in raw if r is not None} - set(labels))
+    if not unknown:
+        return
+    names = ", ".join(map(repr, unknown))
+    if train_path is None:
+        raise DataError(f"{path}: labels {names} are not in task.labels ({', '.join(labels)}); add them to "
+                        "task.labels or fix those lines")
+    raise DataError(f"{path}: labels {names} do not occur in the training file {train_path} (its labels: "
+                    f"{', '.join(labels)}); add training samples of them or remove them from the test file")
 
 
 # -- NPZ ----------------------------------------------------------------------------------
