@@ -60,6 +60,7 @@ def file_names(name: str, kind: str) -> dict[str, str]:
         "kernels/cortexm_dsp.c.j2": f"{name}_kernels_dsp.c",
         "kernels/helium.c.j2": f"{name}_kernels_mve.c",
         "kernels/riscv.c.j2": f"{name}_kernels_rv32.c",
+        "kernels/neon.c.j2": f"{name}_kernels_neon.c",
     }
     if kind == "text":
         files["lib/tokenizer.c.j2"] = f"{name}_tokenizer.c"

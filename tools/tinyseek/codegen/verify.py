@@ -95,21 +95,29 @@ class _Reader:
 
 
 def verify_host(model: QuantModel, lib_dir: str | Path, inputs, *, token_ids=None, every_step: bool = False,
-                cc: str = "gcc", cflags: tuple[str, ...] = (), workdir: str | Path | None = None,
-                timeout: float = 600.0) -> VerifyResult:
+                cc: str = "gcc", cflags: tuple[str, ...] = (), runner: tuple[str, ...] = (),
+                workdir: str | Path | None = None, timeout: float = 600.0) -> VerifyResult:
     """Compile the C library in `lib_dir` with the test driver, run `inputs` through it and
     compare with the oracle (see HostDriver.run)."""
     with tempfile.TemporaryDirectory(prefix="tinyseek-verify-") as tmp:
-        driver = HostDriver(model, lib_dir, Path(workdir) if workdir is not None else Path(tmp), cc=cc, cflags=cflags)
+        driver = HostDriver(model, lib_dir, Path(workdir) if workdir is not None else Path(tmp), cc=cc, cflags=cflags,
+                            runner=runner)
         return driver.run(inputs, token_ids=token_ids, every_step=every_step, timeout=timeout)
 
 
 class HostDriver:
-    """The library compiled once with the test driver; `run` may be called many times."""
+    """The library compiled once with the test driver; `run` may be called many times.
+
+    `runner` is a command the driver runs under, e.g. ("qemu-aarch64", "-cpu", "cortex-a76") for
+    a driver cross-compiled with cc="aarch64-linux-gnu-gcc", cflags=("-static", ...)."""
 
     def __init__(self, model: QuantModel, lib_dir: str | Path, workdir: str | Path, *, cc: str = "gcc",
-                 cflags: tuple[str, ...] = ()):
+                 cflags: tuple[str, ...] = (), runner: tuple[str, ...] = ()):
         self.model, self.lib_dir, self.work = model, Path(lib_dir), Path(workdir)
+        self.runner = tuple(runner)
+        if self.runner and shutil.which(self.runner[0]) is None:
+            raise VerifyError(f"'{self.runner[0]}' (the runner of the test driver) not found on PATH; install it: "
+                              "sudo apt-get install -y qemu-user (or run tools/setup/system-packages.sh)")
         lib_hash, want = _library_hash(self.lib_dir, model), model.model_hash()
         if lib_hash != want:
             raise VerifyError(f"{self.lib_dir} was generated from model hash {lib_hash}, not {want}: "
@@ -154,8 +162,8 @@ class HostDriver:
                 blob += struct.pack("<I", x.shape[0]) + x.tobytes()
         in_file, out_file = self.work / "in.bin", self.work / "out.bin"
         in_file.write_bytes(bytes(blob))
-        proc = subprocess.run([str(self.exe), str(in_file), str(out_file)], capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run([*self.runner, str(self.exe), str(in_file), str(out_file)], capture_output=True,
+                              text=True, timeout=timeout)
         if proc.returncode != 0:
             raise VerifyError(f"the test driver failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
         r = _Reader(out_file.read_bytes())
