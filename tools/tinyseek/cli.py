@@ -74,6 +74,14 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robustness", help="accuracy of teacher, float and int8 student on noisy copies of the test "
                                           "split -> robustness.json/.md")
     _common(p)  # --force is accepted but changes nothing: robustness always measures anew
+    p = sub.add_parser("search", help="the smallest student within a board's flash, RAM and latency budget that keeps "
+                                      "a share of the teacher's accuracy -> models/<run>/search/")
+    _common(p)  # --force retrains candidates already scored
+    p.add_argument("--board", help="board profile whose clock, flash and RAM apply (default: search.board)")
+    p.add_argument("--latency-ms", type=float, help="worst-case latency budget, ms (default: search.latency_ms)")
+    p.add_argument("--flash-kb", type=float, help="the model's flash budget, KB (default: search.flash_kb)")
+    p.add_argument("--ram-kb", type=float, help="the model's RAM budget, KB (default: search.ram_kb)")
+    p.add_argument("--target", type=float, help="int8 / teacher validation accuracy to reach (default: search.target)")
     return parser
 
 
@@ -100,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
             r = run.cfg.robustness
             evaluate_robustness(run, r.kinds, r.seed, r.max_drop_points)
             print((run.dir / "robustness.md").read_text())
+        elif args.command == "search":
+            from .distill.search import search_run
+            flags = {"board": args.board, "latency_ms": args.latency_ms, "flash_kb": args.flash_kb,
+                     "ram_kb": args.ram_kb, "target": args.target}
+            sets = {**_overrides(args.set), **{f"search.{k}": v for k, v in flags.items() if v is not None}}
+            result = search_run(Run(load(args.config, sets)), force=args.force)
+            print((result.folder / "search.md").read_text())
+            if result.chosen is None:
+                return 1
         elif args.command == "edge":
             from .distill.edge import build_edge
             run.stage("teacher")

@@ -136,6 +136,23 @@ class EdgeConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`tinyseek search` (docs/distillation.md, "Budget-aware student search"): the smallest student
+    of the grid below whose int8 model keeps `target` of the teacher's validation accuracy."""
+    board: str = "qemu_m4"  # board profile (codegen/boards/): clock, flash, RAM, kernel cost coefficients
+    flash_kb: float = 0.0  # the model's flash budget, KB (0: the board's flash)
+    ram_kb: float = 0.0  # the model's RAM budget incl. stack allowance, KB (0: the board's RAM)
+    latency_ms: float = 0.0  # worst-case (student.max_len steps) latency at the board's clock (0: no limit)
+    target: float = 0.95  # int8 validation accuracy / the teacher's
+    hidden: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64, 96])
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+    embed_dim: list[int] = field(default_factory=lambda: [16, 32])
+    vocab_size: list[int] = field(default_factory=lambda: [256, 512, 1024])  # text tasks only
+    epochs: int = 10  # distillation epochs per candidate (0: distill.epochs)
+    max_candidates: int = 8  # students trained at most
+
+
+@dataclass
 class Config:
     run: str = "intents"
     models_dir: str = "models"
@@ -147,6 +164,7 @@ class Config:
     codegen: CodegenConfig = field(default_factory=CodegenConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -248,6 +266,16 @@ def validate(cfg: Config) -> None:
          "edge: sizes, epochs and batch_size must be >= 1, vocab_size >= 2, bottleneck a multiple of heads")
     need(e.lr > 0 and e.truncated_lr > 0 and e.attention_weight >= 0,
          "edge.lr and edge.truncated_lr must be > 0, edge.attention_weight >= 0")
+    sc = cfg.search
+    need(min(sc.flash_kb, sc.ram_kb, sc.latency_ms) >= 0 and 0 < sc.target <= 2 and sc.epochs >= 0
+         and sc.max_candidates >= 1, "search: flash_kb, ram_kb, latency_ms and epochs must be >= 0 (0: no limit / "
+         "distill.epochs), target in (0, 2], max_candidates >= 1")
+    need(all(bool(v) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+             for v in (sc.hidden, sc.layers, sc.embed_dim, sc.vocab_size))
+         and min(sc.hidden + sc.embed_dim) >= 1 and max(sc.hidden + sc.embed_dim) <= 1024
+         and set(sc.layers) <= {1, 2} and min(sc.vocab_size) >= 2 and max(sc.vocab_size) <= 65535,
+         "search.hidden / embed_dim must be lists of integers 1..1024, search.layers of 1 and 2, "
+         "search.vocab_size of integers 2..65535 (none of them empty)")
     name = cfg.model_name
     need(bool(_C_IDENT.fullmatch(name)) and len(name) <= 32 and name not in _C_KEYWORDS,
          f"model name {name!r} must be a C identifier (not a keyword) of at most 32 ASCII characters; "
