@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,13 @@ def entry(rows: list[dict]) -> dict:
             "kernels_hash": kernels_hash(), "classes": TASK.num_classes, "measurements": rows}
 
 
+def dump(data: dict) -> str:
+    """JSON with every innermost object (a measurement, a coefficient set) on one line, so a
+    refit's diff shows which figures moved."""
+    text = json.dumps(data, indent=1)
+    return re.sub(r"\{[^{}]*\}", lambda m: json.dumps(json.loads(m.group())), text) + "\n"
+
+
 def markdown(data: dict) -> str:
     lines = ["Latency model of `tinyseek search`: instructions per inference = a * MACs + b * units * steps + "
              f"c * steps + d, fitted on {len(SHAPES)} random text students ({TASK.num_classes} classes) x "
@@ -142,7 +150,7 @@ def main() -> None:
             data["boards"][env] = {**entry(old["measurements"]), "kernels_hash": old["kernels_hash"]}
         else:
             data["boards"][env] = entry(measure(env, Path(args.work) / env))
-        out.write_text(json.dumps(data, indent=1) + "\n")  # after each board: a later failure keeps it
+        out.write_text(dump(data))  # after each board: a later failure keeps it
     md = markdown(data)
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
