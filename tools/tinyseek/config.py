@@ -83,11 +83,31 @@ class StudentConfig:
 
 @dataclass
 class DistillConfig:
+    """docs/distillation.md: the schedules, the layer mapping, the feedback rounds."""
+    schedule: str = "joint"  # joint (one loss) | progressive (features, then logits, then hard labels)
+    # joint: alpha * KL(T) + (1 - alpha) * hard labels + beta * features, for `epochs`.
     alpha: float = 0.7  # weight of the KL term (1 - alpha on the hard labels)
     temperature: float = 4.0
     beta: float = 0.1  # weight of feature matching
-    feature_layer: int = -1  # which cached teacher layer the student's state is matched to
     epochs: int = 30
+    # Feature matching: "teacher:student" layer pairs, e.g. "12:0, 24:1, 36:2"; empty = every
+    # cached teacher layer spread evenly over the student's LSTM layers, the last to the last.
+    layer_map: str = ""
+    feature_loss: str = "cosine"  # cosine | mse, between the projected student and the teacher state
+    # progressive: stage 1 features only; stage 2 KL with T annealed temperature_start ->
+    # temperature_end plus hard labels at hard_weight; stage 3 hard labels at stage3_lr.
+    stage1_epochs: int = 8
+    stage2_epochs: int = 24
+    stage3_epochs: int = 6
+    temperature_start: float = 8.0
+    temperature_end: float = 1.0
+    hard_weight: float = 0.1
+    stage3_lr: float = 3e-4
+    # Feedback: rounds re-running the classifier stages after re-weighting (weight x feedback_weight)
+    # or re-labelling (the teacher's prediction) the training samples student and teacher disagree on.
+    feedback_rounds: int = 0
+    feedback: str = "reweight"  # reweight | relabel
+    feedback_weight: float = 3.0
     lr: float = 3e-3
     batch_size: int = 64
     seed: int = 0
@@ -259,6 +279,20 @@ def validate(cfg: Config) -> None:
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
+    d = cfg.distill
+    need(d.schedule in ("joint", "progressive") and d.feedback in ("reweight", "relabel")
+         and d.feature_loss in ("cosine", "mse"),
+         "distill.schedule must be joint or progressive, distill.feedback reweight or relabel, "
+         "distill.feature_loss cosine or mse")
+    need(bool(re.fullmatch(r"\s*(\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*)?", d.layer_map)),
+         f"distill.layer_map must be \"teacher:student\" pairs like \"12:0, 24:1\" (or empty), not {d.layer_map!r}")
+    need(min(d.stage1_epochs, d.stage2_epochs, d.stage3_epochs, d.feedback_rounds) >= 0
+         and d.stage2_epochs + d.stage3_epochs >= 1, "distill: stage epochs and feedback_rounds must be >= 0, "
+         "stage2_epochs + stage3_epochs >= 1")
+    need(0 < d.temperature_end <= d.temperature_start and 0.0 <= d.hard_weight <= 1.0
+         and d.stage3_lr > 0 and d.feedback_weight > 0,
+         "distill: 0 < temperature_end <= temperature_start, hard_weight in [0, 1], stage3_lr and "
+         "feedback_weight > 0")
     need(cfg.robustness.max_drop_points > 0, "robustness.max_drop_points must be > 0 (percentage points)")
     e = cfg.edge
     need(min(e.vocab_size - 1, e.max_len, e.hidden, e.bottleneck, e.layers, e.heads, e.ffn_stack, e.embed_dim,

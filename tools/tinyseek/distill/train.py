@@ -1,5 +1,12 @@
 """The distill stage: train TinyLSTM on the teacher's knowledge cache -> `<run>/student/`.
 
+What is trained in which order is the schedule (schedule.py, docs/distillation.md): `joint`
+(one loss: KL on the teacher's logits, hard labels, feature matching) or `progressive`
+(features, then annealed logits, then a hard-label fine-tune), optionally followed by feedback
+rounds on the samples where student and teacher disagree. Feature matching maps cached
+teacher layers to student LSTM layers (distill.layer_map), each pair through its own learned
+projection (student width -> teacher width); the projections are training-only.
+
 The student is later quantized to int8 (docs/numerics.md): hidden state Q0.7, gate
 pre-activations Q3.12 (saturating at +-8) and an int16 cell state whose range shrinks as its
 precision grows. So training keeps values modest: decoupled weight decay (AdamW), gradient
@@ -13,21 +20,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from ..student.tinylstm import StudentSpec, TinyLSTM, export_params, exported_state, save_student, split_inputs
-from .losses import distill_loss
+from .losses import stage_loss
+from .schedule import DistillError, Stage, annealed_temperature, check, feedback_targets, logit_stages, plan, resolve_layer_map
 
 EVAL_BATCH = 512
-
-
-class DistillError(ValueError):
-    """The knowledge cache or the dataset does not fit the distillation."""
 
 
 # -- knowledge cache ----------------------------------------------------------------------
@@ -50,11 +56,9 @@ def cached_layers(meta: dict[str, str] | None, keys, split: str = "train") -> li
     return sorted(int(k[len(prefix):]) for k in keys if k.startswith(prefix) and k[len(prefix):].isdigit())
 
 
-def load_knowledge(path: str | Path, split: str, feature_layer: int | None) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-    """(logits [N, C], hidden [N, D] of the chosen layer or None, that layer's number).
-
-    feature_layer indexes the cached layers (-1 = the last one); None skips the hidden states.
-    """
+def _read_cache(path: str | Path, split: str, pick) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(logits [N, C], {layer: hidden [N, D]} for the layers pick(cached layers) names);
+    pick = None reads no hidden states."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -63,42 +67,76 @@ def load_knowledge(path: str | Path, split: str, feature_layer: int | None) -> t
     try:
         with safe_open(str(path), framework="numpy") as f:
             keys = set(f.keys())
-            meta = f.metadata()
             if f"{split}.logits" not in keys:
                 raise DistillError(f"{path} has no '{split}.logits'; re-run `tinyseek teacher`")
             logits = f.get_tensor(f"{split}.logits").astype(np.float32)
-            if feature_layer is None:
-                return logits, None, None
-            layers = cached_layers(meta, keys, split)
-            if not layers:
-                raise DistillError(f"{path} caches no hidden states ('{split}.hidden.<layer>'); set distill.beta = 0 "
-                                   "or re-run `tinyseek teacher` with teacher.layers")
-            if not -len(layers) <= feature_layer < len(layers):
-                raise DistillError(f"distill.feature_layer = {feature_layer} is out of range: the cache holds "
-                                   f"{len(layers)} layers {layers} (use 0..{len(layers) - 1} or -1 for the last)")
-            layer = layers[feature_layer]
-            key = f"{split}.hidden.{layer}"
-            if key not in keys:
-                raise DistillError(f"{path} lists layer {layer} but has no '{key}'; re-run `tinyseek teacher`")
-            hidden = f.get_tensor(key).astype(np.float32)
+            layers = cached_layers(f.metadata(), keys, split)
+            hidden = {}
+            for layer in (pick(layers) if pick is not None else []):
+                key = f"{split}.hidden.{layer}"
+                if key not in keys:
+                    raise DistillError(f"{path} lists layer {layer} but has no '{key}'; re-run `tinyseek teacher`")
+                hidden[layer] = f.get_tensor(key).astype(np.float32)
     except DistillError:
         raise
     except Exception as e:  # safetensors' own errors for a corrupt file
         raise DistillError(f"{path} is not a readable knowledge cache ({e}); re-run `tinyseek teacher`") from e
-    if hidden.ndim != 2 or hidden.shape[0] != logits.shape[0]:
-        raise DistillError(f"{path}: '{key}' has shape {list(hidden.shape)}, expected [{logits.shape[0]}, D]")
-    return logits, hidden, layer
+    for layer, h in hidden.items():
+        if h.ndim != 2 or h.shape[0] != logits.shape[0]:
+            raise DistillError(f"{path}: '{split}.hidden.{layer}' has shape {list(h.shape)}, "
+                               f"expected [{logits.shape[0]}, D]")
+    return logits, hidden
+
+
+def load_knowledge(path: str | Path, split: str, feature_layer: int | None) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    """(logits [N, C], hidden [N, D] of one cached layer or None, that layer's number).
+
+    feature_layer indexes the cached layers (-1 = the last one); None skips the hidden states.
+    """
+    def pick(layers):
+        if not layers:
+            raise DistillError(f"{path} caches no hidden states ('{split}.hidden.<layer>'); set distill.beta = 0 "
+                               "or re-run `tinyseek teacher` with teacher.layers")
+        if not -len(layers) <= feature_layer < len(layers):
+            raise DistillError(f"feature_layer = {feature_layer} is out of range: the cache holds "
+                               f"{len(layers)} layers {layers} (use 0..{len(layers) - 1} or -1 for the last)")
+        return [layers[feature_layer]]
+
+    logits, hidden = _read_cache(path, split, pick if feature_layer is not None else None)
+    if not hidden:
+        return logits, None, None
+    (layer, h), = hidden.items()
+    return logits, h, layer
+
+
+def load_features(path: str | Path, split: str, layer_map: str,
+                  student_layers: int) -> tuple[np.ndarray, list[tuple[int, int]], dict[int, np.ndarray]]:
+    """(logits [N, C], the (teacher layer, student layer) pairs of distill.layer_map checked
+    against the cache, {teacher layer: hidden [N, D]})."""
+    pairs: list[tuple[int, int]] = []
+
+    def pick(layers):
+        pairs.extend(resolve_layer_map(layer_map, layers, student_layers))
+        return [t for t, _ in pairs]
+
+    logits, hidden = _read_cache(path, split, pick)
+    return logits, pairs, hidden
 
 
 # -- inference ----------------------------------------------------------------------------
 
 @torch.no_grad()
+def predict_inputs(model: TinyLSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The float student's logits for model inputs, in evaluation batches."""
+    model.eval()
+    out = [model(x[i : i + EVAL_BATCH], lengths[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]
+    return torch.cat(out) if out else torch.zeros(0, model.spec.num_classes)
+
+
+@torch.no_grad()
 def predict_logits(model: TinyLSTM, spec: StudentSpec, split) -> np.ndarray:
     """The float student's logits for a data split, float32 [N, C]."""
-    model.eval()
-    x, lengths = split_inputs(split, spec)
-    out = [model(x[i : i + EVAL_BATCH], lengths[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]
-    return torch.cat(out).numpy() if out else np.zeros((0, spec.num_classes), np.float32)
+    return predict_inputs(model, *split_inputs(split, spec)).numpy()
 
 
 def evaluate(model: TinyLSTM, spec: StudentSpec, split) -> float:
@@ -149,87 +187,127 @@ def drop_tokens(ids: torch.Tensor, lengths: torch.Tensor, p: float, gen: torch.G
     return out, keep.sum(1)
 
 
-def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, *,
-            weight_decay: float = 1e-2, clip_norm: float = 1.0, min_lr_ratio: float = 0.05,
-            word_dropout: float = 0.2,
-            cell_bound: float = 4.0, cell_weight: float = 1.0, progress: bool = True) -> Path:
-    """Train the student from the knowledge cache; write `<run_dir>/student/` (student.safetensors,
-    student.json, history.json) with the epoch of best validation accuracy, and return it.
+def layer_states(model: TinyLSTM, x: torch.Tensor, lengths: torch.Tensor,
+                 cells: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(h, c): every LSTM layer's hidden state at each sample's last real step, [layers, N, H]
+    (zeros for length 0; h[-1] is `TinyLSTM.encode`), and with cells=True every layer's cell
+    state at every real step, [N, T, layers, H], as `TinyLSTM.cell_states` gives it.
 
-    AdamW (cfg.distill.lr, weight_decay), gradient norm clipped to clip_norm, cosine decay of
-    the learning rate to min_lr_ratio * lr. word_dropout (text tasks) removes each token of a
-    training sample with that probability. cell_weight scales mean(relu(|c| - cell_bound)^2)
-    over every layer's cell state at every real step (0 turns it off and trains with the
-    ~3x faster fused LSTM). Deterministic for a given distill.seed: one thread, deterministic
-    algorithms, seeded shuffling and dropout.
+    With cells the LSTM is stepped one element at a time (nn.LSTM returns only the final cell
+    state); without, one packed call gives each layer's state at each sample's own last step.
     """
-    d = cfg.distill
-    run_dir = Path(run_dir)
-    spec = make_spec(dataset, cfg)
-    train, val = dataset.train, dataset.val
-    y = torch.as_tensor(np.asarray(train.y), dtype=torch.long)
-    n = len(y)
-    if n == 0:
-        raise DistillError("the training split is empty")
-    if d.epochs < 1 or d.batch_size < 1 or d.lr <= 0:
-        raise DistillError(f"distill.epochs and distill.batch_size must be >= 1 and distill.lr > 0 "
-                           f"(got {d.epochs}, {d.batch_size}, {d.lr})")
-    if int(y.min()) < 0 or int(y.max()) >= spec.num_classes:
-        raise DistillError(f"training labels must be in 0..{spec.num_classes - 1}")
+    n, L, H = x.shape[0], model.spec.layers, model.spec.hidden
+    lengths = lengths.to(torch.long)
+    t_max = int(lengths.max()) if n else 0
+    if t_max == 0:
+        return torch.zeros(L, n, H), (torch.zeros(n, 0, L, H) if cells else None)
+    inp = model._input(x[:, :t_max])
+    if not cells:
+        packed = nn.utils.rnn.pack_padded_sequence(inp, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
+        _, (h, _) = model.lstm(packed)
+        return h * (lengths > 0).view(1, n, 1).to(h.dtype), None
+    h = torch.zeros(L, n, H)
+    c = torch.zeros_like(h)
+    steps = []
+    for t in range(t_max):
+        _, (h_new, c_new) = model.lstm(inp[:, t : t + 1], (h, c))
+        live = (t < lengths).view(1, n, 1)
+        # Finished samples keep their state, so h ends at each sample's own last step.
+        h, c = torch.where(live, h_new, h), torch.where(live, c_new, c)
+        steps.append(torch.where(live, c_new, 0.0).permute(1, 0, 2))
+    return h, torch.stack(steps, dim=1)
 
-    t_logits, t_hidden, layer = load_knowledge(knowledge_path, "train", d.feature_layer if d.beta else None)
-    if t_logits.shape != (n, spec.num_classes):
-        raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
-                           f"[{n}, {spec.num_classes}] for this dataset; the cache is from another task or "
-                           "split, re-run `tinyseek teacher`")
-    teacher_logits = torch.from_numpy(t_logits)
-    teacher_feat = _standardize(t_hidden) if t_hidden is not None else None
 
-    x, lengths = split_inputs(train, spec)
-    vx, vlen = split_inputs(val, spec) if len(val.y) else (None, None)
-    vy = torch.as_tensor(np.asarray(val.y), dtype=torch.long)
+@dataclass
+class Distilled:
+    """What training returns: the float student (best epoch restored), its spec and the
+    summary written to history.json."""
+    model: TinyLSTM
+    spec: StudentSpec
+    summary: dict
 
-    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)  # one thread: bit-identical reruns, and the other core stays free
-    torch.use_deterministic_algorithms(True)
-    try:
-        torch.manual_seed(d.seed)
-        gen = torch.Generator().manual_seed(d.seed)
-        model = TinyLSTM(spec, teacher_dim=teacher_feat.shape[1] if teacher_feat is not None else None)
-        opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=weight_decay)
+
+class Trainer:
+    """The state every stage shares: the model, the feature projections (one per mapped layer
+    pair, student width -> teacher width, training-only), the training data with the teacher's
+    logits and standardized features, the history and the best epoch so far. `prepare` makes
+    one; `run` trains one stage."""
+
+    def __init__(self, model: TinyLSTM, proj: nn.ModuleDict, pairs: list[tuple[int, int]], train: tuple,
+                 val: tuple, t_logits: np.ndarray, t_feats: dict[int, torch.Tensor], d, *, weight_decay: float,
+                 clip_norm: float, min_lr_ratio: float, word_dropout: float, cell_bound: float, cell_weight: float,
+                 progress: bool):
+        self.model, self.spec, self.proj, self.pairs, self.d = model, model.spec, proj, pairs, d
+        self.x, self.lengths, self.y = train
+        self.vx, self.vlen, self.vy = val
+        self.t_logits_np, self.t_logits, self.t_feats = t_logits, torch.from_numpy(t_logits), t_feats
+        self.gen = torch.Generator().manual_seed(d.seed)
+        self.weight_decay, self.clip_norm, self.min_lr_ratio = weight_decay, clip_norm, min_lr_ratio
+        self.word_dropout, self.cell_bound, self.cell_weight = word_dropout, cell_bound, cell_weight
+        self.bar = tqdm(desc="distill", unit="step", disable=not progress, leave=False)
+        self.history: list[dict] = []
+        self.best_key, self.best_state, self.best_epoch = None, None, 0
+
+    def params(self, stage: Stage) -> list[nn.Parameter]:
+        """What a stage trains: the encoder always, the head only with a logit term, the
+        projections only with a feature term (AdamW would otherwise still decay the rest)."""
+        m = self.model
+        out = [p for name, p in m.named_parameters() if not name.startswith("head.")]
+        if stage.trains_head:
+            out += list(m.head.parameters())
+        if stage.feature:
+            out += list(self.proj.parameters())
+        return out
+
+    def run(self, stage: Stage, labels: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+            round_: int = 0) -> None:
+        """Train one stage for its epochs: hard labels `labels` (None: the dataset's), per-sample
+        loss weights `weights` (None: all 1)."""
+        model, spec, d = self.model, self.spec, self.d
+        labels = self.y if labels is None else labels
+        n = len(labels)
+        if stage.feature and not self.pairs:
+            raise DistillError(f"stage '{stage.name}' matches features but no teacher layer is mapped")
+        opt = torch.optim.AdamW(self.params(stage), lr=stage.lr, weight_decay=self.weight_decay)
         batches = math.ceil(n / d.batch_size)
-        total_steps = max(1, d.epochs * batches)
-        # Cosine decay from lr to min_lr_ratio * lr over all steps.
+        total = max(1, stage.epochs * batches)
+        lo = self.min_lr_ratio
+        # Cosine decay from the stage's lr to min_lr_ratio of it over the stage.
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-
-        history: list[dict] = []
-        best_key, best_state, best_epoch = None, None, 0
-        bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not progress, leave=False)
-        for epoch in range(1, d.epochs + 1):
+            opt, lambda s: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self.bar.total = (self.bar.total or 0) + stage.epochs * batches
+        for e in range(1, stage.epochs + 1):
+            T = annealed_temperature(*stage.temperature, e, stage.epochs)
             model.train()
             sums = {"total": 0.0, "kl": 0.0, "ce": 0.0, "feature": 0.0, "cell": 0.0}
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=self.gen)
             for b in range(batches):
                 idx = perm[b * d.batch_size : (b + 1) * d.batch_size]
-                xb, lb = x[idx], lengths[idx]
-                if word_dropout and spec.kind == "text":
-                    xb, lb = drop_tokens(xb, lb, word_dropout, gen)
-                if cell_weight:
-                    last, cells = model.cell_states(xb, lb)
-                    real = max(1, int(lb.sum()) * spec.layers * spec.hidden)
-                    cell_pen = F.relu(cells.abs() - cell_bound).pow(2).sum() / real
+                xb, lb = self.x[idx], self.lengths[idx]
+                if self.word_dropout and spec.kind == "text":
+                    xb, lb = drop_tokens(xb, lb, self.word_dropout, self.gen)
+                if self.cell_weight or stage.feature:
+                    h, cells = layer_states(model, xb, lb, cells=bool(self.cell_weight))
+                    last = h[-1]
                 else:
-                    last, cell_pen = model.encode(xb, lb), torch.zeros(())
-                logits = model.head(last)
-                feat = model.feature_proj(last) if teacher_feat is not None else None
-                loss, parts = distill_loss(logits, teacher_logits[idx], y[idx], feat,
-                                           teacher_feat[idx] if teacher_feat is not None else None,
-                                           alpha=d.alpha, T=d.temperature, beta=d.beta)
-                loss = loss + cell_weight * cell_pen
+                    last, cells = model.encode(xb, lb), None
+                if cells is not None:
+                    real = max(1, int(lb.sum()) * spec.layers * spec.hidden)
+                    cell_pen = F.relu(cells.abs() - self.cell_bound).pow(2).sum() / real
+                else:
+                    cell_pen = torch.zeros(())
+                s_feat = t_feat = None
+                if stage.feature:
+                    s_feat = [self.proj[str(t)](h[s]) for t, s in self.pairs]
+                    t_feat = [self.t_feats[t][idx] for t, _ in self.pairs]
+                loss, parts = stage_loss(model.head(last), self.t_logits[idx], labels[idx], s_feat, t_feat,
+                                         kl=stage.kl, ce=stage.ce, feature=stage.feature, T=T,
+                                         feature_kind=d.feature_loss,
+                                         sample_weight=weights[idx] if weights is not None else None)
+                loss = loss + self.cell_weight * cell_pen
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], self.clip_norm)
                 opt.step()
                 sched.step()
                 w = len(idx) / n
@@ -237,44 +315,146 @@ def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, *,
                 parts["cell"] = float(cell_pen.detach())
                 for k in sums:
                     sums[k] += w * parts[k]
-                bar.update(1)
+                self.bar.update(1)
+            self._end_epoch(stage, e, round_, T, opt.param_groups[0]["lr"], sums)
 
-            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{f"loss_{k}": v for k, v in sums.items()}}
-            if vx is not None:
-                model.eval()
-                with torch.no_grad():
-                    vlogits = torch.cat([model(vx[i : i + EVAL_BATCH], vlen[i : i + EVAL_BATCH])
-                                         for i in range(0, len(vx), EVAL_BATCH)])
-                row["val_accuracy"] = float((vlogits.argmax(1) == vy).float().mean())
-                row["val_ce"] = float(F.cross_entropy(vlogits, vy))
-                # Best accuracy; among equal accuracies the lower validation loss (more margin).
-                key = (row["val_accuracy"], -row["val_ce"])
-            else:
-                key = (epoch, 0.0)  # no validation split: keep the last epoch
-            history.append(row)
-            if best_key is None or key > best_key:
-                best_key, best_epoch = key, epoch
-                best_state = {k: v.clone() for k, v in exported_state(model).items()}
-            bar.set_postfix(loss=f"{sums['total']:.3f}", val=f"{row.get('val_accuracy', float('nan')):.3f}")
-        bar.close()
+    def _end_epoch(self, stage: Stage, e: int, round_: int, T: float, lr: float, sums: dict) -> None:
+        row = {"epoch": len(self.history) + 1, "round": round_, "stage": stage.name, "stage_epoch": e,
+               "lr": lr, "temperature": T, **{f"loss_{k}": v for k, v in sums.items()}}
+        if self.vx is not None:
+            vlogits = predict_inputs(self.model, self.vx, self.vlen)
+            row["val_accuracy"] = float((vlogits.argmax(1) == self.vy).float().mean())
+            row["val_ce"] = float(F.cross_entropy(vlogits, self.vy))
+            # Best accuracy; among equal accuracies the lower validation loss (more margin).
+            key = (row["val_accuracy"], -row["val_ce"])
+        else:
+            key = (row["epoch"], 0.0)  # no validation split: keep the last epoch
+        self.history.append(row)
+        if stage.select and (self.best_key is None or key > self.best_key):
+            self.best_key, self.best_epoch = key, row["epoch"]
+            self.best_state = {k: v.clone() for k, v in exported_state(self.model).items()}
+        self.bar.set_postfix(stage=stage.name, loss=f"{sums['total']:.3f}",
+                             val=f"{row.get('val_accuracy', float('nan')):.3f}")
 
-        model.load_state_dict(best_state, strict=False)
-        model.eval()
-        cells = max_abs_cell(model, x, lengths)
+    def restore_best(self) -> None:
+        """Load the best epoch so far into the model (a round ends there)."""
+        self.model.load_state_dict(self.best_state, strict=False)
+        self.model.eval()
+
+    def feedback(self, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The feedback step on the current model: (labels, weights, disagree mask) for the next
+        round, from feedback_targets with distill.feedback and distill.feedback_weight."""
+        student = predict_inputs(self.model, self.x, self.lengths).numpy()
+        return feedback_targets(labels, weights, self.t_logits_np, student, self.d.feedback, self.d.feedback_weight)
+
+
+def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
+            min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
+            cell_weight: float = 1.0, progress: bool = True) -> Trainer:
+    """Check the settings against the dataset and the cache, read the teacher's train-split
+    knowledge (the hidden states only if a stage matches features) and make the seeded student
+    and its projections; train_student documents the options."""
+    d = cfg.distill
+    spec = make_spec(dataset, cfg)
+    train, val = dataset.train, dataset.val
+    y = torch.as_tensor(np.asarray(train.y), dtype=torch.long)
+    n = len(y)
+    if n == 0:
+        raise DistillError("the training split is empty")
+    if d.epochs < 1 or d.batch_size < 1 or d.lr <= 0 or d.stage3_lr <= 0:
+        raise DistillError(f"distill.epochs and distill.batch_size must be >= 1, distill.lr and distill.stage3_lr > 0 "
+                           f"(got {d.epochs}, {d.batch_size}, {d.lr}, {d.stage3_lr})")
+    if int(y.min()) < 0 or int(y.max()) >= spec.num_classes:
+        raise DistillError(f"training labels must be in 0..{spec.num_classes - 1}")
+    check(d)
+    if any(s.feature for s in plan(d) + logit_stages(d)):
+        t_logits, pairs, hidden = load_features(knowledge_path, "train", d.layer_map, spec.layers)
+    else:
+        t_logits, pairs, hidden = load_knowledge(knowledge_path, "train", None)[0], [], {}
+    if t_logits.shape != (n, spec.num_classes):
+        raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
+                           f"[{n}, {spec.num_classes}] for this dataset; the cache is from another task or "
+                           "split, re-run `tinyseek teacher`")
+    x, lengths = split_inputs(train, spec)
+    vx, vlen = split_inputs(val, spec) if len(val.y) else (None, None)
+    vy = torch.as_tensor(np.asarray(val.y), dtype=torch.long)
+    torch.manual_seed(d.seed)
+    model = TinyLSTM(spec)
+    proj = nn.ModuleDict({str(t): nn.Linear(spec.hidden, hidden[t].shape[1]) for t, _ in pairs})
+    return Trainer(model, proj, pairs, (x, lengths, y), (vx, vlen, vy), t_logits,
+                   {t: _standardize(h) for t, h in hidden.items()}, d, weight_decay=weight_decay,
+                   clip_norm=clip_norm, min_lr_ratio=min_lr_ratio, word_dropout=word_dropout,
+                   cell_bound=cell_bound, cell_weight=cell_weight, progress=progress)
+
+
+def train_student(dataset, knowledge_path: str | Path, cfg, *,
+                  weight_decay: float = 1e-2, clip_norm: float = 1.0, min_lr_ratio: float = 0.05,
+                  word_dropout: float = 0.2, cell_bound: float = 4.0, cell_weight: float = 1.0,
+                  progress: bool = True) -> Distilled:
+    """Train the student of cfg.student from the knowledge cache with the schedule of
+    cfg.distill; no files written. The returned model is the epoch of best validation accuracy
+    among the stages that train the classifier (every round's).
+
+    Each stage: AdamW (its lr, weight_decay), gradient norm clipped to clip_norm, cosine decay
+    of the learning rate to min_lr_ratio * lr over the stage. word_dropout (text tasks) removes
+    each token of a training sample with that probability. cell_weight scales
+    mean(relu(|c| - cell_bound)^2) over every layer's cell state at every real step (0 turns it
+    off and trains with the ~3x faster fused LSTM). Each round ends at its best epoch; a
+    feedback round starts from there. Deterministic for a given distill.seed: one thread,
+    deterministic algorithms, seeded shuffling and dropout.
+    """
+    d = cfg.distill
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # one thread: bit-identical reruns, and the other core stays free
+    torch.use_deterministic_algorithms(True)
+    try:
+        tr = prepare(dataset, knowledge_path, cfg, weight_decay=weight_decay, clip_norm=clip_norm,
+                     min_lr_ratio=min_lr_ratio, word_dropout=word_dropout, cell_bound=cell_bound,
+                     cell_weight=cell_weight, progress=progress)
+        labels, weights = tr.y.numpy(), np.ones(len(tr.y), np.float32)
+        feedback = []
+        for round_ in range(d.feedback_rounds + 1):
+            stages = plan(d)
+            if round_:
+                before = evaluate(tr.model, tr.spec, dataset.train)
+                labels, weights, disagree = tr.feedback(labels, weights)
+                feedback.append({"round": round_, "mode": d.feedback, "disagree": int(disagree.sum()),
+                                 "train_accuracy_before": before})
+                stages = logit_stages(d)
+            w = torch.from_numpy(weights) if d.feedback == "reweight" and round_ else None
+            for stage in stages:
+                tr.run(stage, torch.from_numpy(labels), w, round_)
+            tr.restore_best()
+        tr.bar.close()
+        cells = max_abs_cell(tr.model, tr.x, tr.lengths)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
 
-    out = save_student(model, spec, run_dir / "student")
+    history, pairs, spec = tr.history, tr.pairs, tr.spec
     summary = {
+        "schedule": d.schedule,
         "epochs": history,
-        "best_epoch": best_epoch,
-        "best_val_accuracy": history[best_epoch - 1].get("val_accuracy"),
-        "train_accuracy": evaluate(model, spec, train),
+        "best_epoch": tr.best_epoch,
+        "best_stage": history[tr.best_epoch - 1]["stage"],
+        "best_val_accuracy": history[tr.best_epoch - 1].get("val_accuracy"),
+        "train_accuracy": evaluate(tr.model, spec, dataset.train),
         "max_abs_cell": cells,
         "cell_bound": cell_bound,
-        "teacher_layer": layer,
-        "params": export_params(model),
+        "layer_map": [list(p) for p in pairs],
+        # The deepest teacher layer matched to the student's top layer (None: no feature matching).
+        "teacher_layer": max((t for t, s in pairs if s == spec.layers - 1), default=None),
+        "feedback": feedback,
+        "params": export_params(tr.model),
     }
-    (out / "history.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return Distilled(tr.model, spec, summary)
+
+
+def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, **options) -> Path:
+    """Train the student from the knowledge cache (train_student, whose keyword options this
+    takes) and write `<run_dir>/student/` (student.safetensors, student.json, history.json);
+    return that folder."""
+    result = train_student(dataset, knowledge_path, cfg, **options)
+    out = save_student(result.model, result.spec, Path(run_dir) / "student")
+    (out / "history.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     return out
