@@ -5,8 +5,8 @@
  */
 /* AArch64 Advanced SIMD (NEON) kernels, Cortex-A class (Raspberry Pi, phones, servers). Two
  * variants from one source: "neon-dot" (Armv8.2 dot product, SDOT: 16 int8 MACs into four int32
- * lanes per instruction) when __ARM_FEATURE_DOTPROD is set, "neon" (SMULL + SADALP widening
- * multiply-accumulate, any Armv8-A) otherwise.
+ * lanes per instruction) when __ARM_FEATURE_DOTPROD is set, "neon" (SMULL/SMLAL2 + SADALP
+ * widening multiply-accumulate, any Armv8-A) otherwise.
  *
  * The four gate rows of a unit lie next to each other (unit-major rows, see
  * intents_kernels.h): each 16-byte chunk of x or h, loaded once per step,
@@ -23,15 +23,32 @@
 #if defined(INTENTS_KERNEL_NEON) || defined(INTENTS_KERNEL_NEON_DOT)
 #include <arm_neon.h>
 
-/* acc += w . v, each int32 lane receiving some of the 16 products (only the lane total counts). */
-INTENTS_INLINE int32x4_t intents_mac16(int32x4_t acc, int8x16_t w, int8x16_t v)
+/* acc += w . v, each int32 lane receiving some of the 16 products (only the lane total counts).
+ * Without SDOT the int16 products of SMULL go into int32 lanes by SADALP; with `pairs` (the
+ * matrix has no weight -128, so two products stay within +-32512) SMLAL2 first adds the high
+ * half's products to the low half's in int16: 3 instructions for 16 MACs instead of 4. */
+INTENTS_INLINE int32x4_t intents_mac16(int32x4_t acc, int8x16_t w, int8x16_t v, int pairs)
 {
 #if defined(INTENTS_KERNEL_NEON_DOT)
+    (void)pairs;
     return vdotq_s32(acc, w, v);
 #else
-    /* Each int16 product goes straight into int32: two products of -128 * -128 overflow int16. */
-    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(v)));
-    return vpadalq_s16(acc, vmull_high_s8(w, v));
+    /* In assembly: with intrinsics gcc keeps the low halves of x and h (vget_low_s8) as values of
+     * their own next to the whole vectors and spills them. */
+    int16x8_t lo, hi;
+    if (pairs) {
+        __asm__("smull %1.8h, %2.8b, %3.8b\n\t"
+                "smlal2 %1.8h, %2.16b, %3.16b\n\t"
+                "sadalp %0.4s, %1.8h"
+                : "+w"(acc), "=&w"(lo) : "w"(w), "w"(v));
+    } else {
+        __asm__("smull %1.8h, %3.8b, %4.8b\n\t"
+                "smull2 %2.8h, %3.16b, %4.16b\n\t"
+                "sadalp %0.4s, %1.8h\n\t"
+                "sadalp %0.4s, %2.8h"
+                : "+w"(acc), "=&w"(lo), "=&w"(hi) : "w"(w), "w"(v));
+    }
+    return acc;
 #endif
 }
 
@@ -52,33 +69,32 @@ INTENTS_INLINE void intents_load_32(const int8_t *x, intents_vec_32 *v)
     }
 }
 
-/* acc[g] = sum_k w[g*32 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by intents_load_32. */
-INTENTS_INLINE int32x4_t intents_dot4_32(const int8_t *w, const intents_vec_32 *v)
+/* acc[g] = sum_k w[g*32 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by
+ * intents_load_32; `pairs`: see intents_mac16. */
+INTENTS_INLINE int32x4_t intents_dot4_32(const int8_t *w, const intents_vec_32 *v, int pairs)
 {
     int32x4_t a0 = vdupq_n_s32(0);
     int32x4_t a1 = vdupq_n_s32(0);
     int32x4_t a2 = vdupq_n_s32(0);
     int32x4_t a3 = vdupq_n_s32(0);
-        {
-            int8x16x2_t q = vld1q_s8_x2(w + 0 + 16 * (0));
-            a0 = intents_mac16(a0, q.val[0], v->q[0 + 0]);
-            a0 = intents_mac16(a0, q.val[1], v->q[0 + 1]);
-        }
-        {
-            int8x16x2_t q = vld1q_s8_x2(w + 32 + 16 * (0));
-            a1 = intents_mac16(a1, q.val[0], v->q[0 + 0]);
-            a1 = intents_mac16(a1, q.val[1], v->q[0 + 1]);
-        }
-        {
-            int8x16x2_t q = vld1q_s8_x2(w + 64 + 16 * (0));
-            a2 = intents_mac16(a2, q.val[0], v->q[0 + 0]);
-            a2 = intents_mac16(a2, q.val[1], v->q[0 + 1]);
-        }
-        {
-            int8x16x2_t q = vld1q_s8_x2(w + 96 + 16 * (0));
-            a3 = intents_mac16(a3, q.val[0], v->q[0 + 0]);
-            a3 = intents_mac16(a3, q.val[1], v->q[0 + 1]);
-        }
+    /* The rows' chunks in memory order, 64 bytes per LD1. */
+    const int8_t *q = w;
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a0 = intents_mac16(a0, b.val[0], v->q[0], pairs);
+        a0 = intents_mac16(a0, b.val[1], v->q[1], pairs);
+        a1 = intents_mac16(a1, b.val[2], v->q[0], pairs);
+        a1 = intents_mac16(a1, b.val[3], v->q[1], pairs);
+    }
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a2 = intents_mac16(a2, b.val[0], v->q[0], pairs);
+        a2 = intents_mac16(a2, b.val[1], v->q[1], pairs);
+        a3 = intents_mac16(a3, b.val[2], v->q[0], pairs);
+        a3 = intents_mac16(a3, b.val[3], v->q[1], pairs);
+    }
     return intents_sum4(a0, a1, a2, a3);
 }
 
@@ -95,55 +111,66 @@ INTENTS_INLINE void intents_load_64(const int8_t *x, intents_vec_64 *v)
     }
 }
 
-/* acc[g] = sum_k w[g*64 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by intents_load_64. */
-INTENTS_INLINE int32x4_t intents_dot4_64(const int8_t *w, const intents_vec_64 *v)
+/* acc[g] = sum_k w[g*64 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by
+ * intents_load_64; `pairs`: see intents_mac16. */
+INTENTS_INLINE int32x4_t intents_dot4_64(const int8_t *w, const intents_vec_64 *v, int pairs)
 {
     int32x4_t a0 = vdupq_n_s32(0);
     int32x4_t a1 = vdupq_n_s32(0);
     int32x4_t a2 = vdupq_n_s32(0);
     int32x4_t a3 = vdupq_n_s32(0);
-        {
-            int8x16x4_t q = vld1q_s8_x4(w + 0 + 16 * (0));
-            a0 = intents_mac16(a0, q.val[0], v->q[0 + 0]);
-            a0 = intents_mac16(a0, q.val[1], v->q[0 + 1]);
-            a0 = intents_mac16(a0, q.val[2], v->q[0 + 2]);
-            a0 = intents_mac16(a0, q.val[3], v->q[0 + 3]);
-        }
-        {
-            int8x16x4_t q = vld1q_s8_x4(w + 64 + 16 * (0));
-            a1 = intents_mac16(a1, q.val[0], v->q[0 + 0]);
-            a1 = intents_mac16(a1, q.val[1], v->q[0 + 1]);
-            a1 = intents_mac16(a1, q.val[2], v->q[0 + 2]);
-            a1 = intents_mac16(a1, q.val[3], v->q[0 + 3]);
-        }
-        {
-            int8x16x4_t q = vld1q_s8_x4(w + 128 + 16 * (0));
-            a2 = intents_mac16(a2, q.val[0], v->q[0 + 0]);
-            a2 = intents_mac16(a2, q.val[1], v->q[0 + 1]);
-            a2 = intents_mac16(a2, q.val[2], v->q[0 + 2]);
-            a2 = intents_mac16(a2, q.val[3], v->q[0 + 3]);
-        }
-        {
-            int8x16x4_t q = vld1q_s8_x4(w + 192 + 16 * (0));
-            a3 = intents_mac16(a3, q.val[0], v->q[0 + 0]);
-            a3 = intents_mac16(a3, q.val[1], v->q[0 + 1]);
-            a3 = intents_mac16(a3, q.val[2], v->q[0 + 2]);
-            a3 = intents_mac16(a3, q.val[3], v->q[0 + 3]);
-        }
+    /* The rows' chunks in memory order, 64 bytes per LD1. */
+    const int8_t *q = w;
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a0 = intents_mac16(a0, b.val[0], v->q[0], pairs);
+        a0 = intents_mac16(a0, b.val[1], v->q[1], pairs);
+        a0 = intents_mac16(a0, b.val[2], v->q[2], pairs);
+        a0 = intents_mac16(a0, b.val[3], v->q[3], pairs);
+    }
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a1 = intents_mac16(a1, b.val[0], v->q[0], pairs);
+        a1 = intents_mac16(a1, b.val[1], v->q[1], pairs);
+        a1 = intents_mac16(a1, b.val[2], v->q[2], pairs);
+        a1 = intents_mac16(a1, b.val[3], v->q[3], pairs);
+    }
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a2 = intents_mac16(a2, b.val[0], v->q[0], pairs);
+        a2 = intents_mac16(a2, b.val[1], v->q[1], pairs);
+        a2 = intents_mac16(a2, b.val[2], v->q[2], pairs);
+        a2 = intents_mac16(a2, b.val[3], v->q[3], pairs);
+    }
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a3 = intents_mac16(a3, b.val[0], v->q[0], pairs);
+        a3 = intents_mac16(a3, b.val[1], v->q[1], pairs);
+        a3 = intents_mac16(a3, b.val[2], v->q[2], pairs);
+        a3 = intents_mac16(a3, b.val[3], v->q[3], pairs);
+    }
     return intents_sum4(a0, a1, a2, a3);
 }
 
-/* acc[g] = sum_k w[g*64 + k] * x[k] for the 1 row(s) g starting at w, x as loaded by intents_load_64. */
-INTENTS_INLINE int32x4_t intents_dot1_64(const int8_t *w, const intents_vec_64 *v)
+/* acc[g] = sum_k w[g*64 + k] * x[k] for the 1 row(s) g starting at w, x as loaded by
+ * intents_load_64; `pairs`: see intents_mac16. */
+INTENTS_INLINE int32x4_t intents_dot1_64(const int8_t *w, const intents_vec_64 *v, int pairs)
 {
     int32x4_t a0 = vdupq_n_s32(0);
-        {
-            int8x16x4_t q = vld1q_s8_x4(w + 0 + 16 * (0));
-            a0 = intents_mac16(a0, q.val[0], v->q[0 + 0]);
-            a0 = intents_mac16(a0, q.val[1], v->q[0 + 1]);
-            a0 = intents_mac16(a0, q.val[2], v->q[0 + 2]);
-            a0 = intents_mac16(a0, q.val[3], v->q[0 + 3]);
-        }
+    /* The rows' chunks in memory order, 64 bytes per LD1. */
+    const int8_t *q = w;
+    {
+        int8x16x4_t b = vld1q_s8_x4(q);
+        q += 64;
+        a0 = intents_mac16(a0, b.val[0], v->q[0], pairs);
+        a0 = intents_mac16(a0, b.val[1], v->q[1], pairs);
+        a0 = intents_mac16(a0, b.val[2], v->q[2], pairs);
+        a0 = intents_mac16(a0, b.val[3], v->q[3], pairs);
+    }
     return vsetq_lane_s32(vaddvq_s32(a0), vdupq_n_s32(0), 0);
 }
 
@@ -222,26 +249,26 @@ INTENTS_INLINE int16x4_t intents_gates4(const intents_layer_params *L, uint32_t 
 INTENTS_INLINE int16x8_t intents_activate8(const int16_t *table, int16x8_t z)
 {
     uint16x8_t u = vreinterpretq_u16_s16(veorq_s16(z, vdupq_n_s16(INT16_MIN))); /* z + 32768 */
-    uint16x8_t k = vshrq_n_u16(u, 8);
+    uint16x8_t k2 = vandq_u16(vshrq_n_u16(u, 7), vdupq_n_u16(0x1fe)); /* 2k: the byte offset of T[k] */
     int16x8_t f = vreinterpretq_s16_u16(vandq_u16(u, vdupq_n_u16(255)));
     int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
     int32_t pair;
     int16x8_t t0, d;
-    memcpy(&pair, table + vgetq_lane_u16(k, 0), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 0), 4);
     lo = vsetq_lane_s32(pair, lo, 0);
-    memcpy(&pair, table + vgetq_lane_u16(k, 1), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 1), 4);
     lo = vsetq_lane_s32(pair, lo, 1);
-    memcpy(&pair, table + vgetq_lane_u16(k, 2), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 2), 4);
     lo = vsetq_lane_s32(pair, lo, 2);
-    memcpy(&pair, table + vgetq_lane_u16(k, 3), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 3), 4);
     lo = vsetq_lane_s32(pair, lo, 3);
-    memcpy(&pair, table + vgetq_lane_u16(k, 4), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 4), 4);
     hi = vsetq_lane_s32(pair, hi, 0);
-    memcpy(&pair, table + vgetq_lane_u16(k, 5), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 5), 4);
     hi = vsetq_lane_s32(pair, hi, 1);
-    memcpy(&pair, table + vgetq_lane_u16(k, 6), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 6), 4);
     hi = vsetq_lane_s32(pair, hi, 2);
-    memcpy(&pair, table + vgetq_lane_u16(k, 7), 4);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 7), 4);
     hi = vsetq_lane_s32(pair, hi, 3);
     t0 = vuzp1q_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi));
     /* T[k+1] - T[k] >= 0 (monotone tables) */
@@ -288,8 +315,8 @@ void INTENTS_VARIANT(intents_l0_step)(const intents_model_params *p, const int8_
     intents_load_64(h, &hv);
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         uint32_t r = 4 * j;
-        vst1_s16(z + r, intents_gates4(&L, r, intents_dot4_32(L.w_x + r * INTENTS_L0_INPUT, &xv),
-                                          intents_dot4_64(L.w_h + r * INTENTS_L0_HIDDEN, &hv),
+        vst1_s16(z + r, intents_gates4(&L, r, intents_dot4_32(L.w_x + r * INTENTS_L0_INPUT, &xv, 1),
+                                          intents_dot4_64(L.w_h + r * INTENTS_L0_HIDDEN, &hv, 1),
                                           INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
     }
     for (j = 0; j + 8 <= INTENTS_L0_HIDDEN; j += 8) {
@@ -304,7 +331,7 @@ void INTENTS_VARIANT(intents_head)(const intents_model_params *p, const int8_t *
     intents_load_64(h, &hv);
     /* Four classes at a time: their rows are consecutive like a unit's gate rows. */
     for (k = 0; k + 4 <= INTENTS_NUM_CLASSES; k += 4) {
-        int32x4_t acc = vaddq_s32(intents_dot4_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv),
+        int32x4_t acc = vaddq_s32(intents_dot4_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv, 1),
                                   vld1q_s32(p->head_bias + k));
         int64x2_t lo, hi;
         if (intents_is32(INTENTS_HEAD_REQUANT)) {
@@ -315,7 +342,7 @@ void INTENTS_VARIANT(intents_head)(const intents_model_params *p, const int8_t *
         }
     }
     for (; k < INTENTS_NUM_CLASSES; ++k) {
-        int32_t acc = p->head_bias[k] + vgetq_lane_s32(intents_dot1_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv), 0);
+        int32_t acc = p->head_bias[k] + vgetq_lane_s32(intents_dot1_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv, 1), 0);
         logits[k] = (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
     }
 }
