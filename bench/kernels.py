@@ -85,7 +85,7 @@ def default_model(env: str, samples: int, work: Path) -> dict:
     return result
 
 
-# The reference LSTM of the CMSIS-NN comparison (bench/cmsis_nn.py builds the same shape with
+# The reference LSTM of the CMSIS-NN comparison in bench/RESULTS.md (the same shape built with
 # arm_lstm_unidirectional_s8 + arm_fully_connected_s8): 24 steps, input 32, hidden 64, then a
 # fully-connected 64 -> 13 on the last h; 24 * 4*64*(32+64) + 13*64 = 590,656 MACs.
 REFERENCE = {"steps": 24, "input": 32, "hidden": 64, "classes": 13}
@@ -168,7 +168,7 @@ def markdown(results: dict) -> str:
                      f"{m['flash_runtime']:,} B | {m['flash_model']:,} B | {m['ram_static']:,} B | {m['stack_peak']:,} B |")
     R = REFERENCE
     lines += ["", f"Reference LSTM ({R['steps']} steps, input {R['input']}, hidden {R['hidden']}, fully-connected "
-              f"{R['hidden']} -> {R['classes']}; the shape bench/cmsis_nn.py builds with CMSIS-NN), one inference:", "",
+              f"{R['hidden']} -> {R['classes']}; the shape of the CMSIS-NN comparison), one inference:", "",
               "| board | variant | instructions | per MAC | portable C | per MAC |", "|---|---|---|---|---|---|"]
     for env, r in results["reference"].items():
         v, c = r["variant"], r["c"]
