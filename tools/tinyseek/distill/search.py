@@ -592,10 +592,11 @@ def plot(result: SearchResult, path: Path) -> Path:
         for r in rows:
             ax.scatter(r[xkey] * scale, r["int8_accuracy"], s=40, marker="o",
                        color="tab:green" if r["passes"] else "tab:red", edgecolors="k" if r["pareto"] else "none",
-                       zorder=3)
-        front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[xkey])
-        ax.step([r[xkey] * scale for r in front], [r["int8_accuracy"] for r in front], where="post", color="k",
-                lw=0.8, label="Pareto-optimal")
+                       linewidths=1.5, zorder=3)
+            ax.annotate(r["student"], (r[xkey] * scale, r["int8_accuracy"]), textcoords="offset points",
+                        xytext=(4, -9), fontsize=6, color="dimgray")
+        ax.scatter([], [], s=40, facecolors="none", edgecolors="k", linewidths=1.5,
+                   label="Pareto-optimal (flash, RAM, latency, accuracy)")
         for r in rows:
             if r["status"] == "chosen":
                 ax.scatter(r[xkey] * scale, r["int8_accuracy"], s=220, marker="*", color="gold", edgecolors="k",
