@@ -169,6 +169,8 @@ def test_plan_has_the_three_stages_and_their_objectives():
     assert (logits.kl, logits.ce, logits.feature, logits.temperature) == (0.8, 0.2, 0.0, (6.0, 1.5))
     assert (finetune.kl, finetune.ce, finetune.feature, finetune.lr) == (0.0, 1.0, 0.0, d.stage3_lr)
     assert logit_stages(d) == [logits, finetune]
+    d.stage2_beta = 0.2  # stage 2 may keep matching features
+    assert plan(d)[1].feature == 0.2 and plan(d)[2].feature == 0.0
     joint = plan(cfg(**{"distill.schedule": "joint"}).distill)
     assert [(s.name, s.kl, s.ce, s.feature) for s in joint] == [("joint", 0.7, pytest.approx(0.3), 0.1)]
     assert [s.name for s in plan(cfg(**{"distill.stage1_epochs": 0}).distill)] == ["logits", "finetune"]

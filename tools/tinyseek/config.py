@@ -95,13 +95,15 @@ class DistillConfig:
     layer_map: str = ""
     feature_loss: str = "cosine"  # cosine | mse, between the projected student and the teacher state
     # progressive: stage 1 features only; stage 2 KL with T annealed temperature_start ->
-    # temperature_end plus hard labels at hard_weight; stage 3 hard labels at stage3_lr.
+    # temperature_end plus hard labels at hard_weight (and features at stage2_beta); stage 3
+    # hard labels at stage3_lr.
     stage1_epochs: int = 8
     stage2_epochs: int = 24
     stage3_epochs: int = 6
     temperature_start: float = 8.0
     temperature_end: float = 1.0
     hard_weight: float = 0.1
+    stage2_beta: float = 0.0
     stage3_lr: float = 3e-4
     # Feedback: rounds re-running the classifier stages after re-weighting (weight x feedback_weight)
     # or re-labelling (the teacher's prediction) the training samples student and teacher disagree on.
@@ -289,10 +291,10 @@ def validate(cfg: Config) -> None:
     need(min(d.stage1_epochs, d.stage2_epochs, d.stage3_epochs, d.feedback_rounds) >= 0
          and d.stage2_epochs + d.stage3_epochs >= 1, "distill: stage epochs and feedback_rounds must be >= 0, "
          "stage2_epochs + stage3_epochs >= 1")
-    need(0 < d.temperature_end <= d.temperature_start and 0.0 <= d.hard_weight <= 1.0
+    need(0 < d.temperature_end <= d.temperature_start and 0.0 <= d.hard_weight <= 1.0 and d.stage2_beta >= 0
          and d.stage3_lr > 0 and d.feedback_weight > 0,
-         "distill: 0 < temperature_end <= temperature_start, hard_weight in [0, 1], stage3_lr and "
-         "feedback_weight > 0")
+         "distill: 0 < temperature_end <= temperature_start, hard_weight in [0, 1], stage2_beta >= 0, stage3_lr "
+         "and feedback_weight > 0")
     need(cfg.robustness.max_drop_points > 0, "robustness.max_drop_points must be > 0 (percentage points)")
     e = cfg.edge
     need(min(e.vocab_size - 1, e.max_len, e.hidden, e.bottleneck, e.layers, e.heads, e.ffn_stack, e.embed_dim,

@@ -113,7 +113,7 @@ def logit_stages(d) -> list[Stage]:
     stage; progressive: stages 2 and 3)."""
     if d.schedule == "joint":
         return [s for s in plan(d) if s.trains_head]
-    stages = [Stage("logits", d.stage2_epochs, d.lr, 1.0 - d.hard_weight, d.hard_weight, 0.0,
+    stages = [Stage("logits", d.stage2_epochs, d.lr, 1.0 - d.hard_weight, d.hard_weight, d.stage2_beta,
                     (d.temperature_start, d.temperature_end), True),
               Stage("finetune", d.stage3_epochs, d.stage3_lr, 0.0, 1.0, 0.0, (1.0, 1.0), True)]
     return [s for s in stages if s.epochs > 0]
@@ -130,6 +130,8 @@ def check(d) -> None:
     if not plan(d) or not any(s.select for s in plan(d)):
         raise DistillError("the schedule trains no classifier: give distill.epochs (joint) or distill.stage2_epochs "
                             "/ distill.stage3_epochs (progressive) at least 1 epoch")
+    if d.stage2_beta < 0:
+        raise DistillError(f"distill.stage2_beta must be >= 0, not {d.stage2_beta}")
     if d.feedback_rounds < 0 or d.feedback_weight <= 0:
         raise DistillError(f"distill.feedback_rounds must be >= 0 and distill.feedback_weight > 0 "
                             f"(got {d.feedback_rounds}, {d.feedback_weight})")
