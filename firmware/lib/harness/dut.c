@@ -4,10 +4,14 @@
  * command ends with '%', every reply line is `m-...` or `e-[...]`, and `m-ready` follows every
  * command. Lines are handled as (pointer, length) pairs, never as C strings, so NUL and other
  * garbage bytes are just unknown characters.
+ *
+ * Written for size (the build compiles it with -Os): one small formatter instead of printf,
+ * 32-bit divisions only (64-bit ones would link libgcc's division routines), and no floating
+ * point (a soft-float FPU-less core would link the float emulation).
  */
 #include "dut.h"
 
-#include <string.h>
+#include <stdarg.h>
 
 #include "dut_port.h"
 
@@ -25,36 +29,41 @@ static int have_results;  /* logits_out holds the result of an inference */
 
 /* ---- output --------------------------------------------------------------------------- */
 
-static void out(const char *s) { dut_port_write(s, strlen(s)); }
+static size_t str_len(const char *s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    return n;
+}
 
-static void out_u64(uint64_t v) {
-    char buf[21];
+static void out(const char *s) { dut_port_write(s, str_len(s)); }
+
+/* Divides *v by d (1 <= d < 65536) in 16-bit pieces with 32-bit divisions; returns the
+ * remainder. */
+static uint32_t divmod(uint64_t *v, uint32_t d) {
+    uint32_t hi = (uint32_t)(*v >> 32), lo = (uint32_t)*v, x, q1;
+    x = hi % d << 16 | lo >> 16;
+    hi /= d;
+    q1 = x / d;
+    x = x % d << 16 | (lo & 0xFFFFu);
+    *v = (uint64_t)hi << 32 | q1 << 16 | x / d;
+    return x % d;
+}
+
+/* v in decimal; with `point` digits after a decimal point when point > 0 (v = 5, point = 3:
+ * "0.005"). */
+static void out_dec(uint64_t v, size_t point) {
+    char buf[24];
     size_t i = sizeof buf;
     do {
-        buf[--i] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v != 0u);
+        if (point && sizeof buf - i == point) buf[--i] = '.';
+        buf[--i] = (char)('0' + divmod(&v, 10u));
+    } while (v != 0u || sizeof buf - i <= point);
     dut_port_write(buf + i, sizeof buf - i);
 }
 
-static void out_i64(int64_t v) {
-    if (v < 0) {
-        out("-");
-        out_u64((uint64_t)(-(v + 1)) + 1u);  /* no overflow at INT64_MIN */
-    } else {
-        out_u64((uint64_t)v);
-    }
-}
-
-static void out_long_or_na(long v) {
-    if (v < 0) out("na");
-    else out_u64((uint64_t)v);
-}
-
-static void out_hex8(uint8_t b) {
-    static const char digits[] = "0123456789abcdef";
-    char buf[2] = {digits[b >> 4], digits[b & 15u]};
-    dut_port_write(buf, 2);
+static void out_long(long v) {
+    if (v < 0) out("-");
+    out_dec(v < 0 ? 0u - (unsigned long)v : (unsigned long)v, 0);
 }
 
 /* Bytes that may be echoed inside `[...]`: printable ASCII except ']' and '%', and bytes of
@@ -69,28 +78,101 @@ static void out_safe(const char *s, size_t n, size_t max) {
     if (n > max) out("...");
 }
 
-static void out_error(const char *msg) {
-    out("e-[");
-    out(msg);
-    out("]\r\n");
+/* A printf for the replies: %s string, %u unsigned long, %U uint64_t, %d long, %m long or
+ * "na" when negative, %q (const char *, size_t n, size_t max) through out_safe, %% a '%'. */
+static void outf(const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    for (;;) {
+        const char *s = f;
+        long v;
+        while (*f && *f != '%') f++;
+        dut_port_write(s, (size_t)(f - s));
+        if (!*f) break;
+        switch (*++f) {
+        case 's':
+            out(va_arg(ap, const char *));
+            break;
+        case 'u':
+            out_dec(va_arg(ap, unsigned long), 0);
+            break;
+        case 'U':
+            out_dec(va_arg(ap, uint64_t), 0);
+            break;
+        case 'd':
+            out_long(va_arg(ap, long));
+            break;
+        case 'm':
+            v = va_arg(ap, long);
+            if (v < 0) out("na");
+            else out_long(v);
+            break;
+        case 'q':
+            s = va_arg(ap, const char *);
+            {
+                size_t n = va_arg(ap, size_t);
+                out_safe(s, n, va_arg(ap, size_t));
+            }
+            break;
+        default:
+            dut_port_write(f, 1);
+        }
+        f++;
+    }
+    va_end(ap);
 }
 
-/* A real-valued logit with three decimals, like the reference firmware's "%0.3f". */
+static void out_error(const char *msg) { outf("e-[%s]\r\n", msg); }
+
+/* m * 2^e rounded to a float's 24-bit significand (to nearest, ties to even): the new m. */
+static uint32_t round24(uint64_t m, int *e) {
+    unsigned guard = 0, sticky = 0;
+    while (m >> 24) {
+        sticky |= guard;
+        guard = (unsigned)m & 1u;
+        m >>= 1;
+        ++*e;
+    }
+    m += guard & (sticky | (unsigned)m);
+    if (m >> 24) {
+        m >>= 1;
+        ++*e;
+    }
+    return (uint32_t)m;
+}
+
+/* A real-valued logit with three decimals, like the reference firmware's "%0.3f": the digits
+ * of the float expression x = (float)logit * output_scale * 1000.0f, clamped to +-2e9, printed
+ * as (uint32_t)(|x| + 0.5f) thousandths, each float operation rounded as IEEE single precision
+ * does. Integer arithmetic only, so an FPU-less core links no float emulation. */
 static void out_real3(int16_t logit) {
-    /* float and int32 only: a float -> int64 conversion would pull in soft double routines */
-    float x = (float)logit * M->output_scale * 1000.0f;
-    uint32_t mag;
-    char frac[3];
-    if (x > 2.0e9f) x = 2.0e9f;
-    if (x < -2.0e9f) x = -2.0e9f;
-    mag = (uint32_t)(x >= 0.0f ? x + 0.5f : -x + 0.5f);
-    if (x <= -0.5f) out("-");
-    out_u64(mag / 1000u);
-    frac[0] = (char)('0' + (mag / 100u) % 10u);
-    frac[1] = (char)('0' + (mag / 10u) % 10u);
-    frac[2] = (char)('0' + mag % 10u);
-    out(".");
-    dut_port_write(frac, 3);
+    union {
+        float f;
+        uint32_t u;
+    } scale;
+    uint32_t m, half;
+    int e, k;
+    scale.f = M->output_scale;
+    k = (int)(scale.u >> 23 & 0xFFu);
+    e = (k ? k : 1) - 150;
+    m = (scale.u & 0x7FFFFFu) | (k ? 0x800000u : 0u);
+    m = round24((uint64_t)(logit < 0 ? -logit : logit) * m, &e); /* (float)logit * output_scale */
+    m = round24((uint64_t)m * 1000u, &e);                          /* * 1000.0f */
+    if (m == 0 || e < -25) { /* below 0.25: |x| + 0.5f truncates to 0 */
+        m = 0;
+        e = -1;
+    } else if (e > 8 || (e >= 0 && m << e > 2000000000u)) { /* m has 24 bits: e > 8 is >= 2^32 */
+        m = 2000000000u;
+        e = 0;
+    }
+    if (e >= 0) { /* an integer up to 2e9: count in halves (below 2^32) */
+        m <<= e + 1;
+        e = -1;
+    }
+    half = 1u << (-1 - e); /* 0.5 in units of 2^e */
+    if (m >= half && (logit < 0) != (scale.u >> 31)) out("-"); /* x <= -0.5f */
+    m = round24((uint64_t)m + half, &e); /* |x| + 0.5f */
+    out_dec(e < 0 ? m >> -e : m << e, 3);
 }
 
 static void out_results(void) {
@@ -103,30 +185,21 @@ static void out_results(void) {
     out("]\r\nm-logits-[");
     for (k = 0; k < M->num_classes; k++) {
         if (k) out(",");
-        out_i64(M->logits_out[k]);
+        out_long(M->logits_out[k]);
     }
     out("]\r\n");
 }
 
 static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t hi) {
-    out("m-time-[total=");
-    out_u64(total);
-    out(",runs=");
-    out_u64(runs);
-    out(",min=");
-    out_u64(lo);
-    out(",max=");
-    out_u64(hi);
-    out(",unit=");
-    out(dut_port_target()->timer_unit);
-    out("]\r\n");
+    outf("m-time-[total=%U,runs=%u,min=%U,max=%U,unit=%s]\r\n", total, runs, lo, hi,
+         dut_port_target()->timer_unit);
 }
 
 static void out_lap_us(void) {
     unsigned long per_us = dut_port_target()->timer_per_us;
-    out("m-lap-us-");
-    out_u64(dut_port_ticks_to_units(dut_port_ticks()) / (per_us ? per_us : 1u));
-    out("\r\n");
+    uint64_t t = dut_port_ticks_to_units(dut_port_ticks());
+    divmod(&t, per_us ? (uint32_t)per_us : 1u);
+    outf("m-lap-us-%U\r\n", t);
 }
 
 /* ---- parsing -------------------------------------------------------------------------- */
@@ -150,11 +223,6 @@ static tok_t next_tok(const char **pos, const char *end) {
     return t;
 }
 
-static int tok_is(tok_t t, const char *word) {
-    size_t n = strlen(word);
-    return t.n == n && memcmp(t.p, word, n) == 0;
-}
-
 /* A decimal number in [0, max]; digits only, so "-1", "1e3" and "0x10" are rejected. */
 static int parse_ulong(tok_t t, unsigned long max, unsigned long *value) {
     unsigned long v = 0;
@@ -171,6 +239,13 @@ static int parse_ulong(tok_t t, unsigned long max, unsigned long *value) {
     return 1;
 }
 
+/* The next token as a number in [0, max], left unchanged when there is no token; 0 when the
+ * token is not such a number. */
+static int parse_opt(const char **pos, const char *end, unsigned long max, unsigned long *value) {
+    tok_t t = next_tok(pos, end);
+    return t.n == 0 || parse_ulong(t, max, value);
+}
+
 static int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -181,9 +256,7 @@ static int hex_value(char c) {
 static int no_more(const char *pos, const char *end, const char *usage) {
     const char *p = pos;
     if (next_tok(&p, end).n == 0) return 1;
-    out("e-[too many arguments; usage: ");
-    out(usage);
-    out("]\r\n");
+    outf("e-[too many arguments; usage: %s]\r\n", usage);
     return 0;
 }
 
@@ -194,32 +267,20 @@ static void cmd_db_load(const char *pos, const char *end) {
     tok_t t = next_tok(&pos, end);
     if (t.n == 0) {
         out_error("db load needs the number of bytes: db load N");
-        return;
+    } else if (!parse_ulong(t, 0xFFFFFFFFUL, &n)) {
+        outf("e-[db load: '%q' is not a byte count]\r\n", t.p, t.n, (size_t)16);
+    } else if (no_more(pos, end, "db load N")) {
+        if (n == 0) {
+            out_error("db load: the size must be > 0 bytes");
+        } else if (n > M->input_capacity) {
+            outf("e-[db load: %u bytes exceed the input buffer of %u bytes]\r\n", n,
+                 (unsigned long)M->input_capacity);
+        } else {
+            load_size = n;
+            load_pos = 0;
+            outf("m-[Expecting %u bytes]\r\n", n);
+        }
     }
-    if (!parse_ulong(t, 0xFFFFFFFFUL, &n)) {
-        out("e-[db load: '");
-        out_safe(t.p, t.n, 16);
-        out("' is not a byte count]\r\n");
-        return;
-    }
-    if (!no_more(pos, end, "db load N")) return;
-    if (n == 0) {
-        out_error("db load: the size must be > 0 bytes");
-        return;
-    }
-    if (n > M->input_capacity) {
-        out("e-[db load: ");
-        out_u64(n);
-        out(" bytes exceed the input buffer of ");
-        out_u64(M->input_capacity);
-        out(" bytes]\r\n");
-        return;
-    }
-    load_size = n;
-    load_pos = 0;
-    out("m-[Expecting ");
-    out_u64(n);
-    out(" bytes]\r\n");
 }
 
 /* Append hex bytes; checked whole before anything is stored, so a bad chunk changes nothing. */
@@ -231,48 +292,35 @@ static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
         return;
     }
     if (t.n % 2u != 0u) {
-        out("e-[db: odd number of hex digits (");
-        out_u64(t.n);
-        out(")]\r\n");
+        outf("e-[db: odd number of hex digits (%u)]\r\n", (unsigned long)t.n);
         return;
     }
     for (i = 0; i < t.n; i++) {
         if (hex_value(t.p[i]) < 0) {
-            out("e-[db: invalid hex digit '");
-            out_safe(t.p + i, 1, 1);
-            out("' at position ");
-            out_u64(i);
-            out("]\r\n");
+            outf("e-[db: invalid hex digit '%q' at position %u]\r\n", t.p + i, (size_t)1, (size_t)1,
+                 (unsigned long)i);
             return;
         }
     }
     bytes = t.n / 2u;
     if (bytes > load_size - load_pos) {
-        out("e-[db: ");
-        out_u64(bytes);
-        out(" bytes but only ");
-        out_u64(load_size - load_pos);
-        out(" of the ");
-        out_u64(load_size);
-        out(" announced remain]\r\n");
+        outf("e-[db: %u bytes but only %u of the %u announced remain]\r\n", (unsigned long)bytes,
+             (unsigned long)(load_size - load_pos), (unsigned long)load_size);
         return;
     }
-    for (i = 0; i < bytes; i++) {
-        M->input[load_pos++] = (uint8_t)(hex_value(t.p[2 * i]) << 4 | hex_value(t.p[2 * i + 1]));
+    for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
+        uint8_t *b = &M->input[load_pos + i / 2u];
+        *b = (uint8_t)(*b << 4 | hex_value(t.p[i]));
     }
+    load_pos += bytes;
     if (load_pos == load_size) out("m-load-done\r\n");
 }
 
 static void cmd_db_print(const char *pos, const char *end) {
+    static const char digits[] = "0123456789abcdef";
     unsigned long count = load_pos, offset = 0;
     size_t i;
-    tok_t t = next_tok(&pos, end);
-    if (t.n && !parse_ulong(t, 0xFFFFFFFFUL, &count)) {
-        out_error("db print: usage db print [N [OFFSET]]");
-        return;
-    }
-    t = next_tok(&pos, end);
-    if (t.n && !parse_ulong(t, 0xFFFFFFFFUL, &offset)) {
+    if (!parse_opt(&pos, end, 0xFFFFFFFFUL, &count) || !parse_opt(&pos, end, 0xFFFFFFFFUL, &offset)) {
         out_error("db print: usage db print [N [OFFSET]]");
         return;
     }
@@ -280,59 +328,39 @@ static void cmd_db_print(const char *pos, const char *end) {
     if (offset > load_pos) offset = load_pos;
     if (count > load_pos - offset) count = load_pos - offset;
     for (i = 0; i < count; i++) {
+        uint8_t b = M->input[offset + i];
+        char hex[2];
+        hex[0] = digits[b >> 4];
+        hex[1] = digits[b & 15u];
         if (i % 8u == 0u) out("m-buffer-");
-        out_hex8(M->input[offset + i]);
+        dut_port_write(hex, 2);
         out((i % 8u == 7u || i + 1u == count) ? "\r\n" : "-");
     }
-}
-
-static void cmd_db(const char *pos, const char *end) {
-    tok_t sub = next_tok(&pos, end);
-    if (sub.n == 0) out_error("db needs a subcommand: db load N, db HEX or db print");
-    else if (tok_is(sub, "load")) cmd_db_load(pos, end);
-    else if (tok_is(sub, "print")) cmd_db_print(pos, end);
-    else cmd_db_hex(sub, pos, end);
 }
 
 /* Checks that the loaded bytes form a complete, valid model input; returns the number of
  * steps (token ids or feature vectors), or -1 after printing the error. */
 static long input_steps(const char *what) {
     size_t i, n;
+    unsigned long size = (unsigned long)load_size;
     if (load_size == 0) {
-        out("e-[");
-        out(what);
-        out(": no input loaded; send db load N and db HEX first]\r\n");
+        outf("e-[%s: no input loaded; send db load N and db HEX first]\r\n", what);
         return -1;
     }
     if (load_pos != load_size) {
-        out("e-[");
-        out(what);
-        out(": input incomplete: ");
-        out_u64(load_pos);
-        out(" of ");
-        out_u64(load_size);
-        out(" bytes loaded]\r\n");
+        outf("e-[%s: input incomplete: %u of %u bytes loaded]\r\n", what, (unsigned long)load_pos, size);
         return -1;
     }
     if (!M->kind_text) {
         if (load_size % (size_t)M->num_features != 0u) {
-            out("e-[");
-            out(what);
-            out(": ");
-            out_u64(load_size);
-            out(" bytes are not a whole number of int8 steps of ");
-            out_u64((uint64_t)M->num_features);
-            out(" features]\r\n");
+            outf("e-[%s: %u bytes are not a whole number of int8 steps of %u features]\r\n", what, size,
+                 (unsigned long)M->num_features);
             return -1;
         }
         return (long)(load_size / (size_t)M->num_features);
     }
     if (load_size % 2u != 0u) {
-        out("e-[");
-        out(what);
-        out(": a text model reads uint16 little-endian token ids; ");
-        out_u64(load_size);
-        out(" bytes is odd]\r\n");
+        outf("e-[%s: a text model reads uint16 little-endian token ids; %u bytes is odd]\r\n", what, size);
         return -1;
     }
     n = load_size / 2u;
@@ -341,15 +369,8 @@ static long input_steps(const char *what) {
          * overwrites it. */
         uint16_t id = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
         if (id >= (unsigned)M->vocab_size) {
-            out("e-[");
-            out(what);
-            out(": token id ");
-            out_u64(id);
-            out(" at position ");
-            out_u64(i);
-            out(" is not below the vocabulary size ");
-            out_u64((uint64_t)M->vocab_size);
-            out("]\r\n");
+            outf("e-[%s: token id %u at position %u is not below the vocabulary size %u]\r\n", what,
+                 (unsigned long)id, (unsigned long)i, (unsigned long)M->vocab_size);
             return -1;
         }
     }
@@ -369,25 +390,26 @@ static int run_once(long steps) {
 static int model_failed(const char *what, int rc) {
     if (rc >= 0) return 0;
     have_results = 0;
-    out("e-[");
-    out(what);
-    out(": the model returned error ");
-    out_i64(rc);
-    out("]\r\n");
+    outf("e-[%s: the model returned error %d]\r\n", what, (long)rc);
     return 1;
+}
+
+/* The logits of a finished run and the time it took: m-results, m-logits, m-time. */
+static void out_run(uint64_t dt) {
+    have_results = 1;
+    out_results();
+    out_time(dt, 1, dt, dt);
 }
 
 static void cmd_infer(const char *pos, const char *end) {
     unsigned long runs = 1, warmups = 10, r;  /* the reference firmware's defaults */
     uint64_t total = 0, lo = UINT64_MAX, hi = 0;
     long steps;
-    tok_t t = next_tok(&pos, end);
-    if (t.n && !parse_ulong(t, DUT_MAX_RUNS, &runs)) {
+    if (!parse_opt(&pos, end, DUT_MAX_RUNS, &runs)) {
         out_error("infer: N must be a number from 1 to 1000000; usage infer N [W]");
         return;
     }
-    t = next_tok(&pos, end);
-    if (t.n && !parse_ulong(t, DUT_MAX_RUNS, &warmups)) {
+    if (!parse_opt(&pos, end, DUT_MAX_RUNS, &warmups)) {
         out_error("infer: W must be a number from 0 to 1000000; usage infer N [W]");
         return;
     }
@@ -399,15 +421,11 @@ static void cmd_infer(const char *pos, const char *end) {
     steps = input_steps("infer");
     if (steps < 0) return;
 
-    out("m-warmup-start-");
-    out_u64(warmups);
-    out("\r\n");
+    outf("m-warmup-start-%u\r\n", warmups);
     for (r = 0; r < warmups; r++) {
         if (model_failed("infer", run_once(steps))) return;
     }
-    out("m-warmup-done\r\nm-infer-start-");
-    out_u64(runs);
-    out("\r\n");
+    outf("m-warmup-done\r\nm-infer-start-%u\r\n", runs);
     out_lap_us();
     for (r = 0; r < runs; r++) {
         uint64_t t0, dt;
@@ -445,122 +463,83 @@ static void cmd_stream(const char *pos, const char *end) {
     if (rc >= 0) M->logits(M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("stream", rc)) return;
-    have_results = 1;
-    out_results();
-    out_time(dt, 1, dt, dt);
+    out_run(dt);
 }
 
 static void cmd_cls(const char *text, const char *end) {
     uint64_t t0, dt;
-    int rc, k;
-    size_t n;
+    int rc, j, k = 0;
+    const char *label;
     while (text < end && is_space(*text)) text++;
-    n = (size_t)(end - text);
     if (M->classify_text == NULL || !M->kind_text) {
-        out("e-[cls: model '");
-        out(M->name);
-        out("' is a sequence model; load int8 features with db and run infer]\r\n");
+        outf("e-[cls: model '%s' is a sequence model; load int8 features with db and run infer]\r\n", M->name);
         return;
     }
     dut_port_timer_sync();
     t0 = dut_port_ticks();
-    rc = M->classify_text((const uint8_t *)text, n, M->logits_out);
+    rc = M->classify_text((const uint8_t *)text, (size_t)(end - text), M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("cls", rc)) return;
-    have_results = 1;
-    k = 0;
-    {
-        int j;
-        for (j = 1; j < M->num_classes; j++) {
-            if (M->logits_out[j] > M->logits_out[k]) k = j;
-        }
+    for (j = 1; j < M->num_classes; j++) {
+        if (M->logits_out[j] > M->logits_out[k]) k = j;
     }
-    out("m-class-[");
-    out_u64((uint64_t)k);
-    out("]\r\nm-label-[");
-    out_safe(M->labels[k], strlen(M->labels[k]), 64);
-    out("]\r\n");
-    out_results();
-    out_time(dt, 1, dt, dt);
+    label = M->labels[k];
+    outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)k, label, str_len(label), (size_t)64);
+    out_run(dt);
 }
 
 /* ---- information ---------------------------------------------------------------------- */
 
-static void kv(const char *key, const char *value, int first) {
-    if (!first) out(",");
-    out(key);
-    out("=");
-    out(value);
-}
-
-static void kv_num(const char *key, uint64_t value) {
-    out(",");
-    out(key);
-    out("=");
-    out_u64(value);
-}
-
 static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
-    out("m-info-[");
-    kv("model", M->name, 1);
-    kv("hash", M->hash, 0);
-    kv("kind", M->kind_text ? "text" : "sequence", 0);
-    kv_num("classes", (uint64_t)M->num_classes);
-    kv_num("input", (uint64_t)M->input_size);
-    kv_num("layers", (uint64_t)M->num_layers);
-    kv_num("hidden", (uint64_t)M->hidden_size);
-    kv_num("vocab", (uint64_t)M->vocab_size);
-    kv_num("max_len", (uint64_t)M->max_len);
-    kv_num("features", (uint64_t)M->num_features);
-    kv("kernel", M->kernel, 0);
-    kv("board", tg->board, 0);
-    kv("cpu", tg->cpu, 0);
-    kv_num("clock_hz", tg->clock_hz);
-    kv("timer", tg->timer, 0);
-    kv("unit", tg->timer_unit, 0);
-    kv_num("buffer", M->input_capacity);
-    kv_num("line", DUT_LINE_MAX);
-    out("]\r\n");
+    outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
+         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,buffer=%u,line=%u]\r\n",
+         M->name, M->hash, M->kind_text ? "text" : "sequence", (unsigned long)M->num_classes,
+         (unsigned long)M->input_size, (unsigned long)M->num_layers, (unsigned long)M->hidden_size,
+         (unsigned long)M->vocab_size, (unsigned long)M->max_len, (unsigned long)M->num_features, M->kernel,
+         tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, (unsigned long)M->input_capacity,
+         (unsigned long)DUT_LINE_MAX);
 }
 
 static void cmd_mem(void) {
     dut_mem_t mem;
     mem.flash_used = mem.ram_static = mem.stack_size = mem.stack_peak = -1;
     dut_port_mem(&mem);
-    out("m-mem-[model_flash=");
-    out_u64(M->weight_bytes);
-    out(",model_ram=");
-    out_u64(M->ram_bytes);
-    out(",input_buffer=");
-    out_u64(M->input_capacity);
-    out(",flash_used=");
-    out_long_or_na(mem.flash_used);
-    out(",ram_static=");
-    out_long_or_na(mem.ram_static);
-    out(",stack_size=");
-    out_long_or_na(mem.stack_size);
-    out(",stack_peak=");
-    out_long_or_na(mem.stack_peak);
-    out("]\r\n");
+    outf("m-mem-[model_flash=%u,model_ram=%u,input_buffer=%u,flash_used=%m,ram_static=%m,stack_size=%m,"
+         "stack_peak=%m]\r\n",
+         M->weight_bytes, M->ram_bytes, (unsigned long)M->input_capacity, mem.flash_used, mem.ram_static,
+         mem.stack_size, mem.stack_peak);
 }
 
+/* `help`: each command padded to column 14 (or followed by one space), ": ", its description. */
+static const char help_pairs[] =
+    "name\0m-name-dut-[tinyseek]\0"
+    "profile\0firmware and model version\0"
+    "timestamp\0m-lap-us-N\0"
+    "db load N\0expect N input bytes\0"
+    "db HEX\0append hex bytes\0"
+    "db print [N [OFFSET]]\0show loaded bytes\0"
+    "infer [N [W]]\0N timed runs after W warm-ups (default 1 10)\0"
+    "results\0logits of the last inference\0"
+    "stream\0feed the input without resetting the state\0"
+    "reset\0zero the model state\0"
+    "cls TEXT\0tokenize and classify TEXT (text models)\0"
+    "info | mem\0model, board and timer | memory figures\0"
+    "sync TOKEN\0m-sync-[TOKEN]\0"
+    "quit\0stop the emulator\0";
+
 static void cmd_help(void) {
-    out(FW_VERSION "\r\n"
-        "name          : m-name-dut-[tinyseek]\r\n"
-        "profile       : firmware and model version\r\n"
-        "timestamp     : m-lap-us-N\r\n"
-        "db load N     : expect N input bytes\r\n"
-        "db HEX        : append hex bytes\r\n"
-        "db print [N [OFFSET]] : show loaded bytes\r\n"
-        "infer [N [W]] : N timed runs after W warm-ups (default 1 10)\r\n"
-        "results       : logits of the last inference\r\n"
-        "stream        : feed the input without resetting the state\r\n"
-        "reset         : zero the model state\r\n"
-        "cls TEXT      : tokenize and classify TEXT (text models)\r\n"
-        "info | mem    : model, board and timer | memory figures\r\n"
-        "sync TOKEN    : m-sync-[TOKEN]\r\n"
-        "quit          : stop the emulator\r\n");
+    const char *p = help_pairs;
+    out(FW_VERSION "\r\n");
+    while (*p) {
+        size_t n = str_len(p);
+        dut_port_write(p, n);
+        p += n + 1;
+        do dut_port_write(" ", 1);
+        while (++n < 14);
+        outf(": %s\r\n", p);
+        p += str_len(p) + 1;
+    }
 }
 
 static void cmd_sync(const char *pos, const char *end) {
@@ -570,47 +549,95 @@ static void cmd_sync(const char *pos, const char *end) {
         return;
     }
     if (!no_more(pos, end, "sync TOKEN")) return;
-    out("m-sync-[");
-    out_safe(t.p, t.n, 64);
-    out("]\r\n");
+    outf("m-sync-[%q]\r\n", t.p, t.n, (size_t)64);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------- */
 
+/* Command words, NUL-separated, in the order of the enum; `load` and `print` are the words of
+ * `db` subcommands, no commands of their own. */
+static const char words[] =
+    "name\0profile\0help\0timestamp\0db\0infer\0results\0stream\0reset\0cls\0info\0mem\0sync\0quit\0"
+    "load\0print\0";
+enum {
+    W_NAME, W_PROFILE, W_HELP, W_TIMESTAMP, W_DB, W_INFER, W_RESULTS, W_STREAM, W_RESET, W_CLS, W_INFO,
+    W_MEM, W_SYNC, W_QUIT, W_LOAD, W_PRINT
+};
+
+/* The index of t in `words`, or -1. */
+static int word_index(tok_t t) {
+    const char *w = words;
+    int k;
+    for (k = 0; *w; k++) {
+        size_t n = str_len(w), i;
+        for (i = 0; i < n && i < t.n && w[i] == t.p[i]; i++) {
+        }
+        if (i == n && n == t.n) return k;
+        w += n + 1;
+    }
+    return -1;
+}
+
 static void dispatch(const char *start, const char *end) {
     const char *pos = start;
-    tok_t cmd = next_tok(&pos, end);
+    tok_t cmd = next_tok(&pos, end), sub;
 
-    if (cmd.n == 0) out_error("empty command");
-    else if (tok_is(cmd, "name")) out("m-name-dut-[tinyseek]\r\n");
-    else if (tok_is(cmd, "profile")) {
-        out("m-profile-[" FW_VERSION "]\r\nm-model-[");
-        out(M->name);
-        out("-");
-        out(M->hash);
-        out("]\r\n");
-    } else if (tok_is(cmd, "help")) cmd_help();
-    else if (tok_is(cmd, "timestamp")) out_lap_us();
-    else if (tok_is(cmd, "db")) cmd_db(pos, end);
-    else if (tok_is(cmd, "infer")) cmd_infer(pos, end);
-    else if (tok_is(cmd, "results")) {
-        if (have_results) out_results();
-        else out_error("results: no inference yet");
-    } else if (tok_is(cmd, "stream")) cmd_stream(pos, end);
-    else if (tok_is(cmd, "reset")) {
-        M->reset();
-        out("m-reset-done\r\n");
-    } else if (tok_is(cmd, "cls")) cmd_cls(pos, end);
-    else if (tok_is(cmd, "info")) cmd_info();
-    else if (tok_is(cmd, "mem")) cmd_mem();
-    else if (tok_is(cmd, "sync")) cmd_sync(pos, end);
-    else if (tok_is(cmd, "quit")) {
-        out("m-quit\r\n");
-        if (!dut_port_exit(0)) out_error("quit: this board cannot exit; reset it instead");
+    if (cmd.n == 0) {
+        out_error("empty command");
     } else {
-        out("e-[Unknown command: ");
-        out_safe(cmd.p, cmd.n, 32);
-        out("]\r\n");
+        switch (word_index(cmd)) {
+        case W_NAME:
+            out("m-name-dut-[tinyseek]\r\n");
+            break;
+        case W_PROFILE:
+            outf("m-profile-[" FW_VERSION "]\r\nm-model-[%s-%s]\r\n", M->name, M->hash);
+            break;
+        case W_HELP:
+            cmd_help();
+            break;
+        case W_TIMESTAMP:
+            out_lap_us();
+            break;
+        case W_DB:
+            sub = next_tok(&pos, end);
+            if (sub.n == 0) out_error("db needs a subcommand: db load N, db HEX or db print");
+            else if (word_index(sub) == W_LOAD) cmd_db_load(pos, end);
+            else if (word_index(sub) == W_PRINT) cmd_db_print(pos, end);
+            else cmd_db_hex(sub, pos, end);
+            break;
+        case W_INFER:
+            cmd_infer(pos, end);
+            break;
+        case W_RESULTS:
+            if (have_results) out_results();
+            else out_error("results: no inference yet");
+            break;
+        case W_STREAM:
+            cmd_stream(pos, end);
+            break;
+        case W_RESET:
+            M->reset();
+            out("m-reset-done\r\n");
+            break;
+        case W_CLS:
+            cmd_cls(pos, end);
+            break;
+        case W_INFO:
+            cmd_info();
+            break;
+        case W_MEM:
+            cmd_mem();
+            break;
+        case W_SYNC:
+            cmd_sync(pos, end);
+            break;
+        case W_QUIT:
+            out("m-quit\r\n");
+            if (!dut_port_exit(0)) out_error("quit: this board cannot exit; reset it instead");
+            break;
+        default:
+            outf("e-[Unknown command: %q]\r\n", cmd.p, cmd.n, (size_t)32);
+        }
     }
     out("m-ready\r\n");
 }
@@ -628,9 +655,8 @@ void dut_init(const dut_model_t *model) {
 void dut_feed(uint8_t c) {
     if (c == '%') {
         if (line_overflow) {
-            out("e-[command too long: more than " );
-            out_u64(DUT_LINE_MAX);
-            out(" bytes before '%']\r\nm-ready\r\n");
+            outf("e-[command too long: more than %u bytes before '%%']\r\nm-ready\r\n",
+                 (unsigned long)DUT_LINE_MAX);
         } else {
             dispatch(line, line + line_len);
         }

@@ -16,7 +16,7 @@ typedef struct {
     unsigned long clock_hz;       /* CPU clock the board is configured for */
     const char *timer;            /* timing source, e.g. "systick-icount", "dwt-cyccnt" */
     const char *timer_unit;       /* unit of dut_port_timer(): "instructions", "cycles", "us" */
-    unsigned long timer_per_us;   /* timer units per microsecond (for m-lap-us) */
+    unsigned long timer_per_us;   /* timer units per microsecond (for m-lap-us), below 65536 */
 } dut_target_t;
 
 /* Memory figures the board can measure itself; -1 where it cannot. */
