@@ -93,9 +93,16 @@ uint64_t dut_port_ticks(void) {
     return ((uint64_t)hi << 24) + (SYST_RELOAD - v);
 }
 
+/* Instructions per tick (1e9 / clock) as a multiple of 1/256, so the conversion is a multiply
+ * and a shift: a 64-bit division would link libgcc's division routine. */
+#if (1000000000LL * 256) % TS_CLOCK_HZ != 0
+#error "TS_CLOCK_HZ must divide 256e9 (1e9 / clock a multiple of 1/256), e.g. 25 MHz or 32 MHz"
+#endif
+#define UNITS_PER_TICK_X256 ((1000000000ull * 256u) / TS_CLOCK_HZ)
+
 uint64_t dut_port_ticks_to_units(uint64_t t) {
-    /* ticks * 1e9 / clock, split so that it cannot overflow */
-    return (t / TS_CLOCK_HZ) * 1000000000ull + (t % TS_CLOCK_HZ) * 1000000000ull / TS_CLOCK_HZ;
+    /* ticks * 1e9 / clock, rounded down; exact below 2^64 / UNITS_PER_TICK_X256 ticks */
+    return t * UNITS_PER_TICK_X256 >> 8;
 }
 
 void dut_port_timer_sync(void) {
