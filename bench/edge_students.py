@@ -129,8 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "edge_students.json"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args(argv)
-    cfg = load(overrides={"run": args.run, "teacher.attentions": True,
-                          "codegen.out_dir": f"models/{args.run}/lib"})
+    overrides = {"run": args.run, "teacher.attentions": True, "codegen.out_dir": f"models/{args.run}/lib"}
+    cfg = load(overrides=overrides)
     run = Run(cfg)
     if args.seed_from and not run.knowledge.is_file():
         seed(Path(cfg.models_dir) / args.seed_from, run)
@@ -141,10 +141,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         row = tinylstm_row(run, Path(tmp))
         rows.append({**row, "name": "TinyLSTM (microcontrollers)"})
-    out = build_edge(run, "tinybert")
-    m = json.loads((out / "metrics.json").read_text())
-    spec = m["spec"]
-    rows.append({**m, "name": f"TinyBert {spec['layers']}x{spec['hidden']}/{spec['bottleneck']} (edge boxes)"})
+    # Without attention transfer first, so the default TinyBert is the one left in edge/tinybert/.
+    ablation = Run(load(overrides={**overrides, "edge.attention_weight": 0.0}))
+    for r, what in ((ablation, ", no attention transfer"), (run, "")):
+        out = build_edge(r, "tinybert")
+        m = json.loads((out / "metrics.json").read_text())
+        spec = m["spec"]
+        rows.append({**m, "name": f"TinyBert {spec['layers']}x{spec['hidden']}/{spec['bottleneck']} (edge boxes){what}"})
     for n in [int(v) for v in args.layers.split(",")]:
         out = build_edge(run, "truncated", n)
         m = json.loads((out / "metrics.json").read_text())

@@ -275,7 +275,7 @@ def tinybert_spec(dataset, cfg) -> TinyBertSpec:
     e = cfg.edge
     return TinyBertSpec(labels=list(dataset.labels), vocab_size=e.vocab_size, max_len=e.max_len, hidden=e.hidden,
                         bottleneck=e.bottleneck, layers=e.layers, heads=e.heads, ffn_stack=e.ffn_stack,
-                        embed_dim=e.embed_dim)
+                        embed_dim=e.embed_dim, trigram=e.trigram)
 
 
 def train_tinybert(dataset, knowledge_path: str | Path, cfg, teacher_dir: str | Path | None = None, *,
