@@ -11,9 +11,9 @@ from tinyseek.cli import main
 from tinyseek.codegen.render import render
 from tinyseek.config import ConfigError, load
 from tinyseek.data import Dataset, Split
-from tinyseek.distill.search import (KernelCost, Outcome, SearchError, Shape, Task, fitting, grid, load_kernel_cost,
-                                     make_budget, memory_bytes, pareto, plan_search, random_student, run_search,
-                                     select, size_key, stack_width, student_cost, work)
+from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, fitting, grid,
+                                     load_kernel_cost, make_budget, memory_bytes, pareto, plan_search, random_student,
+                                     run_search, select, size_key, stack_width, student_cost, work)
 from tinyseek.harness.boards import load_profile
 from tinyseek.quant.synthetic import random_model
 
@@ -139,8 +139,12 @@ def test_selection_finds_the_smallest_passing_shape_with_few_trainings():
     assert set(outcomes) | set(skipped) == set(order)
     # The cap: nothing passes within two trainings, and the rest say why they were not trained.
     best, outcomes, skipped = select(order, lambda s: Outcome(accuracy(s)), 0.8, max_candidates=2)
-    assert best is None and len(outcomes) == 2
-    assert any("max_candidates = 2" in why for why in skipped.values())
+    assert best is None and len(outcomes) == 2 and CAP_REASON in skipped.values()
+    # Outcomes scored before use up no training: with a cap of 0 they still settle the answer.
+    known = {s: Outcome(accuracy(s)) for s in calls}
+    calls.clear()
+    best, outcomes, skipped = select(order, evaluate, 0.8, max_candidates=0, known=known)
+    assert best == passing[0] and calls == [] and CAP_REASON not in skipped.values()
 
 
 def test_pareto_marks_the_undominated():

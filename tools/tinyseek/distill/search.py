@@ -174,7 +174,8 @@ def load_kernel_cost(board: str, path: str | Path = KERNEL_COST_FILE) -> KernelC
         cost = KernelCost(board=board, measured_on=env, unit=e["unit"], kernel=e["kernel"],
                           **{k: float(e["coefficients"][k]) for k in ("mac", "unit_step", "step", "fixed")},
                           code_fixed=float(e["code_bytes"]["fixed"]),
-                          code_per_layer=float(e["code_bytes"]["per_layer"]), stack_fixed=float(e["stack_bytes"]["fixed"]),
+                          code_per_layer=float(e["code_bytes"]["per_layer"]),
+                          stack_fixed=float(e["stack_bytes"]["fixed"]),
                           stack_per_width=float(e["stack_bytes"]["per_width"]), kernels_hash=e["kernels_hash"])
     except (KeyError, TypeError, ValueError) as e2:
         raise SearchError(f"{path}: the entry of {env!r} lacks {e2}; rewrite it with `{REFIT}`") from e2
@@ -275,29 +276,25 @@ class Outcome:
     details: dict = field(default_factory=dict)
 
 
+CAP_REASON = "not trained: search.max_candidates reached"
+
+
 def select(candidates: Sequence[Shape], evaluate: Callable[[Shape], Outcome], threshold: float,
-           max_candidates: int) -> tuple[Shape | None, dict[Shape, Outcome], dict[Shape, str]]:
-    """(smallest passing shape or None, the outcomes of trained shapes, why the others were not
-    trained). `candidates` come smallest first; a shape passes when its accuracy >= threshold."""
-    outcomes: dict[Shape, Outcome] = {}
-    skipped: dict[Shape, str] = {}
-    pending = list(candidates)
+           max_candidates: int, known: dict[Shape, Outcome] | None = None,
+           ) -> tuple[Shape | None, dict[Shape, Outcome], dict[Shape, str]]:
+    """(smallest passing shape or None, the outcomes of scored shapes, why the others were not
+    trained). `candidates` come smallest first; a shape passes when its accuracy >= threshold.
+    `known` outcomes (scored by an earlier search) count at once and use up no training."""
     order = {s: i for i, s in enumerate(candidates)}
-    best: Shape | None = None
-    failed: list[Shape] = []
-    jump = 1
-    while pending and len(outcomes) < max_candidates:
-        # Galloping up while nothing passed (cheap shapes first), bisection below a pass.
-        pick = pending[min(jump, len(pending)) - 1] if best is None else pending[(len(pending) - 1) // 2]
-        jump *= 2
-        out = evaluate(pick)
-        outcomes[pick] = out
-        if out.accuracy is not None and out.accuracy >= threshold:
-            best = pick if best is None or order[pick] < order[best] else best
-        else:
-            failed.append(pick)
-        rest = []
-        for s in pending:
+    outcomes = {s: o for s, o in (known or {}).items() if s in order}
+    skipped: dict[Shape, str] = {}
+    jump, trained = 1, 0
+    while True:
+        passing = [s for s, o in outcomes.items() if o.accuracy is not None and o.accuracy >= threshold]
+        best = min(passing, key=order.__getitem__, default=None)
+        failed = [s for s in outcomes if s not in passing]
+        pending = []
+        for s in candidates:
             if s in outcomes:
                 continue
             if best is not None and order[s] > order[best]:
@@ -305,10 +302,16 @@ def select(candidates: Sequence[Shape], evaluate: Callable[[Shape], Outcome], th
             elif (f := next((f for f in failed if f.covers(s)), None)) is not None:
                 skipped[s] = f"no larger than {f.label}, which fails"
             else:
-                rest.append(s)
-        pending = rest
+                pending.append(s)
+        if not pending or trained >= max_candidates:
+            break
+        # Galloping up while nothing passed (cheap shapes first), bisection below a pass.
+        pick = pending[min(jump, len(pending)) - 1] if best is None else pending[(len(pending) - 1) // 2]
+        jump *= 2
+        outcomes[pick] = evaluate(pick)
+        trained += 1
     for s in pending:
-        skipped[s] = f"not trained: search.max_candidates = {max_candidates} reached"
+        skipped[s] = CAP_REASON
     return best, outcomes, skipped
 
 
@@ -372,9 +375,21 @@ def candidate_config(cfg, shape: Shape, epochs: int):
     return c
 
 
+RECORD = "candidate.json"
+
+
+def scored(folder: Path, key: str) -> Outcome | None:
+    """The outcome a candidate folder holds for the same inputs `key`, or None."""
+    record = folder / RECORD
+    if not record.is_file():
+        return None
+    old = json.loads(record.read_text())
+    return Outcome(old["accuracy"], old.get("error", ""), old.get("details", {})) if old.get("key") == key else None
+
+
 def train_and_score(dataset, knowledge_path: Path, cfg, folder: Path, key: str, expected: Cost) -> Outcome:
-    """Distill, quantize and score one candidate in `folder` (student/, int8/, candidate.json);
-    a candidate.json of the same inputs `key` is reused."""
+    """Distill, quantize and score one candidate in `folder` (student/, int8/, candidate.json,
+    which records the outcome under the inputs `key`)."""
     from ..codegen.context import build_context
     from ..harness.evaluate import oracle_logits
     from ..quant.reference import QuantRangeError
@@ -382,11 +397,6 @@ def train_and_score(dataset, knowledge_path: Path, cfg, folder: Path, key: str, 
     from ..quant.quantize import quantize_run
     from .train import distill
 
-    record = folder / "candidate.json"
-    if record.is_file():
-        old = json.loads(record.read_text())
-        if old.get("key") == key:
-            return Outcome(old["accuracy"], old.get("error", ""), old.get("details", {}))
     folder.mkdir(parents=True, exist_ok=True)
     distill(dataset, knowledge_path, cfg, folder, progress=False)
     history = json.loads((folder / "student" / "history.json").read_text())
@@ -408,7 +418,7 @@ def train_and_score(dataset, knowledge_path: Path, cfg, folder: Path, key: str, 
                               "tools/tinyseek/distill/search.py to codegen's layout")
         pred = oracle_logits(qm, dataset.val).argmax(axis=1)
         out = Outcome(float(np.mean(pred == np.asarray(dataset.val.y))), "", details)
-    record.write_text(json.dumps({"key": key, "accuracy": out.accuracy, "error": out.error,
+    (folder / RECORD).write_text(json.dumps({"key": key, "accuracy": out.accuracy, "error": out.error,
                                   "details": out.details}, indent=2) + "\n")
     return out
 
@@ -425,6 +435,7 @@ class SearchResult:
     chosen: Shape | None
     rows: list[dict]  # every shape of the grid with its cost and, if trained, its accuracy
     folder: Path
+    untried: int = 0  # shapes that could have passed (or passed smaller) but were not trained: the cap
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -434,13 +445,17 @@ class SearchResult:
             best = max(trained, key=lambda r: r["int8_accuracy"], default=None)
             tail = (f"; the best trained, {best['student']}, reaches {best['int8_accuracy']:.4f} "
                     f"({best['retention']:.1%} of the teacher)") if best else ""
+            if self.untried:
+                tail += f"; {self.untried} fitting shapes were not trained (search.max_candidates)"
             return (f"no student within the budget reached {self.target:.0%} of the teacher's validation accuracy "
                     f"({self.teacher_accuracy:.4f}){tail}: raise the budget, search.max_candidates or search.epochs")
         r = next(r for r in self.rows if r["student"] == self.chosen.label)
+        caveat = (f"; {self.untried} smaller shapes were not trained (search.max_candidates), so a smaller one may "
+                  "pass too: raise it to settle them") if self.untried else ""
         return (f"smallest student reaching {self.target:.0%} of the teacher: {self.chosen.label} "
                 f"(int8 validation accuracy {r['int8_accuracy']:.4f}, {r['retention']:.1%} of the teacher's "
                 f"{self.teacher_accuracy:.4f}; flash {r['flash_bytes'] / KB:.1f} KB, RAM {r['ram_bytes']:,} B, "
-                f"worst-case latency {r['latency_ms']:.3g} ms on {self.board})")
+                f"worst-case latency {r['latency_ms']:.3g} ms on {self.board}){caveat}")
 
 
 @dataclass
@@ -494,17 +509,24 @@ def run_search(dataset, knowledge_path: str | Path, cfg, out_dir: str | Path, *,
         f"validation accuracy {teacher:.4f}, target {threshold:.4f} ({s.target:.0%}); training at most "
         f"{s.max_candidates}")
 
+    known: dict[Shape, Outcome] = {}
     if evaluate is None:
         knowledge = Path(knowledge_path)
         khash = hash_safetensors(knowledge)
 
-        def evaluate(shape: Shape) -> Outcome:
+        def where(shape: Shape):
             c = candidate_config(cfg, shape, s.epochs)
             key = hash_obj([__version__, asdict(c.task), asdict(c.student), asdict(c.distill), asdict(c.quant), khash])
-            folder = out_dir / "candidates" / shape.label
-            if force and (folder / "candidate.json").is_file():
-                (folder / "candidate.json").unlink()
+            return c, out_dir / "candidates" / shape.label, key
+
+        def evaluate(shape: Shape) -> Outcome:
+            c, folder, key = where(shape)
             return train_and_score(dataset, knowledge, c, folder, key, costs[shape])
+
+        if not force:  # candidates scored by an earlier search with the same inputs cost nothing
+            known = {sh: o for sh in candidates if (o := scored(*where(sh)[1:])) is not None}
+            if known:
+                log(f"[search] {len(known)} candidates scored before: " + ", ".join(sh.label for sh in known))
 
     def logged(shape: Shape) -> Outcome:
         out = evaluate(shape)
@@ -514,7 +536,9 @@ def run_search(dataset, knowledge_path: str | Path, cfg, out_dir: str | Path, *,
             + (f" ({out.error})" if out.error else ""))
         return out
 
-    chosen, outcomes, skipped = select(candidates, logged, threshold, s.max_candidates)
+    chosen, outcomes, skipped = select(candidates, logged, threshold, s.max_candidates, known)
+    rank = {sh: i for i, sh in enumerate(candidates)}
+    untried = [sh for sh, why in skipped.items() if why == CAP_REASON and (chosen is None or rank[sh] < rank[chosen])]
     trained = {sh: o for sh, o in outcomes.items() if o.accuracy is not None}
     front = pareto({sh: (costs[sh].flash_bytes, costs[sh].ram_bytes, costs[sh].latency_ms, o.accuracy)
                     for sh, o in trained.items()})
@@ -530,7 +554,7 @@ def run_search(dataset, knowledge_path: str | Path, cfg, out_dir: str | Path, *,
                      "passes": acc is not None and acc >= threshold, "pareto": sh in front, "status": status,
                      "error": o.error if o else "", "details": o.details if o else {}})
     result = SearchResult(board=s.board, budget=budget, kernel_cost=plan.kernel_cost, teacher_accuracy=teacher,
-                          target=s.target, chosen=chosen, rows=rows, folder=out_dir)
+                          target=s.target, chosen=chosen, rows=rows, folder=out_dir, untried=len(untried))
     result.files = write_report(result)
     log(f"[search] {result.message}")
     return result
@@ -620,7 +644,8 @@ def write_report(result: SearchResult) -> list[Path]:
     result.folder.mkdir(parents=True, exist_ok=True)
     data = {"board": result.board, "budget": asdict(result.budget), "kernel_cost": asdict(result.kernel_cost),
             "teacher_accuracy": result.teacher_accuracy, "target": result.target,
-            "chosen": result.chosen.label if result.chosen else None, "message": result.message, "rows": result.rows}
+            "chosen": result.chosen.label if result.chosen else None, "untried": result.untried,
+            "message": result.message, "rows": result.rows}
     js = result.folder / "search.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = result.folder / "search.md"
