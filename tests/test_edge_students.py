@@ -166,15 +166,20 @@ def test_tinybert_distills_with_attention_transfer_exports_and_matches_onnxrunti
     assert torch.equal(again(ids, mask), model(ids, mask))
 
 
-def test_an_all_padding_row_gives_the_head_bias_not_nan():
-    cfg = small_cfg()
+@pytest.mark.parametrize("trigram", [False, True])
+def test_an_all_padding_row_gives_the_head_bias_not_nan(trigram, tmp_path):
+    cfg = small_cfg(**{"edge.trigram": trigram})
     from tinyseek.distill.edge import tinybert_spec
     torch.manual_seed(0)
     model = TinyBert(tinybert_spec(SimpleNamespace(labels=["a", "b", "c"]), cfg)).eval()
+    assert model.embed_proj.in_features == (3 if trigram else 1) * cfg.edge.embed_dim
     ids, mask = encode(["", "lights on"], model.spec)
-    out = model(ids, mask)
+    with torch.no_grad():
+        out = model(ids, mask)
     assert torch.isfinite(out).all()
     assert torch.allclose(out[0], model.head.bias)
+    again = load_tinybert(save_tinybert(model, tmp_path / "tb"))
+    assert again.spec.trigram is trigram and torch.equal(again(ids, mask), out)
 
 
 def test_attention_transfer_without_cached_maps_says_how_to_get_them(task, run_dir, tmp_path):
