@@ -11,9 +11,9 @@ from tinyseek.cli import main
 from tinyseek.codegen.render import render
 from tinyseek.config import ConfigError, load
 from tinyseek.data import Dataset, Split
-from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, fitting, grid,
-                                     load_kernel_cost, make_budget, memory_bytes, pareto, plan_search, random_student,
-                                     run_search, select, size_key, stack_width, student_cost, work)
+from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, candidate_config,
+                                     fitting, grid, load_kernel_cost, make_budget, memory_bytes, pareto, plan_search,
+                                     random_student, run_search, select, size_key, stack_width, student_cost, work)
 from tinyseek.harness.boards import load_profile
 from tinyseek.quant.synthetic import random_model
 
@@ -145,6 +145,18 @@ def test_selection_finds_the_smallest_passing_shape_with_few_trainings():
     calls.clear()
     best, outcomes, skipped = select(order, evaluate, 0.8, max_candidates=0, known=known)
     assert best == passing[0] and calls == [] and CAP_REASON not in skipped.values()
+
+
+def test_candidates_get_the_shape_and_the_search_epochs():
+    shape = Shape(24, 2, 12, 300)
+    c = candidate_config(load(), shape, 10)
+    assert (c.student.hidden, c.student.layers, c.student.embed_dim, c.student.vocab_size) == (24, 2, 12, 300)
+    assert c.distill.epochs == 10 and load().student.hidden != 24  # a copy
+    prog = load(overrides={"distill.schedule": "progressive", "distill.stage1_epochs": 8,
+                           "distill.stage2_epochs": 24, "distill.stage3_epochs": 0})
+    p = candidate_config(prog, shape, 8).distill
+    assert (p.stage1_epochs, p.stage2_epochs, p.stage3_epochs) == (2, 6, 0)
+    assert candidate_config(prog, shape, 0).distill.stage2_epochs == 24
 
 
 def test_pareto_marks_the_undominated():
