@@ -3,11 +3,27 @@
  * 'intents', model hash b6f06033a0dd8367.
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
-/* Cortex-M DSP-extension kernels (M4, M7, M33, ...): SXTB16 + SMLAD dual 16-bit MACs. One pass
- * over x and one over h compute the four gate rows of a unit (unit-major rows, see
- * intents_kernels.h): each word of x or h is widened once per step and
- * feeds four rows, each weight word is loaded once and split by SXTB16 (even bytes) and
- * SXTB16 ROR #8 (odd bytes), so the inner loop does no shuffling. */
+/* Cortex-M DSP-extension kernels (M4, M7, M33, ...). One pass over x and one over h compute the
+ * four gate rows of a unit (unit-major rows, see intents_kernels.h).
+ *
+ * Two rows per SMLAD. In a DSP build the generator stores a unit's weights paired: a halfword
+ * holds the weight of row A (gate i or g) plus 128 in its low byte and the weight of row B
+ * (gate f or o) in its high byte, so as an int16 it is (A + 128) + 256 B. x and h are widened
+ * once per step into int16 pairs; one SMLAD on a weight word then adds (A + 128) x + 256 B x for
+ * two columns, and one more after UXTB16 (which keeps the low bytes) adds (A + 128) x. Both
+ * accumulators start at -128 sum(x), so they end at acc_A + 256 acc_B and acc_A: the generator
+ * proved |256 acc_B| < 2^31, so acc_B is their difference shifted right by 8. That is 15
+ * instructions for 16 MACs (a 4-column LDRD of x pairs, two LDRD of weights, four UXTB16, eight
+ * SMLAD), against 21 with SXTB16 on both halves of every weight word.
+ *
+ * Each unit's per-row values follow its weights in the same block (x: shifts, Mx, bias; h:
+ * shifts, Mh), so the weight pointer reads them with one LDM. When the generator proved the
+ * 32-bit forms for a layer ("fast"), the whole step is one assembly routine: the gates are
+ * z = sat16(SMMLAR(acc_h', Mh, SMMLAR(acc_x', Mx, bias))) (acc' = acc << (32 - n), the exact
+ * "pre" requantization, with no int32 overflow of the sums), the activations interpolate two
+ * neighbouring table entries read by one unaligned LDR, y = ((256 - f) T[k] + f T[k+1] + 128) >> 8
+ * with one SMLAD, which equals T[k] + ((T[k+1] - T[k]) f + 128) >> 8, and the new h is written in
+ * place (the units read the widened copy of the old one). Other layers requantize in C. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_DSP)
@@ -27,185 +43,313 @@ INTENTS_INLINE uint32_t intents_load32(const int8_t *p)
     uint32_t v;
     memcpy(&v, p, 4); /* one LDR: the M4/M7 load unaligned words */
     return v;
-}
-
-/* v[0..n-1] (n a multiple of 4) as int16 pairs in the order a weight word unpacks:
- * out[2q] = (v[4q], v[4q+2]), out[2q+1] = (v[4q+1], v[4q+3]). */
-INTENTS_INLINE void intents_widen(const int8_t *v, uint32_t n, uint32_t *out)
+}/* Layer 0, every unit in assembly (x pre, h pre32). Registers: r0-r3 the four
+ * rows of a unit, r4-r7 vector pairs and weight words, r8 the widened vector, r9 a loop end,
+ * r10/r11 the x/h block pointers. The stack holds, from sp: the sigmoid and tanh tables (at their
+ * entry 128), 128, 0xFFFF, 256, 16384, c, h, h + 64; x widened at sp + 40, h at sp + 120
+ * (264 bytes). */
+__attribute__((naked, noinline)) static void intents_l0_units_dsp(
+    __attribute__((unused)) const int8_t *x, __attribute__((unused)) int8_t *h, __attribute__((unused)) int16_t *c, __attribute__((unused)) const int32_t *bx,
+    __attribute__((unused)) const int32_t *bh, __attribute__((unused)) const int16_t *sigmoid, __attribute__((unused)) const int16_t *tanh_table)
 {
-    uint32_t k;
-    for (k = 0; k < n; k += 4) {
-        uint32_t q = intents_load32(v + k);
-        out[k / 2] = (uint32_t)__sxtb16((int32_t)q);
-        out[k / 2 + 1] = intents_sxtb16_ror8(q);
-    }
-}/* acc[g] = sum_k w[g*32 + k] * v[k] for the four rows g = 0..3 starting at w; vq is v widened.
- * Two words per loop pass, then 0 word and 0 byte(s) of tail. */
-INTENTS_INLINE void intents_dot4_32(const int8_t *w, const uint32_t *vq, const int8_t *v, int32_t *acc)
-{
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    uint32_t v02, v13, t, u;
-    const int8_t *wend = w + 32;
-    /* The whole loop in one asm statement: the compiler would copy the accumulators around a
-     * loop of asm statements. The "memory" clobber keeps the compiler from hoisting the rows'
-     * multipliers and shifts above the loop, where they would only be spilled to the stack. */
+    /* The arguments arrive in r0-r3 and on the stack (AAPCS); the body reads them there. */
     __asm__(
+            "push {r4-r11, lr}\n\t"
+            "mov r10, r3\n\t"
+            "ldr r11, [sp, #36]\n\t"
+            "ldr r3, [sp, #40]\n\t"
+            "ldr r4, [sp, #44]\n\t"
+            "sub sp, sp, #264\n\t"
+            "add r3, r3, #256\n\t"
+            "add r4, r4, #256\n\t"
+            "movs r5, #128\n\t"
+            "movw r6, #65535\n\t"
+            "mov r7, #256\n\t"
+            "mov r8, #16384\n\t"
+            "mov r9, r2\n\t"
+            "mov r12, r1\n\t"
+            "add lr, r1, #64\n\t"
+            "stm sp, {r3-r9, r12, lr}\n\t"
+            /* x and h widened, with 128 sum(v) in r9 (r7 = 128 in both halves), negated */
+            "mov r7, #0x00800080\n\t"
+            "add r8, sp, #56\n\t"
+            "movs r9, #0\n\t"
+            "add r6, r8, #64\n\t"
             "1:\n\t"
-            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
-            "ldr %[t], [%[w], #32]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
-            "ldr %[t], [%[w], #64]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
-            "ldr %[t], [%[w], #96]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
-            "ldr %[t], [%[w]], #4\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
-            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
-            "ldr %[t], [%[w], #32]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
-            "ldr %[t], [%[w], #64]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
-            "ldr %[t], [%[w], #96]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
-            "ldr %[t], [%[w]], #4\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
-            "cmp %[w], %[wend]\n\t"
+            "ldr r3, [r0], #4\n\t"
+            "sxtb16 r4, r3\n\t"
+            "sxtb16 r5, r3, ror #8\n\t"
+            "strd r4, r5, [r8], #8\n\t"
+            "smlad r9, r4, r7, r9\n\t"
+            "smlad r9, r5, r7, r9\n\t"
+            "cmp r8, r6\n\t"
             "bne 1b\n\t"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
-            : [wend] "r"(wend)
-            : "cc", "memory");
-    (void)vq;
-    (void)v;
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
-}
+            "rsbs r9, r9, #0\n\t"
+            "add r6, sp, #40\n\t"
+            "strd r9, r9, [r6]\n\t"
+            "strd r9, r9, [r6, #8]\n\t"
+            "add r8, sp, #136\n\t"
+            "movs r9, #0\n\t"
+            "add r6, r8, #128\n\t"
+            "1:\n\t"
+            "ldr r3, [r1], #4\n\t"
+            "sxtb16 r4, r3\n\t"
+            "sxtb16 r5, r3, ror #8\n\t"
+            "strd r4, r5, [r8], #8\n\t"
+            "smlad r9, r4, r7, r9\n\t"
+            "smlad r9, r5, r7, r9\n\t"
+            "cmp r8, r6\n\t"
+            "bne 1b\n\t"
+            "rsbs r9, r9, #0\n\t"
+            "add r6, sp, #120\n\t"
+            "strd r9, r9, [r6]\n\t"
+            "strd r9, r9, [r6, #8]\n\t"
 
-/* acc[g] = sum_k w[g*64 + k] * v[k] for the four rows g = 0..3 starting at w; vq is v widened.
- * Two words per loop pass, then 0 word and 0 byte(s) of tail. */
-INTENTS_INLINE void intents_dot4_64(const int8_t *w, const uint32_t *vq, const int8_t *v, int32_t *acc)
-{
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    uint32_t v02, v13, t, u;
-    const int8_t *wend = w + 64;
-    /* The whole loop in one asm statement: the compiler would copy the accumulators around a
-     * loop of asm statements. The "memory" clobber keeps the compiler from hoisting the rows'
-     * multipliers and shifts above the loop, where they would only be spilled to the stack. */
-    __asm__(
-            "1:\n\t"
-            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
-            "ldr %[t], [%[w], #64]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
-            "ldr %[t], [%[w], #128]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
-            "ldr %[t], [%[w], #192]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
-            "ldr %[t], [%[w]], #4\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
-            "ldrd %[v02], %[v13], [%[vq]], #8\n\t"
-            "ldr %[t], [%[w], #64]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a1], %[u], %[v02], %[a1]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a1], %[t], %[v13], %[a1]\n\t"
-            "ldr %[t], [%[w], #128]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a2], %[u], %[v02], %[a2]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a2], %[t], %[v13], %[a2]\n\t"
-            "ldr %[t], [%[w], #192]\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a3], %[u], %[v02], %[a3]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a3], %[t], %[v13], %[a3]\n\t"
-            "ldr %[t], [%[w]], #4\n\t"
-            "sxtb16 %[u], %[t]\n\t"
-            "smlad %[a0], %[u], %[v02], %[a0]\n\t"
-            "sxtb16 %[t], %[t], ror #8\n\t"
-            "smlad %[a0], %[t], %[v13], %[a0]\n\t"
-            "cmp %[w], %[wend]\n\t"
-            "bne 1b\n\t"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(w), [vq] "+r"(vq), [v02] "=&r"(v02), [v13] "=&r"(v13), [t] "=&r"(t), [u] "=&r"(u)
-            : [wend] "r"(wend)
-            : "cc", "memory");
-    (void)vq;
-    (void)v;
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+            "2:\n\t"
+            /* x side: acc' and z_x = SMMLAR(acc', Mx, bias), kept on the stack */
+            "add r8, sp, #40\n\t"
+            "ldm r8!, {r0-r3}\n\t"
+            "add r9, r8, #64\n\t"
+            "3:\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r10], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "cmp r8, r9\n\t"
+            "bne 3b\n\t"
+
+            "sub r6, r1, r0\n\t"
+            "sub r7, r3, r2\n\t"
+            "ldr r4, [r10], #4\n\t"
+            "lsl r0, r0, r4\n\t"
+            "lsr r4, r4, #8\n\t"
+            "asr r1, r6, r4\n\t"
+            "lsr r4, r4, #8\n\t"
+            "lsl r2, r2, r4\n\t"
+            "lsr r4, r4, #8\n\t"
+            "asr r3, r7, r4\n\t"
+
+            "ldm r10!, {r4-r9, r12, lr}\n\t"
+            "smmlar r0, r0, r4, r8\n\t"
+            "smmlar r1, r1, r5, r9\n\t"
+            "smmlar r2, r2, r6, r12\n\t"
+            "smmlar r3, r3, r7, lr\n\t"
+            "push {r0-r3}\n\t"
+            /* h side: z = sat16(SMMLAR(acc', Mh, z_x)) */
+            "add r8, sp, #136\n\t"
+            "ldm r8!, {r0-r3}\n\t"
+            "add r9, r8, #128\n\t"
+            "3:\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "ldrd r4, r5, [r8], #8\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r4, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r4, r0\n\t"
+            "smlad r3, r7, r4, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r4, r2\n\t"
+            "ldrd r6, r7, [r11], #8\n\t"
+            "smlad r1, r6, r5, r1\n\t"
+            "uxtb16 r6, r6\n\t"
+            "smlad r0, r6, r5, r0\n\t"
+            "smlad r3, r7, r5, r3\n\t"
+            "uxtb16 r7, r7\n\t"
+            "smlad r2, r7, r5, r2\n\t"
+            "cmp r8, r9\n\t"
+            "bne 3b\n\t"
+
+            "sub r6, r1, r0\n\t"
+            "sub r7, r3, r2\n\t"
+            "asr r1, r6, #8\n\t"
+            "asr r3, r7, #8\n\t"
+            "add r11, r11, #4\n\t"
+
+            "ldm r11!, {r4-r7}\n\t"
+            "pop {r8, r9, r12, lr}\n\t"
+            "smmlar r0, r0, r4, r8\n\t"
+            "smmlar r1, r1, r5, r9\n\t"
+            "smmlar r2, r2, r6, r12\n\t"
+            "smmlar r3, r3, r7, lr\n\t"
+            "ssat r0, #16, r0\n\t"
+            "ssat r1, #16, r1\n\t"
+            "ssat r2, #16, r2\n\t"
+            "ssat r3, #16, r3\n\t"
+            /* the cell: i, f, o, g; c' = sat16(rr(f c, 15) + rr(i g, 19)) */
+            "ldm sp, {r4-r8, lr}\n\t"
+            "asr r9, r0, #8\n\t"
+            "ldr r12, [r4, r9, lsl #1]\n\t"
+            "and r9, r0, #255\n\t"
+            "mla r9, r9, r7, r8\n\t"
+            "smlad r0, r12, r9, r6\n\t"
+            "asr r0, r0, #8\n\t"
+            "asr r9, r1, #8\n\t"
+            "ldr r12, [r4, r9, lsl #1]\n\t"
+            "and r9, r1, #255\n\t"
+            "mla r9, r9, r7, r8\n\t"
+            "smlad r1, r12, r9, r6\n\t"
+            "asr r1, r1, #8\n\t"
+            "asr r9, r3, #8\n\t"
+            "ldr r12, [r4, r9, lsl #1]\n\t"
+            "and r9, r3, #255\n\t"
+            "mla r9, r9, r7, r8\n\t"
+            "smlad r3, r12, r9, r6\n\t"
+            "asr r3, r3, #8\n\t"
+            "asr r9, r2, #8\n\t"
+            "ldr r12, [r5, r9, lsl #1]\n\t"
+            "and r9, r2, #255\n\t"
+            "mla r9, r9, r7, r8\n\t"
+            "smlad r2, r12, r9, r6\n\t"
+            "asr r2, r2, #8\n\t"
+
+            "ldr r4, [sp, #24]\n\t"
+            "ldrsh r9, [r4]\n\t"
+            "mla r9, r1, r9, lr\n\t"
+            "mul r0, r0, r2\n\t"
+            "add r0, r0, #262144\n\t"
+            "asr r0, r0, #19\n\t"
+            "add r0, r0, r9, asr #15\n\t"
+            "ssat r0, #16, r0\n\t"
+            "strh r0, [r4], #2\n\t"
+            "str r4, [sp, #24]\n\t"
+            /* h' = sat8(rr(o tanh(c' in Q3.12), 23)) */
+            "ssat r0, #16, r0, lsl #1\n\t"
+            "asr r9, r0, #8\n\t"
+            "ldr r12, [r5, r9, lsl #1]\n\t"
+            "and r9, r0, #255\n\t"
+            "mla r9, r9, r7, r8\n\t"
+            "smlad r0, r12, r9, r6\n\t"
+            "asr r0, r0, #8\n\t"
+
+            "mul r0, r3, r0\n\t"
+            "add r0, r0, #4194304\n\t"
+            "ssat r0, #8, r0, asr #23\n\t"
+            "ldrd r4, r9, [sp, #28]\n\t"
+            "strb r0, [r4], #1\n\t"
+            "str r4, [sp, #28]\n\t"
+            "cmp r4, r9\n\t"
+            "bne 2b\n\t"
+            "add sp, sp, #264\n\t"
+            "pop {r4-r11, pc}\n\t");
 }
 
 void intents_l0_step_dsp(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
 {
     const intents_layer_params *L = &p->layers[0];
-    /* x and h widened once for all 4H rows (their tails, n % 4, are read as bytes). */
-    uint32_t xq[INTENTS_L0_INPUT / 4 * 2 + 1], hq[INTENTS_L0_HIDDEN / 4 * 2 + 1];
-    uint32_t j;
-    intents_widen(x, INTENTS_L0_INPUT / 4 * 4, xq);
-    intents_widen(h, INTENTS_L0_HIDDEN / 4 * 4, hq);
-    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        int32_t ax[4], ah[4];
-        int64_t gx0, gx1, gx2, gx3;
-        uint32_t r = 4 * j;
-        intents_dot4_32(L->w_x + r * INTENTS_L0_INPUT, xq, x, ax);
-        gx0 = intents_gate_x(L, r, ax[0], INTENTS_L0_X_REQUANT);
-        gx1 = intents_gate_x(L, r + 1, ax[1], INTENTS_L0_X_REQUANT);
-        gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
-        gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
-        intents_dot4_64(L->w_h + r * INTENTS_L0_HIDDEN, hq, h, ah);
-        h_new[j] = intents_cell_unit(p,
-            intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            &c[j], INTENTS_L0_CELL_FRAC_BITS);
-    }
-    memcpy(h, h_new, INTENTS_L0_HIDDEN);
+    (void)h_new; /* h is widened before the units run, so they write it in place */
+    intents_l0_units_dsp(x, h, c, (const int32_t *)(const void *)L->w_x, (const int32_t *)(const void *)L->w_h,
+                          p->sigmoid_table, p->tanh_table);
 }
 
 void intents_head_dsp(const intents_model_params *p, const int8_t *h, int16_t *logits)
 {
     uint32_t hq[INTENTS_HIDDEN_SIZE / 4 * 2 + 1];
     uint32_t k, j;
-    intents_widen(h, INTENTS_HIDDEN_SIZE / 4 * 4, hq);
+    for (j = 0; j + 4 <= INTENTS_HIDDEN_SIZE; j += 4) {
+        uint32_t q = intents_load32(h + j);
+        hq[j / 2] = (uint32_t)__sxtb16((int32_t)q);
+        hq[j / 2 + 1] = intents_sxtb16_ror8(q);
+    }
     for (k = 0; k < INTENTS_NUM_CLASSES; ++k) {
         const int8_t *w = p->head_w + k * INTENTS_HIDDEN_SIZE;
         int32_t acc = p->head_bias[k];

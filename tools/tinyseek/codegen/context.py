@@ -95,6 +95,96 @@ def requant_mode(w: np.ndarray, n: np.ndarray, extra: np.ndarray | int = 0) -> s
     return "pre" if pre.all() else "post" if not pre.any() else "mixed"
 
 
+# The DSP kernel (templates/kernels/cortexm_dsp.c.j2) multiplies two gate rows of a unit with one
+# SMLAD: a halfword holds row A's weight plus 128 in its low byte and row B's weight in its high
+# byte, so SMLAD on the raw word gives sum (A + 128 + 256 B) x and, after UXTB16, sum (A + 128) x.
+# With both accumulators started at -128 sum(x), the first is acc_A + 256 acc_B, the second acc_A.
+# Rows A are gates i and g of each unit, rows B gates f and o. Recovering acc_B from the
+# difference needs |256 acc_B| < 2^31.
+DSP_B_BOUND = 2**23
+
+
+def _dsp_pair_words(w: np.ndarray, hidden: int) -> np.ndarray:
+    """Unit-major rows [4H, n] -> int32 [H, n]: per unit, for every 4 columns c0..c3 the words
+    (P1 c0|c2), (P2 c0|c2), (P1 c1|c3), (P2 c1|c3), where P1 pairs gates i/f and P2 gates g/o and a
+    word holds the halfword of its first column low; then one word (P1 k | P2 k) per tail column k.
+    The column pairing matches the widened input (SXTB16 splits x into (x0, x2) and (x1, x3))."""
+    n = w.shape[1]
+    r = w.astype(np.int64).reshape(hidden, 4, n)
+    p1 = r[:, 0] + 128 + 256 * r[:, 1]  # int16: low byte A + 128 (0..255), high byte B
+    p2 = r[:, 2] + 128 + 256 * r[:, 3]
+
+    def word(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return (lo & 0xFFFF) + hi * 65536
+
+    g = n // 4
+    groups = [word(p[:, 4 * q + a], p[:, 4 * q + a + 2]) for q in range(g) for a in (0, 1) for p in (p1, p2)]
+    tails = [word(p1[:, k], p2[:, k]) for k in range(4 * g, n)]
+    return np.stack(groups + tails, axis=1) if n else np.zeros((hidden, 0), np.int64)
+
+
+def _shift_words(values: np.ndarray) -> np.ndarray:
+    """Four bytes per unit (gate g in byte g) as one little-endian int32."""
+    b = np.asarray(values, np.int64).reshape(-1, 4)
+    return b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24
+
+
+def _requant_bound(w: np.ndarray, m: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Per row, a bound on |requant(acc, M, n)| over every input the row can see."""
+    bound = np.abs(w.astype(np.int64)).sum(axis=1) * 128
+    return np.array([-(-(int(b) * int(mm)) >> int(nn)) + 1 for b, mm, nn in zip(bound, m, n)], dtype=object)
+
+
+def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> dict | None:
+    """The DSP kernel's arrays for one layer, or None when its rows are too long for the paired
+    accumulators (|acc_B| could reach 2^23: more than 511 columns; the layer then runs the
+    portable C). Per unit, an x block [I weight words][shift word][Mx 4][bias 4] and an h block
+    [H weight words][shift word][Mh 4], unit-major, so the kernel reads every per-unit value with
+    its weight pointer. They replace w_x, w_h, mx, nx, mh, nh and bias byte for byte.
+
+    `fast`: the kernel requantizes in assembly, z = sat16(SMMLAR(acc_h', Mh, SMMLAR(acc_x', Mx,
+    bias))) with acc' = acc << (32 - n). That needs the "pre" forms, at most 8 bits of shift on
+    rows B (which recover acc_B << s as (256 acc_B) >> (8 - s)) and a proof that the sum of the
+    two requantized terms and the bias never leaves int32. The shift word then holds
+    (s_i, 8 - s_f, s_g, 8 - s_o) with s = 32 - n; otherwise it holds n per gate and C code
+    requantizes."""
+    H, I = layer.hidden, layer.input_size
+    um = lambda v: unit_major(v, H)  # noqa: E731
+    wx, wh, nx, nh = um(layer.w_x), um(layer.w_h), um(layer.nx), um(layer.nh)
+    rows_b = np.arange(4 * H) % 2 == 1
+    for w in (wx, wh):
+        if np.any(np.abs(w[rows_b].astype(np.int64)).sum(axis=1) * 128 >= DSP_B_BOUND):
+            return None
+    # The assembly's stack frame: 9 words of constants and pointers, then x and h widened (4 start
+    # words, 2 per 4 columns, 1 per tail column); its offsets must fit the 12-bit immediates.
+    xq_words, hq_words = (4 + n // 4 * 2 + n % 4 for n in (I, H))
+    frame = {"xq": 40, "hq": 40 + 4 * xq_words, "bytes": (40 + 4 * (xq_words + hq_words) + 7) // 8 * 8}
+    fast = x_requant in ("pre", "pre32") and h_requant in ("pre", "pre32") and frame["bytes"] + 16 <= 4095 and \
+        bool(np.all(32 - nx[rows_b] <= 8)) and bool(np.all(32 - nh[rows_b] <= 8))
+    if fast:
+        total = _requant_bound(wx, um(layer.mx), nx) + _requant_bound(wh, um(layer.mh), nh) + \
+            np.abs(um(layer.bias).astype(np.int64)).astype(object)
+        fast = max(total) < 2**31
+    if fast:
+        code = np.where(rows_b, 8 - (32 - nx), 32 - nx), np.where(rows_b, 8 - (32 - nh), 32 - nh)
+    else:
+        code = nx, nh
+    x_blocks = np.concatenate([_dsp_pair_words(wx, H), _shift_words(code[0])[:, None],
+                               um(layer.mx).reshape(H, 4), um(layer.bias).reshape(H, 4)], axis=1)
+    h_blocks = np.concatenate([_dsp_pair_words(wh, H), _shift_words(code[1])[:, None],
+                               um(layer.mh).reshape(H, 4)], axis=1)
+    shifts = "(s_i, 8 - s_f, s_g, 8 - s_o), s = 32 - n" if fast else "n per gate"
+    return {
+        "fast": fast, "frame": frame, "xq_words": xq_words, "hq_words": hq_words,
+        "x": _array(name, f"l{index}_dsp_x", "int32_t", x_blocks,
+                    f"layer {index} for the DSP kernel, per unit: {I} words of paired input weights, "
+                    f"shifts {shifts}, Mx[4], bias[4]"),
+        "h": _array(name, f"l{index}_dsp_h", "int32_t", h_blocks,
+                    f"layer {index} for the DSP kernel, per unit: {H} words of paired recurrent weights, "
+                    f"shifts {shifts}, Mh[4]"),
+    }
+
+
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
@@ -121,8 +211,9 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
             "bias": _array(name, f"l{i}_bias", "int32_t", um(L.bias), f"layer {i} gate biases, Q3.12 {rows}"),
         }
         arrays += la.values()
+        xr, hr = requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
-                       "x_requant": requant_mode(L.w_x, L.nx), "h_requant": requant_mode(L.w_h, L.nh)})
+                       "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr)})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
         "w": _array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]"),
