@@ -140,7 +140,6 @@ def test_teacher_layers_map_to_student_blocks_by_depth():
 
 # -- TinyBert -----------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_tinybert_distills_with_attention_transfer_exports_and_matches_onnxruntime(task, run_dir, tmp_path):
     cfg = small_cfg()
     model, history = train_tinybert(task, run_dir / "knowledge.safetensors", cfg, run_dir / "teacher", progress=False)
