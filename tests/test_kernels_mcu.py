@@ -101,7 +101,8 @@ def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
 
 @pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "c"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
                                           ("cortex-m7", "dsp"), ("cortex-m33", "dsp"), ("cortex-m55", "mve"),
-                                          ("cortex-m55+nomve", "dsp")])
+                                          ("cortex-m55+nomve", "dsp"),
+                                          ("cortex-a7", "c")])
 def test_the_variant_follows_the_cores_feature_macros(cpu, variant, tmp_path, need_tools):
     """A kernel for a richer ISA cannot be built for a poorer core by accident."""
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
@@ -112,3 +113,23 @@ def test_the_variant_follows_the_cores_feature_macros(cpu, variant, tmp_path, ne
     out = subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=softfp", "-E", "-I", str(tmp_path),
                           str(src)], capture_output=True, text=True, check=True).stdout
     assert f'probe = "{variant}"' in out
+
+
+@pytest.mark.slow
+def test_dsp_long_rows_take_the_exact_fallbacks(tmp_path, need_tools):
+    """Rows too long for the paired-weight DSP loop at full-scale weights (the generator falls
+    back to the portable step), and long rows of small weights whose frame exceeds the
+    assembly routine's immediates (C requantization): still bit-exact on the M4."""
+    need_tools(ARM)
+    rng = np.random.default_rng(9)
+    full = random_model(40, kind="sequence", hidden=[4], input_size=520, num_classes=3, name="klong")
+    full.layers[0].w_x = np.where(rng.random(full.layers[0].w_x.shape) < 0.5, -127, 127).astype(np.int8)
+    small = random_model(41, kind="sequence", hidden=[4], input_size=2200, num_classes=3, name="kwide")
+    small.layers[0].w_x = rng.integers(-3, 4, size=small.layers[0].w_x.shape).astype(np.int8)
+    for model in (full, small):
+        model.validate()
+        xs = random_sequences(model, rng, 4, 5)
+        want = infer_sequences(model, xs)
+        render(model, tmp_path / model.name)
+        out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
+        assert out["logits"] == want.tolist(), model.name

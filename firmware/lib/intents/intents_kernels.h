@@ -65,8 +65,8 @@ extern const intents_model_params intents_params;
 #elif defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1) && !defined(__aarch64__)
 /* Cortex-M55/M85: Helium integer vectors (VMLADAVA, predicated tails). */
 #define INTENTS_KERNEL_MVE 1
-#elif defined(__ARM_FEATURE_DSP) && !defined(__aarch64__)
-/* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD). */
+#elif defined(__ARM_FEATURE_DSP) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'
+/* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD), Thumb-2 assembly (not 32-bit Cortex-A). */
 #define INTENTS_KERNEL_DSP 1
 #elif defined(__riscv) && __riscv_xlen == 32
 /* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
