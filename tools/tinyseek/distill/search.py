@@ -629,8 +629,9 @@ def plot(result: SearchResult, path: Path) -> Path:
             ax.scatter(r[xkey] * scale, r["int8_accuracy"], s=40, marker="o",
                        color="tab:green" if r["passes"] else "tab:red", edgecolors="k" if r["pareto"] else "none",
                        linewidths=1.5, zorder=3)
-            ax.annotate(r["student"], (r[xkey] * scale, r["int8_accuracy"]), textcoords="offset points",
-                        xytext=(4, -9), fontsize=6, color="dimgray")
+            if r["pareto"]:  # the others would crowd the labels that matter
+                ax.annotate(r["student"], (r[xkey] * scale, r["int8_accuracy"]), textcoords="offset points",
+                            xytext=(5, -9), fontsize=6, color="dimgray")
         ax.scatter([], [], s=40, facecolors="none", edgecolors="k", linewidths=1.5,
                    label="Pareto-optimal (flash, RAM, latency, accuracy)")
         for r in rows:
@@ -645,7 +646,7 @@ def plot(result: SearchResult, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("int8 validation accuracy")
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Student search: green passes, red fails, black edge = Pareto-optimal", fontsize=9)
+    fig.suptitle("Student search: green passes, red fails, black edge = Pareto-optimal (labelled)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
