@@ -83,10 +83,11 @@ def fit(rows: list[dict]) -> tuple[dict[str, float], float]:
 
 def envelope(x: list[float], y: list[float]) -> tuple[float, float]:
     """(fixed, slope) of the least-squares line raised to lie on or above every point: an
-    allowance never below what was measured."""
-    slope, fixed = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
-    fixed += float(np.max(np.asarray(y) - (slope * np.asarray(x) + fixed)))
-    return float(np.ceil(fixed)), float(slope)
+    allowance never below what was measured. The slope is rounded to 1/1000 and kept >= 0 (a
+    kernel without stack vectors fits a slope of -1e-15)."""
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    slope = max(0.0, round(float(np.polyfit(xs, ys, 1)[0]), 3))
+    return float(np.ceil(np.max(ys - slope * xs))), slope
 
 
 def entry(rows: list[dict]) -> dict:
