@@ -237,3 +237,24 @@ def test_cell_penalty_keeps_the_cell_state_small(tmp_path):
     free_c = json.loads((free / "history.json").read_text())["max_abs_cell"][0]
     held_c = json.loads((held / "history.json").read_text())["max_abs_cell"][0]
     assert held_c < 1.0 < free_c
+
+
+def test_unlabeled_samples_take_the_teachers_label(tmp_path):
+    """A corpus without labels (y = -1, labelled zero-shot by the teacher) distills: the hard
+    label of such a sample is the teacher's most likely class."""
+    from dataclasses import replace
+
+    from tinyseek.distill.train import teacher_labels_where_missing
+    from tinyseek.teacher.extract import teacher_accuracy
+
+    ds = text_dataset(n_train=60)
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    y = ds.train.y.copy()
+    y[::3] = -1
+    unlabeled = replace(ds, train=replace(ds.train, y=y))
+    teacher = load_knowledge(knowledge, "train", None)[0].argmax(1)
+    filled = teacher_labels_where_missing(unlabeled, knowledge).train.y
+    assert np.array_equal(filled[::3], teacher[::3]) and np.array_equal(np.delete(filled, np.s_[::3]), np.delete(y, np.s_[::3]))
+    assert teacher_accuracy(knowledge, unlabeled)["train"] == pytest.approx(np.mean(teacher[y >= 0] == y[y >= 0]))
+    out = distill(unlabeled, knowledge, small_cfg(**{"distill.epochs": 2}), tmp_path, progress=False)
+    assert (out / "student.safetensors").is_file()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -348,6 +348,26 @@ class Trainer:
         return feedback_targets(labels, weights, self.t_logits_np, student, self.d.feedback, self.d.feedback_weight)
 
 
+def teacher_labels_where_missing(dataset, knowledge_path: str | Path):
+    """The dataset with every UNLABELED sample (-1: a JSONL line without a label, for a teacher
+    that labels zero-shot) given the teacher's most likely class as its hard label; the soft
+    labels are the teacher's distribution anyway."""
+    from safetensors.numpy import load_file
+
+    splits = {}
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        y = np.asarray(split.y)
+        if len(y) and (y < 0).any():
+            logits = load_file(str(knowledge_path)).get(f"{name}.logits")
+            if logits is None or len(logits) != len(y):
+                raise DistillError(f"{knowledge_path} has no teacher logits for the {name} split's unlabeled "
+                                   "samples; re-run `tinyseek teacher`")
+            split = replace(split, y=np.where(y < 0, logits.argmax(1), y))
+        splits[name] = split
+    return replace(dataset, **splits)
+
+
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
             cell_weight: float = 1.0, progress: bool = True) -> Trainer:
@@ -356,6 +376,7 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
     and its projections; train_student documents the options."""
     d = cfg.distill
     spec = make_spec(dataset, cfg)
+    dataset = teacher_labels_where_missing(dataset, knowledge_path)
     train, val = dataset.train, dataset.val
     y = torch.as_tensor(np.asarray(train.y), dtype=torch.long)
     n = len(y)

@@ -329,6 +329,7 @@ def teacher_accuracy(knowledge_path: str | Path, dataset) -> dict[str, float]:
         if logits is None or len(logits) != len(y):
             raise TeacherError(f"{knowledge_path} does not match the task's {name} split "
                                f"({len(y)} samples); run `tinyseek teacher --force`")
-        result[name] = float(np.mean(logits.argmax(1) == y)) if len(y) else 0.0
+        labelled = y >= 0  # UNLABELED samples (a zero-shot teacher labels them) do not count
+        result[name] = float(np.mean(logits.argmax(1)[labelled] == y[labelled])) if labelled.any() else 0.0
     result["accuracy"] = result["test"]
     return result
