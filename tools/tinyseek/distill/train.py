@@ -341,6 +341,11 @@ class Trainer:
         self.model.load_state_dict(self.best_state, strict=False)
         self.model.eval()
 
+    def train_accuracy(self) -> float:
+        """The model's accuracy on the training split's hard labels (the teacher's where a
+        sample had none)."""
+        return float((predict_inputs(self.model, self.x, self.lengths).argmax(1) == self.y).float().mean())
+
     def feedback(self, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The feedback step on the current model: (labels, weights, disagree mask) for the next
         round, from feedback_targets with distill.feedback and distill.feedback_weight."""
@@ -437,7 +442,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
         for round_ in range(d.feedback_rounds + 1):
             stages = plan(d)
             if round_:
-                before = evaluate(tr.model, tr.spec, dataset.train)
+                before = tr.train_accuracy()
                 labels, weights, disagree = tr.feedback(labels, weights)
                 feedback.append({"round": round_, "mode": d.feedback, "disagree": int(disagree.sum()),
                                  "train_accuracy_before": before})
@@ -459,7 +464,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
         "best_epoch": tr.best_epoch,
         "best_stage": history[tr.best_epoch - 1]["stage"],
         "best_val_accuracy": history[tr.best_epoch - 1].get("val_accuracy"),
-        "train_accuracy": evaluate(tr.model, spec, dataset.train),
+        "train_accuracy": tr.train_accuracy(),
         "max_abs_cell": cells,
         "cell_bound": cell_bound,
         "layer_map": [list(p) for p in pairs],
