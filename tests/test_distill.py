@@ -18,7 +18,7 @@ KEYWORDS = [["lamp", "light"], ["song", "music"], ["rain", "sunny"]]
 FILLER = "the a please could you now my in at for to it is".split()
 
 
-def text_dataset(n_train=300, seed=0) -> Dataset:
+def text_dataset(n_train=300, seed=0, n_val=90) -> Dataset:
     """Three classes, each marked by one keyword somewhere among 1-4 filler words."""
     rng = np.random.default_rng(seed)
 
@@ -31,7 +31,7 @@ def text_dataset(n_train=300, seed=0) -> Dataset:
             texts.append(" ".join(words))
         return Split(y=y.astype(np.int64), texts=texts, x=None)
 
-    return Dataset("toy", "text", ["lights", "music", "weather"], split(n_train), split(90), split(60))
+    return Dataset("toy", "text", ["lights", "music", "weather"], split(n_train), split(n_val), split(60))
 
 
 def sequence_dataset(seed=0) -> Dataset:

@@ -9,8 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from test_distill import text_dataset as toy_text_dataset
 from tinyseek.config import ConfigError, load
-from tinyseek.data import Dataset, Split
+from tinyseek.data import Dataset
 from tinyseek.distill import DistillError, distill, evaluate, feature_loss, train_student
 from tinyseek.distill.schedule import (annealed_temperature, default_layer_map, feedback_targets, logit_stages,
                                        parse_layer_map, plan, resolve_layer_map)
@@ -18,24 +19,9 @@ from tinyseek.distill.train import layer_states, predict_inputs, prepare
 from tinyseek.student import StudentSpec, load_student
 from tinyseek.student.tinylstm import TinyLSTM, split_inputs
 
-KEYWORDS = [["lamp", "light"], ["song", "music"], ["rain", "sunny"]]
-FILLER = "the a please could you now my in at for to it is".split()
-
-
 def text_dataset(n_train=150, seed=0) -> Dataset:
-    """Three classes, each marked by one keyword among 1-4 filler words."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        y = rng.integers(0, 3, n)
-        texts = []
-        for c in y:
-            words = list(rng.choice(FILLER, rng.integers(1, 5)))
-            words.insert(rng.integers(0, len(words) + 1), KEYWORDS[c][rng.integers(0, 2)])
-            texts.append(" ".join(words))
-        return Split(y=y.astype(np.int64), texts=texts, x=None)
-
-    return Dataset("toy", "text", ["lights", "music", "weather"], split(n_train), split(60), split(60))
+    """test_distill's toy task: three classes, each marked by one keyword among filler words."""
+    return toy_text_dataset(n_train, seed, n_val=60)
 
 
 def write_knowledge(path, ds: Dataset, layers=(1, 3), dim=12, seed=0, flip=0):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_kernels_mcu import _with_head_of
 from tinyseek.codegen.context import requant_mode
 from tinyseek.codegen.render import render
 from tinyseek.codegen.verify import HostDriver
@@ -62,12 +63,6 @@ def _clip_weights(model):
     for L in model.layers:
         L.w_x, L.w_h = np.maximum(L.w_x, -127), np.maximum(L.w_h, -127)
     model.head.w = np.maximum(model.head.w, -127)
-    model.validate()
-    return model
-
-
-def _with_head_of(model, other):
-    model.head = other.head
     model.validate()
     return model
 

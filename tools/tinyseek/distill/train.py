@@ -359,12 +359,13 @@ def teacher_labels_where_missing(dataset, knowledge_path: str | Path):
     labels are the teacher's distribution anyway."""
     from safetensors.numpy import load_file
 
-    splits = {}
+    splits, cache = {}, None
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)
         y = np.asarray(split.y)
         if len(y) and (y < 0).any():
-            logits = load_file(str(knowledge_path)).get(f"{name}.logits")
+            cache = load_file(str(knowledge_path)) if cache is None else cache
+            logits = cache.get(f"{name}.logits")
             if logits is None or len(logits) != len(y):
                 raise DistillError(f"{knowledge_path} has no teacher logits for the {name} split's unlabeled "
                                    "samples; re-run `tinyseek teacher`")
