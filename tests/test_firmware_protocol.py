@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tinyseek.codegen.render import render
-from tinyseek.harness.protocol import parse_ints, parse_kv
+from tinyseek.harness.protocol import mlperf_results_text, parse_ints, parse_kv
 from tinyseek.quant.reference import infer_sequences, infer_tokens
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 from tinyseek.student.tokenizer import HashTokenizer
@@ -135,8 +135,7 @@ def test_text_infer_matches_the_oracle_and_follows_the_mlperf_sequence(text_dut)
         assert re.fullmatch(r"m-lap-us-\d+", infer[3]) and re.fullmatch(r"m-lap-us-\d+", infer[4])
         assert infer[5] == "m-infer-done"
         assert parse_ints(_field(infer, "logits")) == want.tolist()
-        reals = [float(v) for v in _field(infer, "results").split(",")]
-        assert np.allclose(reals, want * m.output_scale, atol=0.0015)
+        assert _field(infer, "results") == mlperf_results_text(want, m.output_scale)
         # The fake timer: 7 ticks between the two reads of a run, 3 units per tick.
         assert _field(infer, "time") == "total=42,runs=2,min=21,max=21,unit=ticks"
         assert results == infer[6:8]
@@ -186,7 +185,7 @@ TEXT_ERRORS = [
     ([], b"\x00\xff\x1b[2J", "Unknown command: ?"),
     ([], b"x" * 600, "command too long"),
     ([], b"db", "db needs a subcommand"),
-    ([], b"db load", "needs the number of bytes"),
+    ([], b"db load", "needs a byte count"),
     ([], b"db load ten", "'ten' is not a byte count"),
     ([], b"db load -4", "is not a byte count"),
     ([], b"db load 0", "must be > 0"),
@@ -203,7 +202,7 @@ TEXT_ERRORS = [
     (["db load 4", "db 0100"], b"infer 1 0", "input incomplete: 2 of 4 bytes"),
     (["db load 3", "db 010000"], b"infer 1 0", "bytes is odd"),
     (["db load 4", "db 0100f401"], b"infer 1 0", "token id 500 at position 1 is not below the vocabulary size 500"),
-    (["db load 2", "db 0100"], b"infer 0", "must be >0"),
+    (["db load 2", "db 0100"], b"infer 0", "N must be a number"),
     (["db load 2", "db 0100"], b"infer -1", "N must be a number"),
     (["db load 2", "db 0100"], b"infer 1000001", "N must be a number"),
     (["db load 2", "db 0100"], b"infer 1 x", "W must be a number"),
@@ -212,7 +211,7 @@ TEXT_ERRORS = [
     ([], b"stream", "no input loaded"),
     ([], b"sync", "sync needs a token"),
     ([], b"sync " + b"a" * 65, "sync needs a token"),
-    ([], b"db print x", "usage db print"),
+    ([], b"db print x", "usage: db print"),
     ([], b"quit", "this board cannot exit"),
 ]
 

@@ -45,7 +45,15 @@ if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", model or ""):
     fail(f"the model name {model!r} is not a lower-case C identifier; set custom_tinyseek_model in "
          "platformio.ini or TINYSEEK_MODEL to the name given to `tinyseek codegen`")
 
+# The model's kind, so the interpreter compiles only that kind's input path (dut.c).
+header_dir = model_dir or os.path.join(config.get("platformio", "lib_dir"), model)
+kind = re.search(r"#define %s_KIND_TEXT ([01])" % model.upper(),
+                 open(os.path.join(header_dir, f"{model}_model.h"), encoding="utf-8").read())
+if not kind:
+    fail(f"{model}_model.h has no {model.upper()}_KIND_TEXT: regenerate the library with `tinyseek codegen`")
+
 env.Append(CPPDEFINES=[  # noqa: F821
+    ("DUT_MODEL_KIND_TEXT", kind.group(1)),
     ("TINYSEEK_MODEL", model),
     ("TINYSEEK_MODEL_UPPER", model.upper()),
     ("TINYSEEK_MODEL_HEADER", '\\"%s_model.h\\"' % model),

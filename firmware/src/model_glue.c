@@ -14,6 +14,10 @@
 #define TS_FN(suffix) TS_PASTE(TINYSEEK_MODEL, suffix)         /* TS_FN(_reset): intents_reset */
 #define TS_DEF(suffix) TS_PASTE(TINYSEEK_MODEL_UPPER, suffix)  /* TS_DEF(_NUM_CLASSES) */
 
+#if defined(DUT_MODEL_KIND_TEXT) && DUT_MODEL_KIND_TEXT != TS_DEF(_KIND_TEXT)
+#error "DUT_MODEL_KIND_TEXT disagrees with the model header: the interpreter would read the wrong input kind"
+#endif
+
 /* The kernel variant the library's dispatch header chose from the compiler's feature macros
  * ("dsp", "c", ...); a build may override the name with -DTINYSEEK_KERNEL=\"...\". */
 #ifdef TINYSEEK_KERNELS_HEADER

@@ -17,7 +17,23 @@
 
 #define FW_VERSION "tinyseek DUT firmware 1.0"
 
+/* Usages: each error reply of a command repeats its own; `help` lists them all. */
+#define USAGE_DB_LOAD "db load N"
+#define USAGE_DB_HEX "db HEX (one string of hex digits)"
+#define USAGE_DB_PRINT "db print [N [OFFSET]]"
+#define USAGE_INFER "infer [N [W]]"
+#define USAGE_SYNC "sync TOKEN"
+
 static const dut_model_t *M;
+
+/* The firmware build passes the model's kind (firmware/platform/select_model.py), so a text
+ * model's firmware carries no sequence-input code and the other way round; without it (host
+ * tests) both are compiled and M->kind_text chooses. */
+#ifdef DUT_MODEL_KIND_TEXT
+#define KIND_TEXT DUT_MODEL_KIND_TEXT
+#else
+#define KIND_TEXT (M->kind_text)
+#endif
 
 static char line[DUT_LINE_MAX];
 static size_t line_len;
@@ -80,9 +96,7 @@ static void out_safe(const char *s, size_t n, size_t max) {
 
 /* A printf for the replies: %s string, %u unsigned long, %U uint64_t, %d long, %m long or
  * "na" when negative, %q (const char *, size_t n, size_t max) through out_safe, %% a '%'. */
-static void outf(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
+static void voutf(const char *f, va_list ap) {
     for (;;) {
         const char *s = f;
         long v;
@@ -119,10 +133,42 @@ static void outf(const char *f, ...) {
         }
         f++;
     }
+}
+
+static void outf(const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    voutf(f, ap);
     va_end(ap);
 }
 
-static void out_error(const char *msg) { outf("e-[%s]\r\n", msg); }
+/* An error reply: e-[ the formatted message ]. */
+static void err(const char *f, ...) {
+    va_list ap;
+    out("e-[");
+    va_start(ap, f);
+    voutf(f, ap);
+    va_end(ap);
+    out("]\r\n");
+}
+
+
+
+/* A real-valued logit with three decimals, like the reference firmware's "%0.3f": the digits
+ * of the float expression x = (float)logit * output_scale * 1000.0f, clamped to +-2e9, printed
+ * as (uint32_t)(|x| + 0.5f) thousandths. */
+#if defined(__ARM_FP) && (__ARM_FP & 4)
+/* A single-precision FPU evaluates the expression itself. */
+static void out_real3(int16_t logit) {
+    float x = (float)logit * M->output_scale * 1000.0f;
+    float a = x < 0.0f ? -x : x;
+    if (a > 2e9f) a = 2e9f;
+    if (x <= -0.5f) out("-");
+    out_dec((uint32_t)(a + 0.5f), 3);
+}
+#else
+/* Without one, integer arithmetic rounds each step as IEEE single precision does, so the bytes
+ * are the same and an FPU-less core links no float emulation. */
 
 /* m * 2^e rounded to a float's 24-bit significand (to nearest, ties to even): the new m. */
 static uint32_t round24(uint64_t m, int *e) {
@@ -141,10 +187,6 @@ static uint32_t round24(uint64_t m, int *e) {
     return (uint32_t)m;
 }
 
-/* A real-valued logit with three decimals, like the reference firmware's "%0.3f": the digits
- * of the float expression x = (float)logit * output_scale * 1000.0f, clamped to +-2e9, printed
- * as (uint32_t)(|x| + 0.5f) thousandths, each float operation rounded as IEEE single precision
- * does. Integer arithmetic only, so an FPU-less core links no float emulation. */
 static void out_real3(int16_t logit) {
     union {
         float f;
@@ -174,20 +216,20 @@ static void out_real3(int16_t logit) {
     m = round24((uint64_t)m + half, &e); /* |x| + 0.5f */
     out_dec(e < 0 ? m >> -e : m << e, 3);
 }
+#endif
 
+/* m-results (real-valued) then m-logits (the exact int16 values). */
 static void out_results(void) {
-    int k;
-    out("m-results-[");
-    for (k = 0; k < M->num_classes; k++) {
-        if (k) out(",");
-        out_real3(M->logits_out[k]);
+    int k, exact;
+    for (exact = 0; exact < 2; exact++) {
+        out(exact ? "m-logits-[" : "m-results-[");
+        for (k = 0; k < M->num_classes; k++) {
+            if (k) out(",");
+            if (exact) out_long(M->logits_out[k]);
+            else out_real3(M->logits_out[k]);
+        }
+        out("]\r\n");
     }
-    out("]\r\nm-logits-[");
-    for (k = 0; k < M->num_classes; k++) {
-        if (k) out(",");
-        out_long(M->logits_out[k]);
-    }
-    out("]\r\n");
 }
 
 static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t hi) {
@@ -256,7 +298,7 @@ static int hex_value(char c) {
 static int no_more(const char *pos, const char *end, const char *usage) {
     const char *p = pos;
     if (next_tok(&p, end).n == 0) return 1;
-    outf("e-[too many arguments; usage: %s]\r\n", usage);
+    err("too many arguments; usage: %s", usage);
     return 0;
 }
 
@@ -266,14 +308,14 @@ static void cmd_db_load(const char *pos, const char *end) {
     unsigned long n;
     tok_t t = next_tok(&pos, end);
     if (t.n == 0) {
-        out_error("db load needs the number of bytes: db load N");
+        err("db load needs a byte count; usage: %s", USAGE_DB_LOAD);
     } else if (!parse_ulong(t, 0xFFFFFFFFUL, &n)) {
-        outf("e-[db load: '%q' is not a byte count]\r\n", t.p, t.n, (size_t)16);
-    } else if (no_more(pos, end, "db load N")) {
+        err("db load: '%q' is not a byte count", t.p, t.n, (size_t)16);
+    } else if (no_more(pos, end, USAGE_DB_LOAD)) {
         if (n == 0) {
-            out_error("db load: the size must be > 0 bytes");
+            err("db load: the size must be > 0 bytes");
         } else if (n > M->input_capacity) {
-            outf("e-[db load: %u bytes exceed the input buffer of %u bytes]\r\n", n,
+            err("db load: %u bytes exceed the input buffer of %u bytes", n,
                  (unsigned long)M->input_capacity);
         } else {
             load_size = n;
@@ -286,25 +328,25 @@ static void cmd_db_load(const char *pos, const char *end) {
 /* Append hex bytes; checked whole before anything is stored, so a bad chunk changes nothing. */
 static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
     size_t i, bytes;
-    if (!no_more(pos, end, "db HEX (one string of hex digits)")) return;
+    if (!no_more(pos, end, USAGE_DB_HEX)) return;
     if (load_size == 0) {
-        out_error("db: no buffer; send db load N first");
+        err("db: no buffer; send db load N first");
         return;
     }
     if (t.n % 2u != 0u) {
-        outf("e-[db: odd number of hex digits (%u)]\r\n", (unsigned long)t.n);
+        err("db: odd number of hex digits (%u)", (unsigned long)t.n);
         return;
     }
     for (i = 0; i < t.n; i++) {
         if (hex_value(t.p[i]) < 0) {
-            outf("e-[db: invalid hex digit '%q' at position %u]\r\n", t.p + i, (size_t)1, (size_t)1,
+            err("db: invalid hex digit '%q' at position %u", t.p + i, (size_t)1, (size_t)1,
                  (unsigned long)i);
             return;
         }
     }
     bytes = t.n / 2u;
     if (bytes > load_size - load_pos) {
-        outf("e-[db: %u bytes but only %u of the %u announced remain]\r\n", (unsigned long)bytes,
+        err("db: %u bytes but only %u of the %u announced remain", (unsigned long)bytes,
              (unsigned long)(load_size - load_pos), (unsigned long)load_size);
         return;
     }
@@ -321,10 +363,10 @@ static void cmd_db_print(const char *pos, const char *end) {
     unsigned long count = load_pos, offset = 0;
     size_t i;
     if (!parse_opt(&pos, end, 0xFFFFFFFFUL, &count) || !parse_opt(&pos, end, 0xFFFFFFFFUL, &offset)) {
-        out_error("db print: usage db print [N [OFFSET]]");
+        err("db print: N and OFFSET are byte counts; usage: %s", USAGE_DB_PRINT);
         return;
     }
-    if (!no_more(pos, end, "db print [N [OFFSET]]")) return;
+    if (!no_more(pos, end, USAGE_DB_PRINT)) return;
     if (offset > load_pos) offset = load_pos;
     if (count > load_pos - offset) count = load_pos - offset;
     for (i = 0; i < count; i++) {
@@ -344,53 +386,56 @@ static long input_steps(const char *what) {
     size_t i, n;
     unsigned long size = (unsigned long)load_size;
     if (load_size == 0) {
-        outf("e-[%s: no input loaded; send db load N and db HEX first]\r\n", what);
+        err("%s: no input loaded; send db load N and db HEX first", what);
         return -1;
     }
     if (load_pos != load_size) {
-        outf("e-[%s: input incomplete: %u of %u bytes loaded]\r\n", what, (unsigned long)load_pos, size);
+        err("%s: input incomplete: %u of %u bytes loaded", what, (unsigned long)load_pos, size);
         return -1;
     }
-    if (!M->kind_text) {
+    if (!KIND_TEXT) {
         if (load_size % (size_t)M->num_features != 0u) {
-            outf("e-[%s: %u bytes are not a whole number of int8 steps of %u features]\r\n", what, size,
+            err("%s: %u bytes are not a whole number of int8 steps of %u features", what, size,
                  (unsigned long)M->num_features);
             return -1;
         }
         return (long)(load_size / (size_t)M->num_features);
     }
     if (load_size % 2u != 0u) {
-        outf("e-[%s: a text model reads uint16 little-endian token ids; %u bytes is odd]\r\n", what, size);
+        err("%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
         return -1;
     }
     n = load_size / 2u;
     for (i = 0; i < n; i++) {
-        /* The same memory viewed as uint16: decoding in place reads byte pair i before id i
-         * overwrites it. */
         uint16_t id = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
         if (id >= (unsigned)M->vocab_size) {
-            outf("e-[%s: token id %u at position %u is not below the vocabulary size %u]\r\n", what,
+            err("%s: token id %u at position %u is not below the vocabulary size %u", what,
                  (unsigned long)id, (unsigned long)i, (unsigned long)M->vocab_size);
             return -1;
         }
     }
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    /* input_ids is the same memory viewed as uint16: on a little-endian core the bytes
+     * already are the ids; elsewhere decoding in place reads byte pair i before id i
+     * overwrites it. */
     for (i = 0; i < n; i++) {
         M->input_ids[i] = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
     }
+#endif
     return (long)n;
 }
 
 /* ---- inference ------------------------------------------------------------------------ */
 
 static int run_once(long steps) {
-    if (M->kind_text) return M->infer_tokens(M->input_ids, (int)steps, M->logits_out);
+    if (KIND_TEXT) return M->infer_tokens(M->input_ids, (int)steps, M->logits_out);
     return M->infer((const int8_t *)M->input, (int)steps, M->logits_out);
 }
 
 static int model_failed(const char *what, int rc) {
     if (rc >= 0) return 0;
     have_results = 0;
-    outf("e-[%s: the model returned error %d]\r\n", what, (long)rc);
+    err("%s: the model returned error %d", what, (long)rc);
     return 1;
 }
 
@@ -405,19 +450,15 @@ static void cmd_infer(const char *pos, const char *end) {
     unsigned long runs = 1, warmups = 10, r;  /* the reference firmware's defaults */
     uint64_t total = 0, lo = UINT64_MAX, hi = 0;
     long steps;
-    if (!parse_opt(&pos, end, DUT_MAX_RUNS, &runs)) {
-        out_error("infer: N must be a number from 1 to 1000000; usage infer N [W]");
+    if (!parse_opt(&pos, end, DUT_MAX_RUNS, &runs) || runs == 0) {
+        err("infer: N must be a number from 1 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
         return;
     }
     if (!parse_opt(&pos, end, DUT_MAX_RUNS, &warmups)) {
-        out_error("infer: W must be a number from 0 to 1000000; usage infer N [W]");
+        err("infer: W must be a number from 0 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
         return;
     }
-    if (!no_more(pos, end, "infer N [W]")) return;
-    if (runs == 0) {
-        out_error("Inference iterations must be >0");
-        return;
-    }
+    if (!no_more(pos, end, USAGE_INFER)) return;
     steps = input_steps("infer");
     if (steps < 0) return;
 
@@ -457,7 +498,7 @@ static void cmd_stream(const char *pos, const char *end) {
     dut_port_timer_sync();
     t0 = dut_port_ticks();
     for (i = 0; i < steps && rc >= 0; i++) {
-        rc = M->kind_text ? M->step_token(M->input_ids[i])
+        rc = KIND_TEXT ? M->step_token(M->input_ids[i])
                           : M->step((const int8_t *)M->input + i * M->num_features);
     }
     if (rc >= 0) M->logits(M->logits_out);
@@ -468,11 +509,11 @@ static void cmd_stream(const char *pos, const char *end) {
 
 static void cmd_cls(const char *text, const char *end) {
     uint64_t t0, dt;
-    int rc, j, k = 0;
+    int rc;
     const char *label;
     while (text < end && is_space(*text)) text++;
-    if (M->classify_text == NULL || !M->kind_text) {
-        outf("e-[cls: model '%s' is a sequence model; load int8 features with db and run infer]\r\n", M->name);
+    if (!KIND_TEXT) {
+        err("cls: this is a sequence model; load int8 features with db and run infer");
         return;
     }
     dut_port_timer_sync();
@@ -480,11 +521,8 @@ static void cmd_cls(const char *text, const char *end) {
     rc = M->classify_text((const uint8_t *)text, (size_t)(end - text), M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("cls", rc)) return;
-    for (j = 1; j < M->num_classes; j++) {
-        if (M->logits_out[j] > M->logits_out[k]) k = j;
-    }
-    label = M->labels[k];
-    outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)k, label, str_len(label), (size_t)64);
+    label = M->labels[rc]; /* rc: the class, the first of the largest logits */
+    outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)rc, label, str_len(label), (size_t)64);
     out_run(dt);
 }
 
@@ -494,7 +532,7 @@ static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
     outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
          "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,buffer=%u,line=%u]\r\n",
-         M->name, M->hash, M->kind_text ? "text" : "sequence", (unsigned long)M->num_classes,
+         M->name, M->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)M->num_classes,
          (unsigned long)M->input_size, (unsigned long)M->num_layers, (unsigned long)M->hidden_size,
          (unsigned long)M->vocab_size, (unsigned long)M->max_len, (unsigned long)M->num_features, M->kernel,
          tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, (unsigned long)M->input_capacity,
@@ -511,44 +549,13 @@ static void cmd_mem(void) {
          mem.stack_size, mem.stack_peak);
 }
 
-/* `help`: each command padded to column 14 (or followed by one space), ": ", its description. */
-static const char help_pairs[] =
-    "name\0m-name-dut-[tinyseek]\0"
-    "profile\0firmware and model version\0"
-    "timestamp\0m-lap-us-N\0"
-    "db load N\0expect N input bytes\0"
-    "db HEX\0append hex bytes\0"
-    "db print [N [OFFSET]]\0show loaded bytes\0"
-    "infer [N [W]]\0N timed runs after W warm-ups (default 1 10)\0"
-    "results\0logits of the last inference\0"
-    "stream\0feed the input without resetting the state\0"
-    "reset\0zero the model state\0"
-    "cls TEXT\0tokenize and classify TEXT (text models)\0"
-    "info | mem\0model, board and timer | memory figures\0"
-    "sync TOKEN\0m-sync-[TOKEN]\0"
-    "quit\0stop the emulator\0";
-
-static void cmd_help(void) {
-    const char *p = help_pairs;
-    out(FW_VERSION "\r\n");
-    while (*p) {
-        size_t n = str_len(p);
-        dut_port_write(p, n);
-        p += n + 1;
-        do dut_port_write(" ", 1);
-        while (++n < 14);
-        outf(": %s\r\n", p);
-        p += str_len(p) + 1;
-    }
-}
-
 static void cmd_sync(const char *pos, const char *end) {
     tok_t t = next_tok(&pos, end);
     if (t.n == 0 || t.n > 64) {
-        out_error("sync needs a token of 1 to 64 characters");
+        err("sync needs a token of 1 to 64 characters; usage: %s", USAGE_SYNC);
         return;
     }
-    if (!no_more(pos, end, "sync TOKEN")) return;
+    if (!no_more(pos, end, USAGE_SYNC)) return;
     outf("m-sync-[%q]\r\n", t.p, t.n, (size_t)64);
 }
 
@@ -563,6 +570,21 @@ enum {
     W_NAME, W_PROFILE, W_HELP, W_TIMESTAMP, W_DB, W_INFER, W_RESULTS, W_STREAM, W_RESET, W_CLS, W_INFO,
     W_MEM, W_SYNC, W_QUIT, W_LOAD, W_PRINT
 };
+
+/* `help`: the command words, then the usage of those that take arguments. */
+static void cmd_help(void) {
+    static const char *const usages[] = {USAGE_DB_LOAD, USAGE_DB_HEX, USAGE_DB_PRINT, USAGE_INFER,
+                                         "cls TEXT", USAGE_SYNC};
+    const char *w = words;
+    size_t k;
+    out("commands:");
+    for (k = 0; k < W_LOAD; k++) {
+        outf(" %s", w);
+        w += str_len(w) + 1;
+    }
+    out("\r\n");
+    for (k = 0; k < sizeof usages / sizeof usages[0]; k++) outf("  %s\r\n", usages[k]);
+}
 
 /* The index of t in `words`, or -1. */
 static int word_index(tok_t t) {
@@ -583,7 +605,7 @@ static void dispatch(const char *start, const char *end) {
     tok_t cmd = next_tok(&pos, end), sub;
 
     if (cmd.n == 0) {
-        out_error("empty command");
+        err("empty command");
     } else {
         switch (word_index(cmd)) {
         case W_NAME:
@@ -600,7 +622,7 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_DB:
             sub = next_tok(&pos, end);
-            if (sub.n == 0) out_error("db needs a subcommand: db load N, db HEX or db print");
+            if (sub.n == 0) err("db needs a subcommand: db load N, db HEX or db print");
             else if (word_index(sub) == W_LOAD) cmd_db_load(pos, end);
             else if (word_index(sub) == W_PRINT) cmd_db_print(pos, end);
             else cmd_db_hex(sub, pos, end);
@@ -610,7 +632,7 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_RESULTS:
             if (have_results) out_results();
-            else out_error("results: no inference yet");
+            else err("results: no inference yet");
             break;
         case W_STREAM:
             cmd_stream(pos, end);
@@ -633,10 +655,10 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_QUIT:
             out("m-quit\r\n");
-            if (!dut_port_exit(0)) out_error("quit: this board cannot exit; reset it instead");
+            if (!dut_port_exit(0)) err("quit: this board cannot exit; reset it instead");
             break;
         default:
-            outf("e-[Unknown command: %q]\r\n", cmd.p, cmd.n, (size_t)32);
+            err("Unknown command: %q", cmd.p, cmd.n, (size_t)32);
         }
     }
     out("m-ready\r\n");
@@ -655,8 +677,8 @@ void dut_init(const dut_model_t *model) {
 void dut_feed(uint8_t c) {
     if (c == '%') {
         if (line_overflow) {
-            outf("e-[command too long: more than %u bytes before '%%']\r\nm-ready\r\n",
-                 (unsigned long)DUT_LINE_MAX);
+            err("command too long: more than %u bytes before '%%'", (unsigned long)DUT_LINE_MAX);
+            out("m-ready\r\n");
         } else {
             dispatch(line, line + line_len);
         }

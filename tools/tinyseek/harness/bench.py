@@ -178,6 +178,7 @@ def _report(profile: BoardProfile, elf: Path, memory: dict, session: dict, runs:
         "latency": {"unit": unit, **latency},
         "energy": energy,
         "logits": [r["logits"] for r in results],
+        "results_text": [r["results_text"] for r in results],
         "predictions": [int(np.argmax(r["logits"])) for r in results],
         "memory": {"elf": memory, "device": session["device_mem"],
                    "stack_peak": session["device_mem"].get("stack_peak")},
