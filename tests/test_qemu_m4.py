@@ -11,7 +11,7 @@ import pytest
 from tinyseek.codegen.render import render
 from tinyseek.harness.bench import build_firmware, pio_executable, run_device_bench
 from tinyseek.harness.elfmem import memory_report
-from tinyseek.harness.protocol import DutClient
+from tinyseek.harness.protocol import DutClient, mlperf_results_text
 from tinyseek.harness.qemu import Machine, QemuProcess
 from tinyseek.harness.serial_link import SerialLink
 from tinyseek.quant.reference import infer_sequences, infer_tokens
@@ -59,7 +59,9 @@ def test_mlperf_session_info_mem_and_reset(text_fw, dut):
     assert reply.lines[3].startswith("m-lap-us-") and reply.lines[4].startswith("m-lap-us-")
     assert reply.lines[5] == "m-infer-done"
     want = infer_tokens(model, [ids])[0].tolist()
-    assert dut.results()["logits"] == want
+    results = dut.results()
+    assert results["logits"] == want
+    assert results["results_text"] == mlperf_results_text(want, model.output_scale)  # by the FPU
 
     # -icount makes the count deterministic: every run of the same input costs the same.
     t = dut.infer(3, 0)["time"]
@@ -74,6 +76,7 @@ def test_mlperf_session_info_mem_and_reset(text_fw, dut):
     assert mem["ram_static"] == elf_mem["ram"]["static"]
     assert 0 < mem["stack_peak"] < mem["stack_size"]
     assert elf_mem["flash"]["model_data"] >= mem["model_flash"] > 0
+    assert elf_mem["flash"]["code"] == elf_mem["flash"]["runtime"] + elf_mem["flash"]["model_code"]
     assert elf_mem["ram"]["model"] == mem["model_ram"]
 
 

@@ -40,6 +40,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
                     "note": result["timer"]["note"],
                     "ms_at_clock": float(np.median(per)) / clock * 1e3, "clock_hz": clock},
         "memory": {"flash_model": mem["elf"]["flash"]["model"], "flash_runtime": mem["elf"]["flash"]["runtime"],
+                   "flash_model_data": mem["elf"]["flash"]["model_data"], "flash_code": mem["elf"]["flash"]["code"],
                    "ram_static": mem["elf"]["ram"]["static"], "stack_peak": mem["stack_peak"]},
         "energy_uj_estimate": (result["energy"] or {}).get("per_inference_uj"),
         "kernel": result["model"]["kernel"],

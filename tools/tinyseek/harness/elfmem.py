@@ -115,8 +115,11 @@ def memory_report(elf_path: str | Path, model: str, map_file: str | Path | None 
     stack = sum(s["size"] for k, s in sections.items() if _is_stack(k))
     return {
         "method": method,
+        # code: everything but the model's data (weights, tables, labels): the runtime and the
+        # model library's kernels, API and tokenizer
         "flash": {"total": flash, "model": flash_model, "model_code": model(in_flash, "code"),
-                  "model_data": model(in_flash, "data"), "runtime": flash - flash_model},
+                  "model_data": model(in_flash, "data"), "runtime": flash - flash_model,
+                  "code": flash - model(in_flash, "data")},
         "ram": {"static": ram, "model": ram_model, "runtime": ram - ram_model, "stack_reserved": stack},
         "sections": {k: s["size"] for k, s in sorted(sections.items())},
     }

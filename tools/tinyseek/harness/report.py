@@ -77,6 +77,8 @@ def render_markdown(report: dict) -> str:
                   f"| latency per inference, median / p99 | {lat['value']:,.0f} / {lat['p99']:,.0f} {lat['unit']} ({lat['timer']}) |",
                   f"| the median at {lat['clock_hz'] / 1e6:g} MHz, one {lat['unit'][:-1]} a cycle | {lat['ms_at_clock']:.2f} ms |",
                   f"| flash: model / runtime | {mem['flash_model']:,} / {mem['flash_runtime']:,} B |",
+                  *([f"| flash: model data / all code (runtime, kernels, API, tokenizer) | "
+                     f"{mem['flash_model_data']:,} / {mem['flash_code']:,} B |"] if "flash_code" in mem else []),
                   f"| static RAM / stack peak | {mem['ram_static']:,} / {mem['stack_peak']:,} B |",
                   f"| energy per inference (estimate from a datasheet power figure) | {d['energy_uj_estimate']:.0f} µJ |",
                   "", f"Kernel variant: `{d['kernel']}`. {lat['note']}."]
