@@ -258,3 +258,34 @@ def test_unlabeled_samples_take_the_teachers_label(tmp_path):
     assert teacher_accuracy(knowledge, unlabeled)["train"] == pytest.approx(np.mean(teacher[y >= 0] == y[y >= 0]))
     out = distill(unlabeled, knowledge, small_cfg(**{"distill.epochs": 2}), tmp_path, progress=False)
     assert (out / "student.safetensors").is_file()
+
+
+def test_noise_copies_train_on_corrupted_copies_with_the_clean_targets(tmp_path):
+    """distill.noise_copies: every training sample appears again corrupted, learning its clean
+    sample's teacher logits and hidden states; clean samples and validation are unchanged."""
+    from tinyseek.distill.train import prepare
+
+    ds = text_dataset(n_train=50)
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    clean = prepare(ds, knowledge, small_cfg(), progress=False)
+    noisy = prepare(ds, knowledge, small_cfg(**{"distill.noise_copies": 2, "distill.noise": "typo:0.2, filler:0.3"}),
+                    progress=False)
+    n = len(ds.train.y)
+    assert len(noisy.y) == 3 * n and np.array_equal(noisy.y.numpy(), np.tile(ds.train.y, 3))
+    assert np.array_equal(noisy.t_logits_np, np.tile(clean.t_logits_np, (3, 1)))
+    for layer, feats in clean.t_feats.items():
+        assert torch.allclose(noisy.t_feats[layer][:n], feats, atol=1e-5)  # standardized over 3x the rows
+    # The first copy is the clean split itself; the others differ in some of their tokens.
+    assert torch.equal(noisy.x[:n], clean.x) and torch.equal(noisy.vx, clean.vx)
+    changed = [(noisy.x[k * n:(k + 1) * n] != clean.x).any(1).float().mean().item() for k in (1, 2)]
+    assert all(0.3 < c < 1.0 for c in changed) and not torch.equal(noisy.x[n:2 * n], noisy.x[2 * n:])
+
+    seq = sequence_dataset()
+    seq_knowledge = write_knowledge(tmp_path / "seq.safetensors", seq, layers=())
+    tr = prepare(seq, seq_knowledge, small_cfg(**{"distill.beta": 0.0, "distill.noise_copies": 1}), progress=False)
+    assert len(tr.y) == 2 * len(seq.train.y) and not torch.equal(tr.x[:200], tr.x[200:])
+
+    with pytest.raises(ValueError, match="'gaussian' is not a noise for text tasks"):
+        prepare(ds, knowledge, small_cfg(**{"distill.noise_copies": 1, "distill.noise": "gaussian:20"}), progress=False)
+    with pytest.raises(ValueError, match="distill.noise_copies must be 0..16"):
+        small_cfg(**{"distill.noise_copies": -1})

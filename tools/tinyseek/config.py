@@ -110,6 +110,13 @@ class DistillConfig:
     feedback_rounds: int = 0
     feedback: str = "reweight"  # reweight | relabel
     feedback_weight: float = 3.0
+    # Noise-aware distillation: the training split also holds noise_copies corrupted copies of
+    # every sample, each with its clean sample's teacher logits and hidden states as targets.
+    # noise: "kind:level" pairs applied in order to each copy (data/noise.py); empty = ASR errors
+    # at 0.1 then typos at 0.02 for text, sensor noise at 20 dB then a random walk of 0.5 for
+    # sequences.
+    noise_copies: int = 0
+    noise: str = ""
     lr: float = 3e-3
     batch_size: int = 64
     seed: int = 0
@@ -287,6 +294,9 @@ def validate(cfg: Config) -> None:
          and d.feature_loss in ("cosine", "mse"),
          "distill.schedule must be joint or progressive, distill.feedback reweight or relabel, "
          "distill.feature_loss cosine or mse")
+    need(0 <= d.noise_copies <= 16 and bool(re.fullmatch(r"\s*([a-z_]+\s*:\s*[0-9.e+-]+\s*(,\s*[a-z_]+\s*:\s*[0-9.e+-]+\s*)*)?", d.noise)),
+         f"distill.noise_copies must be 0..16 and distill.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
+         f"(or empty), not {d.noise_copies} and {d.noise!r}")
     need(bool(re.fullmatch(r"\s*(\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*)?", d.layer_map)),
          f"distill.layer_map must be \"teacher:student\" pairs like \"12:0, 24:1\" (or empty), not {d.layer_map!r}")
     need(min(d.stage1_epochs, d.stage2_epochs, d.stage3_epochs, d.feedback_rounds) >= 0

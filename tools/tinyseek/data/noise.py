@@ -377,6 +377,25 @@ def corrupt_split(split: Split, kind: str, level: float, seed: int = 0) -> Split
 DEFAULT_AUGMENT = {"text": (("asr", 0.10), ("typo", 0.02)), "sequence": (("gaussian", 20.0), ("walk", 0.5))}
 
 
+def parse_recipe(text: str, modality: str) -> tuple[tuple[str, float], ...]:
+    """distill.noise, e.g. "asr:0.1, typo:0.02", as (kind, level) pairs for augment_split;
+    empty gives DEFAULT_AUGMENT of the modality ("text" or "sequence")."""
+    if not text.strip():
+        return DEFAULT_AUGMENT[modality]
+    kinds = TEXT_KINDS if modality == "text" else SEQUENCE_KINDS
+    recipe = []
+    for part in text.split(","):
+        kind, _, level = part.partition(":")
+        kind = kind.strip()
+        if kind not in kinds:
+            raise NoiseError(f"distill.noise: {kind!r} is not a noise for {modality} tasks; use one of {', '.join(kinds)}")
+        try:
+            recipe.append((kind, float(level)))
+        except ValueError:
+            raise NoiseError(f"distill.noise: the level of {kind!r} must be a number, not {level.strip()!r}") from None
+    return tuple(recipe)
+
+
 def augment_split(split: Split, copies: int = 1, noise: Sequence[tuple[str, float]] | None = None,
                   seed: int = 0) -> tuple[Split, np.ndarray]:
     """The split followed by `copies` noisy copies of it, and `source` int64 [N * (1 + copies)]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.noise import augment_split, parse_recipe
 from ..student.tinylstm import StudentSpec, TinyLSTM, export_params, exported_state, save_student, split_inputs
 from .losses import stage_loss
 from .schedule import DistillError, Stage, annealed_temperature, check, feedback_targets, logit_stages, plan, resolve_layer_map
@@ -402,6 +403,12 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
         raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
                            f"[{n}, {spec.num_classes}] for this dataset; the cache is from another task or "
                            "split, re-run `tinyseek teacher`")
+    if d.noise_copies:
+        # The noisy copies learn the teacher's view of their clean sample (robustness to noise).
+        recipe = parse_recipe(d.noise, spec.kind)
+        train, source = augment_split(train, d.noise_copies, recipe, seed=d.seed)
+        t_logits, hidden = t_logits[source], {t: h[source] for t, h in hidden.items()}
+        y = torch.as_tensor(np.asarray(train.y), dtype=torch.long)
     x, lengths = split_inputs(train, spec)
     vx, vlen = split_inputs(val, spec) if len(val.y) else (None, None)
     vy = torch.as_tensor(np.asarray(val.y), dtype=torch.long)
