@@ -61,6 +61,7 @@ def file_names(name: str, kind: str) -> dict[str, str]:
         "kernels/helium.c.j2": f"{name}_kernels_mve.c",
         "kernels/riscv.c.j2": f"{name}_kernels_rv32.c",
         "kernels/neon.c.j2": f"{name}_kernels_neon.c",
+        "kernels/esp.c.j2": f"{name}_kernels_esp.c",
     }
     if kind == "text":
         files["lib/tokenizer.c.j2"] = f"{name}_tokenizer.c"
@@ -185,6 +186,62 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
     }
 
 
+# The ESP32/S3 kernel (templates/kernels/esp.c.j2) runs ESP-DSP's float dot product on int8 data.
+# Every product of two int8 values and every partial sum of a row is an integer of magnitude at
+# most sum |w| * 128; float32 holds every integer up to 2^24 exactly, so while that bound is
+# below 2^24 no addition or product ever rounds and the float result is the int32 accumulator,
+# in any summation order, fused or not. Longer rows are split into chunks below the bound.
+ESP_EXACT_LIMIT = 2**24
+# dsps_dotprod_f32_aes3 (ESP32-S3) takes its 4-lane path only for lengths that are multiples of 4
+# on 16-byte aligned arrays: rows are padded with zeros to a multiple of 4, chunks start on one.
+ESP_LANES = 4
+
+
+def esp_chunks(w: np.ndarray, limit: int = ESP_EXACT_LIMIT) -> list[tuple[int, int]]:
+    """(start, length) column chunks shared by every row of `w` [rows, n], padded with zeros to a
+    multiple of 4 columns: lengths are multiples of 4, and in every row each chunk's bound on
+    |partial sum| (sum of |w| * 128 over the chunk) is below `limit`."""
+    rows, n = w.shape
+    padded = -(-n // ESP_LANES) * ESP_LANES
+    mag = np.zeros((rows, padded), np.int64)
+    mag[:, :n] = np.abs(w.astype(np.int64)) * 128
+    groups = mag.reshape(rows, -1, ESP_LANES).sum(axis=2)
+    if groups.size and int(groups.max()) >= limit:
+        raise CodegenError(f"ESP chunk limit {limit} is below the bound of {ESP_LANES} columns; "
+                           f"it must exceed {ESP_LANES * 128 * 128}")
+    chunks, start, run = [], 0, np.zeros(rows, np.int64)
+    for g in range(groups.shape[1]):
+        if np.any(run + groups[:, g] >= limit):
+            chunks.append((start, ESP_LANES * g - start))
+            start, run = ESP_LANES * g, np.zeros(rows, np.int64)
+        run += groups[:, g]
+    chunks.append((start, padded - start))
+    return chunks
+
+
+def esp_matrix(name: str, suffix: str, w: np.ndarray, doc: str) -> dict:
+    """One unit-major weight matrix as the ESP kernel reads it: float rows (printed as the int8
+    values) padded with zeros to `stride` columns, and the chunks of every row's dot product."""
+    rows, n = w.shape
+    stride = -(-n // ESP_LANES) * ESP_LANES
+    values = np.zeros((rows, stride), np.int64)
+    values[:, :n] = w
+    return {"name": prefixed(name, suffix), "weights": values.reshape(-1), "length": values.size, "stride": stride,
+            "chunks": esp_chunks(w), "nbytes": 4 * values.size, "doc": doc}
+
+
+def esp_layer(name: str, index: int, layer) -> dict:
+    """The ESP kernel's float weights of one layer (input and recurrent)."""
+    H = layer.hidden
+    rows = f"[{H}][4], unit-major"
+    return {
+        "x": esp_matrix(name, f"l{index}_esp_w_x", unit_major(layer.w_x, H),
+                        f"layer {index} input weights as float {rows} [{layer.input_size}], zero-padded"),
+        "h": esp_matrix(name, f"l{index}_esp_w_h", unit_major(layer.w_h, H),
+                        f"layer {index} recurrent weights as float {rows} [{H}], zero-padded"),
+    }
+
+
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
@@ -213,7 +270,8 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         arrays += la.values()
         xr, hr = requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
-                       "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr)})
+                       "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr),
+                       "esp": esp_layer(name, i, L)})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
         "w": _array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]"),
