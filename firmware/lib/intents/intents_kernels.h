@@ -60,6 +60,13 @@ typedef struct {
 extern const intents_model_params intents_params;
 
 /* -- the variant ------------------------------------------------------------------------- */
+/* ESP-IDF's target macros (CONFIG_IDF_TARGET_*) come from sdkconfig.h, on the include path of
+ * ESP-IDF and Arduino-ESP32 builds. */
+#if defined(__XTENSA__) && defined(__has_include)
+#if __has_include(<sdkconfig.h>)
+#include <sdkconfig.h>
+#endif
+#endif
 #if defined(TINYSEEK_KERNEL_PORTABLE)
 #define INTENTS_KERNEL_C 1
 #elif defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1) && !defined(__aarch64__)
@@ -71,6 +78,11 @@ extern const intents_model_params intents_params;
 #elif defined(__riscv) && __riscv_xlen == 32
 /* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
 #define INTENTS_KERNEL_RV32 1
+#elif defined(TINYSEEK_TEST_FORCE_ESP_DSP) || \
+    (defined(__XTENSA__) && (defined(CONFIG_IDF_TARGET_ESP32) || defined(CONFIG_IDF_TARGET_ESP32S3)))
+/* ESP32 (LX6) and ESP32-S3 (LX7), both with an FPU: ESP-DSP's float dot product, exact on int8
+ * data. TINYSEEK_TEST_FORCE_ESP_DSP is for the host tests only (a model of ESP-DSP stands in). */
+#define INTENTS_KERNEL_ESP 1
 #elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
 /* Armv8.2-A+ Cortex-A (A55, A76, Raspberry Pi 5): NEON with the dot product (SDOT). */
 #define INTENTS_KERNEL_NEON_DOT 1
@@ -91,6 +103,9 @@ extern const intents_model_params intents_params;
 #elif defined(INTENTS_KERNEL_RV32)
 #define INTENTS_KERNEL "rv32"
 #define INTENTS_VARIANT(fn) fn##_rv32
+#elif defined(INTENTS_KERNEL_ESP)
+#define INTENTS_KERNEL "esp-dsp"
+#define INTENTS_VARIANT(fn) fn##_esp
 #elif defined(INTENTS_KERNEL_NEON_DOT)
 #define INTENTS_KERNEL "neon-dot"
 #define INTENTS_VARIANT(fn) fn##_neondot

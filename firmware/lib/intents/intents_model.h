@@ -36,7 +36,8 @@ extern "C" {
 #define INTENTS_SCRATCH_BYTES 64
 #define INTENTS_RAM_BYTES (INTENTS_STATE_BYTES + INTENTS_SCRATCH_BYTES)
 
-/* For hosts only (the device code has no floats): the embedding scale; real logit = int16 logit * OUTPUT_SCALE. */
+/* For hosts only (the device code computes in integers; the ESP-DSP kernel's float dot products
+ * are exact integer sums): the embedding scale; real logit = int16 logit * OUTPUT_SCALE. */
 #define INTENTS_INPUT_SCALE 0.03521161192045437
 #define INTENTS_OUTPUT_SCALE 0.0003759234719397101
 
