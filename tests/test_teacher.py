@@ -302,6 +302,21 @@ def test_adaptation_is_seeded(text_task, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
 
 
+def test_noise_copies_adapt_the_teacher_on_corrupted_copies_too(text_task, tmp_path):
+    cfg = replace(TINY, finetune_epochs=1, pretrain_epochs=0)
+    adapt(text_task, cfg, tmp_path / "clean")
+    adapt(text_task, replace(cfg, noise_copies=1, noise="typo:0.2"), tmp_path / "noisy")
+    clean = json.loads((tmp_path / "clean" / "teacher" / "teacher.json").read_text())
+    noisy = json.loads((tmp_path / "noisy" / "teacher" / "teacher.json").read_text())
+    n = len(text_task.train.y)
+    assert (clean["train_samples"], noisy["train_samples"], noisy["noise_copies"]) == (n, 2 * n, 1)
+    a = load_file(str(tmp_path / "clean" / "teacher" / "model.safetensors"))
+    b = load_file(str(tmp_path / "noisy" / "teacher" / "model.safetensors"))
+    assert any(not np.array_equal(a[key], b[key]) for key in a)
+    with pytest.raises(ValueError, match="'gaussian' is not a noise for text tasks"):
+        adapt(text_task, replace(cfg, noise_copies=1, noise="gaussian:20"), tmp_path / "bad")
+
+
 def test_sequence_teacher_through_inputs_embeds(seq_task, tmp_path):
     cfg = replace(TINY, attentions=True, layers=[0, 2])
     adapt(seq_task, cfg, tmp_path)

@@ -69,6 +69,10 @@ class TeacherConfig:
     prompt: str = "Classify the text into one of these categories: {labels}.\nText: {text}\nCategory:"
     verbalizers: dict[str, list[str]] = field(default_factory=dict)  # label -> words; default: the name, _ as space
     verbalizer_score: str = "mean"  # mean | sum of a multi-token verbaliser's token log-probs
+    # Noise-aware adaptation: the adaptation's training split also holds noise_copies corrupted
+    # copies of every sample; noise as distill.noise (empty = the modality's default recipe).
+    noise_copies: int = 0
+    noise: str = ""
     seed: int = 0
 
 
@@ -294,7 +298,11 @@ def validate(cfg: Config) -> None:
          and d.feature_loss in ("cosine", "mse"),
          "distill.schedule must be joint or progressive, distill.feedback reweight or relabel, "
          "distill.feature_loss cosine or mse")
-    need(0 <= d.noise_copies <= 16 and bool(re.fullmatch(r"\s*([a-z_]+\s*:\s*[0-9.e+-]+\s*(,\s*[a-z_]+\s*:\s*[0-9.e+-]+\s*)*)?", d.noise)),
+    noise_pairs = r"\s*([a-z_]+\s*:\s*[0-9.e+-]+\s*(,\s*[a-z_]+\s*:\s*[0-9.e+-]+\s*)*)?"
+    need(0 <= cfg.teacher.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, cfg.teacher.noise)),
+         f"teacher.noise_copies must be 0..16 and teacher.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
+         f"(or empty), not {cfg.teacher.noise_copies} and {cfg.teacher.noise!r}")
+    need(0 <= d.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, d.noise)),
          f"distill.noise_copies must be 0..16 and distill.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
          f"(or empty), not {d.noise_copies} and {d.noise!r}")
     need(bool(re.fullmatch(r"\s*(\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*)?", d.layer_map)),

@@ -225,10 +225,19 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     loaded one; "full" only) chooses whether fine-tuning updates the backbone or only the head
     (+ input projection). `token_dropout` and `word_shuffle` set the training noise of
     `_augment` (text tasks whose backbone or adapters train). Seeded by cfg.seed. Returns the
-    teacher folder; classifier.load_adapted reads it back.
+    teacher folder; classifier.load_adapted reads it back. With cfg.noise_copies the training
+    split also holds that many corrupted copies of every sample (data/noise.py, cfg.noise), so
+    the teacher learns to read noisy input; validation and extraction stay clean.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
     zero_shot = _check_settings(dataset, cfg)
+    if cfg.noise_copies:
+        from dataclasses import replace
+
+        from ..data.noise import augment_split, parse_recipe
+
+        train, _ = augment_split(dataset.train, cfg.noise_copies, parse_recipe(cfg.noise, dataset.kind), seed=cfg.seed)
+        dataset = replace(dataset, train=train)
     out = Path(run_dir) / "teacher"
     with tempfile.TemporaryDirectory() as tmp:
         backbone, tokenizer, base = _load(dataset, cfg, tmp)
@@ -296,6 +305,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
             "pretrain_epochs": 0 if sequence or cfg.adapt == "none" else cfg.pretrain_epochs,
             "finetune_epochs": 0 if zero_shot else cfg.finetune_epochs,
             "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
+            "train_samples": len(dataset.train.y), "noise_copies": cfg.noise_copies, "noise": cfg.noise,
         }
         if cfg.adapt != "full":
             meta["base"] = BASE_DIR if cfg.source == "default" else str(base)
