@@ -202,6 +202,24 @@ def test_unlabeled_jsonl_errors_say_how_to_label_it(tmp_path):
         load_jsonl(TaskConfig(kind="jsonl", train=str(train), labels=["on", "off"]))
 
 
+def test_scores_count_labeled_test_samples_only():
+    from tinyseek.harness.evaluate import confusion, labeled_accuracy
+    from tinyseek.harness.report import render_markdown
+
+    y, pred = np.array([0, UNLABELED, 2, UNLABELED, 1]), np.array([0, 2, 1, 1, 1])
+    assert labeled_accuracy(pred, y) == pytest.approx(2 / 3)
+    assert labeled_accuracy(pred, np.full(5, UNLABELED)) is None
+    assert confusion(pred, y, 3) == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]  # the unlabeled rows are left out
+    report = {"model": {"name": "m", "hash": "h"}, "task": {"name": "t", "kind": "text", "labels": LABELS,
+                                                            "test_samples": 5, "test_labeled": 0},
+              "teacher": {"accuracy": None}, "student": {"float_accuracy": None, "int8_accuracy": None,
+                                                         "params": 1, "weight_bytes": 1},
+              "retention": None, "agreement_int8_float": 1.0, "agreement_int8_teacher": 0.8}
+    text = render_markdown(report)
+    assert "| student, int8 (integer reference) | n/a |" in text
+    assert "5 test samples have no label: the accuracies count the 0 labeled ones" in text and "80.00 %" in text
+
+
 # -- the teacher stage ------------------------------------------------------------------------------------
 
 def _unlabeled_task():

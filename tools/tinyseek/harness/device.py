@@ -11,7 +11,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     from ..quant.model import QuantModel
     from .bench import run_device_bench
     from .boards import load_profile
-    from .evaluate import int8_inputs, oracle_logits
+    from .evaluate import int8_inputs, labeled_accuracy, oracle_logits
 
     qm = QuantModel.load(run.int8_dir)
     test = run.dataset.test
@@ -34,7 +34,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     device = {
         "target": env, "board": result["board"], "cpu": result["cpu"], "emulated": result["emulated"],
         "samples": n, "bitexact": mismatches == 0, "mismatches": mismatches,
-        "accuracy": float(np.mean(logits.argmax(axis=1) == test.y)),
+        "accuracy": labeled_accuracy(logits.argmax(axis=1), test.y),
         "latency": {"value": float(np.median(per)), "p99": float(np.percentile(per, 99)),
                     "unit": result["latency"]["unit"], "timer": result["timer"]["source"],
                     "note": result["timer"]["note"],

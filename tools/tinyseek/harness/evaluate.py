@@ -17,9 +17,19 @@ def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == y)) if len(y) else 0.0
 
 
+def labeled_accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
+    """Accuracy over the samples that have a label (y >= 0; -1 marks a sample of an unlabeled
+    corpus, which the teacher labels), None when none has one."""
+    y = np.asarray(y)
+    labeled = y >= 0
+    return float(np.mean(np.asarray(pred)[labeled] == y[labeled])) if labeled.any() else None
+
+
 def confusion(pred: np.ndarray, y: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Rows: the label, columns: the prediction; samples without a label are left out."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
+    labeled = np.asarray(y) >= 0
+    np.add.at(cm, (np.asarray(y)[labeled], np.asarray(pred)[labeled]), 1)
     return cm.tolist()
 
 
@@ -53,17 +63,20 @@ def evaluate_host(run) -> dict:
     int8_logits = oracle_logits(qm, test)
     int8_pred = int8_logits.argmax(axis=1)
 
-    teacher_acc = _accuracy(teacher_pred, y)
-    int8_acc = _accuracy(int8_pred, y)
+    # Accuracies count the labeled test samples only (None without any); the agreements count all.
+    teacher_acc = labeled_accuracy(teacher_pred, y)
+    int8_acc = labeled_accuracy(int8_pred, y)
     metrics = {
         "model": {"name": qm.name, "hash": qm.model_hash()},
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
-                 "train_samples": len(ds.train.y), "test_samples": len(y)},
+                 "train_samples": len(ds.train.y), "test_samples": len(y),
+                 "test_labeled": int(np.sum(np.asarray(y) >= 0))},
         "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source},
-        "student": {"float_accuracy": _accuracy(float_pred, y), "int8_accuracy": int8_acc,
+        "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},
-        "retention": int8_acc / teacher_acc if teacher_acc else 0.0,
+        "retention": int8_acc / teacher_acc if int8_acc is not None and teacher_acc else None,
         "agreement_int8_float": _accuracy(int8_pred, float_pred),
+        "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),
         "confusion": confusion(int8_pred, y, len(ds.labels)),
     }
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -75,6 +88,7 @@ def evaluate_host(run) -> dict:
         # verify_host compares with the oracle itself; this guards the two oracles' inputs agree.
         verify["bitexact"] = False
     (run.dir / "verify.json").write_text(json.dumps(verify, indent=2, sort_keys=True) + "\n")
-    run.log(f"[verify] teacher {teacher_acc:.4f}  int8 {int8_acc:.4f}  host bit-exact: {verify['bitexact']} "
+    accs = "no labeled test samples" if int8_acc is None else f"teacher {teacher_acc:.4f}  int8 {int8_acc:.4f}"
+    run.log(f"[verify] {accs}  host bit-exact: {verify['bitexact']} "
             f"({result.samples} samples)")
     return {"metrics": metrics, "verify": verify}

@@ -29,6 +29,7 @@ def build_report(run_dir: Path) -> dict:
         "student": metrics["student"],
         "retention": metrics["retention"],
         "agreement_int8_float": metrics["agreement_int8_float"],
+        "agreement_int8_teacher": metrics.get("agreement_int8_teacher"),
     }
     if verify:
         report["host"] = verify
@@ -37,8 +38,8 @@ def build_report(run_dir: Path) -> dict:
     return report
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
 def render_markdown(report: dict) -> str:
@@ -57,6 +58,10 @@ def render_markdown(report: dict) -> str:
         "",
         f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
         f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
+        *([f"- {report['task']['test_samples'] - report['task']['test_labeled']:,} test samples have no label: "
+           f"the accuracies count the {report['task']['test_labeled']:,} labeled ones; the int8 student agrees with the "
+           f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
+          if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
     ]
     if "host" in report:
