@@ -20,3 +20,18 @@ def need_tools():
                 pytest.fail(msg)
             pytest.skip(msg)
     return check
+
+
+@pytest.fixture(scope="session")
+def default_lib(tmp_path_factory):
+    """The committed default model rendered once (read-only for the tests), and the first 120
+    test texts of its task."""
+    from tinyseek.codegen.render import render
+    from tinyseek.config import load
+    from tinyseek.data import load_task
+    from tinyseek.quant.model import QuantModel
+
+    model = QuantModel.load(Path(__file__).resolve().parents[1] / "models" / "intents" / "int8")
+    lib = tmp_path_factory.mktemp("default_lib") / model.name
+    render(model, lib)
+    return model, lib, list(load_task(load().task).test.texts)[:120]

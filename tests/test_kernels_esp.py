@@ -19,9 +19,6 @@ from tinyseek.codegen.context import ESP_EXACT_LIMIT, build_context, esp_chunks
 from tinyseek.codegen.identifiers import CodegenError
 from tinyseek.codegen.render import render
 from tinyseek.codegen.verify import HostDriver, VerifyError
-from tinyseek.config import load
-from tinyseek.data import load_task
-from tinyseek.quant.model import QuantModel
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,24 +36,15 @@ TEXTS = ["turn on the kitchen lights", "打开客厅的灯", "", "ÄÖÜ straße
 
 
 def _driver(model, lib, work, order):
-    """The library in `lib` with the ESP variant forced and the ESP-DSP model of `order` linked in
-    (copied beside the generated files, which the driver compiles)."""
-    shutil.copy(MODEL_SOURCE, lib / MODEL_SOURCE.name)
-    cflags = ("-DTINYSEEK_TEST_FORCE_ESP_DSP", "-I", str(MODEL_DIR), *ORDERS[order], "-Wl,--no-as-needed", "-lm")
+    """The library in `lib` with the ESP variant forced and the ESP-DSP model of `order` compiled
+    and linked in (the library folder is left as rendered)."""
+    cflags = ("-DTINYSEEK_TEST_FORCE_ESP_DSP", "-I", str(MODEL_DIR), *ORDERS[order], str(MODEL_SOURCE),
+              "-Wl,--no-as-needed", "-lm")
     driver = HostDriver(model, lib, work, cflags=cflags)
     # The ESP steps are only compiled where the header selected them, and the model calls those.
     symbols = subprocess.run(["nm", str(driver.exe)], capture_output=True, text=True, check=True).stdout
     assert re.search(rf"\b{model.name}_l0_step_esp\b", symbols) and "dsps_dotprod_f32" in symbols
     return driver
-
-
-@pytest.fixture(scope="module")
-def default_lib(tmp_path_factory):
-    model = QuantModel.load(ROOT / "models" / "intents" / "int8")
-    lib = tmp_path_factory.mktemp("esp") / model.name
-    render(model, lib)
-    texts = list(load_task(load().task).test.texts)[:120]
-    return model, lib, texts
 
 
 @pytest.mark.parametrize("order", sorted(ORDERS))

@@ -16,10 +16,7 @@ from test_kernels_mcu import _with_head_of
 from tinyseek.codegen.context import requant_mode
 from tinyseek.codegen.render import render
 from tinyseek.codegen.verify import HostDriver
-from tinyseek.config import load
-from tinyseek.data import load_task
 from tinyseek.harness.aarch64 import VARIANTS, build_bench, count_marked, measure_aarch64
-from tinyseek.quant.model import QuantModel
 from tinyseek.quant.reference import infer_sequences, infer_tokens
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 from tinyseek.student.tokenizer import HashTokenizer
@@ -37,15 +34,6 @@ TEXTS = ["turn on the kitchen lights", "打开客厅的灯", "", "ÄÖÜ straße
 def _driver(model, lib, work, variant):
     v = VARIANTS[variant]
     return HostDriver(model, lib, work, cc=CC, cflags=("-static", *v.cflags), runner=("qemu-aarch64", "-cpu", v.cpu))
-
-
-@pytest.fixture(scope="module")
-def default_lib(tmp_path_factory):
-    model = QuantModel.load(ROOT / "models" / "intents" / "int8")
-    lib = tmp_path_factory.mktemp("neon") / model.name
-    render(model, lib)
-    texts = list(load_task(load().task).test.texts)[:120]
-    return model, lib, texts
 
 
 @pytest.mark.parametrize("variant", NEON)

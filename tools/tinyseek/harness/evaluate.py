@@ -7,7 +7,6 @@ host check) into the run folder; the report stage only collects them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
