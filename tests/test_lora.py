@@ -18,7 +18,7 @@ from tinyseek.teacher import TeacherError, adapt, build_default_teacher, extract
 from tinyseek.teacher.adapt import _pretrain
 from tinyseek.teacher.build import tiny_deepseek_config, train_text_tokenizer
 from tinyseek.teacher.classifier import (ADAPTER_FILE, TeacherClassifier, add_lora, base_fingerprint, load_adapted,
-                                         lora_target_names, save_adapted, tokenize)
+                                         lora_expert_parameters, lora_target_names, save_adapted, tokenize)
 
 extract_module = importlib.import_module("tinyseek.teacher.extract")
 TARGETS = TeacherConfig().lora_targets
@@ -66,9 +66,9 @@ def qwen_dir(task, tmp_path_factory):
     return folder
 
 
-def _deepseek():
+def _deepseek(vocab_size=64):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_deepseek_config(64, 32, 2, 2, 16), attn_implementation="eager")
+    return AutoModelForCausalLM.from_config(tiny_deepseek_config(vocab_size, 32, 2, 2, 16), attn_implementation="eager")
 
 
 def _lora_names(model):
@@ -105,6 +105,44 @@ def test_deepseek_adapters_cover_the_dense_and_shared_mlps():
     names = _lora_names(model)
     assert any("layers.0.mlp.gate_proj.lora_A" in n for n in names)
     assert any("layers.1.mlp.shared_experts.up_proj.lora_B" in n for n in names)
+
+
+def test_routed_experts_get_adapters_when_named_and_reload_to_the_same_outputs(task, tmp_path):
+    """"experts" among the targets: each routed expert's fused weights get a low-rank update
+    (peft target_parameters); it trains, saves and reloads like the Linear adapters."""
+    tok = train_text_tokenizer(task.train.texts, 300)
+    vocab = len(tok)
+    assert lora_expert_parameters(_deepseek(vocab), TARGETS) == []
+    backbone = _deepseek(vocab)
+    config = add_lora(backbone, 4, 8.0, [*TARGETS, "experts"])
+    assert {n.split(".", 3)[-1] for n in config.target_parameters} == {"mlp.experts.gate_up_proj",
+                                                                        "mlp.experts.down_proj"}
+    experts = [n for n in _lora_names(backbone) if ".mlp.experts." in n]
+    assert experts and all(p.requires_grad for n, p in backbone.named_parameters() if n in experts)
+    ids = torch.randint(0, vocab, (4, 10))
+    backbone(input_ids=ids).logits.square().mean().backward()
+    for name, p in backbone.named_parameters():
+        if name in experts and "lora_A" in name:
+            torch.nn.init.normal_(p, std=0.2)
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)  # a trained adapter is not the identity
+    grads = {n: p.grad for n, p in backbone.named_parameters() if n in experts and "lora_B" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())  # the router's picks train
+
+    model = TeacherClassifier(backbone, 3).eval()
+    base = tmp_path / "base"
+    _deepseek(vocab).save_pretrained(base)
+    meta = {"labels": ["on", "off", "time"], "kind": "text", "adapt": "lora", "labels_from": "head",
+            "base": str(base), "base_fingerprint": base_fingerprint(base), "max_tokens": 10}
+    save_adapted(model, tok, tmp_path / "teacher", meta, config)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = model(ids, mask)
+        plain = TeacherClassifier(_deepseek(vocab), 3)
+        plain.head.load_state_dict(model.head.state_dict())
+        assert not torch.allclose(plain.eval()(ids, mask), want, atol=1e-4)
+        loaded, _, _ = load_adapted(tmp_path / "teacher")
+        assert torch.allclose(loaded(ids, mask), want, atol=1e-5)
 
 
 # -- training touches only the adapters -----------------------------------------------------------

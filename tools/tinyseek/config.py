@@ -59,7 +59,8 @@ class TeacherConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     # Linear layers that get adapters, by name: attention and MLP projections of deepseek_v2/v3
-    # (multi-head latent attention), qwen2 and llama; absent names are ignored.
+    # (multi-head latent attention), qwen2 and llama; absent names are ignored. "experts" adds
+    # the routed experts' fused weights of MoE layers (docs/teachers.md).
     lora_targets: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
         "gate_proj", "up_proj", "down_proj"])

@@ -313,6 +313,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         if lora is not None:
             meta["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                             "targets": sorted({t.rsplit(".", 1)[-1] for t in lora.target_modules}),
+                            "expert_parameters": sorted({t.rsplit(".", 1)[-1] for t in lora.target_parameters or []}),
                             "adapter_parameters": sum(p.numel() for n, p in backbone.named_parameters() if "lora_" in n),
                             "backbone_parameters": sum(p.numel() for n, p in backbone.named_parameters()
                                                        if "lora_" not in n)}

@@ -141,21 +141,32 @@ def _blocks(backbone) -> tuple[nn.Module, str]:
 def lora_target_names(backbone, targets: list[str]) -> list[str]:
     """Names (inside the decoder layers) of the nn.Linear modules whose own name is in
     `targets`, e.g. "0.self_attn.q_proj". Matching by module name works for every supported
-    architecture; routed experts of MoE layers are fused 3-D parameters in transformers 5,
-    not Linear modules, so they are never targets (shared experts and dense MLPs are)."""
+    architecture. Routed experts of MoE layers are fused 3-D parameters in transformers 5, not
+    Linear modules: the target name "experts" reaches them (lora_expert_parameters)."""
     blocks, _ = _blocks(backbone)
     found = [n for n, m in blocks.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
-    if not found:
+    if not found and not lora_expert_parameters(backbone, targets):
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in blocks.named_modules() if isinstance(m, nn.Linear)})
         raise TeacherError(f"teacher.lora_targets {list(targets)} name no linear layer of this "
                            f"{backbone.config.model_type} teacher; its linear layers are: {', '.join(linear)}")
     return found
 
 
+def lora_expert_parameters(backbone, targets: list[str]) -> list[str]:
+    """With "experts" in `targets`: the routed experts' fused weights (3-D parameters of an
+    `experts` module, e.g. "3.mlp.experts.gate_up_proj"), which peft adapts per expert through
+    `target_parameters`; empty for a teacher without routed experts."""
+    if "experts" not in targets:
+        return []
+    blocks, _ = _blocks(backbone)
+    return [n for n, p in blocks.named_parameters() if p.ndim == 3 and n.rsplit(".", 2)[-2] == "experts"]
+
+
 def add_lora(backbone, rank: int, alpha: float, targets: list[str]):
     """Freeze `backbone` and inject LoRA adapters (float32, B = 0 so the model is unchanged
-    at first) into the target layers; returns the peft LoraConfig (names relative to the
-    causal LM, as PeftModel.save_pretrained writes them).
+    at first) into the target layers (and, with "experts" in `targets`, the routed experts'
+    fused weights); returns the peft LoraConfig (names relative to the causal LM, as
+    PeftModel.save_pretrained writes them).
 
     The adapters go into the decoder layers module rather than the whole model: peft's
     transformers-5 conversion for MoE model types (deepseek_v2/v3) would otherwise rename the
@@ -163,16 +174,17 @@ def add_lora(backbone, rank: int, alpha: float, targets: list[str]):
     dense and shared-expert MLPs."""
     peft = _peft()
     blocks, prefix = _blocks(backbone)
-    names = lora_target_names(backbone, targets)
+    names, experts = lora_target_names(backbone, targets), lora_expert_parameters(backbone, targets)
     backbone.requires_grad_(False)
-    peft.inject_adapter_in_model(peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=names),
-                                 blocks)
+    peft.inject_adapter_in_model(peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=names,
+                                                 target_parameters=experts or None), blocks)
     for name, p in blocks.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()  # adapters train in float32 whatever the base's dtype
             p.requires_grad_(True)
     return peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                           target_modules=[prefix + n for n in names])
+                           target_modules=[prefix + n for n in names],
+                           target_parameters=[prefix + n for n in experts] or None)
 
 
 def lora_state(backbone) -> dict[str, torch.Tensor]:
@@ -194,8 +206,10 @@ def load_lora(backbone, folder: Path) -> None:
     peft = _peft()
     blocks, prefix = _blocks(backbone)
     config = peft.LoraConfig.from_pretrained(str(folder))
-    targets = [t[len(prefix):] if t.startswith(prefix) else t for t in config.target_modules]
-    config.target_modules = targets
+    strip_prefix = lambda names: [t[len(prefix):] if t.startswith(prefix) else t for t in names]  # noqa: E731
+    config.target_modules = strip_prefix(config.target_modules)
+    if config.target_parameters:
+        config.target_parameters = strip_prefix(config.target_parameters)
     config.inference_mode = True
     peft.inject_adapter_in_model(config, blocks)
     strip = _PEFT_PREFIX + prefix
