@@ -44,6 +44,8 @@ def _driver(model, lib, work, order):
     # The ESP steps are only compiled where the header selected them, and the model calls those.
     symbols = subprocess.run(["nm", str(driver.exe)], capture_output=True, text=True, check=True).stdout
     assert re.search(rf"\b{model.name}_l0_step_esp\b", symbols) and "dsps_dotprod_f32" in symbols
+    # The float copies replace the int8 weight matrices: the build does not carry both.
+    assert not re.search(rf"\b{model.name}_l\d+_w_[xh]\b", symbols)
     return driver
 
 

@@ -3124,6 +3124,7 @@ static const int32_t intents_l0_dsp_h[4416] INTENTS_ALIGN4 = {
 };
 
 #else
+#if !defined(INTENTS_KERNEL_ESP)
 /* layer 0 input weights [64][4], unit-major [32] */
 static const int8_t intents_l0_w_x[8192] INTENTS_ALIGN4 = {
      -23,   36,  127,   35,   93,   56,    8,    4,    6,   -7,  -43,   39,  -86,  -22,  -33,   11,
@@ -3640,6 +3641,8 @@ static const int8_t intents_l0_w_x[8192] INTENTS_ALIGN4 = {
      -12,   -6,   -3,    1,  -31,   -1,  -29,  -19,   91,   -8,    1,  -47,   34,  -33,   61,    4,
 };
 
+#endif
+#if !defined(INTENTS_KERNEL_ESP)
 /* layer 0 recurrent weights [64][4], unit-major [64] */
 static const int8_t intents_l0_w_h[16384] INTENTS_ALIGN4 = {
       30,   74,  -11,   71,  -51,   54,  -93,   -9,  -25,  -69,  -77,  -36,   17,   56,  -12,   17,
@@ -4668,6 +4671,7 @@ static const int8_t intents_l0_w_h[16384] INTENTS_ALIGN4 = {
      111,  -28,   13,    1,  -92,   68,    8,   32,  -21,   22,  -65,  120,   95,    3,  120,  -16,
 };
 
+#endif
 /* layer 0 requant multipliers of W_x x [64][4], unit-major */
 static const int32_t intents_l0_mx[256] INTENTS_ALIGN4 = {
     1846348658, 2029909252, 1082518636, 1240369417, 1776485159, 1325978426, 1321574527, 1237191214,
@@ -4900,8 +4904,13 @@ const intents_model_params intents_params = {
         },
 #else
         {
+#if defined(INTENTS_KERNEL_ESP)
+            .w_x = NULL, /* the ESP-DSP kernel's float copies replace them */
+            .w_h = NULL,
+#else
             .w_x = intents_l0_w_x,
             .w_h = intents_l0_w_h,
+#endif
             .mx = intents_l0_mx,
             .nx = intents_l0_nx,
             .mh = intents_l0_mh,
