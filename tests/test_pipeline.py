@@ -55,6 +55,19 @@ def test_build_end_to_end_then_skip_unchanged_stages(tmp_path, capsys):
     assert "[teacher] inputs unchanged, skipped" in out
     assert "[distill] running" in out and "[quantize] running" in out
 
+    # An extraction-only teacher setting: the saved teacher is extracted again, not re-adapted.
+    weights = (run_dir / "teacher" / "model.safetensors").read_bytes()
+    assert main(["build", *_args(tmp_path, {"teacher.layers": [1], "teacher.attentions": True})]) == 0
+    out = capsys.readouterr().out
+    assert "[teacher] running" in out and "adaptation unchanged" in out
+    assert (run_dir / "teacher" / "model.safetensors").read_bytes() == weights
+    from safetensors import safe_open
+    with safe_open(str(run_dir / "knowledge.safetensors"), "np") as f:
+        assert {"train.hidden.1", "train.attn.1"} <= set(f.keys()) and "train.hidden.2" not in f.keys()
+    # An adaptation setting: the teacher is adapted again.
+    assert main(["build", *_args(tmp_path, {"teacher.finetune_epochs": 1})]) == 0
+    assert "adaptation unchanged" not in capsys.readouterr().out
+
 
 def test_a_stage_without_its_inputs_says_what_to_run(tmp_path, capsys):
     assert main(["quantize", *_args(tmp_path)]) == 2

@@ -20,6 +20,8 @@ from . import __version__
 from .config import Config
 
 STAGES = ("teacher", "distill", "quantize", "codegen", "verify", "report")
+# Teacher settings only the extraction reads (teacher/extract.py).
+EXTRACTION_ONLY = ("layers", "attentions", "shard_size")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -108,10 +110,20 @@ class Run:
         stamps[stage] = key
         (self.dir / "stamps.json").write_text(json.dumps(stamps, indent=2, sort_keys=True) + "\n")
 
-    def input_key(self, stage: str) -> str:
+    def _task_key(self) -> list:
         c = self.cfg
         # Your own data counts by content, not only by path: an edited file re-runs the stages.
-        task = [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test) if f and Path(f).exists()]
+        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test) if f and Path(f).exists()]
+
+    def adaptation_key(self) -> str:
+        """The teacher stage's inputs but the settings only the extraction reads: a change of
+        those alone re-runs the extraction on the adapted teacher already saved."""
+        adapt = {k: v for k, v in asdict(self.cfg.teacher).items() if k not in EXTRACTION_ONLY}
+        return hash_obj([__version__, self._task_key(), adapt])
+
+    def input_key(self, stage: str) -> str:
+        c = self.cfg
+        task = self._task_key()
         if stage == "teacher":
             return hash_obj([__version__, task, asdict(c.teacher)])
         if stage == "distill":
@@ -165,7 +177,15 @@ class Run:
 
 def _teacher(run: Run) -> None:
     from .teacher import adapt, extract
-    adapt(run.dataset, run.cfg.teacher, run.dir)
+    meta_file, key = run.teacher_dir / "teacher.json", run.adaptation_key()
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("adaptation_key") == key:
+        run.log("[teacher] adaptation unchanged (only extraction settings differ): extracting with the saved teacher")
+    else:
+        adapt(run.dataset, run.cfg.teacher, run.dir)
+        meta = json.loads(meta_file.read_text())
+        meta["adaptation_key"] = key
+        meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     extract(run.dataset, run.cfg.teacher, run.dir)
 
 
