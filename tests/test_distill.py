@@ -66,7 +66,7 @@ def write_knowledge(path, ds: Dataset, layers=(1, 3), dim=12, seed=0, metadata=T
 
 def small_cfg(**extra):
     return load(overrides={"student.hidden": 16, "student.embed_dim": 8, "student.vocab_size": 128,
-                           "student.max_len": 12, "distill.epochs": 10, "distill.batch_size": 32,
+                           "student.max_len": 12, "distill.epochs": 10, "distill.noise_copies": 0, "distill.batch_size": 32,
                            "distill.lr": 1e-2, **extra})
 
 

@@ -47,7 +47,8 @@ def cfg(**extra):
     return load(overrides={"student.hidden": 16, "student.embed_dim": 8, "student.vocab_size": 128,
                            "student.max_len": 12, "distill.batch_size": 32, "distill.lr": 1e-2,
                            "distill.schedule": "progressive", "distill.stage1_epochs": 3,
-                           "distill.stage2_epochs": 4, "distill.stage3_epochs": 2, **extra})
+                           "distill.stage2_epochs": 4, "distill.stage3_epochs": 2, "distill.noise_copies": 0,
+                           **extra})
 
 
 @pytest.fixture(autouse=True)

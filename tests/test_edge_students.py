@@ -23,7 +23,7 @@ from tinyseek.teacher.classifier import TeacherClassifier, load_adapted, save_ad
 PHRASES = {0: ["turn on the lights", "lights on please", "switch the lamp on", "开灯"],
            1: ["turn off the lights", "lights off please", "switch the lamp off", "关灯"],
            2: ["what time is it", "tell me the time", "current time please", "几点了"]}
-TEACHER = TeacherConfig(hidden_size=32, num_layers=3, num_heads=2, max_tokens=24, attentions=True, seed=0)
+TEACHER = TeacherConfig(hidden_size=32, num_layers=3, num_heads=2, max_tokens=24, attentions=True, noise_copies=0, seed=0)
 
 
 def _split(n_per_class, seed):

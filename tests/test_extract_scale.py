@@ -22,7 +22,8 @@ from tinyseek.teacher.load import AUTO_BF16_PARAMS, count_parameters, resolve_de
 # The module, not the function of the same name that tinyseek.teacher exports.
 extract_mod = importlib.import_module("tinyseek.teacher.extract")
 TINY = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=0, finetune_epochs=2,
-                     batch_size=16, lr=3e-3, dtype="float32", device="cpu", layers=[0, 1, 2], attentions=True)
+                     batch_size=16, lr=3e-3, dtype="float32", device="cpu", layers=[0, 1, 2], attentions=True,
+                     noise_copies=0)
 BATCH = 4
 PHRASES = ["turn on the lights", "lights off please", "what time is it", "set a timer for ten minutes",
            "play some music in the kitchen", "stop"]

@@ -23,7 +23,8 @@ from tinyseek.teacher.classifier import (ADAPTER_FILE, TeacherClassifier, add_lo
 extract_module = importlib.import_module("tinyseek.teacher.extract")
 TARGETS = TeacherConfig().lora_targets
 LORA = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=1, finetune_epochs=3,
-                     batch_size=16, lr=3e-3, adapt="lora", lora_rank=4, dtype="float32", device="cpu")
+                     batch_size=16, lr=3e-3, adapt="lora", lora_rank=4, dtype="float32", device="cpu",
+                     noise_copies=0)
 PHRASES = {0: ["turn on the lights", "lights on please", "switch the lamp on"],
            1: ["turn off the lights", "lights off please", "switch the lamp off"],
            2: ["what time is it", "tell me the time", "current time please"]}

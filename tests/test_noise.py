@@ -222,7 +222,7 @@ TINY = {
     "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
     "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 1,
     "student.hidden": 12, "student.embed_dim": 8, "student.vocab_size": 256,
-    "distill.epochs": 1, "quant.calibration_samples": 32,
+    "distill.epochs": 1, "quant.calibration_samples": 32, "teacher.noise_copies": 0, "distill.noise_copies": 0,
 }
 
 

@@ -201,6 +201,7 @@ def test_search_on_a_toy_task_returns_the_smallest_passing_student(tmp_path):
     ds = toy_dataset()
     know = toy_knowledge(tmp_path / "knowledge.safetensors", ds)
     base = {"student.max_len": 8, "distill.beta": 0.0, "distill.batch_size": 32, "distill.lr": 3e-2,
+            "distill.noise_copies": 0,
             "search.hidden": [1, 2, 4, 8, 16], "search.layers": [1], "search.embed_dim": [8],
             "search.vocab_size": [64], "search.epochs": 8, "search.target": 0.9}
     big = plan_search(ds, load(overrides=base)).costs[Shape(16, 1, 8, 64)]

@@ -16,7 +16,7 @@ from tinyseek.teacher import (TeacherError, adapt, build_default_teacher, defaul
 from tinyseek.teacher.adapt import _augment
 
 TINY = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=1, finetune_epochs=10,
-                     batch_size=16, lr=3e-3)
+                     batch_size=16, lr=3e-3, noise_copies=0)
 
 WORDS = {0: ["turn on the lights", "lights on please", "switch the lamp on"],
          1: ["turn off the lights", "lights off please", "switch the lamp off"],
