@@ -298,4 +298,24 @@ INTENTS_INLINE int32_t intents_gate(const intents_layer_params *L, uint32_t r, i
     return intents_sat16(gate_x + rh);
 }
 
+/* Head logit k from its accumulator bias[k] + W_o[k] . h, in the form HEAD_REQUANT allows. */
+INTENTS_INLINE int16_t intents_head_logit(const intents_model_params *p, uint32_t k, int32_t acc)
+{
+    return (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
+}
+
+/* The head as plain C rows, for the variants whose own code is the LSTM layers (RV32, ESP-DSP). */
+INTENTS_INLINE void intents_head_rows(const intents_model_params *p, const int8_t *h, int16_t *logits)
+{
+    uint32_t k, j;
+    for (k = 0; k < INTENTS_NUM_CLASSES; ++k) {
+        const int8_t *w = p->head_w + k * INTENTS_HIDDEN_SIZE;
+        int32_t acc = p->head_bias[k];
+        for (j = 0; j < INTENTS_HIDDEN_SIZE; ++j) {
+            acc += w[j] * h[j];
+        }
+        logits[k] = intents_head_logit(p, k, acc);
+    }
+}
+
 #endif /* INTENTS_KERNELS_H */

@@ -300,7 +300,7 @@ void intents_head_dsp(const intents_model_params *p, const int8_t *h, int16_t *l
         for (; j < INTENTS_HIDDEN_SIZE; ++j) {
             acc += w[j] * h[j];
         }
-        logits[k] = (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
+        logits[k] = intents_head_logit(p, k, acc);
     }
 }
 #else

@@ -145,7 +145,7 @@ void intents_head_mve(const intents_model_params *p, const int8_t *h, int16_t *l
     uint32_t k;
     for (k = 0; k < INTENTS_NUM_CLASSES; ++k) {
         int32_t acc = p->head_bias[k] + intents_dot_mve(p->head_w + k * INTENTS_HIDDEN_SIZE, h, INTENTS_HIDDEN_SIZE);
-        logits[k] = (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
+        logits[k] = intents_head_logit(p, k, acc);
     }
 }
 #else

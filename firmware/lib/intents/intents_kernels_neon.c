@@ -343,7 +343,7 @@ void INTENTS_VARIANT(intents_head)(const intents_model_params *p, const int8_t *
     }
     for (; k < INTENTS_NUM_CLASSES; ++k) {
         int32_t acc = p->head_bias[k] + vgetq_lane_s32(intents_dot1_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv, 1), 0);
-        logits[k] = (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
+        logits[k] = intents_head_logit(p, k, acc);
     }
 }
 #else

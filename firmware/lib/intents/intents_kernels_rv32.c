@@ -58,15 +58,7 @@ void intents_l0_step_rv32(const intents_model_params *p, const int8_t *x, int8_t
 
 void intents_head_rv32(const intents_model_params *p, const int8_t *h, int16_t *logits)
 {
-    uint32_t k, j;
-    for (k = 0; k < INTENTS_NUM_CLASSES; ++k) {
-        const int8_t *w = p->head_w + k * INTENTS_HIDDEN_SIZE;
-        int32_t acc = p->head_bias[k];
-        for (j = 0; j < INTENTS_HIDDEN_SIZE; ++j) {
-            acc += w[j] * h[j];
-        }
-        logits[k] = (int16_t)intents_sat16(intents_requant_as(INTENTS_HEAD_REQUANT, acc, p->head_m[k], p->head_n[k]));
-    }
+    intents_head_rows(p, h, logits);
 }
 #else
 /* Not selected for this target: an empty translation unit is not valid ISO C. */
