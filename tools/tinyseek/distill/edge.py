@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..student.tinybert import TinyBert, TinyBertSpec, encode, save_tinybert, token_spans
 from ..student.truncated import TruncatedTeacher, param_count
+from . import train
 from .losses import distill_loss
+from .schedule import DistillError
 
 STUDENTS = ("tinybert", "truncated")
 ONNX_FILE, SPEC_FILE, METRICS_FILE = "model.onnx", "student.json", "metrics.json"
@@ -55,24 +56,10 @@ class EdgeError(ValueError):
 def read_cache(path: str | Path, split: str, attention: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """(logits [N, C], {teacher layer: head-averaged attention float32 [N, T, T]}) of a split;
     the attention dict is empty unless asked for."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"knowledge cache {path} is missing: run `tinyseek teacher` first")
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            keys = set(f.keys())
-            if f"{split}.logits" not in keys:
-                raise EdgeError(f"{path} has no '{split}.logits'; re-run `tinyseek teacher --force`")
-            logits = f.get_tensor(f"{split}.logits").astype(np.float32)
-            prefix = f"{split}.attn."
-            maps = {int(k[len(prefix):]): f.get_tensor(k).astype(np.float32)
-                    for k in sorted(keys) if attention and k.startswith(prefix)}
-    except EdgeError:
-        raise
-    except Exception as e:  # safetensors' own errors for a corrupt file
-        raise EdgeError(f"{path} is not a readable knowledge cache ({e}); re-run `tinyseek teacher --force`") from e
+        logits, _, maps = train.read_cache(path, split, attention=attention)
+    except DistillError as e:
+        raise EdgeError(str(e)) from e
     if attention and not maps:
         raise EdgeError(f"{path} holds no attention maps: set teacher.attentions = true and re-run `tinyseek teacher`, "
                         "or turn attention transfer off with edge.attention_weight = 0")

@@ -57,9 +57,11 @@ def cached_layers(meta: dict[str, str] | None, keys, split: str = "train") -> li
     return sorted(int(k[len(prefix):]) for k in keys if k.startswith(prefix) and k[len(prefix):].isdigit())
 
 
-def _read_cache(path: str | Path, split: str, pick) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(logits [N, C], {layer: hidden [N, D]} for the layers pick(cached layers) names);
-    pick = None reads no hidden states."""
+def read_cache(path: str | Path, split: str, pick=None, attention: bool = False
+               ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """(logits [N, C], {layer: hidden [N, D]} for the layers pick(cached layers) names,
+    {layer: head-averaged attention float32 [N, T, T]}); pick = None reads no hidden states,
+    attention = False no attention maps."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -78,6 +80,9 @@ def _read_cache(path: str | Path, split: str, pick) -> tuple[np.ndarray, dict[in
                 if key not in keys:
                     raise DistillError(f"{path} lists layer {layer} but has no '{key}'; re-run `tinyseek teacher`")
                 hidden[layer] = f.get_tensor(key).astype(np.float32)
+            prefix = f"{split}.attn."
+            maps = {int(k[len(prefix):]): f.get_tensor(k).astype(np.float32)
+                    for k in sorted(keys) if attention and k.startswith(prefix)}
     except DistillError:
         raise
     except Exception as e:  # safetensors' own errors for a corrupt file
@@ -86,7 +91,7 @@ def _read_cache(path: str | Path, split: str, pick) -> tuple[np.ndarray, dict[in
         if h.ndim != 2 or h.shape[0] != logits.shape[0]:
             raise DistillError(f"{path}: '{split}.hidden.{layer}' has shape {list(h.shape)}, "
                                f"expected [{logits.shape[0]}, D]")
-    return logits, hidden
+    return logits, hidden, maps
 
 
 def load_knowledge(path: str | Path, split: str, feature_layer: int | None) -> tuple[np.ndarray, np.ndarray | None, int | None]:
@@ -103,7 +108,7 @@ def load_knowledge(path: str | Path, split: str, feature_layer: int | None) -> t
                                f"{len(layers)} layers {layers} (use 0..{len(layers) - 1} or -1 for the last)")
         return [layers[feature_layer]]
 
-    logits, hidden = _read_cache(path, split, pick if feature_layer is not None else None)
+    logits, hidden, _ = read_cache(path, split, pick if feature_layer is not None else None)
     if not hidden:
         return logits, None, None
     (layer, h), = hidden.items()
@@ -120,7 +125,7 @@ def load_features(path: str | Path, split: str, layer_map: str,
         pairs.extend(resolve_layer_map(layer_map, layers, student_layers))
         return [t for t, _ in pairs]
 
-    logits, hidden = _read_cache(path, split, pick)
+    logits, hidden, _ = read_cache(path, split, pick)
     return logits, pairs, hidden
 
 
