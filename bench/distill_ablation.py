@@ -41,6 +41,8 @@ from tinyseek.pipeline import Run
 from tinyseek.quant.quantize import quantize_run
 from tinyseek.student import load_student
 
+from results_md import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 # Every variant names the settings it depends on, so the table does not move with the defaults.
 JOINT = {"distill.schedule": "joint", "distill.alpha": 0.7, "distill.beta": 0.1, "distill.epochs": 30,
@@ -105,8 +107,6 @@ def table(results: dict, teacher: float, seeds: list[int]) -> str:
 
 
 def write_results_md(md: str, command: str, seeds: list[int], minutes: float) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Results\n"
     section = (f"{HEADING} (`{command}`)\n\n"
                f"The default task's test split (1800 samples, phrasings never seen in training), the default "
                f"student (hidden 64, embed 32, vocab 1024, 1 layer), the teacher cache of the default run; each "
@@ -114,13 +114,7 @@ def write_results_md(md: str, command: str, seeds: list[int], minutes: float) ->
                f"int8 = the quantized model through the integer oracle (bit-exact with the C). "
                f"Wall time {minutes:.1f} min on this machine. "
                f"What each variant trains: docs/distillation.md.\n\n{md}\n")
-    if HEADING in text:
-        start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(HEADING, section)
 
 
 def main() -> None:

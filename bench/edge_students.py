@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from tinyseek.distill.edge import build_edge, check_onnx, export_onnx, onnx_late
 from tinyseek.pipeline import Run  # noqa: E402
 from tinyseek.student import load_student  # noqa: E402
 from tinyseek.student.tinylstm import encode_texts  # noqa: E402
+
+from results_md import replace_section  # noqa: E402
 
 HEADING = "## Edge students (`python bench/edge_students.py`)"
 
@@ -114,13 +115,6 @@ def markdown(rows: list[dict], command: str, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, results_md: Path) -> None:
-    old = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    results_md.write_text(new)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="scratch_edge")
@@ -164,7 +158,7 @@ def main(argv=None) -> int:
                                            "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows]},
                                           indent=2) + "\n")
     text = markdown(rows, command, env)
-    write_section(text, Path(args.results))
+    replace_section(HEADING, text, Path(args.results))
     print(text)
     return 0
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from tinyseek.config import load
 from tinyseek.pipeline import STAGES, Run
 
+from results_md import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = [
     # (label, key path in report.json, comparison, bound)
@@ -74,16 +76,8 @@ def main() -> None:
         f"Teacher {report['teacher']['accuracy']:.4f}, float student {report['student']['float_accuracy']:.4f}, "
         f"int8 student {report['student']['int8_accuracy']:.4f} accuracy on the held-out test split.", "",
         *table, "", *stage_table, ""])
-    _replace_section(ROOT / "bench" / "RESULTS.md", "## Default pipeline", section)
+    replace_section("## Default pipeline", section)
     print(section)
-
-
-def _replace_section(path: Path, heading: str, section: str) -> None:
-    """Swap one '## ' section of RESULTS.md, keeping the others (each bench owns one)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script it names.\n\n"
-    parts = text.split("\n## ")
-    kept = [p for p in parts[1:] if not ("## " + p).startswith(heading)]
-    path.write_text(parts[0].rstrip() + "\n\n" + "".join("## " + p.rstrip() + "\n\n" for p in kept) + section)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [  # name, hidden, layers, heads, dtype, mixture of experts (else every layer dense)
     ("0.5M", 96, 4, 4, "auto", True),  # the built-in teacher's size
@@ -257,18 +259,6 @@ def _markdown(rows: list[dict], proj: dict, load: tuple, threads: int) -> str:
     return "\n".join(lines)
 
 
-def _write_results(md: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text()
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + md + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + md
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="", help="comma-separated names from SIZES (default: all)")
@@ -313,7 +303,7 @@ def main() -> None:
     (ROOT / "bench" / "teacher_scale.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.sizes and proj:
         md = _markdown(rows, proj, tuple(load), args.threads)
-        _write_results(md)
+        replace_section(SECTION, md)
         print(md)
 
 

@@ -1,0 +1,21 @@
+"""Each bench script owns one '## ' section of bench/RESULTS.md; replace_section swaps it in."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def replace_section(heading: str, section: str, path: Path = RESULTS) -> None:
+    """Put `section` (text starting with its '## ' heading) where the section whose heading line
+    begins with `heading` stands, or at the end when there is none; the others stay as they are."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    found = re.search("^" + re.escape(heading), text, re.M)
+    if found is None:
+        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    else:
+        nxt = text.find("\n## ", found.end())
+        rest = text[nxt + 1:] if nxt >= 0 else ""
+        text = text[:found.start()] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
+    path.write_text(text)
