@@ -35,3 +35,15 @@ def default_lib(tmp_path_factory):
     lib = tmp_path_factory.mktemp("default_lib") / model.name
     render(model, lib)
     return model, lib, list(load_task(load().task).test.texts)[:120]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: one torch thread is as fast, and far faster on a machine shared with other
+    jobs (and what train_student itself uses)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -51,13 +51,8 @@ def cfg(**extra):
                            **extra})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """prepare/run outside train_student: one thread as train_student uses (2 cores, shared)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+# prepare/run outside train_student: one thread, as train_student uses
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
