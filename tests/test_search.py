@@ -12,7 +12,7 @@ from tinyseek.codegen.render import render
 from tinyseek.config import ConfigError, load
 from tinyseek.data import Dataset, Split
 from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, candidate_config,
-                                     fitting, grid, load_kernel_cost, make_budget, memory_bytes, pareto, plan_search,
+                                     fitting, grid, kernels_hash, load_kernel_cost, make_budget, memory_bytes, pareto, plan_search,
                                      random_student, run_search, select, size_key, stack_width, student_cost, work)
 from tinyseek.harness.boards import load_profile
 from tinyseek.quant.synthetic import random_model
@@ -70,6 +70,8 @@ def test_latency_and_totals_follow_the_linear_model():
 
 def test_committed_coefficients_cover_the_emulated_m4_and_the_board_it_stands_for():
     own = load_kernel_cost("qemu_m4")
+    # Measured on the templates as they are: a kernel change must be followed by bench/kernel_cost.py.
+    assert own.kernels_hash == kernels_hash(), "refit: python bench/kernel_cost.py"
     assert own.measured_on == "qemu_m4" and own.mac > 0 and own.code_per_layer > 0 and own.stack_per_width > 0
     stand_in = load_kernel_cost("nucleo_f446re")  # qemu_m4's reference board
     assert stand_in.measured_on == "qemu_m4" and stand_in.mac == own.mac
