@@ -1,8 +1,10 @@
-"""The other emulated boards (Cortex-M7, Cortex-M55, RISC-V rv32imc): the same firmware and the
-same generated library reproduce the integer oracle bit for bit on each, through
-run_device_bench (PlatformIO build, QEMU, the serial protocol)."""
+"""The other emulated boards (Cortex-M7, Cortex-M55, RISC-V rv32imc, the STM32F405 and nRF51 real-chip
+machines): the same firmware and the same generated library reproduce the integer oracle bit for
+bit on each, through run_device_bench (PlatformIO build, QEMU, the serial protocol); the
+bare-metal NUCLEO-F446RE build."""
 import os
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from tinyseek.codegen.render import render
-from tinyseek.harness.bench import run_device_bench
+from tinyseek.harness.bench import build_firmware, run_device_bench
 from tinyseek.harness.boards import load_profile
 from tinyseek.harness.protocol import mlperf_results_text
 from tinyseek.quant.reference import infer_tokens
@@ -20,6 +22,10 @@ from tinyseek.student.tokenizer import HashTokenizer
 TOOLS = {
     "qemu_m7": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"},
     "qemu_m55": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"},
+    "qemu_stm32f4": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"},
+    "qemu_m0": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"},
+    "qemu_m4": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"},
+    "nucleo_f446re": {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi"},
     "qemu_rv32": {"riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf",
                   "qemu-system-riscv32": "qemu-system-misc"},
 }
@@ -48,7 +54,7 @@ def text_lib(tmp_path_factory):
     return model, tmp
 
 
-@pytest.mark.parametrize("env", ["qemu_m7", "qemu_m55", "qemu_rv32"])
+@pytest.mark.parametrize("env", ["qemu_m7", "qemu_m55", "qemu_rv32", "qemu_stm32f4", "qemu_m0"])
 def test_board_reproduces_the_oracle(env, text_lib, tmp_path):
     _need(env)
     model, tmp = text_lib
@@ -64,3 +70,43 @@ def test_board_reproduces_the_oracle(env, text_lib, tmp_path):
     assert out["input_modes"] == ["text", "token_ids"]
     assert out["latency"]["min"] > 0 and out["memory"]["stack_peak"] > 0
     assert out["memory"]["elf"]["flash"]["model"] > 0
+
+
+def test_stm32f4_port_counts_the_same_instructions_as_the_m4(text_lib, tmp_path):
+    """netduinoplus2 runs its core at 168 MHz: 125/21 instructions per SysTick tick, converted by
+    the port's long division. The same DSP kernels on mps2-an386 (40 instructions per tick) must
+    give the same count to within one tick of each, and both reproduce the oracle."""
+    _need("qemu_stm32f4")
+    model, tmp = text_lib
+    ids = [x for x in random_token_ids(model, np.random.default_rng(3), 5, model.max_len) if x]
+    f4 = run_device_bench("qemu_stm32f4", tmp / "brd", ids, build_dir=tmp_path / "f4")
+    m4 = run_device_bench("qemu_m4", tmp / "brd", ids, build_dir=tmp_path / "m4")
+    assert f4["logits"] == m4["logits"] == infer_tokens(model, ids).tolist()
+    assert (f4["board"], f4["timer"]["clock_hz"], f4["model"]["kernel"]) == ("stm32f405rg", 168_000_000, "dsp")
+    for a, b in zip(f4["latency"]["per_input"], m4["latency"]["per_input"]):
+        assert abs(a - b) <= 48, (a, b)
+
+
+def test_m0_fits_its_16k_ram(text_lib, tmp_path):
+    """The nRF51 build: ARMv6-M code only (no DSP kernel), and the firmware within 16 KiB of RAM."""
+    _need("qemu_m0")
+    model, tmp = text_lib
+    out = run_device_bench("qemu_m0", tmp / "brd", ["lights on"], build_dir=tmp_path / "m0")
+    assert (out["cpu"], out["model"]["kernel"]) == ("cortex-m0", "c")
+    ram = out["memory"]["elf"]["ram"]
+    assert ram["static"] + out["memory"]["device"]["stack_size"] <= 16 * 1024
+    assert 0 < out["memory"]["stack_peak"] < out["memory"]["device"]["stack_size"]
+
+
+def test_nucleo_f446re_builds_offline_as_a_bootable_image(text_lib, tmp_path):
+    """The real-board STM32F4 env needs no registry: the project's platform and Debian's compiler
+    build an image whose vector table sits at the start of the F446's flash (0x08000000), with
+    the DWT cycle counter as its timer, and a raw image for st-flash beside it."""
+    _need("nucleo_f446re")
+    _, tmp = text_lib
+    elf = build_firmware("nucleo_f446re", tmp / "brd", build_dir=tmp_path / "nucleo")
+    image = elf.with_name("firmware.bin").read_bytes()
+    sp, reset = struct.unpack("<II", image[:8])
+    assert 0x20000000 < sp <= 0x20000000 + 128 * 1024 and sp % 8 == 0
+    assert 0x08000000 < reset < 0x08000000 + len(image) and reset & 1  # a Thumb address in the image
+    assert b"dwt-cyccnt" in image and b"systick-icount" not in image

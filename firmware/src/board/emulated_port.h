@@ -1,4 +1,4 @@
-/* Shared by the emulated boards' ports (cortexm_qemu.c, riscv_virt.c): serial output, the
+/* Shared by the bare-metal ports (cortexm_port.h, riscv_virt.c): serial output, the
  * memory report from the linker symbols and the painted stack, and a hex printer for faults.
  * Include it after the board's own static uart_putc(). */
 #ifndef TINYSEEK_EMULATED_PORT_H

@@ -1,6 +1,6 @@
 """Build script of the tinyseek-qemu platform: Debian's cross compilers from PATH, one linker
-script per emulated machine, and an `upload` target that boots the image in QEMU with the
-serial port on a local TCP socket."""
+script per machine, and an `upload` target that boots the image in QEMU with the serial port on
+a local TCP socket (emulated boards) or runs the ini's `upload_command` (real boards)."""
 import os
 import shutil
 import subprocess
@@ -43,6 +43,7 @@ env.Replace(
     SIZEPRINTCMD="$SIZETOOL -B -d $SOURCES",
 )
 
+emulated = board.get("upload.protocol") == "qemu"
 cpu_flags = list(board.get("build.cpu_flags"))
 libc_specs = list(board.get("build.libc_specs"))  # the C library's include and link setup
 env.Append(
@@ -56,7 +57,8 @@ env.Append(
         ("TS_CPU_NAME", '\\"%s\\"' % board.get("build.cpu")),
         ("TS_CLOCK_HZ", board.get("build.f_cpu").rstrip("L") + "UL"),
         ("TS_UART_BASE", board.get("build.uart_base") + "UL"),
-    ],
+        ("TS_EMULATED", 1 if emulated else 0),
+    ] + [tuple(d.split("=", 1)) if "=" in d else d for d in board.get("build.defines", [])],
     LINKFLAGS=cpu_flags + [
         "-nostartfiles", *libc_specs, "-Wl,--gc-sections",
         "-Wl,-Map=" + os.path.join("$BUILD_DIR", "firmware.map"),
@@ -106,4 +108,19 @@ def run_qemu(target, source, env):  # pylint: disable=unused-argument
         return 0
 
 
-env.AddPlatformTarget("upload", target_elf, env.VerboseAction(run_qemu, "Starting QEMU"), "Upload")
+if emulated:
+    env.AddPlatformTarget("upload", target_elf, env.VerboseAction(run_qemu, "Starting QEMU"), "Upload")
+else:
+    # A real board: a raw image beside the ELF (st-flash writes it), uploaded by the ini's
+    # `upload_command` (upload_protocol = custom: OpenOCD or stlink-tools from the system).
+    target_bin = env.Command(os.path.join("$BUILD_DIR", "firmware.bin"), target_elf,
+                             env.VerboseAction("$OBJCOPY -O binary $SOURCE $TARGET", "Building $TARGET"))
+    Default(target_bin)
+
+    def upload_missing(target, source, env):  # pylint: disable=unused-argument
+        sys.stderr.write("Error: set upload_protocol = custom and upload_command in platformio.ini "
+                         "(docs/firmware.md shows OpenOCD and st-flash commands)\n")
+        return 1
+
+    action = env.VerboseAction("$UPLOADCMD", "Uploading $SOURCE") if env.get("UPLOADCMD") else upload_missing
+    env.AddPlatformTarget("upload", target_elf, action, "Upload")
