@@ -89,6 +89,9 @@ extern const intents_model_params intents_params;
 #elif defined(__aarch64__) && defined(__ARM_NEON)
 /* Any AArch64 core (Cortex-A53, Raspberry Pi 3/4): NEON widening multiply-accumulate. */
 #define INTENTS_KERNEL_NEON 1
+#elif defined(__arm__) && defined(__ARM_NEON) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'A'
+/* 32-bit Arm with NEON (Armv7-A, AArch32 on Armv8-A): VMOVL + VMLAL.S16 (intents_kernels_neon32.c). */
+#define INTENTS_KERNEL_NEON32 1
 #else
 #define INTENTS_KERNEL_C 1
 #endif
@@ -112,6 +115,9 @@ extern const intents_model_params intents_params;
 #elif defined(INTENTS_KERNEL_NEON)
 #define INTENTS_KERNEL "neon"
 #define INTENTS_VARIANT(fn) fn##_neon
+#elif defined(INTENTS_KERNEL_NEON32)
+#define INTENTS_KERNEL "neon32"
+#define INTENTS_VARIANT(fn) fn##_neon32
 #else
 #define INTENTS_KERNEL "c"
 #define INTENTS_VARIANT(fn) fn##_c

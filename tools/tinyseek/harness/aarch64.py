@@ -2,7 +2,9 @@
 
 `measure_aarch64(lib_dir, inputs, variant)` builds runtime/linux/bench.c with the library for one
 kernel variant ("c", "neon", "neon-dot"), runs it under qemu-aarch64 on a core that has exactly
-the variant's features and returns the logits and the instructions of every inference.
+the variant's features and returns the logits and the instructions of every inference. The
+32-bit variants ("armv7-c": the portable C, "neon32") build with arm-linux-gnueabihf-gcc for
+ARMv7-A with NEON and run under qemu-arm on a Cortex-A7, counted the same way.
 
 Counting: QEMU user mode has no -icount, and Debian's qemu-user ships no TCG plugins, so the run
 is traced with one instruction per translation block (-one-insn-per-tb, -singlestep before QEMU
@@ -12,7 +14,8 @@ line ends with the symbol of the instruction's address. The bench program calls
 between the two are one inference (plus the 5 or so instructions of the calls, the same for
 every input). The counts are instructions executed, not cycles: QEMU models no pipeline.
 
-    python -m tinyseek.harness.aarch64            # the default model, the three variants
+    python -m tinyseek.harness.aarch64            # the default model, the AArch64 variants
+    python -m tinyseek.harness.aarch64 --variants armv7-c,neon32   # the 32-bit ones
 """
 from __future__ import annotations
 
@@ -45,17 +48,31 @@ class Aarch64Error(ValueError):
     """The bench program could not run, or its output or trace is not what it should be."""
 
 
+ARMV7_INSTALL = "sudo apt-get install -y gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user"
+
+
 @dataclass(frozen=True)
 class Variant:
     cflags: tuple[str, ...]
     cpu: str  # the QEMU core: has the variant's features and no more
+    kernel: str = ""  # the kernel the build reports (default: the variant's name)
+    cc: str = CC
+    qemu: str = QEMU
+    nm: str = "aarch64-linux-gnu-nm"
+    install: str = INSTALL
 
 
-# Armv8.0 cores (Cortex-A53, -A72) have no SDOT: a dot-product build raises SIGILL there.
+ARMV7 = ("-march=armv7-a", "-mfpu=neon", "-mfloat-abi=hard")
+# Armv8.0 cores (Cortex-A53, -A72) have no SDOT: a dot-product build raises SIGILL there. The
+# 32-bit variants (ARMv7-A with NEON, Cortex-A7) run under qemu-arm.
 VARIANTS = {
     "c": Variant(("-march=armv8-a", "-DTINYSEEK_KERNEL_PORTABLE"), "cortex-a53"),
     "neon": Variant(("-march=armv8-a",), "cortex-a53"),
     "neon-dot": Variant(("-march=armv8.2-a+dotprod",), "cortex-a76"),
+    "armv7-c": Variant((*ARMV7, "-DTINYSEEK_KERNEL_PORTABLE"), "cortex-a7", "c", "arm-linux-gnueabihf-gcc",
+                       "qemu-arm", "arm-linux-gnueabihf-nm", ARMV7_INSTALL),
+    "neon32": Variant(ARMV7, "cortex-a7", "neon32", "arm-linux-gnueabihf-gcc", "qemu-arm",
+                      "arm-linux-gnueabihf-nm", ARMV7_INSTALL),
 }
 
 
@@ -92,14 +109,15 @@ def library_info(lib_dir: str | Path) -> LibraryInfo:
                        macro("VOCAB_SIZE"), macro("MAX_LEN"))
 
 
-def build_bench(lib_dir: str | Path, variant: str, exe: str | Path, *, cc: str = CC) -> str:
+def build_bench(lib_dir: str | Path, variant: str, exe: str | Path, *, cc: str | None = None) -> str:
     """runtime/linux/bench.c and the library compiled statically for `variant` into `exe`;
     returns the compiler id."""
     v, info = _variant(variant), library_info(lib_dir)
+    cc = cc or v.cc
     model = (f"-DTINYSEEK_MODEL={info.name}", f"-DTINYSEEK_MODEL_UPPER={info.name.upper()}",
              f"-DTINYSEEK_MODEL_HEADER={info.name}_model.h", f"-I{RUNTIME_DIR}")
     if shutil.which(cc) is None:
-        raise ToolMissingError(f"{cc} is not installed; install it with: {INSTALL}")
+        raise ToolMissingError(f"{cc} is not installed; install it with: {v.install}")
     return compile_library(Path(lib_dir), [RUNTIME_DIR / "bench.c"], Path(exe), cc=cc,
                            cflags=("-static", *v.cflags, *model))
 
@@ -111,14 +129,14 @@ def _single_step_flag(qemu: str) -> str:
 
 
 def count_marked(argv: Sequence[str], *, cpu: str, qemu: str = QEMU, begin: str = BEGIN, end: str = END,
-                 timeout: float = 600.0) -> tuple[list[int], int, str]:
+                 timeout: float = 600.0, install: str = INSTALL) -> tuple[list[int], int, str]:
     """Run `argv` (a static AArch64 program) under QEMU user mode on `cpu`, one instruction per
     logged block. Returns (for every call of `begin`: the instructions executed after it returns
     until `end` is called, the call of `end` included; the instructions of the whole run; the
     program's stdout)."""
     program = shutil.which(qemu)
     if program is None:
-        raise ToolMissingError(f"{qemu} is not installed; install it with: {INSTALL}")
+        raise ToolMissingError(f"{qemu} is not installed; install it with: {install}")
     cmd = [program, "-cpu", cpu, _single_step_flag(program), "-d", "exec,nochain", *argv]
     marks = re.compile(rb"\] (" + re.escape(begin.encode()) + rb"|" + re.escape(end.encode()) + rb")\n")
     segments: list[int] = []
@@ -207,7 +225,7 @@ def _input_blob(info: LibraryInfo, inputs: Sequence) -> bytes:
 
 
 def measure_aarch64(lib_dir: str | Path, inputs: Sequence, variant: str = "neon-dot", *,
-                    work_dir: str | Path | None = None, cc: str = CC, qemu: str = QEMU,
+                    work_dir: str | Path | None = None, cc: str | None = None, qemu: str | None = None,
                     timeout: float = 600.0) -> dict:
     """Instructions of every inference of `inputs` with the library in `lib_dir` built for
     `variant` ("c": portable C, "neon", "neon-dot") and run on its QEMU core.
@@ -227,19 +245,20 @@ def measure_aarch64(lib_dir: str | Path, inputs: Sequence, variant: str = "neon-
         exe, data = work / f"bench-{variant}", work / "inputs.bin"
         compiler = build_bench(lib_dir, variant, exe, cc=cc)
         data.write_bytes(_input_blob(info, inputs))
-        per, total, stdout = count_marked([str(exe), str(data)], cpu=v.cpu, qemu=qemu, timeout=timeout)
-        sizes = model_sizes(exe, info.name)
+        per, total, stdout = count_marked([str(exe), str(data)], cpu=v.cpu, qemu=qemu or v.qemu, timeout=timeout,
+                                          install=v.install)
+        sizes = model_sizes(exe, info.name, nm=v.nm)
     lines = stdout.splitlines()
     if len(per) != len(inputs) or len(lines) != len(inputs) + 1 or not lines[0].startswith("kernel "):
         raise Aarch64Error(f"the bench program's output does not match {len(inputs)} inputs "
                            f"({len(per)} counted inferences, {len(lines)} lines)")
     kernel = lines[0].split(" ", 1)[1]
-    if kernel != variant:
+    if kernel != (v.kernel or variant):
         raise Aarch64Error(f"the library built for '{variant}' ran the '{kernel}' kernels")
     rows = [list(map(int, line.split())) for line in lines[1:]]
     logits = [row[1:1 + info.num_classes] for row in rows]
     return {
-        "env": "qemu-aarch64", "cpu": v.cpu, "variant": variant, "cflags": list(v.cflags), "compiler": compiler,
+        "env": v.qemu, "cpu": v.cpu, "variant": variant, "cflags": list(v.cflags), "compiler": compiler,
         "model": {"name": info.name, "kind": "text" if info.text else "sequence", "kernel": kernel},
         "inputs": len(inputs), "logits": logits, "predictions": [row[0] for row in rows],
         "latency": {"unit": "instructions", "per_input": per, "median": float(np.median(per)),
@@ -308,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="an int8 text model folder (rendered afresh with the current templates)")
     ap.add_argument("--config", default=None, help="the config whose task gives the test texts (default: built in)")
     ap.add_argument("--samples", type=int, default=50, help="the first N non-empty test texts")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="c,neon,neon-dot", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--work", default=str(PROJECT_DIR / "build" / "bench" / "aarch64"))
     args = ap.parse_args(argv)
     model_dir, work = Path(args.model), Path(args.work)
