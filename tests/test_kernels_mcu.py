@@ -102,7 +102,7 @@ def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
 @pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "c"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
                                           ("cortex-m7", "dsp"), ("cortex-m33", "dsp"), ("cortex-m55", "mve"),
                                           ("cortex-m55+nomve", "dsp"),
-                                          ("cortex-a7", "c")])
+                                          ("cortex-a7", "neon32")])
 def test_the_variant_follows_the_cores_feature_macros(cpu, variant, tmp_path, need_tools):
     """A kernel for a richer ISA cannot be built for a poorer core by accident."""
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})

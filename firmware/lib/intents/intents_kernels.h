@@ -90,7 +90,7 @@ extern const intents_model_params intents_params;
 /* Any AArch64 core (Cortex-A53, Raspberry Pi 3/4): NEON widening multiply-accumulate. */
 #define INTENTS_KERNEL_NEON 1
 #elif defined(__arm__) && defined(__ARM_NEON) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'A'
-/* 32-bit Arm with NEON (Armv7-A, AArch32 on Armv8-A): VMOVL + VMLAL.S16 (intents_kernels_neon32.c). */
+/* 32-bit Arm with NEON (Armv7-A, AArch32 on Armv8-A): VMULL/VMLAL.S8 + VPADAL.S16 (intents_kernels_neon32.c). */
 #define INTENTS_KERNEL_NEON32 1
 #else
 #define INTENTS_KERNEL_C 1

@@ -4,113 +4,312 @@
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
 /* 32-bit Arm NEON kernels (ARMv7-A and AArch32: Cortex-A7/A9/A15, Cortex-A53 in 32-bit mode,
- * Raspberry Pi OS 32-bit, STM32MP1). Widening multiply-accumulate as it is written by hand for
- * these cores: x and h are widened to int16 once per step (VMOVL.S8), each 8 weights are
- * widened once (VMOVL.S8) and multiplied into four int32 lanes by two VMLAL.S16, so 8 MACs
- * take 4 instructions and no partial sum can overflow (|w x| <= 2^14 per product).
+ * Raspberry Pi OS 32-bit, STM32MP1), in the widening multiply-accumulate form written by hand for
+ * these cores: VMULL.S8 multiplies 8 int8 pairs into int16 products, VPADAL.S16 adds them in
+ * pairs into four int32 lanes; where a matrix has no weight -128, VMLAL.S8 first adds a second
+ * chunk's products to the first's in int16 (two products stay within +-32512): 16 MACs in 3
+ * instructions, otherwise 4.
  *
  * The four gate rows of a unit lie next to each other (unit-major rows, see
- * intents_kernels.h): one pass over x or h feeds all four. Rows whose length
- * is not a multiple of 8 end in scalar C. The requantization, the gate sums and the cell update
- * are the shared scalar primitives of the dispatch header (SMMULR, QADD, SSAT on these cores). */
+ * intents_kernels.h): each chunk of x or h, loaded once, feeds four rows. Row
+ * ends shorter than 8 bytes are scalar. The four row sums of a unit are requantized together in
+ * the 32-bit forms the generator proved exact (VMULL.S32 + VRSHRN #32) or in int64 (VRSHL.S64,
+ * which rounds as rshift_round), then saturated by narrowing; the cell updates run 8 units at a
+ * time once every unit's gates are known, with scalar table reads only. The same arithmetic as
+ * the AArch64 kernels (intents_kernels_neon.c), in the AArch32 instruction set. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_NEON32)
 #include <arm_neon.h>
 
-/* The 8-byte chunks of a vector of n int8 widened to int16, loaded once per step. */
-INTENTS_INLINE void intents_widen_n32(const int8_t *x, int16x8_t *v, uint32_t n)
+/* acc += w . v over 16 bytes, each int32 lane receiving some of the products (only the lane
+ * total counts); `pairs`: the matrix has no -128, see above. */
+INTENTS_INLINE int32x4_t intents_mac16_n32(int32x4_t acc, int8x16_t w, int8x16_t v, int pairs)
 {
-    uint32_t c;
-    for (c = 0; c < n / 8; ++c) {
-        v[c] = vmovl_s8(vld1_s8(x + 8 * c));
+    int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(v));
+    if (pairs) {
+        return vpadalq_s16(acc, vmlal_s8(lo, vget_high_s8(w), vget_high_s8(v)));
     }
+    acc = vpadalq_s16(acc, lo);
+    return vpadalq_s16(acc, vmull_s8(vget_high_s8(w), vget_high_s8(v)));
 }
 
-/* acc += w[0..7] . v (four int32 lanes, only their total counts). */
-INTENTS_INLINE int32x4_t intents_mac8_n32(int32x4_t acc, const int8_t *w, int16x8_t v)
+/* [sum a0, sum a1, sum a2, sum a3] */
+INTENTS_INLINE int32x4_t intents_sum4_n32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3)
 {
-    int16x8_t w16 = vmovl_s8(vld1_s8(w));
-    acc = vmlal_s16(acc, vget_low_s16(w16), vget_low_s16(v));
-    return vmlal_s16(acc, vget_high_s16(w16), vget_high_s16(v));
+    int32x2_t s01 = vpadd_s32(vpadd_s32(vget_low_s32(a0), vget_high_s32(a0)), vpadd_s32(vget_low_s32(a1), vget_high_s32(a1)));
+    int32x2_t s23 = vpadd_s32(vpadd_s32(vget_low_s32(a2), vget_high_s32(a2)), vpadd_s32(vget_low_s32(a3), vget_high_s32(a3)));
+    return vcombine_s32(s01, s23);
 }
 
-INTENTS_INLINE int32_t intents_sum_n32(int32x4_t a)
-{
-    int32x2_t s = vadd_s32(vget_low_s32(a), vget_high_s32(a));
-    return vget_lane_s32(vpadd_s32(s, s), 0);
-}
-
-/* acc[g] = sum_k w[g*n + k] * x[k] for the `rows` rows g (1 or 4) starting at w; xv: x widened. */
-INTENTS_INLINE void intents_dot_n32(const int8_t *w, const int8_t *x, const int16x8_t *xv, uint32_t n,
-                                uint32_t rows, int32_t *acc)
+/* Lane g: sum_k w[g*n + k] * x[k] for the `rows` rows (1 or 4) starting at w (other lanes 0).
+ * n, rows and pairs are constants where it is inlined, so the loops specialise. */
+INTENTS_INLINE int32x4_t intents_dot_n32(const int8_t *w, const int8_t *x, uint32_t n, uint32_t rows, int pairs)
 {
     int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0), a2 = vdupq_n_s32(0), a3 = vdupq_n_s32(0);
-    uint32_t c, k, g;
-    for (c = 0; c < n / 8; ++c) {
-        a0 = intents_mac8_n32(a0, w + 8 * c, xv[c]);
+    int32_t t[4] = {0, 0, 0, 0};
+    uint32_t k = 0, g;
+    for (; k + 16 <= n; k += 16) {
+        int8x16_t v = vld1q_s8(x + k);
+        a0 = intents_mac16_n32(a0, vld1q_s8(w + k), v, pairs);
         if (rows == 4) {
-            a1 = intents_mac8_n32(a1, w + n + 8 * c, xv[c]);
-            a2 = intents_mac8_n32(a2, w + 2 * n + 8 * c, xv[c]);
-            a3 = intents_mac8_n32(a3, w + 3 * n + 8 * c, xv[c]);
+            a1 = intents_mac16_n32(a1, vld1q_s8(w + n + k), v, pairs);
+            a2 = intents_mac16_n32(a2, vld1q_s8(w + 2 * n + k), v, pairs);
+            a3 = intents_mac16_n32(a3, vld1q_s8(w + 3 * n + k), v, pairs);
         }
     }
-    acc[0] = intents_sum_n32(a0);
-    if (rows == 4) {
-        acc[1] = intents_sum_n32(a1);
-        acc[2] = intents_sum_n32(a2);
-        acc[3] = intents_sum_n32(a3);
-    }
-    for (g = 0; g < rows; ++g) {
-        for (k = n / 8 * 8; k < n; ++k) {
-            acc[g] += w[g * n + k] * x[k];
+    if (k + 8 <= n) {
+        int8x8_t v = vld1_s8(x + k);
+        a0 = vpadalq_s16(a0, vmull_s8(vld1_s8(w + k), v));
+        if (rows == 4) {
+            a1 = vpadalq_s16(a1, vmull_s8(vld1_s8(w + n + k), v));
+            a2 = vpadalq_s16(a2, vmull_s8(vld1_s8(w + 2 * n + k), v));
+            a3 = vpadalq_s16(a3, vmull_s8(vld1_s8(w + 3 * n + k), v));
         }
+        k += 8;
+    }
+    if (n % 8 == 0) {
+        return intents_sum4_n32(a0, a1, a2, a3);
+    }
+    for (; k < n; ++k) {
+        for (g = 0; g < rows; ++g) {
+            t[g] += w[g * n + k] * x[k];
+        }
+    }
+    return vaddq_s32(intents_sum4_n32(a0, a1, a2, a3), vld1q_s32(t));
+}/* [w_g . x for the four rows g of 32 bytes starting at w] */
+INTENTS_INLINE int32x4_t intents_dot4_32_n32(const int8_t *w, const int8_t *x, int pairs)
+{
+    const int8_t *q = w;
+    int8x16_t v0 = vld1q_s8(x + 0);
+    int8x16_t v1 = vld1q_s8(x + 16);
+    int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0), a2 = vdupq_n_s32(0), a3 = vdupq_n_s32(0);
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v1, pairs);
+    q += 16;
+    return intents_sum4_n32(a0, a1, a2, a3);
+}
+
+/* [w_g . x for the four rows g of 64 bytes starting at w] */
+INTENTS_INLINE int32x4_t intents_dot4_64_n32(const int8_t *w, const int8_t *x, int pairs)
+{
+    const int8_t *q = w;
+    int8x16_t v0 = vld1q_s8(x + 0);
+    int8x16_t v1 = vld1q_s8(x + 16);
+    int8x16_t v2 = vld1q_s8(x + 32);
+    int8x16_t v3 = vld1q_s8(x + 48);
+    int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0), a2 = vdupq_n_s32(0), a3 = vdupq_n_s32(0);
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v2, pairs);
+    q += 16;
+    a0 = intents_mac16_n32(a0, vld1q_s8(q), v3, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v2, pairs);
+    q += 16;
+    a1 = intents_mac16_n32(a1, vld1q_s8(q), v3, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v2, pairs);
+    q += 16;
+    a2 = intents_mac16_n32(a2, vld1q_s8(q), v3, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v0, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v1, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v2, pairs);
+    q += 16;
+    a3 = intents_mac16_n32(a3, vld1q_s8(q), v3, pairs);
+    q += 16;
+    return intents_sum4_n32(a0, a1, a2, a3);
+}
+
+/* 32 - n[g] for the four rows at n: the left shift of the "pre" form, minus the right shift of
+ * the "post" form. */
+INTENTS_INLINE int32x4_t intents_shifts4_n32(const uint8_t *n)
+{
+    uint32_t packed;
+    uint16x8_t n16;
+    memcpy(&packed, n, 4);
+    n16 = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(packed)));
+    return vsubq_s32(vdupq_n_s32(32), vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(n16))));
+}
+
+INTENTS_INLINE int intents_is32_n32(int mode)
+{
+    return mode == INTENTS_REQUANT_PRE32 || mode == INTENTS_REQUANT_PRE || mode == INTENTS_REQUANT_POST;
+}
+
+/* requant(acc[g], m[g], n[g]) for four rows in a 32-bit form of intents_kernels.h
+ * (|result| < 2^30). "pre32": the product rounded to its high word (VRSHRN #32); "pre": the same
+ * after acc << (32 - n); "post": the high word (VSHRN #32), then a rounding shift right by n - 32. */
+INTENTS_INLINE int32x4_t intents_requant4_32_n32(int mode, int32x4_t acc, const int32_t *m, const uint8_t *n)
+{
+    int32x4_t mv = vld1q_s32(m);
+    int64x2_t lo, hi;
+    if (mode == INTENTS_REQUANT_PRE) {
+        acc = vshlq_s32(acc, intents_shifts4_n32(n));
+    }
+    lo = vmull_s32(vget_low_s32(acc), vget_low_s32(mv));
+    hi = vmull_s32(vget_high_s32(acc), vget_high_s32(mv));
+    if (mode == INTENTS_REQUANT_POST) {
+        return vrshlq_s32(vcombine_s32(vshrn_n_s64(lo, 32), vshrn_n_s64(hi, 32)), intents_shifts4_n32(n));
+    }
+    return vcombine_s32(vrshrn_n_s64(lo, 32), vrshrn_n_s64(hi, 32));
+}
+
+/* requant for four rows in int64 (any mode): VRSHL by -n is (v + 2^(n-1)) >> n, n = 1..62. */
+INTENTS_INLINE void intents_requant4_64_n32(int mode, int32x4_t acc, const int32_t *m, const uint8_t *n,
+                                        int64x2_t *lo, int64x2_t *hi)
+{
+    if (intents_is32_n32(mode)) {
+        int32x4_t r = intents_requant4_32_n32(mode, acc, m, n);
+        *lo = vmovl_s32(vget_low_s32(r));
+        *hi = vmovl_s32(vget_high_s32(r));
+    } else {
+        int32x4_t mv = vld1q_s32(m);
+        int32x4_t neg = vsubq_s32(intents_shifts4_n32(n), vdupq_n_s32(32)); /* -n = (32 - n) - 32 */
+        *lo = vrshlq_s64(vmull_s32(vget_low_s32(acc), vget_low_s32(mv)), vmovl_s32(vget_low_s32(neg)));
+        *hi = vrshlq_s64(vmull_s32(vget_high_s32(acc), vget_high_s32(mv)), vmovl_s32(vget_high_s32(neg)));
     }
 }
 
-void intents_l0_step_neon32(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
+/* The four gate pre-activations of the unit at row r: sat16(requant(ax) + requant(ah) + bias).
+ * In 32 bits both additions saturate (VQADD), which keeps the saturated result of the spec's
+ * int64 sum (see intents_gate); VQMOVN narrows with saturation. */
+INTENTS_INLINE int16x4_t intents_gates4_n32(const intents_layer_params *L, uint32_t r, int32x4_t ax, int32x4_t ah,
+                                        int xmode, int hmode)
 {
-    const intents_layer_params *L = &p->layers[0];
-    int16x8_t xv[INTENTS_L0_INPUT / 8 + 1], hv[INTENTS_L0_HIDDEN / 8 + 1];
-    uint32_t j;
-    intents_widen_n32(x, xv, INTENTS_L0_INPUT);
-    intents_widen_n32(h, hv, INTENTS_L0_HIDDEN);
-    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        int32_t ax[4], ah[4];
-        int64_t gx0, gx1, gx2, gx3;
-        uint32_t r = 4 * j;
-        intents_dot_n32(L->w_x + r * INTENTS_L0_INPUT, x, xv, INTENTS_L0_INPUT, 4, ax);
-        gx0 = intents_gate_x(L, r, ax[0], INTENTS_L0_X_REQUANT);
-        gx1 = intents_gate_x(L, r + 1, ax[1], INTENTS_L0_X_REQUANT);
-        gx2 = intents_gate_x(L, r + 2, ax[2], INTENTS_L0_X_REQUANT);
-        gx3 = intents_gate_x(L, r + 3, ax[3], INTENTS_L0_X_REQUANT);
-        intents_dot_n32(L->w_h + r * INTENTS_L0_HIDDEN, h, hv, INTENTS_L0_HIDDEN, 4, ah);
-        h_new[j] = intents_cell_unit(p,
-            intents_gate(L, r, gx0, ah[0], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 1, gx1, ah[1], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 2, gx2, ah[2], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            intents_gate(L, r + 3, gx3, ah[3], INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT),
-            &c[j], INTENTS_L0_CELL_FRAC_BITS);
+    int32x4_t bias = vld1q_s32(L->bias + r);
+    int64x2_t xlo, xhi, hlo, hhi;
+    if (intents_is32_n32(xmode) && intents_is32_n32(hmode)) {
+        int32x4_t z = vqaddq_s32(intents_requant4_32_n32(xmode, ax, L->mx + r, L->nx + r), bias);
+        return vqmovn_s32(vqaddq_s32(z, intents_requant4_32_n32(hmode, ah, L->mh + r, L->nh + r)));
     }
-    memcpy(h, h_new, INTENTS_L0_HIDDEN);
+    intents_requant4_64_n32(xmode, ax, L->mx + r, L->nx + r, &xlo, &xhi);
+    intents_requant4_64_n32(hmode, ah, L->mh + r, L->nh + r, &hlo, &hhi);
+    xlo = vaddq_s64(vaddq_s64(xlo, hlo), vmovl_s32(vget_low_s32(bias)));
+    xhi = vaddq_s64(vaddq_s64(xhi, hhi), vmovl_s32(vget_high_s32(bias)));
+    return vqmovn_s32(vcombine_s32(vqmovn_s64(xlo), vqmovn_s64(xhi)));
+}
+
+/* The table activation of docs/numerics.md for 8 lanes. The pair T[k], T[k+1] of each lane is one
+ * 32-bit load (the only scalar part); VUZP splits the pairs, VRSHRN rounds (d * f + 128) >> 8. */
+INTENTS_INLINE int16x8_t intents_activate8_n32(const int16_t *table, int16x8_t z)
+{
+    uint16x8_t u = vreinterpretq_u16_s16(veorq_s16(z, vdupq_n_s16(INT16_MIN))); /* z + 32768 */
+    uint16x8_t k2 = vandq_u16(vshrq_n_u16(u, 7), vdupq_n_u16(0x1fe)); /* 2k: the byte offset of T[k] */
+    int16x8_t f = vreinterpretq_s16_u16(vandq_u16(u, vdupq_n_u16(255)));
+    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+    int16x8x2_t pairs;
+    int32_t pair;
+    int16x8_t d;
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 0), 4);
+    lo = vsetq_lane_s32(pair, lo, 0);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 1), 4);
+    lo = vsetq_lane_s32(pair, lo, 1);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 2), 4);
+    lo = vsetq_lane_s32(pair, lo, 2);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 3), 4);
+    lo = vsetq_lane_s32(pair, lo, 3);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 4), 4);
+    hi = vsetq_lane_s32(pair, hi, 0);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 5), 4);
+    hi = vsetq_lane_s32(pair, hi, 1);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 6), 4);
+    hi = vsetq_lane_s32(pair, hi, 2);
+    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 7), 4);
+    hi = vsetq_lane_s32(pair, hi, 3);
+    pairs = vuzpq_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi));
+    /* T[k+1] - T[k] >= 0 (monotone tables) */
+    d = vsubq_s16(pairs.val[1], pairs.val[0]);
+    return vaddq_s16(pairs.val[0], vcombine_s16(vrshrn_n_s32(vmull_s16(vget_low_s16(d), vget_low_s16(f)), 8),
+                                                vrshrn_n_s32(vmull_s16(vget_high_s16(d), vget_high_s16(f)), 8)));
+}
+
+/* The cell update of 8 units from their gate pre-activations z[8][4] (Q3.12): c in place, h. */
+INTENTS_INLINE void intents_cell8_n32(const intents_model_params *p, const int16_t *z, int16_t *c, int8_t *h, int cf)
+{
+    int16x8x4_t g = vld4q_s16(z); /* de-interleaved: the i, f, g, o gates of the 8 units */
+    int16x8_t gi = intents_activate8_n32(p->sigmoid_table, g.val[0]);
+    int16x8_t gf = intents_activate8_n32(p->sigmoid_table, g.val[1]);
+    int16x8_t gg = intents_activate8_n32(p->tanh_table, g.val[2]);
+    int16x8_t go = intents_activate8_n32(p->sigmoid_table, g.val[3]);
+    int16x8_t cn, t;
+    int32x4_t ig_lo = vmull_s16(vget_low_s16(gi), vget_low_s16(gg));
+    int32x4_t ig_hi = vmull_s16(vget_high_s16(gi), vget_high_s16(gg));
+    /* rshift_round(f * c, 15) is VQRDMULH (f >= 0, so it never saturates); rshift_round(i * g,
+     * 30 - cf) is below 2^12; both fit int16, so VQADD is the spec's sat16 of their sum. */
+    ig_lo = vrshlq_s32(ig_lo, vdupq_n_s32(cf - 30)); /* VRSHL by -(30 - cf): rounds as rshift_round */
+    ig_hi = vrshlq_s32(ig_hi, vdupq_n_s32(cf - 30));
+    cn = vqaddq_s16(vqrdmulhq_s16(gf, vld1q_s16(c)), vcombine_s16(vmovn_s32(ig_lo), vmovn_s32(ig_hi)));
+    vst1q_s16(c, cn);
+    /* sat16(c' * 2^(12 - cf)) is VQSHL */
+    t = intents_activate8_n32(p->tanh_table, vqshlq_s16(cn, vdupq_n_s16((int16_t)(12 - cf))));
+    /* sat8(rshift_round(o * t, 23)): VQMOVN twice is sat16 then sat8, the same as sat8 */
+    vst1_s8(h, vqmovn_s16(vcombine_s16(vqmovn_s32(vrshrq_n_s32(vmull_s16(vget_low_s16(go), vget_low_s16(t)), 23)),
+                                       vqmovn_s32(vrshrq_n_s32(vmull_s16(vget_high_s16(go), vget_high_s16(t)), 23)))));
+}void intents_l0_step_neon32(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
+{
+    /* A copy of the layer's pointers: the stores to h and c below could alias them. */
+    const intents_layer_params L = p->layers[0];
+    /* Two passes: the gate pre-activations of every unit (reading the old h), then the cell
+     * updates 8 units at a time (h rewritten in place). */
+    int16_t z[4 * INTENTS_L0_HIDDEN];
+    uint32_t j;
+    (void)h_new;
+    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
+        uint32_t r = 4 * j;
+        vst1_s16(z + r, intents_gates4_n32(&L, r, intents_dot4_32_n32(L.w_x + r * INTENTS_L0_INPUT, x, 1),
+                                              intents_dot4_64_n32(L.w_h + r * INTENTS_L0_HIDDEN, h, 1),
+                                              INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
+    }
+    for (j = 0; j + 8 <= INTENTS_L0_HIDDEN; j += 8) {
+        intents_cell8_n32(p, z + 4 * j, c + j, h + j, INTENTS_L0_CELL_FRAC_BITS);
+    }
 }
 
 void intents_head_neon32(const intents_model_params *p, const int8_t *h, int16_t *logits)
 {
-    int16x8_t hv[INTENTS_HIDDEN_SIZE / 8 + 1];
-    int32_t acc[4];
-    uint32_t k, g;
-    intents_widen_n32(h, hv, INTENTS_HIDDEN_SIZE);
+    uint32_t k;
     /* Four classes at a time: their rows are consecutive like a unit's gate rows. */
     for (k = 0; k + 4 <= INTENTS_NUM_CLASSES; k += 4) {
-        intents_dot_n32(p->head_w + k * INTENTS_HIDDEN_SIZE, h, hv, INTENTS_HIDDEN_SIZE, 4, acc);
-        for (g = 0; g < 4; ++g) {
-            logits[k + g] = intents_head_logit(p, k + g, p->head_bias[k + g] + acc[g]);
+        int32x4_t acc = vaddq_s32(intents_dot4_64_n32(p->head_w + k * INTENTS_HIDDEN_SIZE, h, 1),
+                                  vld1q_s32(p->head_bias + k));
+        int64x2_t lo, hi;
+        if (intents_is32_n32(INTENTS_HEAD_REQUANT)) {
+            vst1_s16(logits + k, vqmovn_s32(intents_requant4_32_n32(INTENTS_HEAD_REQUANT, acc, p->head_m + k, p->head_n + k)));
+        } else {
+            intents_requant4_64_n32(INTENTS_HEAD_REQUANT, acc, p->head_m + k, p->head_n + k, &lo, &hi);
+            vst1_s16(logits + k, vqmovn_s32(vcombine_s32(vqmovn_s64(lo), vqmovn_s64(hi))));
         }
     }
     for (; k < INTENTS_NUM_CLASSES; ++k) {
-        intents_dot_n32(p->head_w + k * INTENTS_HIDDEN_SIZE, h, hv, INTENTS_HIDDEN_SIZE, 1, acc);
-        logits[k] = intents_head_logit(p, k, p->head_bias[k] + acc[0]);
+        int32_t acc = p->head_bias[k] + vgetq_lane_s32(intents_dot_n32(p->head_w + k * INTENTS_HIDDEN_SIZE, h, INTENTS_HIDDEN_SIZE, 1, 1), 0);
+        logits[k] = intents_head_logit(p, k, acc);
     }
 }
 #else
