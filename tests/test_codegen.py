@@ -66,7 +66,7 @@ def test_render_is_byte_identical_for_the_same_inputs(tmp_path):
     assert [p.name for p in a] == [p.name for p in b] == [p.name for p in again]
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
     assert {p.name for p in a} == {"demo_model.h", "demo_model.c", "demo_model_data.c", "demo_kernels.h",
-                                   "demo_kernels_c.c", "demo_kernels_dsp.c", "demo_kernels_mve.c", "demo_kernels_rv32.c", "demo_kernels_neon.c", "demo_kernels_neon32.c", "demo_kernels_esp.c", "demo_tokenizer.c", "library.json", "README.md"}
+                                   "demo_kernels_c.c", "demo_kernels_dsp.c", "demo_kernels_mve.c", "demo_kernels_rv32.c", "demo_kernels_neon.c", "demo_kernels_neon32.c", "demo_kernels_v6m.c", "demo_kernels_esp.c", "demo_tokenizer.c", "library.json", "README.md"}
     # A different model (one weight changed) gives a different hash in every stamp.
     m = _text_model()
     m.layers[0].w_x[0, 0] ^= 1

@@ -88,11 +88,11 @@ def test_stm32f4_port_counts_the_same_instructions_as_the_m4(text_lib, tmp_path)
 
 
 def test_m0_fits_its_16k_ram(text_lib, tmp_path):
-    """The nRF51 build: ARMv6-M code only (no DSP kernel), and the firmware within 16 KiB of RAM."""
+    """The nRF51 build: the ARMv6-M kernels (no DSP instructions), the firmware within 16 KiB of RAM."""
     _need("qemu_m0")
     model, tmp = text_lib
     out = run_device_bench("qemu_m0", tmp / "brd", ["lights on"], build_dir=tmp_path / "m0")
-    assert (out["cpu"], out["model"]["kernel"]) == ("cortex-m0", "c")
+    assert (out["cpu"], out["model"]["kernel"]) == ("cortex-m0", "v6m")
     ram = out["memory"]["elf"]["ram"]
     assert ram["static"] + out["memory"]["device"]["stack_size"] <= 16 * 1024
     assert 0 < out["memory"]["stack_peak"] < out["memory"]["device"]["stack_size"]

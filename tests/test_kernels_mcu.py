@@ -18,7 +18,8 @@ ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib
        "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
 RV = {"riscv64-unknown-elf-gcc": "sudo apt-get install -y gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf",
       "qemu-system-riscv32": "sudo apt-get install -y qemu-system-misc"}
-VARIANTS = {"qemu_m4": ("dsp", ARM), "qemu_m7": ("dsp", ARM), "qemu_m55": ("mve", ARM), "qemu_rv32": ("rv32", RV)}
+VARIANTS = {"qemu_m4": ("dsp", ARM), "qemu_m7": ("dsp", ARM), "qemu_m55": ("mve", ARM), "qemu_rv32": ("rv32", RV),
+            "qemu_m0": ("v6m", ARM)}
 
 
 def _post_only(model):
@@ -88,7 +89,7 @@ def test_variant_is_bit_exact_on_its_core(env, tmp_path, need_tools):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m55"])
+@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m55", "qemu_m0"])
 def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
     need_tools(ARM)
     model = _models()[0]
@@ -99,7 +100,7 @@ def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
     assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
 
 
-@pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "c"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
+@pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "v6m"), ("cortex-m0", "v6m"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
                                           ("cortex-m7", "dsp"), ("cortex-m33", "dsp"), ("cortex-m55", "mve"),
                                           ("cortex-m55+nomve", "dsp"),
                                           ("cortex-a7", "neon32")])

@@ -75,6 +75,9 @@ extern const intents_model_params intents_params;
 #elif defined(__ARM_FEATURE_DSP) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'
 /* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD), Thumb-2 assembly (not 32-bit Cortex-A). */
 #define INTENTS_KERNEL_DSP 1
+#elif defined(__ARM_ARCH_6M__)
+/* Cortex-M0/M0+ (ARMv6-M): C shaped for Thumb-1, two rows per pass (intents_kernels_v6m.c). */
+#define INTENTS_KERNEL_V6M 1
 #elif defined(__riscv) && __riscv_xlen == 32
 /* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
 #define INTENTS_KERNEL_RV32 1
@@ -103,6 +106,9 @@ extern const intents_model_params intents_params;
 #elif defined(INTENTS_KERNEL_DSP)
 #define INTENTS_KERNEL "dsp"
 #define INTENTS_VARIANT(fn) fn##_dsp
+#elif defined(INTENTS_KERNEL_V6M)
+#define INTENTS_KERNEL "v6m"
+#define INTENTS_VARIANT(fn) fn##_v6m
 #elif defined(INTENTS_KERNEL_RV32)
 #define INTENTS_KERNEL "rv32"
 #define INTENTS_VARIANT(fn) fn##_rv32

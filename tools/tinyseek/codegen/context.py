@@ -62,6 +62,7 @@ def file_names(name: str, kind: str) -> dict[str, str]:
         "kernels/riscv.c.j2": f"{name}_kernels_rv32.c",
         "kernels/neon.c.j2": f"{name}_kernels_neon.c",
         "kernels/neon32.c.j2": f"{name}_kernels_neon32.c",
+        "kernels/armv6m.c.j2": f"{name}_kernels_v6m.c",
         "kernels/esp.c.j2": f"{name}_kernels_esp.c",
     }
     if kind == "text":
