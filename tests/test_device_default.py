@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env, limit", [("qemu_m4", 0), ("qemu_m55", 300), ("qemu_rv32", 300)])
+@pytest.mark.parametrize("env, limit", [("qemu_m4", 0), ("qemu_m55", 300), ("qemu_rv32", 300), ("qemu_stm32f4", 0),
+                                        ("qemu_m0", 300)])
 def test_default_model_bit_exact_on_the_emulated_board(tmp_path, env, limit):
     shutil.copytree(ROOT / "models" / "intents", tmp_path / "intents")  # the device report goes here
     assert main(["bench", "--env", env, "--limit", str(limit), "--set", f'models_dir="{tmp_path}"']) == 0
