@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load
@@ -60,6 +61,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="qemu_m4", help="platformio.ini environment (default qemu_m4: emulated Cortex-M4)")
     p.add_argument("--port", help="serial port of a real board, e.g. /dev/ttyUSB0 or socket://HOST:PORT")
     p.add_argument("--limit", type=int, default=0, help="send only the first N test samples (0: all)")
+    p = sub.add_parser("arduino", help="the run's int8 model as an Arduino IDE library (library.properties, src/, "
+                                       "examples/classify) -> OUT/<name>/")
+    _common(p)
+    p.add_argument("--out", default="build/arduino", help="folder to write the library folder into (default build/arduino)")
     p = sub.add_parser("flash", help="build the firmware with the run's model and flash a real board (pio run -t upload)")
     _common(p)
     p.add_argument("--env", required=True, help="platformio.ini environment of the board, e.g. nucleo_f446re, esp32dev")
@@ -95,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             run_on_device(run, args.env, args.port, args.limit)
             run.stage("report", force=True)
             print((run.dir / "report.md").read_text())
+        elif args.command == "arduino":
+            from .codegen.arduino import render_arduino
+            from .quant.model import QuantModel
+            if not (run.int8_dir / "model.json").is_file():
+                raise FileNotFoundError(f"no int8 model in {run.int8_dir}: run `tinyseek quantize` (or `tinyseek build`) first")
+            model = QuantModel.load(run.int8_dir)
+            files = render_arduino(model, args.out)
+            print(f"{len(files)} files in {Path(args.out) / model.name}: copy it into your Arduino libraries folder")
         elif args.command == "flash":
             from .harness.bench import build_firmware
             from .harness.boards import load_profile
