@@ -27,7 +27,7 @@ void dut_port_mem(dut_mem_t *mem) {
     mem->stack_peak = (long)((uintptr_t)&__stack_end - (uintptr_t)p);
 }
 
-static void print_hex32(uint32_t v) {
+static inline void print_hex32(uint32_t v) {
     static const char digits[] = "0123456789abcdef";
     int i;
     for (i = 28; i >= 0; i -= 4) uart_putc(digits[(v >> i) & 15u]);

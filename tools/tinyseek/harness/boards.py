@@ -36,13 +36,14 @@ class BoardProfile:
     qemu_system: str = ""
     qemu_machine: str = ""
     qemu_args: tuple[str, ...] = ()  # further QEMU options the machine needs
+    qemu_console: str = "serial"  # "stdio": no UART, the console is semihosting on QEMU's stdin/stdout
     reference_board: str = ""  # emulated boards: the real board the energy estimate assumes
     reference_clock_hz: int = 0
 
     def machine(self) -> Machine:
         if not self.emulated:
             raise BoardError(f"{self.env} is a real board, not an emulated one")
-        return Machine(self.qemu_system, self.qemu_machine, self.qemu_args)
+        return Machine(self.qemu_system, self.qemu_machine, self.qemu_args, self.qemu_console)
 
     def energy_uj(self, latency: float) -> float:
         """Energy of one inference in microjoules, from a latency in this board's unit.

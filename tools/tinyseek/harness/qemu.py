@@ -6,15 +6,18 @@ docs/firmware.md). Semihosting is on, so the firmware can end the emulator with 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-APT_PACKAGE = {"qemu-system-arm": "qemu-system-arm", "qemu-system-riscv32": "qemu-system-misc"}
+APT_PACKAGE = {"qemu-system-arm": "qemu-system-arm", "qemu-system-riscv32": "qemu-system-misc",
+               "qemu-system-xtensa": "qemu-system-misc"}
 
 
 class ToolMissingError(ValueError):
@@ -27,9 +30,10 @@ class QemuError(ValueError):
 
 @dataclass(frozen=True)
 class Machine:
-    system: str  # qemu-system-arm | qemu-system-riscv32
+    system: str  # qemu-system-arm | qemu-system-riscv32 | qemu-system-xtensa
     machine: str  # -M value
     extra: tuple[str, ...] = ()
+    console: str = "serial"  # "serial": the first UART on a TCP port; "stdio": semihosting on stdin/stdout
 
 
 def require_tool(program: str, package: str) -> str:
@@ -59,15 +63,26 @@ class QemuProcess:
         self.port = port or free_port()
         self.url = f"socket://127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile(mode="a+b")  # O_APPEND: reading never moves where QEMU writes
-        self.command = [
-            program, "-M", machine.machine, *machine.extra, "-nographic", "-monitor", "none",
-            "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off,nodelay=on",
-            "-icount", "shift=0,align=off,sleep=off",
-            "-semihosting-config", "enable=on,target=native",
-            "-kernel", str(self.elf),
-        ]
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self._relay = None
+        if machine.console == "stdio":
+            # A machine without a UART (xtensa sim): the firmware's console is simcall semihosting on
+            # QEMU's stdin/stdout, which a relay serves on the TCP port like a serial port.
+            self.command = [program, "-M", machine.machine, *machine.extra, "-display", "none", "-monitor", "none",
+                            "-serial", "none", "-icount", "shift=0,align=off,sleep=off", "-semihosting",
+                            "-kernel", str(self.elf)]
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._log, bufsize=0)
+            self._relay = _StdioRelay(self.proc, self.port)
+        else:
+            self.command = [
+                program, "-M", machine.machine, *machine.extra, "-nographic", "-monitor", "none",
+                "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off,nodelay=on",
+                "-icount", "shift=0,align=off,sleep=off",
+                "-semihosting-config", "enable=on,target=native",
+                "-kernel", str(self.elf),
+            ]
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT)
         self._wait_listening(start_timeout)
 
     def _wait_listening(self, timeout: float) -> None:
@@ -107,6 +122,8 @@ class QemuProcess:
             raise QemuError(f"QEMU still runs after {timeout:.0f} s") from e
 
     def stop(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -121,3 +138,49 @@ class QemuProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _StdioRelay:
+    """Serves a process's stdin/stdout on a TCP port of 127.0.0.1, one client at a time (the
+    harness's probe connection, then its real one), as QEMU's `-serial tcp:...,server=on` does."""
+
+    def __init__(self, proc: subprocess.Popen, port: int):
+        self.proc = proc
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.client: socket.socket | None = None
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._from_process, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.client = conn
+            try:
+                while data := conn.recv(4096):
+                    self.proc.stdin.write(data)
+                    self.proc.stdin.flush()
+            except OSError:
+                pass
+            self.client = None
+            conn.close()
+
+    def _from_process(self) -> None:
+        fd = self.proc.stdout.fileno()
+        while data := os.read(fd, 4096):
+            client = self.client
+            if client is not None:
+                try:
+                    client.sendall(data)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self.server.close()
+        if self.client is not None:
+            self.client.close()

@@ -17,6 +17,8 @@ APT_PACKAGES = {
     "riscv64-unknown-elf-": "gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf",
     "qemu-system-arm": "qemu-system-arm",
     "qemu-system-riscv32": "qemu-system-misc",
+    "xtensa-lx106-elf-": "gcc-xtensa-lx106 picolibc-xtensa-lx106-elf",
+    "qemu-system-xtensa": "qemu-system-misc",
 }
 
 prefix = board.get("build.toolchain_prefix")
@@ -90,17 +92,24 @@ def run_qemu(target, source, env):  # pylint: disable=unused-argument
         sys.stderr.write(f"Error: {system} is not installed; install it with\n"
                          f"  sudo apt-get install -y {APT_PACKAGES[system]}\n")
         return 1
-    port = _tcp_port()
-    cmd = [system, "-M", board.get("build.qemu_machine"), "-nographic", "-monitor", "none",
-           "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
-           "-icount", "shift=0,align=off,sleep=off",
-           "-semihosting-config", "enable=on,target=native",
-           "-kernel", str(source[0])]
-    if board.get("build.arch") == "riscv":
-        cmd[3:3] = ["-bios", "none"]
-    print("QEMU waits for a client on the serial port: connect with\n"
-          f"  pio device monitor -p socket://127.0.0.1:{port}\n"
-          "and stop it with the command quit% (or Ctrl-C here).")
+    extra = list(board.get("build.qemu_args", []))
+    if board.get("build.qemu_console", "serial") == "stdio":
+        # No UART on this machine: the firmware's console is semihosting on QEMU's stdin/stdout.
+        cmd = [system, "-M", board.get("build.qemu_machine"), *extra, "-display", "none", "-monitor", "none",
+               "-serial", "none", "-icount", "shift=0,align=off,sleep=off", "-semihosting", "-kernel", str(source[0])]
+        print("The firmware's console is this terminal: type commands, e.g. name% info% (quit% stops QEMU).")
+    else:
+        port = _tcp_port()
+        cmd = [system, "-M", board.get("build.qemu_machine"), *extra, "-nographic", "-monitor", "none",
+               "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+               "-icount", "shift=0,align=off,sleep=off",
+               "-semihosting-config", "enable=on,target=native",
+               "-kernel", str(source[0])]
+        if board.get("build.arch") == "riscv":
+            cmd[3:3] = ["-bios", "none"]
+        print("QEMU waits for a client on the serial port: connect with\n"
+              f"  pio device monitor -p socket://127.0.0.1:{port}\n"
+              "and stop it with the command quit% (or Ctrl-C here).")
     print(" ".join(cmd))
     try:
         return subprocess.call(cmd)
