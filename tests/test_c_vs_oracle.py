@@ -121,7 +121,7 @@ def test_verify_errors_name_the_problem(text_lib, tmp_path):
         verify_host(other, lib, TEXTS)
     with pytest.raises(VerifyError, match="tinyseek codegen"):
         verify_host(m, tmp_path / "empty", TEXTS)
-    _patch(lib / f"{m.name}_model.c", "void {}_reset(void)".format(m.name), "void {}_reset(void) oops".format(m.name))
+    _patch(lib / f"{m.name}_model.c", "void {0}_reset({0}_state *s)".format(m.name), "void {0}_reset({0}_state *s) oops".format(m.name))
     with pytest.raises(VerifyError, match=r"(?s)compiling the generated C failed.*error"):
         verify_host(m, lib, TEXTS)
 

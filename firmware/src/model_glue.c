@@ -47,6 +47,25 @@ static union {
 } input;
 static int16_t logits[TS_DEF(_NUM_CLASSES)];
 
+/* The one stream the interpreter runs: a caller-owned state of the library's API (the memory
+ * report counts this symbol as the model's RAM, tools/tinyseek/harness/elfmem.py). */
+static TS_FN(_state) tinyseek_model_state;
+
+static void glue_reset(void) { TS_FN(_reset)(&tinyseek_model_state); }
+static void glue_logits(int16_t *out) { TS_FN(_logits)(&tinyseek_model_state, out); }
+#if TS_DEF(_KIND_TEXT)
+static int glue_step_token(uint16_t token) { return TS_FN(_step_token)(&tinyseek_model_state, token); }
+static int glue_infer_tokens(const uint16_t *ids, int n, int16_t *out) {
+    return TS_FN(_infer_tokens)(&tinyseek_model_state, ids, n, out);
+}
+static int glue_classify_text(const uint8_t *utf8, size_t len, int16_t *out) {
+    return TS_FN(_classify_text)(&tinyseek_model_state, utf8, len, out);
+}
+#else
+static int glue_step(const int8_t *x) { return TS_FN(_step)(&tinyseek_model_state, x); }
+static int glue_infer(const int8_t *x, int steps, int16_t *out) { return TS_FN(_infer)(&tinyseek_model_state, x, steps, out); }
+#endif
+
 #define TS_STR_(x) #x
 #define TS_STR(x) TS_STR_(x)
 
@@ -62,20 +81,20 @@ const dut_model_t tinyseek_model = {
     .weight_bytes = TS_DEF(_WEIGHT_BYTES),
     .ram_bytes = TS_DEF(_RAM_BYTES),
     .labels = TS_FN(_labels),
-    .reset = TS_FN(_reset),
-    .logits = TS_FN(_logits),
+    .reset = glue_reset,
+    .logits = glue_logits,
 #if TS_DEF(_KIND_TEXT)
     .kind_text = 1,
     .vocab_size = TS_DEF(_VOCAB_SIZE),
     .max_len = TS_DEF(_MAX_LEN),
-    .step_token = TS_FN(_step_token),
-    .infer_tokens = TS_FN(_infer_tokens),
-    .classify_text = TS_FN(_classify_text),
+    .step_token = glue_step_token,
+    .infer_tokens = glue_infer_tokens,
+    .classify_text = glue_classify_text,
 #else
     .kind_text = 0,
     .num_features = TS_DEF(_NUM_FEATURES),
-    .step = TS_FN(_step),
-    .infer = TS_FN(_infer),
+    .step = glue_step,
+    .infer = glue_infer,
 #endif
     .input = input.bytes,
     .input_ids = input.ids,

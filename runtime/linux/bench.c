@@ -73,14 +73,17 @@ static uint32_t read_u32(FILE *f)
     return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
+/* The stream every inference runs on. */
+static void *state;
+
 static void infer(const input_t *in, int16_t *logits)
 {
 #if TS_MACRO(KIND_TEXT)
-    if (TS_FN(infer_tokens)(in->data, (int)in->n, logits) != 0) {
+    if (TS_API.infer_tokens(state, in->data, (int)in->n, logits) != 0) {
         die("a token id is out of range");
     }
 #else
-    if (TS_FN(infer)(in->data, (int)in->n, logits) != 0) {
+    if (TS_API.infer(state, in->data, (int)in->n, logits) != 0) {
         die("the model rejected a sequence");
     }
 #endif
@@ -115,7 +118,8 @@ int main(int argc, char **argv)
     count = read_u32(f);
     inputs = calloc(count ? count : 1, sizeof *inputs);
     logits = calloc((size_t)(count ? count : 1) * NUM_CLASSES, sizeof *logits);
-    if (inputs == NULL || logits == NULL) {
+    state = ts_new_state();
+    if (inputs == NULL || logits == NULL || state == NULL) {
         die("out of memory");
     }
     for (k = 0; k < count; ++k) {
@@ -158,7 +162,7 @@ int main(int argc, char **argv)
             clock_gettime(CLOCK_MONOTONIC, &t1);
             ns = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / (double)runs;
         }
-        printf("%d", TS_FN(argmax)(logits + (size_t)k * NUM_CLASSES, NUM_CLASSES));
+        printf("%d", ts_argmax(logits + (size_t)k * NUM_CLASSES, NUM_CLASSES));
         for (j = 0; j < NUM_CLASSES; ++j) {
             printf(" %d", logits[(size_t)k * NUM_CLASSES + j]);
         }

@@ -18,7 +18,7 @@
 static void print_result(int cls, const int16_t *logits)
 {
     int k;
-    printf("%s\t%d\t", TS_FN(labels)[cls], cls);
+    printf("%s\t%d\t", TS_API.labels[cls], cls);
     for (k = 0; k < NUM_CLASSES; ++k) {
         printf(k ? " %d" : "%d", logits[k]);
     }
@@ -60,6 +60,10 @@ static unsigned char *read_all(FILE *f, size_t *len)
 int main(int argc, char **argv)
 {
     int16_t logits[NUM_CLASSES];
+    void *state = ts_new_state();
+    if (state == NULL) {
+        die("out of memory");
+    }
     if (argc > 1) {
         size_t len = 0;
         char *text;
@@ -78,7 +82,7 @@ int main(int argc, char **argv)
                 strcat(text, " ");
             }
         }
-        cls = TS_FN(classify_text)((const uint8_t *)text, strlen(text), logits);
+        cls = TS_API.classify_text(state, (const uint8_t *)text, strlen(text), logits);
         print_result(cls, logits);
         free(text);
     } else {
@@ -88,11 +92,12 @@ int main(int argc, char **argv)
         while (start < len) {
             for (end = start; end < len && all[end] != '\n'; ++end) {
             }
-            print_result(TS_FN(classify_text)(all + start, end - start, logits), logits);
+            print_result(TS_API.classify_text(state, all + start, end - start, logits), logits);
             start = end + 1;
         }
         free(all);
     }
+    free(state);
     return 0;
 }
 #else
@@ -115,10 +120,14 @@ int main(int argc, char **argv)
                 (unsigned long)len, TS_MACRO(NUM_FEATURES));
         return 2;
     }
-    if (TS_FN(infer)((const int8_t *)x, (int)(len / TS_MACRO(NUM_FEATURES)), logits) != 0) {
+    void *state = ts_new_state();
+    if (state == NULL) {
+        die("out of memory");
+    }
+    if (TS_API.infer(state, (const int8_t *)x, (int)(len / TS_MACRO(NUM_FEATURES)), logits) != 0) {
         die("the model rejected the input");
     }
-    print_result(TS_FN(argmax)(logits, NUM_CLASSES), logits);
+    print_result(ts_argmax(logits, NUM_CLASSES), logits);
     free(x);
     return 0;
 }

@@ -6,42 +6,42 @@
 /* State, scratch and the public API (see intents_model.h). */
 #include "intents_kernels.h"
 
-/* State: h (Q0.7) and c (2^-cf, cf per layer) of every layer, 192 bytes. */
-static int8_t intents_h0[INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
-static int16_t intents_c0[INTENTS_L0_HIDDEN] INTENTS_ALIGN4;
 /* Scratch: the new h of one layer while its units still read the old one, 64 bytes. */
 static int8_t intents_h_new[INTENTS_MAX_HIDDEN] INTENTS_ALIGN4;
 
-void intents_reset(void)
+/* STATE_BYTES is the size of one stream's state. */
+typedef char intents_state_size_check[sizeof(intents_state) == INTENTS_STATE_BYTES ? 1 : -1];
+
+void intents_reset(intents_state *s)
 {
     uint32_t j;
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        intents_h0[j] = 0;
-        intents_c0[j] = 0;
+        s->h0[j] = 0;
+        s->c0[j] = 0;
     }
 }
 
 /* One step of every layer; layer k's input is the h layer k-1 has just produced. */
-static void intents_advance(const int8_t *x)
+static void intents_advance(intents_state *s, const int8_t *x)
 {
-    INTENTS_VARIANT(intents_l0_step)(&intents_params, x, intents_h0, intents_c0, intents_h_new);
+    INTENTS_VARIANT(intents_l0_step)(&intents_params, x, s->h0, s->c0, intents_h_new);
 }
 
-void intents_logits(int16_t *logits)
+void intents_logits(const intents_state *s, int16_t *logits)
 {
-    INTENTS_VARIANT(intents_head)(&intents_params, intents_h0, logits);
+    INTENTS_VARIANT(intents_head)(&intents_params, s->h0, logits);
 }
 
-int intents_step_token(uint16_t token)
+int intents_step_token(intents_state *s, uint16_t token)
 {
     if (token >= INTENTS_VOCAB_SIZE) {
         return -1;
     }
-    intents_advance(intents_params.embedding + (uint32_t)token * INTENTS_INPUT_SIZE);
+    intents_advance(s, intents_params.embedding + (uint32_t)token * INTENTS_INPUT_SIZE);
     return 0;
 }
 
-int intents_infer_tokens(const uint16_t *ids, int n, int16_t *logits)
+int intents_infer_tokens(intents_state *s, const uint16_t *ids, int n, int16_t *logits)
 {
     int k;
     if (n < 0 || (ids == NULL && n > 0)) {
@@ -52,11 +52,11 @@ int intents_infer_tokens(const uint16_t *ids, int n, int16_t *logits)
             return -1;
         }
     }
-    intents_reset();
+    intents_reset(s);
     for (k = 0; k < n; ++k) {
-        (void)intents_step_token(ids[k]);
+        (void)intents_step_token(s, ids[k]);
     }
-    intents_logits(logits);
+    intents_logits(s, logits);
     return 0;
 }
 
@@ -73,3 +73,35 @@ int intents_argmax(const int16_t *logits, int n)
     }
     return best;
 }
+
+/* The table of intents_model.h: the calls with a generic state pointer. */
+static void intents_api_reset(void *s)
+{
+    intents_reset((intents_state *)s);
+}
+
+static void intents_api_logits(const void *s, int16_t *logits)
+{
+    intents_logits((const intents_state *)s, logits);
+}
+
+static int intents_api_step_token(void *s, uint16_t token)
+{
+    return intents_step_token((intents_state *)s, token);
+}
+
+static int intents_api_infer_tokens(void *s, const uint16_t *ids, int n, int16_t *logits)
+{
+    return intents_infer_tokens((intents_state *)s, ids, n, logits);
+}
+
+static int intents_api_classify_text(void *s, const uint8_t *utf8, size_t len, int16_t *logits)
+{
+    return intents_classify_text((intents_state *)s, utf8, len, logits);
+}
+
+const tinyseek_model_api intents_api = {
+    "intents", INTENTS_MODEL_HASH, INTENTS_KIND_TEXT, INTENTS_NUM_CLASSES, sizeof(intents_state),
+    intents_labels, intents_api_reset,
+    intents_api_step_token, NULL, intents_api_logits, intents_api_infer_tokens, NULL, intents_api_classify_text,
+};

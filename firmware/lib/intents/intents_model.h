@@ -29,8 +29,9 @@ extern "C" {
 #define INTENTS_MAX_LEN 32
 
 /* Memory budget. WEIGHT: every const array of intents_model_data.c (weights, biases,
- * multipliers, shifts, tables; not the labels or code). STATE: h and c of every layer.
- * SCRATCH: static buffers one step uses. All of it is static and sized here: no malloc. */
+ * multipliers, shifts, tables; not the labels or code). STATE: h and c of every layer, the size
+ * of one intents_state (per stream). SCRATCH: the static buffer one step uses, shared by all
+ * streams. No malloc. */
 #define INTENTS_WEIGHT_BYTES 63051
 #define INTENTS_STATE_BYTES 192
 #define INTENTS_SCRATCH_BYTES 64
@@ -44,23 +45,57 @@ extern "C" {
 /* Class names, in logit order. */
 extern const char *const intents_labels[INTENTS_NUM_CLASSES];
 
+/* The state of one stream: h (Q0.7) and c of every layer, STATE_BYTES bytes. The caller owns it
+ * (static, on the stack, in a struct of its own): any number of streams share the const weights.
+ * The calls below take it first; the SCRATCH buffer is shared, so one step at a time (no two
+ * threads in the library at once). */
+typedef struct {
+    int16_t c0[64];
+    int8_t h0[64];
+} intents_state;
+
 /* Set h and c of every layer to 0. */
-void intents_reset(void);
+void intents_reset(intents_state *s);
 /* Advance every layer by one token id; returns 0, or -1 (state unchanged) if token >= VOCAB_SIZE. */
-int intents_step_token(uint16_t token);
+int intents_step_token(intents_state *s, uint16_t token);
 /* The head on the current state: NUM_CLASSES int16 logits. The state is not changed. */
-void intents_logits(int16_t *logits);
+void intents_logits(const intents_state *s, int16_t *logits);
 /* reset, step over n ids, logits. Returns 0, or -1 (nothing stepped) if an id is out of range,
  * n < 0, or ids is NULL with n > 0. */
-int intents_infer_tokens(const uint16_t *ids, int n, int16_t *logits);
+int intents_infer_tokens(intents_state *s, const uint16_t *ids, int n, int16_t *logits);
 /* The student tokenizer: UTF-8 bytes -> at most MAX_LEN token ids (ids needs room for MAX_LEN).
  * Returns the count, or -1 if ids is NULL or utf8 is NULL with len > 0. */
 int intents_tokenize(const uint8_t *utf8, size_t len, uint16_t *ids);
 /* reset, tokenize and step (no id buffer), logits. Returns the predicted class, or -1 if utf8 is
  * NULL with len > 0. logits may be NULL (then NUM_CLASSES int16 are used on the stack). */
-int intents_classify_text(const uint8_t *utf8, size_t len, int16_t *logits);
+int intents_classify_text(intents_state *s, const uint8_t *utf8, size_t len, int16_t *logits);
 /* Index of the first largest of n logits; -1 if n < 1. */
 int intents_argmax(const int16_t *logits, int n);
+
+#ifndef TINYSEEK_MODEL_API_DEFINED
+#define TINYSEEK_MODEL_API_DEFINED
+/* Every generated model's API as one table of the same type, so a program calls any model (and
+ * several of them) without pasting names: `state` points to that model's <name>_state of
+ * `state_bytes` bytes. Calls a model does not have (step_token, infer_tokens, classify_text of a
+ * sequence model; step, infer of a text model) are NULL. */
+typedef struct {
+    const char *name;
+    const char *hash;
+    int kind_text;
+    int num_classes;
+    size_t state_bytes;
+    const char *const *labels;
+    void (*reset)(void *state);
+    int (*step_token)(void *state, uint16_t token);
+    int (*step)(void *state, const int8_t *x);
+    void (*logits)(const void *state, int16_t *logits);
+    int (*infer_tokens)(void *state, const uint16_t *ids, int n, int16_t *logits);
+    int (*infer)(void *state, const int8_t *x, int steps, int16_t *logits);
+    int (*classify_text)(void *state, const uint8_t *utf8, size_t len, int16_t *logits);
+} tinyseek_model_api;
+#endif
+/* This model's table. */
+extern const tinyseek_model_api intents_api;
 
 #ifdef __cplusplus
 }

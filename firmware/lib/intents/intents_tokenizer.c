@@ -99,18 +99,18 @@ static uint16_t intents_word_id(uint32_t h, int digits_only)
     return intents_token_id(digits_only ? intents_fnv(INTENTS_FNV_OFFSET, '#') : h);
 }
 
-/* Appends a token id to ids, or steps the model on it when ids is NULL. */
-static void intents_emit(uint16_t *ids, int *count, uint16_t id)
+/* Appends a token id to ids, or steps the state s on it when ids is NULL. */
+static void intents_emit(intents_state *s, uint16_t *ids, int *count, uint16_t id)
 {
     if (ids != NULL) {
         ids[*count] = id;
     } else {
-        (void)intents_step_token(id);
+        (void)intents_step_token(s, id);
     }
     ++*count;
 }
 
-static int intents_run_tokenizer(const uint8_t *utf8, size_t len, uint16_t *ids)
+static int intents_run_tokenizer(intents_state *s, const uint8_t *utf8, size_t len, uint16_t *ids)
 {
     size_t i = 0;
     int count = 0, in_word = 0, digits_only = 1;
@@ -131,18 +131,18 @@ static int intents_run_tokenizer(const uint8_t *utf8, size_t len, uint16_t *ids)
             continue;
         }
         if (in_word) {
-            intents_emit(ids, &count, intents_word_id(h, digits_only));
+            intents_emit(s, ids, &count, intents_word_id(h, digits_only));
             in_word = 0;
             digits_only = 1;
             h = INTENTS_FNV_OFFSET;
         }
         if (cls == INTENTS_SINGLE && count < INTENTS_MAX_LEN) {
-            intents_emit(ids, &count, intents_token_id(intents_hash_code_point(cp)));
+            intents_emit(s, ids, &count, intents_token_id(intents_hash_code_point(cp)));
         }
     }
     /* A word still open here began after the last emitted token, so count < MAX_LEN. */
     if (in_word) {
-        intents_emit(ids, &count, intents_word_id(h, digits_only));
+        intents_emit(s, ids, &count, intents_word_id(h, digits_only));
     }
     return count;
 }
@@ -152,18 +152,18 @@ int intents_tokenize(const uint8_t *utf8, size_t len, uint16_t *ids)
     if (ids == NULL || (utf8 == NULL && len > 0)) {
         return -1;
     }
-    return intents_run_tokenizer(utf8, len, ids);
+    return intents_run_tokenizer(NULL, utf8, len, ids);
 }
 
-int intents_classify_text(const uint8_t *utf8, size_t len, int16_t *logits)
+int intents_classify_text(intents_state *s, const uint8_t *utf8, size_t len, int16_t *logits)
 {
     int16_t own[INTENTS_NUM_CLASSES];
     int16_t *out = logits != NULL ? logits : own;
     if (utf8 == NULL && len > 0) {
         return -1;
     }
-    intents_reset();
-    (void)intents_run_tokenizer(utf8, len, NULL);
-    intents_logits(out);
+    intents_reset(s);
+    (void)intents_run_tokenizer(s, utf8, len, NULL);
+    intents_logits(s, out);
     return intents_argmax(out, INTENTS_NUM_CLASSES);
 }

@@ -285,7 +285,9 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     head_requant = requant_mode(model.head.w, model.head.n, model.head.bias)
 
     max_hidden = max(L.hidden for L in model.layers)
-    state_bytes = sum(L.hidden * (1 + 2) for L in model.layers)  # int8 h + int16 c
+    # <name>_state: the int16 c of every layer, then the int8 h, padded to the 2-byte alignment
+    units = sum(L.hidden for L in model.layers)
+    state_bytes = 3 * units + units % 2
     scratch_bytes = max_hidden  # the new h of one layer (every unit reads the old one)
     return {
         "name": name, "NAME": name.upper(), "kind": model.kind, "text": model.kind == "text",

@@ -3,7 +3,8 @@
 Section sizes come from the ELF (pyelftools). The model's share comes from the linker map
 (every input section the linker placed, with the archive it came from: PlatformIO archives the
 library as lib<name>.a), which also counts the library's string literals and padding; without a
-map it falls back to the symbols whose names carry the model prefix `<name>_`.
+map it falls back to the symbols whose names carry the model prefix `<name>_`. The model's state,
+which the firmware owns (`tinyseek_model_state`), counts as the model's RAM too.
 """
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def _is_stack(name: str) -> bool:
     return "stack" in name
 
 
+# The model's state is the firmware's (a caller-owned <name>_state in firmware/src/model_glue.c);
+# it counts as the model's RAM like the library's own scratch.
+STATE_SYMBOL = "tinyseek_model_state"
+STATE_SECTION = ".bss." + STATE_SYMBOL
+
+
 def model_bytes_from_map(map_file: Path, model: str) -> dict[tuple[str, str], int]:
     """Bytes of the model's library per (output section, "code" | "data")."""
     owner = re.compile(rf"(lib{re.escape(model)}\.a\(|[/\\]{re.escape(model)}[/\\][^/\\]*\.o$)")
@@ -67,7 +74,7 @@ def model_bytes_from_map(map_file: Path, model: str) -> dict[tuple[str, str], in
             pending = n.group(1) if n else None
             continue
         pending = None
-        if owner.search(origin.strip()):
+        if owner.search(origin.strip()) or name == STATE_SECTION:
             key = (current, "code" if name.startswith(".text") else "data")
             per_section[key] = per_section.get(key, 0) + size
     return per_section
@@ -81,7 +88,7 @@ def model_bytes_from_symbols(elf: ELFFile, model: str) -> dict[tuple[str, str], 
     per_section: dict[tuple[str, str], int] = {}
     for sym in symtab.iter_symbols():
         kind = {"STT_FUNC": "code", "STT_OBJECT": "data"}.get(sym["st_info"]["type"])
-        if sym.name.startswith(model + "_") and sym["st_size"] > 0 and isinstance(sym["st_shndx"], int) and kind:
+        if (sym.name.startswith(model + "_") or sym.name == STATE_SYMBOL) and sym["st_size"] > 0 and isinstance(sym["st_shndx"], int) and kind:
             key = (names[sym["st_shndx"]], kind)
             per_section[key] = per_section.get(key, 0) + int(sym["st_size"])
     return per_section
