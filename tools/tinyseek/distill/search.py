@@ -98,8 +98,8 @@ def memory_bytes(shape: Shape, task: Task) -> dict[str, int]:
     for _ in range(shape.layers):
         weights += 4 * H * (inp + H) + 4 * H * GATE_ROW_BYTES
         inp = H
-    return {"weight_bytes": weights, "state_bytes": shape.layers * H * 3,  # int8 h + int16 c per unit
-            "scratch_bytes": H}
+    units = shape.layers * H  # <name>_state: int16 c + int8 h per unit, padded to 2 bytes
+    return {"weight_bytes": weights, "state_bytes": 3 * units + units % 2, "scratch_bytes": H}
 
 
 def work(shape: Shape, task: Task, steps: float) -> dict[str, float]:
