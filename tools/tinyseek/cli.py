@@ -49,6 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="run every stage, skipping those whose inputs did not change")
     _common(p)
+    p.add_argument("--from", dest="from_run", metavar="RUN",
+                   help="start a new run from RUN's artifacts (e.g. the committed default, intents): stages whose "
+                        "inputs come out the same reuse them, and RUN itself is left untouched")
     for name in STAGES:
         p = sub.add_parser(name, help=_STAGE_HELP[name])
         _common(p)
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['params']:,} parameters, {m['onnx_bytes']:,} bytes ONNX, onnxruntime "
                   f"{m['latency']['median_ms']:.3f} ms per sample -> {out}")
         elif args.command == "build":
+            if args.from_run:
+                from pathlib import Path
+                run.seed_from(Path(cfg.models_dir) / args.from_run)
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())
         else:

@@ -22,12 +22,16 @@ class TaskConfig:
     train: str = ""  # jsonl/npz: training file
     test: str = ""  # jsonl/npz: test file (empty: hold out test_fraction of train)
     test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    val_fraction: float = 0.15  # intents: share of templates; jsonl/npz: of groups (task.group) or samples
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     samples_per_intent: int = 240  # built-in intents: samples per intent and language
     # jsonl: the classes, in order (empty: the training file's labels). With it, lines may have no
     # label: the teacher labels them (teacher.labels = "zero-shot"); docs/datasets.md.
     labels: list[str] = field(default_factory=list)
+    # jsonl/npz: hold out validation (and test, without a test file) by whole groups: the JSONL
+    # key (or NPZ array) naming each sample's speaker, session, template or source file. Empty:
+    # stratified random samples, which overrates held-out accuracy when samples come in families.
+    group: str = ""
     seed: int = 0
 
 
@@ -42,6 +46,8 @@ class TeacherConfig:
     # Domain adaptation.
     pretrain_epochs: int = 2  # continued pretraining (causal LM) on the task's text
     finetune_epochs: int = 6  # classification head (+ backbone) on the labels
+    head_epochs: int = 300  # at most, when only the head trains on a frozen backbone's features
+    patience: int = 20  # stop after this many epochs without a better validation accuracy (0: never)
     lr: float = 1e-3
     batch_size: int = 32
     max_tokens: int = 48
@@ -53,6 +59,9 @@ class TeacherConfig:
     # (auto: CUDA when torch sees a GPU). See docs/teachers.md.
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch CPU threads of adaptation and extraction (0: OMP_NUM_THREADS if set, else every core).
+    # Two torch jobs on the same cores slow each other many times over: give each its share.
+    threads: int = 0
     # What adaptation trains (docs/teachers.md): full = the weights themselves, lora = low-rank
     # adapters on the frozen backbone (saved alone), none = nothing of the backbone.
     adapt: str = "full"  # full | lora | none
@@ -271,6 +280,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
     need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
+    need(cfg.teacher.threads >= 0, "teacher.threads must be >= 0 (0: OMP_NUM_THREADS if set, else every core)")
+    need(cfg.teacher.head_epochs >= 1 and cfg.teacher.patience >= 0,
+         "teacher.head_epochs must be >= 1 and teacher.patience >= 0 (0: no early stopping)")
     need(cfg.teacher.dtype in ("auto", "bfloat16", "float16", "float32"),
          f"teacher.dtype must be auto, bfloat16, float16 or float32, not {cfg.teacher.dtype!r}")
     need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device)),

@@ -166,6 +166,25 @@ class Run:
         self.log(f"[{name}] done in {time.monotonic() - t0:.1f} s")
         return True
 
+    def seed_from(self, source: Path) -> bool:
+        """Start this run from another run's artifacts (its stamps, float student and int8
+        model), so a stage whose inputs come out the same is skipped instead of redone; a run
+        folder that already has stamps is left as it is. The other run is only read. Returns
+        True if the artifacts were copied."""
+        import shutil
+        if source.resolve() == self.dir.resolve() or (self.dir / "stamps.json").exists():
+            return False
+        if not (source / "stamps.json").is_file():
+            raise FileNotFoundError(f"{source} is no run folder (no stamps.json): --from names a run in "
+                                    f"{self.cfg.models_dir}/, e.g. --from intents")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("student", "int8"):
+            if (source / name).is_dir():
+                shutil.copytree(source / name, self.dir / name, dirs_exist_ok=True)
+        shutil.copy2(source / "stamps.json", self.dir / "stamps.json")
+        self.log(f"[build] starting from {source}'s artifacts; each stage whose inputs match them is skipped")
+        return True
+
     def build(self, force: bool = False, until: str = "report") -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.toml").write_text(tomli_w.dumps(self.cfg.to_dict()))
@@ -184,6 +203,9 @@ def _teacher(run: Run) -> None:
     else:
         adapt(run.dataset, run.cfg.teacher, run.dir)
         meta = json.loads(meta_file.read_text())
+        if meta.get("val_accuracy") is not None:
+            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.dataset.val.y):,} samples "
+                    f"held out by {run.dataset.split_by} ({meta['finetune_epochs']} epochs)")
         meta["adaptation_key"] = key
         meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     extract(run.dataset, run.cfg.teacher, run.dir)

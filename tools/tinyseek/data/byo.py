@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TaskConfig
-from .dataset import DataError, Dataset, Split, stratified_holdout, take
+from .dataset import DataError, Dataset, Split, group_holdout, stratified_holdout, take
 
 _JSONL_EXAMPLE = '{"text": "turn on the lights", "label": "lights_on"}'
 UNLABELED = -1  # y of a sample without a label (JSONL with task.labels); its label comes from the teacher
@@ -101,7 +101,8 @@ def load_jsonl(cfg: TaskConfig, labels: list[str] | None = None) -> Dataset:
         labels = _label_order(set(raw))
     _need_two_classes(labels, train_path)
     index = {name: i for i, name in enumerate(labels)}
-    full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None)
+    full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None,
+                 groups=read_jsonl_groups(train_path, cfg.group) if cfg.group else None)
     test = None
     if cfg.test:
         test_path = _existing(cfg.test, "task.test", "a JSONL test file (or leave task.test empty to hold out "
@@ -110,6 +111,25 @@ def load_jsonl(cfg: TaskConfig, labels: list[str] | None = None) -> Dataset:
         _check_known(t_raw, labels, test_path, None if fixed else train_path)
         test = Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
     return _assemble(train_path.stem, "text", labels, full, test, cfg)
+
+
+def read_jsonl_groups(path: Path, key: str) -> np.ndarray:
+    """The group id of every sample line of a JSONL file (read_jsonl has checked the lines): its
+    value under `key` (task.group), numbered in order of first appearance."""
+    ids: dict[str, int] = {}
+    out = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            value = obj.get(key)
+            if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
+                raise DataError(f"{path} line {lineno}: no group under {key!r} (task.group); give every line a "
+                                f"\"{key}\": \"...\" (speaker, session, source), or set task.group = \"\" to hold "
+                                "out random samples")
+            out.append(ids.setdefault(str(value), len(ids)))
+    return np.array(out, dtype=np.int64)
 
 
 def _check_known(raw: list[str | None], labels: list[str], path: Path, train_path: Path | None) -> None:
@@ -230,7 +250,21 @@ def load_npz(cfg: TaskConfig) -> Dataset:
                             f"training file {train_path} (classes 0..{len(labels) - 1}); fix y or add training "
                             "samples of them")
         test = Split(y=ty, texts=None, x=tx)
-    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x), test, cfg)
+    groups = _npz_groups(train_path, cfg.group, len(y)) if cfg.group else None
+    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x, groups=groups), test, cfg)
+
+
+def _npz_groups(path: Path, key: str, n: int) -> np.ndarray:
+    """The NPZ array `key` (task.group) as group ids [N]: one integer or string per sample."""
+    arrays = _load_npz(path)
+    if key not in arrays:
+        raise DataError(f"{path}: no array {key!r} for task.group (has: {', '.join(arrays)}); save one group id "
+                        f"per sample, np.savez(path, x=x, y=y, {key}=ids), or set task.group = \"\"")
+    g = arrays[key]
+    if g.ndim != 1 or len(g) != n or g.dtype.kind not in "iuU":
+        raise DataError(f"{path}: array {key!r} (task.group) must be 1-D integers or strings, one per sample "
+                        f"({n}); got dtype {g.dtype} shape {g.shape}")
+    return np.unique(g, return_inverse=True)[1].astype(np.int64)
 
 
 # -- shared -------------------------------------------------------------------------------
@@ -242,9 +276,25 @@ def _need_two_classes(labels: list[str], path: Path) -> None:
 
 def _assemble(name: str, kind: str, labels: list[str], full: Split, test: Split | None,
               cfg: TaskConfig) -> Dataset:
-    """Hold out test (when no test file was given), then validation, both stratified and seeded."""
+    """Hold out test (when no test file was given), then validation, seeded: whole groups with
+    task.group, else stratified samples."""
+    def holdout(split: Split, fraction: float, stream: int):
+        rng = np.random.default_rng([cfg.seed, stream])
+        if split.groups is None:
+            return stratified_holdout(split.y, fraction, rng)
+        return group_holdout(split.groups, fraction, rng)
+
+    present = set(full.y.tolist())
     if test is None:
-        keep, held = stratified_holdout(full.y, cfg.test_fraction, np.random.default_rng([cfg.seed, 0]))
+        keep, held = holdout(full, cfg.test_fraction, 0)
         full, test = take(full, keep), take(full, held)
-    keep, held = stratified_holdout(full.y, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
-    return Dataset(name=name, kind=kind, labels=labels, train=take(full, keep), val=take(full, held), test=test)
+    keep, held = holdout(full, cfg.val_fraction, 1)
+    train = take(full, keep)
+    if full.groups is not None:
+        absent = [labels[c] for c in range(len(labels)) if c in present and not np.any(train.y == c)]
+        if absent:
+            raise DataError(f"task.group = {cfg.group!r}: every sample of class {', '.join(map(repr, absent))} fell into "
+                            "held-out groups, so nothing teaches it; add groups of that class or lower "
+                            "task.val_fraction / task.test_fraction")
+    return Dataset(name=name, kind=kind, labels=labels, train=train, val=take(full, held), test=test,
+                   split_by=f"group {cfg.group!r}" if cfg.group else "samples")

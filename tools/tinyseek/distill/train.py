@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..data.noise import augment_split, parse_recipe
+from ..progress import Progress
 from ..student.tinylstm import StudentSpec, TinyLSTM, export_params, exported_state, save_student, split_inputs
 from .losses import stage_loss
 from .schedule import DistillError, Stage, annealed_temperature, check, feedback_targets, logit_stages, plan, resolve_layer_map
@@ -250,7 +250,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(d.seed)
         self.weight_decay, self.clip_norm, self.min_lr_ratio = weight_decay, clip_norm, min_lr_ratio
         self.word_dropout, self.cell_bound, self.cell_weight = word_dropout, cell_bound, cell_weight
-        self.bar = tqdm(desc="distill", unit="step", disable=not progress, leave=False)
+        self.progress = Progress("distill", 0, print if progress else None, units="batches")
         self.history: list[dict] = []
         self.best_key, self.best_state, self.best_epoch = None, None, 0
 
@@ -281,7 +281,7 @@ class Trainer:
         # Cosine decay from the stage's lr to min_lr_ratio of it over the stage.
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        self.bar.total = (self.bar.total or 0) + stage.epochs * batches
+        self.progress.add_total(stage.epochs * batches)
         for e in range(1, stage.epochs + 1):
             T = annealed_temperature(*stage.temperature, e, stage.epochs)
             model.train()
@@ -321,7 +321,7 @@ class Trainer:
                 parts["cell"] = float(cell_pen.detach())
                 for k in sums:
                     sums[k] += w * parts[k]
-                self.bar.update(1)
+                self.progress.step()
             self._end_epoch(stage, e, round_, T, opt.param_groups[0]["lr"], sums)
 
     def _end_epoch(self, stage: Stage, e: int, round_: int, T: float, lr: float, sums: dict) -> None:
@@ -339,8 +339,9 @@ class Trainer:
         if stage.select and (self.best_key is None or key > self.best_key):
             self.best_key, self.best_epoch = key, row["epoch"]
             self.best_state = {k: v.clone() for k, v in exported_state(self.model).items()}
-        self.bar.set_postfix(stage=stage.name, loss=f"{sums['total']:.3f}",
-                             val=f"{row.get('val_accuracy', float('nan')):.3f}")
+        val = f", val accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+        self.progress.epoch(f"epoch {row['epoch']} ({stage.name} {e}/{stage.epochs})",
+                            f"loss {sums['total']:.4f}{val}, best epoch {self.best_epoch}")
 
     def restore_best(self) -> None:
         """Load the best epoch so far into the model (a round ends there)."""

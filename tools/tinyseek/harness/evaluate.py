@@ -57,10 +57,20 @@ def evaluate_host(run) -> dict:
     ds, qm = run.dataset, QuantModel.load(run.int8_dir)
     test, y = ds.test, ds.test.y
     knowledge = load_file(str(run.knowledge))
+    student = FloatStudent.from_folder(run.student_dir)
     teacher_pred = knowledge["test.logits"].argmax(axis=1)
-    float_pred = FloatStudent.from_folder(run.student_dir).predict(test).argmax(axis=1)
+    float_pred = student.predict(test).argmax(axis=1)
     int8_logits = oracle_logits(qm, test)
     int8_pred = int8_logits.argmax(axis=1)
+    # Validation, held out like the test (docs/datasets.md): every choice the tool makes reads
+    # it; shown beside the test so a user sees how well it predicts the test.
+    val = ds.val
+    validation = {"samples": len(val.y)}
+    if len(val.y):
+        validation.update(
+            teacher_accuracy=labeled_accuracy(knowledge["val.logits"].argmax(axis=1), val.y),
+            float_accuracy=labeled_accuracy(student.predict(val).argmax(axis=1), val.y),
+            int8_accuracy=labeled_accuracy(oracle_logits(qm, val).argmax(axis=1), val.y))
 
     # Accuracies count the labeled test samples only (None without any); the agreements count all.
     teacher_acc = labeled_accuracy(teacher_pred, y)
@@ -68,11 +78,12 @@ def evaluate_host(run) -> dict:
     metrics = {
         "model": {"name": qm.name, "hash": qm.model_hash()},
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
-                 "train_samples": len(ds.train.y), "test_samples": len(y),
+                 "train_samples": len(ds.train.y), "test_samples": len(y), "split_by": ds.split_by,
                  "test_labeled": int(np.sum(np.asarray(y) >= 0))},
         "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source},
         "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},
+        "validation": validation,
         "retention": int8_acc / teacher_acc if int8_acc is not None and teacher_acc else None,
         "agreement_int8_float": _accuracy(int8_pred, float_pred),
         "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),

@@ -27,6 +27,7 @@ def build_report(run_dir: Path) -> dict:
         "task": metrics["task"],
         "teacher": metrics["teacher"],
         "student": metrics["student"],
+        "validation": metrics.get("validation", {}),
         "retention": metrics["retention"],
         "agreement_int8_float": metrics["agreement_int8_float"],
         "agreement_int8_teacher": metrics.get("agreement_int8_teacher"),
@@ -42,6 +43,20 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def _accuracy_table(report: dict) -> list[str]:
+    """Test accuracy, and validation beside it: the tool chose everything on validation, so the
+    distance between the columns says how far its choices can be trusted."""
+    t, s, v = report["teacher"], report["student"], report.get("validation") or {}
+    split_by = report["task"].get("split_by")
+    rows = [(f"teacher ({t.get('source', 'teacher')})", t["accuracy"], v.get("teacher_accuracy")),
+            ("student, float", s["float_accuracy"], v.get("float_accuracy")),
+            ("student, int8 (integer reference)", s["int8_accuracy"], v.get("int8_accuracy"))]
+    if not v.get("samples"):
+        return ["| | test accuracy |", "|---|---|", *[f"| {name} | {_pct(test)} |" for name, test, _ in rows]]
+    return [f"| | test accuracy | validation ({v['samples']:,} samples, held out by {split_by or 'samples'}) |",
+            "|---|---|---|", *[f"| {name} | {_pct(test)} | {_pct(val)} |" for name, test, val in rows]]
+
+
 def render_markdown(report: dict) -> str:
     t, s = report["teacher"], report["student"]
     lines = [
@@ -50,11 +65,7 @@ def render_markdown(report: dict) -> str:
         f"Task `{report['task']['name']}` ({report['task']['kind']}), {report['task']['test_samples']} held-out test "
         f"samples, {len(report['task']['labels'])} classes. Model hash `{report['model']['hash']}`.",
         "",
-        "| | accuracy |",
-        "|---|---|",
-        f"| teacher ({t.get('source', 'teacher')}) | {_pct(t['accuracy'])} |",
-        f"| student, float | {_pct(s['float_accuracy'])} |",
-        f"| student, int8 (integer reference) | {_pct(s['int8_accuracy'])} |",
+        *_accuracy_table(report),
         "",
         f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
         f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",

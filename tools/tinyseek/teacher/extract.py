@@ -38,7 +38,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from .classifier import TeacherClassifier, load_adapted, mean_pool, split_inputs, trim
-from .load import TeacherError
+from .load import TeacherError, use_threads
 
 SPLITS = ("train", "val", "test")
 KNOWLEDGE_FILE = "knowledge.safetensors"
@@ -250,7 +250,7 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     `on_shard(split, index, path)` is called after each shard computed and written.
     Returns the file's path.
     """
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    use_threads(cfg.threads)
     run_dir = Path(run_dir)
     teacher_dir = run_dir / "teacher"
     model, tokenizer, meta = load_for_extraction(teacher_dir, cfg.dtype, cfg.device)

@@ -5,9 +5,12 @@ checkpoint (`trust_remote_code=False`): the supported model types are implemente
 transformers itself. Pickle-based weights (`pytorch_model.bin`) are refused, because
 unpickling a file can run arbitrary code.
 
-Size: weights load in the dtype asked for (`resolve_dtype`: "auto" is bfloat16 above
-AUTO_BF16_PARAMS parameters, so a 7B model takes ~14 GB instead of ~28 GB) straight onto the
-device asked for (`resolve_device`: "auto" is CUDA when torch sees a GPU). transformers 5
+Size: weights load in the dtype asked for (`resolve_dtype`: "auto" is float32 where it fits and
+the CPU has no fast bfloat16, measured once per process; bfloat16 above AUTO_BF16_PARAMS
+parameters on a GPU or a CPU whose bfloat16 matmuls are faster, or where float32 would not fit in
+memory, so a 7B model takes ~14 GB instead of ~28 GB) straight onto the
+device asked for (`resolve_device`: "auto" is CUDA when torch sees a GPU). A GGUF file is
+dequantized once into a safetensors folder (`gguf_to_folder`) that later loads read. transformers 5
 always builds the model on the meta device and fills it tensor by tensor from the
 memory-mapped safetensors, so loading never holds a second full copy of the weights.
 """
@@ -57,18 +60,62 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise TeacherError(f"teacher.device {device!r} is unknown; choose auto, cpu, cuda or cuda:N")
 
 
+_BF16_SPEEDUP: float | None = None
+
+
+def cpu_bf16_speedup() -> float:
+    """float32 time / bfloat16 time of the same matmul on this CPU, measured once per process
+    (about 0.1 s). Below 1, bfloat16 is emulated: on CPUs without bfloat16 instructions it ran
+    more than 4x slower than float32."""
+    global _BF16_SPEEDUP
+    if _BF16_SPEEDUP is None:
+        import time
+        a, b = torch.randn(64, 512), torch.randn(512, 512)
+
+        def timed(dtype) -> float:
+            x, y = a.to(dtype), b.to(dtype)
+            x @ y  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(10):
+                x @ y
+            return time.perf_counter() - t0
+        _BF16_SPEEDUP = timed(torch.float32) / max(timed(torch.bfloat16), 1e-9)
+    return _BF16_SPEEDUP
+
+
+def _memory_bytes() -> int:
+    try:
+        import os
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 def resolve_dtype(dtype: str, num_params: int, device: torch.device) -> torch.dtype:
-    """The weights' dtype: `dtype` by name, or for "auto" float32 up to AUTO_BF16_PARAMS
-    parameters and above that bfloat16 (float16 on a GPU without bfloat16)."""
+    """The weights' dtype: `dtype` by name, or for "auto": float32 up to AUTO_BF16_PARAMS
+    parameters; above that on a GPU bfloat16 (float16 without bfloat16); on a CPU float32 unless
+    its bfloat16 matmuls are faster (cpu_bf16_speedup) or float32 weights would take more than
+    half the memory."""
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != "auto":
         raise TeacherError(f"teacher.dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
     if num_params <= AUTO_BF16_PARAMS:
         return torch.float32
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if 4 * num_params > _memory_bytes() // 2:
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_bf16_speedup() > 1.1 else torch.float32
+
+
+def use_threads(threads: int) -> int:
+    """torch's CPU threads for a teacher stage: `threads` (teacher.threads), or 0 for
+    OMP_NUM_THREADS when set, else every core. Returns the number set."""
+    import os
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
 
 
 def count_parameters(config) -> int:
@@ -176,6 +223,39 @@ def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.devi
                 f"{path}: the tokenizer inside the GGUF file cannot be loaded ({e}); set teacher.tokenizer to a "
                 f"folder with the model's tokenizer files") from e
     return model, tok
+
+
+GGUF_STAMP = "gguf.json"
+
+
+def gguf_to_folder(path: str | Path, folder: str | Path, tokenizer: str | Path | None = None, dtype: str = "auto",
+                   log=print) -> Path:
+    """Dequantize the .gguf file `path` once into `folder` (safetensors weights, config and
+    tokenizer, a Hugging Face folder); later calls with the same file (name, size, modification
+    time) and dtype return the folder at once. Dequantizing a 135M model takes minutes on two
+    cores; loading the folder takes seconds."""
+    import time
+    path, folder = Path(path).expanduser().resolve(), Path(folder)
+    st = path.stat()
+    stamp = {"gguf": path.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": dtype,
+             "tokenizer": str(tokenizer or "")}
+    stamp_file = folder / GGUF_STAMP
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return folder
+    log(f"[teacher] dequantizing {path.name} ({st.st_size / 2**20:.0f} MiB) once into {folder} (safetensors); "
+        "later builds load that folder")
+    t0 = time.monotonic()
+    model, tok = load_teacher(path, tokenizer, dtype=dtype, device="cpu")
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
+    log(f"[teacher] dequantized in {time.monotonic() - t0:.0f} s: "
+        f"{sum(f.stat().st_size for f in folder.glob('*.safetensors')) / 2**20:.0f} MiB of "
+        f"{next(model.parameters()).dtype} weights")
+    return folder
 
 
 def _device_map(device: torch.device) -> str | None:
