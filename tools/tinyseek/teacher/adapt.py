@@ -99,9 +99,10 @@ def _check_settings(dataset, cfg) -> dict | None:
             "score": cfg.verbalizer_score}
 
 
-def _schedule(opt, total_steps: int):
-    """Linear warm-up over the first 5% of steps, then linear decay to 0."""
-    warm = max(1, total_steps // 20)
+def _schedule(opt, total_steps: int, steps_per_epoch: int | None = None):
+    """Linear warm-up over the first 5% of steps (at most one epoch: early stopping may end the
+    training long before `total_steps`), then linear decay to 0."""
+    warm = max(1, min(total_steps // 20, steps_per_epoch or total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total_steps))
 
@@ -148,13 +149,14 @@ def _logits(forward: Callable, inputs: torch.Tensor, mask: torch.Tensor, batch_s
 def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[[], dict], train, val,
          cfg, gen: torch.Generator, epochs: int, what: str) -> tuple[float, int]:
     """Cross-entropy training of `params` for at most `epochs`; keeps the state (from
-    `snapshot`, restored into `module`) of the epoch with the best validation accuracy (lower
-    validation loss among equals) and stops early after cfg.patience epochs without a better one.
+    `snapshot`, restored into `module`) of the epoch with the best validation accuracy (a lower
+    validation loss, by more than 0.001, among equals) and stops early after cfg.patience epochs
+    without a better one.
     Returns (that accuracy or -1 without a validation split, epochs run)."""
     (inputs, mask, y), (v_inputs, v_mask, v_y) = train, val
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = -(-len(y) // cfg.batch_size)
-    sched = _schedule(opt, epochs * steps_per_epoch)
+    sched = _schedule(opt, epochs * steps_per_epoch, steps_per_epoch)
     progress = Progress(what, epochs * steps_per_epoch, units="batches")
     best_key, best_state, best_epoch, run = None, None, 0, 0
     for epoch in range(1, epochs + 1):
@@ -172,7 +174,8 @@ def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[
             v_logits = _logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).float().cpu()
             acc = float((v_logits.argmax(1) == v_y).float().mean())
             key = (acc, -float(nn.functional.cross_entropy(v_logits, v_y)))
-            if best_key is None or key > best_key:
+            # Better: a higher accuracy, or the same with a validation loss lower by > 0.001.
+            if best_key is None or key[0] > best_key[0] or (key[0] == best_key[0] and key[1] > best_key[1] + 1e-3):
                 best_key, best_state, best_epoch = key, snapshot(), epoch
             text += f", val accuracy {acc:.4f} (best {best_key[0]:.4f}, epoch {best_epoch})"
         progress.epoch(f"epoch {epoch}/{epochs}", text)
