@@ -214,6 +214,14 @@ def _teacher(run: Run) -> None:
 def _distill(run: Run) -> None:
     from .distill import distill
     distill(run.dataset, run.knowledge, run.cfg, run.dir)
+    baseline = run.student_dir / "baseline.json"
+    if run.cfg.distill.hard_label_baseline:
+        from .distill.train import hard_label_baseline
+        result = hard_label_baseline(run.dataset, run.knowledge, run.cfg)
+        baseline.write_text(json.dumps(result, indent=2) + "\n")
+        run.log(f"[distill] hard-label baseline (no teacher): validation accuracy {result['val_accuracy']:.4f}")
+    elif baseline.exists():
+        baseline.unlink()
 
 
 def _quantize(run: Run) -> None:

@@ -381,12 +381,22 @@ def teacher_labels_where_missing(dataset, knowledge_path: str | Path):
     return replace(dataset, **splits)
 
 
+def with_scaled_settings(cfg, dataset):
+    """cfg with distill.epochs / distill.noise_copies resolved for the training split's size
+    when they are automatic (config.scaled_settings)."""
+    from dataclasses import replace as dc_replace
+
+    from ..config import scaled_settings
+    return dc_replace(cfg, distill=scaled_settings(cfg.teacher, cfg.distill, len(dataset.train.y))[1])
+
+
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
             cell_weight: float = 1.0, progress: bool = True) -> Trainer:
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
     and its projections; train_student documents the options."""
+    cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     spec = make_spec(dataset, cfg)
     dataset = teacher_labels_where_missing(dataset, knowledge_path)
@@ -443,6 +453,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     feedback round starts from there. Deterministic for a given distill.seed: one thread,
     deterministic algorithms, seeded shuffling and dropout.
     """
+    cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)  # one thread: bit-identical reruns, and the other core stays free
@@ -465,7 +476,6 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
             for stage in stages:
                 tr.run(stage, torch.from_numpy(labels), w, round_)
             tr.restore_best()
-        tr.bar.close()
         cells = max_abs_cell(tr.model, tr.x, tr.lengths)
     finally:
         torch.set_num_threads(prev_threads)
@@ -474,6 +484,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     history, pairs, spec = tr.history, tr.pairs, tr.spec
     summary = {
         "schedule": d.schedule,
+        "noise_copies": d.noise_copies,
         "epochs": history,
         "best_epoch": tr.best_epoch,
         "best_stage": history[tr.best_epoch - 1]["stage"],
@@ -498,3 +509,22 @@ def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, **opt
     out = save_student(result.model, result.spec, Path(run_dir) / "student")
     (out / "history.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     return out
+
+
+def hard_label_baseline(dataset, knowledge_path: str | Path, cfg) -> dict:
+    """The same student and schedule trained on the hard labels alone (no KL, no features): what
+    the task's labels give without a teacher. Returns its float accuracies on validation (chosen
+    on) and test (reported)."""
+    from dataclasses import replace as dc_replace
+    d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
+    result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False)
+
+    def accuracy(split) -> float | None:
+        if not len(split.y):
+            return None
+        x, lengths = split_inputs(split, result.spec)
+        pred = predict_inputs(result.model, x, lengths).argmax(1).numpy()
+        y = np.asarray(split.y)
+        return float(np.mean(pred[y >= 0] == y[y >= 0])) if (y >= 0).any() else None
+    return {"val_accuracy": accuracy(dataset.val), "test_accuracy": accuracy(dataset.test),
+            "best_epoch": result.summary["best_epoch"], "epochs": len(result.summary["epochs"])}

@@ -32,6 +32,25 @@ def confusion(pred: np.ndarray, y: np.ndarray, num_classes: int) -> list[list[in
     return cm.tolist()
 
 
+def teacher_warnings(validation: dict, baseline_val: float | None) -> list[str]:
+    """Loud warnings when the teacher is the weak link, judged on validation (the test is only
+    reported): below a student trained on the labels alone, or below the student it taught."""
+    out = []
+    t = validation.get("teacher_accuracy")
+    if t is None:
+        return out
+    fix = ("train it further (teacher.finetune_epochs, teacher.adapt = \"lora\" for a pretrained model), give it "
+           "more labelled data, or distill with less of it (distill.alpha)")
+    if baseline_val is not None and t < baseline_val:
+        out.append(f"the teacher ({t:.4f} on validation) is worse than a student trained on the labels alone "
+                   f"({baseline_val:.4f}): its knowledge costs accuracy here; {fix}")
+    s = validation.get("float_accuracy")
+    if s is not None and t < s:
+        out.append(f"the teacher ({t:.4f} on validation) is worse than the student it taught ({s:.4f}): retention "
+                   f"above 100 % means the teacher is the weak link; {fix}")
+    return out
+
+
 def int8_inputs(qmodel, split):
     """What the device is fed for a split: raw UTF-8 texts, or int8 feature sequences."""
     from ..quant.reference import quantize_inputs
@@ -75,6 +94,8 @@ def evaluate_host(run) -> dict:
     # Accuracies count the labeled test samples only (None without any); the agreements count all.
     teacher_acc = labeled_accuracy(teacher_pred, y)
     int8_acc = labeled_accuracy(int8_pred, y)
+    b_file = run.student_dir / "baseline.json"
+    b_val = json.loads(b_file.read_text()).get("val_accuracy") if b_file.is_file() else None
     metrics = {
         "model": {"name": qm.name, "hash": qm.model_hash()},
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
@@ -84,6 +105,8 @@ def evaluate_host(run) -> dict:
         "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},
         "validation": validation,
+        "baseline": json.loads(b_file.read_text()) if b_file.is_file() else None,
+        "warnings": teacher_warnings(validation, b_val),
         "retention": int8_acc / teacher_acc if int8_acc is not None and teacher_acc else None,
         "agreement_int8_float": _accuracy(int8_pred, float_pred),
         "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),
@@ -98,6 +121,8 @@ def evaluate_host(run) -> dict:
         # verify_host compares with the oracle itself; this guards the two oracles' inputs agree.
         verify["bitexact"] = False
     (run.dir / "verify.json").write_text(json.dumps(verify, indent=2, sort_keys=True) + "\n")
+    for w in metrics["warnings"]:
+        run.log(f"[verify] WARNING: {w}")
     accs = "no labeled test samples" if int8_acc is None else f"teacher {teacher_acc:.4f}  int8 {int8_acc:.4f}"
     run.log(f"[verify] {accs}  host bit-exact: {verify['bitexact']} "
             f"({result.samples} samples)")

@@ -28,6 +28,8 @@ def build_report(run_dir: Path) -> dict:
         "teacher": metrics["teacher"],
         "student": metrics["student"],
         "validation": metrics.get("validation", {}),
+        "baseline": metrics.get("baseline"),
+        "warnings": metrics.get("warnings", []),
         "retention": metrics["retention"],
         "agreement_int8_float": metrics["agreement_int8_float"],
         "agreement_int8_teacher": metrics.get("agreement_int8_teacher"),
@@ -51,6 +53,10 @@ def _accuracy_table(report: dict) -> list[str]:
     rows = [(f"teacher ({t.get('source', 'teacher')})", t["accuracy"], v.get("teacher_accuracy")),
             ("student, float", s["float_accuracy"], v.get("float_accuracy")),
             ("student, int8 (integer reference)", s["int8_accuracy"], v.get("int8_accuracy"))]
+    if report.get("baseline"):
+        b = report["baseline"]
+        rows.append(("same student on the hard labels alone, float (no teacher)", b.get("test_accuracy"),
+                     b.get("val_accuracy")))
     if not v.get("samples"):
         return ["| | test accuracy |", "|---|---|", *[f"| {name} | {_pct(test)} |" for name, test, _ in rows]]
     return [f"| | test accuracy | validation ({v['samples']:,} samples, held out by {split_by or 'samples'}) |",
@@ -67,6 +73,7 @@ def render_markdown(report: dict) -> str:
         "",
         *_accuracy_table(report),
         "",
+        *[f"**WARNING: {w}.**\n" for w in report.get("warnings", [])],
         f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
         f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
         *([f"- {report['task']['test_samples'] - report['task']['test_labeled']:,} test samples have no label: "

@@ -252,6 +252,9 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     the teacher learns to read noisy input; validation and extraction stay clean.
     """
     use_threads(cfg.threads)
+    from ..config import scaled_settings
+    from ..config import DistillConfig
+    cfg = scaled_settings(cfg, DistillConfig(), len(dataset.train.y))[0]  # automatic noise_copies resolved
     zero_shot = _check_settings(dataset, cfg)
     if cfg.noise_copies:
         from dataclasses import replace
