@@ -77,6 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robustness", help="accuracy of teacher, float and int8 student on noisy copies of the test "
                                           "split -> robustness.json/.md")
     _common(p)  # --force is accepted but changes nothing: robustness always measures anew
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="the split to corrupt: test (the report) or val (to choose settings on; "
+                        "-> robustness_val.json/.md)")
     p = sub.add_parser("search", help="the smallest student within a board's flash, RAM and latency budget that keeps "
                                       "a share of the teacher's accuracy -> models/<run>/search/")
     _common(p)  # --force retrains candidates already scored
@@ -109,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "robustness":
             from .harness.robustness import evaluate_robustness
             r = run.cfg.robustness
-            evaluate_robustness(run, r.kinds, r.seed, r.max_drop_points)
-            print((run.dir / "robustness.md").read_text())
+            evaluate_robustness(run, r.kinds, r.seed, r.max_drop_points, split=args.split)
+            print((run.dir / ("robustness.md" if args.split == "test" else "robustness_val.md")).read_text())
         elif args.command == "search":
             from .distill.search import search_run
             flags = {"board": args.board, "latency_ms": args.latency_ms, "flash_kb": args.flash_kb,
