@@ -315,6 +315,20 @@ def test_stratified_first_spreads_a_limit_over_the_classes():
     assert list(stratified_first(y, 50)) == list(range(len(y)))
 
 
+def test_jsonl_with_test_and_validation_files(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", ROWS)
+    val = _write_jsonl(tmp_path / "val.jsonl", [{"text": "v1", "label": "a"}, {"text": "v2", "label": "10"}])
+    test = _write_jsonl(tmp_path / "test.jsonl", [{"text": "t1", "label": "b"}])
+    ds = load_task(TaskConfig(kind="jsonl", train=train, test=test, val=val))
+    assert ds.val.texts == ["v1", "v2"] and [ds.labels[y] for y in ds.val.y] == ["a", "10"]
+    assert len(ds.train) == len(ROWS) and ds.split_by == "file"
+    _write_jsonl(tmp_path / "val.jsonl", [{"text": "v1", "label": "zzz"}])
+    with pytest.raises(DataError, match="'zzz' do not occur in the training file"):
+        load_task(TaskConfig(kind="jsonl", train=train, test=test, val=val))
+    with pytest.raises(DataError, match="task.val: .* does not exist"):
+        load_task(TaskConfig(kind="jsonl", train=train, val=str(tmp_path / "none.jsonl")))
+
+
 def test_jsonl_with_a_test_file(tmp_path):
     train = _write_jsonl(tmp_path / "train.jsonl", ROWS)
     test_rows = [{"text": "lights please", "label": "a"}, {"text": "x", "label": 2}, {"text": "y", "label": "b"}]

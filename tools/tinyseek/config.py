@@ -21,6 +21,7 @@ class TaskConfig:
     kind: str = "intents"  # intents | jsonl | npz
     train: str = ""  # jsonl/npz: training file
     test: str = ""  # jsonl/npz: test file (empty: hold out test_fraction of train)
+    val: str = ""  # jsonl/npz: validation file, e.g. a benchmark's official split (empty: hold out val_fraction)
     test_fraction: float = 0.2
     val_fraction: float = 0.15  # intents: share of templates; jsonl/npz: of groups (task.group) or samples
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])

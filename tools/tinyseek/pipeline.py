@@ -113,7 +113,8 @@ class Run:
     def _task_key(self) -> list:
         c = self.cfg
         # Your own data counts by content, not only by path: an edited file re-runs the stages.
-        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test) if f and Path(f).exists()]
+        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test, c.task.val)
+                               if f and Path(f).exists()]
 
     def adaptation_key(self) -> str:
         """The teacher stage's inputs but the settings only the extraction reads: a change of

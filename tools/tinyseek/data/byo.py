@@ -103,14 +103,17 @@ def load_jsonl(cfg: TaskConfig, labels: list[str] | None = None) -> Dataset:
     index = {name: i for i, name in enumerate(labels)}
     full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None,
                  groups=read_jsonl_groups(train_path, cfg.group) if cfg.group else None)
-    test = None
-    if cfg.test:
-        test_path = _existing(cfg.test, "task.test", "a JSONL test file (or leave task.test empty to hold out "
-                                                     "task.test_fraction of train)")
-        t_texts, t_raw = read_jsonl(test_path, allow_unlabeled=bool(fixed))
-        _check_known(t_raw, labels, test_path, None if fixed else train_path)
-        test = Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
-    return _assemble(train_path.stem, "text", labels, full, test, cfg)
+    def held_file(path: str, setting: str, fraction: str) -> Split | None:
+        if not path:
+            return None
+        p = _existing(path, setting, f"a JSONL file (or leave {setting} empty to hold out {fraction} of train)")
+        t_texts, t_raw = read_jsonl(p, allow_unlabeled=bool(fixed))
+        _check_known(t_raw, labels, p, None if fixed else train_path)
+        return Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
+
+    test = held_file(cfg.test, "task.test", "task.test_fraction")
+    val = held_file(cfg.val, "task.val", "task.val_fraction")
+    return _assemble(train_path.stem, "text", labels, full, test, cfg, val)
 
 
 def read_jsonl_groups(path: Path, key: str) -> np.ndarray:
@@ -229,29 +232,32 @@ def load_npz(cfg: TaskConfig) -> Dataset:
         raise DataError(f"{train_path}: class{'es' if len(absent) > 1 else ''} {', '.join(map(repr, absent))} "
                         f"{'have' if len(absent) > 1 else 'has'} no training sample; add samples or remove the "
                         "class (from 'labels', or renumber y to 0..K-1)")
-    test = None
-    if cfg.test:
-        test_path = _existing(cfg.test, "task.test", "an .npz test file (or leave task.test empty to hold out "
-                                                     "task.test_fraction of train)")
-        tx, ty, tnames = read_npz(test_path)
+    def held_file(path: str, setting: str, fraction: str) -> Split | None:
+        if not path:
+            return None
+        p = _existing(path, setting, f"an .npz file (or leave {setting} empty to hold out {fraction} of train)")
+        tx, ty, tnames = read_npz(p)
         if tx.shape[2] != x.shape[2]:
-            raise DataError(f"{test_path}: x has {tx.shape[2]} features per step but the training file has "
+            raise DataError(f"{p}: x has {tx.shape[2]} features per step but the training file has "
                             f"{x.shape[2]}; both must have the same F")
-        if tnames is not None:  # map test names onto training indices
+        if tnames is not None:  # map the file's names onto training indices
             unknown = [n for n in dict.fromkeys(tnames[c] for c in np.unique(ty)) if n not in labels]
             if unknown:
-                raise DataError(f"{test_path}: labels {', '.join(map(repr, unknown))} do not occur in the training "
+                raise DataError(f"{p}: labels {', '.join(map(repr, unknown))} do not occur in the training "
                                 f"file {train_path} (its labels: {', '.join(labels)}); add training samples of "
-                                "them or remove them from the test file")
+                                "them or remove them from this file")
             ty = np.array([labels.index(tnames[c]) for c in ty], dtype=np.int64)
         elif ty.max() >= len(labels):
             unknown = sorted(int(c) for c in np.unique(ty[ty >= len(labels)]))
-            raise DataError(f"{test_path}: class indices {', '.join(map(str, unknown))} do not occur in the "
+            raise DataError(f"{p}: class indices {', '.join(map(str, unknown))} do not occur in the "
                             f"training file {train_path} (classes 0..{len(labels) - 1}); fix y or add training "
                             "samples of them")
-        test = Split(y=ty, texts=None, x=tx)
+        return Split(y=ty, texts=None, x=tx)
+
+    test = held_file(cfg.test, "task.test", "task.test_fraction")
+    val = held_file(cfg.val, "task.val", "task.val_fraction")
     groups = _npz_groups(train_path, cfg.group, len(y)) if cfg.group else None
-    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x, groups=groups), test, cfg)
+    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x, groups=groups), test, cfg, val)
 
 
 def _npz_groups(path: Path, key: str, n: int) -> np.ndarray:
@@ -275,9 +281,9 @@ def _need_two_classes(labels: list[str], path: Path) -> None:
 
 
 def _assemble(name: str, kind: str, labels: list[str], full: Split, test: Split | None,
-              cfg: TaskConfig) -> Dataset:
-    """Hold out test (when no test file was given), then validation, seeded: whole groups with
-    task.group, else stratified samples."""
+              cfg: TaskConfig, val: Split | None = None) -> Dataset:
+    """Hold out test (when no test file was given), then validation (when no validation file
+    was given), seeded: whole groups with task.group, else stratified samples."""
     def holdout(split: Split, fraction: float, stream: int):
         rng = np.random.default_rng([cfg.seed, stream])
         if split.groups is None:
@@ -288,6 +294,8 @@ def _assemble(name: str, kind: str, labels: list[str], full: Split, test: Split 
     if test is None:
         keep, held = holdout(full, cfg.test_fraction, 0)
         full, test = take(full, keep), take(full, held)
+    if val is not None:  # a validation file, e.g. a benchmark's official split
+        return Dataset(name=name, kind=kind, labels=labels, train=full, val=val, test=test, split_by="file")
     keep, held = holdout(full, cfg.val_fraction, 1)
     train = take(full, keep)
     if full.groups is not None:
