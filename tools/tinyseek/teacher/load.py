@@ -19,10 +19,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+if not sys.stderr.isatty():  # progress bars in a log file are noise: the stages log plain lines
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
