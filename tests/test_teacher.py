@@ -240,7 +240,7 @@ def test_a_gguf_teacher_loads_with_its_own_tokenizer(text_task, tmp_path, monkey
             x = torch.tensor([row])
             assert torch.allclose(model(input_ids=x).logits, qwen(input_ids=x).logits, atol=1e-5)
     # Adapted head-only, the teacher folder is a plain HF folder (safetensors) from then on.
-    cfg = replace(TINY, source=str(tmp_path / "tiny.gguf"), pretrain_epochs=0, finetune_epochs=2)
+    cfg = replace(TINY, source=str(tmp_path / "tiny.gguf"), pretrain_epochs=0, finetune_epochs=2, adapt="full")
     adapt(text_task, cfg, tmp_path / "run")
     extract(text_task, cfg, tmp_path / "run")
     assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
@@ -391,7 +391,7 @@ def test_a_local_qwen2_teacher_is_adapted_head_only_and_extracted(text_task, tmp
                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
     qwen.save_pretrained(tmp_path / "qwen")
     tok.save_pretrained(tmp_path / "qwen")
-    cfg = replace(TINY, source=str(tmp_path / "qwen"), pretrain_epochs=0, attentions=True, patience=5)
+    cfg = replace(TINY, source=str(tmp_path / "qwen"), pretrain_epochs=0, attentions=True, patience=5, adapt="full")
     adapt(text_task, cfg, tmp_path / "run")
     extract(text_task, cfg, tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "teacher" / "teacher.json").read_text())

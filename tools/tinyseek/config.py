@@ -65,7 +65,7 @@ class TeacherConfig:
     threads: int = 0
     # What adaptation trains (docs/teachers.md): full = the weights themselves, lora = low-rank
     # adapters on the frozen backbone (saved alone), none = nothing of the backbone.
-    adapt: str = "full"  # full | lora | none
+    adapt: str = "auto"  # auto (full for the built-in teacher, lora for a pretrained one) | full | lora | none
     lora_rank: int = 8
     lora_alpha: float = 16.0
     # Linear layers that get adapters, by name: attention and MLP projections of deepseek_v2/v3
@@ -293,8 +293,8 @@ def validate(cfg: Config) -> None:
          f"teacher.dtype must be auto, bfloat16, float16 or float32, not {cfg.teacher.dtype!r}")
     need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device)),
          f"teacher.device must be auto, cpu, cuda or cuda:N, not {cfg.teacher.device!r}")
-    need(cfg.teacher.adapt in ("full", "lora", "none"),
-         f"teacher.adapt must be full, lora or none, not {cfg.teacher.adapt!r}")
+    need(cfg.teacher.adapt in ("auto", "full", "lora", "none"),
+         f"teacher.adapt must be auto, full, lora or none, not {cfg.teacher.adapt!r}")
     need(cfg.teacher.lora_rank >= 1 and cfg.teacher.lora_alpha > 0 and bool(cfg.teacher.lora_targets),
          "teacher.lora_rank must be >= 1, teacher.lora_alpha > 0 and teacher.lora_targets not empty")
     need(cfg.teacher.labels in ("head", "zero-shot") and cfg.teacher.verbalizer_score in ("mean", "sum"),

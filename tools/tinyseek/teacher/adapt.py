@@ -5,8 +5,9 @@ then a classification head on the mean-pooled last hidden state (cfg.finetune_ep
 Sequence tasks: no pretraining (there are no tokens to predict); an input projection
 Linear(F -> hidden) feeds `inputs_embeds`, trained together with the head.
 
-What is trained, by cfg.adapt:
-- "full" (the default): the backbone's own weights.
+What is trained, by cfg.adapt ("auto", the default: "full" for the built-in teacher trained from
+scratch, "lora" for a pretrained model loaded from a folder or a GGUF file):
+- "full": the backbone's own weights.
   - the built-in tiny teacher: backbone + head (+ projection), all of it;
   - a loaded teacher (HF folder or GGUF): continued pretraining updates the backbone, then the
     backbone is frozen and only the head (+ projection) is trained (`train_backbone`); for a
@@ -48,7 +49,7 @@ from .extract import select_layers
 from .load import TeacherError, gguf_to_folder, load_teacher, use_threads
 from .verbalize import SCORES, check_prompt, resolve_verbalizers
 
-ADAPT_MODES = ("full", "lora", "none")
+ADAPT_MODES = ("auto", "full", "lora", "none")
 LABEL_SOURCES = ("head", "zero-shot")
 
 
@@ -251,14 +252,15 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     split also holds that many corrupted copies of every sample (data/noise.py, cfg.noise), so
     the teacher learns to read noisy input; validation and extraction stay clean.
     """
+    from dataclasses import replace
+
+    from ..config import DistillConfig, scaled_settings
     use_threads(cfg.threads)
-    from ..config import scaled_settings
-    from ..config import DistillConfig
     cfg = scaled_settings(cfg, DistillConfig(), len(dataset.train.y))[0]  # automatic noise_copies resolved
+    if cfg.adapt == "auto":  # a pretrained model keeps its knowledge best under low-rank adapters
+        cfg = replace(cfg, adapt="full" if cfg.source == "default" else "lora")
     zero_shot = _check_settings(dataset, cfg)
     if cfg.noise_copies:
-        from dataclasses import replace
-
         from ..data.noise import augment_split, parse_recipe
 
         train, _ = augment_split(dataset.train, cfg.noise_copies, parse_recipe(cfg.noise, dataset.kind), seed=cfg.seed)
