@@ -94,8 +94,8 @@ def evaluate_host(run) -> dict:
     # Accuracies count the labeled test samples only (None without any); the agreements count all.
     teacher_acc = labeled_accuracy(teacher_pred, y)
     int8_acc = labeled_accuracy(int8_pred, y)
-    b_file = run.student_dir / "baseline.json"
-    b_val = json.loads(b_file.read_text()).get("val_accuracy") if b_file.is_file() else None
+    b_file = run.student_dir / "baseline.json"  # distill.hard_label_baseline
+    baseline = json.loads(b_file.read_text()) if b_file.is_file() else None
     metrics = {
         "model": {"name": qm.name, "hash": qm.model_hash()},
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
@@ -105,8 +105,8 @@ def evaluate_host(run) -> dict:
         "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},
         "validation": validation,
-        "baseline": json.loads(b_file.read_text()) if b_file.is_file() else None,
-        "warnings": teacher_warnings(validation, b_val),
+        "baseline": baseline,
+        "warnings": teacher_warnings(validation, (baseline or {}).get("val_accuracy")),
         "retention": int8_acc / teacher_acc if int8_acc is not None and teacher_acc else None,
         "agreement_int8_float": _accuracy(int8_pred, float_pred),
         "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),
