@@ -150,3 +150,18 @@ def test_safetensors_hash_ignores_metadata_order(tmp_path):
     save_file({"a": t["a"] + 1}, str(tmp_path / "3.safetensors"), metadata={"x": "1", "y": "2"})
     assert hash_safetensors(tmp_path / "1.safetensors") == hash_safetensors(tmp_path / "2.safetensors")
     assert hash_safetensors(tmp_path / "1.safetensors") != hash_safetensors(tmp_path / "3.safetensors")
+
+
+def test_the_transfer_set_joins_the_training_split_only(tmp_path):
+    cfg = load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8, "teacher.transfer_samples": 2})
+    run = Run(cfg)
+    base = run.task_dataset
+    run.dir.mkdir(parents=True)
+    (run.dir / "transfer.jsonl").write_text('{"text": "lamp on now", "label": "lights_on", "confidence": 0.9}\n'
+                                            '{"text": "what hour", "label": "ask_time", "confidence": 0.8}\n')
+    ds = run.dataset
+    assert len(ds.train) == len(base.train) + 2 and ds.train.texts[-2:] == ["lamp on now", "what hour"]
+    assert [ds.labels[y] for y in ds.train.y[-2:]] == ["lights_on", "ask_time"] and list(ds.train.groups[-2:]) == [-1, -1]
+    assert ds.val.texts == base.val.texts and ds.test.texts == base.test.texts
+    off = Run(load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8}))
+    assert len(off.dataset.train) == len(base.train)  # a stale file is ignored when none is asked for

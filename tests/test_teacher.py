@@ -447,3 +447,26 @@ def test_a_text_without_tokens_is_read_as_one_pad_token():
     assert mask.tolist() == [[1, 0], [1, 1]]
     ids, mask = tokenize(tok, [""], 8)
     assert ids.tolist() == [[tok.pad_token_id]] and mask.tolist() == [[1]]
+
+
+def test_the_adapted_teacher_writes_a_labelled_transfer_set(text_task, tmp_path):
+    from tinyseek.teacher.adapt import _with_eos
+    from tinyseek.teacher.transfer import read_transfer_set, write_transfer_set
+    ids, mask = torch.tensor([[1, 5, 6, 0], [1, 7, 8, 9]]), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    e_ids, e_mask = _with_eos(ids, mask, 2)
+    assert e_ids.tolist() == [[1, 5, 6, 2, 2], [1, 7, 8, 9, 2]] and e_mask.sum(1).tolist() == [4, 5]
+
+    cfg = replace(TINY, transfer_samples=24, transfer_confidence=0.5, pretrain_epochs=3)
+    adapt(text_task, cfg, tmp_path / "run")
+    path = write_transfer_set(text_task, cfg, tmp_path / "run", log=lambda s: None)
+    texts, y = read_transfer_set(path, text_task.labels)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert 0 < len(texts) <= 24 + len(text_task.labels) and len(set(texts)) == len(texts)
+    known = set(text_task.train.texts) | set(text_task.val.texts) | set(text_task.test.texts)
+    assert not set(texts) & known and all(t.strip() for t in texts)
+    assert all(r["confidence"] >= 0.5 for r in rows) and set(y.tolist()) <= {0, 1, 2}
+    # Seeded: the same teacher writes the same set.
+    again = write_transfer_set(text_task, cfg, tmp_path / "run", log=lambda s: None)
+    assert again.read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    assert write_transfer_set(text_task, replace(cfg, transfer_samples=0), tmp_path / "run") is None
+    assert not path.exists()

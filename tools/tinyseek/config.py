@@ -85,6 +85,12 @@ class TeacherConfig:
     # -1 (auto): scaled by the training split's size (scaled_settings), 2 on the built-in task.
     noise_copies: int = -1
     noise: str = ""
+    # The generated transfer set (teacher/transfer.py): utterances the adapted teacher writes,
+    # prompted with the first words of training examples, kept where its head is confident; the
+    # student distills on them beside the training split. 0: none.
+    transfer_samples: int = 0
+    transfer_confidence: float = 0.6
+    transfer_temperature: float = 1.0
     seed: int = 0
 
 
@@ -287,6 +293,9 @@ def validate(cfg: Config) -> None:
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
     need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
     need(cfg.teacher.threads >= 0, "teacher.threads must be >= 0 (0: OMP_NUM_THREADS if set, else every core)")
+    need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
+         and cfg.teacher.transfer_temperature > 0,
+         "teacher.transfer_samples must be >= 0, transfer_confidence in [0, 1), transfer_temperature > 0")
     need(cfg.teacher.head_epochs >= 1 and cfg.teacher.patience >= 0,
          "teacher.head_epochs must be >= 1 and teacher.patience >= 0 (0: no early stopping)")
     need(cfg.teacher.dtype in ("auto", "bfloat16", "float16", "float32"),

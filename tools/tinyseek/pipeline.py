@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tomli_w
 
 from . import __version__
@@ -69,7 +70,7 @@ class Run:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.log = log
-        self._dataset = None
+        self._dataset = self._task_dataset = None
 
     # -- paths ----------------------------------------------------------------------------
     @property
@@ -94,10 +95,31 @@ class Run:
         return Path(out) if out else REPO_ROOT / "firmware" / "lib" / self.cfg.model_name
 
     @property
-    def dataset(self):
-        if self._dataset is None:
+    def task_dataset(self):
+        """The task's data as configured (what the teacher adapts on)."""
+        if self._task_dataset is None:
             from .data import load_task
-            self._dataset = load_task(self.cfg.task)
+            self._task_dataset = load_task(self.cfg.task)
+        return self._task_dataset
+
+    @property
+    def dataset(self):
+        """The task's data, with the teacher's generated transfer set (teacher.transfer_samples)
+        added to the training split once the teacher stage wrote it."""
+        if self._dataset is None:
+            self._dataset = self.task_dataset
+            transfer = self.dir / "transfer.jsonl"
+            if self.cfg.teacher.transfer_samples and transfer.is_file():
+                from dataclasses import replace
+
+                from .data.dataset import Split
+                from .teacher.transfer import read_transfer_set
+                ds = self._dataset
+                texts, y = read_transfer_set(transfer, ds.labels)
+                t = ds.train
+                groups = None if t.groups is None else np.concatenate([t.groups, np.full(len(y), -1, np.int64)])
+                self._dataset = replace(ds, train=Split(y=np.concatenate([t.y, y]), texts=list(t.texts) + texts,
+                                                        x=None, groups=groups))
         return self._dataset
 
     # -- stamps ---------------------------------------------------------------------------
@@ -202,13 +224,16 @@ def _teacher(run: Run) -> None:
     if meta.get("adaptation_key") == key:
         run.log("[teacher] adaptation unchanged (only extraction settings differ): extracting with the saved teacher")
     else:
-        adapt(run.dataset, run.cfg.teacher, run.dir)
+        adapt(run.task_dataset, run.cfg.teacher, run.dir)
         meta = json.loads(meta_file.read_text())
         if meta.get("val_accuracy") is not None:
-            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.dataset.val.y):,} samples "
-                    f"held out by {run.dataset.split_by} ({meta['finetune_epochs']} epochs)")
+            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.task_dataset.val.y):,} "
+                    f"samples held out by {run.task_dataset.split_by} ({meta['finetune_epochs']} epochs)")
         meta["adaptation_key"] = key
         meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    from .teacher.transfer import write_transfer_set
+    write_transfer_set(run.task_dataset, run.cfg.teacher, run.dir, run.log)
+    run._dataset = None  # the training split now holds the transfer set, if one was asked for
     extract(run.dataset, run.cfg.teacher, run.dir)
 
 

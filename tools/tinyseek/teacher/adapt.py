@@ -122,7 +122,20 @@ def _update(loss: torch.Tensor, opt, sched, params: list) -> float:
     return float(loss.detach())
 
 
-def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator) -> None:
+def _with_eos(ids: torch.Tensor, mask: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [N, T] with an end-of-sequence token after each text's last token
+    (one column more where a text fills the row), so the language model learns where texts end."""
+    ids = torch.cat([ids, torch.full((len(ids), 1), eos_id, dtype=ids.dtype)], 1)
+    mask = torch.cat([mask, torch.zeros((len(mask), 1), dtype=mask.dtype)], 1)
+    rows, ends = torch.arange(len(ids)), mask.sum(1)
+    ids[rows, ends] = eos_id
+    mask[rows, ends] = 1
+    return ids, mask
+
+
+def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator, eos_id=None) -> None:
+    if eos_id is not None:
+        ids, mask = _with_eos(ids, mask, eos_id)
     params = [p for p in backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = -(-len(ids) // cfg.batch_size)
@@ -291,7 +304,8 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         y, v_y = torch.as_tensor(dataset.train.y, dtype=torch.long), torch.as_tensor(dataset.val.y, dtype=torch.long)
 
         if not sequence and cfg.pretrain_epochs > 0 and cfg.adapt != "none":
-            _pretrain(backbone, inputs, mask, cfg, gen)
+            # A teacher that writes a transfer set must learn where texts end.
+            _pretrain(backbone, inputs, mask, cfg, gen, tokenizer.eos_token_id if cfg.transfer_samples else None)
 
         if zero_shot:
             val_acc, epochs_run = -1.0, 0  # no head to train: the extraction scores the verbalisers (verbalize.py)
