@@ -338,3 +338,41 @@ def quantize_inputs(model: QuantModel, x) -> np.ndarray:
         raise InputError(f"input {pos} is {x[tuple(where)]}: NaN/inf features cannot be quantized; "
                          "clean or impute the data first")
     return np.clip(np.floor(x / float(model.input_scale) + 0.5), -128, 127).astype(np.int8)
+
+
+# -- class probabilities (the firmware's m-results line; docs/numerics.md) ------------------
+
+# 2^(-j/32) in Q0.15, j = 0..32: the fraction part of 2^-y, interpolated on 11 more bits.
+EXP2_Q15 = np.array([round(32768 * 2.0 ** (-j / 32)) for j in range(33)], dtype=np.int64)
+PROB_ONE = 1_000_000  # probabilities in millionths: printed with six decimals
+MAX_SOFTMAX_CLASSES = 1024  # keeps the rounding division of softmax_millionths in 32 bits
+
+
+def softmax_multiplier(output_scale: float) -> tuple[int, int]:
+    """(M, n) with `M * 2^-n ~= s_out * log2(e) * 2^16`: logit steps to Q16 powers of two."""
+    return encode_multiplier(float(output_scale) * math.log2(math.e) * 65536.0, "softmax multiplier")
+
+
+def softmax_millionths(model: QuantModel, logits) -> np.ndarray:
+    """Class probabilities of int16 logits [..., C] in millionths, as the firmware computes them:
+    d = max - logit, y = requant(d, M, n) (Q16), e = 2^-y in Q0.15 from EXP2_Q15 (0 from 2^-16
+    on), p = round(e * 10^6 / sum(e)) (half up)."""
+    z = np.asarray(logits, dtype=np.int64)
+    if z.shape[-1] > MAX_SOFTMAX_CLASSES:
+        raise QuantRangeError(f"softmax: {z.shape[-1]} classes; at most {MAX_SOFTMAX_CLASSES} are supported")
+    m, n = softmax_multiplier(model.output_scale)
+    y = requant(z.max(axis=-1, keepdims=True) - z, m, n)
+    f = y & 0xFFFF
+    j, r = f >> 11, f & 0x7FF
+    v = EXP2_Q15[j] - (((EXP2_Q15[j] - EXP2_Q15[j + 1]) * r + 1024) >> 11)
+    i = y >> 16
+    e = np.where(i < 16, v >> np.minimum(i, 15), 0)
+    s = e.sum(axis=-1, keepdims=True)
+    # e * 10^6 / s with 32-bit integers, as the device divides: 10^6 = 15625 * 64.
+    q, rem = np.divmod(e * 15625, s)
+    return q * 64 + (rem * 64 + s // 2) // s
+
+
+def probabilities_text(model: QuantModel, logits) -> str:
+    """The `m-results-[...]` field of one inference: probabilities with six decimals."""
+    return ",".join(f"{p // PROB_ONE}.{p % PROB_ONE:06d}" for p in softmax_millionths(model, logits).tolist())
