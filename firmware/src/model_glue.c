@@ -59,7 +59,6 @@ const dut_model_t tinyseek_model = {
     .num_layers = TS_DEF(_NUM_LAYERS),
     .hidden_size = TS_DEF(_HIDDEN_SIZE),
     .softmax_mult = TS_DEF(_SOFTMAX_MULT),
-    .softmax_shift = TS_DEF(_SOFTMAX_SHIFT),
     .weight_bytes = TS_DEF(_WEIGHT_BYTES),
     .ram_bytes = TS_DEF(_RAM_BYTES),
     .labels = TS_FN(_labels),

@@ -161,15 +161,14 @@ static const uint16_t exp2_q15[33] = {
     23170, 22674, 22188, 21713, 21247, 20792, 20347, 19911, 19484, 19066, 18658, 18258, 17867, 17484, 17109, 16743,
     16384};
 
-/* exp(s_out * (logit - top)) in Q0.15: 2^-y with y = requant(top - logit) in Q16, the fraction
- * from the table (interpolated), the integer part a shift. docs/numerics.md, "Class
+/* exp(s_out * (logit - top)) in Q0.15: 2^-y with y the difference in Q16 (below 2^32), the
+ * fraction from the table (interpolated), the integer part a shift. docs/numerics.md, "Class
  * probabilities"; tinyseek.quant.reference.softmax_millionths is the oracle. */
 static uint32_t class_exp(int16_t logit, int16_t top) {
-    uint64_t y = ((uint64_t)(uint32_t)(top - logit) * M->softmax_mult + (1ull << (M->softmax_shift - 1))) >>
-                 M->softmax_shift;
-    uint32_t f = (uint32_t)y & 0xFFFFu, j = f >> 11, lo = exp2_q15[j];
-    uint32_t v = lo - (((lo - exp2_q15[j + 1]) * (f & 0x7FFu) + 1024u) >> 11);
-    return (y >> 16) < 16u ? v >> (uint32_t)(y >> 16) : 0u;
+    uint32_t y = (uint32_t)(((uint64_t)(uint32_t)(top - logit) * M->softmax_mult + 0x8000u) >> 16);
+    uint32_t j = y >> 11 & 31u, lo = exp2_q15[j];
+    uint32_t v = lo - (((lo - exp2_q15[j + 1]) * (y & 0x7FFu) + 1024u) >> 11);
+    return y >> 16 < 16u ? v >> (y >> 16) : 0u;
 }
 
 /* m-results: class probabilities with six decimals (the MLPerf Tiny runner scores this line);
@@ -177,25 +176,20 @@ static uint32_t class_exp(int16_t logit, int16_t top) {
 static void out_results(void) {
     const int16_t *z = M->logits_out;
     int16_t top = z[0];
-    uint32_t sum = 0, e, q, r;
-    int k;
+    uint32_t sum = 0, e;
+    int k, exact;
     for (k = 1; k < M->num_classes; k++) top = z[k] > top ? z[k] : top;
     for (k = 0; k < M->num_classes; k++) sum += class_exp(z[k], top);
-    out("m-results-[");
-    for (k = 0; k < M->num_classes; k++) {
-        if (k) out(",");
-        /* round(e * 10^6 / sum) in 32 bits: 10^6 = 15625 * 64 */
-        e = class_exp(z[k], top) * 15625u;
-        q = e / sum;
-        r = e % sum;
-        out_dec(q * 64u + (r * 64u + sum / 2u) / sum, 6);
+    for (exact = 0; exact < 2; exact++) {
+        out(exact ? "m-logits-[" : "m-results-[");
+        for (k = 0; k < M->num_classes; k++) {
+            if (k) out(",");
+            e = class_exp(z[k], top) * 15625u; /* round(e * 10^6 / sum) in 32 bits: 10^6 = 15625 * 64 */
+            if (exact) out_long(z[k]);
+            else out_dec(e / sum * 64u + (e % sum * 64u + sum / 2u) / sum, 6);
+        }
+        out("]\r\n");
     }
-    out("]\r\nm-logits-[");
-    for (k = 0; k < M->num_classes; k++) {
-        if (k) out(",");
-        out_long(z[k]);
-    }
-    out("]\r\n");
 }
 
 static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t hi) {
@@ -300,6 +294,8 @@ static void cmd_db_load(const char *pos, const char *end) {
     }
 }
 
+static const char DROPPED[] = "; input dropped, send db load N again";
+
 /* Append hex bytes. A bad chunk drops the whole input: the next `infer` fails instead of
  * running on an input with a hole in it. */
 static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
@@ -313,21 +309,21 @@ static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
         return;
     }
     if (t.n % 2u != 0u) {
-        err("db: odd number of hex digits (%u); input dropped, send db load N again", (unsigned long)t.n);
+        err("db: odd number of hex digits (%u)%s", (unsigned long)t.n, DROPPED);
         drop_input();
         return;
     }
     for (i = 0; i < t.n; i++) {
         if (hex_value(t.p[i]) < 0) {
-            err("db: invalid hex digit '%q' at position %u; input dropped, send db load N again", t.p + i,
-                (size_t)1, (size_t)1, (unsigned long)i);
+            err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i,
+                DROPPED);
             drop_input();
             return;
         }
     }
     if (bytes > load_size - load_pos) {
-        err("db: %u bytes but only %u of the %u announced remain; input dropped, send db load N again",
-            (unsigned long)bytes, (unsigned long)(load_size - load_pos), (unsigned long)load_size);
+        err("db: %u bytes but only %u of the %u announced remain%s", (unsigned long)bytes,
+            (unsigned long)(load_size - load_pos), (unsigned long)load_size, DROPPED);
         drop_input();
         return;
     }

@@ -41,10 +41,9 @@ extern "C" {
 #define INTENTS_INPUT_SCALE 0.028429429362139363
 #define INTENTS_OUTPUT_SCALE 0.00043534846568241495
 
-/* Class probabilities (the firmware's m-results): M * 2^-SHIFT ~= OUTPUT_SCALE * log2(e) * 2^16
- * turns a logit difference into a Q16 power of two (docs/numerics.md, "Class probabilities"). */
-#define INTENTS_SOFTMAX_MULT 1931479989u
-#define INTENTS_SOFTMAX_SHIFT 25
+/* Class probabilities (the firmware's m-results): round(OUTPUT_SCALE * log2(e) * 2^32) turns a
+ * logit difference into a Q16 power of two (docs/numerics.md, "Class probabilities"). */
+#define INTENTS_SOFTMAX_MULT 3772422u
 
 /* Class names, in logit order. */
 extern const char *const intents_labels[INTENTS_NUM_CLASSES];

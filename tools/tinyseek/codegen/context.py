@@ -287,7 +287,6 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     scratch_bytes = max_hidden  # the new h of one layer (every unit reads the old one)
     if C > MAX_SOFTMAX_CLASSES:
         raise CodegenError(f"{C} classes: the firmware's class probabilities support at most {MAX_SOFTMAX_CLASSES}")
-    softmax_mult, softmax_shift = softmax_multiplier(model.output_scale)
     return {
         "name": name, "NAME": name.upper(), "kind": model.kind, "text": model.kind == "text",
         "generator": GENERATOR, "version": generator_version, "model_hash": model.model_hash(),
@@ -296,7 +295,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,
         "input_scale": model.input_scale, "output_scale": model.output_scale,
-        "softmax_mult": softmax_mult, "softmax_shift": softmax_shift,
+        "softmax_mult": softmax_multiplier(model.output_scale),
         "arrays": arrays, "layers": layers, "head": head, "head_requant": head_requant,
         "weight_bytes": sum(a.nbytes for a in arrays), "state_bytes": state_bytes,
         "scratch_bytes": scratch_bytes, "ram_bytes": state_bytes + scratch_bytes,

@@ -348,20 +348,21 @@ PROB_ONE = 1_000_000  # probabilities in millionths: printed with six decimals
 MAX_SOFTMAX_CLASSES = 1024  # keeps the rounding division of softmax_millionths in 32 bits
 
 
-def softmax_multiplier(output_scale: float) -> tuple[int, int]:
-    """(M, n) with `M * 2^-n ~= s_out * log2(e) * 2^16`: logit steps to Q16 powers of two."""
-    return encode_multiplier(float(output_scale) * math.log2(math.e) * 65536.0, "softmax multiplier")
+def softmax_multiplier(output_scale: float) -> int:
+    """K = round(s_out * log2(e) * 2^32): `(d * K + 2^15) >> 16` is s_out * d * log2(e) in Q16."""
+    # Saturated to 32 bits: above s_out = 0.69 (real logits beyond +-22,000) a logit step counts
+    # as one halving, which leaves the order of the classes intact.
+    return min(round(float(output_scale) * math.log2(math.e) * 2.0**32), 2**32 - 1)
 
 
 def softmax_millionths(model: QuantModel, logits) -> np.ndarray:
     """Class probabilities of int16 logits [..., C] in millionths, as the firmware computes them:
-    d = max - logit, y = requant(d, M, n) (Q16), e = 2^-y in Q0.15 from EXP2_Q15 (0 from 2^-16
-    on), p = round(e * 10^6 / sum(e)) (half up)."""
+    d = max - logit, y = rshift_round(d * K, 16) (Q16), e = 2^-y in Q0.15 from EXP2_Q15 (0 from
+    2^-16 on), p = round(e * 10^6 / sum(e)) (half up)."""
     z = np.asarray(logits, dtype=np.int64)
     if z.shape[-1] > MAX_SOFTMAX_CLASSES:
         raise QuantRangeError(f"softmax: {z.shape[-1]} classes; at most {MAX_SOFTMAX_CLASSES} are supported")
-    m, n = softmax_multiplier(model.output_scale)
-    y = requant(z.max(axis=-1, keepdims=True) - z, m, n)
+    y = rshift_round((z.max(axis=-1, keepdims=True) - z) * softmax_multiplier(model.output_scale), 16)
     f = y & 0xFFFF
     j, r = f >> 11, f & 0x7FF
     v = EXP2_Q15[j] - (((EXP2_Q15[j] - EXP2_Q15[j + 1]) * r + 1024) >> 11)
