@@ -291,6 +291,23 @@ def validate(cfg: Config) -> None:
     need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
+    need(bool(_RUN_NAME.fullmatch(cfg.run)) and cfg.run not in (".", ".."),
+         f"run must be a plain folder name (letters, digits, '.', '_', '-'), not {cfg.run!r}; it names "
+         f"{cfg.models_dir}/<run>. To write elsewhere set models_dir to an absolute path")
+    for key in ("models_dir", "codegen.out_dir"):
+        value = cfg.models_dir if key == "models_dir" else cfg.codegen.out_dir
+        need(Path(value).is_absolute() or ".." not in Path(value).parts,
+             f"{key} = {value!r} leaves the project through '..'; a folder outside the project needs an explicit "
+             f"absolute path (e.g. {str(Path(value).resolve())!r})")
+    t = cfg.teacher
+    need(t.batch_size >= 1, f"teacher.batch_size must be >= 1, not {t.batch_size}")
+    need(t.max_tokens >= 2, f"teacher.max_tokens must be >= 2 (tokens per text the teacher reads), not {t.max_tokens}")
+    need(t.source != "default" or t.num_layers >= 1 and t.num_heads >= 1 and t.hidden_size >= 8 and t.hidden_size % t.num_heads == 0
+         and (t.hidden_size // t.num_heads) % 2 == 0,
+         f"teacher.hidden_size = {t.hidden_size} with teacher.num_heads = {t.num_heads}: the built-in teacher needs "
+         f"hidden_size >= 8 divided by num_heads into an even head size (the attention kernels need aligned "
+         f"strides), e.g. hidden_size = {max(8, 2 * t.num_heads * max(1, round(t.hidden_size / (2 * max(t.num_heads, 1)))))}"
+         f", and num_layers >= 1")
     need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
     need(cfg.teacher.threads >= 0, "teacher.threads must be >= 0 (0: OMP_NUM_THREADS if set, else every core)")
     need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
@@ -366,6 +383,7 @@ def validate(cfg: Config) -> None:
          "set codegen.name or choose another run name")
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # No leading underscore: the upper-cased macros would be reserved identifiers.
 _C_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _C_KEYWORDS = frozenset(

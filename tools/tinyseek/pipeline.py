@@ -71,6 +71,9 @@ class Run:
         self.dir = cfg.run_dir
         self.log = log
         self._dataset = self._task_dataset = None
+        for what, path in (("run folder", self.dir), ("model library", self.lib_dir)):
+            if not path.resolve().is_relative_to(REPO_ROOT):  # only an absolute path gets here (config.py)
+                log(f"note: the {what} {path.resolve()} is outside the project")
 
     # -- paths ----------------------------------------------------------------------------
     @property
@@ -99,7 +102,7 @@ class Run:
         """The task's data as configured (what the teacher adapts on)."""
         if self._task_dataset is None:
             from .data import load_task
-            self._task_dataset = load_task(self.cfg.task)
+            self._task_dataset = self._check_test_split(load_task(self.cfg.task))
         return self._task_dataset
 
     @property
@@ -121,6 +124,24 @@ class Run:
                 self._dataset = replace(ds, train=Split(y=np.concatenate([t.y, y]), texts=list(t.texts) + texts,
                                                         x=None, groups=groups))
         return self._dataset
+
+    def _check_test_split(self, ds):
+        """Every figure of the report is measured on the test split: an empty one is an error (a
+        check over nothing must never read as a pass), a class without test samples a warning."""
+        import numpy as np
+        t = self.cfg.task
+        if len(ds.test.y) == 0:
+            raise ValueError(
+                f"the test split of task {ds.name!r} is empty ({len(ds.train.y):,} training samples, "
+                f"{len(ds.labels)} classes): nothing would be measured. Give each class several samples "
+                f"(with task.test_fraction = {t.test_fraction} a class needs at least {int(np.ceil(1 / max(t.test_fraction, 1e-9)))}"
+                f" for one to be held out), or a test file (task.test)")
+        labeled = np.asarray(ds.test.y)
+        missing = [ds.labels[k] for k in range(len(ds.labels)) if not np.any(labeled == k)]
+        if missing and np.any(labeled >= 0):
+            self.log(f"WARNING: {len(missing)} of {len(ds.labels)} classes have no test sample, so their accuracy is not "
+                     f"measured: {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
+        return ds
 
     # -- stamps ---------------------------------------------------------------------------
     def _stamps(self) -> dict:

@@ -32,7 +32,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     mem = result["memory"]
     device = {
         "target": env, "board": result["board"], "cpu": result["cpu"], "emulated": result["emulated"],
-        "samples": n, "bitexact": mismatches == 0, "mismatches": mismatches,
+        "samples": n, "bitexact": mismatches == 0 and n > 0, "mismatches": mismatches,
         "accuracy": labeled_accuracy(logits.argmax(axis=1), test.y),
         "latency": {"value": float(np.median(per)), "p99": float(np.percentile(per, 99)),
                     "unit": result["latency"]["unit"], "timer": result["timer"]["source"],

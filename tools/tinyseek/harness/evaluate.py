@@ -12,8 +12,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 
-def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(pred == y)) if len(y) else 0.0
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
+    return float(np.mean(pred == y)) if len(y) else None  # None: not measured
 
 
 def labeled_accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
@@ -116,7 +116,7 @@ def evaluate_host(run) -> dict:
 
     result = verify_host(qm, run.lib_dir, int8_inputs(qm, test))
     verify = {"target": "host", "compiler": result.compiler, "samples": result.samples,
-              "bitexact": bool(result.bitexact), "mismatches": int(result.mismatches)}
+              "bitexact": bool(result.bitexact) and result.samples > 0, "mismatches": int(result.mismatches)}
     if not np.array_equal(result.logits, int8_logits):
         # verify_host compares with the oracle itself; this guards the two oracles' inputs agree.
         verify["bitexact"] = False

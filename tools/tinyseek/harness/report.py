@@ -45,6 +45,15 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def _exactness(samples: int, mismatches: int) -> str:
+    """A check over no samples is no pass: "bit-exact" needs N >= 1 compared samples."""
+    if not samples:
+        return "**not measured** (0 samples compared)"
+    if mismatches:
+        return f"**NOT bit-exact** ({mismatches} of {samples:,} samples differ)"
+    return f"**bit-exact** (every logit of all {samples:,} samples matched)"
+
+
 def _accuracy_table(report: dict) -> list[str]:
     """Test accuracy, and validation beside it: the tool chose everything on validation, so the
     distance between the columns says how far its choices can be trusted."""
@@ -84,10 +93,9 @@ def render_markdown(report: dict) -> str:
     ]
     if "host" in report:
         h = report["host"]
-        verdict = "every logit of every sample matched" if h["bitexact"] else f"{h['mismatches']} samples differ"
         lines += ["", "## Host C check", "",
                   f"Generated C (`{h['compiler']}`) vs the numpy integer reference on {h['samples']} samples: "
-                  f"**{'bit-exact' if h['bitexact'] else 'NOT bit-exact'}** ({verdict})."]
+                  + _exactness(h["samples"], h["mismatches"])]
     if "device" in report:
         d = report["device"]
         lat, mem = d["latency"], d["memory"]
@@ -95,7 +103,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## Device: {d['target']} ({d['board']}, {d['cpu']}){emu}", "",
                   "| | |", "|---|---|",
                   f"| samples | {d['samples']} |",
-                  f"| bit-exact vs the integer reference | {'yes' if d['bitexact'] else 'NO'} ({d['mismatches']} differ) |",
+                  f"| bit-exact vs the integer reference | {_exactness(d['samples'], d['mismatches'])} |",
                   f"| accuracy on the device | {_pct(d['accuracy'])} |",
                   f"| latency per inference, median / p99 | {lat['value']:,.0f} / {lat['p99']:,.0f} {lat['unit']} ({lat['timer']}) |",
                   f"| the median at {lat['clock_hz'] / 1e6:g} MHz, one {lat['unit'][:-1]} a cycle | {lat['ms_at_clock']:.2f} ms |",
