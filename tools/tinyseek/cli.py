@@ -43,6 +43,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="run even if the inputs did not change")
 
 
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in the library folder that lack the generated stamp (your own files)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyseek", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tinyseek {__version__}")
@@ -52,9 +57,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_run", metavar="RUN",
                    help="start a new run from RUN's artifacts (e.g. the committed default, intents): stages whose "
                         "inputs come out the same reuse them, and RUN itself is left untouched")
+    _overwrite(p)
     for name in STAGES:
         p = sub.add_parser(name, help=_STAGE_HELP[name])
         _common(p)
+        if name == "codegen":
+            _overwrite(p)
         if name == "verify":
             p.add_argument("--target", default="host", choices=["host"],
                            help="where the generated C runs (host: gcc on this machine)")
@@ -93,9 +101,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    run = None
     try:
         cfg = load(args.config, _overrides(args.set))
         run = Run(cfg)
+        run.overwrite = getattr(args, "overwrite", False)
         if args.command == "bench":
             from .harness.device import run_on_device
             run_on_device(run, args.env, args.port, args.limit)
@@ -144,7 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # every stage's own errors subclass ValueError
         print(f"tinyseek {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(args.command, run), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(command: str, run: Run | None) -> str:
+    """One line: what was interrupted, what is kept, how to resume."""
+    if run is None:
+        return f"tinyseek {command}: interrupted before it started; nothing was written"
+    where = f" in the {run.current} stage" if run.current else ""
+    return (f"tinyseek {command}: interrupted{where}; kept: every finished stage's files in {run.dir}"
+            + (" and the teacher cache's whole shards" if run.current == "teacher" else "")
+            + f"; run the same command again to resume (finished stages are skipped)")
 
 
 if __name__ == "__main__":

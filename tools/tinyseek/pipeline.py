@@ -71,6 +71,8 @@ class Run:
         self.dir = cfg.run_dir
         self.log = log
         self._dataset = self._task_dataset = None
+        self.current: str | None = None  # the stage running now (for the Ctrl-C message)
+        self.overwrite = False  # codegen may replace files in the library folder that lack the stamp
         for what, path in (("run folder", self.dir), ("model library", self.lib_dir)):
             if not path.resolve().is_relative_to(REPO_ROOT):  # only an absolute path gets here (config.py)
                 log(f"note: the {what} {path.resolve()} is outside the project")
@@ -205,8 +207,10 @@ class Run:
             return False
         self.log(f"[{name}] running")
         t0 = time.monotonic()
+        self.current = name
         STAGE_FUNCS[name](self)
         self._stamp(name, key)
+        self.current = None
         self.log(f"[{name}] done in {time.monotonic() - t0:.1f} s")
         return True
 
@@ -279,7 +283,7 @@ def _quantize(run: Run) -> None:
 def _codegen(run: Run) -> None:
     from .codegen.render import render
     from .quant.model import QuantModel
-    files = render(QuantModel.load(run.int8_dir), run.lib_dir)
+    files = render(QuantModel.load(run.int8_dir), run.lib_dir, overwrite=run.overwrite)
     run.log(f"[codegen] {len(files)} files in {run.lib_dir}")
 
 

@@ -126,6 +126,10 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
     flags += list(extra_flags)
     if not profile.emulated and not port:
         raise ValueError(f"{env} is a real board: pass port= (e.g. /dev/ttyUSB0) to flash and talk to it")
+    if profile.emulated and port:
+        raise ValueError(f"{env} is an emulated board: its serial port is the one of the QEMU the harness starts, so "
+                         f"the port {port} would be ignored; leave the port out, or name a real board's environment "
+                         f"(e.g. nucleo_f446re)")
     elf = build_firmware(env, lib_name, project_dir=project_dir, build_dir=build_dir, extra_flags=flags,
                          upload_port=None if profile.emulated else port)
     name = _model_environ(lib_name)[0]

@@ -15,6 +15,8 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
 
     from ..data.dataset import stratified_first, take
 
+    if limit < 0:
+        raise ValueError(f"the sample limit must be >= 0 (0: the whole test split), not {limit}")
     qm = QuantModel.load(run.int8_dir)
     test = run.dataset.test
     n = len(test.y) if not limit else min(limit, len(test.y))
