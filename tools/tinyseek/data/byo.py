@@ -39,11 +39,27 @@ def _label_order(labels: set[str]) -> list[str]:
 
 
 # -- JSONL --------------------------------------------------------------------------------
+MAX_JSONL_LINE = 1 << 20  # bytes; a longer line is no sample of text
+
+
+def _lines(path: Path):
+    """(line number, bytes) of a file, read line by line: a huge or wrong file costs no more
+    memory than one line, and no line may exceed MAX_JSONL_LINE."""
+    with path.open("rb") as f:
+        lineno = 0
+        while raw := f.readline(MAX_JSONL_LINE + 1):
+            lineno += 1
+            if len(raw) > MAX_JSONL_LINE:
+                raise DataError(f"{path} line {lineno}: longer than {MAX_JSONL_LINE:,} bytes; a JSONL file has one "
+                                f"short JSON object per line, like {_JSONL_EXAMPLE}")
+            yield lineno, raw.rstrip(b"\r\n")
+
+
 def read_jsonl(path: Path, allow_unlabeled: bool = False) -> tuple[list[str], list[str | None]]:
     """(texts, labels) of a JSONL file; blank lines are skipped, integer labels become strings.
     With `allow_unlabeled`, a line without "label" (or with "label": null) gets None."""
     texts, labels = [], []
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for lineno, raw in _lines(path):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
@@ -121,17 +137,16 @@ def read_jsonl_groups(path: Path, key: str) -> np.ndarray:
     value under `key` (task.group), numbered in order of first appearance."""
     ids: dict[str, int] = {}
     out = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-            value = obj.get(key)
-            if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
-                raise DataError(f"{path} line {lineno}: no group under {key!r} (task.group); give every line a "
-                                f"\"{key}\": \"...\" (speaker, session, source), or set task.group = \"\" to hold "
-                                "out random samples")
-            out.append(ids.setdefault(str(value), len(ids)))
+    for lineno, raw in _lines(path):
+        if not raw.strip():
+            continue
+        obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        value = obj.get(key)
+        if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
+            raise DataError(f"{path} line {lineno}: no group under {key!r} (task.group); give every line a "
+                            f"\"{key}\": \"...\" (speaker, session, source), or set task.group = \"\" to hold "
+                            "out random samples")
+        out.append(ids.setdefault(str(value), len(ids)))
     return np.array(out, dtype=np.int64)
 
 
@@ -153,11 +168,14 @@ def _check_known(raw: list[str | None], labels: list[str], path: Path, train_pat
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; write it with np.savez(path, x=x, y=y)")
-    if not zipfile.is_zipfile(path):
-        kind = "a single .npy array" if path.read_bytes()[:6] == b"\x93NUMPY" else "not a .npz (zip) archive"
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(b"PK\x03\x04") or not zipfile.is_zipfile(path):
+        kind = "a single .npy array" if magic == b"\x93NUMPY" else "not a .npz (zip) archive"
         raise DataError(f"{path} is {kind}; write x and y together with np.savez(path, x=x, y=y)")
     arrays = {}
     try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as z:
             for name in z.files:
                 try:
@@ -172,6 +190,30 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path} is a damaged .npz archive ({e}); write it again with np.savez(path, x=x, y=y)") from e
     return arrays
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Each array's header against the bytes the archive holds for it, before anything is
+    allocated: a header that declares an absurd shape is an error, not a memory exhaustion."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                except ValueError as e:
+                    raise DataError(f"{path}: member {info.filename!r} is not a .npy array ({e}); write the file "
+                                    "with np.savez(path, x=x, y=y)") from e
+                data = info.file_size - f.tell()
+            if dtype.hasobject:
+                continue  # refused with its own message when read (never unpickled)
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need != data:
+                raise DataError(f"{path}: array {info.filename.removesuffix('.npy')!r} declares shape {shape} of "
+                                f"{dtype} ({need:,} bytes) but the archive holds {data:,} bytes for it; the file is "
+                                "damaged or was not written by np.savez")
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
