@@ -9,14 +9,15 @@ import numpy as np
 
 def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dict:
     from ..quant.model import QuantModel
-    from .bench import run_device_bench
+    from .bench import check_port, run_device_bench
     from .boards import load_profile
     from .evaluate import int8_inputs, labeled_accuracy, oracle_logits
 
     from ..data.dataset import stratified_first, take
 
     if limit < 0:
-        raise ValueError(f"the sample limit must be >= 0 (0: the whole test split), not {limit}")
+        raise ValueError(f"--limit must be >= 0 (0: the whole test split), not {limit}")
+    check_port(load_profile(env), port)
     qm = QuantModel.load(run.int8_dir)
     test = run.dataset.test
     n = len(test.y) if not limit else min(limit, len(test.y))

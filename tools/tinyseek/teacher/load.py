@@ -190,6 +190,8 @@ def _load_folder(path: Path, tokenizer: str | None, dtype: str, device: torch.de
                 f"(load the model and call model.save_pretrained(folder, safe_serialization=True)) or download "
                 f"the .safetensors files")
         raise TeacherError(f"{path} has no model*.safetensors weight file")
+    for f in sorted(path.glob("model*.safetensors")):
+        check_safetensors(f)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation="eager", use_safetensors=True, local_files_only=True,
@@ -199,6 +201,42 @@ def _load_folder(path: Path, tokenizer: str | None, dtype: str, device: torch.de
     return model, tok
 
 
+def check_safetensors(f: Path) -> None:
+    """The header of a safetensors file against its size: a truncated download is named as such."""
+    size = f.stat().st_size
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"a header of {n} bytes")
+            header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise TeacherError(f"{f} is not a readable safetensors file ({e}); download it again") from e
+    if 8 + n + end > size:
+        raise TeacherError(f"{f} is truncated: its header describes {8 + n + end:,} bytes, the file has {size:,}; "
+                           "download it again (an interrupted copy?)")
+
+
+def check_gguf(path: Path) -> None:
+    """The GGUF header and metadata, read before transformers is asked: a damaged file is named
+    with the offset where reading failed, not as a missing config."""
+    from gguf import GGUFReader
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if head[:4] != b"GGUF":
+        raise TeacherError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        GGUFReader(str(path))
+    except Exception as e:  # the reader raises whatever the bytes provoke (ValueError, IndexError, ...)
+        version = int.from_bytes(head[4:8], "little")
+        tensors, keys = int.from_bytes(head[8:16], "little"), int.from_bytes(head[16:24], "little")
+        raise TeacherError(f"{path}: the GGUF metadata could not be read after the 24-byte header (version {version}, "
+                           f"{tensors:,} tensors, {keys:,} metadata keys declared in {path.stat().st_size:,} bytes): "
+                           f"{type(e).__name__}: {e}; the file is damaged or truncated, download it again") from e
+
+
 def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.device):
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
@@ -206,6 +244,7 @@ def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.devi
             f"loading {path.name} needs the packages {' and '.join(missing)}: pip install 'tinyseek[gguf]' "
             f"(or pip install gguf accelerate)")
     folder, name = str(path.parent), path.name
+    check_gguf(path)
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
