@@ -135,9 +135,8 @@ class Run:
         if len(ds.test.y) == 0:
             raise ValueError(
                 f"the test split of task {ds.name!r} is empty ({len(ds.train.y):,} training samples, "
-                f"{len(ds.labels)} classes): nothing would be measured. Give each class several samples "
-                f"(with task.test_fraction = {t.test_fraction} a class needs at least {int(np.ceil(1 / max(t.test_fraction, 1e-9)))}"
-                f" for one to be held out), or a test file (task.test)")
+                f"{len(ds.labels)} classes): nothing would be measured. Give each class more samples (the test "
+                f"holds task.test_fraction = {t.test_fraction} of each class, rounded), or a test file (task.test)")
         labeled = np.asarray(ds.test.y)
         missing = [ds.labels[k] for k in range(len(ds.labels)) if not np.any(labeled == k)]
         if missing and np.any(labeled >= 0):
