@@ -262,7 +262,7 @@ def test_class_probabilities_match_the_oracle_at_every_scale(text_dut, tmp_path)
         texts = [_field(r, "results") for r in replies]
         assert texts == [probabilities_text(dut.model, w) for w in want]
         probs = np.array([[float(v) for v in t.split(",")] for t in texts])
-        assert np.all(np.abs(probs.sum(axis=1) - 1) < 2e-5)
+        assert np.all(np.abs(probs.sum(axis=1) - 1) <= 1e-5 * len(m.labels) / 2)
         assert np.array_equal(probs.argmax(axis=1), want.argmax(axis=1))
 
 

@@ -163,7 +163,7 @@ static const uint16_t exp2_q15[33] = {
 
 /* exp(s_out * (logit - top)) in Q0.15: 2^-y with y the difference in Q16 (below 2^32), the
  * fraction from the table (interpolated), the integer part a shift. docs/numerics.md, "Class
- * probabilities"; tinyseek.quant.reference.softmax_millionths is the oracle. */
+ * probabilities"; tinyseek.quant.reference.softmax_fixed is the oracle. */
 static uint32_t class_exp(int16_t logit, int16_t top) {
     uint32_t y = (uint32_t)(((uint64_t)(uint32_t)(top - logit) * M->softmax_mult + 0x8000u) >> 16);
     uint32_t j = y >> 11 & 31u, lo = exp2_q15[j];
@@ -171,12 +171,12 @@ static uint32_t class_exp(int16_t logit, int16_t top) {
     return y >> 16 < 16u ? v >> (y >> 16) : 0u;
 }
 
-/* m-results: class probabilities with six decimals (the MLPerf Tiny runner scores this line);
+/* m-results: class probabilities with five decimals (the MLPerf Tiny runner scores this line);
  * then m-logits: the exact int16 logits (tinyseek checks these against the oracle). */
 static void out_results(void) {
     const int16_t *z = M->logits_out;
     int16_t top = z[0];
-    uint32_t sum = 0, e;
+    uint32_t sum = 0;
     int k, exact;
     for (k = 1; k < M->num_classes; k++) top = z[k] > top ? z[k] : top;
     for (k = 0; k < M->num_classes; k++) sum += class_exp(z[k], top);
@@ -184,9 +184,8 @@ static void out_results(void) {
         out(exact ? "m-logits-[" : "m-results-[");
         for (k = 0; k < M->num_classes; k++) {
             if (k) out(",");
-            e = class_exp(z[k], top) * 15625u; /* round(e * 10^6 / sum) in 32 bits: 10^6 = 15625 * 64 */
             if (exact) out_long(z[k]);
-            else out_dec(e / sum * 64u + (e % sum * 64u + sum / 2u) / sum, 6);
+            else out_dec((class_exp(z[k], top) * 100000u + sum / 2u) / sum, 5); /* below 2^32 */
         }
         out("]\r\n");
     }
@@ -272,6 +271,8 @@ static void drop_input(void) {
     have_results = 0;
 }
 
+static const char DROPPED[] = "; input dropped";
+
 static void cmd_db_load(const char *pos, const char *end) {
     unsigned long n;
     tok_t t = next_tok(&pos, end);
@@ -294,8 +295,6 @@ static void cmd_db_load(const char *pos, const char *end) {
     }
 }
 
-static const char DROPPED[] = "; input dropped, send db load N again";
-
 /* Append hex bytes. A bad chunk drops the whole input: the next `infer` fails instead of
  * running on an input with a hole in it. */
 static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
@@ -304,35 +303,26 @@ static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
         err("db: no buffer; send db load N first");
         return;
     }
+    for (i = 0; i < t.n && hex_value(t.p[i]) >= 0; i++) {
+    }
     if (!no_more(pos, end, USAGE_DB_HEX)) {
-        drop_input();
-        return;
-    }
-    if (t.n % 2u != 0u) {
+    } else if (t.n % 2u != 0u) {
         err("db: odd number of hex digits (%u)%s", (unsigned long)t.n, DROPPED);
-        drop_input();
-        return;
-    }
-    for (i = 0; i < t.n; i++) {
-        if (hex_value(t.p[i]) < 0) {
-            err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i,
-                DROPPED);
-            drop_input();
-            return;
-        }
-    }
-    if (bytes > load_size - load_pos) {
+    } else if (i < t.n) {
+        err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i, DROPPED);
+    } else if (bytes > load_size - load_pos) {
         err("db: %u bytes but only %u of the %u announced remain%s", (unsigned long)bytes,
             (unsigned long)(load_size - load_pos), (unsigned long)load_size, DROPPED);
-        drop_input();
+    } else {
+        for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
+            uint8_t *b = &M->input[load_pos + i / 2u];
+            *b = (uint8_t)(*b << 4 | hex_value(t.p[i]));
+        }
+        load_pos += bytes;
+        if (load_pos == load_size) out("m-load-done\r\n");
         return;
     }
-    for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
-        uint8_t *b = &M->input[load_pos + i / 2u];
-        *b = (uint8_t)(*b << 4 | hex_value(t.p[i]));
-    }
-    load_pos += bytes;
-    if (load_pos == load_size) out("m-load-done\r\n");
+    drop_input();
 }
 
 static void cmd_db_print(const char *pos, const char *end) {

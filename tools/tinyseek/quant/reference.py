@@ -344,8 +344,8 @@ def quantize_inputs(model: QuantModel, x) -> np.ndarray:
 
 # 2^(-j/32) in Q0.15, j = 0..32: the fraction part of 2^-y, interpolated on 11 more bits.
 EXP2_Q15 = np.array([round(32768 * 2.0 ** (-j / 32)) for j in range(33)], dtype=np.int64)
-PROB_ONE = 1_000_000  # probabilities in millionths: printed with six decimals
-MAX_SOFTMAX_CLASSES = 1024  # keeps the rounding division of softmax_millionths in 32 bits
+PROB_ONE = 100_000  # probabilities in units of 10^-5: printed with five decimals
+MAX_SOFTMAX_CLASSES = 1024  # keeps e * 10^5 + sum / 2 below 2^32 with room to spare
 
 
 def softmax_multiplier(output_scale: float) -> int:
@@ -355,10 +355,10 @@ def softmax_multiplier(output_scale: float) -> int:
     return min(round(float(output_scale) * math.log2(math.e) * 2.0**32), 2**32 - 1)
 
 
-def softmax_millionths(model: QuantModel, logits) -> np.ndarray:
-    """Class probabilities of int16 logits [..., C] in millionths, as the firmware computes them:
+def softmax_fixed(model: QuantModel, logits) -> np.ndarray:
+    """Class probabilities of int16 logits [..., C] in units of 10^-5, as the firmware computes them:
     d = max - logit, y = rshift_round(d * K, 16) (Q16), e = 2^-y in Q0.15 from EXP2_Q15 (0 from
-    2^-16 on), p = round(e * 10^6 / sum(e)) (half up)."""
+    2^-16 on), p = round(e * 10^5 / sum(e)) (half up)."""
     z = np.asarray(logits, dtype=np.int64)
     if z.shape[-1] > MAX_SOFTMAX_CLASSES:
         raise QuantRangeError(f"softmax: {z.shape[-1]} classes; at most {MAX_SOFTMAX_CLASSES} are supported")
@@ -369,11 +369,9 @@ def softmax_millionths(model: QuantModel, logits) -> np.ndarray:
     i = y >> 16
     e = np.where(i < 16, v >> np.minimum(i, 15), 0)
     s = e.sum(axis=-1, keepdims=True)
-    # e * 10^6 / s with 32-bit integers, as the device divides: 10^6 = 15625 * 64.
-    q, rem = np.divmod(e * 15625, s)
-    return q * 64 + (rem * 64 + s // 2) // s
+    return (e * PROB_ONE + s // 2) // s
 
 
 def probabilities_text(model: QuantModel, logits) -> str:
-    """The `m-results-[...]` field of one inference: probabilities with six decimals."""
-    return ",".join(f"{p // PROB_ONE}.{p % PROB_ONE:06d}" for p in softmax_millionths(model, logits).tolist())
+    """The `m-results-[...]` field of one inference: probabilities with five decimals."""
+    return ",".join(f"{p // PROB_ONE}.{p % PROB_ONE:05d}" for p in softmax_fixed(model, logits).tolist())
