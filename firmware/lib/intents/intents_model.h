@@ -43,7 +43,7 @@ extern "C" {
 
 /* Class probabilities (the firmware's m-results): round(OUTPUT_SCALE * log2(e) * 2^32) turns a
  * logit difference into a Q16 power of two (docs/numerics.md, "Class probabilities"). */
-#define INTENTS_SOFTMAX_MULT 3772422u
+#define INTENTS_SOFTMAX_MULT 2697562u
 
 /* Class names, in logit order. */
 extern const char *const intents_labels[INTENTS_NUM_CLASSES];
