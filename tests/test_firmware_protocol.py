@@ -15,7 +15,7 @@ import pytest
 
 from tinyseek.codegen.render import render
 from tinyseek.harness.protocol import parse_ints, parse_kv
-from tinyseek.quant.reference import infer_sequences, infer_tokens, probabilities_text
+from tinyseek.quant.reference import infer_sequences, infer_tokens, probabilities_text, softmax_fixed, softmax_multiplier
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 from tinyseek.student.tokenizer import HashTokenizer
 
@@ -305,3 +305,45 @@ def test_fuzz_random_and_adversarial_input_never_crashes(text_dut):
         assert {line for line in lines if not line.startswith(("m-", "e-["))} <= set(help_lines)
         batches += 1
     assert batches >= 3
+
+
+# -- class probabilities on any logits -------------------------------------------------------
+
+def test_class_probabilities_are_bit_exact_on_edge_logits(tmp_path):
+    """dut.c's out_results() on logits no model produces on demand: the int16 extremes, ties,
+    one-hot rows, 1,024 classes, output scales from 2^-30 to the saturated multiplier."""
+    _need_gcc()
+    exe = tmp_path / "softmax"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
+                    "-I", str(ROOT / "firmware/lib/harness"), str(ROOT / "tests/firmware/host/softmax_driver.c"),
+                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    rng = np.random.default_rng(9)
+    lo, hi = -32768, 32767
+    for classes in (1, 2, 15, 1024):
+        rows = [np.full(classes, v) for v in (lo, 0, hi)]
+        rows += [np.where(np.arange(classes) == classes // 2, hi, lo), np.where(np.arange(classes) == 0, lo, hi)]
+        rows += list(rng.integers(lo, hi + 1, size=(20, classes))) + list(rng.integers(-40, 40, size=(20, classes)))
+        rows = np.asarray(rows, dtype=np.int64)
+        for scale in (2.0 ** -30, 2.0 ** -14, 0.0006, 0.05, 0.69, 4.0):
+            model = dataclasses.replace(random_model(1, num_classes=classes), output_scale=scale)
+            mult = softmax_multiplier(scale)
+            stdin = f"{classes} {mult}\n" + "\n".join(" ".join(map(str, r)) for r in rows) + "\n"
+            env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
+            p = subprocess.run([str(exe)], input=stdin.encode(), capture_output=True, timeout=60, env=env)
+            assert p.returncode == 0 and not p.stderr, p.stderr.decode()[-2000:]
+            lines = p.stdout.decode().split("\r\n")[:-1]
+            assert lines[0::2] == [f"m-results-[{probabilities_text(model, r)}]" for r in rows], (classes, scale)
+            assert lines[1::2] == [f"m-logits-[{','.join(map(str, r))}]" for r in rows]
+
+
+def test_the_probability_spec_follows_a_float_softmax():
+    rng = np.random.default_rng(4)
+    for scale in (2.0 ** -14, 0.0006, 0.05):
+        model = dataclasses.replace(random_model(1, num_classes=15), output_scale=scale)
+        z = rng.integers(-32768, 32768, size=(200, 15))
+        z[:100] //= 64  # close logits too
+        p = softmax_fixed(model, z) / 1e5
+        f = np.exp((z - z.max(axis=1, keepdims=True)) * scale)
+        f /= f.sum(axis=1, keepdims=True)
+        assert np.abs(p - f).max() < 2e-4
+        assert np.all(np.abs(p.sum(axis=1) - 1) <= 7.5e-5)
