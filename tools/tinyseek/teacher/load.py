@@ -219,22 +219,75 @@ def check_safetensors(f: Path) -> None:
                            "download it again (an interrupted copy?)")
 
 
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size value types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_metadata_problem(data: memoryview) -> str | None:
+    """Walk the GGUF header and metadata key/value pairs; the first thing that cannot be read,
+    with its byte offset, or None."""
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if n < 0 or pos + n > len(data):
+            raise ValueError(f"{what} at offset {pos} needs {n:,} bytes, but the file ends at {len(data):,}")
+        pos += n
+        return bytes(data[pos - n:pos])
+
+    def num(n: int, what: str) -> int:
+        return int.from_bytes(take(n, what), "little")
+
+    def value(kind: int, what: str) -> None:
+        if kind == _GGUF_STRING:
+            take(num(8, f"the length of {what}"), what)
+        elif kind == _GGUF_ARRAY:
+            start = pos
+            elem, count = num(4, f"the element type of {what}"), num(8, f"the length of {what}")
+            if elem not in _GGUF_SIZES and elem != _GGUF_STRING:
+                raise ValueError(f"{what} at offset {start} has the unknown element type {elem}")
+            if elem in _GGUF_SIZES:
+                take(count * _GGUF_SIZES[elem], what)
+            else:
+                for i in range(count):
+                    value(elem, f"element {i} of {what}")
+        elif kind in _GGUF_SIZES:
+            take(_GGUF_SIZES[kind], what)
+        else:
+            raise ValueError(f"{what} at offset {pos - 4} has the unknown value type {kind}")
+
+    try:
+        take(4, "the magic")
+        version, _, keys = num(4, "the version"), num(8, "the tensor count"), num(8, "the metadata key count")
+        if version not in (2, 3):
+            return f"GGUF version {version} at offset 4 (tinyseek reads versions 2 and 3)"
+        for k in range(keys):
+            start = pos
+            name = take(num(8, f"the length of key {k}"), f"key {k}")
+            value(num(4, f"the value type of key {k}"), f"the value of key {k} ({name[:40]!r}, from offset {start})")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_gguf(path: Path) -> None:
     """The GGUF header and metadata, read before transformers is asked: a damaged file is named
     with the offset where reading failed, not as a missing config."""
-    from gguf import GGUFReader
+    import mmap
     with path.open("rb") as fh:
-        head = fh.read(24)
-    if head[:4] != b"GGUF":
-        raise TeacherError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+        if fh.read(4) != b"GGUF":
+            raise TeacherError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            problem = _gguf_metadata_problem(view)
+    if problem:
+        raise TeacherError(f"{path}: the GGUF metadata could not be read: {problem}; the file is damaged or "
+                           "truncated, download it again")
+    from gguf import GGUFReader
     try:
         GGUFReader(str(path))
     except Exception as e:  # the reader raises whatever the bytes provoke (ValueError, IndexError, ...)
-        version = int.from_bytes(head[4:8], "little")
-        tensors, keys = int.from_bytes(head[8:16], "little"), int.from_bytes(head[16:24], "little")
-        raise TeacherError(f"{path}: the GGUF metadata could not be read after the 24-byte header (version {version}, "
-                           f"{tensors:,} tensors, {keys:,} metadata keys declared in {path.stat().st_size:,} bytes): "
-                           f"{type(e).__name__}: {e}; the file is damaged or truncated, download it again") from e
+        raise TeacherError(f"{path}: the GGUF tensor table after the metadata could not be read ({type(e).__name__}: "
+                           f"{e}); the file is damaged or truncated, download it again") from e
 
 
 def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.device):
