@@ -1,6 +1,7 @@
 """A client that drives the firmware the way the official MLPerf Tiny runner does
 (mlcommons/tiny, benchmark/runner: serial_device.py, device_under_test.py, device_manager.py,
-script.py and main.py), written from its documented behaviour for the tests:
+script.py and main.py); a re-implementation of what it does on the wire and how it scores,
+none of its code:
 
 - a reply is every line up to the first one containing `m-ready`; CR and NUL are dropped, and a
   byte that is not valid UTF-8 on its own is not skipped: the reader appends the previous
