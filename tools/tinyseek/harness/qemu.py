@@ -54,7 +54,9 @@ class QemuProcess:
     """A running emulator; use as a context manager so it is always stopped."""
 
     def __init__(self, elf: str | Path, machine: Machine, port: int | None = None,
-                 start_timeout: float = 10.0):
+                 start_timeout: float = 10.0, wait_for_client: bool = False):
+        """wait_for_client: hold the boot until a client connects (`wait=on`, as `pio run -t
+        upload` does), so that client sees the boot banner, as on a real board's USB serial."""
         self.elf = Path(elf)
         if not self.elf.is_file():
             raise QemuError(f"firmware image {self.elf} does not exist; build it first (pio run)")
@@ -66,7 +68,8 @@ class QemuProcess:
         self._relay = None
         if machine.console == "stdio":
             # A machine without a UART (xtensa sim): the firmware's console is simcall semihosting on
-            # QEMU's stdin/stdout, which a relay serves on the TCP port like a serial port.
+            # QEMU's stdin/stdout, which a relay serves on the TCP port like a serial port (bytes
+            # before the first client are dropped, as with wait=off: the harness syncs).
             self.command = [program, "-M", machine.machine, *machine.extra, "-display", "none", "-monitor", "none",
                             "-serial", "none", "-icount", "shift=0,align=off,sleep=off", "-semihosting",
                             "-kernel", str(self.elf)]
@@ -76,14 +79,15 @@ class QemuProcess:
         else:
             self.command = [
                 program, "-M", machine.machine, *machine.extra, "-nographic", "-monitor", "none",
-                "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off,nodelay=on",
+                "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait={'on' if wait_for_client else 'off'},nodelay=on",
                 "-icount", "shift=0,align=off,sleep=off",
                 "-semihosting-config", "enable=on,target=native",
                 "-kernel", str(self.elf),
             ]
             self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
                                          stderr=subprocess.STDOUT)
-        self._wait_listening(start_timeout)
+        if not wait_for_client or self._relay is not None:  # a probe would be the client that sees the banner
+            self._wait_listening(start_timeout)
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
