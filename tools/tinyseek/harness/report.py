@@ -35,6 +35,12 @@ def build_report(run_dir: Path) -> dict:
         report["host"] = verify
     if device:
         report["device"] = device
+    tflite = _read(run_dir / "tflite" / "metrics.json")  # `tinyseek export --format tflite`
+    if tflite:
+        q = tflite["int8"]
+        report["tflm"] = {"accuracy": q["tflm"]["accuracy"], "agreement_tinyseek_int8": q["tflm"]["agreement_tinyseek_int8"],
+                          "arena_bytes": q["tflm_arena_bytes"], "tflite_bytes": q["bytes"],
+                          "embedding_table_bytes": tflite["embedding_table_bytes"], "samples": tflite["samples"]}
     return report
 
 
@@ -55,6 +61,8 @@ def render_markdown(report: dict) -> str:
         f"| teacher ({t.get('source', 'teacher')}) | {_pct(t['accuracy'])} |",
         f"| student, float | {_pct(s['float_accuracy'])} |",
         f"| student, int8 (integer reference) | {_pct(s['int8_accuracy'])} |",
+        *([f"| student, int8 .tflite in TFLite Micro ({report['tflm']['samples']} samples) | "
+           f"{_pct(report['tflm']['accuracy'])} |"] if "tflm" in report else []),
         "",
         f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
         f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
@@ -64,6 +72,12 @@ def render_markdown(report: dict) -> str:
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
     ]
+    if "tflm" in report:
+        m = report["tflm"]
+        lines += [f"- TFLite Micro (`tinyseek export --format tflite`, docs/tflite.md): agrees with the int8 student on "
+                  f"{_pct(m['agreement_tinyseek_int8'])}; tensor arena {m['arena_bytes']:,} B; int8 .tflite "
+                  f"{m['tflite_bytes']:,} B" + (f" plus a {m['embedding_table_bytes']:,} B embedding table"
+                                                 if m["embedding_table_bytes"] else "")]
     if "host" in report:
         h = report["host"]
         verdict = "every logit of every sample matched" if h["bitexact"] else f"{h['mismatches']} samples differ"
