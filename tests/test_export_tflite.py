@@ -102,11 +102,23 @@ def test_both_files_run_in_tflite_and_tflm_and_agree(which, request):
         assert f["max_abs_logit_diff_float_student"] < 1e-4
         assert f["agreement_float_student"] == 1.0 and f["accuracy"] == 1.0
         q = m["int8"][engine]
-        assert q["agreement_tinyseek_int8"] >= 0.9
-        assert q["agreement_float_student"] >= 0.9
-        assert abs(q["accuracy"] - m["tinyseek_int8_accuracy"]) <= 0.08
-    # int8 logits are coarse (one int8 per class) but track the float ones.
-    assert m["int8"]["tflm"]["max_abs_logit_diff_float_student"] < 0.5 * m["int8_output"]["scale"] * 256
+        assert q["agreement_tinyseek_int8"] >= 0.95
+        assert q["agreement_float_student"] >= 0.95
+        assert abs(q["accuracy"] - m["tinyseek_int8_accuracy"]) <= 0.03
+    # The int8 logits follow the float ones to a few output steps, within the range the
+    # calibration gave the output (beyond it they saturate).
+    from tinyseek.export import check
+    fs = FloatStudent.from_folder(run.student_dir)
+    inputs = fs.tokenize(list(run.dataset.test.texts)) if fs.kind == "text" else run.dataset.test.x
+    x, last = tfl.padded_inputs(fs, inputs, m["steps"])
+    tflite = (out / "model_int8.tflite").read_bytes()
+    io = check.int8_io(tflite)
+    table = (check.embedding_table(fs.tensors["embed.weight"], io["input_scale"], io["input_zero_point"])
+             if fs.kind == "text" else None)
+    _, logits = check.run_all(tflite, "tflm", x, last, table, inputs if fs.kind == "text" else None)
+    s, z = io["output_scale"], io["output_zero_point"]
+    want = np.clip(fs.logits(inputs), (-128 - z) * s, (127 - z) * s)
+    assert np.abs(logits - want).max() <= 12 * s
 
 
 def test_int8_input_is_the_embedding_table_and_the_float_graph_is_exact(text_export):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .tflite import ExportError
 
 FORMATS = ("tflite",)
@@ -57,7 +58,8 @@ def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: i
             return fs.tokenize(texts)
         return split.x if idx is None else split.x[idx]
 
-    steps = fs.max_len if fs.kind == "text" else int(dataset.test.x.shape[1])
+    # Sequence tasks: the longest sequence of the splits used (NPZ splits share one length).
+    steps = fs.max_len if fs.kind == "text" else max(int(dataset.train.x.shape[1]), int(dataset.test.x.shape[1]))
     count = run.cfg.quant.calibration_samples if calibration_samples is None else calibration_samples
     if count < 1:
         raise ExportError(f"the representative dataset needs quant.calibration_samples >= 1, not {count}")
@@ -76,8 +78,9 @@ def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: i
     else:
         ids = None
         int8_logits = infer_sequences(qmodel, quantize_inputs(qmodel, test))[runnable]
-    scale, zp = check.input_quantization(files["int8"])
-    table = check.embedding_table(fs.tensors["embed.weight"], scale, zp) if fs.kind == "text" else None
+    io = check.int8_io(files["int8"])
+    table = (check.embedding_table(fs.tensors["embed.weight"], io["input_scale"], io["input_zero_point"])
+             if fs.kind == "text" else None)
 
     fp, qp = float_logits.argmax(1), int8_logits.argmax(1)
     results: dict = {}
@@ -93,31 +96,28 @@ def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: i
                 "agreement_tinyseek_int8": _share(pred, qp),
                 "max_abs_logit_diff_float_student": float(np.abs(logits - float_logits).max()) if len(y) else 0.0,
             }
-        results[what]["tflite_tflm_identical_outputs"] = _share(
-            (raws[what, "tflite"] == raws[what, "tflm"]).all(axis=1), np.ones(len(y), bool))
+        same = (raws[what, "tflite"] == raws[what, "tflm"]).all(axis=1)
+        results[what]["tflite_tflm_identical_outputs"] = float(same.mean()) if len(y) else 0.0
         results[what]["bytes"] = len(files[what])
         results[what]["ops"] = op_names(files[what])
         results[what]["tflm_arena_bytes"] = check.smallest_arena(files[what])
 
-    out_q = check._Runner(files["int8"], "tflite").out[1]
     metrics = {
         "model": run.cfg.model_name, "task": dataset.name, "format": "tflite", "steps": steps,
         "input_width": input_width(fs), "samples": int(runnable.sum()),
         "empty_samples_skipped": int((~runnable).sum()), "calibration_samples": len(calib[1]),
         "tinyseek_int8_accuracy": _accuracy(qp, y), "float_student_accuracy": _accuracy(fp, y),
-        "int8_input": {"scale": scale, "zero_point": zp}, "int8_output": {"scale": out_q[0], "zero_point": out_q[1]},
+        "int8_input": {"scale": io["input_scale"], "zero_point": io["input_zero_point"]},
+        "int8_output": {"scale": io["output_scale"], "zero_point": io["output_zero_point"]},
         "embedding_table_bytes": int(table.nbytes) if table is not None else 0,
         **results,
     }
     ctx = {
-        "generator": "tinyseek", "version": _version(), "command": COMMAND, "name": qmodel.name,
+        "generator": "tinyseek", "version": __version__, "command": COMMAND, "name": qmodel.name,
         "prefix": qmodel.name, "PREFIX": qmodel.name.upper(), "tflite_sha256": hashlib.sha256(files["int8"]).hexdigest(),
         "tflite": np.frombuffer(files["int8"], np.uint8), "ops": sorted(set(results["int8"]["ops"])),
-        "steps": steps, "width": input_width(fs), "input_scale": scale, "input_zero_point": zp,
-        "output_scale": out_q[0], "output_zero_point": out_q[1], "num_classes": fs.num_classes,
-        "arena_bytes": results["int8"]["tflm_arena_bytes"] or 0,
-        "input_sequence": check._Runner(files["int8"], "tflm").x_idx,
-        "input_last": check._Runner(files["int8"], "tflm").last_idx,
+        "steps": steps, "width": input_width(fs), "num_classes": fs.num_classes,
+        "arena_bytes": results["int8"]["tflm_arena_bytes"], **io,
         "vocab_size": fs.vocab_size if fs.kind == "text" else None, "embedding": table,
     }
     env = make_env()
@@ -138,8 +138,3 @@ def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: i
             shutil.rmtree(out)
         stage.rename(out)
     return out
-
-
-def _version() -> str:
-    from .. import __version__
-    return __version__

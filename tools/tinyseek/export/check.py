@@ -144,12 +144,14 @@ def run_all(tflite: bytes, engine: str, x: np.ndarray, last: np.ndarray, table: 
     return raw, r.dequantize(raw)
 
 
-def input_quantization(tflite: bytes) -> tuple[float, int]:
-    """(scale, zero point) of an int8 model's sequence input."""
-    r = _Runner(tflite, "tflite")
+def int8_io(tflite: bytes) -> dict:
+    """What a device needs to feed an int8 model, as TFLM sees it: the input and output
+    quantization and the positions of the two inputs."""
+    r = _Runner(tflite, "tflm")
     if not r.quantized:
         raise ExportError("the model's input is not int8: it is not the full-integer export")
-    return r.x_quant
+    return {"input_scale": r.x_quant[0], "input_zero_point": r.x_quant[1], "output_scale": r.out[1][0],
+            "output_zero_point": r.out[1][1], "input_sequence": r.x_idx, "input_last": r.last_idx}
 
 
 def embedding_table(embedding: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
