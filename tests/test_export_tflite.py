@@ -1,6 +1,7 @@
-"""`tinyseek export --format tflite`: tiny text and sequence students exported, run in the real
-TFLite and TFLite Micro interpreters against the float student and tinyseek's int8 model, the
-C array compiled, the report's TFLM row, and every error with nothing half-written."""
+"""`tinyseek export --format tflite|onnx`: tiny text and sequence students exported, run in the
+real TFLite and TFLite Micro interpreters (and onnxruntime) against the float student and
+tinyseek's int8 model, the C array compiled, the report's TFLM row, and every error with nothing
+half-written."""
 import json
 import shutil
 import subprocess
@@ -188,6 +189,7 @@ def test_report_gets_a_tflm_row(text_export, tmp_path):
 def test_cli_parses_export():
     args = make_parser().parse_args(["export", "--format", "tflite", "--out", "x"])
     assert (args.command, args.format, args.out) == ("export", "tflite", "x")
+    assert make_parser().parse_args(["export", "--format", "onnx"]).format == "onnx"
     with pytest.raises(SystemExit):
         make_parser().parse_args(["export", "--format", "coreml"])
 
@@ -242,3 +244,38 @@ def test_a_missing_student_or_too_few_calibration_samples(tmp_path, text_export)
     with pytest.raises(tfl.ExportError, match="calibration_samples >= 1, not 0"):
         export_tflite(run, tmp_path / "x", calibration_samples=0)
 
+
+
+# -- ONNX -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["text", "sequence"])
+def test_onnx_float_and_qdq_int8_run_in_onnxruntime(kind, tmp_path):
+    from tinyseek.export import export_run
+    shape = dict(hidden=16, layers=1, embed_dim=8) if kind == "text" else dict(hidden=12, layers=2, embed_dim=6,
+                                                                              num_features=5)
+    run = make_run(tmp_path / "run", kind, **shape)
+    out = export_run(run, "onnx")
+    m = json.loads((out / "metrics.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model_float.onnx", "model_int8.onnx"]
+    f, q = m["float"]["onnxruntime"], m["int8"]["onnxruntime"]
+    assert f["max_abs_logit_diff_float_student"] < 1e-4 and f["agreement_float_student"] == 1.0
+    assert q["agreement_float_student"] >= 0.95 and q["agreement_tinyseek_int8"] >= 0.95
+    # onnxruntime's QDQ has no int8 LSTM: the quantizer wraps the Gather and Gemm, the LSTM stays float.
+    assert m["int8"]["ops"]["QuantizeLinear"] >= 1 and m["int8"]["ops"]["LSTM"] == shape["layers"]
+    assert "QuantizeLinear" not in m["float"]["ops"]
+
+
+def test_onnx_export_failure_writes_nothing(tmp_path, monkeypatch):
+    import torch
+    from tinyseek.export import export_run
+    run = make_run(tmp_path / "run", "text", hidden=8, layers=1, embed_dim=6)
+
+    def broken(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::lstm' to ONNX opset version 18 is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(tfl.ExportError, match="the ONNX export failed: Exporting the operator 'aten::lstm'"):
+        export_run(run, "onnx")
+    assert not (tmp_path / "run" / "onnx").exists()
+    with pytest.raises(tfl.ExportError, match="unknown export format 'coreml'; choose tflite or onnx"):
+        export_run(run, "coreml")

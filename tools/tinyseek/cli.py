@@ -72,12 +72,12 @@ def make_parser() -> argparse.ArgumentParser:
                         "layers (high-end phones)")
     p.add_argument("--layers", type=int, help="truncated: decoder layers kept (default: edge.truncated_layers)")
     p = sub.add_parser("export", help="export the TinyLSTM student for another runtime and check it in that runtime's "
-                                      "interpreters -> models/<run>/tflite/")
+                                      "interpreters -> models/<run>/<format>/")
     _common(p)  # --force is accepted but changes nothing: the export always runs anew
-    p.add_argument("--format", required=True, choices=["tflite"],
+    p.add_argument("--format", required=True, choices=["tflite", "onnx"],
                    help="tflite: float32 and int8 .tflite, checked in TFLite and TFLite Micro, plus the int8 model as "
-                        "a C array for TFLM firmware")
-    p.add_argument("--out", help="output folder (default: models/<run>/tflite)")
+                        "a C array for TFLM firmware; onnx: float32 and QDQ int8 ONNX, checked in onnxruntime")
+    p.add_argument("--out", help="output folder (default: models/<run>/<format>)")
     p = sub.add_parser("robustness", help="accuracy of teacher, float and int8 student on noisy copies of the test "
                                           "split -> robustness.json/.md")
     _common(p)  # --force is accepted but changes nothing: robustness always measures anew
@@ -133,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['params']:,} parameters, {m['onnx_bytes']:,} bytes ONNX, onnxruntime "
                   f"{m['latency']['median_ms']:.3f} ms per sample -> {out}")
         elif args.command == "export":
-            from .export import export_tflite
-            out = export_tflite(run, args.out)
+            from .export import export_run
+            out = export_run(run, args.format, args.out)
             m = json.loads((out / "metrics.json").read_text())
             q = m["int8"]
-            print(f"{out}: int8 .tflite {q['bytes']:,} B, TFLite Micro accuracy {q['tflm']['accuracy']:.4f} "
+            engine, what = ("tflm", f"TFLite Micro (arena {q['tflm_arena_bytes']:,} B)") if args.format == "tflite" \
+                else ("onnxruntime", "onnxruntime")
+            print(f"{out}: int8 {args.format} {q['bytes']:,} B; in {what}: accuracy {q[engine]['accuracy']:.4f} "
                   f"(tinyseek int8 {m['tinyseek_int8_accuracy']:.4f}), agreement with tinyseek int8 "
-                  f"{q['tflm']['agreement_tinyseek_int8']:.4f}, TFLM arena {q['tflm_arena_bytes']:,} B")
+                  f"{q[engine]['agreement_tinyseek_int8']:.4f}")
         elif args.command == "build":
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())
