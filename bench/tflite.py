@@ -9,9 +9,10 @@ tinyseek's int8 model as the qemu_m4 firmware measured it (models/<run>/device.j
 Writes bench/results/tflite.json and the "TensorFlow Lite and TFLite Micro" section of
 bench/RESULTS.md. The export goes to a temporary folder: the run folder is only read.
 
-TFLite Micro's own code (interpreter, LSTM and fully-connected kernels) and its instructions
-per inference need TFLM built for the board from its sources, which this project does not
-carry; the table says so where those figures would stand.
+TFLite Micro's own code (interpreter, kernels) and its instructions per inference need TFLM
+built for the board from its sources, which this project does not carry: bench/tflm.py does
+that from checkouts the user passes and writes bench/results/tflm.json, whose figures this
+table quotes when the file is there.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -37,6 +40,7 @@ from results_md import replace_section  # noqa: E402
 
 HEADING = "## TensorFlow Lite and TFLite Micro (`python bench/tflite.py`)"
 RESULTS_JSON = ROOT / "bench" / "results" / "tflite.json"
+TFLM_JSON = ROOT / "bench" / "results" / "tflm.json"  # bench/tflm.py's, when it has been run
 ACCURACY_POINTS, AGREEMENT = 1.0, 0.97  # the issue's bar for the int8 .tflite
 
 
@@ -59,6 +63,26 @@ def tinyseek_side(run: Run) -> dict:
                 "flash_model_code": mem["flash_model"] - mem["flash_model_data"],
                 "instructions_median": device["latency"]["value"], "kernel": device["kernel"]}
     return out
+
+
+def _tflm_instructions(mcu: dict | None) -> str:
+    if not mcu:
+        return ("needs TFLM built for the board from its sources (`python bench/tflm.py --tflm PATH ...`); this "
+                "project carries no TFLM code")
+    return (f"{mcu['instructions_median']:,.0f} on qemu_m4 for any input (all {mcu['steps']} steps, reference kernels; "
+            f"TFLM code {mcu['code_bytes']:,} B, arena on the M4 {mcu['arena_bytes']:,} B): section TFLite Micro on "
+            "qemu_m4, `bench/results/tflm.json`")
+
+
+def tflm_mcu() -> dict | None:
+    """bench/tflm.py's TFLM figures on qemu_m4, if it has been run."""
+    if not TFLM_JSON.is_file():
+        return None
+    r = json.loads(TFLM_JSON.read_text())
+    t = r["tflm"]
+    return {"instructions_median": float(np.median(t["instructions"])), "steps": r["inputs"]["steps_run_by_tflm"],
+            "code_bytes": t["flash_bytes"]["TFLM (interpreter, kernels)"], "arena_bytes": t["arena_used_bytes"],
+            "commit": t["commit"]}
 
 
 def section(r: dict) -> str:
@@ -100,9 +124,10 @@ def section(r: dict) -> str:
         f"interpreter), plus the interpreter object and its stack; {q['tflm_arena_bytes'] / ram:.1f}x tinyseek's RAM |",
         f"| flash, model | {flash_t:,} B: const data {t.get('flash_model_data', t['weight_bytes']):,} + kernels, "
         f"tokenizer, API {t.get('flash_model_code', 'n/a'):,} | {flash_tflm:,} B: int8 .tflite {q['bytes']:,} + "
-        f"embedding table {m['embedding_table_bytes']:,}; plus TFLM's interpreter and kernels (not built here) |",
+        f"embedding table {m['embedding_table_bytes']:,}; plus TFLM's interpreter and kernels "
+        f"({format(r['tflm_mcu']['code_bytes'], ',') + ' B on qemu_m4' if r.get('tflm_mcu') else 'not built here'}) |",
         f"| instructions per inference (QEMU, not cycles) | {t.get('instructions_median', 0):,.0f} median over the test "
-        "split | needs TFLM built for Cortex-M4 from its sources: not measured (this project carries no TFLM code) |",
+        f"split | {_tflm_instructions(r.get('tflm_mcu'))} |",
         f"| float32 .tflite | | {f['bytes']:,} B, arena {f['tflm_arena_bytes']:,} B |",
         "",
         f"Ops of both files: {', '.join(q['ops'])}. The TFLM arena is measured by running the model in "
@@ -137,6 +162,7 @@ def main() -> None:
         "seconds": seconds,
         "export": metrics,
         "tinyseek": tinyseek_side(run),
+        "tflm_mcu": tflm_mcu(),
         "bars_met": bool(abs(q["accuracy"] - metrics["tinyseek_int8_accuracy"]) * 100 <= ACCURACY_POINTS
                          and q["agreement_tinyseek_int8"] >= AGREEMENT),
     }
