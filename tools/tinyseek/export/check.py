@@ -29,9 +29,10 @@ def _tflm():
 
 class _Runner:
     """One interpreter (TFLite or TFLM) on one .tflite, with the input order and quantization
-    read from the model: `logits(x, last)` takes float inputs and returns float logits."""
+    read from the model: `raw` runs one input already in the model's input type,
+    `quantize_input` and `dequantize` convert at the edges."""
 
-    def __init__(self, tflite: bytes, engine: str, arena_size: int | None = None):
+    def __init__(self, tflite: bytes, engine: str):
         self.engine = engine
         if engine == "tflite":
             tf, _ = _tensorflow()
@@ -44,7 +45,7 @@ class _Runner:
             self.out = (out["index"], out["quantization"])
         else:
             Interpreter = _tflm()
-            self.interp = Interpreter.from_bytes(tflite, arena_size=arena_size or ARENA_START)
+            self.interp = Interpreter.from_bytes(tflite, arena_size=ARENA_START)
             details = []
             for i in range(2):
                 d = self.interp.get_input_details(i)
