@@ -70,9 +70,9 @@ def test_shape_and_labels(default):
 def test_every_split_is_class_balanced_with_the_configured_sizes(default):
     cfg = TaskConfig()
     per_lang_test = round(cfg.samples_per_intent * intents.TEST_TEMPLATE_FRACTION)
-    pool = cfg.samples_per_intent - per_lang_test
-    per_lang_val = round(pool * cfg.val_fraction)
-    expected = {"train": pool - per_lang_val, "val": per_lang_val, "test": per_lang_test}
+    per_lang_val = round(cfg.samples_per_intent * cfg.val_fraction)
+    expected = {"train": cfg.samples_per_intent - per_lang_test - per_lang_val, "val": per_lang_val,
+                "test": per_lang_test}
     C, L = len(default.labels), len(cfg.languages)
     for name, n in expected.items():
         counts = Counter(getattr(default, name).y.tolist())
@@ -114,6 +114,43 @@ def test_test_split_uses_only_held_out_templates(default):
             assert len([t for l, i, t in train_templates if (l, i) == (lang, intent)]) == n - len(held)
 
 
+def test_validation_is_held_out_by_template_like_the_test(default):
+    assert default.split_by == "templates"
+    groups = {name: set(getattr(default, name).groups.tolist()) for name in ("train", "val", "test")}
+    assert not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
+    assert not groups["train"] & groups["test"]
+    assert not set(default.val.texts) & set(default.train.texts)
+    cfg = TaskConfig()
+    within, total = 0, 0
+    for lang in ("en", "zh"):
+        for intent in intents.INTENTS:
+            templates = intents.TEMPLATES[lang][intent]
+            test = intents.held_out_templates(lang, intent, 0)
+            val = intents.validation_templates(lang, intent, 0, cfg.val_fraction)
+            assert len(val) == max(1, round(len(templates) * cfg.val_fraction)) and not set(val) & set(test)
+            ids = {intents._TEMPLATE_ID[(lang, intent, templates[i])] for i in val}
+            assert ids <= groups["val"]
+            if intent == "out_of_domain":
+                continue
+            # Held out like the test: mostly known words, and the test's words stay as taught as
+            # they were before validation took its templates.
+            before = max(intents._novel_fraction(templates[i], [t for j, t in enumerate(templates) if j not in test],
+                                                 lang) for i in test)
+            train = [t for i, t in enumerate(templates) if i not in val + test]
+            for i in val + test:  # where too few qualify, the least novel complete the set
+                within += intents._novel_fraction(templates[i], train, lang) <= max(intents.MAX_NOVEL_FRACTION, before)
+                total += 1
+    assert within / total >= 0.9
+
+
+def test_the_test_templates_do_not_depend_on_the_validation_share(default):
+    other = load_task(TaskConfig(val_fraction=0.25))
+    assert set(other.test.groups.tolist()) == set(default.test.groups.tolist())
+    assert len(set(other.val.groups.tolist())) > len(set(default.val.groups.tolist()))
+    none = load_task(TaskConfig(val_fraction=0.0))
+    assert len(none.val) == 0 and set(none.test.groups.tolist()) == set(default.test.groups.tolist())
+
+
 def test_held_out_templates_depend_on_the_seed():
     held = {seed: [intents.held_out_templates("en", i, seed) for i in intents.INTENTS] for seed in (0, 1)}
     assert held[0] != held[1]
@@ -127,7 +164,8 @@ def test_held_out_templates_reuse_words_taught_in_training():
                 continue
             templates = intents.TEMPLATES[lang][intent]
             held = intents.held_out_templates(lang, intent, 0)
-            train = [t for i, t in enumerate(templates) if i not in held]
+            val = intents.validation_templates(lang, intent, 0, TaskConfig().val_fraction)
+            train = [t for i, t in enumerate(templates) if i not in held + val]
             for i in held:
                 assert intents._novel_fraction(templates[i], train, lang) <= intents.MAX_NOVEL_FRACTION
 
@@ -164,7 +202,8 @@ def test_noise_rates():
 
 
 def test_learnable_but_not_trivial(default):
-    """A bag-of-tokens naive Bayes: good on seen phrasings (val), clearly worse on unseen (test)."""
+    """A bag-of-tokens naive Bayes: good on seen phrasings (training), clearly worse on unseen ones,
+    and validation (unseen templates too) predicts the test within a few points."""
     tok = HashTokenizer(vocab_size=1024, max_len=32)
 
     def counts(texts):
@@ -177,13 +216,14 @@ def test_learnable_but_not_trivial(default):
     table = np.stack([x[default.train.y == c].sum(0) for c in range(len(default.labels))]) + 0.5
     logp = np.log(table / table.sum(1, keepdims=True))
     acc = {name: float(((counts(s.texts) @ logp.T).argmax(1) == s.y).mean())
-           for name, s in (("val", default.val), ("test", default.test))}
-    assert acc["val"] > 0.85
-    assert 0.5 < acc["test"] < acc["val"] - 0.05
+           for name, s in (("train", default.train), ("val", default.val), ("test", default.test))}
+    assert acc["train"] > 0.85
+    assert 0.5 < acc["test"] < acc["train"] - 0.05
+    assert abs(acc["val"] - acc["test"]) < 0.05
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"samples_per_intent": 1}, "samples_per_intent must be at least 2"),
+    ({"samples_per_intent": 2}, "samples_per_intent must be at least 3"),
     ({"languages": ["fr"]}, "languages must be chosen from en, zh"),
     ({"languages": []}, "languages must be chosen"),
 ])
@@ -221,6 +261,72 @@ def test_jsonl_round_trip_with_held_out_test(tmp_path):
     assert again.test.texts == ds.test.texts and again.val.texts == ds.val.texts
     other = load_task(TaskConfig(kind="jsonl", train=train, test_fraction=0.2, val_fraction=0.1, seed=4))
     assert other.test.texts != ds.test.texts
+
+
+def test_jsonl_split_by_group_keeps_every_group_in_one_split(tmp_path):
+    rows = [{"text": f"say {i} {lab}", "label": lab, "speaker": f"s{i % 20}"}
+            for i, lab in enumerate(["a", "b", "c"] * 40)]
+    train = _write_jsonl(tmp_path / "spk.jsonl", rows)
+    ds = load_task(TaskConfig(kind="jsonl", train=train, group="speaker", test_fraction=0.25, val_fraction=0.2))
+    assert ds.split_by == "group 'speaker'"
+    speaker = {r["text"]: r["speaker"] for r in rows}
+    sets = [{speaker[t] for t in s.texts} for s in (ds.train, ds.val, ds.test)]
+    assert all(sets) and not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
+    assert abs(len(ds.test) - 30) <= 6 and abs(len(ds.val) - 18) <= 6
+    assert load_task(TaskConfig(kind="jsonl", train=train)).split_by == "samples"
+    rows[7].pop("speaker")
+    _write_jsonl(tmp_path / "spk.jsonl", rows)
+    with pytest.raises(DataError, match=r"line 8: no group under 'speaker'"):
+        load_task(TaskConfig(kind="jsonl", train=train, group="speaker"))
+
+
+def test_a_class_only_in_held_out_groups_is_an_error(tmp_path):
+    rows = [{"text": f"t{i}", "label": "rare" if i < 3 else "x" if i % 2 else "y", "g": "solo" if i < 3 else f"g{i}"}
+            for i in range(40)]
+    train = _write_jsonl(tmp_path / "g.jsonl", rows)
+    errors = 0
+    for seed in range(12):  # some seeds hold the one group of "rare" out
+        try:
+            load_task(TaskConfig(kind="jsonl", train=train, group="g", seed=seed, test_fraction=0.3))
+        except DataError as e:
+            assert "'rare'" in str(e) and "held-out groups" in str(e)
+            errors += 1
+    assert errors
+
+
+def test_npz_split_by_group(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 5, 2)).astype(np.float32), np.arange(60) % 3
+    session = np.array([f"day{i // 6}" for i in range(60)])
+    np.savez(tmp_path / "s.npz", x=x, y=y, session=session)
+    ds = load_task(TaskConfig(kind="npz", train=str(tmp_path / "s.npz"), group="session", val_fraction=0.2))
+    parts = [set(s.groups.tolist()) for s in (ds.train, ds.val, ds.test)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    with pytest.raises(DataError, match="no array 'speaker'"):
+        load_task(TaskConfig(kind="npz", train=str(tmp_path / "s.npz"), group="speaker"))
+
+
+def test_stratified_first_spreads_a_limit_over_the_classes():
+    from tinyseek.data.dataset import stratified_first
+    y = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    idx = stratified_first(y, 9)
+    assert Counter(y[idx].tolist()) == {0: 4, 1: 2, 2: 3} or Counter(y[idx].tolist()) == {0: 3, 1: 2, 2: 4}
+    assert list(idx) == sorted(idx) and len(set(idx.tolist())) == 9
+    assert list(stratified_first(y, 50)) == list(range(len(y)))
+
+
+def test_jsonl_with_test_and_validation_files(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", ROWS)
+    val = _write_jsonl(tmp_path / "val.jsonl", [{"text": "v1", "label": "a"}, {"text": "v2", "label": "10"}])
+    test = _write_jsonl(tmp_path / "test.jsonl", [{"text": "t1", "label": "b"}])
+    ds = load_task(TaskConfig(kind="jsonl", train=train, test=test, val=val))
+    assert ds.val.texts == ["v1", "v2"] and [ds.labels[y] for y in ds.val.y] == ["a", "10"]
+    assert len(ds.train) == len(ROWS) and ds.split_by == "file"
+    _write_jsonl(tmp_path / "val.jsonl", [{"text": "v1", "label": "zzz"}])
+    with pytest.raises(DataError, match="'zzz' do not occur in the training file"):
+        load_task(TaskConfig(kind="jsonl", train=train, test=test, val=val))
+    with pytest.raises(DataError, match="task.val: .* does not exist"):
+        load_task(TaskConfig(kind="jsonl", train=train, val=str(tmp_path / "none.jsonl")))
 
 
 def test_jsonl_with_a_test_file(tmp_path):

@@ -287,5 +287,21 @@ def test_noise_copies_train_on_corrupted_copies_with_the_clean_targets(tmp_path)
 
     with pytest.raises(ValueError, match="'gaussian' is not a noise for text tasks"):
         prepare(ds, knowledge, small_cfg(**{"distill.noise_copies": 1, "distill.noise": "gaussian:20"}), progress=False)
-    with pytest.raises(ValueError, match="distill.noise_copies must be 0..16"):
-        small_cfg(**{"distill.noise_copies": -1})
+    with pytest.raises(ValueError, match=r"distill.noise_copies must be -1 \(auto\) or 0..16"):
+        small_cfg(**{"distill.noise_copies": -2})
+
+
+def test_automatic_settings_scale_with_the_training_split():
+    from dataclasses import replace
+
+    from tinyseek.config import Config, scaled_settings
+    c = Config()
+    teacher, distill = scaled_settings(c.teacher, c.distill, 4320)  # the built-in task's measured settings
+    assert (teacher.noise_copies, distill.noise_copies, distill.epochs) == (2, 6, 50)
+    big_t, big_d = scaled_settings(c.teacher, c.distill, 100_000)
+    assert big_t.noise_copies == 0 and big_d.noise_copies == 0 and big_d.epochs < 50
+    assert 100_000 * (1 + big_d.noise_copies) * big_d.epochs <= 2 * 4320 * 7 * 50  # about the default's cost
+    mid_d = scaled_settings(c.teacher, c.distill, 12_000)[1]
+    assert 12_000 * (1 + mid_d.noise_copies) * mid_d.epochs <= 2 * 4320 * 7 * 50
+    explicit = scaled_settings(c.teacher, replace(c.distill, noise_copies=3, epochs=7), 100_000)[1]
+    assert (explicit.noise_copies, explicit.epochs) == (3, 7)

@@ -2,6 +2,7 @@
 AddressSanitizer and UBSan, linked with the glue (firmware/src/model_glue.c) and a generated
 library of a random model: valid sessions against the integer oracle, every error reply, and a
 time-bounded random/adversarial fuzz run."""
+import dataclasses
 import os
 import re
 import shutil
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from tinyseek.codegen.render import render
-from tinyseek.harness.protocol import mlperf_results_text, parse_ints, parse_kv
-from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.harness.protocol import parse_ints, parse_kv
+from tinyseek.quant.reference import infer_sequences, infer_tokens, probabilities_text, softmax_fixed, softmax_multiplier
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 from tinyseek.student.tokenizer import HashTokenizer
 
@@ -135,7 +136,7 @@ def test_text_infer_matches_the_oracle_and_follows_the_mlperf_sequence(text_dut)
         assert re.fullmatch(r"m-lap-us-\d+", infer[3]) and re.fullmatch(r"m-lap-us-\d+", infer[4])
         assert infer[5] == "m-infer-done"
         assert parse_ints(_field(infer, "logits")) == want.tolist()
-        assert _field(infer, "results") == mlperf_results_text(want, m.output_scale)
+        assert _field(infer, "results") == probabilities_text(m, want)
         # The fake timer: 7 ticks between the two reads of a run, 3 units per tick.
         assert _field(infer, "time") == "total=42,runs=2,min=21,max=21,unit=ticks"
         assert results == infer[6:8]
@@ -150,7 +151,9 @@ def test_cls_tokenizes_on_the_device(text_dut):
         want = infer_tokens(m, [tok.encode(text)])[0]
         assert parse_ints(_field(reply, "logits")) == want.tolist()
         k = int(_field(reply, "class"))
-        assert k == int(np.argmax(want)) and _field(reply, "label") == m.labels[k]
+        # every byte sent is printable ASCII: a label's UTF-8 bytes come as '?'
+        label = "".join(c if c.isascii() else "?" * len(c.encode()) for c in m.labels[k])
+        assert k == int(np.argmax(want)) and _field(reply, "label") == label
 
 
 def test_stream_keeps_the_state_and_reset_clears_it(text_dut):
@@ -232,11 +235,43 @@ def test_sequence_model_errors(seq_dut):
     assert "exceed the input buffer of 640 bytes" in replies[5][0]
 
 
-def test_failed_chunk_changes_nothing(text_dut):
+@pytest.mark.parametrize("bad", ["db 01zz", "db 010", "db 0102030405", "db 01 02", "db load 9999", "db load x"])
+def test_a_failed_load_drops_the_input_so_infer_fails(text_dut, bad):
+    # A runner that ignores e- lines sends the next chunks and `infer`: it must get an error, not
+    # the previous sample's results or an input with a hole in it.
+    replies = text_dut.session("db load 4", "db 07000900", "infer 1 0", "db load 4", "db 0700", bad, "db 0900",
+                               "infer 1 0", "results")
+    assert parse_ints(_field(replies[2], "logits")) == infer_tokens(text_dut.model, [[7, 9]])[0].tolist()
+    assert replies[5][0].startswith("e-[")
+    assert replies[6] == ["e-[db: no buffer; send db load N first]"]
+    assert replies[7] == ["e-[infer: no input loaded; send db load N and db HEX first]"]
+    assert replies[8] == ["e-[results: no inference yet]"]
+
+
+def test_class_probabilities_match_the_oracle_at_every_scale(text_dut, tmp_path):
+    # Only the output scale changes the probabilities of the same logits: from nearly uniform
+    # (2^-14 per logit step) to one-hot (every other class 2^-16 below or more).
     m = text_dut.model
-    replies = text_dut.session("db load 4", "db 0700", "db 01zz", "db 0900", "infer 1 0")
-    assert replies[3] == ["m-load-done"]
-    assert parse_ints(_field(replies[4], "logits")) == infer_tokens(m, [[7, 9]])[0].tolist()
+    ids = [x for x in random_token_ids(m, np.random.default_rng(3), 12, m.max_len) if x]
+    want = infer_tokens(m, ids)
+    for scale in (2.0 ** -14, 0.0123, 1.0):
+        dut = HostDut(dataclasses.replace(m, output_scale=scale, name=f"sm{int(-np.log2(scale))}"), tmp_path)
+        cmds = [c for x in ids for c in _load_cmds(_ids(x)) + ["infer 1 0"]]
+        replies = [r for r in dut.session(*cmds) if any(x.startswith("m-logits") for x in r)]
+        assert [parse_ints(_field(r, "logits")) for r in replies] == want.tolist()
+        texts = [_field(r, "results") for r in replies]
+        assert texts == [probabilities_text(dut.model, w) for w in want]
+        probs = np.array([[float(v) for v in t.split(",")] for t in texts])
+        assert np.all(np.abs(probs.sum(axis=1) - 1) <= 1e-5 * len(m.labels) / 2)
+        assert np.array_equal(probs.argmax(axis=1), want.argmax(axis=1))
+
+
+def test_every_byte_sent_is_printable_ascii(text_dut):
+    data = b"%".join([b"\xe6\x89\x93\x80\xff", b"db load \xc3\xa9", b"db 0\xe6", b"cls \xe5\xa4\xa9\xe6\xb0\x94",
+                      b"sync \x7f\x01\xe6\x89\x93", b"help"]) + b"%"
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
+    out = subprocess.run([str(text_dut.exe)], input=data, capture_output=True, timeout=60, env=env).stdout
+    assert out and all(0x20 <= b < 0x7f or b in (0x0d, 0x0a) for b in out), out
 
 
 # -- fuzz ------------------------------------------------------------------------------------
@@ -270,3 +305,45 @@ def test_fuzz_random_and_adversarial_input_never_crashes(text_dut):
         assert {line for line in lines if not line.startswith(("m-", "e-["))} <= set(help_lines)
         batches += 1
     assert batches >= 3
+
+
+# -- class probabilities on any logits -------------------------------------------------------
+
+def test_class_probabilities_are_bit_exact_on_edge_logits(tmp_path):
+    """dut.c's out_results() on logits no model produces on demand: the int16 extremes, ties,
+    one-hot rows, 1,024 classes, output scales from 2^-30 to the saturated multiplier."""
+    _need_gcc()
+    exe = tmp_path / "softmax"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
+                    "-I", str(ROOT / "firmware/lib/harness"), str(ROOT / "tests/firmware/host/softmax_driver.c"),
+                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    rng = np.random.default_rng(9)
+    lo, hi = -32768, 32767
+    for classes in (1, 2, 15, 1024):
+        rows = [np.full(classes, v) for v in (lo, 0, hi)]
+        rows += [np.where(np.arange(classes) == classes // 2, hi, lo), np.where(np.arange(classes) == 0, lo, hi)]
+        rows += list(rng.integers(lo, hi + 1, size=(20, classes))) + list(rng.integers(-40, 40, size=(20, classes)))
+        rows = np.asarray(rows, dtype=np.int64)
+        for scale in (2.0 ** -30, 2.0 ** -14, 0.0006, 0.05, 0.69, 4.0):
+            model = dataclasses.replace(random_model(1, num_classes=classes), output_scale=scale)
+            mult = softmax_multiplier(scale)
+            stdin = f"{classes} {mult}\n" + "\n".join(" ".join(map(str, r)) for r in rows) + "\n"
+            env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
+            p = subprocess.run([str(exe)], input=stdin.encode(), capture_output=True, timeout=60, env=env)
+            assert p.returncode == 0 and not p.stderr, p.stderr.decode()[-2000:]
+            lines = p.stdout.decode().split("\r\n")[:-1]
+            assert lines[0::2] == [f"m-results-[{probabilities_text(model, r)}]" for r in rows], (classes, scale)
+            assert lines[1::2] == [f"m-logits-[{','.join(map(str, r))}]" for r in rows]
+
+
+def test_the_probability_spec_follows_a_float_softmax():
+    rng = np.random.default_rng(4)
+    for scale in (2.0 ** -14, 0.0006, 0.05):
+        model = dataclasses.replace(random_model(1, num_classes=15), output_scale=scale)
+        z = rng.integers(-32768, 32768, size=(200, 15))
+        z[:100] //= 64  # close logits too
+        p = softmax_fixed(model, z) / 1e5
+        f = np.exp((z - z.max(axis=1, keepdims=True)) * scale)
+        f /= f.sum(axis=1, keepdims=True)
+        assert np.abs(p - f).max() < 2e-4
+        assert np.all(np.abs(p.sum(axis=1) - 1) <= 7.5e-5)

@@ -207,6 +207,14 @@ def test_builtin_deepseek_teacher_adapted_with_lora_and_extracted(task, tmp_path
     assert load_file(str(cache))["test.logits"].shape == (len(task.test.y), 3)
 
 
+def test_auto_adapts_a_pretrained_teacher_with_lora_and_the_builtin_in_full(task, qwen_dir, tmp_path):
+    cfg = replace(LORA, adapt="auto", pretrain_epochs=0, finetune_epochs=1)
+    out = adapt(task, replace(cfg, source=str(qwen_dir)), tmp_path / "pretrained")
+    assert json.loads((out / "teacher.json").read_text())["adapt"] == "lora"
+    out = adapt(task, replace(cfg, source="default"), tmp_path / "builtin")
+    assert json.loads((out / "teacher.json").read_text())["adapt"] == "full"
+
+
 def test_local_qwen2_teacher_adapted_with_lora(task, qwen_dir, tmp_path):
     cfg = replace(LORA, source=str(qwen_dir), finetune_epochs=2)
     out = adapt(task, cfg, tmp_path / "run")
@@ -242,7 +250,7 @@ def test_none_keeps_the_base_and_notices_it_moving_or_changing(task, qwen_dir, t
 # -- settings ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"teacher.adapt": "qlora"}, "teacher.adapt must be full, lora or none"),
+    ({"teacher.adapt": "qlora"}, "teacher.adapt must be auto, full, lora or none"),
     ({"teacher.lora_rank": 0}, "lora_rank must be >= 1"),
     ({"teacher.lora_targets": []}, "lora_targets not empty"),
 ])

@@ -278,5 +278,14 @@ def test_robustness_on_tiny_text_and_sequence_runs(tmp_path, capsys):
     assert result["clean"]["teacher"] == pytest.approx(float(np.mean(cached == run.dataset.test.y)))
     assert set(result["clean"]["by_language"]) == {"en", "zh"}
 
+    # Settings are chosen on validation: --split val corrupts the validation split instead.
+    assert main(["robustness", "--split", "val", *_args(tmp_path, {"run": "tiny_text"})]) == 0
+    val = json.loads((run.dir / "robustness_val.json").read_text())
+    assert val["task"]["split"] == "val" and val["task"]["samples"] == len(run.dataset.val.y)
+    cached_val = load_file(str(run.knowledge))["val.logits"].argmax(1)
+    assert val["clean"]["teacher"] == pytest.approx(float(np.mean(cached_val == run.dataset.val.y)))
+    assert "validation samples" in (run.dir / "robustness_val.md").read_text()
+    assert json.loads((run.dir / "robustness.json").read_text()) == result  # the test's file is untouched
+
     assert main(["robustness", *_args(tmp_path, {"run": "tiny_text", "robustness.kinds": ["gain"]})]) == 2
     assert "do not fit a text task" in capsys.readouterr().err

@@ -42,6 +42,10 @@ def test_build_end_to_end_then_skip_unchanged_stages(tmp_path, capsys):
     assert (run_dir / "confusion.png").stat().st_size > 0
     assert "bit-exact" in (run_dir / "report.md").read_text()
     assert (tmp_path / "lib" / "intents_model.h").is_file()
+    # Validation, held out by template like the test, is shown beside it.
+    assert report["task"]["split_by"] == "templates" and report["validation"]["samples"] > 0
+    assert 0.0 <= report["validation"]["int8_accuracy"] <= 1.0
+    assert "held out by templates" in (run_dir / "report.md").read_text()
 
     capsys.readouterr()
     assert main(["build", *_args(tmp_path)]) == 0
@@ -67,6 +71,29 @@ def test_build_end_to_end_then_skip_unchanged_stages(tmp_path, capsys):
     # An adaptation setting: the teacher is adapted again.
     assert main(["build", *_args(tmp_path, {"teacher.finetune_epochs": 1})]) == 0
     assert "adaptation unchanged" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_run_started_from_another_reuses_its_student_and_leaves_it_alone(tmp_path, capsys):
+    """`make demo`: build --from intents into a run of its own; the teacher is rebuilt, the student
+    reused when the knowledge comes out the same, the source run untouched."""
+    small = {**SMALL, "teacher.noise_copies": 0, "distill.noise_copies": 0}
+    assert main(["build", *_args(tmp_path, small)]) == 0
+    source = tmp_path / "models" / "intents"
+    before = {p: p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file() and "teacher" not in p.parts
+              and "knowledge" not in p.name}
+    capsys.readouterr()
+    args = _args(tmp_path, {**small, "run": "demo", "codegen.out_dir": str(tmp_path / "demo_lib")})
+    assert main(["build", "--from", "intents", *args]) == 0
+    out = capsys.readouterr().out
+    assert "starting from" in out and "[teacher] running" in out and "[distill] inputs unchanged, skipped" in out
+    demo = tmp_path / "models" / "demo"
+    assert (demo / "student" / "student.safetensors").read_bytes() == (source / "student" / "student.safetensors").read_bytes()
+    assert json.loads((demo / "report.json").read_text())["model"]["name"] == "demo"
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["build", "--from", "nothing", *args]) == 0  # the run exists now: --from changes nothing
+    assert main(["build", "--from", "nothing", *_args(tmp_path, {**small, "run": "other"})]) == 2
+    assert "no run folder" in capsys.readouterr().err
 
 
 def test_a_stage_without_its_inputs_says_what_to_run(tmp_path, capsys):
@@ -123,3 +150,18 @@ def test_safetensors_hash_ignores_metadata_order(tmp_path):
     save_file({"a": t["a"] + 1}, str(tmp_path / "3.safetensors"), metadata={"x": "1", "y": "2"})
     assert hash_safetensors(tmp_path / "1.safetensors") == hash_safetensors(tmp_path / "2.safetensors")
     assert hash_safetensors(tmp_path / "1.safetensors") != hash_safetensors(tmp_path / "3.safetensors")
+
+
+def test_the_transfer_set_joins_the_training_split_only(tmp_path):
+    cfg = load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8, "teacher.transfer_samples": 2})
+    run = Run(cfg)
+    base = run.task_dataset
+    run.dir.mkdir(parents=True)
+    (run.dir / "transfer.jsonl").write_text('{"text": "lamp on now", "label": "lights_on", "confidence": 0.9}\n'
+                                            '{"text": "what hour", "label": "ask_time", "confidence": 0.8}\n')
+    ds = run.dataset
+    assert len(ds.train) == len(base.train) + 2 and ds.train.texts[-2:] == ["lamp on now", "what hour"]
+    assert [ds.labels[y] for y in ds.train.y[-2:]] == ["lights_on", "ask_time"] and list(ds.train.groups[-2:]) == [-1, -1]
+    assert ds.val.texts == base.val.texts and ds.test.texts == base.test.texts
+    off = Run(load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8}))
+    assert len(off.dataset.train) == len(base.train)  # a stale file is ignored when none is asked for

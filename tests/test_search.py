@@ -228,6 +228,13 @@ def test_search_on_a_toy_task_returns_the_smallest_passing_student(tmp_path):
     assert f"**{result.chosen.label}**" in md and "| Pareto |" in md
     data = json.loads((tmp_path / "search" / "search.json").read_text())
     assert data["chosen"] == result.chosen.label
+    # The test split, read once after the choice, is shown beside the validation figure.
+    from tinyseek.harness.evaluate import oracle_logits
+    from tinyseek.quant.model import QuantModel
+    qm = QuantModel.load(tmp_path / "search" / "candidates" / result.chosen.label / "int8")
+    expected = float(np.mean(oracle_logits(qm, ds.test).argmax(1) == ds.test.y))
+    assert data["test"]["int8_accuracy"] == pytest.approx(expected) and data["test"]["samples"] == len(ds.test.y)
+    assert f"on the test split: int8 {expected:.4f}" in md
     # A rerun reuses the scored candidates instead of training them again.
     record = tmp_path / "search" / "candidates" / result.chosen.label / "candidate.json"
     before = record.stat().st_mtime_ns

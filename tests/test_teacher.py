@@ -1,6 +1,8 @@
 """Teacher stage: tiny DeepSeek-V3 built locally, loading checks, adaptation and the
 knowledge cache, on tiny tasks so the whole file runs in seconds."""
 import json
+import sys
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -219,7 +221,7 @@ def _write_qwen2_gguf(model, tokenizer, path):
     w.close()
 
 
-def test_a_gguf_teacher_loads_with_its_own_tokenizer(text_task, tmp_path):
+def test_a_gguf_teacher_loads_with_its_own_tokenizer(text_task, tmp_path, monkeypatch):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     _, tok = load_teacher(build_default_teacher(text_task, TINY, tmp_path / "ds"))
     torch.manual_seed(0)
@@ -238,12 +240,56 @@ def test_a_gguf_teacher_loads_with_its_own_tokenizer(text_task, tmp_path):
             x = torch.tensor([row])
             assert torch.allclose(model(input_ids=x).logits, qwen(input_ids=x).logits, atol=1e-5)
     # Adapted head-only, the teacher folder is a plain HF folder (safetensors) from then on.
-    cfg = replace(TINY, source=str(tmp_path / "tiny.gguf"), pretrain_epochs=0, finetune_epochs=2)
+    cfg = replace(TINY, source=str(tmp_path / "tiny.gguf"), pretrain_epochs=0, finetune_epochs=2, adapt="full")
     adapt(text_task, cfg, tmp_path / "run")
     extract(text_task, cfg, tmp_path / "run")
     assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
     k = load_file(str(tmp_path / "run" / "knowledge.safetensors"))
     assert k["val.logits"].shape == (len(text_task.val.y), 3) and k["val.hidden.2"].shape == (len(text_task.val.y), 32)
+    # The GGUF file was dequantized once, into <run>/base/ (safetensors), and is not again.
+    assert json.loads((tmp_path / "run" / "base" / "gguf.json").read_text())["gguf"] == "tiny.gguf"
+    assert any((tmp_path / "run" / "base").glob("*.safetensors"))
+    frozen = replace(cfg, adapt="none")
+    messages, calls = [], []
+    adapt_module = sys.modules["tinyseek.teacher.adapt"]
+    real = adapt_module.gguf_to_folder
+    monkeypatch.setattr(adapt_module, "gguf_to_folder",
+                        lambda *a, **kw: calls.append(a) or real(*a, **{**kw, "log": messages.append}))
+    adapt(text_task, frozen, tmp_path / "run")
+    adapt(text_task, frozen, tmp_path / "run")
+    assert len(calls) == 2 and len([m for m in messages if "dequantizing" in m]) == 1  # frozen: its own dtype, once
+    meta = json.loads((tmp_path / "run" / "teacher" / "teacher.json").read_text())
+    assert Path(meta["base"]) == (tmp_path / "run" / "base").resolve() or meta["base"].endswith("base")
+    extract(text_task, frozen, tmp_path / "run")  # reads the folder, not the GGUF file
+
+
+def test_auto_dtype_follows_what_the_cpu_measures(monkeypatch):
+    from tinyseek.teacher import load as load_module
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(load_module, "_memory_bytes", lambda: 64 << 30)
+    assert load_module.resolve_dtype("auto", 10_000_000, cpu) == torch.float32  # small: always float32
+    monkeypatch.setattr(load_module, "cpu_bf16_speedup", lambda: 0.25)  # emulated bfloat16
+    assert load_module.resolve_dtype("auto", 500_000_000, cpu) == torch.float32
+    monkeypatch.setattr(load_module, "cpu_bf16_speedup", lambda: 2.0)  # AMX / AVX512-BF16
+    assert load_module.resolve_dtype("auto", 500_000_000, cpu) == torch.bfloat16
+    monkeypatch.setattr(load_module, "cpu_bf16_speedup", lambda: 0.25)
+    monkeypatch.setattr(load_module, "_memory_bytes", lambda: 24 << 30)  # 7B in float32 would not fit
+    assert load_module.resolve_dtype("auto", 7_000_000_000, cpu) == torch.bfloat16
+    assert load_module.resolve_dtype("float32", 7_000_000_000, cpu) == torch.float32
+    assert load_module.cpu_bf16_speedup() > 0
+
+
+def test_teacher_threads_honour_the_setting_and_omp(monkeypatch):
+    from tinyseek.teacher.load import use_threads
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(1) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert use_threads(0) == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert use_threads(0) >= 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_an_unreadable_gguf_is_a_teacher_error(tmp_path):
@@ -345,11 +391,14 @@ def test_a_local_qwen2_teacher_is_adapted_head_only_and_extracted(text_task, tmp
                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
     qwen.save_pretrained(tmp_path / "qwen")
     tok.save_pretrained(tmp_path / "qwen")
-    cfg = replace(TINY, source=str(tmp_path / "qwen"), pretrain_epochs=0, attentions=True)
+    cfg = replace(TINY, source=str(tmp_path / "qwen"), pretrain_epochs=0, attentions=True, patience=5, adapt="full")
     adapt(text_task, cfg, tmp_path / "run")
     extract(text_task, cfg, tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "teacher" / "teacher.json").read_text())
     assert meta["model_type"] == "qwen2" and meta["train_backbone"] is False
+    # Only the head trains, on features computed once: up to teacher.head_epochs, stopped by
+    # teacher.patience once validation stops improving.
+    assert meta["finetune_epochs"] < cfg.head_epochs and meta["val_accuracy"] is not None
     # The frozen backbone is saved unchanged.
     before = load_file(str(tmp_path / "qwen" / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "teacher" / "model.safetensors"))
@@ -398,3 +447,26 @@ def test_a_text_without_tokens_is_read_as_one_pad_token():
     assert mask.tolist() == [[1, 0], [1, 1]]
     ids, mask = tokenize(tok, [""], 8)
     assert ids.tolist() == [[tok.pad_token_id]] and mask.tolist() == [[1]]
+
+
+def test_the_adapted_teacher_writes_a_labelled_transfer_set(text_task, tmp_path):
+    from tinyseek.teacher.adapt import _with_eos
+    from tinyseek.teacher.transfer import read_transfer_set, write_transfer_set
+    ids, mask = torch.tensor([[1, 5, 6, 0], [1, 7, 8, 9]]), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    e_ids, e_mask = _with_eos(ids, mask, 2)
+    assert e_ids.tolist() == [[1, 5, 6, 2, 2], [1, 7, 8, 9, 2]] and e_mask.sum(1).tolist() == [4, 5]
+
+    cfg = replace(TINY, transfer_samples=24, transfer_confidence=0.5, pretrain_epochs=3)
+    adapt(text_task, cfg, tmp_path / "run")
+    path = write_transfer_set(text_task, cfg, tmp_path / "run", log=lambda s: None)
+    texts, y = read_transfer_set(path, text_task.labels)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert 0 < len(texts) <= 24 + len(text_task.labels) and len(set(texts)) == len(texts)
+    known = set(text_task.train.texts) | set(text_task.val.texts) | set(text_task.test.texts)
+    assert not set(texts) & known and all(t.strip() for t in texts)
+    assert all(r["confidence"] >= 0.5 for r in rows) and set(y.tolist()) <= {0, 1, 2}
+    # Seeded: the same teacher writes the same set.
+    again = write_transfer_set(text_task, cfg, tmp_path / "run", log=lambda s: None)
+    assert again.read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    assert write_transfer_set(text_task, replace(cfg, transfer_samples=0), tmp_path / "run") is None
+    assert not path.exists()

@@ -43,15 +43,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="run even if the inputs did not change")
 
 
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in the library folder that lack the generated stamp (your own files)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyseek", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tinyseek {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="run every stage, skipping those whose inputs did not change")
     _common(p)
+    p.add_argument("--from", dest="from_run", metavar="RUN",
+                   help="start a new run from RUN's artifacts (e.g. the committed default, intents): stages whose "
+                        "inputs come out the same reuse them, and RUN itself is left untouched")
+    _overwrite(p)
     for name in STAGES:
         p = sub.add_parser(name, help=_STAGE_HELP[name])
         _common(p)
+        if name == "codegen":
+            _overwrite(p)
         if name == "verify":
             p.add_argument("--target", default="host", choices=["host"],
                            help="where the generated C runs (host: gcc on this machine)")
@@ -81,6 +92,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("robustness", help="accuracy of teacher, float and int8 student on noisy copies of the test "
                                           "split -> robustness.json/.md")
     _common(p)  # --force is accepted but changes nothing: robustness always measures anew
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="the split to corrupt: test (the report) or val (to choose settings on; "
+                        "-> robustness_val.json/.md)")
     p = sub.add_parser("search", help="the smallest student within a board's flash, RAM and latency budget that keeps "
                                       "a share of the teacher's accuracy -> models/<run>/search/")
     _common(p)  # --force retrains candidates already scored
@@ -94,9 +108,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    run = None
     try:
         cfg = load(args.config, _overrides(args.set))
         run = Run(cfg)
+        run.overwrite = getattr(args, "overwrite", False)
         if args.command == "bench":
             from .harness.device import run_on_device
             run_on_device(run, args.env, args.port, args.limit)
@@ -113,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "robustness":
             from .harness.robustness import evaluate_robustness
             r = run.cfg.robustness
-            evaluate_robustness(run, r.kinds, r.seed, r.max_drop_points)
-            print((run.dir / "robustness.md").read_text())
+            evaluate_robustness(run, r.kinds, r.seed, r.max_drop_points, split=args.split)
+            print((run.dir / ("robustness.md" if args.split == "test" else "robustness_val.md")).read_text())
         elif args.command == "search":
             from .distill.search import search_run
             flags = {"board": args.board, "latency_ms": args.latency_ms, "flash_kb": args.flash_kb,
@@ -143,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"(tinyseek int8 {m['tinyseek_int8_accuracy']:.4f}), agreement with tinyseek int8 "
                   f"{q[engine]['agreement_tinyseek_int8']:.4f}")
         elif args.command == "build":
+            if args.from_run:
+                from pathlib import Path
+                run.seed_from(Path(cfg.models_dir) / args.from_run)
             run.build(force=args.force)
             print((run.dir / "report.md").read_text())
         else:
@@ -152,7 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # every stage's own errors subclass ValueError
         print(f"tinyseek {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(args.command, run), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(command: str, run: Run | None) -> str:
+    """One line: what was interrupted, what is kept, how to resume."""
+    if run is None:
+        return f"tinyseek {command}: interrupted before it started; nothing was written"
+    where = f" in the {run.current} stage" if run.current else ""
+    return (f"tinyseek {command}: interrupted{where}; kept: every finished stage's files in {run.dir}"
+            + (" and the teacher cache's whole shards" if run.current == "teacher" else "")
+            + f"; run the same command again to resume (finished stages are skipped)")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,18 @@ class TaskConfig:
     kind: str = "intents"  # intents | jsonl | npz
     train: str = ""  # jsonl/npz: training file
     test: str = ""  # jsonl/npz: test file (empty: hold out test_fraction of train)
+    val: str = ""  # jsonl/npz: validation file, e.g. a benchmark's official split (empty: hold out val_fraction)
     test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    val_fraction: float = 0.15  # intents: share of templates; jsonl/npz: of groups (task.group) or samples
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     samples_per_intent: int = 240  # built-in intents: samples per intent and language
     # jsonl: the classes, in order (empty: the training file's labels). With it, lines may have no
     # label: the teacher labels them (teacher.labels = "zero-shot"); docs/datasets.md.
     labels: list[str] = field(default_factory=list)
+    # jsonl/npz: hold out validation (and test, without a test file) by whole groups: the JSONL
+    # key (or NPZ array) naming each sample's speaker, session, template or source file. Empty:
+    # stratified random samples, which overrates held-out accuracy when samples come in families.
+    group: str = ""
     seed: int = 0
 
 
@@ -42,6 +47,8 @@ class TeacherConfig:
     # Domain adaptation.
     pretrain_epochs: int = 2  # continued pretraining (causal LM) on the task's text
     finetune_epochs: int = 6  # classification head (+ backbone) on the labels
+    head_epochs: int = 300  # at most, when only the head trains on a frozen backbone's features
+    patience: int = 20  # stop after this many epochs without a better validation accuracy (0: never)
     lr: float = 1e-3
     batch_size: int = 32
     max_tokens: int = 48
@@ -53,9 +60,12 @@ class TeacherConfig:
     # (auto: CUDA when torch sees a GPU). See docs/teachers.md.
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch CPU threads of adaptation and extraction (0: OMP_NUM_THREADS if set, else every core).
+    # Two torch jobs on the same cores slow each other many times over: give each its share.
+    threads: int = 0
     # What adaptation trains (docs/teachers.md): full = the weights themselves, lora = low-rank
     # adapters on the frozen backbone (saved alone), none = nothing of the backbone.
-    adapt: str = "full"  # full | lora | none
+    adapt: str = "auto"  # auto (full for the built-in teacher, lora for a pretrained one) | full | lora | none
     lora_rank: int = 8
     lora_alpha: float = 16.0
     # Linear layers that get adapters, by name: attention and MLP projections of deepseek_v2/v3
@@ -72,9 +82,15 @@ class TeacherConfig:
     verbalizer_score: str = "mean"  # mean | sum of a multi-token verbaliser's token log-probs
     # Noise-aware adaptation: the adaptation's training split also holds noise_copies corrupted
     # copies of every sample; noise as distill.noise (empty = the modality's default recipe).
-    # 2 with distill.noise_copies = 6: drops under 3 points at 97.4 % retention (bench/RESULTS.md).
-    noise_copies: int = 2
+    # -1 (auto): scaled by the training split's size (scaled_settings), 2 on the built-in task.
+    noise_copies: int = -1
     noise: str = ""
+    # The generated transfer set (teacher/transfer.py): utterances the adapted teacher writes,
+    # prompted with the first words of training examples, kept where its head is confident; the
+    # student distills on them beside the training split. 0: none.
+    transfer_samples: int = 0
+    transfer_confidence: float = 0.6
+    transfer_temperature: float = 1.0
     seed: int = 0
 
 
@@ -95,7 +111,8 @@ class DistillConfig:
     alpha: float = 0.7  # weight of the KL term (1 - alpha on the hard labels)
     temperature: float = 4.0
     beta: float = 0.1  # weight of feature matching
-    epochs: int = 50  # with 6 noise copies (below); bench/RESULTS.md, "Robustness" and "Distillation ablation"
+    # 0 (auto): scaled by the training split's size (scaled_settings), 50 on the built-in task.
+    epochs: int = 0
     # Feature matching: "teacher:student" layer pairs, e.g. "12:0, 24:1, 36:2"; empty = every
     # cached teacher layer spread evenly over the student's LSTM layers, the last to the last.
     layer_map: str = ""
@@ -120,11 +137,15 @@ class DistillConfig:
     # every sample, each with its clean sample's teacher logits and hidden states as targets.
     # noise: "kind:level" pairs applied in order to each copy (data/noise.py); empty = ASR errors
     # at 0.1 then typos at 0.02 for text, sensor noise at 20 dB then a random walk of 0.5 for
-    # sequences. An epoch costs 1 + noise_copies times as much.
-    noise_copies: int = 6
+    # sequences. An epoch costs 1 + noise_copies times as much. -1 (auto): scaled by the training
+    # split's size (scaled_settings), 6 on the built-in task.
+    noise_copies: int = -1
     noise: str = ""
     lr: float = 3e-3
     batch_size: int = 64
+    # Also train the same student on the hard labels alone (no teacher), the bar a teacher must
+    # clear; the report shows both and warns when the teacher falls below it. Doubles the stage.
+    hard_label_baseline: bool = False
     seed: int = 0
 
 
@@ -270,13 +291,36 @@ def validate(cfg: Config) -> None:
     need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
+    need(bool(_RUN_NAME.fullmatch(cfg.run)) and cfg.run not in (".", ".."),
+         f"run must be a plain folder name (letters, digits, '.', '_', '-'), not {cfg.run!r}; it names "
+         f"{cfg.models_dir}/<run>. To write elsewhere set models_dir to an absolute path")
+    for key in ("models_dir", "codegen.out_dir"):
+        value = cfg.models_dir if key == "models_dir" else cfg.codegen.out_dir
+        need(Path(value).is_absolute() or ".." not in Path(value).parts,
+             f"{key} = {value!r} leaves the project through '..'; a folder outside the project needs an explicit "
+             f"absolute path (e.g. {str(Path(value).resolve())!r})")
+    t = cfg.teacher
+    need(t.batch_size >= 1, f"teacher.batch_size must be >= 1, not {t.batch_size}")
+    need(t.max_tokens >= 2, f"teacher.max_tokens must be >= 2 (tokens per text the teacher reads), not {t.max_tokens}")
+    need(t.source != "default" or t.num_layers >= 1 and t.num_heads >= 1 and t.hidden_size >= 8 and t.hidden_size % t.num_heads == 0
+         and (t.hidden_size // t.num_heads) % 2 == 0,
+         f"teacher.hidden_size = {t.hidden_size} with teacher.num_heads = {t.num_heads}: the built-in teacher needs "
+         f"hidden_size >= 8 divided by num_heads into an even head size (the attention kernels need aligned "
+         f"strides), e.g. hidden_size = {max(8, 2 * t.num_heads * max(1, round(t.hidden_size / (2 * max(t.num_heads, 1)))))}"
+         f", and num_layers >= 1")
     need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
+    need(cfg.teacher.threads >= 0, "teacher.threads must be >= 0 (0: OMP_NUM_THREADS if set, else every core)")
+    need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
+         and cfg.teacher.transfer_temperature > 0,
+         "teacher.transfer_samples must be >= 0, transfer_confidence in [0, 1), transfer_temperature > 0")
+    need(cfg.teacher.head_epochs >= 1 and cfg.teacher.patience >= 0,
+         "teacher.head_epochs must be >= 1 and teacher.patience >= 0 (0: no early stopping)")
     need(cfg.teacher.dtype in ("auto", "bfloat16", "float16", "float32"),
          f"teacher.dtype must be auto, bfloat16, float16 or float32, not {cfg.teacher.dtype!r}")
     need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device)),
          f"teacher.device must be auto, cpu, cuda or cuda:N, not {cfg.teacher.device!r}")
-    need(cfg.teacher.adapt in ("full", "lora", "none"),
-         f"teacher.adapt must be full, lora or none, not {cfg.teacher.adapt!r}")
+    need(cfg.teacher.adapt in ("auto", "full", "lora", "none"),
+         f"teacher.adapt must be auto, full, lora or none, not {cfg.teacher.adapt!r}")
     need(cfg.teacher.lora_rank >= 1 and cfg.teacher.lora_alpha > 0 and bool(cfg.teacher.lora_targets),
          "teacher.lora_rank must be >= 1, teacher.lora_alpha > 0 and teacher.lora_targets not empty")
     need(cfg.teacher.labels in ("head", "zero-shot") and cfg.teacher.verbalizer_score in ("mean", "sum"),
@@ -301,11 +345,11 @@ def validate(cfg: Config) -> None:
          "distill.schedule must be joint or progressive, distill.feedback reweight or relabel, "
          "distill.feature_loss cosine or mse")
     noise_pairs = r"\s*([a-z_]+\s*:\s*[0-9.e+-]+\s*(,\s*[a-z_]+\s*:\s*[0-9.e+-]+\s*)*)?"
-    need(0 <= cfg.teacher.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, cfg.teacher.noise)),
-         f"teacher.noise_copies must be 0..16 and teacher.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
+    need(-1 <= cfg.teacher.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, cfg.teacher.noise)),
+         f"teacher.noise_copies must be -1 (auto) or 0..16 and teacher.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
          f"(or empty), not {cfg.teacher.noise_copies} and {cfg.teacher.noise!r}")
-    need(0 <= d.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, d.noise)),
-         f"distill.noise_copies must be 0..16 and distill.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
+    need(-1 <= d.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, d.noise)),
+         f"distill.noise_copies must be -1 (auto) or 0..16 and distill.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
          f"(or empty), not {d.noise_copies} and {d.noise!r}")
     need(bool(re.fullmatch(r"\s*(\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*)?", d.layer_map)),
          f"distill.layer_map must be \"teacher:student\" pairs like \"12:0, 24:1\" (or empty), not {d.layer_map!r}")
@@ -339,9 +383,32 @@ def validate(cfg: Config) -> None:
          "set codegen.name or choose another run name")
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # No leading underscore: the upper-cased macros would be reserved identifiers.
 _C_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _C_KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "
     "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
     "_Bool _Complex _Imaginary".split())
+
+
+# What the automatic settings aim at: about this many (noisy) samples per distillation epoch and
+# sample-steps per distillation, and samples per teacher epoch. They give the settings measured
+# on the built-in task (4,320 training samples: teacher 2 copies, student 6 copies, 50 epochs;
+# bench/RESULTS.md) and keep a 100k-sample dataset to about the same cost instead of hours.
+DISTILL_SAMPLES_PER_EPOCH = 32_000
+DISTILL_SAMPLE_STEPS = 1_600_000
+TEACHER_SAMPLES_PER_EPOCH = 13_000
+
+
+def scaled_settings(teacher: "TeacherConfig", distill: "DistillConfig", n_train: int):
+    """(teacher, distill) with the automatic settings (noise_copies -1, epochs 0) resolved for a
+    training split of n_train samples; explicit settings stay as they are."""
+    from dataclasses import replace
+    n = max(1, n_train)
+    t_copies = teacher.noise_copies if teacher.noise_copies >= 0 else \
+        max(0, min(2, TEACHER_SAMPLES_PER_EPOCH // n - 1))
+    d_copies = distill.noise_copies if distill.noise_copies >= 0 else \
+        max(0, min(6, DISTILL_SAMPLES_PER_EPOCH // n - 1))
+    epochs = distill.epochs or max(10, min(50, round(DISTILL_SAMPLE_STEPS / (n * (1 + d_copies)))))
+    return replace(teacher, noise_copies=t_copies), replace(distill, noise_copies=d_copies, epochs=epochs)

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tomli_w
 
 from . import __version__
@@ -69,7 +70,12 @@ class Run:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.log = log
-        self._dataset = None
+        self._dataset = self._task_dataset = None
+        self.current: str | None = None  # the stage running now (for the Ctrl-C message)
+        self.overwrite = False  # codegen may replace files in the library folder that lack the stamp
+        for what, path in (("run folder", self.dir), ("model library", self.lib_dir)):
+            if not path.resolve().is_relative_to(REPO_ROOT):  # only an absolute path gets here (config.py)
+                log(f"note: the {what} {path.resolve()} is outside the project")
 
     # -- paths ----------------------------------------------------------------------------
     @property
@@ -94,11 +100,49 @@ class Run:
         return Path(out) if out else REPO_ROOT / "firmware" / "lib" / self.cfg.model_name
 
     @property
-    def dataset(self):
-        if self._dataset is None:
+    def task_dataset(self):
+        """The task's data as configured (what the teacher adapts on)."""
+        if self._task_dataset is None:
             from .data import load_task
-            self._dataset = load_task(self.cfg.task)
+            self._task_dataset = self._check_test_split(load_task(self.cfg.task))
+        return self._task_dataset
+
+    @property
+    def dataset(self):
+        """The task's data, with the teacher's generated transfer set (teacher.transfer_samples)
+        added to the training split once the teacher stage wrote it."""
+        if self._dataset is None:
+            self._dataset = self.task_dataset
+            transfer = self.dir / "transfer.jsonl"
+            if self.cfg.teacher.transfer_samples and transfer.is_file():
+                from dataclasses import replace
+
+                from .data.dataset import Split
+                from .teacher.transfer import read_transfer_set
+                ds = self._dataset
+                texts, y = read_transfer_set(transfer, ds.labels)
+                t = ds.train
+                groups = None if t.groups is None else np.concatenate([t.groups, np.full(len(y), -1, np.int64)])
+                self._dataset = replace(ds, train=Split(y=np.concatenate([t.y, y]), texts=list(t.texts) + texts,
+                                                        x=None, groups=groups))
         return self._dataset
+
+    def _check_test_split(self, ds):
+        """Every figure of the report is measured on the test split: an empty one is an error (a
+        check over nothing must never read as a pass), a class without test samples a warning."""
+        import numpy as np
+        t = self.cfg.task
+        if len(ds.test.y) == 0:
+            raise ValueError(
+                f"the test split of task {ds.name!r} is empty ({len(ds.train.y):,} training samples, "
+                f"{len(ds.labels)} classes): nothing would be measured. Give each class more samples (the test "
+                f"holds task.test_fraction = {t.test_fraction} of each class, rounded), or a test file (task.test)")
+        labeled = np.asarray(ds.test.y)
+        missing = [ds.labels[k] for k in range(len(ds.labels)) if not np.any(labeled == k)]
+        if missing and np.any(labeled >= 0):
+            self.log(f"WARNING: {len(missing)} of {len(ds.labels)} classes have no test sample, so their accuracy is not "
+                     f"measured: {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
+        return ds
 
     # -- stamps ---------------------------------------------------------------------------
     def _stamps(self) -> dict:
@@ -113,7 +157,8 @@ class Run:
     def _task_key(self) -> list:
         c = self.cfg
         # Your own data counts by content, not only by path: an edited file re-runs the stages.
-        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test) if f and Path(f).exists()]
+        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test, c.task.val)
+                               if f and Path(f).exists()]
 
     def adaptation_key(self) -> str:
         """The teacher stage's inputs but the settings only the extraction reads: a change of
@@ -162,9 +207,30 @@ class Run:
             return False
         self.log(f"[{name}] running")
         t0 = time.monotonic()
+        self.current = name
         STAGE_FUNCS[name](self)
         self._stamp(name, key)
+        self.current = None
         self.log(f"[{name}] done in {time.monotonic() - t0:.1f} s")
+        return True
+
+    def seed_from(self, source: Path) -> bool:
+        """Start this run from another run's artifacts (its stamps, float student and int8
+        model), so a stage whose inputs come out the same is skipped instead of redone; a run
+        folder that already has stamps is left as it is. The other run is only read. Returns
+        True if the artifacts were copied."""
+        import shutil
+        if source.resolve() == self.dir.resolve() or (self.dir / "stamps.json").exists():
+            return False
+        if not (source / "stamps.json").is_file():
+            raise FileNotFoundError(f"{source} is no run folder (no stamps.json): --from names a run in "
+                                    f"{self.cfg.models_dir}/, e.g. --from intents")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("student", "int8"):
+            if (source / name).is_dir():
+                shutil.copytree(source / name, self.dir / name, dirs_exist_ok=True)
+        shutil.copy2(source / "stamps.json", self.dir / "stamps.json")
+        self.log(f"[build] starting from {source}'s artifacts; each stage whose inputs match them is skipped")
         return True
 
     def build(self, force: bool = False, until: str = "report") -> None:
@@ -183,16 +249,30 @@ def _teacher(run: Run) -> None:
     if meta.get("adaptation_key") == key:
         run.log("[teacher] adaptation unchanged (only extraction settings differ): extracting with the saved teacher")
     else:
-        adapt(run.dataset, run.cfg.teacher, run.dir)
+        adapt(run.task_dataset, run.cfg.teacher, run.dir)
         meta = json.loads(meta_file.read_text())
+        if meta.get("val_accuracy") is not None:
+            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.task_dataset.val.y):,} "
+                    f"samples held out by {run.task_dataset.split_by} ({meta['finetune_epochs']} epochs)")
         meta["adaptation_key"] = key
         meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    from .teacher.transfer import write_transfer_set
+    write_transfer_set(run.task_dataset, run.cfg.teacher, run.dir, run.log)
+    run._dataset = None  # the training split now holds the transfer set, if one was asked for
     extract(run.dataset, run.cfg.teacher, run.dir)
 
 
 def _distill(run: Run) -> None:
     from .distill import distill
     distill(run.dataset, run.knowledge, run.cfg, run.dir)
+    baseline = run.student_dir / "baseline.json"
+    if run.cfg.distill.hard_label_baseline:
+        from .distill.train import hard_label_baseline
+        result = hard_label_baseline(run.dataset, run.knowledge, run.cfg)
+        baseline.write_text(json.dumps(result, indent=2) + "\n")
+        run.log(f"[distill] hard-label baseline (no teacher): validation accuracy {result['val_accuracy']:.4f}")
+    elif baseline.exists():
+        baseline.unlink()
 
 
 def _quantize(run: Run) -> None:
@@ -203,7 +283,7 @@ def _quantize(run: Run) -> None:
 def _codegen(run: Run) -> None:
     from .codegen.render import render
     from .quant.model import QuantModel
-    files = render(QuantModel.load(run.int8_dir), run.lib_dir)
+    files = render(QuantModel.load(run.int8_dir), run.lib_dir, overwrite=run.overwrite)
     run.log(f"[codegen] {len(files)} files in {run.lib_dir}")
 
 

@@ -7,7 +7,8 @@
  *
  * Written for size (the build compiles it with -Os): one small formatter instead of printf,
  * 32-bit divisions only (64-bit ones would link libgcc's division routines), and no floating
- * point (a soft-float FPU-less core would link the float emulation).
+ * point (a soft-float FPU-less core would link the float emulation). Every byte it sends is
+ * printable ASCII, CR or LF.
  */
 #include "dut.h"
 
@@ -82,13 +83,13 @@ static void out_long(long v) {
     out_dec(v < 0 ? 0u - (unsigned long)v : (unsigned long)v, 0);
 }
 
-/* Bytes that may be echoed inside `[...]`: printable ASCII except ']' and '%', and bytes of
- * UTF-8 sequences (labels may be non-English); everything else becomes '?'. */
+/* Bytes that may be echoed inside `[...]`: printable ASCII except ']' and '%'; everything else
+ * (control bytes, bytes of UTF-8 sequences) becomes '?', so every byte sent is printable. */
 static void out_safe(const char *s, size_t n, size_t max) {
     size_t i;
     for (i = 0; i < n && i < max; i++) {
         unsigned char c = (unsigned char)s[i];
-        char r = (c >= 0x20 && c != 0x7f && c != ']' && c != '%') ? (char)c : '?';
+        char r = (c >= 0x20 && c < 0x7f && c != ']' && c != '%') ? (char)c : '?';
         dut_port_write(&r, 1);
     }
     if (n > max) out("...");
@@ -154,79 +155,37 @@ static void err(const char *f, ...) {
 
 
 
-/* A real-valued logit with three decimals, like the reference firmware's "%0.3f": the digits
- * of the float expression x = (float)logit * output_scale * 1000.0f, clamped to +-2e9, printed
- * as (uint32_t)(|x| + 0.5f) thousandths. */
-#if defined(__ARM_FP) && (__ARM_FP & 4)
-/* A single-precision FPU evaluates the expression itself. */
-static void out_real3(int16_t logit) {
-    float x = (float)logit * M->output_scale * 1000.0f;
-    float a = x < 0.0f ? -x : x;
-    if (a > 2e9f) a = 2e9f;
-    if (x <= -0.5f) out("-");
-    out_dec((uint32_t)(a + 0.5f), 3);
-}
-#else
-/* Without one, integer arithmetic rounds each step as IEEE single precision does, so the bytes
- * are the same and an FPU-less core links no float emulation. */
+/* 2^(-j/32) in Q0.15, j = 0..32. */
+static const uint16_t exp2_q15[33] = {
+    32768, 32066, 31379, 30706, 30048, 29405, 28774, 28158, 27554, 26964, 26386, 25821, 25268, 24726, 24196, 23678,
+    23170, 22674, 22188, 21713, 21247, 20792, 20347, 19911, 19484, 19066, 18658, 18258, 17867, 17484, 17109, 16743,
+    16384};
 
-/* m * 2^e rounded to a float's 24-bit significand (to nearest, ties to even): the new m. */
-static uint32_t round24(uint64_t m, int *e) {
-    unsigned guard = 0, sticky = 0;
-    while (m >> 24) {
-        sticky |= guard;
-        guard = (unsigned)m & 1u;
-        m >>= 1;
-        ++*e;
-    }
-    m += guard & (sticky | (unsigned)m);
-    if (m >> 24) {
-        m >>= 1;
-        ++*e;
-    }
-    return (uint32_t)m;
+/* exp(s_out * (logit - top)) in Q0.15: 2^-y with y the difference in Q16 (below 2^32), the
+ * fraction from the table (interpolated), the integer part a shift. docs/numerics.md, "Class
+ * probabilities"; tinyseek.quant.reference.softmax_fixed is the oracle. */
+static uint32_t class_exp(int16_t logit, int16_t top) {
+    uint32_t y = (uint32_t)(((uint64_t)(uint32_t)(top - logit) * M->softmax_mult + 0x8000u) >> 16);
+    uint32_t j = y >> 11 & 31u, lo = exp2_q15[j];
+    uint32_t v = lo - (((lo - exp2_q15[j + 1]) * (y & 0x7FFu) + 1024u) >> 11);
+    return y >> 16 < 16u ? v >> (y >> 16) : 0u;
 }
 
-static void out_real3(int16_t logit) {
-    union {
-        float f;
-        uint32_t u;
-    } scale;
-    uint32_t m, half;
-    int e, k;
-    scale.f = M->output_scale;
-    k = (int)(scale.u >> 23 & 0xFFu);
-    e = (k ? k : 1) - 150;
-    m = (scale.u & 0x7FFFFFu) | (k ? 0x800000u : 0u);
-    m = round24((uint64_t)(logit < 0 ? -logit : logit) * m, &e); /* (float)logit * output_scale */
-    m = round24((uint64_t)m * 1000u, &e);                          /* * 1000.0f */
-    if (m == 0 || e < -25) { /* below 0.25: |x| + 0.5f truncates to 0 */
-        m = 0;
-        e = -1;
-    } else if (e > 8 || (e >= 0 && m << e > 2000000000u)) { /* m has 24 bits: e > 8 is >= 2^32 */
-        m = 2000000000u;
-        e = 0;
-    }
-    if (e >= 0) { /* an integer up to 2e9: count in halves (below 2^32) */
-        m <<= e + 1;
-        e = -1;
-    }
-    half = 1u << (-1 - e); /* 0.5 in units of 2^e */
-    if (m >= half && (logit < 0) != (scale.u >> 31)) out("-"); /* x <= -0.5f */
-    m = round24((uint64_t)m + half, &e); /* |x| + 0.5f */
-    out_dec(e < 0 ? m >> -e : m << e, 3);
-}
-#endif
-
-/* m-results (real-valued) then m-logits (the exact int16 values). */
+/* m-results: class probabilities with five decimals (the MLPerf Tiny runner scores this line);
+ * then m-logits: the exact int16 logits (tinyseek checks these against the oracle). */
 static void out_results(void) {
+    const int16_t *z = M->logits_out;
+    int16_t top = z[0];
+    uint32_t sum = 0;
     int k, exact;
+    for (k = 1; k < M->num_classes; k++) top = z[k] > top ? z[k] : top;
+    for (k = 0; k < M->num_classes; k++) sum += class_exp(z[k], top);
     for (exact = 0; exact < 2; exact++) {
         out(exact ? "m-logits-[" : "m-results-[");
         for (k = 0; k < M->num_classes; k++) {
             if (k) out(",");
-            if (exact) out_long(M->logits_out[k]);
-            else out_real3(M->logits_out[k]);
+            if (exact) out_long(z[k]);
+            else out_dec((class_exp(z[k], top) * 100000u + sum / 2u) / sum, 5); /* below 2^32 */
         }
         out("]\r\n");
     }
@@ -304,9 +263,20 @@ static int no_more(const char *pos, const char *end, const char *usage) {
 
 /* ---- the input buffer ----------------------------------------------------------------- */
 
+/* Forget the loaded input and the last results. Every `db load` starts with it and every failed
+ * chunk ends with it: a runner that ignores e- lines then gets an error from `infer`, never the
+ * previous sample's results again. */
+static void drop_input(void) {
+    load_size = load_pos = 0;
+    have_results = 0;
+}
+
+static const char DROPPED[] = "; input dropped";
+
 static void cmd_db_load(const char *pos, const char *end) {
     unsigned long n;
     tok_t t = next_tok(&pos, end);
+    drop_input();
     if (t.n == 0) {
         err("db load needs a byte count; usage: %s", USAGE_DB_LOAD);
     } else if (!parse_ulong(t, 0xFFFFFFFFUL, &n)) {
@@ -325,37 +295,34 @@ static void cmd_db_load(const char *pos, const char *end) {
     }
 }
 
-/* Append hex bytes; checked whole before anything is stored, so a bad chunk changes nothing. */
+/* Append hex bytes. A bad chunk drops the whole input: the next `infer` fails instead of
+ * running on an input with a hole in it. */
 static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
-    size_t i, bytes;
-    if (!no_more(pos, end, USAGE_DB_HEX)) return;
+    size_t i, bytes = t.n / 2u;
     if (load_size == 0) {
         err("db: no buffer; send db load N first");
         return;
     }
-    if (t.n % 2u != 0u) {
-        err("db: odd number of hex digits (%u)", (unsigned long)t.n);
-        return;
+    for (i = 0; i < t.n && hex_value(t.p[i]) >= 0; i++) {
     }
-    for (i = 0; i < t.n; i++) {
-        if (hex_value(t.p[i]) < 0) {
-            err("db: invalid hex digit '%q' at position %u", t.p + i, (size_t)1, (size_t)1,
-                 (unsigned long)i);
-            return;
+    if (!no_more(pos, end, USAGE_DB_HEX)) {
+    } else if (t.n % 2u != 0u) {
+        err("db: odd number of hex digits (%u)%s", (unsigned long)t.n, DROPPED);
+    } else if (i < t.n) {
+        err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i, DROPPED);
+    } else if (bytes > load_size - load_pos) {
+        err("db: %u bytes but only %u of the %u announced remain%s", (unsigned long)bytes,
+            (unsigned long)(load_size - load_pos), (unsigned long)load_size, DROPPED);
+    } else {
+        for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
+            uint8_t *b = &M->input[load_pos + i / 2u];
+            *b = (uint8_t)(*b << 4 | hex_value(t.p[i]));
         }
-    }
-    bytes = t.n / 2u;
-    if (bytes > load_size - load_pos) {
-        err("db: %u bytes but only %u of the %u announced remain", (unsigned long)bytes,
-             (unsigned long)(load_size - load_pos), (unsigned long)load_size);
+        load_pos += bytes;
+        if (load_pos == load_size) out("m-load-done\r\n");
         return;
     }
-    for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
-        uint8_t *b = &M->input[load_pos + i / 2u];
-        *b = (uint8_t)(*b << 4 | hex_value(t.p[i]));
-    }
-    load_pos += bytes;
-    if (load_pos == load_size) out("m-load-done\r\n");
+    drop_input();
 }
 
 static void cmd_db_print(const char *pos, const char *end) {
@@ -531,11 +498,12 @@ static void cmd_cls(const char *text, const char *end) {
 static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
     outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
-         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,buffer=%u,line=%u]\r\n",
+         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,buffer=%u,line=%u]\r\n",
          M->name, M->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)M->num_classes,
          (unsigned long)M->input_size, (unsigned long)M->num_layers, (unsigned long)M->hidden_size,
          (unsigned long)M->vocab_size, (unsigned long)M->max_len, (unsigned long)M->num_features, M->kernel,
-         tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, (unsigned long)M->input_capacity,
+         tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, tg->timer_unit, tg->timer_per_us,
+         (unsigned long)M->input_capacity,
          (unsigned long)DUT_LINE_MAX);
 }
 

@@ -37,7 +37,9 @@ typedef struct {
     int vocab_size;              /* text models, else 0 */
     int max_len;                 /* text models, else 0 */
     int num_features;            /* sequence models, else 0 */
-    float output_scale;          /* real logit = int16 logit * output_scale */
+    /* Class probabilities (m-results): <NAME>_SOFTMAX_MULT, round(output scale * log2(e) * 2^32)
+     * (docs/numerics.md, "Class probabilities"). */
+    uint32_t softmax_mult;
     unsigned long weight_bytes;
     unsigned long ram_bytes;
     const char *const *labels;   /* num_classes entries */

@@ -1,8 +1,9 @@
 /* Real boards on the Arduino framework: ESP32, ESP32-S3, ESP32-C3 (espressif32) and STM32
  * Nucleo boards (ststm32). The UART is `Serial` at 115200 baud.
  *
- * Timing: the CPU cycle counter. STM32: DWT CYCCNT; ESP32 family: ESP.getCycleCount() (CCOUNT on
- * Xtensa, the cycle CSR on RISC-V). Both are 32 bits wide and are extended to 64 bits on every
+ * Timing: the CPU cycle counter. STM32: DWT CYCCNT where the core has one (Cortex-M3 and up);
+ * ESP32 family: ESP.getCycleCount() (CCOUNT on Xtensa, the cycle CSR on RISC-V). A core without a
+ * cycle counter (Cortex-M0/M0+) times with micros(), which the STM32 core derives from SysTick. Both are 32 bits wide and are extended to 64 bits on every
  * read; the interpreter reads the counter at the start and end of every run, so one inference
  * may last up to 2^32 cycles (about 18 s at 240 MHz).
  * Stack: ESP32 reports the loop task's FreeRTOS high-water mark; STM32 paints up to 8 KiB below
@@ -14,6 +15,11 @@
 #include "dut.h"
 #include "dut_port.h"
 #include "model_glue.h"
+
+/* CMSIS defines the DWT cycle counter's bits only for cores that have one. */
+#if defined(ARDUINO_ARCH_STM32) && defined(DWT_CTRL_CYCCNTENA_Msk)
+#define TS_DWT 1
+#endif
 
 #if defined(ARDUINO_ARCH_ESP32)
 #include <freertos/FreeRTOS.h>
@@ -37,7 +43,7 @@ static uint64_t high_count;
 static uint32_t read_counter(void) {
 #if defined(ARDUINO_ARCH_ESP32)
     return ESP.getCycleCount();
-#elif defined(ARDUINO_ARCH_STM32)
+#elif defined(TS_DWT)
     return DWT->CYCCNT;
 #else
     return micros();
@@ -50,7 +56,7 @@ static void timer_init(void) {
     target.timer = "ccount";
     target.timer_unit = "cycles";
     target.timer_per_us = getCpuFrequencyMhz();
-#elif defined(ARDUINO_ARCH_STM32)
+#elif defined(TS_DWT)
     CoreDebug->DEMCR |= CoreDebug_DEMCR_TRCENA_Msk;
 #if defined(STM32H7xx) || defined(STM32F7xx)
     DWT->LAR = 0xC5ACCE55; /* Cortex-M7 parts lock the DWT after reset */
@@ -63,7 +69,7 @@ static void timer_init(void) {
     target.timer_per_us = SystemCoreClock / 1000000UL;
 #else
     target.clock_hz = F_CPU;
-    target.timer = "micros";
+    target.timer = "micros"; /* SysTick-based on the STM32 core */
     target.timer_unit = "us";
     target.timer_per_us = 1;
 #endif

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quant.model import QuantModel
-from ..quant.reference import check_model
+from ..quant.reference import MAX_SOFTMAX_CLASSES, check_model, softmax_multiplier
 from .identifiers import CodegenError, check_name, prefixed
 
 GENERATOR = "tinyseek"
@@ -285,6 +285,8 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     max_hidden = max(L.hidden for L in model.layers)
     state_bytes = sum(L.hidden * (1 + 2) for L in model.layers)  # int8 h + int16 c
     scratch_bytes = max_hidden  # the new h of one layer (every unit reads the old one)
+    if C > MAX_SOFTMAX_CLASSES:
+        raise CodegenError(f"{C} classes: the firmware's class probabilities support at most {MAX_SOFTMAX_CLASSES}")
     return {
         "name": name, "NAME": name.upper(), "kind": model.kind, "text": model.kind == "text",
         "generator": GENERATOR, "version": generator_version, "model_hash": model.model_hash(),
@@ -293,6 +295,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,
         "input_scale": model.input_scale, "output_scale": model.output_scale,
+        "softmax_mult": softmax_multiplier(model.output_scale),
         "arrays": arrays, "layers": layers, "head": head, "head_requant": head_requant,
         "weight_bytes": sum(a.nbytes for a in arrays), "state_bytes": state_bytes,
         "scratch_bytes": scratch_bytes, "ram_bytes": state_bytes + scratch_bytes,

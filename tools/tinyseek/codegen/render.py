@@ -6,6 +6,8 @@ timestamps), so rendering twice gives byte-identical files.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import jinja2
@@ -41,26 +43,44 @@ def make_env(templates_dir: str | Path | None = None) -> jinja2.Environment:
 
 
 def render(model: QuantModel, out_dir: str | Path, *, generator_version: str = __version__,
-           templates_dir: str | Path | None = None) -> list[Path]:
+           templates_dir: str | Path | None = None, overwrite: bool = False) -> list[Path]:
     """Write the library of `model` into `out_dir`; returns the written files (sorted).
 
-    Files of an earlier rendering into the same folder that this one does not produce (e.g. the
-    tokenizer of a former text model) are removed, but only if they carry the generated stamp.
+    A file of the same name that lacks the generated stamp is someone's own: it stops the
+    rendering with an error naming it, unless `overwrite`. Files of an earlier rendering that
+    this one does not produce (e.g. the tokenizer of a former text model) are removed; every
+    other file in the folder is kept. The folder is rendered beside `out_dir` and swapped in,
+    so an interrupted codegen never leaves a mix of old and new files.
     """
     ctx = build_context(model, generator_version)
     env = make_env(templates_dir)
     rendered = {out: env.get_template(tpl).render(ctx) for tpl, out in ctx["files"].items()}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():
-        if old.is_file() and old.name not in rendered and _is_generated(old):
-            old.unlink()
-    written = []
-    for fname, text in sorted(rendered.items()):
-        path = out / fname
-        path.write_bytes(text.encode("utf-8"))
-        written.append(path)
-    return written
+    old = sorted(out.iterdir()) if out.is_dir() else []
+    theirs = [p for p in old if p.name in rendered and not (p.is_file() and _is_generated(p))]
+    if theirs and not overwrite:
+        raise CodegenError(f"{theirs[0]} is not a generated file (no '{GENERATED_MARK}' stamp) and codegen would "
+                           f"replace it: move it away, choose another codegen.out_dir, or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    tmp.chmod(out.stat().st_mode if out.is_dir() else 0o755)  # mkdtemp's 0700 would stick
+    try:
+        for p in old:  # the folder's other files stay; stale generated ones go
+            if p.name not in rendered and not (p.is_file() and _is_generated(p)):
+                (shutil.copytree if p.is_dir() and not p.is_symlink() else shutil.copy2)(p, tmp / p.name)
+        for fname, text in rendered.items():
+            (tmp / fname).write_bytes(text.encode("utf-8"))
+        if out.is_dir():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(trash / out.name)
+            tmp.rename(out)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return sorted(out / f for f in rendered)
 
 
 def _is_generated(path: Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TaskConfig
-from .dataset import DataError, Dataset, Split, stratified_holdout, take
+from .dataset import DataError, Dataset, Split, group_holdout, stratified_holdout, take
 
 _JSONL_EXAMPLE = '{"text": "turn on the lights", "label": "lights_on"}'
 UNLABELED = -1  # y of a sample without a label (JSONL with task.labels); its label comes from the teacher
@@ -39,11 +39,27 @@ def _label_order(labels: set[str]) -> list[str]:
 
 
 # -- JSONL --------------------------------------------------------------------------------
+MAX_JSONL_LINE = 1 << 20  # bytes; a longer line is no sample of text
+
+
+def _lines(path: Path):
+    """(line number, bytes) of a file, read line by line: a huge or wrong file costs no more
+    memory than one line, and no line may exceed MAX_JSONL_LINE."""
+    with path.open("rb") as f:
+        lineno = 0
+        while raw := f.readline(MAX_JSONL_LINE + 1):
+            lineno += 1
+            if len(raw) > MAX_JSONL_LINE:
+                raise DataError(f"{path} line {lineno}: longer than {MAX_JSONL_LINE:,} bytes; a JSONL file has one "
+                                f"short JSON object per line, like {_JSONL_EXAMPLE}")
+            yield lineno, raw.rstrip(b"\r\n")
+
+
 def read_jsonl(path: Path, allow_unlabeled: bool = False) -> tuple[list[str], list[str | None]]:
     """(texts, labels) of a JSONL file; blank lines are skipped, integer labels become strings.
     With `allow_unlabeled`, a line without "label" (or with "label": null) gets None."""
     texts, labels = [], []
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for lineno, raw in _lines(path):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
@@ -101,15 +117,37 @@ def load_jsonl(cfg: TaskConfig, labels: list[str] | None = None) -> Dataset:
         labels = _label_order(set(raw))
     _need_two_classes(labels, train_path)
     index = {name: i for i, name in enumerate(labels)}
-    full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None)
-    test = None
-    if cfg.test:
-        test_path = _existing(cfg.test, "task.test", "a JSONL test file (or leave task.test empty to hold out "
-                                                     "task.test_fraction of train)")
-        t_texts, t_raw = read_jsonl(test_path, allow_unlabeled=bool(fixed))
-        _check_known(t_raw, labels, test_path, None if fixed else train_path)
-        test = Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
-    return _assemble(train_path.stem, "text", labels, full, test, cfg)
+    full = Split(y=np.array([index.get(r, UNLABELED) for r in raw], dtype=np.int64), texts=texts, x=None,
+                 groups=read_jsonl_groups(train_path, cfg.group) if cfg.group else None)
+    def held_file(path: str, setting: str, fraction: str) -> Split | None:
+        if not path:
+            return None
+        p = _existing(path, setting, f"a JSONL file (or leave {setting} empty to hold out {fraction} of train)")
+        t_texts, t_raw = read_jsonl(p, allow_unlabeled=bool(fixed))
+        _check_known(t_raw, labels, p, None if fixed else train_path)
+        return Split(y=np.array([index.get(r, UNLABELED) for r in t_raw], dtype=np.int64), texts=t_texts, x=None)
+
+    test = held_file(cfg.test, "task.test", "task.test_fraction")
+    val = held_file(cfg.val, "task.val", "task.val_fraction")
+    return _assemble(train_path.stem, "text", labels, full, test, cfg, val)
+
+
+def read_jsonl_groups(path: Path, key: str) -> np.ndarray:
+    """The group id of every sample line of a JSONL file (read_jsonl has checked the lines): its
+    value under `key` (task.group), numbered in order of first appearance."""
+    ids: dict[str, int] = {}
+    out = []
+    for lineno, raw in _lines(path):
+        if not raw.strip():
+            continue
+        obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        value = obj.get(key)
+        if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
+            raise DataError(f"{path} line {lineno}: no group under {key!r} (task.group); give every line a "
+                            f"\"{key}\": \"...\" (speaker, session, source), or set task.group = \"\" to hold "
+                            "out random samples")
+        out.append(ids.setdefault(str(value), len(ids)))
+    return np.array(out, dtype=np.int64)
 
 
 def _check_known(raw: list[str | None], labels: list[str], path: Path, train_path: Path | None) -> None:
@@ -130,11 +168,14 @@ def _check_known(raw: list[str | None], labels: list[str], path: Path, train_pat
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; write it with np.savez(path, x=x, y=y)")
-    if not zipfile.is_zipfile(path):
-        kind = "a single .npy array" if path.read_bytes()[:6] == b"\x93NUMPY" else "not a .npz (zip) archive"
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(b"PK\x03\x04") or not zipfile.is_zipfile(path):
+        kind = "a single .npy array" if magic == b"\x93NUMPY" else "not a .npz (zip) archive"
         raise DataError(f"{path} is {kind}; write x and y together with np.savez(path, x=x, y=y)")
     arrays = {}
     try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as z:
             for name in z.files:
                 try:
@@ -149,6 +190,30 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path} is a damaged .npz archive ({e}); write it again with np.savez(path, x=x, y=y)") from e
     return arrays
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Each array's header against the bytes the archive holds for it, before anything is
+    allocated: a header that declares an absurd shape is an error, not a memory exhaustion."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                except ValueError as e:
+                    raise DataError(f"{path}: member {info.filename!r} is not a .npy array ({e}); write the file "
+                                    "with np.savez(path, x=x, y=y)") from e
+                data = info.file_size - f.tell()
+            if dtype.hasobject:
+                continue  # refused with its own message when read (never unpickled)
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need != data:
+                raise DataError(f"{path}: array {info.filename.removesuffix('.npy')!r} declares shape {shape} of "
+                                f"{dtype} ({need:,} bytes) but the archive holds {data:,} bytes for it; the file is "
+                                "damaged or was not written by np.savez")
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -209,28 +274,45 @@ def load_npz(cfg: TaskConfig) -> Dataset:
         raise DataError(f"{train_path}: class{'es' if len(absent) > 1 else ''} {', '.join(map(repr, absent))} "
                         f"{'have' if len(absent) > 1 else 'has'} no training sample; add samples or remove the "
                         "class (from 'labels', or renumber y to 0..K-1)")
-    test = None
-    if cfg.test:
-        test_path = _existing(cfg.test, "task.test", "an .npz test file (or leave task.test empty to hold out "
-                                                     "task.test_fraction of train)")
-        tx, ty, tnames = read_npz(test_path)
+    def held_file(path: str, setting: str, fraction: str) -> Split | None:
+        if not path:
+            return None
+        p = _existing(path, setting, f"an .npz file (or leave {setting} empty to hold out {fraction} of train)")
+        tx, ty, tnames = read_npz(p)
         if tx.shape[2] != x.shape[2]:
-            raise DataError(f"{test_path}: x has {tx.shape[2]} features per step but the training file has "
+            raise DataError(f"{p}: x has {tx.shape[2]} features per step but the training file has "
                             f"{x.shape[2]}; both must have the same F")
-        if tnames is not None:  # map test names onto training indices
+        if tnames is not None:  # map the file's names onto training indices
             unknown = [n for n in dict.fromkeys(tnames[c] for c in np.unique(ty)) if n not in labels]
             if unknown:
-                raise DataError(f"{test_path}: labels {', '.join(map(repr, unknown))} do not occur in the training "
+                raise DataError(f"{p}: labels {', '.join(map(repr, unknown))} do not occur in the training "
                                 f"file {train_path} (its labels: {', '.join(labels)}); add training samples of "
-                                "them or remove them from the test file")
+                                "them or remove them from this file")
             ty = np.array([labels.index(tnames[c]) for c in ty], dtype=np.int64)
         elif ty.max() >= len(labels):
             unknown = sorted(int(c) for c in np.unique(ty[ty >= len(labels)]))
-            raise DataError(f"{test_path}: class indices {', '.join(map(str, unknown))} do not occur in the "
+            raise DataError(f"{p}: class indices {', '.join(map(str, unknown))} do not occur in the "
                             f"training file {train_path} (classes 0..{len(labels) - 1}); fix y or add training "
                             "samples of them")
-        test = Split(y=ty, texts=None, x=tx)
-    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x), test, cfg)
+        return Split(y=ty, texts=None, x=tx)
+
+    test = held_file(cfg.test, "task.test", "task.test_fraction")
+    val = held_file(cfg.val, "task.val", "task.val_fraction")
+    groups = _npz_groups(train_path, cfg.group, len(y)) if cfg.group else None
+    return _assemble(train_path.stem, "sequence", labels, Split(y=y, texts=None, x=x, groups=groups), test, cfg, val)
+
+
+def _npz_groups(path: Path, key: str, n: int) -> np.ndarray:
+    """The NPZ array `key` (task.group) as group ids [N]: one integer or string per sample."""
+    arrays = _load_npz(path)
+    if key not in arrays:
+        raise DataError(f"{path}: no array {key!r} for task.group (has: {', '.join(arrays)}); save one group id "
+                        f"per sample, np.savez(path, x=x, y=y, {key}=ids), or set task.group = \"\"")
+    g = arrays[key]
+    if g.ndim != 1 or len(g) != n or g.dtype.kind not in "iuU":
+        raise DataError(f"{path}: array {key!r} (task.group) must be 1-D integers or strings, one per sample "
+                        f"({n}); got dtype {g.dtype} shape {g.shape}")
+    return np.unique(g, return_inverse=True)[1].astype(np.int64)
 
 
 # -- shared -------------------------------------------------------------------------------
@@ -241,10 +323,28 @@ def _need_two_classes(labels: list[str], path: Path) -> None:
 
 
 def _assemble(name: str, kind: str, labels: list[str], full: Split, test: Split | None,
-              cfg: TaskConfig) -> Dataset:
-    """Hold out test (when no test file was given), then validation, both stratified and seeded."""
+              cfg: TaskConfig, val: Split | None = None) -> Dataset:
+    """Hold out test (when no test file was given), then validation (when no validation file
+    was given), seeded: whole groups with task.group, else stratified samples."""
+    def holdout(split: Split, fraction: float, stream: int):
+        rng = np.random.default_rng([cfg.seed, stream])
+        if split.groups is None:
+            return stratified_holdout(split.y, fraction, rng)
+        return group_holdout(split.groups, fraction, rng)
+
+    present = set(full.y.tolist())
     if test is None:
-        keep, held = stratified_holdout(full.y, cfg.test_fraction, np.random.default_rng([cfg.seed, 0]))
+        keep, held = holdout(full, cfg.test_fraction, 0)
         full, test = take(full, keep), take(full, held)
-    keep, held = stratified_holdout(full.y, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
-    return Dataset(name=name, kind=kind, labels=labels, train=take(full, keep), val=take(full, held), test=test)
+    if val is not None:  # a validation file, e.g. a benchmark's official split
+        return Dataset(name=name, kind=kind, labels=labels, train=full, val=val, test=test, split_by="file")
+    keep, held = holdout(full, cfg.val_fraction, 1)
+    train = take(full, keep)
+    if full.groups is not None:
+        absent = [labels[c] for c in range(len(labels)) if c in present and not np.any(train.y == c)]
+        if absent:
+            raise DataError(f"task.group = {cfg.group!r}: every sample of class {', '.join(map(repr, absent))} fell into "
+                            "held-out groups, so nothing teaches it; add groups of that class or lower "
+                            "task.val_fraction / task.test_fraction")
+    return Dataset(name=name, kind=kind, labels=labels, train=train, val=take(full, held), test=test,
+                   split_by=f"group {cfg.group!r}" if cfg.group else "samples")

@@ -31,6 +31,9 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    # How validation (and a test split cut from the training file) were held out: "templates"
+    # (built-in task), "group '<key>'" (task.group) or "samples" (stratified at random).
+    split_by: str = "samples"
 
 
 def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -58,3 +61,37 @@ def take(split: Split, idx: np.ndarray) -> Split:
         x=split.x[idx] if split.x is not None else None,
         groups=split.groups[idx] if split.groups is not None else None,
     )
+
+
+def group_holdout(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held): whole groups (speaker, template, session...) held out, in seeded
+    order, until they hold round(fraction * n) samples or more; at least one group is kept.
+    Both index arrays are sorted."""
+    names = np.unique(groups)
+    rng.shuffle(names)
+    target, held_names, n_held = int(len(groups) * fraction + 0.5), [], 0
+    for g in names[:-1]:
+        if n_held >= target:
+            break
+        held_names.append(g)
+        n_held += int((groups == g).sum())
+    mask = np.isin(groups, held_names)
+    return np.flatnonzero(~mask).astype(np.int64), np.flatnonzero(mask).astype(np.int64)
+
+
+def stratified_first(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of n samples with the classes as even as they can be (each class's first ones, in
+    split order; classes short of samples leave their share to the others), sorted. Unlabeled
+    samples (y < 0) count as one more class."""
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y), dtype=np.int64)
+    queues = [list(np.flatnonzero(y == c)) for c in np.unique(y)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n:
+        for q in queues:
+            if depth < len(q) and len(chosen) < n:
+                chosen.append(int(q[depth]))
+        depth += 1
+    return np.sort(np.array(chosen, dtype=np.int64))

@@ -2,8 +2,9 @@
 
 Every sample is a paraphrase template with its slots filled (rooms, lights, degrees, durations,
 music...), optional politeness/filler around it, then ASR-like noise. The split is by
-template: for every intent and language a seeded ~25% of the templates make only test samples,
-so the test score measures phrasings the student never saw, not memorised ones.
+template: for every intent and language a seeded ~25% of the templates make only test samples
+and another seeded share (task.val_fraction) only validation samples, so the test score
+measures phrasings the student never saw, and validation predicts it.
 Dataset card: docs/datasets.md.
 """
 from __future__ import annotations
@@ -546,22 +547,45 @@ def held_out_templates(lang: str, intent: str, seed: int) -> list[int]:
     """Indices (into TEMPLATES[lang][intent]) of the templates reserved for the test split.
 
     A seeded ~25% of the templates, taken only where at most MAX_NOVEL_FRACTION of a held-out
-    template's words (characters in Chinese) are missing from the intent's training templates:
+    template's words (characters in Chinese) are missing from the intent's other templates:
     the test asks for new phrasings of known words, not for words no sample ever taught.
     """
+    n = len(TEMPLATES[lang][intent])
+    return _hold_out(lang, intent, list(range(n)), max(1, int(n * TEST_TEMPLATE_FRACTION + 0.5)),
+                     f"tinyseek-intents-split:{seed}:{lang}:{intent}", [])
+
+
+def validation_templates(lang: str, intent: str, seed: int, fraction: float) -> list[int]:
+    """Indices of the templates reserved for the validation split: a seeded `fraction` of all
+    templates (at least one when fraction > 0), chosen among those the test did not take, by the
+    same rule, so validation is held out like the test. The test templates' words must stay
+    known to what is left for training, so validation never makes the test harder."""
+    n = len(TEMPLATES[lang][intent])
+    if fraction <= 0:
+        return []
+    test = held_out_templates(lang, intent, seed)
+    rest = [i for i in range(n) if i not in test]
+    k = min(len(rest) - 1, max(1, int(n * fraction + 0.5)))
+    return _hold_out(lang, intent, rest, k, f"tinyseek-intents-val:{seed}:{lang}:{intent}", test)
+
+
+def _hold_out(lang: str, intent: str, pool: list[int], k: int, stream: str, fixed: list[int]) -> list[int]:
+    """k templates of `pool` held out (seeded by `stream`): each at most MAX_NOVEL_FRACTION novel
+    against the templates that remain for training; the already held-out `fixed` ones may not
+    become more novel than MAX_NOVEL_FRACTION (or than they were) by it. Where too few qualify,
+    the least novel of the rest complete the set."""
     templates = TEMPLATES[lang][intent]
-    n = len(templates)
-    k = max(1, int(n * TEST_TEMPLATE_FRACTION + 0.5))
-    order = list(range(n))
-    random.Random(f"tinyseek-intents-split:{seed}:{lang}:{intent}").shuffle(order)
+    order = list(pool)
+    random.Random(stream).shuffle(order)
 
     def novelty(held: list[int]) -> float:
-        train = [templates[i] for i in range(n) if i not in held]
-        return max(_novel_fraction(templates[i], train, lang) for i in held)
+        train = [templates[i] for i in pool if i not in held]
+        return max(_novel_fraction(templates[i], train, lang) for i in held + fixed)
 
+    limit = max(MAX_NOVEL_FRACTION, novelty([])) if fixed else MAX_NOVEL_FRACTION
     held: list[int] = []
     for i in order:
-        if len(held) < k and novelty(held + [i]) <= MAX_NOVEL_FRACTION:
+        if len(held) < k and novelty(held + [i]) <= limit:
             held.append(i)
     for i in order:  # too few qualify: complete with the least novel of the rest
         if len(held) >= k:
@@ -570,55 +594,62 @@ def held_out_templates(lang: str, intent: str, seed: int) -> list[int]:
     return sorted(held)
 
 
-def generate(languages=LANGUAGES, samples_per_intent: int = 240, val_fraction: float = 0.1,
+def generate(languages=LANGUAGES, samples_per_intent: int = 240, val_fraction: float = 0.15,
              seed: int = 0) -> Dataset:
     """The intents dataset; the same arguments always give the same samples in the same order.
 
-    Each (language, intent) has its own random stream, so the English samples do not change
-    when Chinese is added.
+    Three disjoint template sets per (language, intent): test (~25 %), validation (val_fraction
+    of the templates) and training; samples in the same shares. Each (language, intent) and
+    split has its own random stream, so the English samples do not change when Chinese is
+    added, and the test samples do not change with the validation settings.
     """
     unknown = [lang for lang in languages if lang not in LANGUAGES]
     if unknown or not languages:
         raise DataError(f"intents: languages must be chosen from {', '.join(LANGUAGES)} (got {list(languages)})")
-    if samples_per_intent < 2:
-        raise DataError(f"intents: task.samples_per_intent must be at least 2 (one train and one test sample), "
-                        f"got {samples_per_intent}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"intents: task.val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 0.5:
+        raise DataError(f"intents: task.val_fraction (the share of templates held out for validation) must be in "
+                        f"[0, 0.5), got {val_fraction}")
+    min_samples = 3 if val_fraction > 0 else 2
+    if samples_per_intent < min_samples:
+        raise DataError(f"intents: task.samples_per_intent must be at least {min_samples} (one train, "
+                        f"{'one validation ' if val_fraction > 0 else ''}and one test sample), got {samples_per_intent}")
     parts: dict[str, list[tuple[str, int, int]]] = {"train": [], "val": [], "test": []}  # (text, label, group)
+    # The same counts for every intent (not proportional to its templates): balanced splits.
+    n_test = max(1, min(samples_per_intent - 2, int(samples_per_intent * TEST_TEMPLATE_FRACTION + 0.5)))
+    n_val = 0 if val_fraction <= 0 else max(1, min(samples_per_intent - n_test - 1,
+                                                   int(samples_per_intent * val_fraction + 0.5)))
+    n_train = samples_per_intent - n_test - n_val
     for lang in languages:
         noise = noise_en if lang == "en" else noise_zh
-        rngs = {intent: random.Random(f"tinyseek-intents:{seed}:{lang}:{intent}") for intent in INTENTS}
-        held = {intent: held_out_templates(lang, intent, seed) for intent in INTENTS}
         seen: set[str] = set()
-        # The same counts for every intent (not proportional to its templates): balanced splits.
-        n_test = max(1, min(samples_per_intent - 1, int(samples_per_intent * TEST_TEMPLATE_FRACTION + 0.5)))
-        n_pool = samples_per_intent - n_test
-        for y, intent in enumerate(INTENTS):
-            rng, templates = rngs[intent], TEMPLATES[lang][intent]
-            train_ids = [i for i in range(len(templates)) if i not in held[intent]]
-            pool = []
-            for t in _cycle(train_ids, n_pool, rng):
-                text = noise(render(templates[t], lang, rng), rng)
-                pool.append((text, y, _TEMPLATE_ID[(lang, intent, templates[t])]))
-                seen.add(text)
-            n_val = min(int(n_pool * val_fraction + 0.5), n_pool - 1)
-            val_idx = set(rng.sample(range(n_pool), n_val))
-            parts["val"] += [s for i, s in enumerate(pool) if i in val_idx]
-            parts["train"] += [s for i, s in enumerate(pool) if i not in val_idx]
-        # Test samples come after every training sample of the language, so a test text that
-        # happens to equal a training text (noise can merge two phrasings) is drawn again.
-        for y, intent in enumerate(INTENTS):
-            rng, templates = rngs[intent], TEMPLATES[lang][intent]
-            for t in _cycle(held[intent], n_test, rng):
-                for _ in range(100):
+
+        def draw(split: str, intent: str, y: int, ids: list[int], n: int, rng: random.Random, fresh: bool):
+            templates = TEMPLATES[lang][intent]
+            for t in _cycle(ids, n, rng):
+                for _ in range(100 if fresh else 1):
                     text = noise(render(templates[t], lang, rng), rng)
-                    if text not in seen:
+                    if not fresh or text not in seen:
                         break
                 else:
                     raise DataError(f"intents: template {templates[t]!r} ({lang}, {intent}) only renders texts "
                                     "that also occur in training; give it more slots or variety")
-                parts["test"].append((text, y, _TEMPLATE_ID[(lang, intent, templates[t])]))
+                parts[split].append((text, y, _TEMPLATE_ID[(lang, intent, templates[t])]))
+                if split != "test":
+                    seen.add(text)
+
+        held = {intent: (held_out_templates(lang, intent, seed), validation_templates(lang, intent, seed, val_fraction))
+                for intent in INTENTS}
+        for y, intent in enumerate(INTENTS):
+            test_ids, val_ids = held[intent]
+            train_ids = [i for i in range(len(TEMPLATES[lang][intent])) if i not in test_ids + val_ids]
+            draw("train", intent, y, train_ids, n_train, random.Random(f"tinyseek-intents:{seed}:{lang}:{intent}"), False)
+        # Held-out samples come after every training sample of the language, so one whose text
+        # equals a training text (noise can merge two phrasings) is drawn again.
+        for split, stream in (("val", "tinyseek-intents-val"), ("test", "tinyseek-intents-test")):
+            for y, intent in enumerate(INTENTS):
+                test_ids, val_ids = held[intent]
+                draw(split, intent, y, val_ids if split == "val" else test_ids, n_val if split == "val" else n_test,
+                     random.Random(f"{stream}:{seed}:{lang}:{intent}"), True)
     order_rng = random.Random(f"tinyseek-intents-order:{seed}")
     splits = {}
     for name, samples in parts.items():
@@ -629,4 +660,4 @@ def generate(languages=LANGUAGES, samples_per_intent: int = 240, val_fraction: f
             x=None,
             groups=np.array([s[2] for s in samples], dtype=np.int64),
         )
-    return Dataset(name="intents", kind="text", labels=list(INTENTS), **splits)
+    return Dataset(name="intents", kind="text", labels=list(INTENTS), split_by="templates", **splits)

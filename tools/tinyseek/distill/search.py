@@ -352,6 +352,20 @@ def random_student(shape: Shape, task: Task, *, name: str = "synth", seed: int =
             return quantize(tmp, calib, name=name)
 
 
+def test_accuracies(dataset, knowledge_path: Path, folder: Path) -> dict:
+    """The chosen candidate's int8 accuracy and the teacher's on the test split: read once, after
+    the choice, for the report."""
+    from ..harness.evaluate import labeled_accuracy, oracle_logits
+    from ..quant.model import QuantModel
+    from .train import load_knowledge
+    y = np.asarray(dataset.test.y)
+    if not len(y) or not (folder / "int8" / "model.json").is_file():
+        return {}
+    pred = oracle_logits(QuantModel.load(folder / "int8"), dataset.test).argmax(axis=1)
+    teacher = load_knowledge(knowledge_path, "test", None)[0].argmax(axis=1)
+    return {"samples": len(y), "int8_accuracy": labeled_accuracy(pred, y), "teacher_accuracy": labeled_accuracy(teacher, y)}
+
+
 def teacher_accuracy(knowledge_path: str | Path, split) -> float:
     from .train import load_knowledge
     logits = load_knowledge(knowledge_path, "val", None)[0]
@@ -449,6 +463,9 @@ class SearchResult:
     folder: Path
     untried: int = 0  # shapes that could have passed (or passed smaller) but were not trained: the cap
     files: list[Path] = field(default_factory=list)
+    # The test split, read once after the choice (for the report, never for choosing): the chosen
+    # student's int8 accuracy and the teacher's. None when not measured.
+    test: dict = field(default_factory=dict)
 
     @property
     def message(self) -> str:
@@ -464,9 +481,11 @@ class SearchResult:
         r = next(r for r in self.rows if r["student"] == self.chosen.label)
         caveat = (f"; {self.untried} smaller shapes were not trained (search.max_candidates), so a smaller one may "
                   "pass too: raise it to settle them") if self.untried else ""
+        test = (f"; on the test split: int8 {self.test['int8_accuracy']:.4f}, teacher "
+                f"{self.test['teacher_accuracy']:.4f}" if self.test.get("int8_accuracy") is not None else "")
         return (f"smallest student reaching {self.target:.0%} of the teacher: {self.chosen.label} "
                 f"(int8 validation accuracy {r['int8_accuracy']:.4f}, {r['retention']:.1%} of the teacher's "
-                f"{self.teacher_accuracy:.4f}; flash {r['flash_bytes'] / KB:.1f} KB, RAM {r['ram_bytes']:,} B, "
+                f"{self.teacher_accuracy:.4f}{test}; flash {r['flash_bytes'] / KB:.1f} KB, RAM {r['ram_bytes']:,} B, "
                 f"worst-case latency {r['latency_ms']:.3g} ms on {self.board}){caveat}")
 
 
@@ -567,6 +586,8 @@ def run_search(dataset, knowledge_path: str | Path, cfg, out_dir: str | Path, *,
                      "error": o.error if o else "", "details": o.details if o else {}})
     result = SearchResult(board=s.board, budget=budget, kernel_cost=plan.kernel_cost, teacher_accuracy=teacher,
                           target=s.target, chosen=chosen, rows=rows, folder=out_dir, untried=len(untried))
+    if chosen is not None:
+        result.test = test_accuracies(dataset, Path(knowledge_path), out_dir / "candidates" / chosen.label)
     result.files = write_report(result)
     log(f"[search] {result.message}")
     return result
@@ -658,7 +679,7 @@ def write_report(result: SearchResult) -> list[Path]:
     data = {"board": result.board, "budget": asdict(result.budget), "kernel_cost": asdict(result.kernel_cost),
             "teacher_accuracy": result.teacher_accuracy, "target": result.target,
             "chosen": result.chosen.label if result.chosen else None, "untried": result.untried,
-            "message": result.message, "rows": result.rows}
+            "message": result.message, "test": result.test, "rows": result.rows}
     js = result.folder / "search.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = result.folder / "search.md"

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..data.noise import augment_split, parse_recipe
+from ..progress import Progress
 from ..student.tinylstm import StudentSpec, TinyLSTM, export_params, exported_state, save_student, split_inputs
 from .losses import stage_loss
 from .schedule import DistillError, Stage, annealed_temperature, check, feedback_targets, logit_stages, plan, resolve_layer_map
@@ -250,7 +250,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(d.seed)
         self.weight_decay, self.clip_norm, self.min_lr_ratio = weight_decay, clip_norm, min_lr_ratio
         self.word_dropout, self.cell_bound, self.cell_weight = word_dropout, cell_bound, cell_weight
-        self.bar = tqdm(desc="distill", unit="step", disable=not progress, leave=False)
+        self.progress = Progress("distill", 0, print if progress else None, units="batches")
         self.history: list[dict] = []
         self.best_key, self.best_state, self.best_epoch = None, None, 0
 
@@ -281,7 +281,7 @@ class Trainer:
         # Cosine decay from the stage's lr to min_lr_ratio of it over the stage.
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        self.bar.total = (self.bar.total or 0) + stage.epochs * batches
+        self.progress.add_total(stage.epochs * batches)
         for e in range(1, stage.epochs + 1):
             T = annealed_temperature(*stage.temperature, e, stage.epochs)
             model.train()
@@ -321,7 +321,7 @@ class Trainer:
                 parts["cell"] = float(cell_pen.detach())
                 for k in sums:
                     sums[k] += w * parts[k]
-                self.bar.update(1)
+                self.progress.step()
             self._end_epoch(stage, e, round_, T, opt.param_groups[0]["lr"], sums)
 
     def _end_epoch(self, stage: Stage, e: int, round_: int, T: float, lr: float, sums: dict) -> None:
@@ -339,8 +339,9 @@ class Trainer:
         if stage.select and (self.best_key is None or key > self.best_key):
             self.best_key, self.best_epoch = key, row["epoch"]
             self.best_state = {k: v.clone() for k, v in exported_state(self.model).items()}
-        self.bar.set_postfix(stage=stage.name, loss=f"{sums['total']:.3f}",
-                             val=f"{row.get('val_accuracy', float('nan')):.3f}")
+        val = f", val accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+        self.progress.epoch(f"epoch {row['epoch']} ({stage.name} {e}/{stage.epochs})",
+                            f"loss {sums['total']:.4f}{val}, best epoch {self.best_epoch}")
 
     def restore_best(self) -> None:
         """Load the best epoch so far into the model (a round ends there)."""
@@ -380,12 +381,22 @@ def teacher_labels_where_missing(dataset, knowledge_path: str | Path):
     return replace(dataset, **splits)
 
 
+def with_scaled_settings(cfg, dataset):
+    """cfg with distill.epochs / distill.noise_copies resolved for the training split's size
+    when they are automatic (config.scaled_settings)."""
+    from dataclasses import replace as dc_replace
+
+    from ..config import scaled_settings
+    return dc_replace(cfg, distill=scaled_settings(cfg.teacher, cfg.distill, len(dataset.train.y))[1])
+
+
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
             cell_weight: float = 1.0, progress: bool = True) -> Trainer:
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
     and its projections; train_student documents the options."""
+    cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     spec = make_spec(dataset, cfg)
     dataset = teacher_labels_where_missing(dataset, knowledge_path)
@@ -442,6 +453,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     feedback round starts from there. Deterministic for a given distill.seed: one thread,
     deterministic algorithms, seeded shuffling and dropout.
     """
+    cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)  # one thread: bit-identical reruns, and the other core stays free
@@ -464,7 +476,6 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
             for stage in stages:
                 tr.run(stage, torch.from_numpy(labels), w, round_)
             tr.restore_best()
-        tr.bar.close()
         cells = max_abs_cell(tr.model, tr.x, tr.lengths)
     finally:
         torch.set_num_threads(prev_threads)
@@ -473,6 +484,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     history, pairs, spec = tr.history, tr.pairs, tr.spec
     summary = {
         "schedule": d.schedule,
+        "noise_copies": d.noise_copies,
         "epochs": history,
         "best_epoch": tr.best_epoch,
         "best_stage": history[tr.best_epoch - 1]["stage"],
@@ -497,3 +509,22 @@ def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, **opt
     out = save_student(result.model, result.spec, Path(run_dir) / "student")
     (out / "history.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     return out
+
+
+def hard_label_baseline(dataset, knowledge_path: str | Path, cfg) -> dict:
+    """The same student and schedule trained on the hard labels alone (no KL, no features): what
+    the task's labels give without a teacher. Returns its float accuracies on validation (chosen
+    on) and test (reported)."""
+    from dataclasses import replace as dc_replace
+    d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
+    result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False)
+
+    def accuracy(split) -> float | None:
+        if not len(split.y):
+            return None
+        x, lengths = split_inputs(split, result.spec)
+        pred = predict_inputs(result.model, x, lengths).argmax(1).numpy()
+        y = np.asarray(split.y)
+        return float(np.mean(pred[y >= 0] == y[y >= 0])) if (y >= 0).any() else None
+    return {"val_accuracy": accuracy(dataset.val), "test_accuracy": accuracy(dataset.test),
+            "best_epoch": result.summary["best_epoch"], "epochs": len(result.summary["epochs"])}

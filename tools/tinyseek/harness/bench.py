@@ -84,6 +84,17 @@ def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJE
     return elf
 
 
+def check_port(profile: BoardProfile, port: str | None) -> None:
+    """A real board needs its port; an emulated one takes the port of the QEMU it starts."""
+    if not profile.emulated and not port:
+        raise ValueError(f"{profile.env} is a real board: pass its serial port (--port /dev/ttyUSB0) to flash and "
+                         "talk to it")
+    if profile.emulated and port:
+        raise ValueError(f"{profile.env} is an emulated board: its serial port is the one of the QEMU the harness "
+                         f"starts, so the port {port} would be ignored; leave --port out, or name a real board's "
+                         "environment (e.g. nucleo_f446re)")
+
+
 def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: float) -> tuple[dict, str]:
     """One input -> (result, how it was sent). A text the command line cannot carry (too long,
     or with '%', CR or LF) is tokenized on the host by the same tokenizer and sent as ids."""
@@ -121,11 +132,11 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
     emulated environments start QEMU and need none. extra_flags: more compiler flags (e.g.
     -DTINYSEEK_KERNEL_PORTABLE). Returns plain, JSON-ready dicts."""
     profile = load_profile(env)
+    check_port(profile, port)
     steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, list))]
     flags = [f"-DTINYSEEK_INPUT_STEPS={max(steps)}"] if steps and max(steps) > DEFAULT_INPUT_STEPS else []
     flags += list(extra_flags)
-    if not profile.emulated and not port:
-        raise ValueError(f"{env} is a real board: pass port= (e.g. /dev/ttyUSB0) to flash and talk to it")
+
     elf = build_firmware(env, lib_name, project_dir=project_dir, build_dir=build_dir, extra_flags=flags,
                          upload_port=None if profile.emulated else port)
     name = _model_environ(lib_name)[0]

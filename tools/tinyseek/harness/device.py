@@ -9,20 +9,22 @@ import numpy as np
 
 def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dict:
     from ..quant.model import QuantModel
-    from .bench import run_device_bench
+    from .bench import check_port, run_device_bench
     from .boards import load_profile
     from .evaluate import int8_inputs, labeled_accuracy, oracle_logits
 
+    from ..data.dataset import stratified_first, take
+
+    if limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0: the whole test split), not {limit}")
+    check_port(load_profile(env), port)
     qm = QuantModel.load(run.int8_dir)
     test = run.dataset.test
     n = len(test.y) if not limit else min(limit, len(test.y))
-    if qm.kind == "text":
-        from ..data import Split
-        test = Split(y=test.y[:n], texts=list(test.texts[:n]), x=None)
-    else:
-        from ..data import Split
-        test = Split(y=test.y[:n], texts=None, x=test.x[:n])
-    run.log(f"[device] {env}: building and sending {n} samples")
+    # A limit takes every class in turn, so a short run still measures all of them.
+    test = take(test, stratified_first(test.y, n))
+    run.log(f"[device] {env}: building and sending {n} samples"
+            + (f" (of {len(run.dataset.test.y)}, stratified by class)" if n < len(run.dataset.test.y) else ""))
     result = run_device_bench(env, run.lib_dir, int8_inputs(qm, test), port=port)
     logits = np.asarray(result["logits"], dtype=np.int64)
     expected = oracle_logits(qm, test).astype(np.int64)
@@ -33,7 +35,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     mem = result["memory"]
     device = {
         "target": env, "board": result["board"], "cpu": result["cpu"], "emulated": result["emulated"],
-        "samples": n, "bitexact": mismatches == 0, "mismatches": mismatches,
+        "samples": n, "bitexact": mismatches == 0 and n > 0, "mismatches": mismatches,
         "accuracy": labeled_accuracy(logits.argmax(axis=1), test.y),
         "latency": {"value": float(np.median(per)), "p99": float(np.percentile(per, 99)),
                     "unit": result["latency"]["unit"], "timer": result["timer"]["source"],

@@ -63,21 +63,6 @@ def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")] if text else []
 
 
-def mlperf_results_text(logits, output_scale: float) -> str:
-    """The `m-results-[...]` field the firmware prints for these int16 logits: per logit, the
-    float32 expression x = (float)logit * output_scale * 1000.0f, clamped to +-2e9, as
-    (uint32_t)(|x| + 0.5f) thousandths with three decimals (the reference firmware's "%0.3f")."""
-    import numpy as np
-
-    f32 = np.float32
-    parts = []
-    for logit in logits:
-        x = f32(f32(logit) * f32(output_scale)) * f32(1000.0)
-        r = int(f32(min(abs(x), f32(2e9)) + f32(0.5)))
-        parts.append(f"{'-' if x <= -0.5 else ''}{r // 1000}.{r % 1000:03d}")
-    return ",".join(parts)
-
-
 class DutClient:
     """Talks to the firmware over a SerialLink."""
 
@@ -185,6 +170,7 @@ class DutClient:
     def _result(self, reply: Reply) -> dict:
         logits = parse_ints(reply.field("logits"))
         text = reply.field("results")
+        # m-results: class probabilities (what the MLPerf Tiny runner scores); m-logits: the exact values.
         out = {"logits": logits, "results": [float(v) for v in text.split(",") if v], "results_text": text}
         if any(line.startswith("m-time-[") for line in reply.lines):
             out["time"] = parse_kv(reply.field("time"))

@@ -50,7 +50,9 @@ class QemuProcess:
     """A running emulator; use as a context manager so it is always stopped."""
 
     def __init__(self, elf: str | Path, machine: Machine, port: int | None = None,
-                 start_timeout: float = 10.0):
+                 start_timeout: float = 10.0, wait_for_client: bool = False):
+        """wait_for_client: hold the boot until a client connects (`wait=on`, as `pio run -t
+        upload` does), so that client sees the boot banner, as on a real board's USB serial."""
         self.elf = Path(elf)
         if not self.elf.is_file():
             raise QemuError(f"firmware image {self.elf} does not exist; build it first (pio run)")
@@ -61,14 +63,15 @@ class QemuProcess:
         self._log = tempfile.TemporaryFile(mode="a+b")  # O_APPEND: reading never moves where QEMU writes
         self.command = [
             program, "-M", machine.machine, *machine.extra, "-nographic", "-monitor", "none",
-            "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait=off,nodelay=on",
+            "-serial", f"tcp:127.0.0.1:{self.port},server=on,wait={'on' if wait_for_client else 'off'},nodelay=on",
             "-icount", "shift=0,align=off,sleep=off",
             "-semihosting-config", "enable=on,target=native",
             "-kernel", str(self.elf),
         ]
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        self._wait_listening(start_timeout)
+        if not wait_for_client:  # a probe connection would be the client that sees the banner
+            self._wait_listening(start_timeout)
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -27,6 +27,9 @@ def build_report(run_dir: Path) -> dict:
         "task": metrics["task"],
         "teacher": metrics["teacher"],
         "student": metrics["student"],
+        "validation": metrics.get("validation", {}),
+        "baseline": metrics.get("baseline"),
+        "warnings": metrics.get("warnings", []),
         "retention": metrics["retention"],
         "agreement_int8_float": metrics["agreement_int8_float"],
         "agreement_int8_teacher": metrics.get("agreement_int8_teacher"),
@@ -48,6 +51,36 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def _exactness(samples: int, mismatches: int) -> str:
+    """A check over no samples is no pass: "bit-exact" needs N >= 1 compared samples."""
+    if not samples:
+        return "**not measured** (0 samples compared)"
+    if mismatches:
+        return f"**NOT bit-exact** ({mismatches} of {samples:,} samples differ)"
+    return f"**bit-exact** (every logit of all {samples:,} samples matched)"
+
+
+def _accuracy_table(report: dict) -> list[str]:
+    """Test accuracy, and validation beside it: the tool chose everything on validation, so the
+    distance between the columns says how far its choices can be trusted."""
+    t, s, v = report["teacher"], report["student"], report.get("validation") or {}
+    split_by = report["task"].get("split_by")
+    rows = [(f"teacher ({t.get('source', 'teacher')})", t["accuracy"], v.get("teacher_accuracy")),
+            ("student, float", s["float_accuracy"], v.get("float_accuracy")),
+            ("student, int8 (integer reference)", s["int8_accuracy"], v.get("int8_accuracy"))]
+    if "tflm" in report:  # `tinyseek export --format tflite` ran on the test split only
+        rows.append((f"student, int8 .tflite in TFLite Micro ({report['tflm']['samples']} samples)",
+                     report["tflm"]["accuracy"], None))
+    if report.get("baseline"):
+        b = report["baseline"]
+        rows.append(("same student on the hard labels alone, float (no teacher)", b.get("test_accuracy"),
+                     b.get("val_accuracy")))
+    if not v.get("samples"):
+        return ["| | test accuracy |", "|---|---|", *[f"| {name} | {_pct(test)} |" for name, test, _ in rows]]
+    return [f"| | test accuracy | validation ({v['samples']:,} samples, held out by {split_by or 'samples'}) |",
+            "|---|---|---|", *[f"| {name} | {_pct(test)} | {_pct(val)} |" for name, test, val in rows]]
+
+
 def render_markdown(report: dict) -> str:
     t, s = report["teacher"], report["student"]
     lines = [
@@ -56,14 +89,9 @@ def render_markdown(report: dict) -> str:
         f"Task `{report['task']['name']}` ({report['task']['kind']}), {report['task']['test_samples']} held-out test "
         f"samples, {len(report['task']['labels'])} classes. Model hash `{report['model']['hash']}`.",
         "",
-        "| | accuracy |",
-        "|---|---|",
-        f"| teacher ({t.get('source', 'teacher')}) | {_pct(t['accuracy'])} |",
-        f"| student, float | {_pct(s['float_accuracy'])} |",
-        f"| student, int8 (integer reference) | {_pct(s['int8_accuracy'])} |",
-        *([f"| student, int8 .tflite in TFLite Micro ({report['tflm']['samples']} samples) | "
-           f"{_pct(report['tflm']['accuracy'])} |"] if "tflm" in report else []),
+        *_accuracy_table(report),
         "",
+        *[f"**WARNING: {w}.**\n" for w in report.get("warnings", [])],
         f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
         f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
         *([f"- {report['task']['test_samples'] - report['task']['test_labeled']:,} test samples have no label: "
@@ -80,10 +108,9 @@ def render_markdown(report: dict) -> str:
                                                  if m["embedding_table_bytes"] else "")]
     if "host" in report:
         h = report["host"]
-        verdict = "every logit of every sample matched" if h["bitexact"] else f"{h['mismatches']} samples differ"
         lines += ["", "## Host C check", "",
                   f"Generated C (`{h['compiler']}`) vs the numpy integer reference on {h['samples']} samples: "
-                  f"**{'bit-exact' if h['bitexact'] else 'NOT bit-exact'}** ({verdict})."]
+                  + _exactness(h["samples"], h["mismatches"])]
     if "device" in report:
         d = report["device"]
         lat, mem = d["latency"], d["memory"]
@@ -91,7 +118,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## Device: {d['target']} ({d['board']}, {d['cpu']}){emu}", "",
                   "| | |", "|---|---|",
                   f"| samples | {d['samples']} |",
-                  f"| bit-exact vs the integer reference | {'yes' if d['bitexact'] else 'NO'} ({d['mismatches']} differ) |",
+                  f"| bit-exact vs the integer reference | {_exactness(d['samples'], d['mismatches'])} |",
                   f"| accuracy on the device | {_pct(d['accuracy'])} |",
                   f"| latency per inference, median / p99 | {lat['value']:,.0f} / {lat['p99']:,.0f} {lat['unit']} ({lat['timer']}) |",
                   f"| the median at {lat['clock_hz'] / 1e6:g} MHz, one {lat['unit'][:-1]} a cycle | {lat['ms_at_clock']:.2f} ms |",

@@ -1,5 +1,6 @@
 """Accuracy under noise: the adapted teacher, the float student and the int8 student (the
-integer reference) on the clean test split and on seeded noisy copies of it.
+integer reference) on the clean test split and on seeded noisy copies of it (or on the
+validation split, `--split val`, to choose noise settings without reading the test).
 
 Writes `robustness.json` and `robustness.md` into the run folder. Each noise kind of
 `tinyseek.data.noise` is measured at its documented levels; a model's drop is its clean
@@ -100,15 +101,24 @@ def check_kinds(kinds: list[str], task_kind: str) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def evaluate_robustness(run, kinds: list[str] | None = None, seed: int = 0, max_drop_points: float = 3.0) -> dict:
-    """Measure every model on the clean test split and on each (kind, level); write
-    robustness.json and robustness.md into the run folder and return the JSON's content."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+def evaluate_robustness(run, kinds: list[str] | None = None, seed: int = 0, max_drop_points: float = 3.0,
+                        split: str = "test") -> dict:
+    """Measure every model on the clean `split` (test, or val to choose settings on) and on each
+    (kind, level); write robustness.json and robustness.md (robustness_val.* for val) into the
+    run folder and return the JSON's content."""
+    from ..teacher.load import use_threads
+    if split not in ("test", "val"):
+        raise RobustnessError(f"the split to measure is test or val, not {split!r}")
+    use_threads(run.cfg.teacher.threads)
     t0 = time.monotonic()
     ds = run.dataset
     kinds = check_kinds(list(kinds or []), ds.kind)
     models = _Models(run)
-    test, y = ds.test, np.asarray(ds.test.y)
+    test = getattr(ds, split)
+    y = np.asarray(test.y)
+    if not len(y):
+        raise RobustnessError(f"the {split} split is empty; set task.val_fraction > 0" if split == "val" else
+                              "the test split is empty")
     groups = _language_groups(test)
     clean = _accuracies(models.predictions(test), y, groups)
 
@@ -132,16 +142,17 @@ def evaluate_robustness(run, kinds: list[str] | None = None, seed: int = 0, max_
                    "worst_noise": worst["noise"] if worst else None,
                    "met": bool(worst is None or worst["drop_points"][m] < max_drop_points)}
     result = {
-        "task": {"name": ds.name, "kind": ds.kind, "test_samples": int(len(y))},
+        "task": {"name": ds.name, "kind": ds.kind, "split": split, "samples": int(len(y)), "split_by": ds.split_by},
         "model": {"name": models.int8.name, "hash": models.int8.model_hash()},
         "seed": seed,
         "clean": clean,
         "conditions": conditions,
         "goal": {"max_drop_points": max_drop_points, "level_index": REFERENCE_LEVEL, "models": goal},
     }
-    (run.dir / "robustness.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    (run.dir / "robustness.md").write_text(render_markdown(result))
-    run.log(f"[robustness] {len(conditions)} noisy test sets in {time.monotonic() - t0:.1f} s; worst drop at the "
+    stem = "robustness" if split == "test" else "robustness_val"
+    (run.dir / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (run.dir / f"{stem}.md").write_text(render_markdown(result))
+    run.log(f"[robustness] {len(conditions)} noisy {split} sets in {time.monotonic() - t0:.1f} s; worst drop at the "
             "reference level: " + ", ".join(f"{m} {g['worst_drop_points']:.1f}" for m, g in goal.items()))
     return result
 
@@ -161,7 +172,8 @@ def render_markdown(result: dict) -> str:
     lines = [
         f"# Robustness: {result['model']['name']}",
         "",
-        f"Task `{result['task']['name']}` ({result['task']['kind']}), {result['task']['test_samples']} test samples, "
+        f"Task `{result['task']['name']}` ({result['task']['kind']}), {result['task']['samples']} "
+        f"{'test' if result['task']['split'] == 'test' else 'validation'} samples, "
         f"noise seed {result['seed']}. Accuracy, and in brackets its change from clean in percentage points.",
         "",
         head,

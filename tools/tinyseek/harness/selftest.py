@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..quant.reference import probabilities_text
 from .protocol import DutClient, ProtocolError, parse_ints
 
 # Commands every firmware must refuse with exactly one error line.
@@ -76,7 +77,10 @@ def run_checks(dut: DutClient, qmodel=None, seed: int = 0, samples: int = 8) -> 
         assert sum(line.startswith("m-lap-us-") for line in reply.lines) == 2, reply.lines
         logits = state["logits"] = parse_ints(reply.field("logits"))
         assert len(logits) == info["classes"], f"{len(logits)} logits for {info['classes']} classes"
-        assert dut.results()["logits"] == logits, "results% differs from the inference's logits"
+        results = dut.results()
+        assert results["logits"] == logits, "results% differs from the inference's logits"
+        # m-results: class probabilities with five decimals, what the MLPerf Tiny runner scores
+        assert abs(sum(results["results"]) - 1) <= 0.5e-5 * len(logits) + 1e-9, results["results_text"]
         t = dut.infer(2, 0)["time"]
         assert t["runs"] == 2 and 0 < t["min"] <= t["max"] and t["total"] == t["min"] + t["max"], t
         return f"{t['total'] / t['runs']:.0f} {t['unit']} per inference"
@@ -112,8 +116,11 @@ def run_checks(dut: DutClient, qmodel=None, seed: int = 0, samples: int = 8) -> 
         for k in range(samples):
             data = _random_input(info, rng)
             dut.load(data)
-            got, want = dut.infer(1, 0)["logits"], _oracle(qmodel, data)
+            out = dut.infer(1, 0)
+            got, want = out["logits"], _oracle(qmodel, data)
             assert got == want, f"sample {k}: device {got} != oracle {want}"
+            probs = probabilities_text(qmodel, want)
+            assert out["results_text"] == probs, f"sample {k}: m-results {out['results_text']} != oracle {probs}"
         return f"{samples} random inputs bit-exact"
 
     check("identity", identity)

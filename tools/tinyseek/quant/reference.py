@@ -338,3 +338,40 @@ def quantize_inputs(model: QuantModel, x) -> np.ndarray:
         raise InputError(f"input {pos} is {x[tuple(where)]}: NaN/inf features cannot be quantized; "
                          "clean or impute the data first")
     return np.clip(np.floor(x / float(model.input_scale) + 0.5), -128, 127).astype(np.int8)
+
+
+# -- class probabilities (the firmware's m-results line; docs/numerics.md) ------------------
+
+# 2^(-j/32) in Q0.15, j = 0..32: the fraction part of 2^-y, interpolated on 11 more bits.
+EXP2_Q15 = np.array([round(32768 * 2.0 ** (-j / 32)) for j in range(33)], dtype=np.int64)
+PROB_ONE = 100_000  # probabilities in units of 10^-5: printed with five decimals
+MAX_SOFTMAX_CLASSES = 1024  # keeps e * 10^5 + sum / 2 below 2^32 with room to spare
+
+
+def softmax_multiplier(output_scale: float) -> int:
+    """K = round(s_out * log2(e) * 2^32): `(d * K + 2^15) >> 16` is s_out * d * log2(e) in Q16."""
+    # Saturated to 32 bits: above s_out = 0.69 (real logits beyond +-22,000) a logit step counts
+    # as one halving, which leaves the order of the classes intact.
+    return min(round(float(output_scale) * math.log2(math.e) * 2.0**32), 2**32 - 1)
+
+
+def softmax_fixed(model: QuantModel, logits) -> np.ndarray:
+    """Class probabilities of int16 logits [..., C] in units of 10^-5, as the firmware computes them:
+    d = max - logit, y = rshift_round(d * K, 16) (Q16), e = 2^-y in Q0.15 from EXP2_Q15 (0 from
+    2^-16 on), p = round(e * 10^5 / sum(e)) (half up)."""
+    z = np.asarray(logits, dtype=np.int64)
+    if z.shape[-1] > MAX_SOFTMAX_CLASSES:
+        raise QuantRangeError(f"softmax: {z.shape[-1]} classes; at most {MAX_SOFTMAX_CLASSES} are supported")
+    y = rshift_round((z.max(axis=-1, keepdims=True) - z) * softmax_multiplier(model.output_scale), 16)
+    f = y & 0xFFFF
+    j, r = f >> 11, f & 0x7FF
+    v = EXP2_Q15[j] - (((EXP2_Q15[j] - EXP2_Q15[j + 1]) * r + 1024) >> 11)
+    i = y >> 16
+    e = np.where(i < 16, v >> np.minimum(i, 15), 0)
+    s = e.sum(axis=-1, keepdims=True)
+    return (e * PROB_ONE + s // 2) // s
+
+
+def probabilities_text(model: QuantModel, logits) -> str:
+    """The `m-results-[...]` field of one inference: probabilities with five decimals."""
+    return ",".join(f"{p // PROB_ONE}.{p % PROB_ONE:05d}" for p in softmax_fixed(model, logits).tolist())

@@ -5,8 +5,9 @@ then a classification head on the mean-pooled last hidden state (cfg.finetune_ep
 Sequence tasks: no pretraining (there are no tokens to predict); an input projection
 Linear(F -> hidden) feeds `inputs_embeds`, trained together with the head.
 
-What is trained, by cfg.adapt:
-- "full" (the default): the backbone's own weights.
+What is trained, by cfg.adapt ("auto", the default: "full" for the built-in teacher trained from
+scratch, "lora" for a pretrained model loaded from a folder or a GGUF file):
+- "full": the backbone's own weights.
   - the built-in tiny teacher: backbone + head (+ projection), all of it;
   - a loaded teacher (HF folder or GGUF): continued pretraining updates the backbone, then the
     backbone is frozen and only the head (+ projection) is trained (`train_backbone`); for a
@@ -39,16 +40,16 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from ..progress import Progress
 from .build import build_default_teacher
 from .classifier import (BASE_DIR, TeacherClassifier, add_lora, base_fingerprint, mean_pool, save_adapted,
                          split_inputs, trim)
 from .extract import select_layers
-from .load import TeacherError, load_teacher
+from .load import TeacherError, gguf_to_folder, load_teacher, use_threads
 from .verbalize import SCORES, check_prompt, resolve_verbalizers
 
-ADAPT_MODES = ("full", "lora", "none")
+ADAPT_MODES = ("auto", "full", "lora", "none")
 LABEL_SOURCES = ("head", "zero-shot")
 
 
@@ -99,9 +100,10 @@ def _check_settings(dataset, cfg) -> dict | None:
             "score": cfg.verbalizer_score}
 
 
-def _schedule(opt, total_steps: int):
-    """Linear warm-up over the first 5% of steps, then linear decay to 0."""
-    warm = max(1, total_steps // 20)
+def _schedule(opt, total_steps: int, steps_per_epoch: int | None = None):
+    """Linear warm-up over the first 5% of steps (at most one epoch: early stopping may end the
+    training long before `total_steps`), then linear decay to 0."""
+    warm = max(1, min(total_steps // 20, steps_per_epoch or total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total_steps))
 
@@ -110,30 +112,45 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
     return torch.randperm(n, generator=gen).split(batch_size)
 
 
-def _update(loss: torch.Tensor, opt, sched, params: list, bar) -> None:
-    """One optimizer step with gradient clipping and the schedule; the loss shown on the bar."""
+def _update(loss: torch.Tensor, opt, sched, params: list) -> float:
+    """One optimizer step with gradient clipping and the schedule; returns the loss."""
     opt.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
-    bar.set_postfix(loss=f"{loss.item():.3f}")
+    return float(loss.detach())
 
 
-def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator) -> None:
+def _with_eos(ids: torch.Tensor, mask: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [N, T] with an end-of-sequence token after each text's last token
+    (one column more where a text fills the row), so the language model learns where texts end."""
+    ids = torch.cat([ids, torch.full((len(ids), 1), eos_id, dtype=ids.dtype)], 1)
+    mask = torch.cat([mask, torch.zeros((len(mask), 1), dtype=mask.dtype)], 1)
+    rows, ends = torch.arange(len(ids)), mask.sum(1)
+    ids[rows, ends] = eos_id
+    mask[rows, ends] = 1
+    return ids, mask
+
+
+def _pretrain(backbone, ids: torch.Tensor, mask: torch.Tensor, cfg, gen: torch.Generator, eos_id=None) -> None:
+    if eos_id is not None:
+        ids, mask = _with_eos(ids, mask, eos_id)
     params = [p for p in backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = -(-len(ids) // cfg.batch_size)
     sched = _schedule(opt, cfg.pretrain_epochs * steps_per_epoch)
     backbone.train()
+    progress = Progress("teacher pretrain", cfg.pretrain_epochs * steps_per_epoch, units="batches")
     for epoch in range(cfg.pretrain_epochs):
-        bar = tqdm(_batches(len(ids), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
-                   desc=f"teacher pretrain {epoch + 1}/{cfg.pretrain_epochs}")
-        for idx in bar:
+        total = 0.0
+        for idx in _batches(len(ids), cfg.batch_size, gen):
             b_ids, b_mask = (t.to(backbone.device) for t in trim(ids[idx], mask[idx]))
             loss = backbone(input_ids=b_ids, attention_mask=b_mask, use_cache=False,
                             labels=b_ids.masked_fill(b_mask == 0, -100)).loss
-            _update(loss, opt, sched, params, bar)
+            total += _update(loss, opt, sched, params) * len(idx)
+            progress.step()
+        progress.epoch(f"epoch {epoch + 1}/{cfg.pretrain_epochs}", f"language-model loss {total / len(ids):.4f}")
     backbone.eval()
 
 
@@ -144,32 +161,46 @@ def _logits(forward: Callable, inputs: torch.Tensor, mask: torch.Tensor, batch_s
 
 
 def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[[], dict], train, val,
-         cfg, gen: torch.Generator) -> float:
-    """Cross-entropy training of `params`; keeps the state (from `snapshot`, restored into
-    `module`) of the epoch with the best validation accuracy. Returns that accuracy
-    (-1 without a validation split)."""
+         cfg, gen: torch.Generator, epochs: int, what: str) -> tuple[float, int]:
+    """Cross-entropy training of `params` for at most `epochs`; keeps the state (from
+    `snapshot`, restored into `module`) of the epoch with the best validation accuracy (a lower
+    validation loss, by more than 0.001, among equals) and stops early after cfg.patience epochs
+    without a better one.
+    Returns (that accuracy or -1 without a validation split, epochs run)."""
     (inputs, mask, y), (v_inputs, v_mask, v_y) = train, val
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = -(-len(y) // cfg.batch_size)
-    sched = _schedule(opt, cfg.finetune_epochs * steps_per_epoch)
-    best_acc, best_state = -1.0, None
-    for epoch in range(cfg.finetune_epochs):
+    sched = _schedule(opt, epochs * steps_per_epoch, steps_per_epoch)
+    progress = Progress(what, epochs * steps_per_epoch, units="batches")
+    best_key, best_state, best_epoch, run = None, None, 0, 0
+    for epoch in range(1, epochs + 1):
         module.train()
-        bar = tqdm(_batches(len(y), cfg.batch_size, gen), total=steps_per_epoch, unit="batch", leave=False,
-                   desc=f"teacher finetune {epoch + 1}/{cfg.finetune_epochs}")
-        for idx in bar:
+        total = 0.0
+        for idx in _batches(len(y), cfg.batch_size, gen):
             logits = forward(inputs[idx], mask[idx])
             loss = nn.functional.cross_entropy(logits, y[idx].to(logits.device))
-            _update(loss, opt, sched, params, bar)
+            total += _update(loss, opt, sched, params) * len(idx)
+            progress.step()
         module.eval()
+        run = epoch
+        text = f"loss {total / len(y):.4f}"
         if len(v_y):
-            acc = float((_logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).argmax(1).cpu() == v_y).float().mean())
-            if acc > best_acc:
-                best_acc, best_state = acc, snapshot()
+            v_logits = _logits(forward, v_inputs, v_mask, 2 * cfg.batch_size).float().cpu()
+            acc = float((v_logits.argmax(1) == v_y).float().mean())
+            key = (acc, -float(nn.functional.cross_entropy(v_logits, v_y)))
+            # Better: a higher accuracy, or the same with a validation loss lower by > 0.001.
+            if best_key is None or key[0] > best_key[0] or (key[0] == best_key[0] and key[1] > best_key[1] + 1e-3):
+                best_key, best_state, best_epoch = key, snapshot(), epoch
+            text += f", val accuracy {acc:.4f} (best {best_key[0]:.4f}, epoch {best_epoch})"
+        progress.epoch(f"epoch {epoch}/{epochs}", text)
+        if best_key is not None and cfg.patience and epoch - best_epoch >= cfg.patience:
+            progress.log(f"[{what}] stopped early: no better validation accuracy for {cfg.patience} epochs "
+                         f"(teacher.patience)")
+            break
     if best_state is not None:
         module.load_state_dict(best_state, strict=False)
     module.eval()
-    return best_acc
+    return (best_key[0] if best_key else -1.0), run
 
 
 @torch.no_grad()
@@ -203,8 +234,9 @@ def _augment(ids: torch.Tensor, mask: torch.Tensor, dropout: float, shuffle: flo
     return out.masked_fill(drop, unk_id)
 
 
-def _load(dataset, cfg, tmp: str):
-    """(backbone, tokenizer, base path) of cfg.source; the built-in teacher is built in `tmp`.
+def _load(dataset, cfg, tmp: str, run_dir: Path):
+    """(backbone, tokenizer, base path) of cfg.source; the built-in teacher is built in `tmp`, a
+    .gguf file is dequantized once into `<run_dir>/base/` (gguf_to_folder) and loaded from there.
     "full" loads float32 on the CPU (its weights train); "lora" and "none" keep the backbone
     frozen, so it loads in cfg.dtype on cfg.device."""
     frozen = cfg.adapt != "full"
@@ -212,8 +244,12 @@ def _load(dataset, cfg, tmp: str):
     if cfg.source == "default":
         base = build_default_teacher(dataset, cfg, tmp)
         return (*load_teacher(base, **kwargs), base)
-    model, tokenizer = load_teacher(cfg.source, cfg.tokenizer or None, **kwargs)
-    return model, tokenizer, Path(cfg.source).expanduser().resolve()
+    source, tokenizer = Path(cfg.source).expanduser().resolve(), cfg.tokenizer or None
+    if source.suffix.lower() == ".gguf" and source.is_file():
+        source = gguf_to_folder(source, run_dir / "base", tokenizer, cfg.dtype if frozen else "float32")
+        tokenizer = None
+    model, tok = load_teacher(source, tokenizer, **kwargs)
+    return model, tok, source
 
 
 def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
@@ -229,18 +265,22 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     split also holds that many corrupted copies of every sample (data/noise.py, cfg.noise), so
     the teacher learns to read noisy input; validation and extraction stay clean.
     """
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from dataclasses import replace
+
+    from ..config import DistillConfig, scaled_settings
+    use_threads(cfg.threads)
+    cfg = scaled_settings(cfg, DistillConfig(), len(dataset.train.y))[0]  # automatic noise_copies resolved
+    if cfg.adapt == "auto":  # a pretrained model keeps its knowledge best under low-rank adapters
+        cfg = replace(cfg, adapt="full" if cfg.source == "default" else "lora")
     zero_shot = _check_settings(dataset, cfg)
     if cfg.noise_copies:
-        from dataclasses import replace
-
         from ..data.noise import augment_split, parse_recipe
 
         train, _ = augment_split(dataset.train, cfg.noise_copies, parse_recipe(cfg.noise, dataset.kind), seed=cfg.seed)
         dataset = replace(dataset, train=train)
     out = Path(run_dir) / "teacher"
     with tempfile.TemporaryDirectory() as tmp:
-        backbone, tokenizer, base = _load(dataset, cfg, tmp)
+        backbone, tokenizer, base = _load(dataset, cfg, tmp, Path(run_dir))
         if train_backbone is None or cfg.adapt != "full":
             train_backbone = cfg.adapt == "full" and cfg.source == "default"
         layers = select_layers(list(cfg.layers), backbone.config.num_hidden_layers)  # fail before training
@@ -264,10 +304,11 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         y, v_y = torch.as_tensor(dataset.train.y, dtype=torch.long), torch.as_tensor(dataset.val.y, dtype=torch.long)
 
         if not sequence and cfg.pretrain_epochs > 0 and cfg.adapt != "none":
-            _pretrain(backbone, inputs, mask, cfg, gen)
+            # A teacher that writes a transfer set must learn where texts end.
+            _pretrain(backbone, inputs, mask, cfg, gen, tokenizer.eos_token_id if cfg.transfer_samples else None)
 
         if zero_shot:
-            val_acc = -1.0  # no head to train: the extraction scores the verbalisers (verbalize.py)
+            val_acc, epochs_run = -1.0, 0  # no head to train: the extraction scores the verbalisers (verbalize.py)
         elif train_backbone or sequence or lora is not None:
             if lora is None:
                 backbone.requires_grad_(train_backbone)
@@ -284,16 +325,20 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
                     i = _augment(i, m, token_dropout, word_shuffle, unk, gen)
                 i, m = trim(i, m)
                 return model(i.to(device), m.to(device))
-            val_acc = _fit(forward, model, params, snapshot, (inputs, mask, y), (v_inputs, v_mask, v_y), cfg, gen)
+            val_acc, epochs_run = _fit(forward, model, params, snapshot, (inputs, mask, y), (v_inputs, v_mask, v_y),
+                                       cfg, gen, cfg.finetune_epochs, "teacher finetune")
         else:
             # Frozen backbone on text: its pooled features never change, so compute them once.
             backbone.requires_grad_(False)
             feats = _pooled(model, inputs, mask, 2 * cfg.batch_size)
             v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size) if len(v_y) else feats[:0]
             ones, v_ones = torch.ones(len(feats), 1), torch.ones(len(v_feats), 1)
-            val_acc = _fit(lambda f, m: model.head(f), model.head, list(model.head.parameters()),
-                           lambda: {k: v.clone() for k, v in model.head.state_dict().items()},
-                           (feats, ones, y), (v_feats, v_ones, v_y), cfg, gen)
+            # Only the head trains, on features computed once: cheap, so it trains to convergence
+            # (teacher.head_epochs at most, early stopping on validation).
+            val_acc, epochs_run = _fit(lambda f, m: model.head(f), model.head, list(model.head.parameters()),
+                                       lambda: {k: v.clone() for k, v in model.head.state_dict().items()},
+                                       (feats, ones, y), (v_feats, v_ones, v_y), cfg, gen, cfg.head_epochs,
+                                       "teacher head")
 
         meta = {
             "labels": list(dataset.labels), "kind": dataset.kind, "pooling": "mean", "source": cfg.source,
@@ -303,7 +348,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
             "max_tokens": cfg.max_tokens, "adapt": cfg.adapt, "labels_from": cfg.labels,
             "train_backbone": train_backbone,
             "pretrain_epochs": 0 if sequence or cfg.adapt == "none" else cfg.pretrain_epochs,
-            "finetune_epochs": 0 if zero_shot else cfg.finetune_epochs,
+            "finetune_epochs": epochs_run,
             "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
             "train_samples": len(dataset.train.y), "noise_copies": cfg.noise_copies, "noise": cfg.noise,
         }

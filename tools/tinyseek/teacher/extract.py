@@ -38,7 +38,8 @@ from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from .classifier import TeacherClassifier, load_adapted, mean_pool, split_inputs, trim
-from .load import TeacherError
+from ..progress import Progress
+from .load import TeacherError, use_threads
 
 SPLITS = ("train", "val", "test")
 KNOWLEDGE_FILE = "knowledge.safetensors"
@@ -147,6 +148,17 @@ class _Shard:
     t_max: int  # the split's longest input: the attention maps' size
 
 
+class _Both:
+    """The terminal's bar and the log's progress lines, counted together."""
+
+    def __init__(self, bar, progress):
+        self.bar, self.progress = bar, progress
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.progress.step(n)
+
+
 def _run_shard(model, shard: _Shard, layers: list[int], attn_layers: list[int], batch_size: int, bar,
                zero_shot: Callable[[list[str]], np.ndarray] | None) -> dict[str, np.ndarray]:
     """The cached tensors of one shard's samples. Logits come from `head_logits` per batch,
@@ -250,7 +262,7 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     `on_shard(split, index, path)` is called after each shard computed and written.
     Returns the file's path.
     """
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    use_threads(cfg.threads)
     run_dir = Path(run_dir)
     teacher_dir = run_dir / "teacher"
     model, tokenizer, meta = load_for_extraction(teacher_dir, cfg.dtype, cfg.device)
@@ -294,12 +306,14 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
 
     done = {i: t for i, shard in enumerate(plan)
             if (t := _read_shard(shard.path, shard.stamp, shard.shapes)) is not None}
+    todo = sum(len(s.mask) for i, s in enumerate(plan) if i not in done)
+    progress = Progress("teacher extract", todo, probe=min(todo, 4 * batch_size), units="samples")
     with tqdm(total=sum(len(s.mask) for s in plan), initial=sum(len(plan[i].mask) for i in done), unit="sample",
-              desc="teacher extract", leave=False) as bar:
+              desc="teacher extract", leave=False, disable=None) as bar:  # None: off without a terminal
         for i, shard in enumerate(plan):
             if i in done:
                 continue
-            done[i] = _run_shard(model, shard, layers, attn_layers, batch_size, bar, zero_shot)
+            done[i] = _run_shard(model, shard, layers, attn_layers, batch_size, _Both(bar, progress), zero_shot)
             _write_shard(shard.path, done[i], shard.stamp)
             if on_shard is not None:
                 on_shard(shard.split, shard.index, shard.path)

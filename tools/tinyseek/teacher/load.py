@@ -5,9 +5,12 @@ checkpoint (`trust_remote_code=False`): the supported model types are implemente
 transformers itself. Pickle-based weights (`pytorch_model.bin`) are refused, because
 unpickling a file can run arbitrary code.
 
-Size: weights load in the dtype asked for (`resolve_dtype`: "auto" is bfloat16 above
-AUTO_BF16_PARAMS parameters, so a 7B model takes ~14 GB instead of ~28 GB) straight onto the
-device asked for (`resolve_device`: "auto" is CUDA when torch sees a GPU). transformers 5
+Size: weights load in the dtype asked for (`resolve_dtype`: "auto" is float32 where it fits and
+the CPU has no fast bfloat16, measured once per process; bfloat16 above AUTO_BF16_PARAMS
+parameters on a GPU or a CPU whose bfloat16 matmuls are faster, or where float32 would not fit in
+memory, so a 7B model takes ~14 GB instead of ~28 GB) straight onto the
+device asked for (`resolve_device`: "auto" is CUDA when torch sees a GPU). A GGUF file is
+dequantized once into a safetensors folder (`gguf_to_folder`) that later loads read. transformers 5
 always builds the model on the meta device and fills it tensor by tensor from the
 memory-mapped safetensors, so loading never holds a second full copy of the weights.
 """
@@ -16,10 +19,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+if not sys.stderr.isatty():  # progress bars in a log file are noise: the stages log plain lines
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -57,18 +65,62 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise TeacherError(f"teacher.device {device!r} is unknown; choose auto, cpu, cuda or cuda:N")
 
 
+_BF16_SPEEDUP: float | None = None
+
+
+def cpu_bf16_speedup() -> float:
+    """float32 time / bfloat16 time of the same matmul on this CPU, measured once per process
+    (about 0.1 s). Below 1, bfloat16 is emulated: on CPUs without bfloat16 instructions it ran
+    more than 4x slower than float32."""
+    global _BF16_SPEEDUP
+    if _BF16_SPEEDUP is None:
+        import time
+        a, b = torch.randn(64, 512), torch.randn(512, 512)
+
+        def timed(dtype) -> float:
+            x, y = a.to(dtype), b.to(dtype)
+            x @ y  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(10):
+                x @ y
+            return time.perf_counter() - t0
+        _BF16_SPEEDUP = timed(torch.float32) / max(timed(torch.bfloat16), 1e-9)
+    return _BF16_SPEEDUP
+
+
+def _memory_bytes() -> int:
+    try:
+        import os
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 def resolve_dtype(dtype: str, num_params: int, device: torch.device) -> torch.dtype:
-    """The weights' dtype: `dtype` by name, or for "auto" float32 up to AUTO_BF16_PARAMS
-    parameters and above that bfloat16 (float16 on a GPU without bfloat16)."""
+    """The weights' dtype: `dtype` by name, or for "auto": float32 up to AUTO_BF16_PARAMS
+    parameters; above that on a GPU bfloat16 (float16 without bfloat16); on a CPU float32 unless
+    its bfloat16 matmuls are faster (cpu_bf16_speedup) or float32 weights would take more than
+    half the memory."""
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != "auto":
         raise TeacherError(f"teacher.dtype {dtype!r} is unknown; choose auto, {', '.join(DTYPES)}")
     if num_params <= AUTO_BF16_PARAMS:
         return torch.float32
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if 4 * num_params > _memory_bytes() // 2:
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_bf16_speedup() > 1.1 else torch.float32
+
+
+def use_threads(threads: int) -> int:
+    """torch's CPU threads for a teacher stage: `threads` (teacher.threads), or 0 for
+    OMP_NUM_THREADS when set, else every core. Returns the number set."""
+    import os
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
 
 
 def count_parameters(config) -> int:
@@ -138,6 +190,8 @@ def _load_folder(path: Path, tokenizer: str | None, dtype: str, device: torch.de
                 f"(load the model and call model.save_pretrained(folder, safe_serialization=True)) or download "
                 f"the .safetensors files")
         raise TeacherError(f"{path} has no model*.safetensors weight file")
+    for f in sorted(path.glob("model*.safetensors")):
+        check_safetensors(f)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation="eager", use_safetensors=True, local_files_only=True,
@@ -147,6 +201,95 @@ def _load_folder(path: Path, tokenizer: str | None, dtype: str, device: torch.de
     return model, tok
 
 
+def check_safetensors(f: Path) -> None:
+    """The header of a safetensors file against its size: a truncated download is named as such."""
+    size = f.stat().st_size
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"a header of {n} bytes")
+            header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise TeacherError(f"{f} is not a readable safetensors file ({e}); download it again") from e
+    if 8 + n + end > size:
+        raise TeacherError(f"{f} is truncated: its header describes {8 + n + end:,} bytes, the file has {size:,}; "
+                           "download it again (an interrupted copy?)")
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size value types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_metadata_problem(data: memoryview) -> str | None:
+    """Walk the GGUF header and metadata key/value pairs; the first thing that cannot be read,
+    with its byte offset, or None."""
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if n < 0 or pos + n > len(data):
+            raise ValueError(f"{what} at offset {pos} needs {n:,} bytes, but the file ends at {len(data):,}")
+        pos += n
+        return bytes(data[pos - n:pos])
+
+    def num(n: int, what: str) -> int:
+        return int.from_bytes(take(n, what), "little")
+
+    def value(kind: int, what: str) -> None:
+        if kind == _GGUF_STRING:
+            take(num(8, f"the length of {what}"), what)
+        elif kind == _GGUF_ARRAY:
+            start = pos
+            elem, count = num(4, f"the element type of {what}"), num(8, f"the length of {what}")
+            if elem not in _GGUF_SIZES and elem != _GGUF_STRING:
+                raise ValueError(f"{what} at offset {start} has the unknown element type {elem}")
+            if elem in _GGUF_SIZES:
+                take(count * _GGUF_SIZES[elem], what)
+            else:
+                for i in range(count):
+                    value(elem, f"element {i} of {what}")
+        elif kind in _GGUF_SIZES:
+            take(_GGUF_SIZES[kind], what)
+        else:
+            raise ValueError(f"{what} at offset {pos - 4} has the unknown value type {kind}")
+
+    try:
+        take(4, "the magic")
+        version, _, keys = num(4, "the version"), num(8, "the tensor count"), num(8, "the metadata key count")
+        if version not in (2, 3):
+            return f"GGUF version {version} at offset 4 (tinyseek reads versions 2 and 3)"
+        for k in range(keys):
+            start = pos
+            name = take(num(8, f"the length of key {k}"), f"key {k}")
+            value(num(4, f"the value type of key {k}"), f"the value of key {k} ({name[:40]!r}, from offset {start})")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def check_gguf(path: Path) -> None:
+    """The GGUF header and metadata, read before transformers is asked: a damaged file is named
+    with the offset where reading failed, not as a missing config."""
+    import mmap
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise TeacherError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            problem = _gguf_metadata_problem(view)
+    if problem:
+        raise TeacherError(f"{path}: the GGUF metadata could not be read: {problem}; the file is damaged or "
+                           "truncated, download it again")
+    from gguf import GGUFReader
+    try:
+        GGUFReader(str(path))
+    except Exception as e:  # the reader raises whatever the bytes provoke (ValueError, IndexError, ...)
+        raise TeacherError(f"{path}: the GGUF tensor table after the metadata could not be read ({type(e).__name__}: "
+                           f"{e}); the file is damaged or truncated, download it again") from e
+
+
 def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.device):
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
@@ -154,6 +297,7 @@ def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.devi
             f"loading {path.name} needs the packages {' and '.join(missing)}: pip install 'tinyseek[gguf]' "
             f"(or pip install gguf accelerate)")
     folder, name = str(path.parent), path.name
+    check_gguf(path)
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
@@ -176,6 +320,39 @@ def _load_gguf(path: Path, tokenizer: str | None, dtype: str, device: torch.devi
                 f"{path}: the tokenizer inside the GGUF file cannot be loaded ({e}); set teacher.tokenizer to a "
                 f"folder with the model's tokenizer files") from e
     return model, tok
+
+
+GGUF_STAMP = "gguf.json"
+
+
+def gguf_to_folder(path: str | Path, folder: str | Path, tokenizer: str | Path | None = None, dtype: str = "auto",
+                   log=print) -> Path:
+    """Dequantize the .gguf file `path` once into `folder` (safetensors weights, config and
+    tokenizer, a Hugging Face folder); later calls with the same file (name, size, modification
+    time) and dtype return the folder at once. Dequantizing a 135M model takes minutes on two
+    cores; loading the folder takes seconds."""
+    import time
+    path, folder = Path(path).expanduser().resolve(), Path(folder)
+    st = path.stat()
+    stamp = {"gguf": path.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": dtype,
+             "tokenizer": str(tokenizer or "")}
+    stamp_file = folder / GGUF_STAMP
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return folder
+    log(f"[teacher] dequantizing {path.name} ({st.st_size / 2**20:.0f} MiB) once into {folder} (safetensors); "
+        "later builds load that folder")
+    t0 = time.monotonic()
+    model, tok = load_teacher(path, tokenizer, dtype=dtype, device="cpu")
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
+    log(f"[teacher] dequantized in {time.monotonic() - t0:.0f} s: "
+        f"{sum(f.stat().st_size for f in folder.glob('*.safetensors')) / 2**20:.0f} MiB of "
+        f"{next(model.parameters()).dtype} weights")
+    return folder
 
 
 def _device_map(device: torch.device) -> str | None:
