@@ -2,15 +2,9 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-# A script run as `python bench/x.py` has bench/ first on sys.path, where bench/kernels.py would
-# stand in for the PyPI package `kernels` that transformers probes for when it builds a teacher.
-# The scripts import this module after their own siblings, so bench/ can leave the path here.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != RESULTS.parent]
 
 
 def replace_section(heading: str, section: str, path: Path = RESULTS) -> None:

@@ -153,7 +153,7 @@ def test_plan_has_the_three_stages_and_their_objectives():
     assert logit_stages(d) == [logits, finetune]
     d.stage2_beta = 0.2  # stage 2 may keep matching features
     assert plan(d)[1].feature == 0.2 and plan(d)[2].feature == 0.0
-    joint = plan(cfg(**{"distill.schedule": "joint"}).distill)
+    joint = plan(cfg(**{"distill.schedule": "joint", "distill.epochs": 30}).distill)
     assert [(s.name, s.kl, s.ce, s.feature) for s in joint] == [("joint", 0.7, pytest.approx(0.3), 0.1)]
     assert [s.name for s in plan(cfg(**{"distill.stage1_epochs": 0}).distill)] == ["logits", "finetune"]
 

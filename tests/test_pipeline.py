@@ -131,7 +131,7 @@ def _write_npz(path):
 def test_your_own_data_runs_through_the_whole_pipeline(tmp_path, kind):
     data = tmp_path / f"data.{kind}"
     (_write_jsonl if kind == "jsonl" else _write_npz)(data)
-    extra = {"task.kind": kind, "task.train": str(data), "run": f"byo_{kind}", "distill.epochs": 6,
+    extra = {"task.kind": kind, "task.train": str(data), "run": f"byo_{kind}", "distill.epochs": 15,
              "codegen.out_dir": str(tmp_path / "lib" / f"byo_{kind}")}
     assert main(["build", *_args(tmp_path, extra)]) == 0
     report = json.loads((tmp_path / "models" / f"byo_{kind}" / "report.json").read_text())

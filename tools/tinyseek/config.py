@@ -353,6 +353,7 @@ def validate(cfg: Config) -> None:
          f"(or empty), not {d.noise_copies} and {d.noise!r}")
     need(bool(re.fullmatch(r"\s*(\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*)?", d.layer_map)),
          f"distill.layer_map must be \"teacher:student\" pairs like \"12:0, 24:1\" (or empty), not {d.layer_map!r}")
+    need(d.epochs >= 0, f"distill.epochs must be >= 0 (0: scaled by the training split's size), not {d.epochs}")
     need(min(d.stage1_epochs, d.stage2_epochs, d.stage3_epochs, d.feedback_rounds) >= 0
          and d.stage2_epochs + d.stage3_epochs >= 1, "distill: stage epochs and feedback_rounds must be >= 0, "
          "stage2_epochs + stage3_epochs >= 1")

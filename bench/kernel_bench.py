@@ -3,8 +3,8 @@ multiply-accumulate (MAC) of each variant against the portable C on the same emu
 default model and for a sweep of hidden sizes; flash and RAM of each build. Writes
 bench/results/kernels.json and bench/results/kernels.md (copied into bench/RESULTS.md).
 
-    .venv/bin/python bench/kernels.py                      # every emulated board, full sweep
-    .venv/bin/python bench/kernels.py --envs qemu_m4 --hidden 16,64 --samples 50
+    .venv/bin/python bench/kernel_bench.py                      # every emulated board, full sweep
+    .venv/bin/python bench/kernel_bench.py --envs qemu_m4 --hidden 16,64 --samples 50
 
 Every figure is a count of instructions QEMU executed with -icount (the firmware's SysTick runs
 on the instruction clock), not CPU cycles: QEMU has no pipeline model. Every run is also a
