@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[teacher,gguf,test,firmware,edge]"
+	$(BIN)/python -m pip install -q -e ".[teacher,gguf,test,firmware,edge,tflite]"
+	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
 	$(BIN)/python -m tinyseek.harness.pio_offline
 	touch $(STAMP)
 

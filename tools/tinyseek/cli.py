@@ -87,6 +87,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="tinybert: MobileBERT-style transformer (edge boxes); truncated: the teacher's first "
                         "layers (high-end phones)")
     p.add_argument("--layers", type=int, help="truncated: decoder layers kept (default: edge.truncated_layers)")
+    p = sub.add_parser("export", help="export the TinyLSTM student for another runtime and check it in that runtime's "
+                                      "interpreters -> models/<run>/<format>/")
+    _common(p)  # --force is accepted but changes nothing: the export always runs anew
+    p.add_argument("--format", required=True, choices=["tflite", "onnx"],
+                   help="tflite: float32 and int8 .tflite, checked in TFLite and TFLite Micro, plus the int8 model as "
+                        "a C array for TFLM firmware; onnx: float32 and QDQ int8 ONNX, checked in onnxruntime")
+    p.add_argument("--out", help="output folder (default: models/<run>/<format>)")
     p = sub.add_parser("robustness", help="accuracy of teacher, float and int8 student on noisy copies of the test "
                                           "split -> robustness.json/.md")
     _common(p)  # --force is accepted but changes nothing: robustness always measures anew
@@ -154,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.student}: accuracy {m['accuracy']:.4f} (teacher {m['teacher_accuracy']:.4f}), "
                   f"{m['params']:,} parameters, {m['onnx_bytes']:,} bytes ONNX, onnxruntime "
                   f"{m['latency']['median_ms']:.3f} ms per sample -> {out}")
+        elif args.command == "export":
+            from .export import export_run
+            out = export_run(run, args.format, args.out)
+            m = json.loads((out / "metrics.json").read_text())
+            q = m["int8"]
+            engine, what = ("tflm", f"TFLite Micro (arena {q['tflm_arena_bytes']:,} B)") if args.format == "tflite" \
+                else ("onnxruntime", "onnxruntime")
+            print(f"{out}: int8 {args.format} {q['bytes']:,} B; in {what}: accuracy {q[engine]['accuracy']:.4f} "
+                  f"(tinyseek int8 {m['tinyseek_int8_accuracy']:.4f}), agreement with tinyseek int8 "
+                  f"{q[engine]['agreement_tinyseek_int8']:.4f}")
         elif args.command == "build":
             if args.from_run:
                 run.seed_from(Path(cfg.models_dir) / args.from_run)

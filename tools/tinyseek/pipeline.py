@@ -184,7 +184,8 @@ class Run:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
     def _report_inputs(self) -> list[Path]:
-        return [p for p in (self.dir / n for n in ("metrics.json", "verify.json", "device.json")) if p.exists()]
+        names = ("metrics.json", "verify.json", "device.json", "tflite/metrics.json")
+        return [p for p in (self.dir / n for n in names) if p.exists()]
 
     def outputs(self, stage: str) -> list[Path]:
         return {

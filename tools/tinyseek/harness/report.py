@@ -38,6 +38,12 @@ def build_report(run_dir: Path) -> dict:
         report["host"] = verify
     if device:
         report["device"] = device
+    tflite = _read(run_dir / "tflite" / "metrics.json")  # `tinyseek export --format tflite`
+    if tflite:
+        q = tflite["int8"]
+        report["tflm"] = {"accuracy": q["tflm"]["accuracy"], "agreement_tinyseek_int8": q["tflm"]["agreement_tinyseek_int8"],
+                          "arena_bytes": q["tflm_arena_bytes"], "tflite_bytes": q["bytes"],
+                          "embedding_table_bytes": tflite["embedding_table_bytes"], "samples": tflite["samples"]}
     return report
 
 
@@ -62,6 +68,9 @@ def _accuracy_table(report: dict) -> list[str]:
     rows = [(f"teacher ({t.get('source', 'teacher')})", t["accuracy"], v.get("teacher_accuracy")),
             ("student, float", s["float_accuracy"], v.get("float_accuracy")),
             ("student, int8 (integer reference)", s["int8_accuracy"], v.get("int8_accuracy"))]
+    if "tflm" in report:  # `tinyseek export --format tflite` ran on the test split only
+        rows.append((f"student, int8 .tflite in TFLite Micro ({report['tflm']['samples']} samples)",
+                     report["tflm"]["accuracy"], None))
     if report.get("baseline"):
         b = report["baseline"]
         rows.append(("same student on the hard labels alone, float (no teacher)", b.get("test_accuracy"),
@@ -91,6 +100,12 @@ def render_markdown(report: dict) -> str:
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
     ]
+    if "tflm" in report:
+        m = report["tflm"]
+        lines += [f"- TFLite Micro (`tinyseek export --format tflite`, docs/tflite.md): agrees with the int8 student on "
+                  f"{_pct(m['agreement_tinyseek_int8'])}; tensor arena {m['arena_bytes']:,} B; int8 .tflite "
+                  f"{m['tflite_bytes']:,} B" + (f" plus a {m['embedding_table_bytes']:,} B embedding table"
+                                                 if m["embedding_table_bytes"] else "")]
     if "host" in report:
         h = report["host"]
         lines += ["", "## Host C check", "",
