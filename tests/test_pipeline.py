@@ -150,6 +150,17 @@ def test_safetensors_hash_ignores_metadata_order(tmp_path):
     save_file({"a": t["a"] + 1}, str(tmp_path / "3.safetensors"), metadata={"x": "1", "y": "2"})
     assert hash_safetensors(tmp_path / "1.safetensors") == hash_safetensors(tmp_path / "2.safetensors")
     assert hash_safetensors(tmp_path / "1.safetensors") != hash_safetensors(tmp_path / "3.safetensors")
+    # The student's key reads the knowledge's numbers only: another teacher folder hash (a run
+    # name, a thread setting) with the same tensors reuses the student.
+    save_file(t, str(tmp_path / "4.safetensors"), metadata={"x": "1", "y": "other teacher hash"})
+    assert hash_safetensors(tmp_path / "4.safetensors") != hash_safetensors(tmp_path / "1.safetensors")
+    assert hash_safetensors(tmp_path / "4.safetensors", metadata=False) == \
+        hash_safetensors(tmp_path / "1.safetensors", metadata=False)
+    runs = [Run(load(overrides={"models_dir": str(tmp_path / n)})) for n in ("a", "b")]
+    for run, name in zip(runs, ("1", "4")):
+        run.dir.mkdir(parents=True)
+        (run.dir / "knowledge.safetensors").write_bytes((tmp_path / f"{name}.safetensors").read_bytes())
+    assert runs[0].input_key("distill") == runs[1].input_key("distill")
 
 
 def test_the_transfer_set_joins_the_training_split_only(tmp_path):

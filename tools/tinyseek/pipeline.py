@@ -43,15 +43,16 @@ def hash_files(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def hash_safetensors(path: Path) -> str:
-    """sha256 of a safetensors file's content: sorted metadata and tensors. The file's bytes
-    are no good here: its header stores the metadata in no fixed order."""
+def hash_safetensors(path: Path, metadata: bool = True) -> str:
+    """sha256 of a safetensors file's content: sorted metadata (unless `metadata` is False) and
+    tensors. The file's bytes are no good here: its header stores the metadata in no fixed order."""
     from safetensors import safe_open
     if not path.is_file():
         return "<missing>"
     h = hashlib.sha256()
     with safe_open(str(path), "np") as f:
-        h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+        if metadata:
+            h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
         for key in sorted(f.keys()):
             t = f.get_tensor(key)
             h.update(f"{key}:{t.dtype.str}:{t.shape}".encode())
@@ -172,7 +173,10 @@ class Run:
         if stage == "teacher":
             return hash_obj([__version__, task, asdict(c.teacher)])
         if stage == "distill":
-            return hash_obj([__version__, task, asdict(c.student), asdict(c.distill), hash_safetensors(self.knowledge)])
+            # The knowledge's tensors, not its provenance metadata (the teacher folder's hash, which
+            # a run name or a thread setting changes): the same numbers train the same student.
+            return hash_obj([__version__, task, asdict(c.student), asdict(c.distill),
+                             hash_safetensors(self.knowledge, metadata=False)])
         if stage == "quantize":
             return hash_obj([__version__, task, asdict(c.quant), c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":
