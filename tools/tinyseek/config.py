@@ -402,14 +402,20 @@ DISTILL_SAMPLE_STEPS = 1_600_000
 TEACHER_SAMPLES_PER_EPOCH = 13_000
 
 
+def scaled_teacher(teacher: "TeacherConfig", n_train: int):
+    """teacher with an automatic noise_copies (-1) resolved for n_train training samples."""
+    from dataclasses import replace
+    if teacher.noise_copies >= 0:
+        return teacher
+    return replace(teacher, noise_copies=max(0, min(2, TEACHER_SAMPLES_PER_EPOCH // max(1, n_train) - 1)))
+
+
 def scaled_settings(teacher: "TeacherConfig", distill: "DistillConfig", n_train: int):
     """(teacher, distill) with the automatic settings (noise_copies -1, epochs 0) resolved for a
     training split of n_train samples; explicit settings stay as they are."""
     from dataclasses import replace
     n = max(1, n_train)
-    t_copies = teacher.noise_copies if teacher.noise_copies >= 0 else \
-        max(0, min(2, TEACHER_SAMPLES_PER_EPOCH // n - 1))
     d_copies = distill.noise_copies if distill.noise_copies >= 0 else \
         max(0, min(6, DISTILL_SAMPLES_PER_EPOCH // n - 1))
     epochs = distill.epochs or max(10, min(50, round(DISTILL_SAMPLE_STEPS / (n * (1 + d_copies)))))
-    return replace(teacher, noise_copies=t_copies), replace(distill, noise_copies=d_copies, epochs=epochs)
+    return scaled_teacher(teacher, n), replace(distill, noise_copies=d_copies, epochs=epochs)

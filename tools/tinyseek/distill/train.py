@@ -519,12 +519,11 @@ def hard_label_baseline(dataset, knowledge_path: str | Path, cfg) -> dict:
     d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
     result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False)
 
-    def accuracy(split) -> float | None:
-        if not len(split.y):
-            return None
-        x, lengths = split_inputs(split, result.spec)
-        pred = predict_inputs(result.model, x, lengths).argmax(1).numpy()
+    def accuracy(split) -> float | None:  # over the labeled samples, as the report counts
         y = np.asarray(split.y)
-        return float(np.mean(pred[y >= 0] == y[y >= 0])) if (y >= 0).any() else None
+        if not (y >= 0).any():
+            return None
+        pred = predict_logits(result.model, result.spec, split).argmax(axis=1)
+        return float(np.mean(pred[y >= 0] == y[y >= 0]))
     return {"val_accuracy": accuracy(dataset.val), "test_accuracy": accuracy(dataset.test),
             "best_epoch": result.summary["best_epoch"], "epochs": len(result.summary["epochs"])}

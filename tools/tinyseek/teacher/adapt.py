@@ -267,9 +267,9 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     """
     from dataclasses import replace
 
-    from ..config import DistillConfig, scaled_settings
+    from ..config import scaled_teacher
     use_threads(cfg.threads)
-    cfg = scaled_settings(cfg, DistillConfig(), len(dataset.train.y))[0]  # automatic noise_copies resolved
+    cfg = scaled_teacher(cfg, len(dataset.train.y))  # automatic noise_copies resolved
     if cfg.adapt == "auto":  # a pretrained model keeps its knowledge best under low-rank adapters
         cfg = replace(cfg, adapt="full" if cfg.source == "default" else "lora")
     zero_shot = _check_settings(dataset, cfg)
