@@ -61,6 +61,20 @@ def qwen_dir(task, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def gemma_dir(task, tmp_path_factory):
+    """A tiny local gemma3 teacher folder: another decoder-only family through the same path."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    folder = tmp_path_factory.mktemp("gemma")
+    tok = train_text_tokenizer(task.train.texts, 300)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=12,
+                                       sliding_window=8)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def _deepseek(vocab_size=64):
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(tiny_deepseek_config(vocab_size, 32, 2, 2, 16), attn_implementation="eager")
@@ -215,7 +229,9 @@ def test_auto_adapts_a_pretrained_teacher_with_lora_and_the_builtin_in_full(task
     assert json.loads((out / "teacher.json").read_text())["adapt"] == "full"
 
 
-def test_local_qwen2_teacher_adapted_with_lora(task, qwen_dir, tmp_path):
+@pytest.mark.parametrize("family", ["qwen_dir", "gemma_dir"])
+def test_local_pretrained_teacher_adapted_with_lora(task, family, request, tmp_path):
+    qwen_dir = request.getfixturevalue(family)
     cfg = replace(LORA, source=str(qwen_dir), finetune_epochs=2)
     out = adapt(task, cfg, tmp_path / "run")
     meta = json.loads((out / "teacher.json").read_text())

@@ -145,7 +145,7 @@ def test_load_errors_name_the_problem(tmp_path, text_task):
     folder = build_default_teacher(text_task, TINY, tmp_path / "t")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
-    with pytest.raises(TeacherError, match="'bert' is not supported.*deepseek_v2, deepseek_v3, qwen2, llama"):
+    with pytest.raises(TeacherError, match="'bert' is not a decoder-only language model.*deepseek_v2, deepseek_v3, qwen2, llama"):
         load_teacher(folder)
     (folder / "config.json").write_text(json.dumps(cfg))
 

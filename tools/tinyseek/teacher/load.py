@@ -29,7 +29,8 @@ if not sys.stderr.isatty():  # progress bars in a log file are noise: the stages
     from transformers.utils import logging as _hf_logging
     _hf_logging.disable_progress_bar()
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama")
+# Tested families; any other decoder-only model transformers loads goes through the same path.
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama", "gemma3_text")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Above this many parameters "auto" halves the weights' memory: float32 matters for the tiny
 # built-in teacher (trained from scratch), not for a pretrained model of billions.
@@ -43,10 +44,14 @@ class TeacherError(ValueError):
 
 
 def _check_model_type(model_type: str | None, where: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    """Any decoder-only language model transformers knows: its causal-LM class exists and it is
+    not an encoder (BERT and its kind also have a causal-LM head, but read text both ways)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         raise TeacherError(
-            f"{where}: model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"{where}: model_type {model_type!r} is not a decoder-only language model transformers can load; "
+            f"the teacher is one (tested families: {', '.join(SUPPORTED_MODEL_TYPES)})")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
