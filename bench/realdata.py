@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from collections import defaultdict
@@ -131,7 +132,8 @@ def main() -> None:
     args = ap.parse_args()
     splits = read_clinc(Path(args.dataset), args.domain)
     tag = f"clinc150{'_' + args.domain if args.domain else ''}"
-    teacher_tag = "scratch" if args.teacher == "scratch" else Path(args.teacher).stem
+    # The run name is also the C model name: a C identifier of at most 32 characters.
+    teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"\W", "_", Path(args.teacher).stem)[:12]
     rows = []
     for k in args.shots:
         name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
