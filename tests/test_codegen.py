@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,14 +128,32 @@ def test_every_global_symbol_and_macro_is_prefixed(tmp_path):
             for sym, _, kind in _symbols(obj):
                 if kind.isupper():  # global
                     assert sym.startswith(prefix + "_"), f"{obj.name}: global {sym} is not prefixed"
-        # The one exception: the API table's type, the same in every model's header (guarded),
-        # so that code holding several models names it once.
+        # The exceptions: the API table's type, the same in every model's header (guarded), so
+        # that code holding several models names it once; and the fixed names a program built
+        # around one model asks for with TINYSEEK_SELECT_MODEL (firmware/src/model_glue.c).
         for header in lib.glob("*.h"):
-            for macro in re.findall(r"^#define\s+(\w+)", header.read_text(), flags=re.M):
-                assert macro.startswith(prefix.upper() + "_") or macro == "TINYSEEK_MODEL_API_DEFINED", \
-                    f"{header.name}: macro {macro}"
+            text = header.read_text()
+            selected = text.split("#if defined(TINYSEEK_SELECT_MODEL)")
+            assert len(selected) <= 2
+            for macro in re.findall(r"^#define\s+(\w+)", selected[0], flags=re.M):
+                assert macro.startswith(prefix.upper() + "_") or macro in (
+                    "TINYSEEK_MODEL_API_DEFINED", "TINYSEEK_MODEL_API_VERSION"), f"{header.name}: macro {macro}"
+            for macro in re.findall(r"^#define\s+(\w+)", "".join(selected[1:]), flags=re.M):
+                assert macro.startswith("TINYSEEK_MODEL_"), f"{header.name}: macro {macro}"
             for typedef in re.findall(r"}\s*(\w+);", header.read_text()):
                 assert typedef.startswith(prefix + "_") or typedef == "tinyseek_model_api"
+
+
+def test_the_interpreter_declares_the_api_table_of_the_headers(tmp_path):
+    """firmware/lib/harness/dut.h repeats the generated headers' tinyseek_model_api (the harness
+    builds without a model header): the two must stay the same, version macro included."""
+    def table(text):
+        i = text.index("#define TINYSEEK_MODEL_API_VERSION")
+        return text[i:text.index("} tinyseek_model_api;", i)]
+    render(_seq_model(name="sq"), tmp_path)
+    header = (tmp_path / "sq_model.h").read_text()
+    dut_h = Path(__file__).resolve().parents[1] / "firmware/lib/harness/dut.h"
+    assert table(dut_h.read_text()) == table(header)
 
 
 # -- the header ------------------------------------------------------------------------------

@@ -46,8 +46,7 @@ class HostDut:
                    ROOT / "tests/firmware/host/host_port.c", *sorted(lib.glob("*.c"))]
         cmd = ["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
                "-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"), "-I", str(lib),
-               f"-DTINYSEEK_MODEL={model.name}", f"-DTINYSEEK_MODEL_UPPER={model.name.upper()}",
-               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', f'-DTINYSEEK_KERNELS_HEADER="{model.name}_kernels.h"',
+               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"',
                *map(str, sources), "-o", str(self.exe)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
