@@ -18,6 +18,18 @@
 
 #define FW_VERSION "tinyseek DUT firmware 1.0"
 
+/* Timestamps: performance mode prints m-lap-us-N (the board's timer in microseconds; under QEMU
+ * instructions / 1000, and info% says which); energy mode pulses the board's timestamp pin for
+ * the energy monitor and prints nothing (the MLPerf Tiny reference's EE_CFG_ENERGY_MODE). */
+#ifndef TINYSEEK_ENERGY_MODE
+#define TINYSEEK_ENERGY_MODE 0
+#endif
+#if TINYSEEK_ENERGY_MODE
+#define TIMESTAMP_MODE "energy"
+#else
+#define TIMESTAMP_MODE "performance"
+#endif
+
 /* Usages: each error reply of a command repeats its own; `help` lists them all. */
 #define USAGE_DB_LOAD "db load N"
 #define USAGE_DB_HEX "db HEX (one string of hex digits)"
@@ -197,11 +209,16 @@ static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t h
          dut_port_target()->timer_unit);
 }
 
-static void out_lap_us(void) {
+/* th_timestamp() of the reference firmware: the two of `infer` bracket the measured runs. */
+static void timestamp(void) {
+#if TINYSEEK_ENERGY_MODE
+    dut_port_timestamp_pulse();
+#else
     unsigned long per_us = dut_port_target()->timer_per_us;
     uint64_t t = dut_port_ticks_to_units(dut_port_ticks());
     divmod(&t, per_us ? (uint32_t)per_us : 1u);
     outf("m-lap-us-%U\r\n", t);
+#endif
 }
 
 /* ---- parsing -------------------------------------------------------------------------- */
@@ -435,7 +452,7 @@ static void cmd_infer(const char *pos, const char *end) {
         if (model_failed("infer", run_once(steps))) return;
     }
     outf("m-warmup-done\r\nm-infer-start-%u\r\n", runs);
-    out_lap_us();
+    timestamp();
     for (r = 0; r < runs; r++) {
         uint64_t t0, dt;
         int rc;
@@ -448,7 +465,7 @@ static void cmd_infer(const char *pos, const char *end) {
         if (dt < lo) lo = dt;
         if (dt > hi) hi = dt;
     }
-    out_lap_us();
+    timestamp();
     out("m-infer-done\r\n");
     have_results = 1;
     out_results();
@@ -499,7 +516,8 @@ static void cmd_cls(const char *text, const char *end) {
 static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
     outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
-         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,buffer=%u,line=%u]\r\n",
+         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,"
+         "timestamps=" TIMESTAMP_MODE ",buffer=%u,line=%u]\r\n",
          A->name, A->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)A->num_classes,
          (unsigned long)A->input_size, (unsigned long)A->num_layers, (unsigned long)A->hidden_size,
          (unsigned long)A->vocab_size, (unsigned long)A->max_len, (unsigned long)A->num_features, A->kernel,
@@ -588,7 +606,7 @@ static void dispatch(const char *start, const char *end) {
             cmd_help();
             break;
         case W_TIMESTAMP:
-            out_lap_us();
+            timestamp();
             break;
         case W_DB:
             sub = next_tok(&pos, end);
@@ -642,7 +660,7 @@ void dut_init(const dut_model_t *model) {
     load_size = load_pos = 0;
     have_results = 0;
     A->reset(M->state);
-    out("m-timestamp-mode-performance\r\nm-init-done\r\nm-ready\r\n");
+    out("m-timestamp-mode-" TIMESTAMP_MODE "\r\nm-init-done\r\nm-ready\r\n");
 }
 
 void dut_feed(uint8_t c) {
