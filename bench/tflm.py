@@ -487,8 +487,8 @@ def section_reference(r: dict) -> str:
         f"({worst_ram / ram:.1f}x at the least); at least 2x fewer instructions: **{'met' if instr_ok else 'NOT met'}** "
         f"({worst_i / ts_i:.1f}x at the least, against TFLM with "
         f"{'CMSIS-NN' if 'cmsis-nn' in variants else 'reference'} kernels). TFLM's arena is `arena_used_bytes()` of "
-        "the 32-bit build; it holds the int16 cell state, the gate scratch and the output sequence of all "
-        f"{R['steps']} steps. {_build_line(r)} "
+        "the 32-bit build; it holds the graph's tensors (the whole input and output sequences of all "
+        f"{R['steps']} steps among them), the LSTM's state and scratch and the ops' persistent data. {_build_line(r)} "
         "Full results: `bench/results/tflm.json` (`reference`).",
     ])
 
