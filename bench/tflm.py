@@ -358,10 +358,16 @@ def _cmsis_nn_direct() -> dict | None:
     if not CMSIS_NN_JSON.is_file():
         return None
     d = json.loads(CMSIS_NN_JSON.read_text())
-    m4 = d.get("boards", {}).get("qemu_m4", {}).get("cmsis_nn")
-    if not m4 or d.get("shape") != __import__("kernel_bench").REFERENCE:
+    try:  # both layouts the script has written; another is left out, not guessed at
+        if "cmsis" in d:
+            m4 = next(e for e in d["cmsis"] if e["env"] == "qemu_m4" and e["kernel"] == "cmsis-nn-dsp")
+        else:
+            m4 = d["boards"]["qemu_m4"]["cmsis_nn"]
+        if d["shape"] != __import__("kernel_bench").REFERENCE:
+            return None
+        return {"instructions": float(m4["instructions"]), "kernel": m4["kernel"], "commit": d["cmsis_nn"]["describe"]}
+    except (KeyError, TypeError, StopIteration):
         return None
-    return {"instructions": m4["instructions"], "kernel": m4["kernel"], "commit": d["cmsis_nn"]["describe"]}
 
 
 NAMES = {"reference": "TFLM, reference kernels", "cmsis-nn": "TFLM, CMSIS-NN kernels"}
