@@ -199,6 +199,7 @@ def reference_case(work: Path) -> dict:
     layer = SimpleNamespace(hidden=H, w_x=rng.uniform(-k, k, (4 * H, I)).astype(np.float32),
                             w_h=rng.uniform(-k, k, (4 * H, H)).astype(np.float32),
                             b=rng.uniform(-k, k, 4 * H).astype(np.float32))
+    # What keras_model reads of a student; "text" takes the input straight into the LSTM (no projection).
     spec = SimpleNamespace(kind="text", embed_dim=I, hidden=H, num_classes=C, num_layers=1, layers=lambda: [layer],
                            tensors={"head.weight": rng.uniform(-k, k, (C, H)).astype(np.float32),
                                     "head.bias": rng.uniform(-k, k, C).astype(np.float32)})
@@ -229,7 +230,7 @@ def reference_case(work: Path) -> dict:
             "inputs": {"sequences": len(x), "steps": T, "seed": REFERENCE_SEED}}
 
 
-def build_and_run(args, work: Path, case: dict) -> tuple[dict, float]:
+def build_and_run(args, work: Path, case: dict) -> tuple[dict, dict]:
     """Build TFLM (reference kernels, and with --cmsis-nn its CMSIS-NN kernels) with the case's
     model and inputs, run every build in QEMU and check it against the host TFLM."""
     inputs_header(work / "tflm_inputs.h", case["io"], case["rows"], case["last"], case["name"], case["classes"])
