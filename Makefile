@@ -7,22 +7,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyseek-installed
+TFLITE := $(VENV)/.tinyseek-tflite-installed
 
-.PHONY: demo test setup system clean-venv
+.PHONY: demo test setup setup-demo system clean-venv
 
 # The demo writes its own run (models/demo/, firmware/lib/demo/, both ignored by git) starting
 # from the committed default's artifacts: the checkout stays clean, and the student is reused
 # when the rebuilt teacher's knowledge matches the committed one. The committed default's
 # teacher ran on one thread, and float sums depend on the thread count: the demo's does too.
 DEMO := --set run=demo --set teacher.threads=1
-demo: setup
+demo: setup-demo
 	$(BIN)/tinyseek build $(DEMO) --from intents
 	$(BIN)/tinyseek bench --env qemu_m4 $(DEMO)
 
 test: setup
 	$(BIN)/pytest -q
 
-setup: system $(STAMP)
+# Everything, TensorFlow included (the tests exercise `tinyseek export --format tflite`).
+setup: system $(STAMP) $(TFLITE)
+
+# The demo never imports TensorFlow: it skips the tflite extra (about 1.3 GB installed).
+setup-demo: system $(STAMP)
 
 system:
 	@sh tools/setup/system-packages.sh
@@ -32,10 +37,16 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[teacher,gguf,test,firmware,edge,tflite]"
-	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
+	$(BIN)/python -m pip install -q -e ".[teacher,gguf,test,firmware,edge]"
 	$(BIN)/python -m tinyseek.harness.pio_offline
 	touch $(STAMP)
+
+# `tinyseek export --format tflite`: tensorflow-cpu and tflite-micro, then legacy Keras with
+# --no-deps (its own requirement is the full `tensorflow` wheel).
+$(TFLITE): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[tflite]"
+	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
+	touch $(TFLITE)
 
 clean-venv:
 	rm -rf $(VENV)

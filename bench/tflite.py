@@ -75,10 +75,10 @@ def _tflm_instructions(mcu: dict | None) -> str:
 
 
 def tflm_mcu() -> dict | None:
-    """bench/tflm.py's TFLM figures on qemu_m4, if it has been run."""
-    if not TFLM_JSON.is_file():
+    """bench/tflm.py's TFLM figures on qemu_m4 for the default model, if it has been run."""
+    r = json.loads(TFLM_JSON.read_text()).get("default") if TFLM_JSON.is_file() else None
+    if r is None:
         return None
-    r = json.loads(TFLM_JSON.read_text())
     t = r["tflm"]["variants"]["reference"]  # the kernels the tflite-micro Python interpreter runs
     return {"instructions_median": float(np.median(t["instructions"])), "steps": r["inputs"]["steps_run_by_tflm"],
             "code_bytes": t["flash_bytes"]["TFLM (interpreter, kernels)"], "arena_bytes": t["arena_used_bytes"],

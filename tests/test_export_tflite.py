@@ -15,6 +15,7 @@ from tinyseek.cli import make_parser
 from tinyseek.data import Dataset, Split
 from tinyseek.harness.report import build_report, render_markdown
 from tinyseek.quant.float_model import FloatStudent
+from tinyseek.quant.model import QuantModel
 from tinyseek.quant.quantize import quantize
 
 # tensorflow, tf_keras and tflite-micro are part of `make setup`; without them every export raises
@@ -167,23 +168,38 @@ def test_c_array_compiles_and_holds_the_int8_tflite(text_export, need_tools, tmp
     assert dumped[len(tflite):] == table.tobytes()
 
 
-def test_report_gets_a_tflm_row(text_export, tmp_path):
-    _, out = text_export
-    m = json.loads((out / "metrics.json").read_text())
+def _run_with_export(out, tmp_path, model_hash):
+    """A run folder holding the export's metrics and a verify metrics.json of the model `model_hash`."""
     run_dir = tmp_path / "run"
     (run_dir / "tflite").mkdir(parents=True)
     shutil.copy(out / "metrics.json", run_dir / "tflite" / "metrics.json")
     (run_dir / "metrics.json").write_text(json.dumps({
-        "model": {"name": "tiny", "hash": "0" * 16}, "task": {"name": "tiny", "kind": "text", "test_samples": 150,
+        "model": {"name": "tiny", "hash": model_hash}, "task": {"name": "tiny", "kind": "text", "test_samples": 150,
                                                            "labels": ["a", "b"]},
         "teacher": {"accuracy": 0.9}, "student": {"float_accuracy": 0.8, "int8_accuracy": 0.8, "params": 10,
                                                    "weight_bytes": 10},
         "retention": 0.88, "agreement_int8_float": 0.99, "confusion": [[1, 0], [0, 1]]}))
-    report = build_report(run_dir)
+    return run_dir
+
+
+def test_report_gets_a_tflm_row(text_export, tmp_path):
+    run, out = text_export
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model_hash"] == QuantModel.load(run.int8_dir).model_hash()
+    report = build_report(_run_with_export(out, tmp_path, m["model_hash"]))
+    assert not report.get("warnings")
     assert report["tflm"]["arena_bytes"] == m["int8"]["tflm_arena_bytes"]
     text = render_markdown(report)
     assert f"| student, int8 .tflite in TFLite Micro (150 samples) | {100 * m['int8']['tflm']['accuracy']:.2f} % |" in text
     assert f"tensor arena {m['int8']['tflm_arena_bytes']:,} B" in text
+
+
+def test_an_export_of_another_model_gets_no_tflm_row(text_export, tmp_path):
+    _, out = text_export
+    report = build_report(_run_with_export(out, tmp_path, "0" * 16))
+    assert "tflm" not in report
+    assert "exported from another int8 model" in report["warnings"][0]
+    assert "TFLite Micro" not in render_markdown(report).split("WARNING")[0]
 
 
 def test_cli_parses_export():

@@ -47,12 +47,24 @@ def _scores(logits: np.ndarray, ref) -> dict:
             "max_abs_logit_diff_float_student": float(np.abs(logits - ref.float_logits).max()) if len(ref.y) else 0.0}
 
 
+def _inputs(fs, split, idx=None):
+    """A split's inputs as the student reads them: token-id lists (text) or feature sequences."""
+    if fs.kind == "text":
+        return fs.tokenize(list(split.texts) if idx is None else [split.texts[i] for i in idx])
+    return split.x if idx is None else split.x[idx]
+
+
+def calibration_inputs(fs, dataset, count: int):
+    """The representative dataset's samples: the training samples `tinyseek quantize` calibrates on."""
+    from ..quant.quantize import calibration_indices
+    return _inputs(fs, dataset.train, calibration_indices(len(dataset.train.y), count))
+
+
 def _references(run, calibration_samples: int | None):
     """The student, the int8 model, the calibration and test inputs (token-id lists or features)
     and what the exports are compared with: the float student's and tinyseek's int8 logits."""
     from ..quant.float_model import FloatStudent
     from ..quant.model import QuantModel
-    from ..quant.quantize import calibration_indices
     from ..quant.reference import infer_sequences, infer_tokens, quantize_inputs
 
     fs = FloatStudent.from_folder(run.student_dir)
@@ -65,17 +77,12 @@ def _references(run, calibration_samples: int | None):
     if count < 1:
         raise ExportError(f"the representative dataset needs quant.calibration_samples >= 1, not {count}")
 
-    def inputs(split, idx=None):
-        if fs.kind == "text":
-            return fs.tokenize(list(split.texts) if idx is None else [split.texts[i] for i in idx])
-        return split.x if idx is None else split.x[idx]
-
-    test = inputs(dataset.test)
+    test = _inputs(fs, dataset.test)
     float_logits = fs.logits(test)
     int8_logits = (infer_tokens(qmodel, test) if fs.kind == "text"
                    else infer_sequences(qmodel, quantize_inputs(qmodel, test)))
     return SimpleNamespace(fs=fs, qmodel=qmodel, dataset=dataset, test=test, y=np.asarray(dataset.test.y),
-                           calib=inputs(dataset.train, calibration_indices(len(dataset.train.y), count)),
+                           calib=calibration_inputs(fs, dataset, count),
                            float_logits=float_logits, int8_logits=int8_logits)
 
 
@@ -110,18 +117,27 @@ def export_run(run, fmt: str, out_dir: str | Path | None = None) -> Path:
     raise ExportError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
 
 
+def convert_run(fs, dataset, calib_inputs) -> tuple[int, tuple[np.ndarray, np.ndarray], dict[str, bytes]]:
+    """(steps, representative dataset, {"float": bytes, "int8": bytes}): the student converted
+    with the calibration inputs (token-id lists or feature sequences) as its representative
+    dataset. Deterministic: the committed default's files are checked against it."""
+    from .tflite import convert, padded_inputs
+
+    # Text: the tokenizer's maximum. Sequence tasks: the longest sequence of the splits used.
+    steps = fs.max_len if fs.kind == "text" else max(int(dataset.train.x.shape[1]), int(dataset.test.x.shape[1]))
+    calib = padded_inputs(fs, calib_inputs, steps)
+    return steps, calib, convert(fs, steps, calib)
+
+
 def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: int | None = None) -> Path:
     """Export, check and write `<run>/tflite/` (or out_dir); returns the folder."""
     from ..codegen.render import make_env
     from . import check
-    from .tflite import convert, input_width, op_names, padded_inputs
+    from .tflite import input_width, op_names, padded_inputs
 
     ref = _references(run, calibration_samples)
     fs, dataset = ref.fs, ref.dataset
-    # Text: the tokenizer's maximum. Sequence tasks: the longest sequence of the splits used.
-    steps = fs.max_len if fs.kind == "text" else max(int(dataset.train.x.shape[1]), int(dataset.test.x.shape[1]))
-    calib = padded_inputs(fs, ref.calib, steps)
-    files = convert(fs, steps, calib)
+    steps, calib, files = convert_run(ref.fs, dataset, ref.calib)
 
     x, last = padded_inputs(fs, ref.test, steps)
     runnable = last >= 0  # an empty text has no last step (docs/tflite.md)
@@ -144,7 +160,8 @@ def export_tflite(run, out_dir: str | Path | None = None, calibration_samples: i
                           "tflm_arena_bytes": check.smallest_arena(files[what])}
 
     metrics = {
-        "model": run.cfg.model_name, "task": dataset.name, "format": "tflite", "steps": steps,
+        "model": run.cfg.model_name, "model_hash": ref.qmodel.model_hash(), "task": dataset.name, "format": "tflite",
+        "steps": steps,
         "input_width": input_width(fs), "samples": int(runnable.sum()),
         "empty_samples_skipped": int((~runnable).sum()), "calibration_samples": len(calib[1]),
         "tinyseek_int8_accuracy": _accuracy(ref.int8_pred, ref.y), "float_student_accuracy": _accuracy(ref.float_pred, ref.y),
@@ -191,7 +208,8 @@ def export_onnx(run, out_dir: str | Path | None = None, calibration_samples: int
         results = {what: {"onnxruntime": _scores(ox.logits(p, x, mask), ref), "bytes": p.stat().st_size,
                           "ops": ox.quantized_ops(p)} for what, p in paths.items()}
         files = {p.name: p.read_bytes() for p in paths.values()}
-    metrics = {"model": run.cfg.model_name, "task": ref.dataset.name, "format": "onnx", "samples": len(ref.y),
+    metrics = {"model": run.cfg.model_name, "model_hash": ref.qmodel.model_hash(), "task": ref.dataset.name,
+               "format": "onnx", "samples": len(ref.y),
                "calibration_samples": len(calib[0]), "tinyseek_int8_accuracy": _accuracy(ref.int8_pred, ref.y),
                "float_student_accuracy": _accuracy(ref.float_pred, ref.y), **results}
     files[METRICS_FILE] = json.dumps(metrics, indent=2) + "\n"

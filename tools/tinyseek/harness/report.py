@@ -39,7 +39,12 @@ def build_report(run_dir: Path) -> dict:
     if device:
         report["device"] = device
     tflite = _read(run_dir / "tflite" / "metrics.json")  # `tinyseek export --format tflite`
-    if tflite:
+    if tflite and tflite.get("model_hash") != metrics["model"]["hash"]:
+        # An export of an earlier model (or from before the export recorded the hash): not this model's row.
+        report["warnings"] = [*report["warnings"], f"{run_dir / 'tflite'} was exported from another int8 model "
+                              f"(hash {tflite.get('model_hash', 'not recorded')}, this one is {metrics['model']['hash']}): "
+                              "its TFLite Micro row is left out; run `tinyseek export --format tflite` again"]
+    elif tflite:
         q = tflite["int8"]
         report["tflm"] = {"accuracy": q["tflm"]["accuracy"], "agreement_tinyseek_int8": q["tflm"]["agreement_tinyseek_int8"],
                           "arena_bytes": q["tflm_arena_bytes"], "tflite_bytes": q["bytes"],
