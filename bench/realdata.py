@@ -5,6 +5,8 @@ bench/results/realdata.json and the "Real utterances" section of bench/RESULTS.m
     # CLINC150 (github.com/clinc/oos-eval, data/data_full.json; the project ships no third-party data)
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --shots 10 30 0   # all 150 intents
+    .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
+        --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0   # a pretrained LM
 
 Each setting is one `tinyseek build` on JSONL files written under --work: the benchmark's own
 train split (all of it, or `shots` seeded examples per class), its own validation split (for
@@ -26,6 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tinyseek.cli import parse_overrides
 from tinyseek.config import load
 from tinyseek.pipeline import Run
 
@@ -77,7 +80,7 @@ def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> str:
     return str(path)
 
 
-def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, seed: int) -> dict:
+def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, seed: int, settings: dict) -> dict:
     folder = work / name
     train = per_class(splits["train"], shots, seed)
     val = per_class(splits["val"], max(1, shots // 2) if shots else 0, seed + 1)
@@ -92,6 +95,7 @@ def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, s
     }
     if teacher != "scratch":
         overrides.update({"teacher.source": teacher, "teacher.adapt": "lora"})
+    overrides.update(settings)
     run = Run(load(overrides=overrides))
     t0 = time.monotonic()
     run.build()
@@ -128,17 +132,20 @@ def main() -> None:
                     help="labelled examples per class (0: the whole train split)")
     ap.add_argument("--teacher", default="scratch", help="scratch (the built-in teacher) or a folder / .gguf file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every run, as in `tinyseek build --set` (e.g. teacher.pretrain_epochs=0)")
     ap.add_argument("--work", default=str(ROOT / "build" / "realdata"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "realdata.json"))
     ap.add_argument("--no-md", action="store_true", help="do not update bench/RESULTS.md")
     args = ap.parse_args()
+    settings = parse_overrides(args.settings)
     splits = read_clinc(Path(args.dataset), args.domain)
     tag = f"clinc150{'_' + args.domain if args.domain else ''}"
     teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(args.teacher).stem)
     rows = []
     for k in args.shots:
         name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
-        rows.append(run_setting(name, splits, k, args.teacher, Path(args.work), args.seed))
+        rows.append(run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings))
         print(json.dumps(rows[-1]), flush=True)
     command = "python bench/realdata.py " + " ".join(sys.argv[1:])
     out = Path(args.out)

@@ -27,7 +27,7 @@ def _parse_value(text: str):
         return text
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     run = None
     try:
-        cfg = load(args.config, _overrides(args.set))
+        cfg = load(args.config, parse_overrides(args.set))
         run = Run(cfg)
         run.overwrite = getattr(args, "overwrite", False)
         if args.command == "bench":
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             from .distill.search import search_run
             flags = {"board": args.board, "latency_ms": args.latency_ms, "flash_kb": args.flash_kb,
                      "ram_kb": args.ram_kb, "target": args.target}
-            sets = {**_overrides(args.set), **{f"search.{k}": v for k, v in flags.items() if v is not None}}
+            sets = {**parse_overrides(args.set), **{f"search.{k}": v for k, v in flags.items() if v is not None}}
             result = search_run(Run(load(args.config, sets)), force=args.force)
             print((result.folder / "search.md").read_text())
             if result.chosen is None:
