@@ -16,8 +16,8 @@ names its distill settings, so the table does not move with the defaults):
   f   joint + feedback round      c, then a second joint round from c's best epoch
   g, h                            f with the disagreeing samples weighted x3 / relabelled by the teacher
   i   joint, 60 epochs            c trained twice as long in one round (f's budget)
-  n   the built-in default        c, 50 epochs, 6 noisy copies of each training sample
-  p   progressive with noise      d with n's 6 noisy copies
+  n   the former default          c, 50 epochs, 6 noisy copies of each training sample
+  p   the built-in default        d with n's 6 noisy copies (progressive)
 For each: int8 accuracy on the validation split (held out by template like the test; the
 variant to use is chosen on it), float and int8 accuracy on the test split (the quantizer and
 the integer oracle of tinyseek.quant, read for the report only) and retention = int8 accuracy /
@@ -68,9 +68,9 @@ VARIANTS = {
     "h": ("joint (c) + feedback round, disagreeing samples relabelled", {**JOINT, "distill.feedback_rounds": 1,
                                                                         "distill.feedback": "relabel"}),
     "i": ("joint (c), 60 epochs", {**JOINT, "distill.epochs": 60}),
-    "n": ("joint (c), 50 epochs, 6 noise copies (the built-in default)", {**JOINT, "distill.epochs": 50,
+    "n": ("joint (c), 50 epochs, 6 noise copies (the former default)", {**JOINT, "distill.epochs": 50,
                                                                           "distill.noise_copies": 6}),
-    "p": ("progressive (d), 6 noise copies", {**PROGRESSIVE, "distill.noise_copies": 6}),
+    "p": ("progressive (d), 6 noise copies (the built-in default)", {**PROGRESSIVE, "distill.noise_copies": 6}),
 }
 HEADING = "## Distillation ablation"
 

@@ -305,3 +305,7 @@ def test_automatic_settings_scale_with_the_training_split():
     assert 12_000 * (1 + mid_d.noise_copies) * mid_d.epochs <= 2 * 4320 * 7 * 50
     explicit = scaled_settings(c.teacher, replace(c.distill, noise_copies=3, epochs=7), 100_000)[1]
     assert (explicit.noise_copies, explicit.epochs) == (3, 7)
+    # The progressive stages keep their epochs on the built-in task and shrink with the automatic epochs.
+    assert (distill.stage1_epochs, distill.stage2_epochs, distill.stage3_epochs) == (8, 24, 6)
+    assert big_d.stage2_epochs < 24 and big_d.stage3_epochs >= 1
+    assert explicit.stage2_epochs == 24  # distill.epochs given: the stages stay as configured

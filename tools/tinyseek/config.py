@@ -106,12 +106,15 @@ class StudentConfig:
 @dataclass
 class DistillConfig:
     """docs/distillation.md: the schedules, the layer mapping, the feedback rounds."""
-    schedule: str = "joint"  # joint (one loss) | progressive (features, then logits, then hard labels)
+    # progressive (features, then logits, then hard labels) | joint (one loss). Chosen on validation
+    # (bench/RESULTS.md "Distillation ablation").
+    schedule: str = "progressive"
     # joint: alpha * KL(T) + (1 - alpha) * hard labels + beta * features, for `epochs`.
     alpha: float = 0.7  # weight of the KL term (1 - alpha on the hard labels)
     temperature: float = 4.0
     beta: float = 0.1  # weight of feature matching
-    # 0 (auto): scaled by the training split's size (scaled_settings), 50 on the built-in task.
+    # 0 (auto): scaled by the training split's size (scaled_settings), 50 on the built-in task;
+    # progressive: the stage epochs below, scaled by the same factor (auto epochs / 50).
     epochs: int = 0
     # Feature matching: "teacher:student" layer pairs, e.g. "12:0, 24:1, 36:2"; empty = every
     # cached teacher layer spread evenly over the student's LSTM layers, the last to the last.
@@ -418,4 +421,9 @@ def scaled_settings(teacher: "TeacherConfig", distill: "DistillConfig", n_train:
     d_copies = distill.noise_copies if distill.noise_copies >= 0 else \
         max(0, min(6, DISTILL_SAMPLES_PER_EPOCH // n - 1))
     epochs = distill.epochs or max(10, min(50, round(DISTILL_SAMPLE_STEPS / (n * (1 + d_copies)))))
-    return scaled_teacher(teacher, n), replace(distill, noise_copies=d_copies, epochs=epochs)
+    stages = {}
+    if distill.schedule == "progressive" and not distill.epochs:
+        # The stage epochs are set for the built-in task (50 automatic epochs); bigger sets get fewer.
+        stages = {k: max(1, round(getattr(distill, k) * epochs / 50)) if getattr(distill, k) else 0
+                  for k in ("stage1_epochs", "stage2_epochs", "stage3_epochs")}
+    return scaled_teacher(teacher, n), replace(distill, noise_copies=d_copies, epochs=epochs, **stages)
