@@ -65,7 +65,8 @@ def write_knowledge(path, ds: Dataset, layers=(1, 3), dim=12, seed=0, metadata=T
 
 
 def small_cfg(**extra):
-    return load(overrides={"student.hidden": 16, "student.embed_dim": 8, "student.vocab_size": 128,
+    # The joint schedule: these tests check one training loop's epochs and losses (test_distill_schedule: the stages).
+    return load(overrides={"distill.schedule": "joint", "student.hidden": 16, "student.embed_dim": 8, "student.vocab_size": 128,
                            "student.max_len": 12, "distill.epochs": 10, "distill.noise_copies": 0, "distill.batch_size": 32,
                            "distill.lr": 1e-2, **extra})
 
@@ -308,4 +309,4 @@ def test_automatic_settings_scale_with_the_training_split():
     # The progressive stages keep their epochs on the built-in task and shrink with the automatic epochs.
     assert (distill.stage1_epochs, distill.stage2_epochs, distill.stage3_epochs) == (8, 24, 6)
     assert big_d.stage2_epochs < 24 and big_d.stage3_epochs >= 1
-    assert explicit.stage2_epochs == 24  # distill.epochs given: the stages stay as configured
+    assert (explicit.stage1_epochs, explicit.stage2_epochs, explicit.stage3_epochs) == (1, 4, 1)  # 7 in all

@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 
 from tinyseek.cli import main
 from tinyseek.codegen.render import render
-from tinyseek.config import ConfigError, load
+from tinyseek.config import ConfigError, load, scaled_settings
 from tinyseek.data import Dataset, Split
 from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, candidate_config,
                                      fitting, grid, kernels_hash, load_kernel_cost, make_budget, memory_bytes, pareto, plan_search,
@@ -156,9 +156,9 @@ def test_candidates_get_the_shape_and_the_search_epochs():
     assert c.distill.epochs == 10 and load().student.hidden != 24  # a copy
     prog = load(overrides={"distill.schedule": "progressive", "distill.stage1_epochs": 8,
                            "distill.stage2_epochs": 24, "distill.stage3_epochs": 0})
-    p = candidate_config(prog, shape, 8).distill
+    p = scaled_settings(prog.teacher, candidate_config(prog, shape, 8).distill, 4320)[1]
     assert (p.stage1_epochs, p.stage2_epochs, p.stage3_epochs) == (2, 6, 0)
-    assert candidate_config(prog, shape, 0).distill.stage2_epochs == 24
+    assert scaled_settings(prog.teacher, candidate_config(prog, shape, 0).distill, 4320)[1].stage2_epochs == 24
 
 
 def test_pareto_marks_the_undominated():
@@ -202,7 +202,7 @@ def toy_knowledge(path, ds):
 def test_search_on_a_toy_task_returns_the_smallest_passing_student(tmp_path):
     ds = toy_dataset()
     know = toy_knowledge(tmp_path / "knowledge.safetensors", ds)
-    base = {"student.max_len": 8, "distill.beta": 0.0, "distill.batch_size": 32, "distill.lr": 3e-2,
+    base = {"student.max_len": 8, "distill.schedule": "joint", "distill.beta": 0.0, "distill.batch_size": 32, "distill.lr": 3e-2,
             "distill.noise_copies": 0,
             "search.hidden": [1, 2, 4, 8, 16], "search.layers": [1], "search.embed_dim": [8],
             "search.vocab_size": [64], "search.epochs": 8, "search.target": 0.9}

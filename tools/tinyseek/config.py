@@ -113,8 +113,9 @@ class DistillConfig:
     alpha: float = 0.7  # weight of the KL term (1 - alpha on the hard labels)
     temperature: float = 4.0
     beta: float = 0.1  # weight of feature matching
-    # 0 (auto): scaled by the training split's size (scaled_settings), 50 on the built-in task;
-    # progressive: the stage epochs below, scaled by the same factor (auto epochs / 50).
+    # 0 (auto): scaled by the training split's size (scaled_settings), 50 on the built-in task.
+    # progressive: epochs in all, shared out in the ratio of the stage epochs below (automatic:
+    # the stage epochs as given on the built-in task, proportionally fewer on bigger sets).
     epochs: int = 0
     # Feature matching: "teacher:student" layer pairs, e.g. "12:0, 24:1, 36:2"; empty = every
     # cached teacher layer spread evenly over the student's LSTM layers, the last to the last.
@@ -421,9 +422,20 @@ def scaled_settings(teacher: "TeacherConfig", distill: "DistillConfig", n_train:
     d_copies = distill.noise_copies if distill.noise_copies >= 0 else \
         max(0, min(6, DISTILL_SAMPLES_PER_EPOCH // n - 1))
     epochs = distill.epochs or max(10, min(50, round(DISTILL_SAMPLE_STEPS / (n * (1 + d_copies)))))
-    stages = {}
-    if distill.schedule == "progressive" and not distill.epochs:
-        # The stage epochs are set for the built-in task (50 automatic epochs); bigger sets get fewer.
-        stages = {k: max(1, round(getattr(distill, k) * epochs / 50)) if getattr(distill, k) else 0
-                  for k in ("stage1_epochs", "stage2_epochs", "stage3_epochs")}
-    return scaled_teacher(teacher, n), replace(distill, noise_copies=d_copies, epochs=epochs, **stages)
+    return scaled_teacher(teacher, n), replace(distill, noise_copies=d_copies, epochs=epochs,
+                                               **progressive_stages(distill, epochs))
+
+
+STAGE_EPOCHS = ("stage1_epochs", "stage2_epochs", "stage3_epochs")
+
+
+def progressive_stages(distill: "DistillConfig", auto_epochs: int) -> dict:
+    """The progressive schedule's stage epochs for this run: scaled to distill.epochs in all when
+    it is given; with automatic epochs as configured on the built-in task (50) and proportionally
+    fewer on bigger training sets. A stage that trains keeps at least one epoch."""
+    stages = {k: getattr(distill, k) for k in STAGE_EPOCHS}
+    total = sum(stages.values())
+    target = distill.epochs or round(total * min(1.0, auto_epochs / 50))
+    if distill.schedule != "progressive" or not total or target == total:
+        return {}
+    return {k: max(1, round(n * target / total)) if n else 0 for k, n in stages.items()}

@@ -379,8 +379,6 @@ def teacher_accuracy(knowledge_path: str | Path, split) -> float:
     return float(np.mean(logits.argmax(axis=1) == y))
 
 
-STAGE_EPOCHS = ("stage1_epochs", "stage2_epochs", "stage3_epochs")
-
 
 def candidate_config(cfg, shape: Shape, epochs: int):
     """cfg with the student of `shape`, trained for `epochs` in all (0: as configured): the joint
@@ -390,14 +388,8 @@ def candidate_config(cfg, shape: Shape, epochs: int):
     c.student.hidden, c.student.layers, c.student.embed_dim = shape.hidden, shape.layers, shape.embed_dim
     if shape.vocab_size is not None:
         c.student.vocab_size = shape.vocab_size
-    d = c.distill
-    if epochs and d.schedule == "progressive":
-        total = sum(getattr(d, k) for k in STAGE_EPOCHS)
-        for k in STAGE_EPOCHS:
-            n = getattr(d, k)
-            setattr(d, k, max(1, round(n * epochs / total)) if n else 0)
-    elif epochs:
-        d.epochs = epochs
+    if epochs:
+        c.distill.epochs = epochs  # progressive: shared out over the stages (config.progressive_stages)
     return c
 
 
