@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 JOINT = {"distill.schedule": "joint", "distill.alpha": 0.7, "distill.beta": 0.1, "distill.epochs": 30,
          "distill.layer_map": "", "distill.feedback_rounds": 0, "distill.feedback": "reweight",
          "distill.feedback_weight": 1.0, "distill.noise_copies": 0}
-PROGRESSIVE = {**JOINT, "distill.schedule": "progressive", "distill.stage1_epochs": 8, "distill.stage2_epochs": 24,
+# distill.epochs 38 = the stage epochs' sum: the stages train as given.
+PROGRESSIVE = {**JOINT, "distill.schedule": "progressive", "distill.epochs": 38, "distill.stage1_epochs": 8, "distill.stage2_epochs": 24,
                "distill.stage3_epochs": 6, "distill.temperature_start": 8.0, "distill.temperature_end": 1.0,
                "distill.hard_weight": 0.1, "distill.stage2_beta": 0.0, "distill.stage3_lr": 3e-4}
 VARIANTS = {
