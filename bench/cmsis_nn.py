@@ -283,6 +283,29 @@ def main() -> None:
     print(text)
 
 
+# The kernel goals on this shape: instructions per MAC of the board variant, and how many times
+# fewer instructions than CMSIS-NN's optimised path; the portable C against CMSIS-NN's own.
+GOALS = {"qemu_m4": (1.10, 3.0), "qemu_m55": (0.30, 4.0)}
+
+
+def goals(r: dict) -> str:
+    macs, out = r["macs"], []
+    for c in r["cmsis"]:
+        t = r["tinyseek"][c["env"]]
+        if c["kernel"] == "cmsis-nn-c":
+            if c["env"] == "qemu_m4":
+                ratio = t["c"]["instructions"] / c["instructions"]
+                out.append(f"{c['env']} portable C {ratio:.2f}x CMSIS-NN's portable C (goal <= 1.10x: "
+                           f"{'met' if ratio <= 1.10 else 'NOT met'})")
+            continue
+        per, limit = t["variant"]["instructions"] / macs, GOALS[c["env"]]
+        ratio = c["instructions"] / t["variant"]["instructions"]
+        out.append(f"{c['env']} {t['variant']['kernel']} {per:.3f} per MAC (goal <= {limit[0]:.2f}: "
+                   f"{'met' if per <= limit[0] else 'NOT met'}), {ratio:.2f}x fewer than CMSIS-NN (goal >= "
+                   f"{limit[1]:.0f}x: {'met' if ratio >= limit[1] else 'NOT met'})")
+    return "Goals: " + "; ".join(out) + "."
+
+
 def section(r: dict) -> str:
     macs, nn = r["macs"], r["cmsis_nn"]
     core = r["cmsis_core"]
@@ -325,6 +348,7 @@ def section(r: dict) -> str:
         "multipliers from plausible real scales (inputs 1/64, h 1/127, weights 0.2-0.35/127, gates and cell "
         "Q3.12); every CMSIS-NN build (DSP, MVE, both portable C) gives the same logits, neither constant nor "
         "saturated.",
+        "- " + goals(r),
         f"- Full results: `bench/results/cmsis_nn.json` (run {r['seconds']:.0f} s).",
     ]) + "\n"
 
