@@ -37,8 +37,14 @@ class Insn:
     function: str
 
 
-def disassemble(elf: Path) -> dict[int, Insn]:
-    out = subprocess.run([OBJDUMP, "-d", str(elf)], capture_output=True, text=True, check=True).stdout
+# objdump's architecture per core: without armv8.1-m.main it shows MVE instructions as the
+# coprocessor instructions (LDC, CDP) that share their encodings.
+OBJDUMP_ARCH = {"cortex-m4": "armv7e-m", "cortex-m55": "armv8.1-m.main"}
+
+
+def disassemble(elf: Path, core: str = "cortex-m4") -> dict[int, Insn]:
+    out = subprocess.run([OBJDUMP, "-d", "-m", OBJDUMP_ARCH[core], str(elf)], capture_output=True, text=True,
+                         check=True).stdout
     insns, func = {}, ""
     for line in out.splitlines():
         m = re.match(r"^[0-9a-f]+ <(\S+)>:$", line)
@@ -223,7 +229,7 @@ def cpi_from_log(log: Path, insns: dict[int, Insn], core: str) -> dict:
 def estimate_elf(elf: Path, env: str, functions: list[str], *, run=None) -> dict:
     """CPI of `functions` in one traced run of `elf` on `env`'s machine. `run(extra_args)` runs the
     firmware with those QEMU options added (default: a standalone program that exits by itself)."""
-    insns = disassemble(elf)
+    insns = disassemble(elf, CORE[env])
     ranges = address_ranges(insns, functions)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "exec.log"

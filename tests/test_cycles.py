@@ -1,5 +1,6 @@
 """bench/cycles.py's static cycle estimate (the prices of docs/kernels.md, section Cycles) and
 bench/cmsis_nn.py's checks of what the user passes; no emulator needed."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,17 @@ def test_cmsis_nn_script_names_a_wrong_checkout(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "not a CMSIS-NN checkout" in proc.stderr and "github.com/ARM-software/CMSIS-NN" in proc.stderr
+
+
+def test_mve_instructions_are_disassembled_as_mve(tmp_path):
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("arm-none-eabi-gcc is not installed")
+    src = tmp_path / "f.s"
+    src.write_text(".syntax unified\n.thumb\n.global f\n.type f, %function\nf:\n"
+                   "vldrb.u8 q0, [r0], #16\nvmladava.s8 r2, q0, q0\nbx lr\n")
+    obj = tmp_path / "f.o"
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard", "-c", str(src), "-o",
+                    str(obj)], check=True)
+    got = [i.mnemonic for i in cycles.disassemble(obj, "cortex-m55").values()]
+    assert got[0] == "vldrb" and got[1] in ("vmladava", "vmlava")  # objdump prints the VMLAV alias
+    assert all(cycles.is_vector(m) for m in got[:2])
