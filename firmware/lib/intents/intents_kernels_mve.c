@@ -45,8 +45,14 @@ INTENTS_INLINE int32x4_t intents_dot4_mve_32(const int8_t *w, const int8_t *v)
         :
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
     (void)w3;
-    /* the four sums as one vector, built in registers (two VMOVs of two lanes each) */
-    return vsetq_lane_s32(a3, vsetq_lane_s32(a2, vsetq_lane_s32(a1, vdupq_n_s32(a0), 1), 2), 3);
+    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
+     * compiler's lane inserts take four) */
+    int32x4_t sums;
+    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
+            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
+            : [s] "=w"(sums)
+            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
+    return sums;
 }
 
 /* acc[g] = sum_k w[g*64 + k] * v[k] for the four rows g = 0..3 starting at w: 4 whole
@@ -97,8 +103,14 @@ INTENTS_INLINE int32x4_t intents_dot4_mve_64(const int8_t *w, const int8_t *v)
         :
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
     (void)w3;
-    /* the four sums as one vector, built in registers (two VMOVs of two lanes each) */
-    return vsetq_lane_s32(a3, vsetq_lane_s32(a2, vsetq_lane_s32(a1, vdupq_n_s32(a0), 1), 2), 3);
+    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
+     * compiler's lane inserts take four) */
+    int32x4_t sums;
+    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
+            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
+            : [s] "=w"(sums)
+            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
+    return sums;
 }
 
 /* sum_k w[k] * v[k], one row. */
