@@ -82,7 +82,9 @@ def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, s
     train = per_class(splits["train"], shots, seed)
     val = per_class(splits["val"], max(1, shots // 2) if shots else 0, seed + 1)
     overrides = {
+        # Every setting has its own library folder, so one C name fits all (a run name may be longer).
         "run": name, "models_dir": str(work / "models"), "codegen.out_dir": str(work / "lib" / name),
+        "codegen.name": "clinc_intents",
         "task.kind": "jsonl", "task.train": write_jsonl(folder / "train.jsonl", train),
         "task.val": write_jsonl(folder / "val.jsonl", val),
         "task.test": write_jsonl(folder / "test.jsonl", splits["test"]),
@@ -132,8 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     splits = read_clinc(Path(args.dataset), args.domain)
     tag = f"clinc150{'_' + args.domain if args.domain else ''}"
-    # The run name is also the C model name: a C identifier of at most 32 characters.
-    teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"\W", "_", Path(args.teacher).stem)[:12]
+    teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(args.teacher).stem)
     rows = []
     for k in args.shots:
         name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
@@ -158,10 +159,13 @@ def main() -> None:
         scope = (f"the {args.domain!r} domain's {rows[0]['classes']} intents (no published figures for one domain)"
                  if args.domain else f"all {rows[0]['classes']} intents; published in-scope accuracy on the same "
                  f"split (Larson et al., 2019): {published}")
+        teachers = ", ".join(dict.fromkeys(
+            "the built-in one trained from scratch (rows ending in scratch)" if r["teacher"] == "scratch"
+            else f"{Path(r['teacher']).name} adapted with LoRA" for r in rows))
         commands = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
         replace_section(HEADING, f"{HEADING} ({commands})\n\nCLINC150's crowd-sourced commands, official train / "
                         f"validation / test split, in-scope accuracy, {scope}. Settings were chosen on validation; "
-                        f"the test is read once. Teacher: {args.teacher}; the student is the default TinyLSTM "
+                        f"the test is read once. Teacher: {teachers}; the student is the default TinyLSTM "
                         f"(int8, bit-exact on the host in every row). Wall time on this machine (2 cores, shared).\n\n"
                         f"{md}\n")
 

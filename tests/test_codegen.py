@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,14 +128,100 @@ def test_every_global_symbol_and_macro_is_prefixed(tmp_path):
             for sym, _, kind in _symbols(obj):
                 if kind.isupper():  # global
                     assert sym.startswith(prefix + "_"), f"{obj.name}: global {sym} is not prefixed"
-        # The one exception: the API table's type, the same in every model's header (guarded),
-        # so that code holding several models names it once.
+        # The exceptions: the API table's type, the same in every model's header (guarded), so
+        # that code holding several models names it once; and the fixed names a program built
+        # around one model asks for with TINYSEEK_SELECT_MODEL (firmware/src/model_glue.c).
         for header in lib.glob("*.h"):
-            for macro in re.findall(r"^#define\s+(\w+)", header.read_text(), flags=re.M):
-                assert macro.startswith(prefix.upper() + "_") or macro == "TINYSEEK_MODEL_API_DEFINED", \
-                    f"{header.name}: macro {macro}"
+            text = header.read_text()
+            selected = text.split("#if defined(TINYSEEK_SELECT_MODEL)")
+            assert len(selected) <= 2
+            for macro in re.findall(r"^#define\s+(\w+)", selected[0], flags=re.M):
+                assert macro.startswith(prefix.upper() + "_") or macro in (
+                    "TINYSEEK_MODEL_API_DEFINED", "TINYSEEK_MODEL_API_VERSION"), f"{header.name}: macro {macro}"
+            for macro in re.findall(r"^#define\s+(\w+)", "".join(selected[1:]), flags=re.M):
+                assert macro.startswith("TINYSEEK_MODEL_"), f"{header.name}: macro {macro}"
             for typedef in re.findall(r"}\s*(\w+);", header.read_text()):
                 assert typedef.startswith(prefix + "_") or typedef == "tinyseek_model_api"
+
+
+def test_the_interpreter_declares_the_api_table_of_the_headers(tmp_path):
+    """firmware/lib/harness/dut.h repeats the generated headers' tinyseek_model_api (the harness
+    builds without a model header): the two must stay the same, version macro included."""
+    def table(text):
+        i = text.index("#define TINYSEEK_MODEL_API_VERSION")
+        return text[i:text.index("} tinyseek_model_api;", i)]
+    render(_seq_model(name="sq"), tmp_path)
+    header = (tmp_path / "sq_model.h").read_text()
+    dut_h = Path(__file__).resolve().parents[1] / "firmware/lib/harness/dut.h"
+    assert table(dut_h.read_text()) == table(header)
+
+
+TWO_MODELS_C = r"""
+#define TINYSEEK_SELECT_MODEL
+#include "ka_model.h"
+#include "kb_model.h"
+#include <stdio.h>
+#include <stdlib.h>
+
+/* The fixed names are those of the model included first, ka; kb goes through its table only. */
+static TINYSEEK_MODEL_STATE s1, s2;
+
+static void print(const int16_t *z, int n) {
+    int k;
+    for (k = 0; k < n; k++) printf(k ? " %d" : "%d", z[k]);
+    printf("\n");
+}
+
+int main(void) {
+    static const uint16_t a[] = {A_IDS}, b[] = {B_IDS};
+    static const int8_t x[] = {X_FEATURES};
+    int16_t za[TINYSEEK_MODEL_NUM_CLASSES], zb[TINYSEEK_MODEL_NUM_CLASSES], zx[KB_NUM_CLASSES];
+    void *sx = calloc(1, kb_api.state_bytes);
+    unsigned i;
+    if (!sx) return 2;
+    /* two streams of ka, stepped in turn */
+    TINYSEEK_MODEL_API.reset(&s1);
+    TINYSEEK_MODEL_API.reset(&s2);
+    for (i = 0; i < sizeof a / sizeof a[0]; i++) {
+        if (TINYSEEK_MODEL_API.step_token(&s1, a[i]) || TINYSEEK_MODEL_API.step_token(&s2, b[i])) return 3;
+    }
+    TINYSEEK_MODEL_API.logits(&s1, za);
+    TINYSEEK_MODEL_API.logits(&s2, zb);
+    if (kb_api.infer(sx, x, (int)(sizeof x / KB_NUM_FEATURES), zx)) return 4;
+    print(za, TINYSEEK_MODEL_NUM_CLASSES);
+    print(zb, TINYSEEK_MODEL_NUM_CLASSES);
+    print(zx, KB_NUM_CLASSES);
+    printf("%s %s %d %d %d %d %d\n", kb_api.name, kb_api.kernel, kb_api.kind_text, kb_api.num_features,
+           kb_api.step_token == NULL, TINYSEEK_MODEL_API.step == NULL, TINYSEEK_MODEL_API.max_len);
+    free(sx);
+    return 0;
+}
+"""
+
+
+def test_two_models_and_two_streams_through_their_tables(tmp_path):
+    """One program, two models (text and sequence) and two interleaved streams of one of them,
+    called through the API tables and the TINYSEEK_SELECT_MODEL names only: every logit is the
+    oracle's, and the tables describe their models."""
+    from tinyseek.quant.reference import infer_sequences, infer_tokens
+    ka, kb = _text_model(name="ka"), _seq_model(name="kb")
+    render(ka, tmp_path / "ka")
+    render(kb, tmp_path / "kb")
+    rng = np.random.default_rng(7)
+    a, b = (rng.integers(0, ka.vocab_size, size=9).tolist() for _ in range(2))
+    x = rng.integers(-128, 128, size=(5, kb.num_features)).astype(np.int8)
+    src = (TWO_MODELS_C.replace("A_IDS", ", ".join(map(str, a))).replace("B_IDS", ", ".join(map(str, b)))
+           .replace("X_FEATURES", ", ".join(map(str, x.ravel().tolist()))))
+    (tmp_path / "main.c").write_text(src)
+    exe = tmp_path / "two"
+    sources = [tmp_path / "main.c", *sorted((tmp_path / "ka").glob("*.c")), *sorted((tmp_path / "kb").glob("*.c"))]
+    proc = subprocess.run(["gcc", "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-I", str(tmp_path / "ka"),
+                           "-I", str(tmp_path / "kb"), *map(str, sources), "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    want = infer_tokens(ka, [a, b]).tolist() + infer_sequences(kb, x[None]).tolist()
+    assert [[int(v) for v in line.split()] for line in out[:3]] == want
+    assert out[3] == f"kb c 0 {kb.num_features} 1 1 {ka.max_len}"
 
 
 # -- the header ------------------------------------------------------------------------------

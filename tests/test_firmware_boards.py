@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tinyseek.codegen.render import render
-from tinyseek.harness.bench import build_firmware, run_device_bench
+from tinyseek.harness.bench import BuildError, build_firmware, run_device_bench
 from tinyseek.harness.boards import load_profile
 from tinyseek.quant.reference import infer_tokens, probabilities_text
 from tinyseek.quant.synthetic import random_model, random_token_ids
@@ -88,6 +88,29 @@ def test_stm32f4_port_counts_the_same_instructions_as_the_m4(text_lib, tmp_path)
     assert (f4["board"], f4["timer"]["clock_hz"], f4["model"]["kernel"]) == ("stm32f405rg", 168_000_000, "dsp")
     for a, b in zip(f4["latency"]["per_input"], m4["latency"]["per_input"]):
         assert abs(a - b) <= 48, (a, b)
+
+
+def test_stm32f4_energy_build_runs_bit_exact(text_lib, tmp_path):
+    """The MLPerf Tiny energy build of the STM32F4 port (the IO Manager's USART at 9600 baud, the
+    open-drain timestamp pin PA8; QEMU models neither baud rates nor GPIO): it boots in energy
+    mode and reproduces the oracle; the performance build's laps are gone from its image."""
+    _need("qemu_stm32f4")
+    model, tmp = text_lib
+    ids = [x for x in random_token_ids(model, np.random.default_rng(4), 4, model.max_len) if x]
+    out = run_device_bench("qemu_stm32f4", tmp / "brd", ["lights on"] + ids, build_dir=tmp_path / "f4e",
+                           extra_flags=["-DTINYSEEK_ENERGY_MODE=1"])
+    tok = HashTokenizer(model.vocab_size, model.max_len)
+    assert out["logits"] == infer_tokens(model, [tok.encode("lights on")] + ids).tolist()
+    assert out["timer"]["timestamps"] == "energy"
+    image = Path(out["elf"]).read_bytes()
+    assert b"m-timestamp-mode-energy" in image and b"m-lap-us-" not in image
+
+
+def test_energy_build_of_a_board_without_a_timestamp_pin_fails_clearly(text_lib, tmp_path):
+    _need("qemu_m4")
+    _, tmp = text_lib
+    with pytest.raises(BuildError, match="no timestamp pin"):
+        build_firmware("qemu_m4", tmp / "brd", build_dir=tmp_path / "m4e", extra_flags=["-DTINYSEEK_ENERGY_MODE=1"])
 
 
 def test_m0_fits_its_16k_ram(text_lib, tmp_path):

@@ -36,9 +36,9 @@ def _need_gcc():
 class HostDut:
     """The interpreter as a host program: one process per session, bytes in, replies out."""
 
-    def __init__(self, model, folder: Path):
+    def __init__(self, model, folder: Path, flags=(), banner=BANNER):
         _need_gcc()
-        self.model = model
+        self.model, self.banner = model, banner
         lib = folder / model.name
         render(model, lib)
         self.exe = folder / f"dut_{model.name}"
@@ -46,8 +46,7 @@ class HostDut:
                    ROOT / "tests/firmware/host/host_port.c", *sorted(lib.glob("*.c"))]
         cmd = ["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
                "-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"), "-I", str(lib),
-               f"-DTINYSEEK_MODEL={model.name}", f"-DTINYSEEK_MODEL_UPPER={model.name.upper()}",
-               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', f'-DTINYSEEK_KERNELS_HEADER="{model.name}_kernels.h"',
+               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', *flags,
                *map(str, sources), "-o", str(self.exe)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
@@ -68,7 +67,7 @@ class HostDut:
                 cur = []
             else:
                 cur.append(line)
-        assert replies[0] == BANNER and cur == []
+        assert replies[0] == self.banner and cur == []
         assert len(replies) == len(commands) + 1, replies
         return replies[1:]
 
@@ -140,6 +139,23 @@ def test_text_infer_matches_the_oracle_and_follows_the_mlperf_sequence(text_dut)
         # The fake timer: 7 ticks between the two reads of a run, 3 units per tick.
         assert _field(infer, "time") == "total=42,runs=2,min=21,max=21,unit=ticks"
         assert results == infer[6:8]
+
+
+def test_energy_mode_pulses_the_timestamp_pin_instead_of_printing_laps(text_dut, tmp_path):
+    """-DTINYSEEK_ENERGY_MODE=1 (the reference firmware's EE_CFG_ENERGY_MODE): the banner says
+    energy, `timestamp` and the two timestamps of `infer` pulse the board's pin (the host port
+    prints t-pulse there) and no m-lap-us line is sent; the inference itself is unchanged."""
+    m = text_dut.model
+    dut = HostDut(m, tmp_path, flags=["-DTINYSEEK_ENERGY_MODE=1"], banner=["m-timestamp-mode-energy", "m-init-done"])
+    ids = [i for i in random_token_ids(m, np.random.default_rng(9), 4, m.max_len) if i][0]
+    replies = dut.session("timestamp", *_load_cmds(_ids(ids)), "infer 2 1", "info")
+    infer, info = replies[-2], replies[-1]
+    assert replies[0] == ["t-pulse"]
+    assert infer[:5] == ["m-warmup-start-1", "m-warmup-done", "m-infer-start-2", "t-pulse", "t-pulse"]
+    assert infer[5] == "m-infer-done" and not any(line.startswith("m-lap-us") for line in infer)
+    assert parse_ints(_field(infer, "logits")) == infer_tokens(m, [ids])[0].tolist()
+    assert parse_kv(_field(info, "info"))["timestamps"] == "energy"
+    assert parse_kv(_field(text_dut.session("info")[0], "info"))["timestamps"] == "performance"
 
 
 def test_cls_tokenizes_on_the_device(text_dut):

@@ -20,7 +20,7 @@ runtime_flags = env.GetProjectOption("custom_runtime_flags", "").split()  # noqa
 project_dir = env.subst("$PROJECT_DIR")  # noqa: F821
 runtime_roots = [os.path.join(project_dir, d) + os.sep for d in RUNTIME_DIRS]
 # select_model.py (run before this script) named the model library
-model = dict(d for d in env["CPPDEFINES"] if isinstance(d, tuple)).get("TINYSEEK_MODEL", "")  # noqa: F821
+model = env.get("TINYSEEK_MODEL", "")  # noqa: F821
 model_glue = {f"{model}_model.c", f"{model}_tokenizer.c"}
 
 

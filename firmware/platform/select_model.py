@@ -3,9 +3,9 @@
 The model is, in this order: the library folder in the environment variable TINYSEEK_MODEL_DIR
 (a folder holding <name>_model.h, e.g. rendered into a run folder), the name in TINYSEEK_MODEL
 (a library in firmware/lib), or the ini option `custom_tinyseek_model`. The firmware never
-names the model: this script passes it as TINYSEEK_MODEL (the C prefix), TINYSEEK_MODEL_UPPER
-(the macro prefix) and TINYSEEK_MODEL_HEADER, and adds the library to the environment's
-dependencies.
+names the model: this script passes its header as TINYSEEK_MODEL_HEADER (model_glue.c reads the
+API table and sizes from it), keeps the name in the construction variable TINYSEEK_MODEL (for
+runtime_flags.py), and adds the library to the environment's dependencies.
 """
 import glob
 import os
@@ -54,10 +54,8 @@ if not kind:
 
 env.Append(CPPDEFINES=[  # noqa: F821
     ("DUT_MODEL_KIND_TEXT", kind.group(1)),
-    ("TINYSEEK_MODEL", model),
-    ("TINYSEEK_MODEL_UPPER", model.upper()),
     ("TINYSEEK_MODEL_HEADER", '\\"%s_model.h\\"' % model),
-    ("TINYSEEK_KERNELS_HEADER", '\\"%s_kernels.h\\"' % model),
 ])
+env["TINYSEEK_MODEL"] = model  # noqa: F821
 deps = [d for d in config.get(section, "lib_deps", []) if d != model]
 config.set(section, "lib_deps", "\n".join(deps + [model]))

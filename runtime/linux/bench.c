@@ -18,17 +18,15 @@
 #include <time.h>
 
 #include "tinyseek_model.h"
-/* Internal header of the library, read only for the name of the kernel variant it selected. */
-#include TS_STR(TS_CAT(TINYSEEK_MODEL, kernels.h))
 
-#define NUM_CLASSES TS_MACRO(NUM_CLASSES)
+#define NUM_CLASSES TINYSEEK_MODEL_NUM_CLASSES
 
-#if TS_MACRO(KIND_TEXT)
+#if TINYSEEK_MODEL_KIND_TEXT
 typedef uint16_t item_t;
 #define ITEM_BYTES 2u
 #else
 typedef int8_t item_t;
-#define ITEM_BYTES ((unsigned)TS_MACRO(NUM_FEATURES))
+#define ITEM_BYTES ((unsigned)TINYSEEK_MODEL_NUM_FEATURES)
 #endif
 
 typedef struct {
@@ -78,7 +76,7 @@ static void *state;
 
 static void infer(const input_t *in, int16_t *logits)
 {
-#if TS_MACRO(KIND_TEXT)
+#if TINYSEEK_MODEL_KIND_TEXT
     if (TS_API.infer_tokens(state, in->data, (int)in->n, logits) != 0) {
         die("a token id is out of range");
     }
@@ -134,7 +132,7 @@ int main(int argc, char **argv)
             die("the input file is truncated");
         }
         for (j = 0; j < inputs[k].n * (ITEM_BYTES / sizeof(item_t)); ++j) {
-#if TS_MACRO(KIND_TEXT)
+#if TINYSEEK_MODEL_KIND_TEXT
             inputs[k].data[j] = (uint16_t)(raw[2 * j] | raw[2 * j + 1] << 8);
 #else
             inputs[k].data[j] = (int8_t)raw[j];
@@ -148,7 +146,7 @@ int main(int argc, char **argv)
         measured(&inputs[k], logits + (size_t)k * NUM_CLASSES);
     }
 
-    printf("kernel %s\n", TS_MACRO(KERNEL));
+    printf("kernel %s\n", TS_API.kernel);
     for (k = 0; k < count; ++k) {
         double ns = 0.0;
         if (runs > 0) {

@@ -13,7 +13,7 @@
 
 #include "tinyseek_model.h"
 
-#define NUM_CLASSES TS_MACRO(NUM_CLASSES)
+#define NUM_CLASSES TINYSEEK_MODEL_NUM_CLASSES
 
 static void print_result(int cls, const int16_t *logits)
 {
@@ -56,7 +56,7 @@ static unsigned char *read_all(FILE *f, size_t *len)
     return buf;
 }
 
-#if TS_MACRO(KIND_TEXT)
+#if TINYSEEK_MODEL_KIND_TEXT
 int main(int argc, char **argv)
 {
     int16_t logits[NUM_CLASSES];
@@ -115,16 +115,16 @@ int main(int argc, char **argv)
         die("cannot open the input file");
     }
     x = read_all(f, &len);
-    if (len % TS_MACRO(NUM_FEATURES) != 0) {
+    if (len % TINYSEEK_MODEL_NUM_FEATURES != 0) {
         fprintf(stderr, "classify: %lu bytes is not a whole number of %d-byte feature vectors\n",
-                (unsigned long)len, TS_MACRO(NUM_FEATURES));
+                (unsigned long)len, TINYSEEK_MODEL_NUM_FEATURES);
         return 2;
     }
     void *state = ts_new_state();
     if (state == NULL) {
         die("out of memory");
     }
-    if (TS_API.infer(state, (const int8_t *)x, (int)(len / TS_MACRO(NUM_FEATURES)), logits) != 0) {
+    if (TS_API.infer(state, (const int8_t *)x, (int)(len / TINYSEEK_MODEL_NUM_FEATURES), logits) != 0) {
         die("the model rejected the input");
     }
     print_result(ts_argmax(logits, NUM_CLASSES), logits);

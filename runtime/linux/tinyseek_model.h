@@ -1,24 +1,22 @@
-/* The generated model library for the Linux runtime programs: its API table (TS_API, a
- * tinyseek_model_api: the calls with a caller-owned state) and its size macros, whose names are
- * prefixed with the model's name (intents_api, INTENTS_NUM_CLASSES, ...). Compile with
- * -DTINYSEEK_MODEL=<name> -DTINYSEEK_MODEL_UPPER=<NAME> -DTINYSEEK_MODEL_HEADER=<name>_model.h
- * (the Makefile does). */
+/* The generated model library for the Linux runtime programs, chosen at build time by its header
+ * (-DTINYSEEK_MODEL_HEADER='"<name>_model.h"', the Makefile passes it): its API table TS_API (a
+ * tinyseek_model_api: the calls with a caller-owned state, the model's sizes and names) and the
+ * few sizes a program needs at compile time, under names that do not depend on the model. */
 #ifndef TINYSEEK_RUNTIME_MODEL_H
 #define TINYSEEK_RUNTIME_MODEL_H
 
-#if !defined(TINYSEEK_MODEL) || !defined(TINYSEEK_MODEL_UPPER) || !defined(TINYSEEK_MODEL_HEADER)
-#error "define TINYSEEK_MODEL, TINYSEEK_MODEL_UPPER and TINYSEEK_MODEL_HEADER (see runtime/linux/Makefile)"
+#ifndef TINYSEEK_MODEL_HEADER
+#error "define TINYSEEK_MODEL_HEADER as the generated library's header, \"<name>_model.h\" (see runtime/linux/Makefile)"
 #endif
 
-#define TS_CAT_(a, b) a##_##b
-#define TS_CAT(a, b) TS_CAT_(a, b)
-#define TS_STR_(x) #x
-#define TS_STR(x) TS_STR_(x)
-/* TS_API -> <name>_api, TS_MACRO(NUM_CLASSES) -> <NAME>_NUM_CLASSES */
-#define TS_API TS_CAT(TINYSEEK_MODEL, api)
-#define TS_MACRO(m) TS_CAT(TINYSEEK_MODEL_UPPER, m)
+#define TINYSEEK_SELECT_MODEL
+#include TINYSEEK_MODEL_HEADER
 
-#include TS_STR(TINYSEEK_MODEL_HEADER)
+#ifndef TINYSEEK_MODEL_API
+#error "TINYSEEK_MODEL_HEADER defines no TINYSEEK_MODEL_API: regenerate the library with `tinyseek codegen`"
+#endif
+
+#define TS_API TINYSEEK_MODEL_API
 
 #include <stdlib.h>
 

@@ -18,6 +18,18 @@
 
 #define FW_VERSION "tinyseek DUT firmware 1.0"
 
+/* Timestamps: performance mode prints m-lap-us-N (the board's timer in microseconds; under QEMU
+ * instructions / 1000, and info% says which); energy mode pulses the board's timestamp pin for
+ * the energy monitor and prints nothing (the MLPerf Tiny reference's EE_CFG_ENERGY_MODE). */
+#ifndef TINYSEEK_ENERGY_MODE
+#define TINYSEEK_ENERGY_MODE 0
+#endif
+#if TINYSEEK_ENERGY_MODE
+#define TIMESTAMP_MODE "energy"
+#else
+#define TIMESTAMP_MODE "performance"
+#endif
+
 /* Usages: each error reply of a command repeats its own; `help` lists them all. */
 #define USAGE_DB_LOAD "db load N"
 #define USAGE_DB_HEX "db HEX (one string of hex digits)"
@@ -26,14 +38,15 @@
 #define USAGE_SYNC "sync TOKEN"
 
 static const dut_model_t *M;
+static const tinyseek_model_api *A; /* M->api */
 
 /* The firmware build passes the model's kind (firmware/platform/select_model.py), so a text
  * model's firmware carries no sequence-input code and the other way round; without it (host
- * tests) both are compiled and M->kind_text chooses. */
+ * tests) both are compiled and the table's kind_text chooses. */
 #ifdef DUT_MODEL_KIND_TEXT
 #define KIND_TEXT DUT_MODEL_KIND_TEXT
 #else
-#define KIND_TEXT (M->kind_text)
+#define KIND_TEXT (A->kind_text)
 #endif
 
 static char line[DUT_LINE_MAX];
@@ -165,7 +178,7 @@ static const uint16_t exp2_q15[33] = {
  * fraction from the table (interpolated), the integer part a shift. docs/numerics.md, "Class
  * probabilities"; tinyseek.quant.reference.softmax_fixed is the oracle. */
 static uint32_t class_exp(int16_t logit, int16_t top) {
-    uint32_t y = (uint32_t)(((uint64_t)(uint32_t)(top - logit) * M->softmax_mult + 0x8000u) >> 16);
+    uint32_t y = (uint32_t)(((uint64_t)(uint32_t)(top - logit) * A->softmax_mult + 0x8000u) >> 16);
     uint32_t j = y >> 11 & 31u, lo = exp2_q15[j];
     uint32_t v = lo - (((lo - exp2_q15[j + 1]) * (y & 0x7FFu) + 1024u) >> 11);
     return y >> 16 < 16u ? v >> (y >> 16) : 0u;
@@ -178,11 +191,11 @@ static void out_results(void) {
     int16_t top = z[0];
     uint32_t sum = 0;
     int k, exact;
-    for (k = 1; k < M->num_classes; k++) top = z[k] > top ? z[k] : top;
-    for (k = 0; k < M->num_classes; k++) sum += class_exp(z[k], top);
+    for (k = 1; k < A->num_classes; k++) top = z[k] > top ? z[k] : top;
+    for (k = 0; k < A->num_classes; k++) sum += class_exp(z[k], top);
     for (exact = 0; exact < 2; exact++) {
         out(exact ? "m-logits-[" : "m-results-[");
-        for (k = 0; k < M->num_classes; k++) {
+        for (k = 0; k < A->num_classes; k++) {
             if (k) out(",");
             if (exact) out_long(z[k]);
             else out_dec((class_exp(z[k], top) * 100000u + sum / 2u) / sum, 5); /* below 2^32 */
@@ -196,11 +209,16 @@ static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t h
          dut_port_target()->timer_unit);
 }
 
-static void out_lap_us(void) {
+/* th_timestamp() of the reference firmware: the two of `infer` bracket the measured runs. */
+static void timestamp(void) {
+#if TINYSEEK_ENERGY_MODE
+    dut_port_timestamp_pulse();
+#else
     unsigned long per_us = dut_port_target()->timer_per_us;
     uint64_t t = dut_port_ticks_to_units(dut_port_ticks());
     divmod(&t, per_us ? (uint32_t)per_us : 1u);
     outf("m-lap-us-%U\r\n", t);
+#endif
 }
 
 /* ---- parsing -------------------------------------------------------------------------- */
@@ -361,12 +379,12 @@ static long input_steps(const char *what) {
         return -1;
     }
     if (!KIND_TEXT) {
-        if (load_size % (size_t)M->num_features != 0u) {
+        if (load_size % (size_t)A->num_features != 0u) {
             err("%s: %u bytes are not a whole number of int8 steps of %u features", what, size,
-                 (unsigned long)M->num_features);
+                 (unsigned long)A->num_features);
             return -1;
         }
-        return (long)(load_size / (size_t)M->num_features);
+        return (long)(load_size / (size_t)A->num_features);
     }
     if (load_size % 2u != 0u) {
         err("%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
@@ -375,9 +393,9 @@ static long input_steps(const char *what) {
     n = load_size / 2u;
     for (i = 0; i < n; i++) {
         uint16_t id = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
-        if (id >= (unsigned)M->vocab_size) {
+        if (id >= (unsigned)A->vocab_size) {
             err("%s: token id %u at position %u is not below the vocabulary size %u", what,
-                 (unsigned long)id, (unsigned long)i, (unsigned long)M->vocab_size);
+                 (unsigned long)id, (unsigned long)i, (unsigned long)A->vocab_size);
             return -1;
         }
     }
@@ -395,8 +413,8 @@ static long input_steps(const char *what) {
 /* ---- inference ------------------------------------------------------------------------ */
 
 static int run_once(long steps) {
-    if (KIND_TEXT) return M->infer_tokens(M->input_ids, (int)steps, M->logits_out);
-    return M->infer((const int8_t *)M->input, (int)steps, M->logits_out);
+    if (KIND_TEXT) return A->infer_tokens(M->state, M->input_ids, (int)steps, M->logits_out);
+    return A->infer(M->state, (const int8_t *)M->input, (int)steps, M->logits_out);
 }
 
 static int model_failed(const char *what, int rc) {
@@ -434,7 +452,7 @@ static void cmd_infer(const char *pos, const char *end) {
         if (model_failed("infer", run_once(steps))) return;
     }
     outf("m-warmup-done\r\nm-infer-start-%u\r\n", runs);
-    out_lap_us();
+    timestamp();
     for (r = 0; r < runs; r++) {
         uint64_t t0, dt;
         int rc;
@@ -447,7 +465,7 @@ static void cmd_infer(const char *pos, const char *end) {
         if (dt < lo) lo = dt;
         if (dt > hi) hi = dt;
     }
-    out_lap_us();
+    timestamp();
     out("m-infer-done\r\n");
     have_results = 1;
     out_results();
@@ -465,10 +483,10 @@ static void cmd_stream(const char *pos, const char *end) {
     dut_port_timer_sync();
     t0 = dut_port_ticks();
     for (i = 0; i < steps && rc >= 0; i++) {
-        rc = KIND_TEXT ? M->step_token(M->input_ids[i])
-                          : M->step((const int8_t *)M->input + i * M->num_features);
+        rc = KIND_TEXT ? A->step_token(M->state, M->input_ids[i])
+                          : A->step(M->state, (const int8_t *)M->input + i * A->num_features);
     }
-    if (rc >= 0) M->logits(M->logits_out);
+    if (rc >= 0) A->logits(M->state, M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("stream", rc)) return;
     out_run(dt);
@@ -485,10 +503,10 @@ static void cmd_cls(const char *text, const char *end) {
     }
     dut_port_timer_sync();
     t0 = dut_port_ticks();
-    rc = M->classify_text((const uint8_t *)text, (size_t)(end - text), M->logits_out);
+    rc = A->classify_text(M->state, (const uint8_t *)text, (size_t)(end - text), M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("cls", rc)) return;
-    label = M->labels[rc]; /* rc: the class, the first of the largest logits */
+    label = A->labels[rc]; /* rc: the class, the first of the largest logits */
     outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)rc, label, str_len(label), (size_t)64);
     out_run(dt);
 }
@@ -498,10 +516,11 @@ static void cmd_cls(const char *text, const char *end) {
 static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
     outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
-         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,buffer=%u,line=%u]\r\n",
-         M->name, M->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)M->num_classes,
-         (unsigned long)M->input_size, (unsigned long)M->num_layers, (unsigned long)M->hidden_size,
-         (unsigned long)M->vocab_size, (unsigned long)M->max_len, (unsigned long)M->num_features, M->kernel,
+         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,"
+         "timestamps=" TIMESTAMP_MODE ",buffer=%u,line=%u]\r\n",
+         A->name, A->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)A->num_classes,
+         (unsigned long)A->input_size, (unsigned long)A->num_layers, (unsigned long)A->hidden_size,
+         (unsigned long)A->vocab_size, (unsigned long)A->max_len, (unsigned long)A->num_features, A->kernel,
          tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, tg->timer_unit, tg->timer_per_us,
          (unsigned long)M->input_capacity,
          (unsigned long)DUT_LINE_MAX);
@@ -513,7 +532,8 @@ static void cmd_mem(void) {
     dut_port_mem(&mem);
     outf("m-mem-[model_flash=%u,model_ram=%u,input_buffer=%u,flash_used=%m,ram_static=%m,stack_size=%m,"
          "stack_peak=%m]\r\n",
-         M->weight_bytes, M->ram_bytes, (unsigned long)M->input_capacity, mem.flash_used, mem.ram_static,
+         (unsigned long)A->weight_bytes, (unsigned long)(A->state_bytes + A->scratch_bytes),
+         (unsigned long)M->input_capacity, mem.flash_used, mem.ram_static,
          mem.stack_size, mem.stack_peak);
 }
 
@@ -580,13 +600,13 @@ static void dispatch(const char *start, const char *end) {
             out("m-name-dut-[tinyseek]\r\n");
             break;
         case W_PROFILE:
-            outf("m-profile-[" FW_VERSION "]\r\nm-model-[%s-%s]\r\n", M->name, M->hash);
+            outf("m-profile-[" FW_VERSION "]\r\nm-model-[%s-%s]\r\n", A->name, A->hash);
             break;
         case W_HELP:
             cmd_help();
             break;
         case W_TIMESTAMP:
-            out_lap_us();
+            timestamp();
             break;
         case W_DB:
             sub = next_tok(&pos, end);
@@ -606,7 +626,7 @@ static void dispatch(const char *start, const char *end) {
             cmd_stream(pos, end);
             break;
         case W_RESET:
-            M->reset();
+            A->reset(M->state);
             out("m-reset-done\r\n");
             break;
         case W_CLS:
@@ -634,12 +654,13 @@ static void dispatch(const char *start, const char *end) {
 
 void dut_init(const dut_model_t *model) {
     M = model;
+    A = model->api;
     line_len = 0;
     line_overflow = 0;
     load_size = load_pos = 0;
     have_results = 0;
-    M->reset();
-    out("m-timestamp-mode-performance\r\nm-init-done\r\nm-ready\r\n");
+    A->reset(M->state);
+    out("m-timestamp-mode-" TIMESTAMP_MODE "\r\nm-init-done\r\nm-ready\r\n");
 }
 
 void dut_feed(uint8_t c) {

@@ -23,41 +23,53 @@ extern "C" {
 /* Upper bounds of `infer N W`, so a typo cannot keep the device busy for hours. */
 #define DUT_MAX_RUNS 1000000UL
 
-/* What the interpreter needs to know about the model and the storage the firmware gives it.
- * Function pointers are the generated library's functions (see firmware/src/model_glue.c). */
+/* The generated library's API table, as each <name>_model.h declares it (a test keeps the two
+ * the same; a header of another layout redefines the version macro, which the compiler reports). */
+#define TINYSEEK_MODEL_API_VERSION 2
+#ifndef TINYSEEK_MODEL_API_DEFINED
+#define TINYSEEK_MODEL_API_DEFINED
+/* Every generated model's API as one table of the same type, so a program calls any model (and
+ * several of them) without pasting names: `state` points to that model's <name>_state of
+ * `state_bytes` bytes. Fields a model does not have are 0 (vocab_size and max_len of a
+ * sequence model, num_features of a text model), calls it does not have NULL (step_token,
+ * infer_tokens, classify_text of a sequence model; step, infer of a text model). */
 typedef struct {
     const char *name;
     const char *hash;
-    const char *kernel;          /* kernel variant the library was compiled with */
+    const char *kernel;          /* the kernel variant the library was compiled with */
     int kind_text;               /* 1: token ids in; 0: int8 feature vectors in */
     int num_classes;
     int input_size;              /* embedding width (text) or features per step (sequence) */
     int num_layers;
-    int hidden_size;
-    int vocab_size;              /* text models, else 0 */
-    int max_len;                 /* text models, else 0 */
-    int num_features;            /* sequence models, else 0 */
-    /* Class probabilities (m-results): <NAME>_SOFTMAX_MULT, round(output scale * log2(e) * 2^32)
-     * (docs/numerics.md, "Class probabilities"). */
-    uint32_t softmax_mult;
-    unsigned long weight_bytes;
-    unsigned long ram_bytes;
-    const char *const *labels;   /* num_classes entries */
+    int hidden_size;             /* of the top layer */
+    int vocab_size;
+    int max_len;                 /* the tokenizer keeps at most max_len tokens */
+    int num_features;
+    uint32_t softmax_mult;       /* <NAME>_SOFTMAX_MULT */
+    size_t weight_bytes;
+    size_t state_bytes;          /* one stream */
+    size_t scratch_bytes;        /* shared by all streams */
+    const char *const *labels;   /* num_classes names */
+    void (*reset)(void *state);
+    int (*step_token)(void *state, uint16_t token);
+    int (*step)(void *state, const int8_t *x);
+    void (*logits)(const void *state, int16_t *logits);
+    int (*infer_tokens)(void *state, const uint16_t *ids, int n, int16_t *logits);
+    int (*infer)(void *state, const int8_t *x, int steps, int16_t *logits);
+    int (*classify_text)(void *state, const uint8_t *utf8, size_t len, int16_t *logits);
+} tinyseek_model_api;
+#endif
 
-    void (*reset)(void);
-    int (*step_token)(uint16_t token);
-    int (*step)(const int8_t *x);
-    void (*logits)(int16_t *logits);
-    int (*infer_tokens)(const uint16_t *ids, int n, int16_t *logits);
-    int (*infer)(const int8_t *x, int steps, int16_t *logits);
-    int (*classify_text)(const uint8_t *utf8, size_t len, int16_t *logits);  /* NULL: no text */
-
+/* The model and the storage the firmware gives the interpreter (firmware/src/model_glue.c). */
+typedef struct {
+    const tinyseek_model_api *api; /* the generated library's table */
+    void *state;                   /* the one stream the interpreter runs, api->state_bytes */
     /* Static storage owned by the firmware: the `db` input buffer, viewed as bytes and (the
      * same memory) as uint16 token ids, and the logits of the last inference. */
     uint8_t *input;
     uint16_t *input_ids;
-    size_t input_capacity;       /* bytes */
-    int16_t *logits_out;         /* num_classes entries */
+    size_t input_capacity;         /* bytes */
+    int16_t *logits_out;           /* api->num_classes entries */
 } dut_model_t;
 
 /* Start the interpreter and print the boot banner (m-timestamp-mode-..., m-init-done, m-ready). */

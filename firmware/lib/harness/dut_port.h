@@ -35,6 +35,12 @@ const dut_target_t *dut_port_target(void);
 void dut_port_mem(dut_mem_t *mem);
 int dut_port_exit(int code);            /* stop the emulator; returns 0 where a board cannot */
 
+/* Energy mode (-DTINYSEEK_ENERGY_MODE=1, docs/firmware.md "Energy mode"): the MLPerf Tiny energy
+ * monitor timestamps the falling edges of an open-drain GPIO instead of reading m-lap-us lines.
+ * The board configures the pin released (high, pulled up outside) before dut_init; each call
+ * pulls it low for at least 1 us and releases it. Only energy builds need it. */
+void dut_port_timestamp_pulse(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -101,7 +101,10 @@ static int intents_api_classify_text(void *s, const uint8_t *utf8, size_t len, i
 }
 
 const tinyseek_model_api intents_api = {
-    "intents", INTENTS_MODEL_HASH, INTENTS_KIND_TEXT, INTENTS_NUM_CLASSES, sizeof(intents_state),
+    "intents", INTENTS_MODEL_HASH, INTENTS_KERNEL, INTENTS_KIND_TEXT, INTENTS_NUM_CLASSES,
+    INTENTS_INPUT_SIZE, INTENTS_NUM_LAYERS, INTENTS_HIDDEN_SIZE,
+    INTENTS_VOCAB_SIZE, INTENTS_MAX_LEN, 0,
+    INTENTS_SOFTMAX_MULT, INTENTS_WEIGHT_BYTES, sizeof(intents_state), INTENTS_SCRATCH_BYTES,
     intents_labels, intents_api_reset,
     intents_api_step_token, NULL, intents_api_logits, intents_api_infer_tokens, NULL, intents_api_classify_text,
 };

@@ -76,19 +76,32 @@ int intents_classify_text(intents_state *s, const uint8_t *utf8, size_t len, int
 /* Index of the first largest of n logits; -1 if n < 1. */
 int intents_argmax(const int16_t *logits, int n);
 
+/* The layout of tinyseek_model_api; firmware/lib/harness/dut.h declares the same table. */
+#define TINYSEEK_MODEL_API_VERSION 2
 #ifndef TINYSEEK_MODEL_API_DEFINED
 #define TINYSEEK_MODEL_API_DEFINED
 /* Every generated model's API as one table of the same type, so a program calls any model (and
  * several of them) without pasting names: `state` points to that model's <name>_state of
- * `state_bytes` bytes. Calls a model does not have (step_token, infer_tokens, classify_text of a
- * sequence model; step, infer of a text model) are NULL. */
+ * `state_bytes` bytes. Fields a model does not have are 0 (vocab_size and max_len of a
+ * sequence model, num_features of a text model), calls it does not have NULL (step_token,
+ * infer_tokens, classify_text of a sequence model; step, infer of a text model). */
 typedef struct {
     const char *name;
     const char *hash;
-    int kind_text;
+    const char *kernel;          /* the kernel variant the library was compiled with */
+    int kind_text;               /* 1: token ids in; 0: int8 feature vectors in */
     int num_classes;
-    size_t state_bytes;
-    const char *const *labels;
+    int input_size;              /* embedding width (text) or features per step (sequence) */
+    int num_layers;
+    int hidden_size;             /* of the top layer */
+    int vocab_size;
+    int max_len;                 /* the tokenizer keeps at most max_len tokens */
+    int num_features;
+    uint32_t softmax_mult;       /* <NAME>_SOFTMAX_MULT */
+    size_t weight_bytes;
+    size_t state_bytes;          /* one stream */
+    size_t scratch_bytes;        /* shared by all streams */
+    const char *const *labels;   /* num_classes names */
     void (*reset)(void *state);
     int (*step_token)(void *state, uint16_t token);
     int (*step)(void *state, const int8_t *x);
@@ -106,3 +119,14 @@ extern const tinyseek_model_api intents_api;
 #endif
 
 #endif /* INTENTS_MODEL_H */
+
+/* A program built around one model (the firmware's glue, runtime/linux) defines
+ * TINYSEEK_SELECT_MODEL before it includes the model's header and finds the table and the sizes
+ * its static buffers need under names that do not depend on the model. */
+#if defined(TINYSEEK_SELECT_MODEL) && !defined(TINYSEEK_MODEL_API)
+#define TINYSEEK_MODEL_API intents_api
+#define TINYSEEK_MODEL_STATE intents_state
+#define TINYSEEK_MODEL_KIND_TEXT INTENTS_KIND_TEXT
+#define TINYSEEK_MODEL_NUM_CLASSES INTENTS_NUM_CLASSES
+#define TINYSEEK_MODEL_MAX_LEN INTENTS_MAX_LEN
+#endif

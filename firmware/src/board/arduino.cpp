@@ -1,5 +1,5 @@
 /* Real boards on the Arduino framework: ESP32, ESP32-S3, ESP32-C3 (espressif32) and STM32
- * Nucleo boards (ststm32). The UART is `Serial` at 115200 baud.
+ * Nucleo boards (ststm32). The UART is `Serial` at 115200 baud (9600 in energy mode).
  *
  * Timing: the CPU cycle counter. STM32: DWT CYCCNT where the core has one (Cortex-M3 and up);
  * ESP32 family: ESP.getCycleCount() (CCOUNT on Xtensa, the cycle CSR on RISC-V). A core without a
@@ -9,6 +9,10 @@
  * Stack: ESP32 reports the loop task's FreeRTOS high-water mark; STM32 paints up to 8 KiB below
  * the stack pointer at boot.
  * Board names come from the environment's build_flags (TS_BOARD_NAME, TS_CPU_NAME).
+ *
+ * Energy mode (-DTINYSEEK_ENERGY_MODE=1): `Serial` at 9600 baud (the IO Manager's rate) and an
+ * open-drain timestamp pin, TS_TIMESTAMP_PIN: D7 on STM32 Nucleo boards (the pin of the MLPerf
+ * Tiny reference ports); other boards have no Arduino header and must name a GPIO.
  */
 #include <Arduino.h>
 
@@ -34,6 +38,38 @@
 #endif
 
 static dut_target_t target = {TS_BOARD_NAME, TS_CPU_NAME, 0, "", "", 1};
+
+#ifndef TINYSEEK_ENERGY_MODE
+#define TINYSEEK_ENERGY_MODE 0
+#endif
+#if TINYSEEK_ENERGY_MODE
+#define TS_BAUD 9600
+#ifndef TS_TIMESTAMP_PIN
+#if defined(ARDUINO_ARCH_STM32)
+#define TS_TIMESTAMP_PIN D7
+#else
+#error "TINYSEEK_ENERGY_MODE: name the timestamp GPIO with -DTS_TIMESTAMP_PIN=<pin> (docs/firmware.md, Energy mode)"
+#endif
+#endif
+
+/* Released (high): an open drain where the core offers one, the energy monitor's pull-up. */
+static void timestamp_pin_init(void) {
+#ifdef OUTPUT_OPEN_DRAIN
+    pinMode(TS_TIMESTAMP_PIN, OUTPUT_OPEN_DRAIN);
+#else
+    pinMode(TS_TIMESTAMP_PIN, OUTPUT);
+#endif
+    digitalWrite(TS_TIMESTAMP_PIN, HIGH);
+}
+
+void dut_port_timestamp_pulse(void) {
+    digitalWrite(TS_TIMESTAMP_PIN, LOW); /* the falling edge the energy monitor records */
+    delayMicroseconds(2);                /* held at least 1 us */
+    digitalWrite(TS_TIMESTAMP_PIN, HIGH);
+}
+#else
+#define TS_BAUD 115200
+#endif
 
 /* ---- timer ---------------------------------------------------------------------------- */
 
@@ -135,9 +171,12 @@ void setup() {
 #if defined(ARDUINO_ARCH_STM32)
     stack_paint();
 #endif
-    Serial.begin(115200);
+    Serial.begin(TS_BAUD);
     while (!Serial) {
     }
+#if TINYSEEK_ENERGY_MODE
+    timestamp_pin_init();
+#endif
     timer_init();
     dut_init(&tinyseek_model);
 }

@@ -11,6 +11,12 @@
 
 #define PAINT 0xC5C5C5C5u
 
+/* Energy mode needs the board's timestamp pin (dut_port_timestamp_pulse): the STM32F4 port has
+ * one, the emulated FPGA, nRF51, RISC-V and ESP8266 ports none. */
+#if defined(TINYSEEK_ENERGY_MODE) && TINYSEEK_ENERGY_MODE && !defined(TS_HAS_TIMESTAMP_PIN)
+#error "TINYSEEK_ENERGY_MODE: this board's port has no timestamp pin; energy builds run on the STM32F4 port (nucleo_f446re_energy, qemu_stm32f4) and the Arduino boards (docs/firmware.md, Energy mode)"
+#endif
+
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_start, __stack_end, __flash_start;
 
 void dut_port_write(const char *s, size_t n) {

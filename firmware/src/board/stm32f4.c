@@ -12,10 +12,18 @@
  * TS_CLOCK_HZ (after the set-up), TS_PLL_M/N/P/Q (from the 16 MHz HSI), TS_FLASH_WS, TS_PPRE1,
  * TS_PPRE2 (CFGR codes of the APB dividers), TS_OVERDRIVE, TS_UART_BASE (USART1, 2 or 6), its
  * clock TS_UART_CLOCK_HZ and TS_UART_TX_PIN / TS_UART_RX_PIN on GPIOA (alternate function 7).
+ *
+ * Energy mode (-DTINYSEEK_ENERGY_MODE=1, the MLPerf Tiny energy set-up): the serial line is the
+ * IO Manager's, TS_ENERGY_UART_BASE / _CLOCK_HZ / _TX_PIN / _RX_PIN at 9600 baud, and the
+ * timestamps are falling edges of the open-drain pin TS_TIMESTAMP_PIN of GPIOA.
  */
 #include <stdint.h>
 
 #define R32(addr) (*(volatile uint32_t *)(addr))
+
+#ifndef TINYSEEK_ENERGY_MODE
+#define TINYSEEK_ENERGY_MODE 0
+#endif
 
 #define RCC_CR R32(0x40023800u)
 #define RCC_PLLCFGR R32(0x40023804u)
@@ -27,18 +35,34 @@
 #define PWR_CR R32(0x40007000u)
 #define PWR_CSR R32(0x40007004u)
 #define GPIOA_MODER R32(0x40020000u)
+#define GPIOA_OTYPER R32(0x40020004u)
+#define GPIOA_BSRR R32(0x40020018u)
 #define GPIOA_AFRL R32(0x40020020u)
 #define GPIOA_AFRH R32(0x40020024u)
 
-#define USART_SR R32(TS_UART_BASE + 0x00u)
-#define USART_DR R32(TS_UART_BASE + 0x04u)
-#define USART_BRR R32(TS_UART_BASE + 0x08u)
-#define USART_CR1 R32(TS_UART_BASE + 0x0Cu)
+#if TINYSEEK_ENERGY_MODE
+#define UART_BASE TS_ENERGY_UART_BASE
+#define UART_CLOCK_HZ TS_ENERGY_UART_CLOCK_HZ
+#define UART_TX_PIN TS_ENERGY_UART_TX_PIN
+#define UART_RX_PIN TS_ENERGY_UART_RX_PIN
+#define BAUD 9600u /* the IO Manager's rate */
+#define TS_HAS_TIMESTAMP_PIN 1
+#else
+#define UART_BASE TS_UART_BASE
+#define UART_CLOCK_HZ TS_UART_CLOCK_HZ
+#define UART_TX_PIN TS_UART_TX_PIN
+#define UART_RX_PIN TS_UART_RX_PIN
+#define BAUD 115200u
+#endif
+
+#define USART_SR R32(UART_BASE + 0x00u)
+#define USART_DR R32(UART_BASE + 0x04u)
+#define USART_BRR R32(UART_BASE + 0x08u)
+#define USART_CR1 R32(UART_BASE + 0x0Cu)
 #define USART_SR_RXNE (1u << 5)
 #define USART_SR_TXE (1u << 7)
 
 #define HSI_HZ 16000000u
-#define BAUD 115200u
 
 /* Wait until (reg & mask) == want, for at most ~100k reads (a few ms on a real chip, where the
  * HSI, the PLL and the over-drive settle in well under 1 ms). */
@@ -79,7 +103,32 @@ static void clock_init(void) {
     run_clock_hz = TS_CLOCK_HZ;
 }
 
+#if TINYSEEK_ENERGY_MODE
+/* The timestamp pin: open drain, released (the energy monitor's pull-up holds it high). */
+static void timestamp_pin_init(void) {
+    RCC_AHB1ENR |= 1u; /* GPIOA */
+    GPIOA_BSRR = 1u << TS_TIMESTAMP_PIN;
+    GPIOA_OTYPER |= 1u << TS_TIMESTAMP_PIN;
+    GPIOA_MODER = (GPIOA_MODER & ~(3u << (2 * TS_TIMESTAMP_PIN))) | (1u << (2 * TS_TIMESTAMP_PIN));
+}
+
+/* Low for at least 1 us, then released: a loop of clock-in-MHz turns of several cycles each. */
+void dut_port_timestamp_pulse(void) {
+    volatile uint32_t n;
+    GPIOA_BSRR = 1u << (TS_TIMESTAMP_PIN + 16); /* BR: drive low, the edge the monitor records */
+    for (n = 0; n < run_clock_hz / 1000000u; n++) {
+    }
+    GPIOA_BSRR = 1u << TS_TIMESTAMP_PIN; /* BS: release */
+}
+
+static void board_init(void) {
+    clock_init();
+    timestamp_pin_init();
+}
+#define TS_BOARD_INIT board_init
+#else
 #define TS_BOARD_INIT clock_init
+#endif
 #if TS_EMULATED
 #define TS_TIMER_DWT 0 /* the core runs at QEMU's fixed clock, TS_CLOCK_HZ */
 #else
@@ -88,29 +137,29 @@ static void clock_init(void) {
 #endif
 
 static void uart_init(void) {
-    uint32_t fck = run_clock_hz == TS_CLOCK_HZ ? TS_UART_CLOCK_HZ : HSI_HZ;
+    uint32_t fck = run_clock_hz == TS_CLOCK_HZ ? UART_CLOCK_HZ : HSI_HZ;
     RCC_AHB1ENR |= 1u; /* GPIOA */
-#if TS_UART_BASE == 0x40004400u
+#if UART_BASE == 0x40004400u
     RCC_APB1ENR |= 1u << 17; /* USART2 */
-#elif TS_UART_BASE == 0x40011000u
+#elif UART_BASE == 0x40011000u
     RCC_APB2ENR |= 1u << 4; /* USART1 */
-#elif TS_UART_BASE == 0x40011400u
+#elif UART_BASE == 0x40011400u
     RCC_APB2ENR |= 1u << 5; /* USART6 */
 #else
-#error "TS_UART_BASE: USART1 (0x40011000), USART2 (0x40004400) or USART6 (0x40011400)"
+#error "the USART base: USART1 (0x40011000), USART2 (0x40004400) or USART6 (0x40011400)"
 #endif
     /* TX and RX pins: alternate function 7 */
-    GPIOA_MODER = (GPIOA_MODER & ~((3u << (2 * TS_UART_TX_PIN)) | (3u << (2 * TS_UART_RX_PIN)))) |
-                  (2u << (2 * TS_UART_TX_PIN)) | (2u << (2 * TS_UART_RX_PIN));
-#if TS_UART_TX_PIN < 8
-    GPIOA_AFRL = (GPIOA_AFRL & ~(15u << (4 * TS_UART_TX_PIN))) | (7u << (4 * TS_UART_TX_PIN));
+    GPIOA_MODER = (GPIOA_MODER & ~((3u << (2 * UART_TX_PIN)) | (3u << (2 * UART_RX_PIN)))) |
+                  (2u << (2 * UART_TX_PIN)) | (2u << (2 * UART_RX_PIN));
+#if UART_TX_PIN < 8
+    GPIOA_AFRL = (GPIOA_AFRL & ~(15u << (4 * UART_TX_PIN))) | (7u << (4 * UART_TX_PIN));
 #else
-    GPIOA_AFRH = (GPIOA_AFRH & ~(15u << (4 * (TS_UART_TX_PIN - 8)))) | (7u << (4 * (TS_UART_TX_PIN - 8)));
+    GPIOA_AFRH = (GPIOA_AFRH & ~(15u << (4 * (UART_TX_PIN - 8)))) | (7u << (4 * (UART_TX_PIN - 8)));
 #endif
-#if TS_UART_RX_PIN < 8
-    GPIOA_AFRL = (GPIOA_AFRL & ~(15u << (4 * TS_UART_RX_PIN))) | (7u << (4 * TS_UART_RX_PIN));
+#if UART_RX_PIN < 8
+    GPIOA_AFRL = (GPIOA_AFRL & ~(15u << (4 * UART_RX_PIN))) | (7u << (4 * UART_RX_PIN));
 #else
-    GPIOA_AFRH = (GPIOA_AFRH & ~(15u << (4 * (TS_UART_RX_PIN - 8)))) | (7u << (4 * (TS_UART_RX_PIN - 8)));
+    GPIOA_AFRH = (GPIOA_AFRH & ~(15u << (4 * (UART_RX_PIN - 8)))) | (7u << (4 * (UART_RX_PIN - 8)));
 #endif
     USART_BRR = (fck + BAUD / 2u) / BAUD; /* 16x oversampling: mantissa and fraction in one */
     USART_CR1 = (1u << 13) | (1u << 3) | (1u << 2); /* UE, TE, RE; 8N1, no interrupts: polled */

@@ -17,6 +17,9 @@ uint64_t dut_port_ticks_to_units(uint64_t ticks) { return 3u * ticks; }
 
 void dut_port_timer_sync(void) { fake_ticks += 1u; }
 
+/* Energy builds: a marker line where a board pulses its timestamp pin. */
+void dut_port_timestamp_pulse(void) { fputs("t-pulse\r\n", stdout); }
+
 const dut_target_t *dut_port_target(void) {
     static const dut_target_t target = {"host", "x86-64", 1000000000UL, "fake", "ticks", 1000UL};
     return &target;

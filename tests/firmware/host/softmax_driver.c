@@ -18,6 +18,7 @@ void dut_port_mem(dut_mem_t *mem) { (void)mem; }
 int dut_port_exit(int code) { return code * 0; }
 
 int main(void) {
+    static tinyseek_model_api api;
     static dut_model_t model;
     int c, k, v;
     unsigned long mult;
@@ -25,10 +26,12 @@ int main(void) {
     if (scanf("%d %lu", &c, &mult) != 2 || c < 1) return 2;
     row = calloc((size_t)c, sizeof *row);
     if (!row) return 2;
-    model.num_classes = c;
-    model.softmax_mult = (uint32_t)mult;
+    api.num_classes = c;
+    api.softmax_mult = (uint32_t)mult;
+    model.api = &api;
     model.logits_out = row;
     M = &model;
+    A = &api;
     for (;;) {
         for (k = 0; k < c; k++) {
             if (scanf("%d", &v) != 1) {

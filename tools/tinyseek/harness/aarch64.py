@@ -114,8 +114,7 @@ def build_bench(lib_dir: str | Path, variant: str, exe: str | Path, *, cc: str |
     returns the compiler id."""
     v, info = _variant(variant), library_info(lib_dir)
     cc = cc or v.cc
-    model = (f"-DTINYSEEK_MODEL={info.name}", f"-DTINYSEEK_MODEL_UPPER={info.name.upper()}",
-             f"-DTINYSEEK_MODEL_HEADER={info.name}_model.h", f"-I{RUNTIME_DIR}")
+    model = (f'-DTINYSEEK_MODEL_HEADER="{info.name}_model.h"', f"-I{RUNTIME_DIR}")
     if shutil.which(cc) is None:
         raise ToolMissingError(f"{cc} is not installed; install it with: {v.install}")
     return compile_library(Path(lib_dir), [RUNTIME_DIR / "bench.c"], Path(exe), cc=cc,

@@ -181,7 +181,9 @@ def _report(profile: BoardProfile, elf: Path, memory: dict, session: dict, runs:
         "emulated": profile.emulated,
         "elf": str(elf),
         "model": {"name": info["model"], "hash": info["hash"], "kind": info["kind"], "kernel": info["kernel"]},
-        "timer": {"source": info["timer"], "unit": unit, "clock_hz": info["clock_hz"], "note": note},
+        "timer": {"source": info["timer"], "unit": unit, "clock_hz": info["clock_hz"], "note": note,
+                  # performance: m-lap-us lines; energy: pulses of the board's timestamp pin
+                  "timestamps": info.get("timestamps", "performance")},
         "runs_per_input": runs,
         "warmups": warmups,
         "inputs": len(results),

@@ -26,8 +26,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 if not sys.stderr.isatty():  # progress bars in a log file are noise: the stages log plain lines
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as _hf_gguf
     from transformers.utils import logging as _hf_logging
     _hf_logging.disable_progress_bar()
+    _hf_gguf.tqdm = partial(_hf_gguf.tqdm, disable=True)  # its GGUF bar ignores the switch above
 
 # Tested families; any other decoder-only model transformers loads goes through the same path.
 SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen2", "llama", "gemma3_text")
