@@ -24,26 +24,28 @@ INTENTS_INLINE int32x4_t intents_dot4_mve_32(const int8_t *w, const int8_t *v)
     const int8_t *w0 = w, *w1 = w + 32, *w2 = w + 64, *w3 = w + 96;
     __asm__(
         "vldrb.8 q0, [%[v]], #16\n\t"
+        "vldrb.8 q1, [%[w0], #32]\n\t"
+        "vmladav.s8 %[a1], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #64]\n\t"
+        "vmladav.s8 %[a2], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #96]\n\t"
+        "vmladav.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
         "vmladav.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladav.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladav.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladav.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q0, [%[v]], #16\n\t"
+        "vldrb.8 q1, [%[w0], #32]\n\t"
+        "vmladava.s8 %[a1], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #64]\n\t"
+        "vmladava.s8 %[a2], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #96]\n\t"
+        "vmladava.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
         "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3), [v] "+r"(v)
+        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [v] "+r"(v)
         :
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
+    (void)w1;
+    (void)w2;
     (void)w3;
     /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
      * compiler's lane inserts take four) */
