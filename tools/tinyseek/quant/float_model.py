@@ -253,7 +253,7 @@ class FloatStudent:
             ids = np.zeros((len(rows), int(lengths.max()) if rows else 0) + ((k,) if k else ()), np.int64)
             for n, r in enumerate(rows):
                 if k:
-                    r = r.reshape(len(r), -1)
+                    r = r.reshape(len(r), -1) if len(r) else r.reshape(0, k)
                     ids[n, :len(r), :r.shape[1]] = r
                 else:
                     ids[n, :len(r)] = r
