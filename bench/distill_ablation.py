@@ -19,6 +19,7 @@ names its distill settings, so the table does not move with the defaults):
   n   the built-in default        c, 50 epochs, 6 noisy copies of each training sample
   p   progressive with noise      d with n's 6 noisy copies
   s   + subwords                  c with student.subwords 8 (hashed character n-grams, docs/numerics.md)
+  s3  + 3 subwords                c with student.subwords 3 (fewer n-grams, less dilution of the word)
   s2  noise, whole words / + subwords   c with 2 noisy copies, student.subwords 0 / 8 (s2o / s2)
 Every variant also reports int8 accuracy on the validation split with typos at the medium
 level (tinyseek.data.noise, seed 0). For each: int8 accuracy on the validation split (held out by template like the test; the
@@ -76,6 +77,7 @@ VARIANTS = {
                                                                           "distill.noise_copies": 6}),
     "p": ("progressive (d), 6 noise copies", {**PROGRESSIVE, "distill.noise_copies": 6}),
     "s": ("joint (c) + subwords 8", {**JOINT, "student.subwords": 8}),
+    "s3": ("joint (c) + subwords 3", {**JOINT, "student.subwords": 3}),
     "s2o": ("joint (c), 2 noise copies", {**JOINT, "distill.noise_copies": 2, "student.subwords": 0}),
     "s2": ("joint (c), 2 noise copies + subwords 8", {**JOINT, "distill.noise_copies": 2, "student.subwords": 8}),
 }
