@@ -18,8 +18,12 @@ names its distill settings, so the table does not move with the defaults):
   i   joint, 60 epochs            c trained twice as long in one round (f's budget)
   n   the former default          c, 50 epochs, 6 noisy copies of each training sample
   p   the built-in default        d with n's 6 noisy copies (progressive)
-For each: int8 accuracy on the validation split (held out by template like the test; the
-variant to use is chosen on it), float and int8 accuracy on the test split (the quantizer and
+  s   + subwords                  c with student.subwords 8 (hashed character n-grams, docs/numerics.md)
+  s3  + 3 subwords                c with student.subwords 3 (fewer n-grams, less dilution of the word)
+  s2  noise, whole words / + subwords   c with 2 noisy copies, student.subwords 0 / 8 (s2o / s2)
+Every variant also reports int8 accuracy on the validation split with typos at the medium
+level (tinyseek.data.noise, seed 0). For each: int8 accuracy on the validation split (held out
+by template like the test; the variant to use is chosen on it), float and int8 accuracy on the test split (the quantizer and
 the integer oracle of tinyseek.quant, read for the report only) and retention = int8 accuracy /
 teacher accuracy, per seed and their mean.
 """
@@ -39,6 +43,7 @@ from safetensors import safe_open
 
 from tinyseek.config import load
 from tinyseek.data import load_task
+from tinyseek.data.noise import LEVELS, REFERENCE_LEVEL, corrupt_split
 from tinyseek.distill import distill, evaluate
 from tinyseek.harness.evaluate import oracle_logits
 from tinyseek.pipeline import Run
@@ -72,6 +77,10 @@ VARIANTS = {
     "n": ("joint (c), 50 epochs, 6 noise copies (the former default)", {**JOINT, "distill.epochs": 50,
                                                                           "distill.noise_copies": 6}),
     "p": ("progressive (d), 6 noise copies (the built-in default)", {**PROGRESSIVE, "distill.noise_copies": 6}),
+    "s": ("joint (c) + subwords 8", {**JOINT, "student.subwords": 8}),
+    "s3": ("joint (c) + subwords 3", {**JOINT, "student.subwords": 3}),
+    "s2o": ("joint (c), 2 noise copies", {**JOINT, "distill.noise_copies": 2, "student.subwords": 0}),
+    "s2": ("joint (c), 2 noise copies + subwords 8", {**JOINT, "distill.noise_copies": 2, "student.subwords": 8}),
 }
 HEADING = "## Distillation ablation"
 
@@ -98,9 +107,11 @@ def measure(ds, knowledge: Path, overrides: dict, work: Path) -> dict:
     qm = quantize_run(cfg, cfg.run_dir, ds)
     int8 = float(np.mean(oracle_logits(qm, ds.test).argmax(axis=1) == ds.test.y))
     int8_val = float(np.mean(oracle_logits(qm, ds.val).argmax(axis=1) == ds.val.y))
+    typo_val = corrupt_split(ds.val, "typo", LEVELS["typo"][REFERENCE_LEVEL], seed=0)
+    int8_val_typo = float(np.mean(oracle_logits(qm, typo_val).argmax(axis=1) == ds.val.y))
     hist = json.loads((out / "history.json").read_text())
     return {"float_accuracy": evaluate(model, spec, ds.test), "int8_accuracy": int8, "int8_val_accuracy": int8_val,
-            "best_epoch": hist["best_epoch"], "best_stage": hist["best_stage"],
+            "int8_val_typo_accuracy": int8_val_typo, "best_epoch": hist["best_epoch"], "best_stage": hist["best_stage"],
             "disagree": [f["disagree"] for f in hist["feedback"]], "train_seconds": round(seconds, 1)}
 
 
@@ -111,13 +122,13 @@ def chosen(results: dict) -> str:
 
 def table(results: dict, teacher: float, seeds: list[int]) -> str:
     pick = chosen(results)
-    lines = [f"| variant | int8 val. acc. (chooses) | float test acc. | int8 test acc. | retention (int8 / teacher "
-             f"{teacher:.2%}) | int8 test per seed |", "|---|---|---|---|---|---|"]
+    lines = [f"| variant | int8 val. acc. (chooses) | int8 val. acc., typos 2 % | float test acc. | int8 test acc. | "
+             f"retention (int8 / teacher {teacher:.2%}) | int8 test per seed |", "|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         per = ", ".join(f"{v:.2%}" for v in r["int8_per_seed"])
         spread = f" (spread {r['int8_spread'] * 100:.2f} pp)" if len(seeds) > 1 else ""
         name = f"**({key}) {r['name']}**" if key == pick else f"({key}) {r['name']}"
-        lines.append(f"| {name} | {r['int8_val_accuracy']:.2%} | {r['float_accuracy']:.2%} | {r['int8_accuracy']:.2%} | "
+        lines.append(f"| {name} | {r['int8_val_accuracy']:.2%} | {r['int8_val_typo_accuracy']:.2%} | {r['float_accuracy']:.2%} | {r['int8_accuracy']:.2%} | "
                      f"{r['retention']:.1%} | {per}{spread} |")
     best_test = max(results, key=lambda k: results[k]["int8_accuracy"])
     lines += ["", f"Chosen on validation: ({pick}), {results[pick]['int8_accuracy']:.2%} on the test split; the best "
@@ -173,6 +184,7 @@ def main() -> None:
             results[key] = {"name": name, "overrides": overrides, "seeds": args.seeds, "runs": runs,
                             "float_accuracy": float(np.mean([r["float_accuracy"] for r in runs])),
                             "int8_val_accuracy": float(np.mean([r["int8_val_accuracy"] for r in runs])),
+                            "int8_val_typo_accuracy": float(np.mean([r["int8_val_typo_accuracy"] for r in runs])),
                             "int8_accuracy": float(np.mean(int8)), "int8_per_seed": int8,
                             "int8_spread": max(int8) - min(int8), "retention": float(np.mean(int8)) / teacher}
     minutes = (time.monotonic() - t_start) / 60

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +93,35 @@ def default_model(env: str, samples: int, work: Path) -> dict:
 REFERENCE = {"steps": 24, "input": 32, "hidden": 64, "classes": 13}
 
 
-def reference_lstm(env: str, work: Path) -> dict:
-    """Instructions of one inference of the reference shape, variant and portable C."""
+def _model_functions(elf: Path, name: str) -> list[str]:
+    """The model library's functions in the ELF: the kernels and the model's API."""
+    syms = subprocess.run(["arm-none-eabi-readelf", "-Ws", str(elf)], capture_output=True, text=True, check=True).stdout
+    return sorted({f[7] for f in (ln.split() for ln in syms.splitlines())
+                   if len(f) >= 8 and f[3] == "FUNC" and f[7].startswith(f"{name}_")})
+
+
+def traced_cycles(env: str, out: dict, inputs, name: str) -> dict:
+    """bench/cycles.py's estimate for the model's functions, from one more run of the same
+    firmware on the first input with QEMU's instruction trace on."""
+    from cycles import estimate_elf  # bench/cycles.py
+    from tinyseek.harness.bench import _session
+    from tinyseek.harness.boards import load_profile
+    from tinyseek.harness.qemu import QemuProcess
+
+    elf = Path(out["elf"])
+    machine = load_profile(env).machine()
+
+    def run(extra):
+        with QemuProcess(elf, dataclasses.replace(machine, extra=machine.extra + tuple(extra))) as qemu:
+            _session(qemu.url, list(inputs[:1]), 1, 0, 600.0)
+
+    est = estimate_elf(elf, env, _model_functions(elf, name), run=run)
+    return est | {"traced_cycles": est["cycles"]}
+
+
+def reference_lstm(env: str, work: Path, cycles: bool = False) -> dict:
+    """Instructions of one inference of the reference shape, variant and portable C; with
+    `cycles`, also bench/cycles.py's estimate (Cortex-M boards) and the model's code bytes."""
     R = REFERENCE
     model = random_model(7, kind="sequence", hidden=R["hidden"], input_size=R["input"], num_classes=R["classes"],
                          name="reflstm")
@@ -105,7 +134,11 @@ def reference_lstm(env: str, work: Path) -> dict:
     for label, flags in (("variant", []), ("c", PORTABLE)):
         out = _run(env, lib, list(xs), want, flags, work / f"reflstm-{label}")
         per = float(np.median(out["latency"]["per_input"]))
-        result[label] = {"kernel": out["model"]["kernel"], "instructions": per, "instructions_per_mac": per / macs}
+        result[label] = {"kernel": out["model"]["kernel"], "instructions": per, "instructions_per_mac": per / macs,
+                         "code_bytes": out["memory"]["elf"]["flash"]["model_code"]}
+        if cycles:
+            est = traced_cycles(env, out, xs, model.name)
+            result[label]["cycles"] = est | {"cycles": per * est["cpi"]}
     return result
 
 

@@ -29,6 +29,13 @@ def _text_model(name="demo", **kw):
                         vocab_size=97, max_len=12, labels=TRICKY_LABELS, name=name, **kw)
 
 
+def _subword_model(name="sub", **kw):
+    """A text model whose steps average hashed n-gram rows in (docs/numerics.md, "Subwords")."""
+    m = _text_model(name=name, **kw)
+    m.subwords = 5
+    return m
+
+
 def _seq_model(name="seq", **kw):
     return random_model(22, kind="sequence", hidden=[9], input_size=4, num_classes=3, name=name, **kw)
 
@@ -121,7 +128,7 @@ def test_good_model_names_pass(good):
 
 
 def test_every_global_symbol_and_macro_is_prefixed(tmp_path):
-    for model, prefix in ((_text_model(name="kw"), "kw"), (_seq_model(name="Sq"), "Sq")):
+    for model, prefix in ((_text_model(name="kw"), "kw"), (_subword_model(name="sw"), "sw"), (_seq_model(name="Sq"), "Sq")):
         lib = tmp_path / prefix
         render(model, lib)
         for obj in _compile_objects(lib):
@@ -251,7 +258,7 @@ def test_header_macros_describe_the_model(tmp_path):
     assert "seq_tokenize" not in header and "SEQ_VOCAB_SIZE" not in header
 
 
-@pytest.mark.parametrize("make", [_text_model, _seq_model])
+@pytest.mark.parametrize("make", [_text_model, _subword_model, _seq_model])
 def test_size_macros_equal_what_the_arrays_occupy(make, tmp_path):
     m = make()
     render(m, tmp_path)
@@ -278,7 +285,7 @@ def test_size_macros_equal_what_the_arrays_occupy(make, tmp_path):
     assert mac[f"{N}_RAM_BYTES"] == f"({N}_STATE_BYTES + {N}_SCRATCH_BYTES)"
 
 
-@pytest.mark.parametrize("make", [_text_model, _seq_model])
+@pytest.mark.parametrize("make", [_text_model, _subword_model, _seq_model])
 def test_compiles_with_every_warning_as_error(make, tmp_path):
     render(make(), tmp_path)
     _compile_objects(tmp_path)
@@ -316,7 +323,7 @@ def _need_arm():
         pytest.skip(msg)
 
 
-@pytest.mark.parametrize("make", [_text_model, _seq_model])
+@pytest.mark.parametrize("make", [_text_model, _subword_model, _seq_model])
 def test_compiles_for_cortex_m4_and_needs_no_float_support(make, tmp_path):
     _need_arm()
     render(make(), tmp_path)

@@ -178,6 +178,19 @@ def test_drop_tokens_removes_words_and_closes_gaps():
     assert int(empty_len.sum()) == 0 and int(empty.abs().sum()) == 0
 
 
+def test_drop_tokens_keeps_or_drops_a_subword_group_whole():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 100, (50, 7, 4), generator=g)
+    lengths = torch.randint(0, 8, (50,), generator=g)
+    ids[torch.arange(7)[None, :] >= lengths[:, None]] = 0
+    out, out_len = drop_tokens(ids, lengths, 0.4, g)
+    assert out_len.sum() < lengths.sum()
+    for row, n, new, m in zip(ids.tolist(), lengths.tolist(), out.tolist(), out_len.tolist()):
+        kept, it = new[:m], iter(row[:n])
+        assert all(group in it for group in kept)  # whole groups, in their order
+        assert new[m:] == [[0] * 4] * (7 - m)
+
+
 # -- training -----------------------------------------------------------------------------
 
 def test_tiny_text_distillation_learns_and_writes_the_student(tmp_path):

@@ -258,3 +258,37 @@ def test_every_environment_is_well_formed_and_registry_platforms_are_pinned():
             unpinned.append(env)
         assert config.get(section, "framework") == ["arduino"], env
     assert unpinned == ["pico"]  # docs/firmware.md: no raspberrypi release could be verified offline
+
+
+class _RecordingDut:
+    """Stands in for DutClient: records what `db load` receives."""
+    def __init__(self):
+        self.loaded = b""
+
+    def classify(self, text):
+        raise AssertionError("a text longer than the line is loaded as ids, not classified")
+
+    def load(self, data):
+        self.loaded = data
+
+    def infer(self, runs, warmups, timeout):
+        return {}
+
+
+@pytest.mark.parametrize("subwords", [0, 3])
+def test_a_text_tokenized_on_the_host_is_sent_as_the_device_tokenizes_it(subwords):
+    import numpy as np
+
+    from tinyseek.harness.bench import _send
+    from tinyseek.student.tokenizer import HashTokenizer
+    text = "turn on the kitchen lights " * 4 + "打开灯"
+    dut = _RecordingDut()
+    _, mode = _send(dut, text, {"kind": "text", "line": 16, "vocab": 1024, "max_len": 32}, 1, 0, 5.0, subwords)
+    sent = np.frombuffer(dut.loaded, "<u2").tolist()
+    steps = HashTokenizer(1024, 32, subwords).encode_steps(text)
+    group = subwords + 1
+    assert mode == "token_ids" and len(sent) == group * len(steps)
+    for k, step in enumerate(steps):  # each step's group, padded with 0 (docs/numerics.md, "Subwords")
+        assert sent[k * group:(k + 1) * group] == [*step, *[0] * (group - len(step))]
+    if subwords:
+        assert any(len(step) > 1 for step in steps)

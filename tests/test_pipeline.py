@@ -176,3 +176,26 @@ def test_the_transfer_set_joins_the_training_split_only(tmp_path):
     assert ds.val.texts == base.val.texts and ds.test.texts == base.test.texts
     off = Run(load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8}))
     assert len(off.dataset.train) == len(base.train)  # a stale file is ignored when none is asked for
+
+
+def test_the_student_key_counts_subwords_only_when_on(tmp_path):
+    """student.subwords = 0 (the default) leaves the distill key as it was before the setting
+    existed, so committed runs are not re-distilled; turning it on re-runs the stage."""
+    from dataclasses import asdict
+
+    from safetensors.numpy import save_file
+
+    from tinyseek import __version__
+    from tinyseek.pipeline import hash_obj, hash_safetensors
+
+    runs = [Run(load(overrides={"models_dir": str(tmp_path / n), **o}))
+            for n, o in (("a", {}), ("b", {"student.subwords": 4}))]
+    for run in runs:
+        run.dir.mkdir(parents=True)
+        save_file({"a": np.zeros(3, np.float32)}, str(run.knowledge))
+    c = runs[0].cfg
+    old_student = {k: v for k, v in asdict(c.student).items() if k != "subwords"}
+    before = hash_obj([__version__, runs[0]._task_key(), old_student, asdict(c.distill),
+                       hash_safetensors(runs[0].knowledge, metadata=False)])
+    assert runs[0].input_key("distill") == before
+    assert runs[1].input_key("distill") != before

@@ -445,3 +445,42 @@ def test_an_all_zero_head_still_quantizes(tmp_path):
     qm = quantize(folder, [[1, 2, 3]], name="m")
     assert qm.output_scale == pytest.approx(1 / 32000)
     assert np.all(infer_tokens(qm, [[1, 2, 3], []]) == 0)
+
+
+def test_subwords_float_torch_int8_agree_and_round_trip(tmp_path):
+    """student.subwords: torch, the numpy float student and the int8 oracle all average a
+    step's id group; the setting survives student.json and the int8 model, and is absent
+    from both (and from the model hash) when 0."""
+    from tinyseek.student import StudentSpec, TinyLSTM, encode_texts, save_student
+    torch.manual_seed(1)
+    spec = StudentSpec(kind="text", labels=["a", "b", "c"], hidden=12, layers=1, embed_dim=8, vocab_size=64,
+                       max_len=10, subwords=4)
+    model = TinyLSTM(spec).eval()
+    save_student(model, spec, tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "student.json").read_text())["subwords"] == 4
+    texts = ["turn on the lihgts", "", "打开客厅的灯", "set 21 degrees please", "xyzzy"] * 8
+    ids, lengths = encode_texts(texts, spec)
+    assert ids.shape == (len(texts), 10, 5)
+    with torch.no_grad():
+        want = model(ids, lengths).numpy()
+    fs = FloatStudent.from_folder(tmp_path / "s")
+    assert fs.subwords == 4
+    np.testing.assert_allclose(fs.predict(texts), want, atol=1e-5)
+    # Streaming one group at a time gives the batch's logits.
+    model.reset_state()
+    for group in HashTokenizer(64, 10, 4).encode_steps(texts[0]):
+        model.step(torch.tensor(group))
+    np.testing.assert_allclose(model.logits().numpy()[0], want[0], atol=1e-5)
+
+    qm = quantize(tmp_path / "s", fs.tokenize(texts), name="m")
+    qm.save(tmp_path / "q")
+    back = QuantModel.load(tmp_path / "q")
+    assert back.subwords == 4 and back.model_hash() == qm.model_hash()
+    int8 = infer_tokens(back, fs.tokenize(texts))
+    assert np.mean(int8.argmax(1) == want.argmax(1)) >= 0.8
+    # Whole-word ids alone are not the model's input: the groups change the logits.
+    assert not np.array_equal(int8, infer_tokens(back, [HashTokenizer(64, 10).encode(t) for t in texts]))
+    qm.subwords = 0
+    assert "subwords" not in json.dumps(qm.header()) and qm.model_hash() != back.model_hash()
+    spec.subwords = 0
+    assert "subwords" not in spec.to_json()

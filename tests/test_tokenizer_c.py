@@ -1,4 +1,5 @@
 """The tokenizer rendered to C equals tinyseek.student.tokenizer byte for byte."""
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,13 +32,19 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=N
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module", params=[65535, 7], ids=["vocab65535", "vocab7"])
+# (vocabulary, subwords, embedding width): whole words only, then hashed n-grams averaged into
+# each step (docs/numerics.md, "Subwords"), with a cap that cuts long words and one that does not.
+LIBRARIES = [(65535, 0, 1), (7, 0, 1), (65535, 4, 6), (7, 15, 3)]
+
+
+@pytest.fixture(scope="module", params=LIBRARIES, ids=[f"vocab{v}-sub{s}" for v, s, _ in LIBRARIES])
 def driver(request, tmp_path_factory):
-    """One compiled library per vocabulary size; a large one makes distinct tokens get distinct ids."""
-    V = request.param
-    m = random_model(41, kind="text", hidden=[2], input_size=1, num_classes=2, vocab_size=V, max_len=MAX_LEN,
+    """One compiled library per setting; a large vocabulary makes distinct tokens get distinct ids."""
+    V, subwords, E = request.param
+    m = random_model(41, kind="text", hidden=[2], input_size=E, num_classes=2, vocab_size=V, max_len=MAX_LEN,
                      name="tok")
-    tmp = tmp_path_factory.mktemp(f"tok{V}")
+    m.subwords = subwords
+    tmp = tmp_path_factory.mktemp(f"tok{V}s{subwords}")
     render(m, tmp / "lib")
     return HostDriver(m, tmp / "lib", tmp / "work")
 
@@ -54,7 +61,7 @@ def test_fixed_strings(driver):
 
 def test_fixed_strings_are_not_trivial(driver):
     """The cases above exercise truncation, the number id and both kinds of tokens."""
-    tok = HashTokenizer(driver.model.vocab_size, MAX_LEN)
+    tok = HashTokenizer(driver.model.vocab_size, MAX_LEN, driver.model.subwords)
     assert len(tok.encode("word " * 40)) == MAX_LEN
     assert tok.encode("7") == tok.encode("2024") == [1 + fnv1a(b"#") % (driver.model.vocab_size - 1)]
     assert len(tok.encode("打开客厅的灯")) == 6 and tok.encode("") == []
@@ -77,3 +84,42 @@ inputs = st.one_of(st.binary(max_size=120), utf8_text, cjk_text, truncated, mixe
 @SETTINGS
 def test_generated_byte_strings(driver, batch):
     _assert_same(driver, batch)
+
+
+MISSPELT = ["turn on the lihgts", "trun off teh light", "plaese stop the muisc", "lightsss", "xqzvw jjjj",
+            "打开客厅的等", "关闭空掉", "把温度调到二十二度", "supercalifragilisticexpialidocious now", "a b c 1 22 333"]
+
+
+def test_misspelt_and_every_step(driver):
+    """Misspelt and unseen words, Chinese with wrong characters; the state after every step too
+    (step_word / step_token one group at a time)."""
+    result = driver.run(MISSPELT + ["打开 灯", "a打b开", "lights\xffon"], every_step=True)
+    assert result.c_token_ids_match, result.first_mismatch
+    assert result.bitexact, result.first_mismatch
+
+
+def test_subword_groups():
+    """The n-grams the spec names: boundary-marked trigrams of words (capped), bigrams of
+    neighbouring single characters, none for numbers; the first ids are the whole-word ids."""
+    V = 65535
+
+    def ids(*grams: bytes) -> tuple[int, ...]:
+        return tuple(1 + fnv1a(g) % (V - 1) for g in grams)
+
+    tok = HashTokenizer(V, MAX_LEN, 4)
+    assert tok.encode_steps("Lights 42 a") == [ids(b"lights", b"<li", b"lig", b"igh", b"ght"), ids(b"#"),
+                                               ids(b"a", b"<a>")]
+    assert tok.encode_steps("打开 灯") == [ids("打".encode()), ids("开".encode(), "打开".encode()), ids("灯".encode())]
+    assert HashTokenizer(V, MAX_LEN, 15).encode_steps("on")[0] == ids(b"on", b"<on", b"on>")
+    for text in MISSPELT:
+        assert tok.encode(text) == HashTokenizer(V, MAX_LEN).encode(text)
+    with pytest.raises(ValueError, match="subwords"):
+        HashTokenizer(V, MAX_LEN, 16)
+
+
+def test_mean_rounds_half_up():
+    """The step input of a group: floor((2 S + K) / 2K) per column, the rule the C computes."""
+    from tinyseek.quant.reference import mean_rows
+    rows = np.array([[[1, -1, 3, -128, 127]], [[2, -2, -4, -128, 127]]]).transpose(1, 0, 2)  # [1, K=2, 5]
+    assert mean_rows(rows).tolist() == [[2, -1, 0, -128, 127]]  # 1.5 -> 2, -1.5 -> -1, -0.5 -> 0
+    assert mean_rows(np.array([[[5, -7]]])).tolist() == [[5, -7]]  # one id: its row

@@ -101,6 +101,9 @@ class StudentConfig:
     embed_dim: int = 32
     vocab_size: int = 1024
     max_len: int = 32
+    # Hashed character n-grams averaged into each word's step (docs/numerics.md, "Subwords"):
+    # at most this many n-gram ids per word; 0 = whole words only.
+    subwords: int = 0
 
 
 @dataclass
@@ -341,6 +344,7 @@ def validate(cfg: Config) -> None:
     need(cfg.student.layers in (1, 2), "student.layers must be 1 or 2")
     need(1 <= cfg.student.hidden <= 1024 and 1 <= cfg.student.embed_dim <= 1024, "student.hidden/embed_dim must be 1..1024")
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
+    need(0 <= cfg.student.subwords <= 15, "student.subwords must be 0..15 (0: whole words only)")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
     d = cfg.distill

@@ -175,7 +175,9 @@ class Run:
         if stage == "distill":
             # The knowledge's tensors, not its provenance metadata (the teacher folder's hash, which
             # a run name or a thread setting changes): the same numbers train the same student.
-            return hash_obj([__version__, task, asdict(c.student), asdict(c.distill),
+            # subwords = 0 (the default) is left out, so runs from before the setting keep their key.
+            student = {k: v for k, v in asdict(c.student).items() if k != "subwords" or v}
+            return hash_obj([__version__, task, student, asdict(c.distill),
                              hash_safetensors(self.knowledge, metadata=False)])
         if stage == "quantize":
             return hash_obj([__version__, task, asdict(c.quant), c.model_name, hash_files(self.student_dir)])

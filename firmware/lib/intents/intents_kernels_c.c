@@ -3,12 +3,34 @@
  * 'intents', model hash 9de2ddfa6203b0c5.
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
-/* Portable C99 reference kernels, specialised for this model's shapes: straightforward loops and
- * int64 requantization, the fallback of every target and the yardstick of the others. */
+/* Portable C99 reference kernels, specialised for this model's shapes: plain C loops (a unit's
+ * four gate rows per pass) and int64 requantization, the fallback of every target and the
+ * yardstick of the others. */
 #include "intents_kernels.h"
 
 /* Compile-time check that >> of a negative int is the arithmetic shift the spec needs. */
 typedef char intents_arithmetic_shift_check[((-7 >> 1) == -4) ? 1 : -1];
+
+/* acc[g] = sum_k w[g * n + k] * v[k] for the four consecutive rows of one unit (gates i, f, g,
+ * o): each v[k] is loaded once for four rows and the loop runs once per four MACs, which a
+ * compiler keeps in registers on every 32-bit target (three times fewer loads and branches per
+ * MAC than one row at a time). Integer sums: the order does not change the result. */
+static void intents_dot4_c(const int8_t *w, const int8_t *v, uint32_t n, int32_t acc[4])
+{
+    const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n, *end = v + n;
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    while (v != end) {
+        int32_t x = *v++;
+        a0 += *w0++ * x;
+        a1 += *w1++ * x;
+        a2 += *w2++ * x;
+        a3 += *w3++ * x;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
 
 /* sum_k w[k] * v[k] */
 static int32_t intents_dot_c(const int8_t *w, const int8_t *v, uint32_t n)
@@ -26,13 +48,13 @@ void intents_l0_step_c(const intents_model_params *p, const int8_t *x, int8_t *h
     const intents_layer_params *L = &p->layers[0];
     uint32_t j, g;
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        int32_t z[4];
+        int32_t z[4], acc_x[4], acc_h[4];
+        intents_dot4_c(L->w_x + 4 * j * INTENTS_L0_INPUT, x, INTENTS_L0_INPUT, acc_x);
+        intents_dot4_c(L->w_h + 4 * j * INTENTS_L0_HIDDEN, h, INTENTS_L0_HIDDEN, acc_h);
         for (g = 0; g < 4; ++g) {
             uint32_t r = 4 * j + g;
-            int32_t acc_x = intents_dot_c(L->w_x + r * INTENTS_L0_INPUT, x, INTENTS_L0_INPUT);
-            int32_t acc_h = intents_dot_c(L->w_h + r * INTENTS_L0_HIDDEN, h, INTENTS_L0_HIDDEN);
-            z[g] = intents_sat16(intents_requant(acc_x, L->mx[r], L->nx[r])
-                                    + intents_requant(acc_h, L->mh[r], L->nh[r]) + L->bias[r]);
+            z[g] = intents_sat16(intents_requant(acc_x[g], L->mx[r], L->nx[r])
+                                    + intents_requant(acc_h[g], L->mh[r], L->nh[r]) + L->bias[r]);
         }
         h_new[j] = intents_cell_unit(p, z[0], z[1], z[2], z[3], &c[j], INTENTS_L0_CELL_FRAC_BITS);
     }

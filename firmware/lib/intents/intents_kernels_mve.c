@@ -8,63 +8,72 @@
  * rows of a unit (unit-major rows, see intents_kernels.h); each 16-byte
  * chunk of x or h is loaded once for the four rows. A length that is not a multiple of 16 ends
  * with one predicated chunk (VCTP): the inactive lanes load as zeros and add nothing, so there
- * is no scalar remainder loop. */
+ * is no scalar remainder loop. The four sums leave the assembly as one vector (lanes = gates),
+ * requantized as one; every fourth unit the cells of the last four run across the lanes (lanes =
+ * units: gathers read the activation tables), where one unit at a time took 79 scalar
+ * instructions. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_MVE)
 #include <arm_mve.h>/* acc[g] = sum_k w[g*32 + k] * v[k] for the four rows g = 0..3 starting at w: 2 whole
  * chunk(s) in assembly (the compiler would hoist v's chunks out of the unit loop and spill
  * them), then 0 byte(s) as one predicated chunk. VMLADAVA needs even registers ("Te"). */
-INTENTS_INLINE void intents_dot4_mve_32(const int8_t *w, const int8_t *v, int32_t *acc)
+INTENTS_INLINE int32x4_t intents_dot4_mve_32(const int8_t *w, const int8_t *v)
 {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     const int8_t *w0 = w, *w1 = w + 32, *w2 = w + 64, *w3 = w + 96;
     __asm__(
         "vldrb.8 q0, [%[v]], #16\n\t"
+        "vldrb.8 q1, [%[w0], #32]\n\t"
+        "vmladav.s8 %[a1], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #64]\n\t"
+        "vmladav.s8 %[a2], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #96]\n\t"
+        "vmladav.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
+        "vmladav.s8 %[a0], q1, q0\n\t"
         "vldrb.8 q0, [%[v]], #16\n\t"
+        "vldrb.8 q1, [%[w0], #32]\n\t"
+        "vmladava.s8 %[a1], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #64]\n\t"
+        "vmladava.s8 %[a2], q1, q0\n\t"
+        "vldrb.8 q1, [%[w0], #96]\n\t"
+        "vmladava.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
         "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        : [a0] "+Te"(a0), [a1] "+Te"(a1), [a2] "+Te"(a2), [a3] "+Te"(a3), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3), [v] "+r"(v)
+        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [v] "+r"(v)
         :
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
+    (void)w1;
+    (void)w2;
     (void)w3;
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
+     * compiler's lane inserts take four) */
+    int32x4_t sums;
+    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
+            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
+            : [s] "=w"(sums)
+            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
+    return sums;
 }
 
 /* acc[g] = sum_k w[g*64 + k] * v[k] for the four rows g = 0..3 starting at w: 4 whole
  * chunk(s) in assembly (the compiler would hoist v's chunks out of the unit loop and spill
  * them), then 0 byte(s) as one predicated chunk. VMLADAVA needs even registers ("Te"). */
-INTENTS_INLINE void intents_dot4_mve_64(const int8_t *w, const int8_t *v, int32_t *acc)
+INTENTS_INLINE int32x4_t intents_dot4_mve_64(const int8_t *w, const int8_t *v)
 {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     const int8_t *w0 = w, *w1 = w + 64, *w2 = w + 128, *w3 = w + 192;
     __asm__(
         "vldrb.8 q0, [%[v]], #16\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
+        "vmladav.s8 %[a0], q1, q0\n\t"
         "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
+        "vmladav.s8 %[a1], q1, q0\n\t"
         "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
+        "vmladav.s8 %[a2], q1, q0\n\t"
         "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
+        "vmladav.s8 %[a3], q1, q0\n\t"
         "vldrb.8 q0, [%[v]], #16\n\t"
         "vldrb.8 q1, [%[w0]], #16\n\t"
         "vmladava.s8 %[a0], q1, q0\n\t"
@@ -92,14 +101,18 @@ INTENTS_INLINE void intents_dot4_mve_64(const int8_t *w, const int8_t *v, int32_
         "vmladava.s8 %[a2], q1, q0\n\t"
         "vldrb.8 q1, [%[w3]], #16\n\t"
         "vmladava.s8 %[a3], q1, q0\n\t"
-        : [a0] "+Te"(a0), [a1] "+Te"(a1), [a2] "+Te"(a2), [a3] "+Te"(a3), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3), [v] "+r"(v)
+        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3), [v] "+r"(v)
         :
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
     (void)w3;
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
+     * compiler's lane inserts take four) */
+    int32x4_t sums;
+    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
+            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
+            : [s] "=w"(sums)
+            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
+    return sums;
 }
 
 /* sum_k w[k] * v[k], one row. */
@@ -117,25 +130,63 @@ INTENTS_INLINE int32_t intents_dot_mve(const int8_t *w, const int8_t *v, uint32_
     return a;
 }
 
+/* The table activation of dispatch.h for four lanes: two gathers read T[k] and T[k+1]. */
+INTENTS_INLINE int32x4_t intents_activate_mve(const int16_t *table, int32x4_t z)
+{
+    int32x4_t u = vaddq_n_s32(z, 32768);
+    uint32x4_t k = vreinterpretq_u32_s32(vshrq_n_s32(u, 8));
+    int32x4_t t0 = vldrhq_gather_shifted_offset_s32(table, k);
+    int32x4_t t1 = vldrhq_gather_shifted_offset_s32(table + 1, k);
+    int32x4_t d = vmulq_s32(vsubq_s32(t1, t0), vandq_s32(u, vdupq_n_s32(255)));
+    return vaddq_s32(t0, vshrq_n_s32(vaddq_n_s32(d, 128), 8));
+}
+
+INTENTS_INLINE int32x4_t intents_sat16_mve(int32x4_t v)
+{
+    return vmaxq_s32(vminq_s32(v, vdupq_n_s32(32767)), vdupq_n_s32(-32768));
+}
+
+/* cell_unit of dispatch.h for four units at once: z holds their gate pre-activations unit-major
+ * (z[4 u + g]), which VLD4 de-interleaves into one vector per gate. Not inlined: its constants
+ * would crowd the unit loop's eight vector registers. */
+__attribute__((noinline)) static void intents_cell4_mve(const intents_model_params *p, const int32_t *z, int16_t *c, int8_t *h_new,
+                                  int cf)
+{
+    int32x4x4_t g = vld4q_s32(z);
+    int32x4_t gi = intents_activate_mve(p->sigmoid_table, g.val[0]);
+    int32x4_t gf = intents_activate_mve(p->sigmoid_table, g.val[1]);
+    int32x4_t gg = intents_activate_mve(p->tanh_table, g.val[2]);
+    int32x4_t go = intents_activate_mve(p->sigmoid_table, g.val[3]);
+    int32x4_t fc = vshrq_n_s32(vaddq_n_s32(vmulq_s32(gf, vldrhq_s32(c)), 1 << 14), 15);
+    int32x4_t ig = vshlq_s32(vaddq_n_s32(vmulq_s32(gi, gg), 1 << (29 - cf)), vdupq_n_s32(cf - 30));
+    int32x4_t cn = intents_sat16_mve(vaddq_s32(fc, ig));
+    int32x4_t t = intents_activate_mve(p->tanh_table, intents_sat16_mve(vshlq_s32(cn, vdupq_n_s32(12 - cf))));
+    int32x4_t hv = vshrq_n_s32(vaddq_n_s32(vmulq_s32(go, t), 1 << 22), 23);
+    vstrhq_s32(c, cn);
+    vstrbq_s32(h_new, vmaxq_s32(vminq_s32(hv, vdupq_n_s32(127)), vdupq_n_s32(-128)));
+}
+
 void intents_l0_step_mve(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
 {
     const intents_layer_params *L = &p->layers[0];
     uint32_t j;
+    int32_t zq[16]; /* four units' gates, unit-major, for the vector cell */
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        int32_t ax[4], ah[4];
         uint32_t r = 4 * j;
         /* The unit's four gates as one vector: VRMULH is SMMULR per lane (dispatch header,
          * "pre" form), VQADD the saturating adds; then saturated to int16. */
         int32x4_t rx, rh, z;
-        intents_dot4_mve_32(L->w_x + r * INTENTS_L0_INPUT, x, ax);
-        rx = vshlq_s32(vldrwq_s32(ax), vsubq_s32(vdupq_n_s32(32), vreinterpretq_s32_u32(vldrbq_u32(L->nx + r))));
+        rx = intents_dot4_mve_32(L->w_x + r * INTENTS_L0_INPUT, x);
+        rx = vshlq_s32(rx, vsubq_s32(vdupq_n_s32(32), vreinterpretq_s32_u32(vldrbq_u32(L->nx + r))));
         rx = vqaddq_s32(vrmulhq_s32(rx, vldrwq_s32(L->mx + r)), vldrwq_s32(L->bias + r));
-        intents_dot4_mve_64(L->w_h + r * INTENTS_L0_HIDDEN, h, ah);
-        rh = vldrwq_s32(ah);
+        rh = intents_dot4_mve_64(L->w_h + r * INTENTS_L0_HIDDEN, h);
         z = vqaddq_s32(rx, vrmulhq_s32(rh, vldrwq_s32(L->mh + r)));
-        z = vmaxq_s32(vminq_s32(z, vdupq_n_s32(32767)), vdupq_n_s32(-32768));
-        h_new[j] = intents_cell_unit(p, vgetq_lane_s32(z, 0), vgetq_lane_s32(z, 1), vgetq_lane_s32(z, 2),
-                                        vgetq_lane_s32(z, 3), &c[j], INTENTS_L0_CELL_FRAC_BITS);
+        z = intents_sat16_mve(z);
+        /* Every fourth unit, the cells of the last four across the vector lanes. */
+        vstrwq_s32(zq + 4 * (j % 4), z);
+        if (j % 4 == 3) {
+            intents_cell4_mve(p, zq, c + j - 3, h_new + j - 3, INTENTS_L0_CELL_FRAC_BITS);
+        }
     }
     memcpy(h, h_new, INTENTS_L0_HIDDEN);
 }

@@ -298,6 +298,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "labels": list(model.labels), "num_classes": C, "input_size": model.input_size,
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,
+        "subwords": model.subwords,
         "input_scale": model.input_scale, "output_scale": model.output_scale,
         "softmax_mult": softmax_multiplier(model.output_scale),
         "arrays": arrays, "layers": layers, "head": head, "head_requant": head_requant,

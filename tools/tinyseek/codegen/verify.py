@@ -142,9 +142,10 @@ class HostDriver:
         text = model.kind == "text"
         if text:
             texts = [_text_bytes(t) for t in inputs]
-            tok = HashTokenizer(model.vocab_size, model.max_len)
-            py_ids = [tok.encode(t) for t in texts]
-            run_ids = py_ids if token_ids is None else [list(map(int, s)) for s in token_ids]
+            tok = HashTokenizer(model.vocab_size, model.max_len, model.subwords)
+            py_ids = [tok.model_inputs(t) for t in texts]
+            run_ids = py_ids if token_ids is None else [
+                [tuple(map(int, g)) if isinstance(g, (tuple, list, np.ndarray)) else int(g) for g in s] for s in token_ids]
             if len(run_ids) != len(texts):
                 raise VerifyError(f"{len(run_ids)} token-id lists for {len(texts)} texts")
             n = len(texts)
@@ -156,7 +157,8 @@ class HostDriver:
         for k in range(n):
             if text:
                 blob += struct.pack("<I", len(texts[k])) + texts[k]
-                blob += struct.pack("<I", len(run_ids[k])) + np.asarray(run_ids[k], dtype="<u2").tobytes()
+                flat = _flat_ids(run_ids[k], model.subwords)
+                blob += struct.pack("<I", len(flat)) + np.asarray(flat, dtype="<u2").tobytes()
             else:
                 x = np.ascontiguousarray(seqs[k], dtype=np.int8)
                 blob += struct.pack("<I", x.shape[0]) + x.tobytes()
@@ -182,9 +184,10 @@ class HostDriver:
             problems = []
             if text:
                 got_ids = r.u16(r.u32()).tolist()
-                if got_ids != list(py_ids[k]):
+                want_ids = _flat_ids(py_ids[k], model.subwords)
+                if got_ids != want_ids:
                     ids_match = False
-                    problems.append(("C tokenizer ids", list(py_ids[k]), got_ids))
+                    problems.append(("C tokenizer ids", want_ids, got_ids))
             cls = r.i32()
             logits[k] = r.i16(C)
             problems += _diff("logits" + (" of classify_text" if text else " of infer"), expected_main[k], logits[k])
@@ -223,6 +226,20 @@ class HostDriver:
                     r.take(rest * (2 * self.model.num_classes + sum(3 * L.hidden for L in layers)))
                     return diff
         return []
+
+
+def _flat_ids(steps, subwords: int) -> list[int]:
+    """A sample's ids as the C library reads and writes them: with subwords, 1 + subwords ids per
+    step (the group, zero-padded)."""
+    if not subwords:
+        return [int(g) for g in steps]
+    out: list[int] = []
+    for g in steps:
+        g = [int(v) for v in (g if isinstance(g, (tuple, list, np.ndarray)) else (g,))]
+        if len(g) > 1 + subwords:
+            raise VerifyError(f"an id group of {len(g)} ids; this model's groups hold at most {1 + subwords}")
+        out += g + [0] * (1 + subwords - len(g))
+    return out
 
 
 def _diff(what: str, expected: np.ndarray, got: np.ndarray) -> list[tuple]:

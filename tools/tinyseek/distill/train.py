@@ -169,7 +169,8 @@ def make_spec(dataset, cfg) -> StudentSpec:
     s = cfg.student
     if dataset.kind == "text":
         return StudentSpec(kind="text", labels=list(dataset.labels), hidden=s.hidden, layers=s.layers,
-                           embed_dim=s.embed_dim, vocab_size=s.vocab_size, max_len=s.max_len)
+                           embed_dim=s.embed_dim, vocab_size=s.vocab_size, max_len=s.max_len,
+                           subwords=s.subwords)
     x = dataset.train.x
     if x is None or x.ndim != 3:
         raise DistillError("a sequence dataset needs train.x of shape [N, T, F]")
@@ -187,8 +188,11 @@ def drop_tokens(ids: torch.Tensor, lengths: torch.Tensor, p: float, gen: torch.G
     """Remove each real token with probability p and close the gaps (word dropout): the
     student learns not to hang on any one word, which is what carries it to unseen phrasings."""
     real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    keep = real & (torch.rand(ids.shape, generator=gen) >= p)
+    keep = real & (torch.rand(ids.shape[:2], generator=gen) >= p)
     pos = torch.where(keep, keep.cumsum(1) - 1, ids.shape[1] - 1)
+    if ids.dim() == 3:  # id groups (subwords): a step's whole group goes or stays
+        keep3, pos = keep.unsqueeze(2).expand_as(ids), pos.unsqueeze(2).expand_as(ids)
+        return torch.zeros_like(ids).scatter_(1, pos, torch.where(keep3, ids, 0)), keep.sum(1)
     out = torch.zeros_like(ids).scatter_(1, pos, torch.where(keep, ids, 0))
     return out, keep.sum(1)
 

@@ -69,6 +69,10 @@ def _references(run, calibration_samples: int | None):
 
     fs = FloatStudent.from_folder(run.student_dir)
     qmodel = QuantModel.load(run.int8_dir)
+    if fs.subwords:
+        raise ExportError(f"the student averages subword rows into each step (student.subwords = {fs.subwords}), "
+                          "which the TFLite / ONNX graphs do not model; export a student built with "
+                          "student.subwords = 0, or use the generated C")
     dataset = run.dataset
     if dataset.kind != fs.kind or qmodel.kind != fs.kind:
         raise ExportError(f"the task '{dataset.name}' ({dataset.kind}), the student ({fs.kind}) and the int8 model "

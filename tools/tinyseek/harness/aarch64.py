@@ -331,8 +331,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     model_dir, work = Path(args.model), Path(args.work)
     model = QuantModel.load(model_dir)
-    if model.kind != "text":
-        raise SystemExit("--model must be a text model (its run folder's task gives the test texts)")
+    if model.kind != "text" or model.subwords:
+        raise SystemExit("--model must be a text model without subwords (its run folder's task gives the test texts)")
     task = load(args.config).task
     tok = HashTokenizer(model.vocab_size, model.max_len)
     ids = [t for t in (tok.encode(x) for x in load_task(task).test.texts) if t][: args.samples]

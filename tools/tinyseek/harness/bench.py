@@ -95,15 +95,19 @@ def check_port(profile: BoardProfile, port: str | None) -> None:
                          "environment (e.g. nucleo_f446re)")
 
 
-def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: float) -> tuple[dict, str]:
+def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: float,
+          subwords: int = 0) -> tuple[dict, str]:
     """One input -> (result, how it was sent). A text the command line cannot carry (too long,
-    or with '%', CR or LF) is tokenized on the host by the same tokenizer and sent as ids."""
+    or with '%', CR or LF) is tokenized on the host by the same tokenizer and sent as ids (with
+    subwords, whole groups of subwords + 1 ids, 0 in unused slots, as the device's tokenizer
+    writes them)."""
     kind = info["kind"]
     if kind == "text" and isinstance(item, str):
         if len(item.encode()) <= info["line"] - 4 and not any(c in item for c in "%\r\n"):
             return dut.classify(item), "text"
         from ..student.tokenizer import HashTokenizer
-        item = HashTokenizer(info["vocab"], info["max_len"]).encode(item)
+        steps = HashTokenizer(info["vocab"], info["max_len"], subwords).encode_steps(item)
+        item = [i for step in steps for i in (*step, *[0] * (subwords + 1 - len(step)))]
         if not item:  # nothing but separators: the same as classifying an empty text
             return dut.classify(""), "text"
     data = (np.asarray(item, "<u2") if kind == "text" else np.asarray(item, np.int8)).tobytes()
@@ -122,8 +126,9 @@ def _latency(times: list[dict]) -> dict:
 def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: int = 1, warmups: int = 0,
                      port: str | None = None, project_dir: str | Path = PROJECT_DIR,
                      build_dir: str | Path | None = None, extra_flags: Sequence[str] = (),
-                     timeout: float = 60.0) -> dict:
+                     timeout: float = 60.0, subwords: int = 0) -> dict:
     """Build `lib_name` for `env`, run every input on the device, and report.
+    subwords: the model's student.subwords (how a text tokenized on the host is sent).
 
     inputs: texts (str, tokenized and classified on the device with `cls`) or token-id lists for
     text models;
@@ -155,7 +160,7 @@ def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float
         dut.sync()
         info, results, modes = dut.info(), [], []
         for item in inputs:
-            result, mode = _send(dut, item, info, runs, warmups, timeout)
+            result, mode = _send(dut, item, info, runs, warmups, timeout, subwords)
             results.append(result)
             modes.append(mode)
         device_mem = dut.mem()

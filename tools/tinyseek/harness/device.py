@@ -25,7 +25,8 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     test = take(test, stratified_first(test.y, n))
     run.log(f"[device] {env}: building and sending {n} samples"
             + (f" (of {len(run.dataset.test.y)}, stratified by class)" if n < len(run.dataset.test.y) else ""))
-    result = run_device_bench(env, run.lib_dir, int8_inputs(qm, test), port=port)
+    result = run_device_bench(env, run.lib_dir, int8_inputs(qm, test), port=port,
+                              subwords=getattr(qm, "subwords", 0))
     logits = np.asarray(result["logits"], dtype=np.int64)
     expected = oracle_logits(qm, test).astype(np.int64)
     mismatches = int(np.sum(np.any(logits != expected, axis=1)))

@@ -63,8 +63,8 @@ def oracle_logits(qmodel, split) -> np.ndarray:
     from ..quant.reference import infer_sequences, infer_tokens
     from ..student.tokenizer import HashTokenizer
     if qmodel.kind == "text":
-        tok = HashTokenizer(qmodel.vocab_size, qmodel.max_len)
-        return infer_tokens(qmodel, [tok.encode(t) for t in split.texts])
+        tok = HashTokenizer(qmodel.vocab_size, qmodel.max_len, qmodel.subwords)
+        return infer_tokens(qmodel, [tok.model_inputs(t) for t in split.texts])
     return infer_sequences(qmodel, int8_inputs(qmodel, split))
 
 

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file
 WEIGHTS_FILE = "student.safetensors"
 SPEC_FILE = "student.json"
 SPEC_KEYS = ("kind", "labels", "hidden", "layers", "embed_dim", "vocab_size", "max_len", "num_features")
+OPTIONAL_SPEC_KEYS = ("subwords",)  # absent = 0
 MAX_LAYERS = 2
 # Q3.12 gate pre-activations saturate at +-8 (docs/numerics.md).
 GATE_LIMIT = 8.0
@@ -111,6 +112,7 @@ class FloatStudent:
     max_len: int | None
     num_features: int | None
     tensors: dict[str, np.ndarray]  # the state-dict tensors the quantizer owns, float64
+    subwords: int = 0  # text: n-gram ids averaged into each step (tokenizer.py)
 
     @property
     def num_classes(self) -> int:
@@ -143,7 +145,8 @@ class FloatStudent:
                 raise QuantError(f"{where}: {what}")
 
         need(isinstance(spec, dict), "student.json must hold a JSON object")
-        missing, unknown = sorted(set(SPEC_KEYS) - spec.keys()), sorted(spec.keys() - set(SPEC_KEYS))
+        missing = sorted(set(SPEC_KEYS) - spec.keys())
+        unknown = sorted(spec.keys() - set(SPEC_KEYS) - set(OPTIONAL_SPEC_KEYS))
         need(not missing and not unknown, f"student.json has missing keys {missing} and unknown keys {unknown}; "
              f"the quantizer reads exactly {list(SPEC_KEYS)} (another architecture? re-run `tinyseek distill`)")
         kind, labels = spec["kind"], spec["labels"]
@@ -160,7 +163,11 @@ class FloatStudent:
             need(_is_positive_int(spec["vocab_size"]) and spec["vocab_size"] >= 2,
                  f"a text student needs vocab_size >= 2, not {spec['vocab_size']!r}")
             need(spec["max_len"] is not None, "a text student needs max_len (the tokenizer's truncation)")
-        else:
+        subwords = spec.get("subwords", 0)
+        need(isinstance(subwords, int) and not isinstance(subwords, bool) and 0 <= subwords <= 15,
+             f"student.json subwords must be an integer 0..15, not {subwords!r}")
+        need(kind == "text" or subwords == 0, "a sequence student has no subwords")
+        if kind != "text":
             need(_is_positive_int(spec["num_features"]),
                  f"a sequence student needs num_features >= 1, not {spec['num_features']!r}")
 
@@ -194,7 +201,7 @@ class FloatStudent:
             tensors[name] = t.astype(np.float64)
         return cls(kind=kind, labels=list(labels), hidden=H, num_layers=nl, embed_dim=E,
                    vocab_size=spec["vocab_size"], max_len=spec["max_len"], num_features=spec["num_features"],
-                   tensors=tensors)
+                   tensors=tensors, subwords=subwords)
 
     # -- parameters -------------------------------------------------------------------------
     def layers(self) -> list[LayerParams]:
@@ -219,9 +226,10 @@ class FloatStudent:
 
     # -- inputs -----------------------------------------------------------------------------
     def raw_inputs(self, inputs) -> tuple[np.ndarray, np.ndarray]:
-        """Validated inputs as a padded array and lengths: token ids int64 [N, T] (text) or
-        float64 features [N, T, F] (sequence). Text takes lists of token ids; sequence takes
-        float [N, T, F] or a list of [T_n, F] arrays."""
+        """Validated inputs as a padded array and lengths: token ids int64 [N, T] (text; id
+        groups [N, T, K] zero-padded when a sample's steps are groups) or float64 features
+        [N, T, F] (sequence). Text takes lists of token ids or of id groups (tuples); sequence
+        takes float [N, T, F] or a list of [T_n, F] arrays."""
         if self.kind == "text":
             if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f":
                 raise QuantError(f"a text student takes token-id lists, got a float array {inputs.shape}; "
@@ -231,7 +239,7 @@ class FloatStudent:
                 if isinstance(s, str):
                     raise QuantError(f"sample {n} is a string; a text student takes token-id lists "
                                      "(tokenize with HashTokenizer(vocab_size, max_len))")
-                row = np.asarray(s).reshape(-1)
+                row = _steps_array(s)
                 if row.size and row.dtype.kind not in "iu":
                     raise QuantError(f"sample {n}: token ids must be integers, got {row.dtype}")
                 bad = np.flatnonzero((row < 0) | (row >= self.vocab_size))
@@ -241,9 +249,14 @@ class FloatStudent:
                                      f"HashTokenizer(vocab_size={self.vocab_size}, max_len={self.max_len})")
                 rows.append(row.astype(np.int64))
             lengths = np.array([len(r) for r in rows], np.int64)
-            ids = np.zeros((len(rows), int(lengths.max()) if rows else 0), np.int64)
+            k = max((r.shape[1] for r in rows if r.ndim == 2), default=0)
+            ids = np.zeros((len(rows), int(lengths.max()) if rows else 0) + ((k,) if k else ()), np.int64)
             for n, r in enumerate(rows):
-                ids[n, :len(r)] = r
+                if k:
+                    r = r.reshape(len(r), -1) if len(r) else r.reshape(0, k)
+                    ids[n, :len(r), :r.shape[1]] = r
+                else:
+                    ids[n, :len(r)] = r
             return ids, lengths
         F = self.num_features
         if isinstance(inputs, np.ndarray):
@@ -273,7 +286,12 @@ class FloatStudent:
     def embed(self, raw: np.ndarray) -> np.ndarray:
         """The first LSTM layer's input as torch computes it: embedding lookup or proj Linear."""
         if self.kind == "text":
-            return self.tensors["embed.weight"][raw]
+            if raw.ndim == 2:
+                return self.tensors["embed.weight"][raw]
+            # id groups: the mean of the rows present (slot 0 always; 0 pads the rest), as torch.
+            used = raw != 0
+            used[..., 0] = True
+            return (self.tensors["embed.weight"][raw] * used[..., None]).sum(-2) / used.sum(-1, keepdims=True)
         return raw @ self.tensors["proj.weight"].T + self.tensors["proj.bias"]
 
     # -- running ----------------------------------------------------------------------------
@@ -297,8 +315,8 @@ class FloatStudent:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of texts with the student's own tokenizer (docs/numerics.md)."""
         from ..student.tokenizer import HashTokenizer
-        tok = HashTokenizer(self.vocab_size, self.max_len)
-        return [tok.encode(t) for t in texts]
+        tok = HashTokenizer(self.vocab_size, self.max_len, self.subwords)
+        return [tok.model_inputs(t) for t in texts]
 
     def calibrate(self, inputs) -> ActivationStats:
         """Run the inputs and record the ranges the quantizer needs (see ActivationStats)."""
@@ -318,6 +336,19 @@ class FloatStudent:
         logits = self.head_logits(run_lstm(self.layers(), xs, lengths, stats))
         stats.logits_max_abs = float(np.abs(logits).max())
         return stats
+
+
+def _steps_array(sample) -> np.ndarray:
+    """One sample's steps: ids -> int [T]; id groups (tuples, lengths may differ) -> int [T, K]
+    zero-padded."""
+    steps = list(sample) if not isinstance(sample, np.ndarray) else sample
+    if isinstance(steps, np.ndarray) or not any(isinstance(g, (tuple, list, np.ndarray)) for g in steps):
+        return np.asarray(steps).reshape(-1) if len(steps) else np.zeros(0, np.int64)
+    groups = [np.asarray(g).reshape(-1) for g in steps]
+    out = np.zeros((len(groups), max(len(g) for g in groups)), np.result_type(*groups))
+    for t, g in enumerate(groups):
+        out[t, :len(g)] = g
+    return out
 
 
 def _architecture_hint(extra: list[str]) -> str:

@@ -60,6 +60,7 @@ class QuantModel:
     vocab_size: int | None = None
     max_len: int | None = None  # tokenizer truncation / longest sequence the host sends
     meta: dict = field(default_factory=dict)  # provenance (source hash, calibration), JSON-safe
+    subwords: int = 0  # text: n-gram ids per step averaged with the word's (docs/numerics.md, "Subwords")
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -76,6 +77,8 @@ class QuantModel:
         if self.kind == "text":
             ops.append({"op": "embedding", "vocab": self.vocab_size, "dim": self.input_size,
                         "params": ["embedding"]})
+            if self.subwords:  # absent when 0: models without subwords keep their hash
+                ops[-1]["subwords"] = self.subwords
         else:
             ops.append({"op": "input", "features": self.num_features})
         for i, layer in enumerate(self.layers):
@@ -163,6 +166,7 @@ class QuantModel:
                 sigmoid_table=arr["sigmoid_table"], tanh_table=arr["tanh_table"],
                 embedding=arr.get("embedding"), num_features=hdr["num_features"],
                 vocab_size=hdr["vocab_size"], max_len=hdr["max_len"], meta=hdr.get("meta", {}),
+                subwords=next((op.get("subwords", 0) for op in hdr["ops"] if op["op"] == "embedding"), 0),
             )
         except KeyError as e:
             raise ModelFileError(f"{folder}: missing entry {e}; the int8 model is incomplete, re-run `tinyseek quantize`") from e
@@ -183,7 +187,9 @@ class QuantModel:
             need(self.vocab_size == self.embedding.shape[0], "vocab_size differs from the embedding rows")
             need(self.max_len is not None and self.max_len >= 1, "text model needs max_len >= 1")
             need(self.embedding.shape[1] == self.layers[0].input_size, "embedding width differs from the LSTM input")
+            need(isinstance(self.subwords, int) and 0 <= self.subwords <= 15, "subwords must be 0..15")
         else:
+            need(self.subwords == 0, "a sequence model has no subwords")
             need(self.num_features == self.layers[0].input_size, "num_features differs from the LSTM input")
         prev = self.layers[0].input_size
         for i, L in enumerate(self.layers):

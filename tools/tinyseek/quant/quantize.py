@@ -145,7 +145,7 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
         layers=layers, head=HeadQ(w=w_o, bias=b_o, m=m_o, n=n_o), sigmoid_table=sig, tanh_table=tanh,
         embedding=embedding, num_features=fs.num_features if fs.kind == "sequence" else None,
         vocab_size=fs.vocab_size if fs.kind == "text" else None,
-        max_len=fs.max_len if fs.max_len is not None else max(stats.max_steps, 1),
+        max_len=fs.max_len if fs.max_len is not None else max(stats.max_steps, 1), subwords=fs.subwords,
         meta=_meta(meta, stats, source, fs, layers),
     )
     check_model(model)

@@ -208,13 +208,12 @@ class Int8Runtime:
         self._state = _State(self.model, 1)
 
     def step(self, x) -> None:
-        """Advance by one input: a token id (text) or an int8 feature vector [F] (sequence)."""
+        """Advance by one input: a token id or an id group (text) or an int8 feature vector [F]
+        (sequence)."""
         m = self.model
         if m.kind == "text":
-            tok = int(x)
-            if not 0 <= tok < m.vocab_size:
-                raise InputError(f"token id {tok} is outside the vocabulary 0..{m.vocab_size - 1}")
-            v = m.embedding[tok][None, :]
+            v, _ = _token_batch(m, [[x]])
+            v = v[:, 0]
         else:
             v = np.asarray(x)
             if v.dtype != np.int8 or v.shape != (m.num_features,):
@@ -235,20 +234,46 @@ class Int8Runtime:
 
 # -- batch inference ------------------------------------------------------------------------
 
-def _token_batch(model: QuantModel, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def mean_rows(rows) -> np.ndarray:
+    """The int8 step input of an id group (docs/numerics.md, "Subwords"): the embedding rows
+    [..., K, E] of its K ids summed to S and divided by K rounding half up, floor((2S + K) / 2K).
+    A group of one id is its row unchanged."""
+    rows = np.asarray(rows, dtype=np.int64)
+    k = rows.shape[-2]
+    return (2 * rows.sum(axis=-2) + k) // (2 * k)
+
+
+def _token_batch(model: QuantModel, ids: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 inputs [N, T, E] of samples whose steps are token ids or id groups (tuples of
+    ids: their rows' mean, see mean_rows)."""
     if model.kind != "text":
         raise InputError(f"model '{model.name}' is a sequence model: use infer_sequences")
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
     T = int(lengths.max()) if len(ids) else 0
-    padded = np.zeros((len(ids), T), dtype=np.int64)
+    table = model.embedding.astype(np.int64)
+    if not any(isinstance(g, (tuple, list, np.ndarray)) for s in ids for g in s):  # plain ids: one row each
+        padded = np.zeros((len(ids), T), dtype=np.int64)
+        for n, s in enumerate(ids):
+            row = np.asarray(s, dtype=np.int64).reshape(-1)
+            bad = np.flatnonzero((row < 0) | (row >= model.vocab_size))
+            if bad.size:
+                raise InputError(f"sample {n}: token id {int(row[bad[0]])} at position {int(bad[0])} is outside "
+                                 f"the vocabulary 0..{model.vocab_size - 1}")
+            padded[n, :len(row)] = row
+        return table[padded], lengths
+    out = np.zeros((len(ids), T, model.input_size), dtype=np.int64)
     for n, s in enumerate(ids):
-        row = np.asarray(s, dtype=np.int64).reshape(-1)
-        bad = np.flatnonzero((row < 0) | (row >= model.vocab_size))
-        if bad.size:
-            raise InputError(f"sample {n}: token id {int(row[bad[0]])} at position {int(bad[0])} is outside "
-                             f"the vocabulary 0..{model.vocab_size - 1}")
-        padded[n, :len(row)] = row
-    return model.embedding.astype(np.int64)[padded], lengths
+        if not any(isinstance(g, (tuple, list, np.ndarray)) for g in s):
+            s = [(g,) for g in np.asarray(s, dtype=np.int64).reshape(-1).tolist()]
+        for t, group in enumerate(s):
+            row = np.asarray(group, dtype=np.int64).reshape(-1)
+            bad = np.flatnonzero((row < 0) | (row >= model.vocab_size))
+            if bad.size or not row.size:
+                what = f"token id {int(row[bad[0]])}" if bad.size else "an empty id group"
+                raise InputError(f"sample {n}: {what} at position {t} is outside the vocabulary "
+                                 f"0..{model.vocab_size - 1}")
+            out[n, t] = mean_rows(table[row])
+    return out, lengths
 
 
 def _sequence_batch(model: QuantModel, x) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .tokenizer import HashTokenizer
+from .tokenizer import MAX_SUBWORDS, HashTokenizer
 
 WEIGHTS_FILE = "student.safetensors"
 SPEC_FILE = "student.json"
@@ -45,6 +45,9 @@ class StudentSpec:
     vocab_size: int | None = None
     max_len: int | None = None
     num_features: int | None = None
+    # Text: hashed n-gram ids averaged into each step's embedding (tokenizer.py; 0 = off). Left
+    # out of student.json when 0, so students without it read and write as before.
+    subwords: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -72,12 +75,18 @@ class StudentSpec:
                  f"a text student needs vocab_size >= 2, not {self.vocab_size!r}")
             need(self.max_len is not None, "a text student needs max_len (the tokenizer's truncation)")
             need(self.num_features is None, "a text student has no num_features (set it to null)")
+            need(isinstance(self.subwords, int) and not isinstance(self.subwords, bool)
+                 and 0 <= self.subwords <= MAX_SUBWORDS, f"subwords must be 0..{MAX_SUBWORDS}, not {self.subwords!r}")
         else:
             need(positive(self.num_features), f"a sequence student needs num_features >= 1, not {self.num_features!r}")
             need(self.vocab_size is None, "a sequence student has no vocab_size (set it to null)")
+            need(self.subwords == 0, "a sequence student has no subwords (leave it out)")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        data = asdict(self)
+        if not self.subwords:
+            del data["subwords"]
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "StudentSpec":
@@ -88,7 +97,7 @@ class StudentSpec:
         if not isinstance(data, dict):
             raise StudentError("student spec must be a JSON object")
         known = {f.name for f in fields(cls)}
-        missing = sorted(known - data.keys())
+        missing = sorted(known - data.keys() - {"subwords"})
         unknown = sorted(data.keys() - known)
         if missing or unknown:
             raise StudentError(f"student spec: missing keys {missing}, unknown keys {unknown}; "
@@ -132,12 +141,22 @@ class TinyLSTM(nn.Module):
 
     # -- batched ------------------------------------------------------------------------
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x) if self.spec.kind == "text" else self.proj(x)
+        if self.spec.kind != "text":
+            return self.proj(x)
+        if x.dim() == 1 or not self.spec.subwords:
+            return self.embed(x)
+        # id groups [..., K]: the mean of the rows of the ids present (slot 0 always, 0 = padding
+        # elsewhere), as the integer spec computes it (docs/numerics.md, "Subwords").
+        used = x != 0
+        used[..., 0] = True
+        e = self.embed(x) * used.unsqueeze(-1)
+        return e.sum(-2) / used.sum(-1, keepdim=True)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Top-layer hidden state at each sample's last real step, [N, H]; zeros for length 0.
 
-        x: token ids [N, T] (text) or features [N, T, F] (sequence); lengths [N] (None: all T).
+        x: token ids [N, T] (text; [N, T, 1 + subwords] id groups with subwords) or features
+        [N, T, F] (sequence); lengths [N] (None: all T).
         An LSTM output at step t depends only on steps <= t, so reading it at length-1 of a
         padded batch is exact.
         """
@@ -193,12 +212,14 @@ class TinyLSTM(nn.Module):
 
     @torch.no_grad()
     def step(self, x_t) -> None:
-        """Advance every layer by one input: a token id (int or LongTensor [B]) for text
-        models, a feature vector ([F] or [B, F]) for sequence models."""
+        """Advance every layer by one input: a token id (int or LongTensor [B]; with subwords
+        an id group [K] or [B, K]) for text models, a feature vector ([F] or [B, F]) for
+        sequence models."""
         if self._state is None:
             self.reset_state()
         if self.spec.kind == "text":
-            x_t = torch.as_tensor(x_t, dtype=torch.long).reshape(-1)
+            x_t = torch.as_tensor(x_t, dtype=torch.long)
+            x_t = x_t.reshape(-1) if not self.spec.subwords else x_t.reshape(-1, x_t.shape[-1] if x_t.dim() else 1)
         else:
             x_t = torch.as_tensor(x_t, dtype=torch.float32)
             x_t = x_t.reshape(1, -1) if x_t.dim() == 1 else x_t
@@ -218,14 +239,20 @@ class TinyLSTM(nn.Module):
 # -- inputs -------------------------------------------------------------------------------
 
 def encode_texts(texts: list[str], spec: StudentSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [N, max_len] (zero-padded) and lengths [N] with the student's tokenizer."""
-    tok = HashTokenizer(spec.vocab_size, spec.max_len)
-    ids = torch.zeros(len(texts), spec.max_len, dtype=torch.long)
+    """Token ids [N, max_len] (zero-padded; with subwords id groups [N, max_len, 1 + subwords])
+    and lengths [N] with the student's tokenizer."""
+    tok = HashTokenizer(spec.vocab_size, spec.max_len, spec.subwords)
+    shape = (len(texts), spec.max_len) + ((1 + spec.subwords,) if spec.subwords else ())
+    ids = torch.zeros(shape, dtype=torch.long)
     lengths = torch.zeros(len(texts), dtype=torch.long)
     for i, text in enumerate(texts):
-        row = tok.encode(text)
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        lengths[i] = len(row)
+        steps = tok.encode_steps(text)
+        for t, group in enumerate(steps):
+            if spec.subwords:
+                ids[i, t, : len(group)] = torch.tensor(group, dtype=torch.long)
+            else:
+                ids[i, t] = group[0]
+        lengths[i] = len(steps)
     return ids, lengths
 
 

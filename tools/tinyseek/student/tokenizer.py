@@ -72,37 +72,71 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
+MAX_SUBWORDS = 15
+
+
 @dataclass(frozen=True)
 class HashTokenizer:
+    """`subwords` > 0 adds hashed n-grams to every step (docs/numerics.md, "Subwords"): a word's
+    step is the group (word id, up to `subwords` ids of its boundary-marked character trigrams),
+    a single character's step (its id, the id of the bigram with the single character before it).
+    `encode` gives the steps' first ids, `encode_steps` the whole groups."""
     vocab_size: int
     max_len: int
+    subwords: int = 0
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2 (got {self.vocab_size})")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1 (got {self.max_len})")
+        if not 0 <= self.subwords <= MAX_SUBWORDS:
+            raise ValueError(f"subwords must be 0..{MAX_SUBWORDS} (got {self.subwords})")
 
     def _token_id(self, token: bytes) -> int:
         if token.isdigit():
             token = b"#"
         return 1 + fnv1a(token) % (self.vocab_size - 1)
 
-    def encode(self, text: str | bytes) -> list[int]:
+    def _word_step(self, word: bytes) -> tuple[int, ...]:
+        if word.isdigit() or not self.subwords:
+            return (self._token_id(word),)
+        marked = b"<" + word + b">"
+        grams = [marked[k:k + 3] for k in range(len(marked) - 2)][: self.subwords]
+        return (self._token_id(word), *(1 + fnv1a(g) % (self.vocab_size - 1) for g in grams))
+
+    def encode_steps(self, text: str | bytes) -> list[tuple[int, ...]]:
+        """The id group of every step (one id each when subwords is 0)."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        ids: list[int] = []
+        steps: list[tuple[int, ...]] = []
         word = bytearray()
+        prev_single = -1  # the code point just before, when it was a single character
         for cp in decode_utf8(data):
-            if len(ids) >= self.max_len:
+            if len(steps) >= self.max_len:
                 break
             if 0 <= cp < 0x80 and not _is_separator(cp):
                 word.append(ord(chr(cp).lower()))
+                prev_single = -1
                 continue
             if word:
-                ids.append(self._token_id(bytes(word)))
+                steps.append(self._word_step(bytes(word)))
                 word.clear()
-            if not _is_separator(cp) and len(ids) < self.max_len:
-                ids.append(self._token_id(utf8_bytes(cp)))
-        if word and len(ids) < self.max_len:
-            ids.append(self._token_id(bytes(word)))
-        return ids[: self.max_len]
+            if not _is_separator(cp) and len(steps) < self.max_len:
+                step = (self._token_id(utf8_bytes(cp)),)
+                if self.subwords and prev_single >= 0:
+                    step += (1 + fnv1a(utf8_bytes(prev_single) + utf8_bytes(cp)) % (self.vocab_size - 1),)
+                steps.append(step)
+                prev_single = cp
+            else:
+                prev_single = -1
+        if word and len(steps) < self.max_len:
+            steps.append(self._word_step(bytes(word)))
+        return steps[: self.max_len]
+
+    def encode(self, text: str | bytes) -> list[int]:
+        """The first id of every step: the whole-word / character ids."""
+        return [step[0] for step in self.encode_steps(text)]
+
+    def model_inputs(self, text: str | bytes) -> list[int] | list[tuple[int, ...]]:
+        """What the model steps on: ids (subwords 0), else id groups."""
+        return self.encode_steps(text) if self.subwords else self.encode(text)
