@@ -148,13 +148,13 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
     memory = memory_report(elf, name, elf.with_name("firmware.map"))
     if profile.emulated:
         with QemuProcess(elf, profile.machine()) as qemu:
-            session = _session(qemu.url, inputs, runs, warmups, timeout)
+            session = _session(qemu.url, inputs, runs, warmups, timeout, subwords)
     else:
-        session = _session(port, inputs, runs, warmups, timeout)
+        session = _session(port, inputs, runs, warmups, timeout, subwords)
     return _report(profile, elf, memory, session, runs, warmups)
 
 
-def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float) -> dict:
+def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float, subwords: int) -> dict:
     with SerialLink(url) as link:
         dut = DutClient(link, timeout=timeout)
         dut.sync()
