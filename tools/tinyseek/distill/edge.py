@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -185,7 +186,8 @@ def _fit(model, params, ids, mask, y, teacher_logits, val, cfg, epochs: int, lr:
     total = max(1, epochs * batches)
     sched = _cosine(opt, total, max(1, total // 20))
     history, best, best_acc = [], None, -1.0
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    # A bar only on a terminal; in a log file one line per epoch instead.
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress or not sys.stderr.isatty(), leave=False)
     for epoch in range(1, epochs + 1):
         model.train()
         sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "attention": 0.0}
@@ -219,6 +221,9 @@ def _fit(model, params, ids, mask, y, teacher_logits, val, cfg, epochs: int, lr:
         if acc > best_acc:
             best_acc, best = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{sums['loss']:.3f}", val=f"{row.get('val_accuracy', float('nan')):.3f}")
+        if progress and bar.disable:
+            print(f"[{desc}] epoch {epoch}/{epochs}: loss {sums['loss']:.4f}, val accuracy "
+                  f"{row.get('val_accuracy', float('nan')):.4f}", flush=True)
     bar.close()
     model.load_state_dict(best)
     model.eval()
