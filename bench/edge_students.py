@@ -98,15 +98,17 @@ def markdown(rows: list[dict], command: str, env: dict) -> str:
              f"median and 90th percentile over {rows[0]['latency']['samples']} test samples spread over the split "
              f"(load average {env['load']} on the shared 2-core machine while measuring). Accuracy on the "
              f"{rows[0]['onnx_check']['samples']}-sample test split, in onnxruntime; onnxruntime and torch agree "
-             "on every prediction of every model.", "",
-             "| student | test accuracy | parameters | ONNX bytes | onnxruntime ms / sample (median, p90) | max logit diff vs torch | trained in |",
-             "|---|---|---|---|---|---|---|"]
+             "on every prediction of every model. Each student keeps its epoch of best accuracy on the "
+             "validation split (held out by template like the test); the test is read once.", "",
+             "| student | validation accuracy (best epoch's) | test accuracy | parameters | ONNX bytes | onnxruntime ms / sample (median, p90) | max logit diff vs torch | trained in |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = f"{r['accuracy']:.4f}"
         if "int8_accuracy" in r:
             acc += f" (int8 {r['int8_accuracy']:.4f})"
         trained = f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "`tinyseek distill`"
-        lines.append(f"| {r['name']} | {acc} | {r['params']:,} | {r['onnx_bytes']:,} | "
+        val = f"{r['best_val_accuracy']:.4f}" if "best_val_accuracy" in r else "(its own run's, report.md)"
+        lines.append(f"| {r['name']} | {val} | {acc} | {r['params']:,} | {r['onnx_bytes']:,} | "
                      f"{r['latency']['median_ms']:.3f}, {r['latency']['p90_ms']:.3f} | "
                      f"{r['onnx_check']['max_abs_diff']:.1e} | {trained} |")
     lines += ["", f"Teacher (tiny DeepSeek-V3, 4 layers, adapted) test accuracy {rows[0]['teacher_accuracy']:.4f}. "
