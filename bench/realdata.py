@@ -240,8 +240,8 @@ def dataset_text(tag: str, fmt: str, rows: list[dict]) -> str:
     if fmt == "hwu64":
         what = ("HWU64's crowd-sourced home-assistant commands (Liu et al., 2019, github.com/xliuhw/"
                 "NLU-Evaluation-Data), fold 1 of the authors' 10-fold split (CrossValidation/"
-                "autoGeneFromRealAnno/.../KFold_1: trainset/*.csv, testset/csv/*.csv), normalised text; "
-                "validation is a seeded tenth of each intent's train set")
+                "autoGeneFromRealAnno/.../KFold_1: trainset/*.csv, testset/csv/*.csv; validation: a seeded "
+                "tenth of each intent's train set), annotators' normalised text, accuracy")
         scope = (f"the {domain!r} scenario's {classes} intents (no published figures for one scenario)" if domain
                  else f"all {classes} intents ({PUBLISHED_HWU64})")
     else:
