@@ -254,7 +254,9 @@ def dataset_text(tag: str, fmt: str, rows: list[dict]) -> str:
         "the built-in one trained from scratch (rows ending in scratch)" if r["teacher"] == "scratch"
         else f"{Path(r['teacher']).name} adapted with LoRA" for r in rows))
     commands = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
-    return (f"### {tag} ({commands})\n\n{what}, {scope}. Teacher: {teachers}.\n\n{table(rows)}\n")
+    n = rows[0]["test_samples"]
+    return (f"### {tag} ({commands})\n\n{what}, {scope}. Teacher: {teachers}. {n:,} test examples: one "
+            f"is {100 / n:.2f} points.\n\n{table(rows)}\n")
 
 
 def section(results: dict) -> str:
