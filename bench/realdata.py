@@ -1,9 +1,12 @@
 """Real user utterances: a public intent benchmark read from a path you give, through the whole
 pipeline, with full data and few labelled examples per class, written to
-bench/results/realdata.json and the "Real utterances" section of bench/RESULTS.md.
+bench/results/realdata.json (rows per dataset) and the "Real utterances" section of bench/RESULTS.md.
 
     # CLINC150 (github.com/clinc/oos-eval, data/data_full.json; the project ships no third-party data)
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home
+    # HWU64 (github.com/xliuhw/NLU-Evaluation-Data): the folder of fold 1 of its 10-fold split,
+    # CrossValidation/autoGeneFromRealAnno/autoGene_2018_03_22-13_01_25_169/CrossValidation/KFold_1
+    .venv/bin/python bench/realdata.py --dataset PATH/KFold_1 --domain iot --shots 0 30
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --shots 10 30 0   # all 150 intents
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
         --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0   # a pretrained LM
@@ -16,10 +19,14 @@ DeepSeek-V3 trained from scratch on the task ("scratch"), or a pretrained LM (--
 Hugging Face folder or .gguf file, adapted with LoRA). Every run also trains the same student on
 the hard labels alone (distill.hard_label_baseline), so the table shows what the teacher adds.
 Out-of-scope utterances are left out: the figures are in-scope accuracy, as the published ones.
+HWU64's fold has a train and a test set only: a seeded tenth of every intent's train set (at
+least one example) is held out as the validation split; labels are scenario_intent (iot_coffee),
+texts the annotators' normalised text (answer_from_anno) and --domain is a scenario (iot).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import re
@@ -41,6 +48,11 @@ HEADING = "## Real utterances"
 # models also learned an out-of-scope class; "Small", 50 per intent: BERT 96.4, MLP 91.5).
 PUBLISHED = {"clinc150": [("BERT", 0.969), ("MLP", 0.935), ("DialogFlow", 0.917), ("SVM", 0.910),
                           ("FastText", 0.890)]}
+HWU64_VAL_FRACTION = 0.1
+# HWU64, all 64 intents: Liu et al. (2019) report F1 per commercial service over the 10 folds and
+# Casanueva et al. (2020) accuracy on another split (DialoGLUE's); neither figure is quoted yet.
+PUBLISHED_HWU64 = ("published figures are F1 per service over all 10 folds (Liu et al., 2019) or accuracy "
+                   "on another split (Casanueva et al., 2020); none is quoted here")
 
 
 def read_clinc(path: Path, domain: str | None) -> dict[str, list[tuple[str, str]]]:
@@ -60,6 +72,49 @@ def read_clinc(path: Path, domain: str | None) -> dict[str, list[tuple[str, str]
             sys.exit(f"unknown domain {domain!r}; CLINC150's domains: {', '.join(domains)}")
         keep = set(domains[domain])
     return {k: [(t, y) for t, y in data[k] if keep is None or y in keep] for k in ("train", "val", "test")}
+
+
+def read_hwu64(folder: Path, domain: str | None, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """HWU64's fold folder (trainset/*.csv, testset/csv/*.csv: ';'-separated, one file per intent)
+    as train / val / test (text, scenario_intent) pairs; val is a seeded tenth of each intent's
+    train rows. With `domain`, only that scenario's intents."""
+    def rows(sub: Path) -> list[tuple[str, str, str]]:
+        files = sorted(sub.glob("*.csv"))
+        if not files:
+            sys.exit(f"{sub}: no .csv files; give HWU64's CrossValidation/.../KFold_N folder "
+                     "(with trainset/ and testset/csv/)")
+        out = []
+        for f in files:
+            with f.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh, delimiter=";")
+                need = {"scenario", "intent", "answer_from_anno"} - set(reader.fieldnames or [])
+                if need:
+                    sys.exit(f"{f}: no column {', '.join(sorted(need))}; not an HWU64 csv file")
+                out += [(r["answer_from_anno"].strip(), f"{r['scenario']}_{r['intent']}", r["scenario"])
+                        for r in reader if r["answer_from_anno"].strip()]
+        return out
+    train_all, test = rows(folder / "trainset"), rows(folder / "testset" / "csv")
+    scenarios = sorted({s for _, _, s in train_all})
+    if domain and domain not in scenarios:
+        sys.exit(f"unknown domain {domain!r}; HWU64's scenarios: {', '.join(scenarios)}")
+    pick = lambda rs: [(t, y) for t, y, s in rs if not domain or s == domain]  # noqa: E731
+    train_all = pick(train_all)
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, (_, y) in enumerate(train_all):
+        by[y].append(i)
+    rng = random.Random(f"hwu64-val:{seed}")
+    held = {i for idx in by.values() for i in rng.sample(idx, max(1, round(HWU64_VAL_FRACTION * len(idx))))}
+    return {"train": [r for i, r in enumerate(train_all) if i not in held],
+            "val": [r for i, r in enumerate(train_all) if i in held], "test": pick(test)}
+
+
+def read_dataset(path: Path, fmt: str, domain: str | None) -> tuple[str, dict]:
+    """(format, splits): a .json file is CLINC150, a folder HWU64 (or as --format says)."""
+    if not path.exists():
+        sys.exit(f"{path}: no such file or folder; give CLINC150's data_full.json or HWU64's KFold_N folder")
+    if fmt == "auto":
+        fmt = "hwu64" if path.is_dir() else "clinc150"
+    return fmt, (read_hwu64(path, domain) if fmt == "hwu64" else read_clinc(path, domain))
 
 
 def per_class(rows: list[tuple[str, str]], k: int, seed: int) -> list[tuple[str, str]]:
@@ -87,7 +142,7 @@ def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, s
     overrides = {
         # Every setting has its own library folder, so one C name fits all (a run name may be longer).
         "run": name, "models_dir": str(work / "models"), "codegen.out_dir": str(work / "lib" / name),
-        "codegen.name": "clinc_intents",
+        "codegen.name": name.split("_")[0] + "_intents",
         "task.kind": "jsonl", "task.train": write_jsonl(folder / "train.jsonl", train),
         "task.val": write_jsonl(folder / "val.jsonl", val),
         "task.test": write_jsonl(folder / "test.jsonl", splits["test"]),
@@ -126,8 +181,11 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, help="CLINC150's data_full.json")
-    ap.add_argument("--domain", help="one CLINC150 domain only (e.g. home: smart home, music, lists)")
+    ap.add_argument("--dataset", required=True, help="CLINC150's data_full.json or HWU64's KFold_N folder")
+    ap.add_argument("--format", choices=["auto", "clinc150", "hwu64"], default="auto",
+                    help="auto: a folder is HWU64, a file CLINC150")
+    ap.add_argument("--domain", help="one domain only: a CLINC150 domain (home: smart home, music, lists) "
+                    "or an HWU64 scenario (iot: lights, plugs, coffee, cleaning)")
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 30, 10],
                     help="labelled examples per class (0: the whole train split)")
     ap.add_argument("--teacher", default="scratch", help="scratch (the built-in teacher) or a folder / .gguf file")
@@ -139,42 +197,75 @@ def main() -> None:
     ap.add_argument("--no-md", action="store_true", help="do not update bench/RESULTS.md")
     args = ap.parse_args()
     settings = parse_overrides(args.settings)
-    splits = read_clinc(Path(args.dataset), args.domain)
-    tag = f"clinc150{'_' + args.domain if args.domain else ''}"
+    fmt, splits = read_dataset(Path(args.dataset), args.format, args.domain)
+    tag = f"{fmt}{'_' + args.domain if args.domain else ''}"
     teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(args.teacher).stem)
-    rows = []
-    for k in args.shots:
-        name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
-        rows.append(run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings))
-        print(json.dumps(rows[-1]), flush=True)
     command = "python bench/realdata.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Settings measured earlier on the same data and not measured again stay (each row has its command).
-    for row in rows:
+    for k in args.shots:
+        name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
+        row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings)
         row["command"] = command
-    old = json.loads(out.read_text()) if out.is_file() else {}
-    if old.get("dataset") == tag:
-        done = {r["setting"] for r in rows}
-        rows = [r for r in old["rows"] if r["setting"] not in done] + rows
-        rows.sort(key=lambda r: (r["teacher"], -(r["shots"] or 10**9)))
-    out.write_text(json.dumps({"dataset": tag, "rows": rows}, indent=2) + "\n")
-    md = table(rows)
-    print(md)
+        print(json.dumps(row), flush=True)
+        # Saved after every setting, so a long invocation cut short keeps what it measured.
+        results = save_row(out, tag, fmt, row)
+    print(table(results[tag]["rows"]))
     if not args.no_md:
+        replace_section(HEADING, section(results))
+
+
+def load_results(out: Path) -> dict:
+    """{dataset tag: {"format", "rows"}}; the older one-dataset file ({"dataset", "rows"}) is read too."""
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    if "dataset" in old:
+        return {old["dataset"]: {"format": old["dataset"].split("_")[0], "rows": old["rows"]}}
+    return old.get("datasets", {})
+
+
+def save_row(out: Path, tag: str, fmt: str, row: dict) -> dict:
+    """Put `row` among the dataset's rows (replacing the same setting measured earlier); settings
+    and datasets not measured again stay, each row with its command."""
+    results = load_results(out)
+    entry = results.setdefault(tag, {"format": fmt, "rows": []})
+    entry["rows"] = [r for r in entry["rows"] if r["setting"] != row["setting"]] + [row]
+    entry["rows"].sort(key=lambda r: (r["teacher"], -(r["shots"] or 10**9)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"datasets": dict(sorted(results.items()))}, indent=2) + "\n")
+    return results
+
+
+def dataset_text(tag: str, fmt: str, rows: list[dict]) -> str:
+    domain = tag[len(fmt) + 1:] or None
+    classes = rows[0]["classes"]
+    if fmt == "hwu64":
+        what = ("HWU64's crowd-sourced home-assistant commands (Liu et al., 2019, github.com/xliuhw/"
+                "NLU-Evaluation-Data), fold 1 of the authors' 10-fold split (CrossValidation/"
+                "autoGeneFromRealAnno/.../KFold_1: trainset/*.csv, testset/csv/*.csv; validation: a seeded "
+                "tenth of each intent's train set), annotators' normalised text, accuracy")
+        scope = (f"the {domain!r} scenario's {classes} intents (no published figures for one scenario)" if domain
+                 else f"all {classes} intents ({PUBLISHED_HWU64})")
+    else:
+        what = "CLINC150's crowd-sourced commands, official train / validation / test split, in-scope accuracy"
         published = "; ".join(f"{n} {a:.1%}" for n, a in PUBLISHED["clinc150"])
-        scope = (f"the {args.domain!r} domain's {rows[0]['classes']} intents (no published figures for one domain)"
-                 if args.domain else f"all {rows[0]['classes']} intents; published in-scope accuracy on the same "
-                 f"split (Larson et al., 2019): {published}")
-        teachers = ", ".join(dict.fromkeys(
-            "the built-in one trained from scratch (rows ending in scratch)" if r["teacher"] == "scratch"
-            else f"{Path(r['teacher']).name} adapted with LoRA" for r in rows))
-        commands = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
-        replace_section(HEADING, f"{HEADING} ({commands})\n\nCLINC150's crowd-sourced commands, official train / "
-                        f"validation / test split, in-scope accuracy, {scope}. Settings were chosen on validation; "
-                        f"the test is read once. Teacher: {teachers}; the student is the default TinyLSTM "
-                        f"(int8, bit-exact on the host in every row). Wall time on this machine (2 cores, shared).\n\n"
-                        f"{md}\n")
+        scope = (f"the {domain!r} domain's {classes} intents (no published figures for one domain)" if domain
+                 else f"all {classes} intents; published in-scope accuracy on the same split "
+                 f"(Larson et al., 2019): {published}")
+    teachers = ", ".join(dict.fromkeys(
+        "the built-in one trained from scratch (rows ending in scratch)" if r["teacher"] == "scratch"
+        else f"{Path(r['teacher']).name} adapted with LoRA" for r in rows))
+    commands = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
+    n = rows[0]["test_samples"]
+    return (f"### {tag} ({commands})\n\n{what}, {scope}. Teacher: {teachers}. {n:,} test examples: one "
+            f"is {100 / n:.2f} points.\n\n{table(rows)}\n")
+
+
+def section(results: dict) -> str:
+    parts = [dataset_text(tag, e["format"], e["rows"]) for tag, e in sorted(results.items())]
+    return (f"{HEADING}\n\nPublic intent benchmarks of real user utterances through the whole pipeline "
+            "(bench/realdata.py; rows per dataset in bench/results/realdata.json). Accuracy on each "
+            "benchmark's test split; settings were chosen on validation, the test is read once. The "
+            "student is the default TinyLSTM (int8, bit-exact on the host in every row). Wall time on "
+            "this machine (2 cores, shared).\n\n" + "\n".join(parts))
 
 
 if __name__ == "__main__":
