@@ -54,7 +54,7 @@ def test_build_end_to_end_then_skip_unchanged_stages(tmp_path, capsys):
         assert f"[{stage}] inputs unchanged, skipped" in out
 
     # A student setting changes: the teacher stays, everything from distill on runs again.
-    assert main(["build", *_args(tmp_path, {"distill.epochs": 1})]) == 0
+    assert main(["build", *_args(tmp_path, {"distill.lr": 1e-2})]) == 0
     out = capsys.readouterr().out
     assert "[teacher] inputs unchanged, skipped" in out
     assert "[distill] running" in out and "[quantize] running" in out
