@@ -219,6 +219,28 @@ INTENTS_INLINE void intents_dot4_64(const int8_t **wp, const intents_vec_64 *v, 
 }
 
 #if defined(INTENTS_KERNEL_NEON_DOT)
+/* The bytes of **wp in the four int32 lanes, zero-extended (TBL: index 128 gives 0); *wp moves
+ * on by one word (in assembly: gcc makes LDR + DUP + address arithmetic of a lane load). */
+INTENTS_INLINE int32x4_t intents_spread4(const uint32_t **wp)
+{
+    static const uint8_t spread[16] = {0, 128, 128, 128, 1, 128, 128, 128, 2, 128, 128, 128, 3, 128, 128, 128};
+    uint8x16_t b;
+    __asm__("ldr %s0, [%1], #4" : "=w"(b), "+r"(*wp) : "m"(**wp));
+    return vreinterpretq_s32_u8(vqtbl1q_u8(b, vld1q_u8(spread)));
+}
+
+/* Layer 0, W_x: 32 - n of the "pre" form, a unit's four rows per word (row 0 in the low byte). */
+static const uint32_t intents_l0_x_shl[64] = {
+    0x01010102u, 0x01000101u, 0x00010101u, 0x01000001u, 0x01010101u, 0x01010102u, 0x01010102u, 0x01010101u,
+    0x00010101u, 0x01000101u, 0x01010101u, 0x01010101u, 0x01010102u, 0x01010101u, 0x01010101u, 0x01010101u,
+    0x01010101u, 0x01010101u, 0x00010100u, 0x00010101u, 0x00010101u, 0x00000101u, 0x01000102u, 0x01010101u,
+    0x01010101u, 0x00010101u, 0x01010101u, 0x01010101u, 0x00010101u, 0x00010101u, 0x01000102u, 0x01010101u,
+    0x01010101u, 0x00010101u, 0x00010101u, 0x01010101u, 0x01010102u, 0x02000001u, 0x01000101u, 0x01010101u,
+    0x00000001u, 0x01010101u, 0x01010101u, 0x01010101u, 0x00010101u, 0x01010001u, 0x00010101u, 0x01010101u,
+    0x00010101u, 0x01000101u, 0x01000101u, 0x00000101u, 0x01010101u, 0x00000101u, 0x01010101u, 0x01010101u,
+    0x00010101u, 0x01010102u, 0x01010101u, 0x01010101u, 0x01000101u, 0x01010101u, 0x00000001u, 0x00010101u
+};
+
 /* The four gate rows' sums of the unit at *wp of a row-interleaved matrix (the data file's neon-dot
  * layout: 16-byte blocks of 4 columns of the 4 rows), one lane per row: SDOT by element multiplies
  * a block by the same 4 bytes of x in every lane, so no reduction follows. *wp moves past the unit. */
@@ -438,11 +460,15 @@ void INTENTS_VARIANT(intents_l0_step)(const intents_model_params *p, const int8_
     intents_load_32(x, &xv);
     intents_load_64(h, &hv);
 #if defined(INTENTS_KERNEL_NEON_DOT)
+    const uint32_t *xshl = intents_l0_x_shl;
     /* Row-interleaved matrices: the four row sums come out in the lanes. */
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
         int32x4_t ax = intents_dot4i_32(&wx, &xv);
         int32x4_t ah = intents_dot4i_64(&wh, &hv);
-        vst1_s16(z + 4 * j, intents_gates4(&L, 4 * j, ax, ah, INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
+        /* "pre": acc << (32 - n) from the table above, then the "pre32" form */
+        ax = vshlq_s32(ax, intents_spread4(&xshl));
+        vst1_s16(z + 4 * j, intents_gates4(&L, 4 * j, ax, ah, INTENTS_REQUANT_PRE32,
+                                            INTENTS_L0_H_REQUANT));
     }
 #else
     {
