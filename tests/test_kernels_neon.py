@@ -71,6 +71,10 @@ def _models():
         _with_head_of(random_model(44, kind="sequence", hidden=[16, 8], input_size=300, num_classes=3,
                                    weights="extreme", biases="extreme", scales="mixed", name="nwide"),
                       random_model(44, hidden=[16, 8], input_size=300, num_classes=3)),
+        # Rows of 48, 16 and 32 bytes in both layers: neon-dot's row-interleaved layout (SDOT by
+        # element), extreme weights and inputs.
+        random_model(48, kind="sequence", hidden=[16, 32], input_size=48, num_classes=5, weights="extreme",
+                     name="nilv"),
         # Realistic scales ("pre"), no -128 weights: the int16 pair sums of "neon".
         _clip_weights(random_model(45, kind="sequence", hidden=[40], input_size=64, num_classes=9,
                                    weights="extreme", name="npair")),

@@ -17,7 +17,7 @@
  * The four row sums of a unit are requantized together, in the 32-bit forms the generator
  * proved exact or in int64 (SMULL + SRSHL, which rounds exactly as rshift_round), then
  * saturated by narrowing. The cell updates run 8 units at a time once every unit's gates are
- * known; only the table reads are scalar. */
+ * known; the table reads are lane loads. docs/kernels.md describes the neon-dot layout. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_NEON) || defined(INTENTS_KERNEL_NEON_DOT)
@@ -69,16 +69,38 @@ INTENTS_INLINE void intents_load_32(const int8_t *x, intents_vec_32 *v)
     }
 }
 
-/* acc[g] = sum_k w[g*32 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by
- * intents_load_32; `pairs`: see intents_mac16. */
-INTENTS_INLINE int32x4_t intents_dot4_32(const int8_t *w, const intents_vec_32 *v, int pairs)
+/* a[g] += the products of w[g*32 + k] and x[k] for the 4 rows g starting at *wp (only the
+ * total of a[g]'s lanes counts), x as loaded by intents_load_32; *wp moves past the rows.
+ * The caller keeps a[] running from unit to unit (see intents_step): int32 lanes wrap, and
+ * the difference of two running totals is the exact sum of the rows between them. `pairs`: see
+ * intents_mac16. */
+INTENTS_INLINE void intents_dot4_32(const int8_t **wp, const intents_vec_32 *v, int pairs, int32x4_t *a)
 {
-    int32x4_t a0 = vdupq_n_s32(0);
-    int32x4_t a1 = vdupq_n_s32(0);
-    int32x4_t a2 = vdupq_n_s32(0);
-    int32x4_t a3 = vdupq_n_s32(0);
+    const int8_t *w = *wp;
+    int32x4_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    *wp = w + 128;
     /* The rows' chunks in memory order, 64 bytes per LD1. */
     const int8_t *q = w;
+#if defined(INTENTS_KERNEL_NEON_DOT)
+    /* In assembly: gcc gives each LD1 of intrinsics its own pointer register and address
+     * arithmetic; one post-incremented pointer needs none. */
+    (void)pairs;
+    __asm__(
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a0].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a0].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a1].4s, v30.16b, %[v0].16b\n\t"
+        "sdot %[a1].4s, v31.16b, %[v1].16b\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a2].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a2].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a3].4s, v30.16b, %[v0].16b\n\t"
+        "sdot %[a3].4s, v31.16b, %[v1].16b\n\t"
+        : [q] "+r"(q), [a0] "+w"(a0), [a1] "+w"(a1), [a2] "+w"(a2), [a3] "+w"(a3)
+        : [v0] "w"(v->q[0]), [v1] "w"(v->q[1]), "m"(*(const int8_t (*)[128])w)
+        : "v28", "v29", "v30", "v31");
+    *wp = q;
+#else
     {
         int8x16x4_t b = vld1q_s8_x4(q);
         q += 64;
@@ -95,7 +117,11 @@ INTENTS_INLINE int32x4_t intents_dot4_32(const int8_t *w, const intents_vec_32 *
         a3 = intents_mac16(a3, b.val[2], v->q[0], pairs);
         a3 = intents_mac16(a3, b.val[3], v->q[1], pairs);
     }
-    return intents_sum4(a0, a1, a2, a3);
+#endif
+    a[0] = a0;
+    a[1] = a1;
+    a[2] = a2;
+    a[3] = a3;
 }
 
 /* A vector of 64 int8 as the dot products read it, loaded once per step. */
@@ -111,16 +137,48 @@ INTENTS_INLINE void intents_load_64(const int8_t *x, intents_vec_64 *v)
     }
 }
 
-/* acc[g] = sum_k w[g*64 + k] * x[k] for the 4 row(s) g starting at w, x as loaded by
- * intents_load_64; `pairs`: see intents_mac16. */
-INTENTS_INLINE int32x4_t intents_dot4_64(const int8_t *w, const intents_vec_64 *v, int pairs)
+/* a[g] += the products of w[g*64 + k] and x[k] for the 4 rows g starting at *wp (only the
+ * total of a[g]'s lanes counts), x as loaded by intents_load_64; *wp moves past the rows.
+ * The caller keeps a[] running from unit to unit (see intents_step): int32 lanes wrap, and
+ * the difference of two running totals is the exact sum of the rows between them. `pairs`: see
+ * intents_mac16. */
+INTENTS_INLINE void intents_dot4_64(const int8_t **wp, const intents_vec_64 *v, int pairs, int32x4_t *a)
 {
-    int32x4_t a0 = vdupq_n_s32(0);
-    int32x4_t a1 = vdupq_n_s32(0);
-    int32x4_t a2 = vdupq_n_s32(0);
-    int32x4_t a3 = vdupq_n_s32(0);
+    const int8_t *w = *wp;
+    int32x4_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    *wp = w + 256;
     /* The rows' chunks in memory order, 64 bytes per LD1. */
     const int8_t *q = w;
+#if defined(INTENTS_KERNEL_NEON_DOT)
+    /* In assembly: gcc gives each LD1 of intrinsics its own pointer register and address
+     * arithmetic; one post-incremented pointer needs none. */
+    (void)pairs;
+    __asm__(
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a0].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a0].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a0].4s, v30.16b, %[v2].16b\n\t"
+        "sdot %[a0].4s, v31.16b, %[v3].16b\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a1].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a1].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a1].4s, v30.16b, %[v2].16b\n\t"
+        "sdot %[a1].4s, v31.16b, %[v3].16b\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a2].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a2].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a2].4s, v30.16b, %[v2].16b\n\t"
+        "sdot %[a2].4s, v31.16b, %[v3].16b\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a3].4s, v28.16b, %[v0].16b\n\t"
+        "sdot %[a3].4s, v29.16b, %[v1].16b\n\t"
+        "sdot %[a3].4s, v30.16b, %[v2].16b\n\t"
+        "sdot %[a3].4s, v31.16b, %[v3].16b\n\t"
+        : [q] "+r"(q), [a0] "+w"(a0), [a1] "+w"(a1), [a2] "+w"(a2), [a3] "+w"(a3)
+        : [v0] "w"(v->q[0]), [v1] "w"(v->q[1]), [v2] "w"(v->q[2]), [v3] "w"(v->q[3]), "m"(*(const int8_t (*)[256])w)
+        : "v28", "v29", "v30", "v31");
+    *wp = q;
+#else
     {
         int8x16x4_t b = vld1q_s8_x4(q);
         q += 64;
@@ -153,11 +211,99 @@ INTENTS_INLINE int32x4_t intents_dot4_64(const int8_t *w, const intents_vec_64 *
         a3 = intents_mac16(a3, b.val[2], v->q[2], pairs);
         a3 = intents_mac16(a3, b.val[3], v->q[3], pairs);
     }
-    return intents_sum4(a0, a1, a2, a3);
+#endif
+    a[0] = a0;
+    a[1] = a1;
+    a[2] = a2;
+    a[3] = a3;
 }
 
-/* acc[g] = sum_k w[g*64 + k] * x[k] for the 1 row(s) g starting at w, x as loaded by
- * intents_load_64; `pairs`: see intents_mac16. */
+#if defined(INTENTS_KERNEL_NEON_DOT)
+/* The bytes of **wp in the four int32 lanes, zero-extended (TBL: index 128 gives 0); *wp moves
+ * on by one word (in assembly: gcc makes LDR + DUP + address arithmetic of a lane load). */
+INTENTS_INLINE int32x4_t intents_spread4(const uint32_t **wp)
+{
+    static const uint8_t spread[16] = {0, 128, 128, 128, 1, 128, 128, 128, 2, 128, 128, 128, 3, 128, 128, 128};
+    uint8x16_t b;
+    __asm__("ldr %s0, [%1], #4" : "=w"(b), "+r"(*wp) : "m"(**wp));
+    return vreinterpretq_s32_u8(vqtbl1q_u8(b, vld1q_u8(spread)));
+}
+
+/* Layer 0, W_x: 32 - n of the "pre" form, a unit's four rows per word (row 0 in the low byte). */
+static const uint32_t intents_l0_x_shl[64] = {
+    0x01010102u, 0x01000101u, 0x00010101u, 0x01000001u, 0x01010101u, 0x01010102u, 0x01010102u, 0x01010101u,
+    0x00010101u, 0x01000101u, 0x01010101u, 0x01010101u, 0x01010102u, 0x01010101u, 0x01010101u, 0x01010101u,
+    0x01010101u, 0x01010101u, 0x00010100u, 0x00010101u, 0x00010101u, 0x00000101u, 0x01000102u, 0x01010101u,
+    0x01010101u, 0x00010101u, 0x01010101u, 0x01010101u, 0x00010101u, 0x00010101u, 0x01000102u, 0x01010101u,
+    0x01010101u, 0x00010101u, 0x00010101u, 0x01010101u, 0x01010102u, 0x02000001u, 0x01000101u, 0x01010101u,
+    0x00000001u, 0x01010101u, 0x01010101u, 0x01010101u, 0x00010101u, 0x01010001u, 0x00010101u, 0x01010101u,
+    0x00010101u, 0x01000101u, 0x01000101u, 0x00000101u, 0x01010101u, 0x00000101u, 0x01010101u, 0x01010101u,
+    0x00010101u, 0x01010102u, 0x01010101u, 0x01010101u, 0x01000101u, 0x01010101u, 0x00000001u, 0x00010101u
+};
+
+/* The four gate rows' sums of the unit at *wp of a row-interleaved matrix (the data file's neon-dot
+ * layout: 16-byte blocks of 4 columns of the 4 rows), one lane per row: SDOT by element multiplies
+ * a block by the same 4 bytes of x in every lane, so no reduction follows. *wp moves past the unit. */
+INTENTS_INLINE int32x4_t intents_dot4i_32(const int8_t **wp, const intents_vec_32 *v)
+{
+    const int8_t *q = *wp;
+    int32x4_t a = vdupq_n_s32(0);
+    __asm__(
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v0].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v0].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v0].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v0].4b[3]\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v1].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v1].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v1].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v1].4b[3]\n\t"
+        : [q] "+r"(q), [a] "+w"(a)
+        : [v0] "w"(v->q[0]), [v1] "w"(v->q[1]), "m"(*(const int8_t (*)[128])*wp)
+        : "v28", "v29", "v30", "v31");
+    *wp = q;
+    return a;
+}
+
+/* The four gate rows' sums of the unit at *wp of a row-interleaved matrix (the data file's neon-dot
+ * layout: 16-byte blocks of 4 columns of the 4 rows), one lane per row: SDOT by element multiplies
+ * a block by the same 4 bytes of x in every lane, so no reduction follows. *wp moves past the unit. */
+INTENTS_INLINE int32x4_t intents_dot4i_64(const int8_t **wp, const intents_vec_64 *v)
+{
+    const int8_t *q = *wp;
+    int32x4_t a = vdupq_n_s32(0);
+    __asm__(
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v0].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v0].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v0].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v0].4b[3]\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v1].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v1].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v1].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v1].4b[3]\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v2].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v2].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v2].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v2].4b[3]\n\t"
+        "ld1 {v28.16b-v31.16b}, [%[q]], #64\n\t"
+        "sdot %[a].4s, v28.16b, %[v3].4b[0]\n\t"
+        "sdot %[a].4s, v29.16b, %[v3].4b[1]\n\t"
+        "sdot %[a].4s, v30.16b, %[v3].4b[2]\n\t"
+        "sdot %[a].4s, v31.16b, %[v3].4b[3]\n\t"
+        : [q] "+r"(q), [a] "+w"(a)
+        : [v0] "w"(v->q[0]), [v1] "w"(v->q[1]), [v2] "w"(v->q[2]), [v3] "w"(v->q[3]), "m"(*(const int8_t (*)[256])*wp)
+        : "v28", "v29", "v30", "v31");
+    *wp = q;
+    return a;
+}
+
+#endif
+/* The sum of w[k] * x[k] for the row at w in lane 0, x as loaded by intents_load_64;
+ * `pairs`: see intents_mac16. */
 INTENTS_INLINE int32x4_t intents_dot1_64(const int8_t *w, const intents_vec_64 *v, int pairs)
 {
     int32x4_t a0 = vdupq_n_s32(0);
@@ -186,21 +332,20 @@ INTENTS_INLINE int32x4_t intents_shifts4(const uint8_t *n)
 }
 
 /* requant(acc[g], m[g], n[g]) for four rows in a 32-bit form of intents_kernels.h
- * (|result| < 2^30). "pre32": the product rounded to its high word (RSHRN #32); "pre": the same
- * after acc << (32 - n); "post": the high word, then a rounding shift right by n - 32 (SRSHL). */
+ * (|result| < 2^30). SQDMULH gives floor(acc * m / 2^31) (it saturates only for INT32_MIN
+ * squared; m > 0), and a rounding shift of that floor is the rounding shift of the product:
+ * floor((floor(p / 2^31) + 2^(s-1)) / 2^s) = floor((p + 2^(30+s)) / 2^(31+s)). "pre32": s = 1
+ * (SRSHR #1); "pre": the same after acc << (32 - n); "post": s = n - 31 (SRSHL by 31 - n). */
 INTENTS_INLINE int32x4_t intents_requant4_32(int mode, int32x4_t acc, const int32_t *m, const uint8_t *n)
 {
     int32x4_t mv = vld1q_s32(m);
     if (mode == INTENTS_REQUANT_POST) {
-        int32x4_t hi = vshrn_high_n_s64(vshrn_n_s64(vmull_s32(vget_low_s32(acc), vget_low_s32(mv)), 32),
-                                        vmull_high_s32(acc, mv), 32);
-        return vrshlq_s32(hi, intents_shifts4(n));
+        return vrshlq_s32(vqdmulhq_s32(acc, mv), vsubq_s32(intents_shifts4(n), vdupq_n_s32(1)));
     }
     if (mode == INTENTS_REQUANT_PRE) {
         acc = vshlq_s32(acc, intents_shifts4(n));
     }
-    return vrshrn_high_n_s64(vrshrn_n_s64(vmull_s32(vget_low_s32(acc), vget_low_s32(mv)), 32),
-                             vmull_high_s32(acc, mv), 32);
+    return vrshrq_n_s32(vqdmulhq_s32(acc, mv), 1);
 }
 
 /* requant for four rows in int64 (any mode): SRSHL by -n is (v + 2^(n-1)) >> n, n = 1..62. */
@@ -245,31 +390,41 @@ INTENTS_INLINE int16x4_t intents_gates4(const intents_layer_params *L, uint32_t 
 }
 
 /* The table activation of docs/numerics.md for 8 lanes. The pair T[k], T[k+1] of each lane is one
- * 32-bit load (the only scalar part); UZP splits the pairs, RSHRN rounds (d * f + 128) >> 8. */
+ * 32-bit lane load (TBL reaches 64 bytes, the table has 514); UZP splits the pairs, RSHRN rounds
+ * (d * f + 128) >> 8. */
 INTENTS_INLINE int16x8_t intents_activate8(const int16_t *table, int16x8_t z)
 {
     uint16x8_t u = vreinterpretq_u16_s16(veorq_s16(z, vdupq_n_s16(INT16_MIN))); /* z + 32768 */
     uint16x8_t k2 = vandq_u16(vshrq_n_u16(u, 7), vdupq_n_u16(0x1fe)); /* 2k: the byte offset of T[k] */
     int16x8_t f = vreinterpretq_s16_u16(vandq_u16(u, vdupq_n_u16(255)));
-    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
-    int32_t pair;
+    int32x4_t lo, hi;
     int16x8_t t0, d;
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 0), 4);
-    lo = vsetq_lane_s32(pair, lo, 0);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 1), 4);
-    lo = vsetq_lane_s32(pair, lo, 1);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 2), 4);
-    lo = vsetq_lane_s32(pair, lo, 2);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 3), 4);
-    lo = vsetq_lane_s32(pair, lo, 3);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 4), 4);
-    hi = vsetq_lane_s32(pair, hi, 0);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 5), 4);
-    hi = vsetq_lane_s32(pair, hi, 1);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 6), 4);
-    hi = vsetq_lane_s32(pair, hi, 2);
-    memcpy(&pair, (const uint8_t *)table + vgetq_lane_u16(k2, 7), 4);
-    hi = vsetq_lane_s32(pair, hi, 3);
+    /* The 8 pair loads as one chain: LD1 of a lane with a post-index register moves the pointer
+     * by the next lane's offset minus this one's (SMOV of the differences, EXT + SUB), 2
+     * instructions per lane instead of UMOV, LDR, INS. */
+    const uint8_t *pt = (const uint8_t *)table;
+    int16x8_t k2s = vreinterpretq_s16_u16(k2);
+    int16x8_t step = vsubq_s16(vextq_s16(k2s, k2s, 1), k2s);
+    int64_t t;
+    __asm__("umov %w[t], %[k].h[0]\n\t"
+            "add %[p], %[p], %w[t], uxtw\n\t"
+            "smov %[t], %[d].h[0]\n\t"
+            "ld1 {%[lo].s}[0], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[1]\n\t"
+            "ld1 {%[lo].s}[1], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[2]\n\t"
+            "ld1 {%[lo].s}[2], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[3]\n\t"
+            "ld1 {%[lo].s}[3], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[4]\n\t"
+            "ld1 {%[hi].s}[0], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[5]\n\t"
+            "ld1 {%[hi].s}[1], [%[p]], %[t]\n\t"
+            "smov %[t], %[d].h[6]\n\t"
+            "ld1 {%[hi].s}[2], [%[p]], %[t]\n\t"
+            "ld1 {%[hi].s}[3], [%[p]]"
+            : [lo] "=&w"(lo), [hi] "=&w"(hi), [p] "+r"(pt), [t] "=&r"(t)
+            : [k] "w"(k2), [d] "w"(step), "m"(*(const int16_t (*)[257])table));
     t0 = vuzp1q_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi));
     /* T[k+1] - T[k] >= 0 (monotone tables) */
     d = vsubq_s16(vuzp2q_s16(vreinterpretq_s16_s32(lo), vreinterpretq_s16_s32(hi)), t0);
@@ -309,16 +464,42 @@ void INTENTS_VARIANT(intents_l0_step)(const intents_model_params *p, const int8_
     /* Two passes: the gate pre-activations of every unit (reading the old h), then the cell
      * updates 8 units at a time (h rewritten in place). */
     int16_t z[4 * INTENTS_L0_HIDDEN];
+    const int8_t *wx = L.w_x, *wh = L.w_h;
     uint32_t j;
     (void)h_new;
     intents_load_32(x, &xv);
     intents_load_64(h, &hv);
+#if defined(INTENTS_KERNEL_NEON_DOT)
+    const uint32_t *xshl = intents_l0_x_shl;
+    /* Row-interleaved matrices: the four row sums come out in the lanes. */
     for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        uint32_t r = 4 * j;
-        vst1_s16(z + r, intents_gates4(&L, r, intents_dot4_32(L.w_x + r * INTENTS_L0_INPUT, &xv, 1),
-                                          intents_dot4_64(L.w_h + r * INTENTS_L0_HIDDEN, &hv, 1),
-                                          INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
+        int32x4_t ax = intents_dot4i_32(&wx, &xv);
+        int32x4_t ah = intents_dot4i_64(&wh, &hv);
+        /* "pre": acc << (32 - n) from the table above, then the "pre32" form */
+        ax = vshlq_s32(ax, intents_spread4(&xshl));
+        vst1_s16(z + 4 * j, intents_gates4(&L, 4 * j, ax, ah, INTENTS_REQUANT_PRE32,
+                                            INTENTS_L0_H_REQUANT));
     }
+#else
+    {
+        /* Running accumulators of the x and h products, never cleared: a unit's four row sums
+         * are the difference of their lane totals (ADDP) after and before its rows. */
+        int32x4_t ax[4], ah[4], sx, sh, sx0 = vdupq_n_s32(0), sh0 = vdupq_n_s32(0);
+        for (j = 0; j < 4; ++j) {
+            ax[j] = ah[j] = vdupq_n_s32(0);
+        }
+        for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
+            intents_dot4_32(&wx, &xv, 1, ax);
+            intents_dot4_64(&wh, &hv, 1, ah);
+            sx = intents_sum4(ax[0], ax[1], ax[2], ax[3]);
+            sh = intents_sum4(ah[0], ah[1], ah[2], ah[3]);
+            vst1_s16(z + 4 * j, intents_gates4(&L, 4 * j, vsubq_s32(sx, sx0), vsubq_s32(sh, sh0),
+                                                INTENTS_L0_X_REQUANT, INTENTS_L0_H_REQUANT));
+            sx0 = sx;
+            sh0 = sh;
+        }
+    }
+#endif
     for (j = 0; j + 8 <= INTENTS_L0_HIDDEN; j += 8) {
         intents_cell8(p, z + 4 * j, c + j, h + j, INTENTS_L0_CELL_FRAC_BITS);
     }
@@ -331,9 +512,11 @@ void INTENTS_VARIANT(intents_head)(const intents_model_params *p, const int8_t *
     intents_load_64(h, &hv);
     /* Four classes at a time: their rows are consecutive like a unit's gate rows. */
     for (k = 0; k + 4 <= INTENTS_NUM_CLASSES; k += 4) {
-        int32x4_t acc = vaddq_s32(intents_dot4_64(p->head_w + k * INTENTS_HIDDEN_SIZE, &hv, 1),
-                                  vld1q_s32(p->head_bias + k));
+        const int8_t *w = p->head_w + k * INTENTS_HIDDEN_SIZE;
+        int32x4_t a[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)}, acc;
         int64x2_t lo, hi;
+        intents_dot4_64(&w, &hv, 1, a);
+        acc = vaddq_s32(intents_sum4(a[0], a[1], a[2], a[3]), vld1q_s32(p->head_bias + k));
         if (intents_is32(INTENTS_HEAD_REQUANT)) {
             vst1_s16(logits + k, vqmovn_s32(intents_requant4_32(INTENTS_HEAD_REQUANT, acc, p->head_m + k, p->head_n + k)));
         } else {

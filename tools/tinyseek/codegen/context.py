@@ -244,6 +244,27 @@ def esp_layer(name: str, index: int, layer) -> dict:
     }
 
 
+# The neon-dot kernel (templates/kernels/neon.c.j2) reads a layer's matrices row-interleaved: per
+# unit, 16-byte blocks of columns 4c..4c+3 of its four gate rows, so one SDOT by element (x bytes
+# 4c..4c+3) adds four columns of all four rows into four int32 lanes, one lane per row, and no
+# reduction follows. The same bytes as the unit-major arrays, rearranged; used when both matrices
+# of a layer have rows of a multiple of 16 bytes, at most 256 (its unrolled path).
+NEON_DOT_MAX = 256
+
+
+def neon_dot_layer(name: str, index: int, wx: np.ndarray, wh: np.ndarray, hidden: int) -> dict | None:
+    """The row-interleaved w_x and w_h of a layer (unit-major in), or None where it does not apply."""
+    if any(w.shape[1] % 16 or w.shape[1] > NEON_DOT_MAX for w in (wx, wh)):
+        return None
+
+    def interleave(w: np.ndarray) -> np.ndarray:
+        return w.reshape(hidden, 4, w.shape[1] // 4, 4).transpose(0, 2, 1, 3)
+
+    blocks = f"[{hidden}][columns / 4][4 rows][4 columns], row-interleaved for SDOT by element"
+    return {"w_x": _array(name, f"l{index}_w_x", "int8_t", interleave(wx), f"layer {index} input weights {blocks}"),
+            "w_h": _array(name, f"l{index}_w_h", "int8_t", interleave(wh), f"layer {index} recurrent weights {blocks}")}
+
+
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
@@ -273,7 +294,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         xr, hr = requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
                        "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr),
-                       "esp": esp_layer(name, i, L)})
+                       "esp": esp_layer(name, i, L), "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H)})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
         "w": _array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]"),
