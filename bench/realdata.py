@@ -255,8 +255,9 @@ def dataset_text(tag: str, fmt: str, rows: list[dict]) -> str:
         else f"{Path(r['teacher']).name} adapted with LoRA" for r in rows))
     commands = " and ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))
     n = rows[0]["test_samples"]
+    notes = "".join(f"\n- {r['setting']}: {r['note']}" for r in rows if r.get("note"))
     return (f"### {tag} ({commands})\n\n{what}, {scope}. Teacher: {teachers}. {n:,} test examples: one "
-            f"is {100 / n:.2f} points.\n\n{table(rows)}\n")
+            f"is {100 / n:.2f} points.\n\n{table(rows)}\n{notes and notes[1:] + chr(10)}")
 
 
 def section(results: dict) -> str:
