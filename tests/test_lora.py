@@ -49,30 +49,30 @@ def task():
                    test=_split(3, 2))
 
 
+def _tiny_teacher(folder, task, model):
+    """Save `model(vocab_size)` and a tokenizer trained on the task's texts as a teacher folder."""
+    tok = train_text_tokenizer(task.train.texts, 300)
+    torch.manual_seed(0)
+    model(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def qwen_dir(task, tmp_path_factory):
     """A tiny local qwen2 teacher folder (config, safetensors weights, tokenizer)."""
-    folder = tmp_path_factory.mktemp("qwen")
-    tok = train_text_tokenizer(task.train.texts, 300)
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _tiny_teacher(tmp_path_factory.mktemp("qwen"), task, lambda vocab: Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=vocab, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1)))
 
 
 @pytest.fixture(scope="module")
 def gemma_dir(task, tmp_path_factory):
     """A tiny local gemma3 teacher folder: another decoder-only family through the same path."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-    folder = tmp_path_factory.mktemp("gemma")
-    tok = train_text_tokenizer(task.train.texts, 300)
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                                       num_attention_heads=2, num_key_value_heads=1, head_dim=12,
-                                       sliding_window=8)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _tiny_teacher(tmp_path_factory.mktemp("gemma"), task, lambda vocab: Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=12, sliding_window=8)))
 
 
 def _deepseek(vocab_size=64):
