@@ -87,7 +87,7 @@ def _accuracy_table(report: dict) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
-    t, s = report["teacher"], report["student"]
+    s = report["student"]
     lines = [
         f"# tinyseek report: {report['model']['name']}",
         "",
