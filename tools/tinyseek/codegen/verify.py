@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..quant.model import QuantModel
 from ..quant.reference import infer_sequences, infer_tokens, trace
-from ..student.tokenizer import HashTokenizer
+from ..student.tokenizer import HashTokenizer, device_ids
 from .context import build_context
 from .render import render_template
 
@@ -229,17 +229,10 @@ class HostDriver:
 
 
 def _flat_ids(steps, subwords: int) -> list[int]:
-    """A sample's ids as the C library reads and writes them: with subwords, 1 + subwords ids per
-    step (the group, zero-padded)."""
-    if not subwords:
-        return [int(g) for g in steps]
-    out: list[int] = []
-    for g in steps:
-        g = [int(v) for v in (g if isinstance(g, (tuple, list, np.ndarray)) else (g,))]
-        if len(g) > 1 + subwords:
-            raise VerifyError(f"an id group of {len(g)} ids; this model's groups hold at most {1 + subwords}")
-        out += g + [0] * (1 + subwords - len(g))
-    return out
+    try:
+        return device_ids(steps, subwords)
+    except ValueError as e:
+        raise VerifyError(str(e)) from None
 
 
 def _diff(what: str, expected: np.ndarray, got: np.ndarray) -> list[tuple]:

@@ -105,9 +105,8 @@ def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: fl
     if kind == "text" and isinstance(item, str):
         if len(item.encode()) <= info["line"] - 4 and not any(c in item for c in "%\r\n"):
             return dut.classify(item), "text"
-        from ..student.tokenizer import HashTokenizer
-        steps = HashTokenizer(info["vocab"], info["max_len"], subwords).encode_steps(item)
-        item = [i for step in steps for i in (*step, *[0] * (subwords + 1 - len(step)))]
+        from ..student.tokenizer import HashTokenizer, device_ids
+        item = device_ids(HashTokenizer(info["vocab"], info["max_len"], subwords).model_inputs(item), subwords)
         if not item:  # nothing but separators: the same as classifying an empty text
             return dut.classify(""), "text"
     data = (np.asarray(item, "<u2") if kind == "text" else np.asarray(item, np.int8)).tobytes()

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from ..student.tokenizer import MAX_SUBWORDS
+
 WEIGHTS_FILE = "student.safetensors"
 SPEC_FILE = "student.json"
 SPEC_KEYS = ("kind", "labels", "hidden", "layers", "embed_dim", "vocab_size", "max_len", "num_features")
@@ -164,8 +166,8 @@ class FloatStudent:
                  f"a text student needs vocab_size >= 2, not {spec['vocab_size']!r}")
             need(spec["max_len"] is not None, "a text student needs max_len (the tokenizer's truncation)")
         subwords = spec.get("subwords", 0)
-        need(isinstance(subwords, int) and not isinstance(subwords, bool) and 0 <= subwords <= 15,
-             f"student.json subwords must be an integer 0..15, not {subwords!r}")
+        need(isinstance(subwords, int) and not isinstance(subwords, bool) and 0 <= subwords <= MAX_SUBWORDS,
+             f"student.json subwords must be an integer 0..{MAX_SUBWORDS}, not {subwords!r}")
         need(kind == "text" or subwords == 0, "a sequence student has no subwords")
         if kind != "text":
             need(_is_positive_int(spec["num_features"]),

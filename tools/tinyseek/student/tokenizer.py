@@ -140,3 +140,17 @@ class HashTokenizer:
     def model_inputs(self, text: str | bytes) -> list[int] | list[tuple[int, ...]]:
         """What the model steps on: ids (subwords 0), else id groups."""
         return self.encode_steps(text) if self.subwords else self.encode(text)
+
+
+def device_ids(steps, subwords: int) -> list[int]:
+    """A sample's steps as the generated C reads and writes its ids (tokenize, infer_tokens, the
+    firmware's db load): with subwords, 1 + subwords ids per step (the group, zero-padded)."""
+    if not subwords:
+        return [int(g) for g in steps]
+    out: list[int] = []
+    for g in steps:
+        g = [int(v) for v in (g if hasattr(g, "__len__") else (g,))]  # a group (tuple, list, array) or one id
+        if len(g) > 1 + subwords:
+            raise ValueError(f"an id group of {len(g)} ids; this model's groups hold at most {1 + subwords}")
+        out += g + [0] * (1 + subwords - len(g))
+    return out
