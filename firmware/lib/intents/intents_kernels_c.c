@@ -14,8 +14,11 @@ typedef char intents_arithmetic_shift_check[((-7 >> 1) == -4) ? 1 : -1];
 /* acc[g] = sum_k w[g * n + k] * v[k] for the four consecutive rows of one unit (gates i, f, g,
  * o): each v[k] is loaded once for four rows and the loop runs once per four MACs, which a
  * compiler keeps in registers on every 32-bit target (three times fewer loads and branches per
- * MAC than one row at a time). Integer sums: the order does not change the result. */
-static void intents_dot4_c(const int8_t *w, const int8_t *v, uint32_t n, int32_t acc[4])
+ * MAC than one row at a time). Inline, so `n` is the layer's constant at each call: with a known
+ * trip count a vectorising compiler (gcc -O2 on AArch64, x86-64) turns the loop into SIMD
+ * multiply-accumulates; called out of line it interleaved the four sums lane by lane, 3.6x
+ * slower than one row at a time. Integer sums: the order does not change the result. */
+static inline void intents_dot4_c(const int8_t *w, const int8_t *v, uint32_t n, int32_t acc[4])
 {
     const int8_t *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n, *end = v + n;
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
