@@ -113,7 +113,7 @@ def traced_cycles(env: str, out: dict, inputs, name: str) -> dict:
 
     def run(extra):
         with QemuProcess(elf, dataclasses.replace(machine, extra=machine.extra + tuple(extra))) as qemu:
-            _session(qemu.url, list(inputs[:1]), 1, 0, 600.0)
+            _session(qemu.url, list(inputs[:1]), 1, 0, 600.0, subwords=0)
 
     est = estimate_elf(elf, env, _model_functions(elf, name), run=run)
     return est | {"traced_cycles": est["cycles"]}
