@@ -15,6 +15,9 @@
 #include <stdarg.h>
 
 #include "dut_port.h"
+#if TINYSEEK_OTA
+#include "ota.h"
+#endif
 
 #define FW_VERSION "tinyseek DUT firmware 1.0"
 
@@ -168,6 +171,25 @@ static void err(const char *f, ...) {
 
 
 
+#if TINYSEEK_OTA
+/* The update commands (ota.c) reply and parse with the interpreter's own helpers. */
+void dut_outf(const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    voutf(f, ap);
+    va_end(ap);
+}
+
+void dut_err(const char *f, ...) {
+    va_list ap;
+    out("e-[");
+    va_start(ap, f);
+    voutf(f, ap);
+    va_end(ap);
+    out("]\r\n");
+}
+#endif
+
 /* 2^(-j/32) in Q0.15, j = 0..32. */
 static const uint16_t exp2_q15[33] = {
     32768, 32066, 31379, 30706, 30048, 29405, 28774, 28158, 27554, 26964, 26386, 25821, 25268, 24726, 24196, 23678,
@@ -271,6 +293,23 @@ static int hex_value(char c) {
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
+
+#if TINYSEEK_OTA
+size_t dut_token(const char **pos, const char *end, const char **tok) {
+    tok_t t = next_tok(pos, end);
+    *tok = t.p;
+    return t.n;
+}
+
+int dut_number(const char *p, size_t n, unsigned long max, unsigned long *value) {
+    tok_t t;
+    t.p = p;
+    t.n = n;
+    return parse_ulong(t, max, value);
+}
+
+int dut_hex_digit(char c) { return hex_value(c); }
+#endif
 
 static int no_more(const char *pos, const char *end, const char *usage) {
     const char *p = pos;
@@ -553,10 +592,17 @@ static void cmd_sync(const char *pos, const char *end) {
  * `db` subcommands, no commands of their own. */
 static const char words[] =
     "name\0profile\0help\0timestamp\0db\0infer\0results\0stream\0reset\0cls\0info\0mem\0sync\0quit\0"
+#if TINYSEEK_OTA
+    "ota\0"
+#endif
     "load\0print\0";
 enum {
     W_NAME, W_PROFILE, W_HELP, W_TIMESTAMP, W_DB, W_INFER, W_RESULTS, W_STREAM, W_RESET, W_CLS, W_INFO,
-    W_MEM, W_SYNC, W_QUIT, W_LOAD, W_PRINT
+    W_MEM, W_SYNC, W_QUIT,
+#if TINYSEEK_OTA
+    W_OTA,
+#endif
+    W_LOAD, W_PRINT
 };
 
 /* `help`: the command words, then the usage of those that take arguments. */
@@ -645,6 +691,11 @@ static void dispatch(const char *start, const char *end) {
             out("m-quit\r\n");
             if (!dut_port_exit(0)) err("quit: this board cannot exit; reset it instead");
             break;
+#if TINYSEEK_OTA
+        case W_OTA:
+            ota_command(pos, end);
+            break;
+#endif
         default:
             err("Unknown command: %q", cmd.p, cmd.n, (size_t)32);
         }
@@ -653,6 +704,9 @@ static void dispatch(const char *start, const char *end) {
 }
 
 void dut_init(const dut_model_t *model) {
+#if TINYSEEK_OTA
+    ota_boot(); /* points the model's weights and table at the active slot */
+#endif
     M = model;
     A = model->api;
     line_len = 0;

@@ -41,6 +41,13 @@ int dut_port_exit(int code);            /* stop the emulator; returns 0 where a 
  * pulls it low for at least 1 us and releases it. Only energy builds need it. */
 void dut_port_timestamp_pulse(void);
 
+/* Update-enabled builds (-DTINYSEEK_OTA=1, docs/updates.md): the updatable region that holds the
+ * weight slots and boot records, memory-mapped, and its size; NULL where the board has none.
+ * ota.c writes it with NOR-flash rules (erase to 0xFF, program clears bits). power_cut stops
+ * the board at once, as a power failure would (the emulators exit; the region persists). */
+uint8_t *dut_port_flash(uint32_t *size);
+void dut_port_power_cut(void);
+
 #ifdef __cplusplus
 }
 #endif

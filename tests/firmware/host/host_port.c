@@ -36,6 +36,34 @@ int dut_port_exit(int code) {
     return 0;
 }
 
+#if TINYSEEK_OTA
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* The updatable region: the file named by TS_FLASH_FILE, mapped shared, so what the firmware
+ * wrote survives a power cut (the process exits at once) as QEMU's file-backed region does. */
+uint8_t *dut_port_flash(uint32_t *size) {
+    const char *path = getenv("TS_FLASH_FILE");
+    int fd;
+    off_t n;
+    void *p;
+    if (!path || (fd = open(path, O_RDWR)) < 0) return NULL;
+    n = lseek(fd, 0, SEEK_END);
+    p = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return NULL;
+    *size = (uint32_t)n;
+    return (uint8_t *)p;
+}
+
+void dut_port_power_cut(void) {
+    fflush(stdout);
+    _exit(3);
+}
+#endif
+
 int main(void) {
     int c;
     dut_init(&tinyseek_model);
