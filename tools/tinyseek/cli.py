@@ -108,13 +108,58 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--flash-kb", type=float, help="the model's flash budget, KB (default: search.flash_kb)")
     p.add_argument("--ram-kb", type=float, help="the model's RAM budget, KB (default: search.ram_kb)")
     p.add_argument("--target", type=float, help="int8 / teacher validation accuracy to reach (default: search.target)")
+    p = sub.add_parser("update", help="model updates over the air: device keys, signed delta packages, pushing them "
+                                      "to a board (docs/updates.md)")
+    act = p.add_subparsers(dest="action", required=True)
+    q = act.add_parser("key", help="a new random 32-byte device key")
+    q.add_argument("--out", required=True, help="key file to write (it is not overwritten)")
+    q = act.add_parser("make", help="the signed package that turns a device running RUN_A into one running RUN_B")
+    q.add_argument("--from", dest="from_run", required=True, metavar="RUN_A", help="run name (models/RUN_A) or folder")
+    q.add_argument("--to", dest="to_run", required=True, metavar="RUN_B", help="run name (models/RUN_B) or folder")
+    q.add_argument("--out", required=True, help="package file to write")
+    q.add_argument("--key", help="device key file (default build/update/device.key, made when missing)")
+    q.add_argument("--version", type=int, help="anti-rollback version, above the device's (default: Unix time)")
+    q.add_argument("--kernel", default="dsp", choices=["dsp", "c"], help="the firmware's kernel variant (default dsp)")
+    q.add_argument("--full", action="store_true", help="the whole image instead of a delta")
+    q = act.add_parser("push", help="send a package to a board, then run the test split there, bit-exact check")
+    _common(q)
+    q.add_argument("--env", default="qemu_m4_ota", help="platformio.ini environment (default qemu_m4_ota)")
+    q.add_argument("--port", help="serial port of a real board")
+    q.add_argument("--package", required=True, help="package file (tinyseek update make)")
+    q.add_argument("--to", dest="to_run", required=True, metavar="RUN_B", help="the run the package carries")
+    q.add_argument("--from", dest="from_run", default="intents", metavar="RUN_A",
+                   help="emulated boards: the model the firmware is built with (default intents)")
+    q.add_argument("--key", help="emulated boards: key a new region file is provisioned with")
+    q.add_argument("--limit", type=int, default=0, help="send only the first N test samples (0: all)")
     return parser
+
+
+def _update(args) -> int:
+    from .update import commands
+    if args.action == "key":
+        print(f"device key written to {commands.make_key(args.out)}")
+    elif args.action == "make":
+        r = commands.make(args.from_run, args.to_run, args.out, key=args.key, version=args.version,
+                          kernel=args.kernel, full=args.full)
+        print(f"{r['package']}: {r['bytes']:,} bytes, {'full' if r['full'] else 'delta'} {r['from']} -> {r['to']}, "
+              f"version {r['version']}, kernel {r['kernel']}")
+    else:
+        cfg = load(args.config, {**parse_overrides(args.set), "run": args.to_run})
+        r = commands.push(args.env, args.package, Run(cfg), key=args.key, from_run=args.from_run, port=args.port,
+                          limit=args.limit)
+        print(f"{args.env}: {r['before']['hash']} (slot {r['before']['slot']}) -> {r['after']['hash']} (slot "
+              f"{r['after']['slot']}, version {r['after']['version']}); test split on the device: {r['samples']} "
+              f"samples, bit-exact {r['bitexact']} ({r['mismatches']} mismatches), accuracy {r['accuracy']:.4f}")
+        return 0 if r["bitexact"] else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     run = None
     try:
+        if args.command == "update":
+            return _update(args)
         cfg = load(args.config, parse_overrides(args.set))
         run = Run(cfg)
         run.overwrite = getattr(args, "overwrite", False)

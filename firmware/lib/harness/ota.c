@@ -73,6 +73,9 @@ static const char *const SLOT_NAMES[3] = {"factory", "A", "B"};
 static uint8_t *F;        /* the updatable region; NULL when the board has none big enough */
 static uint32_t cut_left; /* operations until the power cut; 0: none armed */
 static uint32_t flash_ops; /* since boot: where `ota cut` can strike */
+/* Timer units (instructions under QEMU) spent in ota_boot, and in the update commands since the
+ * last `ota begin`: what bench/updates.py reports, apart from the serial line's own time. */
+static uint64_t boot_units, work_units;
 
 static struct {
     int slot;
@@ -159,12 +162,10 @@ static void image_read(int slot, uint32_t i, uint8_t *dst, uint32_t n) {
         return;
     }
     for (j = 0; j < n; j++) dst[j] = 0;
-    for (k = 0; k < TS_OTA_FIELDS; k++) {
+    for (k = 0; k < TS_OTA_FIELDS; k++) { /* the part of [i, i + n) inside field k */
         uint32_t lo = ts_ota_field_offset[k], hi = lo + ts_ota_field_bytes[k];
         const uint8_t *src = (const uint8_t *)TS_OTA_PARAMS_REAL[k];
-        for (j = 0; j < n; j++) {
-            if (i + j >= lo && i + j < hi) dst[j] = src[i + j - lo];
-        }
+        for (j = i > lo ? i : lo; j < hi && j < i + n; j++) dst[j - i] = src[j - lo];
     }
 }
 
@@ -249,7 +250,18 @@ static void out_state(const char *what) {
              (unsigned long)run.version, run.hash, sha);
 }
 
+static void boot(void);
+
 void ota_boot(void) {
+    uint64_t t0;
+    dut_port_timer_sync(); /* a timer just started may not have counted its first period yet */
+    t0 = dut_port_ticks();
+    boot();
+    boot_units = dut_port_ticks_to_units(dut_port_ticks() - t0);
+    out_state("boot");
+}
+
+static void boot(void) {
     uint32_t size = 0;
     boot_record r[2];
     int ok[2], c, order[2];
@@ -260,14 +272,12 @@ void ota_boot(void) {
     run.seq = 0;
     if (F == 0) {
         activate(FACTORY);
-        out_state("boot");
         return;
     }
     ok[0] = record_valid(0, &r[0]);
     ok[1] = record_valid(1, &r[1]);
     order[0] = ok[1] && (!ok[0] || r[1].seq > r[0].seq) ? 1 : 0; /* newest first */
     order[1] = 1 - order[0];
-    activate(FACTORY);
     for (c = 0; c < 2; c++) {
         int k = order[c];
         if (!ok[k]) continue;
@@ -277,10 +287,10 @@ void ota_boot(void) {
         }
         if (r[k].slot == FACTORY || slot_valid((int)r[k].slot)) {
             activate((int)r[k].slot);
-            break;
+            return;
         }
     }
-    out_state("boot");
+    activate(FACTORY); /* no record, or none whose slot passes its checks */
 }
 
 /* The newer boot record over the older copy: a cut before its CRC is whole leaves the
@@ -443,11 +453,14 @@ static int need_region(void) {
 
 #define USAGE_CHUNK "ota chunk OFFSET HEX CRC32 (8 hex digits)"
 
+/* The bytes of one chunk, or of `ota sha` / `ota hmac` (never both at once). */
+static uint8_t line_bytes[DUT_LINE_MAX / 2];
+
 static void cmd_chunk(const char *pos, const char *end) {
     const char *t[3];
     size_t n[3];
     unsigned long off;
-    uint8_t buf[DUT_LINE_MAX / 2], crc_b[4];
+    uint8_t *buf = line_bytes, crc_b[4];
     long len;
     int k;
     for (k = 0; k < 3; k++) n[k] = dut_token(&pos, end, &t[k]);
@@ -455,7 +468,7 @@ static void cmd_chunk(const char *pos, const char *end) {
         dut_err("ota chunk: no transfer; send ota begin SIZE first");
     } else if (n[2] == 0 || !dut_number(t[0], n[0], 0xFFFFFFFFUL, &off)) {
         dut_err("ota chunk: usage: " USAGE_CHUNK);
-    } else if ((len = unhex(t[1], n[1], buf, sizeof buf)) < 0 || unhex(t[2], n[2], crc_b, 4) != 4) {
+    } else if ((len = unhex(t[1], n[1], buf, sizeof line_bytes)) < 0 || unhex(t[2], n[2], crc_b, 4) != 4) {
         dut_err("ota chunk: bad hex digits; usage: " USAGE_CHUNK);
     } else if (((uint32_t)crc_b[0] << 24 | (uint32_t)crc_b[1] << 16 | (uint32_t)crc_b[2] << 8 | crc_b[3]) !=
                ts_crc32(0, buf, (size_t)len)) {
@@ -530,15 +543,17 @@ static void cmd_status(void) {
     char sha[65];
     hex_of(run.sha, 32, sha);
     dut_outf("m-ota-status-[state=%s,offset=%u,size=%u,slot=%s,version=%u,hash=%s,image=%s,key=%s,region=%s,"
-             "flash_ops=%u]\r\n", st, (unsigned long)s.offset, (unsigned long)s.size, SLOT_NAMES[run.slot],
-             (unsigned long)run.version, run.hash, sha, F && device_key() ? "yes" : "no", F ? "yes" : "no",
-             (unsigned long)flash_ops);
+             "flash_ops=%u,boot_%s=%U,work_%s=%U]\r\n", st, (unsigned long)s.offset, (unsigned long)s.size,
+             SLOT_NAMES[run.slot], (unsigned long)run.version, run.hash, sha, F && device_key() ? "yes" : "no",
+             F ? "yes" : "no", (unsigned long)flash_ops, dut_port_target()->timer_unit, boot_units,
+             dut_port_target()->timer_unit, work_units);
 }
 
 /* `ota sha HEX`, `ota hmac KEYHEX HEX`: the device's SHA-256 and HMAC on given bytes, so the
  * host can check them against hashlib and hmac ("-" for no bytes). */
 static void cmd_digest(int mac, const char *pos, const char *end) {
-    static uint8_t key[64], msg[DUT_LINE_MAX / 2];
+    static uint8_t key[64];
+    uint8_t *msg = line_bytes;
     const char *t[2];
     size_t n[2];
     long kl = 0, ml;
@@ -547,7 +562,7 @@ static void cmd_digest(int mac, const char *pos, const char *end) {
     n[0] = dut_token(&pos, end, &t[0]);
     n[1] = mac ? dut_token(&pos, end, &t[1]) : 0;
     if (mac) kl = n[0] == 1u && t[0][0] == '-' ? 0 : unhex(t[0], n[0], key, sizeof key);
-    ml = n[mac] == 1u && t[mac][0] == '-' ? 0 : unhex(t[mac], n[mac], msg, sizeof msg);
+    ml = n[mac] == 1u && t[mac][0] == '-' ? 0 : unhex(t[mac], n[mac], msg, sizeof line_bytes);
     if (n[mac] == 0u || kl < 0 || ml < 0) {
         dut_err("ota %s: usage: ota sha HEX | ota hmac KEYHEX HEX (hex digits, '-' for none)", mac ? "hmac" : "sha");
         return;
@@ -595,12 +610,14 @@ void ota_command(const char *pos, const char *end) {
             s.state = 1;
             s.size = (uint32_t)v;
             s.offset = 0;
+            work_units = 0;
             dut_outf("m-ota-begin-[size=%u,slot=%s]\r\n", v, SLOT_NAMES[run.slot == 1 ? 2 : 1]);
         }
-    } else if (IS("chunk")) {
-        cmd_chunk(pos, end);
-    } else if (IS("commit")) {
-        cmd_commit();
+    } else if (IS("chunk") || IS("commit")) {
+        uint64_t t0 = dut_port_ticks();
+        if (IS("chunk")) cmd_chunk(pos, end);
+        else cmd_commit();
+        work_units += dut_port_ticks_to_units(dut_port_ticks() - t0);
     } else if (IS("rollback")) {
         cmd_rollback();
     } else if (IS("abort")) {

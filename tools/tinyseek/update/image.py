@@ -27,6 +27,10 @@ from ..quant.model import QuantModel
 # board with -DTINYSEEK_KERNEL_PORTABLE) and the Cortex-M DSP kernel (qemu_m4, qemu_m7,
 # qemu_stm32f4). The others would need their own arrangement here first.
 KERNELS = ("c", "dsp")
+# The kernel files a build compiles besides the dispatch header: the portable C (the fallback,
+# always built) and the variant's own; every other variant's file compiles to nothing there.
+_KERNEL_FILES = {"c": {"kernels/dispatch.h.j2", "kernels/portable.c.j2"},
+                 "dsp": {"kernels/dispatch.h.j2", "kernels/portable.c.j2", "kernels/cortexm_dsp.c.j2"}}
 LAYER_KEYS = ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")
 # Lines of <name>_model.h that differ between two models a firmware can swap: host-only scales
 # and the multiplier of the probabilities (carried by the package and the slot header).
@@ -68,14 +72,18 @@ class SlotImage:
         return self.descriptor["shapes"]
 
 
-def _code_digest(ctx: dict) -> str:
-    """SHA-256 of the generated code for this model, the data file and the swappable lines left
-    out and the model hash blanked: equal digests mean one firmware runs both models."""
+def _code_digest(ctx: dict, kernel: str) -> str:
+    """SHA-256 of the generated code a `kernel` build compiles for this model, the data file and
+    the swappable lines left out and the model hash blanked: equal digests mean one firmware
+    runs both models. (The ESP-DSP kernel's file, for one, carries float copies of the weights:
+    it is data there, and not compiled here.)"""
     env = make_env()
     h = hashlib.sha256()
     data_file = ctx["files"]["lib/model_data.c.j2"]
     for tpl, out in sorted(ctx["files"].items()):
         if out in (data_file, "README.md", "library.json"):
+            continue
+        if tpl.startswith("kernels/") and tpl not in _KERNEL_FILES[kernel]:
             continue
         text = env.get_template(tpl).render(ctx)
         text = _SWAPPABLE.sub("", text).replace(ctx["model_hash"], "<model-hash>")
@@ -124,7 +132,7 @@ def slot_image(model: QuantModel, kernel: str) -> SlotImage:
     descriptor = {
         "format": 1, "name": ctx["name"], "kernel": kernel, "shapes": shapes, "labels": ctx["labels"],
         "fields": [[f.name, f.ctype, f.offset, f.nbytes] for f in fields], "image_bytes": len(data),
-        "code": _code_digest(ctx),
+        "code": _code_digest(ctx, kernel),
     }
     return SlotImage(ctx["name"], ctx["model_hash"], kernel, tuple(fields), data, descriptor, ctx["softmax_mult"])
 

@@ -1,0 +1,131 @@
+"""Update packages on the host (tinyseek.update): the slot image and its layout, the delta
+coding against its reference decoder on edge cases and random data, the signed package, and a
+clear error for every malformed, truncated, foreign or mis-signed package."""
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+
+from tinyseek.quant.model import QuantModel
+from tinyseek.update.image import UpdateError, slot_image
+from tinyseek.update.package import (HEADER_BYTES, PackageError, apply_package, decode_delta, encode_delta,
+                                     make_package, read_header, read_key)
+from tinyseek.cli import main
+
+from test_qemu_m4 import ROOT
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def models():
+    old = QuantModel.load(ROOT / "models/intents/int8")
+    new = copy.deepcopy(old)
+    rng = np.random.default_rng(0)
+    e = new.embedding.astype(np.int64)
+    e += rng.integers(-3, 4, e.shape) * (rng.random(e.shape) < 0.05)
+    new.embedding = np.clip(e, -128, 127).astype(np.int8)
+    return old, new
+
+
+def test_slot_image_follows_the_params_table(models):
+    old, _ = models
+    img = slot_image(old, "dsp")
+    names = [f.name for f in img.fields]
+    assert names[:3] == ["sigmoid_table", "tanh_table", "embedding"] and names[-4:] == ["head_w", "head_bias", "head_m", "head_n"]
+    # the DSP build reads the layer from its two blocks: the per-row arrays are NULL fields
+    assert [f.nbytes > 0 for f in img.fields[3:10]] == [True, True, False, False, False, False, False]
+    emb = img.fields[2]
+    assert img.data[emb.offset:emb.offset + emb.nbytes] == old.embedding.tobytes()
+    assert all(f.offset % 4 == 0 for f in img.fields) and len(img.data) % 4 == 0
+    c = slot_image(old, "c")
+    assert c.layout_id != img.layout_id and all(f.nbytes for f in c.fields)
+    with pytest.raises(UpdateError, match="no update layout yet"):
+        slot_image(old, "mve")
+
+
+@pytest.mark.parametrize("case", ["equal", "all-different", "small", "mixed", "long-runs", "empty"])
+def test_delta_coding_round_trips(case):
+    rng = np.random.default_rng(1)
+    n = 0 if case == "empty" else 20_000
+    old = rng.integers(0, 256, n).astype(np.uint8)
+    new = old.copy()
+    if case == "all-different":
+        new = (old + rng.integers(1, 256, n)).astype(np.uint8)
+    elif case == "small":
+        new = (old + rng.integers(-8, 8, n)).astype(np.uint8)
+    elif case == "mixed":
+        mask = rng.random(n) < 0.3
+        new[mask] = (old[mask] + rng.integers(-100, 100, mask.sum())).astype(np.uint8)
+    elif case == "long-runs":
+        new[5000:5001] += 1
+        new[19_999] += 100
+    body = encode_delta(old.tobytes(), new.tobytes())
+    assert decode_delta(body, old.tobytes()) == new.tobytes()
+    if case == "equal":
+        assert len(body) <= 4  # one zero run with its LEB128 length
+    if case == "small":
+        assert len(body) < n * 0.55  # two differences per byte
+
+
+def test_package_applies_and_every_bad_package_is_named(models):
+    old, new = models
+    a, b = slot_image(old, "dsp"), slot_image(new, "dsp")
+    pkg = make_package(old, new, KEY, version=2)
+    h = read_header(pkg)
+    assert (h.version, h.model_hash, h.kernel, h.layout_id) == (2, new.model_hash(), "dsp", b.layout_id)
+    assert h.base_sha == hashlib.sha256(a.data).digest() and h.result_sha == b.sha256
+    assert apply_package(pkg, a.data, KEY) == b.data
+    full = make_package(old, new, KEY, version=2, full=True)
+    assert read_header(full).full and apply_package(full, b"", KEY) == b.data
+    assert len(pkg) < len(full) / 4
+    with pytest.raises(PackageError, match="truncated: the header alone"):
+        read_header(pkg[:100])
+    with pytest.raises(PackageError, match="truncated or padded"):
+        apply_package(pkg[:-1], a.data, KEY)
+    with pytest.raises(PackageError, match="not a tinyseek update package"):
+        read_header(b"XXXX" + pkg[4:])
+    with pytest.raises(PackageError, match="wrong tag"):
+        apply_package(pkg, a.data, bytes(32))
+    bad = bytearray(pkg)
+    bad[HEADER_BYTES + 3] ^= 0x40
+    with pytest.raises(PackageError, match="wrong tag"):
+        apply_package(bytes(bad), a.data, KEY)
+    with pytest.raises(PackageError, match="another image"):
+        apply_package(pkg, b.data, KEY)
+    with pytest.raises(PackageError, match="unknown run kind"):
+        decode_delta(b"\xc0", a.data)
+    with pytest.raises(PackageError, match="past the image"):
+        decode_delta(b"\x3f\xff\xff\x7f", a.data)
+
+
+def test_other_layouts_and_bad_arguments_are_refused(models):
+    old, _ = models
+    other = copy.deepcopy(old)
+    other.labels = list(reversed(old.labels))
+    with pytest.raises(UpdateError, match="class labels"):
+        make_package(old, other, KEY, version=2)
+    with pytest.raises(UpdateError, match="32 bytes"):
+        make_package(old, old, b"short", version=2)
+    with pytest.raises(UpdateError, match="outside"):
+        make_package(old, old, KEY, version=0)
+
+
+def test_cli_make_writes_a_package_and_checks_it(models, tmp_path, capsys):
+    old, new = models
+    new.save(tmp_path / "b" / "int8")
+    key = tmp_path / "device.key"
+    assert main(["update", "key", "--out", str(key)]) == 0
+    assert len(read_key(key)) == 32
+    out = tmp_path / "u.pkg"
+    assert main(["update", "make", "--from", str(ROOT / "models/intents"), "--to", str(tmp_path / "b"),
+                 "--key", str(key), "--version", "7", "--out", str(out)]) == 0
+    assert read_header(out.read_bytes()).version == 7
+    assert "bytes" in capsys.readouterr().out
+    assert main(["update", "make", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "b"),
+                 "--key", str(key), "--out", str(out)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "bad.key").write_bytes(b"123")
+    with pytest.raises(UpdateError, match="holds 3 bytes"):
+        read_key(tmp_path / "bad.key")
