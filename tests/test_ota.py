@@ -19,7 +19,9 @@ from tinyseek.harness.protocol import ProtocolError
 from tinyseek.harness.serial_link import LinkError
 from tinyseek.quant.model import QuantModel
 from tinyseek.quant.reference import infer_tokens
-from tinyseek.update import device
+from tinyseek.config import load
+from tinyseek.pipeline import Run
+from tinyseek.update import commands, device
 from tinyseek.update.image import UpdateError, slot_image
 from tinyseek.update.package import make_package
 
@@ -188,3 +190,18 @@ def test_power_cuts_leave_old_or_new(fw):
     # the switch is the boot record's last word: torn, it leaves the old model; whole, the new one
     assert seen.pop(total + 1) == ("done", "A")
     assert set(seen.values()) == {("cut", "factory")}
+
+
+def test_push_sends_and_checks_the_test_split(fw, tmp_path):
+    """`tinyseek update push` as the CLI runs it: build, provision, send, power cycle, then the
+    test split on the device against the new model's integer reference."""
+    fw["new"].save(tmp_path / "models" / "b" / "int8")
+    (tmp_path / "device.key").write_bytes(KEY)
+    pkg = tmp_path / "b.pkg"
+    pkg.write_bytes(make_package(fw["old"], fw["new"], KEY, version=5))
+    run = Run(load(None, {"run": "b", "models_dir": str(tmp_path / "models")}))
+    r = commands.push("qemu_m4_ota", pkg, run, key=tmp_path / "device.key", region=tmp_path / "region.bin", limit=6)
+    assert (r["before"]["slot"], r["after"]["slot"], r["after"]["version"]) == ("factory", "A", 5)
+    assert r["after"]["hash"] == fw["new"].model_hash() and r["bitexact"] and r["samples"] == 6
+    with pytest.raises(UpdateError, match="not newer than the running 5"):  # the board kept b
+        commands.push("qemu_m4_ota", pkg, run, region=tmp_path / "region.bin", limit=1)

@@ -1,6 +1,7 @@
 """`tinyseek update key|make|push` (docs/updates.md)."""
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -84,11 +85,18 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
     if profile.emulated:
         if env != "qemu_m4_ota":
             raise UpdateError(f"{env} has no updatable region; the emulated update-enabled board is qemu_m4_ota")
-        base = QuantModel.load(run_folder(from_run) / "int8")
-        lib = Path("firmware/lib") / base.name
-        import os
-        os.environ["TINYSEEK_INT8_DIR"] = str((run_folder(from_run) / "int8").resolve())
-        elf = build_firmware(env, str(lib.resolve()), build_dir=Path(".pio/update") / base.name)
+        int8_dir = (run_folder(from_run) / "int8").resolve()
+        base = QuantModel.load(int8_dir)
+        lib = (Path("firmware/lib") / base.name).resolve()
+        saved = os.environ.get("TINYSEEK_INT8_DIR")
+        os.environ["TINYSEEK_INT8_DIR"] = str(int8_dir)  # the model the firmware starts with (ota_build.py)
+        try:
+            elf = build_firmware(env, str(lib), build_dir=Path(".pio/update") / base.name)
+        finally:
+            if saved is None:
+                del os.environ["TINYSEEK_INT8_DIR"]
+            else:
+                os.environ["TINYSEEK_INT8_DIR"] = saved
         region = Path(region or f"build/update/{env}.region")
         if not region.exists():
             region.parent.mkdir(parents=True, exist_ok=True)
