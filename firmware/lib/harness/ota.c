@@ -36,7 +36,7 @@
 
 #define SECTOR 4096u
 #define KEY_OFF 0u
-#define REC_OFF(i) (SECTOR * (1u + (i)))
+#define REC_OFF(i) (SECTOR * (1u + (uint32_t)(i)))
 #define SLOT_SPAN ((SECTOR + TS_OTA_IMAGE_BYTES + SECTOR - 1u) / SECTOR * SECTOR)
 #define SLOT_OFF(s) (0x10000u + ((uint32_t)(s) - 1u) * SLOT_SPAN) /* s = 1 (A), 2 (B) */
 #define REGION_BYTES SLOT_OFF(3)
@@ -278,14 +278,12 @@ static void boot(void) {
     ok[1] = record_valid(1, &r[1]);
     order[0] = ok[1] && (!ok[0] || r[1].seq > r[0].seq) ? 1 : 0; /* newest first */
     order[1] = 1 - order[0];
+    if (ok[order[0]]) run.seq = r[order[0]].seq; /* the next record numbers above every valid one */
     for (c = 0; c < 2; c++) {
         int k = order[c];
         if (!ok[k]) continue;
-        if (run.rec_copy < 0) {
-            run.rec_copy = k;
-            run.seq = r[k].seq;
-        }
         if (r[k].slot == FACTORY || slot_valid((int)r[k].slot)) {
+            run.rec_copy = k; /* the next switch writes the other copy, never the one in charge */
             activate((int)r[k].slot);
             return;
         }
