@@ -79,11 +79,13 @@ def accuracy(model: QuantModel, split) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cuts", type=int, default=200, help="power-cut points (default 200)")
+    ap.add_argument("--cuts2", type=int, default=40, help="power-cut points of the second update, A -> B (default 40)")
+    ap.add_argument("--kills", type=int, default=20, help="QEMU killed at random instants of a transfer (default 20)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/updates.json"))
     ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from --out")
     args = ap.parse_args()
     if args.md_only:
-        write_markdown(json.loads(Path(args.out).read_text()), args.cuts)
+        write_markdown(json.loads(Path(args.out).read_text()), args)
         return
 
     base = Run(load(None, {}))
@@ -104,20 +106,22 @@ def main() -> None:
         "package_bytes": {"delta": len(delta), "full": len(full), "header": 192},
     }
     print(json.dumps(result, indent=2))
-    result["device"] = device_bench(old, new, delta, full, args.cuts)
+    result["device"] = device_bench(old, new, delta, full, args.cuts, args.cuts2, args.kills)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    write_markdown(result, args.cuts)
+    write_markdown(result, args)
 
 
-def write_markdown(r: dict, cuts: int) -> None:
+def write_markdown(r: dict, args) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from results_md import replace_section
     d = r["device"]
     pc, ram, boot = d["power_cuts"], d["ram"], d["boot_instructions"]
     o = pc["outcomes"]
     v = r["val_accuracy"]
-    section = f"""## Model updates (`python bench/updates.py --cuts {cuts}`)
+    p2, k = d["power_cuts_second_update"], d["sigkill_cuts"]
+    o2, ok = p2["outcomes"], k["outcomes"]
+    section = f"""## Model updates (`python bench/updates.py --cuts {args.cuts} --cuts2 {args.cuts2} --kills {args.kills}`)
 
 The update: {r["update"]} (`models/intents_ft`, made by the script); int8 validation accuracy
 {v["from"]:.4f} -> {v["to"]:.4f}. {r["image_bytes_changed"]:,} of the slot image's {r["image_bytes"]:,} bytes
@@ -135,10 +139,15 @@ firmware inside the update commands (the emulated UART's time is not in them).
 | stack peak after boot, an update and inferences vs the default after inferences | {ram["stack_peak_update"]:,} B vs {ram["stack_peak_default"]:,} B | |
 | RAM an update needs beyond the running model (static added + extra stack) | {ram["needed_beyond_running_model"]:,} B | <= 2 KiB |
 | flash operations of one update (sector erases + word programs) | {pc["flash_ops_per_update"]:,} | |
-| power cuts (operation N torn, then the power cut; reboot) | {pc["points"]} points: old {o["old"]}, new {o["new"]}, mixed {o["mixed"]}, bricked {o["bricked"]} | >= 200 points, 0 mixed or bricked |
+| power cuts (operation N torn, then the power cut; reboot), factory -> slot A | {pc["points"]} points: old {o["old"]}, new {o["new"]}, mixed {o["mixed"]}, bricked {o["bricked"]} | >= 200 points, 0 mixed or bricked |
+| the same, second update slot A -> B (back to the default's weights, version 3) | {p2["points"]} points: old {o2["old"]}, new {o2["new"]}, mixed {o2["mixed"]}, bricked {o2["bricked"]} | 0 mixed or bricked |
+| QEMU killed (SIGKILL) at random instants of the delta's transfer | {k["points"]} kills: old {ok["old"]}, new {ok["new"]}, mixed {ok["mixed"]}, bricked {ok["bricked"]} | 0 mixed or bricked |
 
-The new model runs from the first cut point after the update's last flash operation (op
-{pc["first_new_at_op"]}, when the boot record's CRC word is whole); every earlier cut leaves the old one. Wall
+"old" and "new": after the reboot the running image's SHA-256 (checked by the device at boot) is
+the old or the new model's and its logits on two inputs equal that model's integer reference;
+"mixed": anything else; "bricked": no answer. The new model runs from the first cut point after
+the update's last flash operation (op {pc["first_new_at_op"]}; second update: op {p2["first_new_at_op"]}), when the
+boot record's CRC word is whole; every earlier cut leaves the old one. Wall
 time of the delta's transfer over QEMU's emulated UART: {d["delta"]["wall_s_emulated_uart"]} s (the emulator's
 character rate, not a real link's).
 """
@@ -155,8 +164,9 @@ def _elf_ram(elf: Path) -> int:
                    if s["sh_flags"] & 2 and s["sh_flags"] & 1 and s.name in (".data", ".bss"))
 
 
-def device_bench(old, new, delta, full, cuts: int) -> dict:
+def device_bench(old, new, delta, full, cuts: int, cuts2: int, kills: int) -> dict:
     import tempfile
+    import threading
 
     from tinyseek.harness.bench import build_firmware
     from tinyseek.harness.boards import load_profile
@@ -176,15 +186,17 @@ def device_bench(old, new, delta, full, cuts: int) -> dict:
     def fresh(name: str) -> Path:
         return Path(shutil.copyfile(template, tmp / name))
 
-    def which(dut) -> tuple[str, dict]:
+    def which(dut, labels: dict) -> tuple[str, dict]:
         """old / new / mixed: the running image's SHA-256 and the logits must both say the same."""
         s = device.status(dut)
         got = []
         for ids in IDS:
             dut.load(np.asarray(ids, "<u2").tobytes())
             got.append(dut.infer()["logits"])
-        by_image = images.get(s["image"], "mixed")
-        return (by_image if by_image != "mixed" and got == ref[by_image] else "mixed"), s
+        model = images.get(s["image"])
+        if model is None or got != ref[model]:
+            return "mixed", s
+        return labels[s["image"]], s
 
     out: dict = {"note": "QEMU mps2-an386 -icount: instructions, not cycles; transfer time is the emulated "
                          "UART's, not a real link's"}
@@ -202,11 +214,13 @@ def device_bench(old, new, delta, full, cuts: int) -> dict:
             device.send(dut, pkg)
             wall = time.time() - t
             s = device.status(dut)
-            outcome, _ = which(dut)
+            outcome, _ = which(dut, images)
             peak = int(dut.mem()["stack_peak"])
             dut = b.power_on()
             boot_slot = device.status(dut)
             assert outcome == "new" and boot_slot["slot"] == "A", (outcome, boot_slot)
+        if kind == "delta":
+            shutil.copyfile(tmp / "delta.bin", tmp / "after_delta.bin")
         out[kind] = {"package_bytes": len(pkg), "chunks": -(-len(pkg) // device.CHUNK_BYTES),
                      "transfer_apply_instructions": s["work_instructions"], "flash_ops": s["flash_ops"],
                      "wall_s_emulated_uart": round(wall, 2), "stack_peak_after": peak}
@@ -219,34 +233,67 @@ def device_bench(old, new, delta, full, cuts: int) -> dict:
 
     # power cuts: flash operation N torn and the power cut, at points spread over the whole
     # update (sector erases, image words, slot header, boot record) plus its last operations
+    def special(total: int) -> set[int]:
+        return {1, 17, 18, total - 29, total - 5, total - 4, total - 3, total - 1, total, total + 1}
+
+    def cut_run(template: Path, pkg: bytes, points: list[int], labels: dict) -> dict:
+        counts = {"old": 0, "new": 0, "mixed": 0, "bricked": 0}
+        trials, t = [], time.time()
+        for i, point in enumerate(points):
+            region = Path(shutil.copyfile(template, tmp / "cut.bin"))
+            with device.OtaBoard(elf, machine, region, timeout=15.0) as b:
+                dut = b.power_on()
+                dut.command(f"ota cut {point}")
+                try:
+                    device.send(dut, pkg)
+                    cut = False
+                except (ProtocolError, LinkError, UpdateError):
+                    cut = b.qemu.proc.wait(10) == 3
+                try:
+                    dut = b.power_on()
+                    outcome, s = which(dut, labels)
+                except (ProtocolError, LinkError):
+                    outcome, s = "bricked", {"slot": None}
+            counts[outcome] += 1
+            trials.append({"op": point, "cut": cut, "runs": outcome, "slot": s["slot"]})
+            if i % 20 == 0:
+                print(f"  cut {i + 1}/{len(points)} at op {point}: {outcome} ({time.time() - t:.0f} s)", flush=True)
+        return {"points": len(points), "outcomes": counts,
+                "first_new_at_op": min((tr["op"] for tr in trials if tr["runs"] == "new"), default=None),
+                "trials": trials}
+
     total = int(out["delta"]["flash_ops"])
-    points = sorted({int(p) for p in np.linspace(1, total + 1, max(cuts, 2))} |
-                    {1, 17, 18, total - 29, total - 5, total - 4, total - 3, total - 1, total, total + 1}) if cuts else []
-    counts = {"old": 0, "new": 0, "mixed": 0, "bricked": 0}
-    trials = []
-    t = time.time()
-    for i, point in enumerate(points):
-        region = fresh("cut.bin")
+    first = {slot_image(old, "dsp").sha256.hex(): "old", slot_image(new, "dsp").sha256.hex(): "new"}
+    points = sorted({int(p) for p in np.linspace(1, total + 1, cuts)} | special(total)) if cuts else []
+    out["power_cuts"] = {"flash_ops_per_update": total, **cut_run(template, delta, points, first)}
+    # the second update, slot A -> B (back to the default's weights as version 3): it erases the
+    # slot an older boot record still names
+    back = make_package(new, old, KEY, version=3)
+    second = {slot_image(new, "dsp").sha256.hex(): "old", slot_image(old, "dsp").sha256.hex(): "new"}
+    points = sorted({int(p) for p in np.linspace(1, total + 1, cuts2)} | special(total)) if cuts2 else []
+    out["power_cuts_second_update"] = cut_run(tmp / "after_delta.bin", back, points, second)
+    # cuts the firmware does not choose: QEMU killed (SIGKILL) at random instants of the transfer
+    rng = np.random.default_rng(0)
+    counts, trials = {"old": 0, "new": 0, "mixed": 0, "bricked": 0}, []
+    for at in sorted(rng.uniform(0.0, out["delta"]["wall_s_emulated_uart"] * 1.1, kills)):
+        region = Path(shutil.copyfile(template, tmp / "kill.bin"))
         with device.OtaBoard(elf, machine, region, timeout=15.0) as b:
             dut = b.power_on()
-            dut.command(f"ota cut {point}")
+            timer = threading.Timer(at, b.qemu.proc.kill)
+            timer.start()
             try:
                 device.send(dut, delta)
-                cut = False
             except (ProtocolError, LinkError, UpdateError):
-                cut = b.qemu.proc.wait(10) == 3
+                pass
+            timer.join()
             try:
                 dut = b.power_on()
-                outcome, s = which(dut)
+                outcome, s = which(dut, first)
             except (ProtocolError, LinkError):
                 outcome, s = "bricked", {"slot": None}
         counts[outcome] += 1
-        trials.append({"op": point, "cut": cut, "runs": outcome, "slot": s["slot"]})
-        if i % 20 == 0:
-            print(f"  cut {i + 1}/{len(points)} at op {point}: {outcome} ({time.time() - t:.0f} s)", flush=True)
-    out["power_cuts"] = {"points": len(points), "flash_ops_per_update": total, "outcomes": counts,
-                         "first_new_at_op": min((tr["op"] for tr in trials if tr["runs"] == "new"), default=None),
-                         "trials": trials}
+        trials.append({"after_s": round(float(at), 3), "runs": outcome, "slot": s["slot"]})
+    out["sigkill_cuts"] = {"points": kills, "outcomes": counts, "trials": trials}
     shutil.rmtree(tmp)
     return out
 
