@@ -8,6 +8,7 @@ import copy
 import hashlib
 import hmac
 import random
+import shutil
 import zlib
 
 import numpy as np
@@ -190,6 +191,39 @@ def test_power_cuts_leave_old_or_new(fw):
     # the switch is the boot record's last word: torn, it leaves the old model; whole, the new one
     assert seen.pop(total + 1) == ("done", "A")
     assert set(seen.values()) == {("cut", "factory")}
+
+    # the second update writes slot B, which nothing names yet, while slot A keeps running
+    back = make_package(new, old, KEY, version=3)
+    for point in (18, total - 4, total, total + 1):
+        region = shutil.copyfile(fw["tmp"] / "probe.bin", fw["tmp"] / "second.bin")
+        with device.OtaBoard(fw["elf"], fw["machine"], region) as b:
+            outcome = cut_trial(b, back, point)
+            b.power_off()
+            dut = b.power_on()
+            s = device.running(dut)
+            model = images[s.image]
+            assert s.hash == model.model_hash() and answers(dut, model)
+            assert (outcome, s.slot) == (("done", "B") if point == total + 1 else ("cut", "A"))
+
+
+def test_qemu_killed_mid_transfer(fw):
+    """A cut the firmware does not choose: QEMU killed (SIGKILL) while the package streams in."""
+    pkg = make_package(fw["old"], fw["new"], KEY, version=2)
+    with board(fw, "kill.bin") as b:
+        dut = b.power_on()
+        dut.command(f"ota begin {len(pkg)}")
+        for off in range(0, 600, 200):  # the header and two chunks of the body are in, slot A erased
+            piece = pkg[off:off + 200]
+            dut.command(f"ota chunk {off} {piece.hex()} {zlib.crc32(piece):08x}")
+        b.qemu.proc.kill()
+        b.qemu.proc.wait(10)
+        with pytest.raises((ProtocolError, LinkError)):
+            dut.command("ota status")
+        dut = b.power_on()
+        s = device.running(dut)
+        assert (s.slot, s.hash) == ("factory", fw["old"].model_hash()) and answers(dut, fw["old"])
+        device.send(dut, pkg)  # and the update goes through afterwards
+        assert answers(dut, fw["new"])
 
 
 def test_push_sends_and_checks_the_test_split(fw, tmp_path):
