@@ -108,10 +108,23 @@ def _table(ctx: dict, kernel: str) -> list[tuple[str, object]]:
     return rows
 
 
+_CACHE: dict[tuple[str, str], SlotImage] = {}
+
+
 def slot_image(model: QuantModel, kernel: str) -> SlotImage:
-    """The image of `model` for a firmware whose kernel variant is `kernel`."""
+    """The image of `model` for a firmware whose kernel variant is `kernel` (remembered by model
+    hash: rendering the code for the layout's digest is the slow part)."""
     if kernel not in KERNELS:
         raise UpdateError(f"kernel variant {kernel!r} has no update layout yet; supported: {', '.join(KERNELS)}")
+    key = (model.model_hash(), kernel)
+    if key not in _CACHE:
+        if len(_CACHE) >= 16:
+            _CACHE.clear()
+        _CACHE[key] = _slot_image(model, kernel)
+    return _CACHE[key]
+
+
+def _slot_image(model: QuantModel, kernel: str) -> SlotImage:
     ctx = build_context(model, "update")
     fields, chunks, offset = [], [], 0
     for name, arr in _table(ctx, kernel):
