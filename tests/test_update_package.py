@@ -45,7 +45,7 @@ def test_slot_image_follows_the_params_table(models):
         slot_image(old, "mve")
 
 
-@pytest.mark.parametrize("case", ["equal", "all-different", "small", "mixed", "long-runs", "empty"])
+@pytest.mark.parametrize("case", ["equal", "all-different", "small", "tiny", "mixed", "long-runs", "empty"])
 def test_delta_coding_round_trips(case):
     rng = np.random.default_rng(1)
     n = 0 if case == "empty" else 20_000
@@ -55,6 +55,8 @@ def test_delta_coding_round_trips(case):
         new = (old + rng.integers(1, 256, n)).astype(np.uint8)
     elif case == "small":
         new = (old + rng.integers(-8, 8, n)).astype(np.uint8)
+    elif case == "tiny":  # differences of -2..1: four per byte
+        new = (old + rng.integers(-2, 2, n)).astype(np.uint8)
     elif case == "mixed":
         mask = rng.random(n) < 0.3
         new[mask] = (old[mask] + rng.integers(-100, 100, mask.sum())).astype(np.uint8)
@@ -65,8 +67,12 @@ def test_delta_coding_round_trips(case):
     assert decode_delta(body, old.tobytes()) == new.tobytes()
     if case == "equal":
         assert len(body) <= 4  # one zero run with its LEB128 length
+    if case == "tiny":
+        assert len(body) < n * 0.3
     if case == "small":
         assert len(body) < n * 0.55  # two differences per byte
+    if case == "long-runs":
+        assert len(body) < 16
 
 
 def test_package_applies_and_every_bad_package_is_named(models):
@@ -94,8 +100,10 @@ def test_package_applies_and_every_bad_package_is_named(models):
         apply_package(bytes(bad), a.data, KEY)
     with pytest.raises(PackageError, match="another image"):
         apply_package(pkg, b.data, KEY)
-    with pytest.raises(PackageError, match="unknown run kind"):
-        decode_delta(b"\xc0", a.data)
+    with pytest.raises(PackageError, match="ends inside a crumb run"):
+        decode_delta(b"\xc4", a.data)
+    with pytest.raises(PackageError, match="ends inside a run length"):
+        decode_delta(b"\x7f\xff", a.data)
     with pytest.raises(PackageError, match="past the image"):
         decode_delta(b"\x3f\xff\xff\x7f", a.data)
 

@@ -330,7 +330,8 @@ static int emit(uint8_t d) {
     return 1;
 }
 
-/* The body decoder (tinyseek.update.package.decode_delta): returns 0 on a malformed body. */
+/* The body decoder (tinyseek.update.package.decode_delta): returns 0 on a malformed body. The
+ * op byte's kind: 0 zero run, 1 nibbles, 2 bytes, 3 crumbs (2 bits). */
 static int decode(uint8_t b) {
     if (s.in_varint) {
         s.count += (uint32_t)(b & 0x7Fu) << s.varint_shift;
@@ -340,16 +341,16 @@ static int decode(uint8_t b) {
     } else if (s.count == 0u) {
         s.kind = (uint8_t)(b >> 6);
         s.count = (b & 63u) + 1u;
-        if (s.kind == 3u) return 0;
         if (s.count == 64u) {
             s.in_varint = 1;
             s.varint_shift = 0;
             return 1;
         }
-    } else if (s.kind == 1u) {
-        if (!emit((uint8_t)(((b & 15u) ^ 8u) - 8u))) return 0;
-        if (--s.count && !emit((uint8_t)(((b >> 4) ^ 8u) - 8u))) return 0;
-        if (s.count) s.count--;
+    } else if (s.kind != 2u) { /* packed: nibbles (kind 1) or 2-bit crumbs (kind 3), low bits first */
+        uint32_t bits = s.kind == 1u ? 4u : 2u, half = 1u << (bits - 1u), q;
+        for (q = 0; q < 8u && s.count; q += bits, s.count--) {
+            if (!emit((uint8_t)(((b >> q & (2u * half - 1u)) ^ half) - half))) return 0;
+        }
         return 1;
     } else {
         s.count--;
@@ -421,8 +422,8 @@ static int receive(const uint8_t *b, uint32_t n) {
         }
         ts_hmac_update(&s.mac, &b[i], 1);
         if (!decode(b[i])) {
-            dut_err("ota: malformed body at package offset %u (unknown run kind, run past the image's %u bytes "
-                    "or an overlong run length)", (unsigned long)s.offset, (unsigned long)TS_OTA_IMAGE_BYTES);
+            dut_err("ota: malformed body at package offset %u (a run past the image's %u bytes or an overlong "
+                    "run length)", (unsigned long)s.offset, (unsigned long)TS_OTA_IMAGE_BYTES);
             return 0;
         }
     }

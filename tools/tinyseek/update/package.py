@@ -1,19 +1,20 @@
 """Signed delta packages between two int8 models, and their reference decoder.
 
 A package (docs/updates.md) is a 192-byte header and a body. The body codes the difference
-d = new - old (mod 256) of the two slot images byte by byte, as runs of three kinds, each
+d = new - old (mod 256) of the two slot images byte by byte, as runs of four kinds, each
 announced by one op byte (kind in the top 2 bits, count - 1 in the low 6; 63 there means
 64 + a LEB128 number follows):
 
     0  zero run     count bytes unchanged, nothing follows
     1  nibble run   count differences in -8..7, two per byte, low nibble first
     2  byte run     count differences, one byte each
+    3  crumb run    count differences in -2..1, four per byte, lowest two bits first
 
-Why this scheme: a retrained int8 model changes many weights by a step or two, so most
-differences fit 4 bits, and untouched rows (embeddings of unseen tokens, whole tables) give
-long zero runs. The device decodes it with a few bytes of state, one body byte at a time, and
-writes new = old + d straight into the inactive slot while it reads old from the running one:
-no buffer of the package or of the image. Subtraction keeps small signed weight changes small
+Why this scheme: a retrained int8 model changes many weights by one step, so most differences
+fit 2 or 4 bits, and untouched rows (embeddings of unseen tokens, whole tables) give long zero
+runs. The device decodes it with a few bytes of state, one body byte at a time, and writes
+new = old + d straight into the inactive slot while it reads old from the running one: no
+buffer of the package or of the image. Subtraction keeps small signed weight changes small
 (XOR would turn -1 -> 0 into 0xFF). A full package is the same coding against an all-zero base.
 
 The tag is HMAC-SHA256 with the device's key over the header's first 160 bytes and the body;
@@ -37,7 +38,9 @@ HEADER_BYTES = HEADER.size  # 192
 SIGNED_BYTES = HEADER_BYTES - 32  # the tag covers the header before it, then the body
 FLAG_FULL = 1
 KEY_BYTES = 32
-ZERO, NIBBLE, RAW = 0, 1, 2
+ZERO, NIBBLE, RAW, CRUMB = 0, 1, 2, 3
+# bits per difference of the packed kinds
+PACKED_BITS = {NIBBLE: 4, CRUMB: 2}
 assert HEADER_BYTES == 192
 
 
@@ -101,49 +104,57 @@ def _op(kind: int, count: int) -> bytes:
 
 
 def encode_delta(old: bytes, new: bytes) -> bytes:
-    """The body for old -> new (equal lengths): runs chosen by a shortest-path over the three
-    kinds, costed in half-bytes (a zero costs 0 in a zero run, 1 in a nibble run, 2 in a byte run;
-    starting a run costs an op byte)."""
+    """The body for old -> new (equal lengths): runs chosen by a shortest path over the four
+    kinds, costed in quarter-bytes (a difference costs 0 in a zero run, 1 in a crumb run, 2 in a
+    nibble run, 4 in a byte run; starting a run costs its op byte)."""
     if len(old) != len(new):
         raise PackageError(f"images of {len(old)} and {len(new)} bytes: a delta needs equal layouts")
-    d = bytes((b - a) & 0xFF for a, b in zip(old, new))
+    d = [(b - a) & 0xFF for a, b in zip(old, new)]
     n = len(d)
     if n == 0:
         return b""
     inf = 1 << 60
-    small = [x == 0 or x < 8 or x >= 248 for x in d]
-    # cost[k] of the best coding of d[:i+1] ending in a run of kind k, and where it came from
-    cost = [0 if d[0] == 0 else inf, 2 + 1 if small[0] else inf, 2 + 2]
-    cost[ZERO] = 2 if d[0] == 0 else inf
-    back = bytearray(3 * n)
+
+    def costs(x: int) -> tuple[int, int, int, int]:  # per kind: ZERO, NIBBLE, RAW, CRUMB
+        s = x - 256 if x >= 128 else x
+        return (0 if x == 0 else inf, 2 if -8 <= s <= 7 else inf, 4, 1 if -2 <= s <= 1 else inf)
+
+    # cost[k]: the cheapest coding of d[:i+1] that ends in a run of kind k; back: where it came from
+    cost = [c + 4 if c < inf else inf for c in costs(d[0])]
+    back = bytearray(4 * n)
     for i in range(1, n):
-        x, best = d[i], min(range(3), key=cost.__getitem__)
-        new_cost = [inf, inf, inf]
-        for k, c in ((ZERO, 0 if x == 0 else inf), (NIBBLE, 1 if small[i] else inf), (RAW, 2)):
-            if c == inf:
+        per = costs(d[i])
+        best = min(range(4), key=cost.__getitem__)
+        switch = cost[best] + 4
+        new_cost = [inf] * 4
+        for k in range(4):
+            if per[k] == inf:
                 continue
-            stay, switch = cost[k], cost[best] + 2
-            if stay <= switch:
-                new_cost[k], back[3 * i + k] = stay + c, k
+            if cost[k] <= switch:
+                new_cost[k], back[4 * i + k] = cost[k] + per[k], k
             else:
-                new_cost[k], back[3 * i + k] = switch + c, best
+                new_cost[k], back[4 * i + k] = switch + per[k], best
         cost = new_cost
     kinds = bytearray(n)
-    k = min(range(3), key=cost.__getitem__)
+    k = min(range(4), key=cost.__getitem__)
     for i in range(n - 1, -1, -1):
         kinds[i] = k
-        k = back[3 * i + k] if i else k
+        k = back[4 * i + k] if i else k
     out, i = bytearray(), 0
     while i < n:
         k, j = kinds[i], i
         while j < n and kinds[j] == k:
             j += 1
         out += _op(k, j - i)
-        if k == NIBBLE:
-            nib = [x & 0x0F for x in d[i:j]] + [0] * ((j - i) % 2)
-            out += bytes(nib[t] | nib[t + 1] << 4 for t in range(0, len(nib), 2))
+        if k in PACKED_BITS:
+            bits = PACKED_BITS[k]
+            per_byte = 8 // bits
+            vals = [x & ((1 << bits) - 1) for x in d[i:j]]
+            vals += [0] * (-len(vals) % per_byte)
+            for t in range(0, len(vals), per_byte):
+                out.append(sum(v << (bits * q) for q, v in enumerate(vals[t:t + per_byte])))
         elif k == RAW:
-            out += d[i:j]
+            out += bytes(d[i:j])
         i = j
     return bytes(out)
 
@@ -168,20 +179,20 @@ def decode_delta(body: bytes, old: bytes) -> bytes:
                     break
                 if shift > 28:
                     raise PackageError("run length longer than 4 bytes")
-        if kind == 3:
-            raise PackageError(f"op byte 0x{op:02x} at body offset {i - 1}: unknown run kind 3")
         if len(out) + count > n:
             raise PackageError(f"body decodes past the image's {n} bytes")
         base = old[len(out):len(out) + count]
         if kind == ZERO:
             out += base
-        elif kind == NIBBLE:
-            need = (count + 1) // 2
+        elif kind in PACKED_BITS:
+            bits = PACKED_BITS[kind]
+            per_byte = 8 // bits
+            need = -(-count // per_byte)
             if i + need > len(body):
-                raise PackageError("body ends inside a nibble run")
+                raise PackageError(f"body ends inside a {'nibble' if kind == NIBBLE else 'crumb'} run")
             for t in range(count):
-                v = body[i + t // 2] >> (4 * (t % 2)) & 0x0F
-                out.append((base[t] + (v - 16 if v >= 8 else v)) & 0xFF)
+                v = body[i + t // per_byte] >> (bits * (t % per_byte)) & ((1 << bits) - 1)
+                out.append((base[t] + (v - (1 << bits) if v >= 1 << (bits - 1) else v)) & 0xFF)
             i += need
         else:
             if i + count > len(body):
