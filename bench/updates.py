@@ -149,7 +149,9 @@ the old or the new model's and its logits on two inputs equal that model's integ
 the update's last flash operation (op {pc["first_new_at_op"]}; second update: op {p2["first_new_at_op"]}), when the
 boot record's CRC word is whole; every earlier cut leaves the old one. Wall
 time of the delta's transfer over QEMU's emulated UART: {d["delta"]["wall_s_emulated_uart"]} s (the emulator's
-character rate, not a real link's).
+character rate, not a real link's; measured on the 2-core machine with other jobs running, which
+moves wall times, not instruction counts). The SIGKILL cuts fall at random instants up to 1.1x
+that time, so the last ones may land after the commit.
 """
     replace_section("## Model updates", section)
 
