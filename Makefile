@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyseek-installed
 TFLITE := $(VENV)/.tinyseek-tflite-installed
+RAY    := $(VENV)/.tinyseek-ray-installed
 
 .PHONY: demo test setup setup-demo system clean-venv
 
@@ -23,10 +24,12 @@ demo: setup-demo
 test: setup
 	$(BIN)/pytest -q
 
-# Everything, TensorFlow included (the tests exercise `tinyseek export --format tflite`).
-setup: system $(STAMP) $(TFLITE)
+# Everything, TensorFlow and Ray included (the tests exercise `tinyseek export --format tflite`
+# and teacher.engine = "ray").
+setup: system $(STAMP) $(TFLITE) $(RAY)
 
-# The demo never imports TensorFlow: it skips the tflite extra (about 1.3 GB installed).
+# The demo never imports TensorFlow or Ray: it skips the tflite extra (about 1.3 GB installed)
+# and the ray extra.
 setup-demo: system $(STAMP)
 
 system:
@@ -47,6 +50,11 @@ $(TFLITE): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[tflite]"
 	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
 	touch $(TFLITE)
+
+# teacher.engine = "ray" (the extraction on Ray actors): one 79 MB wheel and a few small ones.
+$(RAY): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[ray]"
+	touch $(RAY)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,6 +56,14 @@ class TeacherConfig:
     layers: list[int] = field(default_factory=list)  # hidden-state layers; empty = evenly spaced, 3 of them
     attentions: bool = False  # also cache attention maps of those layers (head-averaged)
     shard_size: int = 256  # samples per cache shard: an interrupted extraction resumes from the last whole shard
+    # Where the shards run (docs/teachers.md, "Beyond one machine"): local = this process;
+    # ray = Ray actors, one teacher replica each (a GPU each where Ray sees GPUs), writing the
+    # same shard files. ray_address: "" starts a local Ray cluster, else the address of one to
+    # join ("auto", "ray://host:10001", "host:6379"). workers: actors (0: one per GPU Ray sees,
+    # else one per teacher.threads CPUs); each runs teacher.threads threads (0: one).
+    engine: str = "local"  # local | ray
+    ray_address: str = ""
+    workers: int = 0
     # Size: the weights' dtype (auto: bfloat16 above 100M parameters, float32 below) and device
     # (auto: CUDA when torch sees a GPU). See docs/teachers.md.
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
@@ -317,6 +325,9 @@ def validate(cfg: Config) -> None:
          f", and num_layers >= 1")
     need(cfg.teacher.shard_size >= 1, "teacher.shard_size must be >= 1 (samples per cache shard)")
     need(cfg.teacher.threads >= 0, "teacher.threads must be >= 0 (0: OMP_NUM_THREADS if set, else every core)")
+    need(cfg.teacher.engine in ("local", "ray") and cfg.teacher.workers >= 0,
+         f"teacher.engine must be local or ray (not {cfg.teacher.engine!r}) and teacher.workers >= 0 "
+         f"(0: one per GPU, else per CPU), not {cfg.teacher.workers}")
     need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
          and cfg.teacher.transfer_temperature > 0,
          "teacher.transfer_samples must be >= 0, transfer_confidence in [0, 1), transfer_temperature > 0")

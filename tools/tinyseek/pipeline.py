@@ -23,6 +23,9 @@ from .config import Config
 STAGES = ("teacher", "distill", "quantize", "codegen", "verify", "report")
 # Teacher settings only the extraction reads (teacher/extract.py).
 EXTRACTION_ONLY = ("layers", "attentions", "shard_size")
+# Where the extraction runs: the same knowledge whatever they are (the shard stamps hold the
+# dtype and device that make a difference), so they are no input of the teacher stage.
+ENGINE_ONLY = ("engine", "ray_address", "workers")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -164,14 +167,14 @@ class Run:
     def adaptation_key(self) -> str:
         """The teacher stage's inputs but the settings only the extraction reads: a change of
         those alone re-runs the extraction on the adapted teacher already saved."""
-        adapt = {k: v for k, v in asdict(self.cfg.teacher).items() if k not in EXTRACTION_ONLY}
+        adapt = {k: v for k, v in asdict(self.cfg.teacher).items() if k not in EXTRACTION_ONLY + ENGINE_ONLY}
         return hash_obj([__version__, self._task_key(), adapt])
 
     def input_key(self, stage: str) -> str:
         c = self.cfg
         task = self._task_key()
         if stage == "teacher":
-            return hash_obj([__version__, task, asdict(c.teacher)])
+            return hash_obj([__version__, task, {k: v for k, v in asdict(c.teacher).items() if k not in ENGINE_ONLY}])
         if stage == "distill":
             # The knowledge's tensors, not its provenance metadata (the teacher folder's hash, which
             # a run name or a thread setting changes): the same numbers train the same student.
@@ -265,7 +268,7 @@ def _teacher(run: Run) -> None:
     from .teacher.transfer import write_transfer_set
     write_transfer_set(run.task_dataset, run.cfg.teacher, run.dir, run.log)
     run._dataset = None  # the training split now holds the transfer set, if one was asked for
-    extract(run.dataset, run.cfg.teacher, run.dir)
+    extract(run.dataset, run.cfg.teacher, run.dir, log=run.log)
 
 
 def _distill(run: Run) -> None:

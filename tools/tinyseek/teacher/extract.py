@@ -25,6 +25,8 @@ import json
 import math
 import os
 import shutil
+import struct
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from .load import TeacherError, use_threads
 SPLITS = ("train", "val", "test")
 KNOWLEDGE_FILE = "knowledge.safetensors"
 PARTS_DIR = "knowledge.parts"
+EXTRACTION_FILE = "extraction.json"
 SHARD_FORMAT = "1"  # part of every shard's stamp: a change of layout invalidates old shards
 
 
@@ -251,7 +254,7 @@ def _shard_stamp(settings: dict, split: str, start: int, inputs: torch.Tensor, m
 
 
 def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
-            on_shard: Callable[[str, int, Path], None] | None = None) -> Path:
+            on_shard: Callable[[str, int, Path], None] | None = None, log: Callable[[str], None] = print) -> Path:
     """Cache the adapted teacher's knowledge of every split in `<run_dir>/knowledge.safetensors`.
 
     Layers: `cfg.layers`, or `default_layers` of the teacher's depth when empty. Attention
@@ -259,17 +262,20 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     embedding output, which has none. The teacher runs in cfg.dtype on cfg.device, in
     batches of `batch_size`; results go to shards of cfg.shard_size samples first (see the
     module docstring), so a rerun after an interruption only computes the missing ones.
-    `on_shard(split, index, path)` is called after each shard computed and written.
-    Returns the file's path.
+    cfg.engine = "ray" computes the shards on Ray actors instead (ray_engine.py), with the
+    same files and the same merge. `on_shard(split, index, path)` is called after each shard
+    computed and written. `<run_dir>/extraction.json` records where it ran. Returns the
+    file's path.
     """
-    use_threads(cfg.threads)
+    if cfg.engine == "ray":
+        from .ray_engine import extract_on_ray
+        return extract_on_ray(dataset, cfg, run_dir, batch_size, on_shard, log)
+    t0 = time.monotonic()
+    threads = use_threads(cfg.threads)
     run_dir = Path(run_dir)
     teacher_dir = run_dir / "teacher"
     model, tokenizer, meta = load_for_extraction(teacher_dir, cfg.dtype, cfg.device)
-    if list(meta["labels"]) != list(dataset.labels) or meta["kind"] != dataset.kind:
-        raise TeacherError(
-            f"the teacher in {teacher_dir} was adapted to a {meta['kind']} task with labels {meta['labels']}, "
-            f"not to this {dataset.kind} task with labels {list(dataset.labels)}; run `tinyseek teacher --force`")
+    check_task(meta, dataset, teacher_dir)
     num_layers = model.backbone.config.num_hidden_layers
     layers = select_layers(list(cfg.layers), num_layers)
     attn_layers = [l for l in layers if l > 0] if cfg.attentions else []
@@ -278,34 +284,12 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     if model.head is None:
         from .verbalize import zero_shot_from_meta
         zero_shot = lambda texts: zero_shot_from_meta(model, tokenizer, texts, meta, batch_size)  # noqa: E731
-    # The teacher's files include teacher.json: its labelling settings (head or zero-shot
-    # prompt and verbalisers) and, for lora/none, the base model's fingerprint.
     teacher_hash = hash_folder(teacher_dir)
-    settings = {"format": SHARD_FORMAT, "teacher": teacher_hash, "layers": layers, "attn_layers": attn_layers,
-                "dtype": str(model.backbone.dtype), "device": model.backbone.device.type,
-                "batch_size": batch_size, "shard_size": cfg.shard_size}
-
-    parts = run_dir / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
-    plan: list[_Shard] = []
-    for name in SPLITS:
-        split = getattr(dataset, name)
-        if len(split.y) == 0:
-            continue
-        inputs, mask = split_inputs(tokenizer, split, dataset.kind, meta["max_tokens"])
-        t_max = mask.shape[1]
-        for k, start in enumerate(range(0, len(split.y), cfg.shard_size)):
-            rows = slice(start, start + cfg.shard_size)
-            n = len(mask[rows])
-            shapes = {"logits": (n, num_classes), **{f"hidden.{l}": (n, hidden) for l in layers},
-                      **{f"attn.{l}": (n, t_max, t_max) for l in attn_layers}}
-            plan.append(_Shard(name, k, parts / f"{name}-{k:05d}.safetensors",
-                               _shard_stamp({**settings, "t_max": t_max}, name, start, inputs[rows], mask[rows]),
-                               shapes, inputs[rows], mask[rows],
-                               list(split.texts[rows]) if dataset.kind == "text" else None, t_max))
-
-    done = {i: t for i, shard in enumerate(plan)
-            if (t := _read_shard(shard.path, shard.stamp, shard.shapes)) is not None}
+    settings = shard_settings(teacher_hash, layers, attn_layers, model.backbone.dtype, model.backbone.device.type,
+                              batch_size, cfg.shard_size)
+    plan = plan_shards(dataset, lambda split: split_inputs(tokenizer, split, dataset.kind, meta["max_tokens"]),
+                       settings, run_dir / PARTS_DIR, cfg.shard_size, layers, attn_layers, hidden, num_classes)
+    done = kept_shards(plan)
     todo = sum(len(s.mask) for i, s in enumerate(plan) if i not in done)
     progress = Progress("teacher extract", todo, probe=min(todo, 4 * batch_size), units="samples")
     with tqdm(total=sum(len(s.mask) for s in plan), initial=sum(len(plan[i].mask) for i in done), unit="sample",
@@ -317,7 +301,61 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
             _write_shard(shard.path, done[i], shard.stamp)
             if on_shard is not None:
                 on_shard(shard.split, shard.index, shard.path)
+    write_record(run_dir, plan, computed=todo, engine="local", workers=1, threads=threads,
+                 devices=[device_name(model.backbone.device)], redone=[], seconds=time.monotonic() - t0)
+    return merge_shards(plan, done, run_dir, layers, attn_layers, hidden, num_classes, teacher_hash)
 
+
+def check_task(meta: dict, dataset, teacher_dir: Path) -> None:
+    """The teacher in `teacher_dir` (its teacher.json `meta`) was adapted to this task."""
+    if list(meta["labels"]) != list(dataset.labels) or meta["kind"] != dataset.kind:
+        raise TeacherError(
+            f"the teacher in {teacher_dir} was adapted to a {meta['kind']} task with labels {meta['labels']}, "
+            f"not to this {dataset.kind} task with labels {list(dataset.labels)}; run `tinyseek teacher --force`")
+
+
+def shard_settings(teacher_hash: str, layers: list[int], attn_layers: list[int], dtype, device_type: str,
+                   batch_size: int, shard_size: int) -> dict:
+    """What every shard's stamp holds besides its inputs. The teacher's files include
+    teacher.json: its labelling settings (head or zero-shot prompt and verbalisers) and, for
+    lora/none, the base model's fingerprint."""
+    return {"format": SHARD_FORMAT, "teacher": teacher_hash, "layers": layers, "attn_layers": attn_layers,
+            "dtype": str(dtype), "device": device_type, "batch_size": batch_size, "shard_size": shard_size}
+
+
+def plan_shards(dataset, inputs_of: Callable, settings: dict, parts: Path, shard_size: int, layers: list[int],
+                attn_layers: list[int], hidden: int, num_classes: int) -> list[_Shard]:
+    """Every split's shards, in order, each with its file, stamp, shapes and inputs.
+    `inputs_of(split)` is the split's (inputs, mask) as the teacher reads them."""
+    parts.mkdir(parents=True, exist_ok=True)
+    plan: list[_Shard] = []
+    for name in SPLITS:
+        split = getattr(dataset, name)
+        if len(split.y) == 0:
+            continue
+        inputs, mask = inputs_of(split)
+        t_max = mask.shape[1]
+        for k, start in enumerate(range(0, len(split.y), shard_size)):
+            rows = slice(start, start + shard_size)
+            n = len(mask[rows])
+            shapes = {"logits": (n, num_classes), **{f"hidden.{l}": (n, hidden) for l in layers},
+                      **{f"attn.{l}": (n, t_max, t_max) for l in attn_layers}}
+            plan.append(_Shard(name, k, parts / f"{name}-{k:05d}.safetensors",
+                               _shard_stamp({**settings, "t_max": t_max}, name, start, inputs[rows], mask[rows]),
+                               shapes, inputs[rows], mask[rows],
+                               list(split.texts[rows]) if dataset.kind == "text" else None, t_max))
+    return plan
+
+
+def kept_shards(plan: list[_Shard]) -> dict[int, dict[str, np.ndarray]]:
+    """The tensors of the plan's shards already on disk, whole and of these inputs, by index."""
+    return {i: t for i, shard in enumerate(plan) if (t := _read_shard(shard.path, shard.stamp, shard.shapes)) is not None}
+
+
+def merge_shards(plan: list[_Shard], done: dict[int, dict[str, np.ndarray]], run_dir: Path, layers: list[int],
+                 attn_layers: list[int], hidden: int, num_classes: int, teacher_hash: str) -> Path:
+    """Merge every shard's tensors (`done`, emptied as it goes) into knowledge.safetensors and
+    remove the parts folder."""
     tensors: dict[str, np.ndarray] = {}
     for name in SPLITS:
         shards = [done.pop(i) for i, shard in enumerate(plan) if shard.split == name]  # freed once merged
@@ -328,9 +366,44 @@ def extract(dataset, cfg, run_dir: str | Path, batch_size: int = 64,
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={
         "layers": ",".join(str(l) for l in layers), "num_classes": str(num_classes), "teacher_hash": teacher_hash})
+    sort_metadata(tmp)
     os.replace(tmp, path)
-    shutil.rmtree(parts)
+    shutil.rmtree(run_dir / PARTS_DIR)
     return path
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted. safetensors writes the
+    metadata from a hash map, in an order that changes from one process to the next, so the same
+    tensors and metadata came out as different bytes; sorted, the same knowledge is the same
+    file. The header keeps its length (the same keys and values, only reordered)."""
+    with open(path, "r+b") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise ValueError(f"{path}: the reordered safetensors header grew ({len(text)} > {size} bytes)")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
+
+
+def device_name(device: torch.device) -> str:
+    """"cpu", or "cuda:N (the GPU's name)"."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def write_record(run_dir: Path, plan: list[_Shard], computed: int, engine: str, workers: int, threads: int,
+                 devices: list[str], redone: list[str], seconds: float, **extra) -> None:
+    """`<run_dir>/extraction.json`: where the last extraction ran (the report shows it). Not in
+    the knowledge file, which is the same whatever the engine."""
+    record = {"engine": engine, **extra, "workers": workers, "threads_per_worker": threads, "devices": devices,
+              "shards": len(plan), "samples": sum(len(s.mask) for s in plan), "samples_computed": computed,
+              "shards_redone": redone, "seconds": round(seconds, 3)}
+    (run_dir / EXTRACTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def teacher_accuracy(knowledge_path: str | Path, dataset) -> dict[str, float]:

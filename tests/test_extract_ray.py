@@ -1,0 +1,186 @@
+"""teacher.engine = "ray": the knowledge extraction on a local Ray cluster (2 CPUs, 2 single-
+thread workers) gives the local path's file byte for byte, also when workers are killed
+mid-run or the driver is interrupted and run again. A tiny teacher and 31 samples in 5 shards
+keep it to a few Ray start-ups (seconds each)."""
+import importlib
+import json
+import os
+import shutil
+import signal
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import ray
+from safetensors import safe_open
+
+from tinyseek.config import ConfigError, TeacherConfig
+from tinyseek.config import load as load_config
+from tinyseek.data import Dataset, Split
+from tinyseek.pipeline import Run
+from tinyseek.teacher import adapt, extract
+from tinyseek.teacher.extract import EXTRACTION_FILE, KNOWLEDGE_FILE, PARTS_DIR, sort_metadata
+
+ray_engine = importlib.import_module("tinyseek.teacher.ray_engine")
+
+# threads = 1 on both engines: float sums depend on the thread count (docs/teachers.md).
+TINY = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=0, finetune_epochs=2,
+                     batch_size=16, lr=3e-3, dtype="float32", device="cpu", layers=[0, 1, 2], attentions=True,
+                     noise_copies=0, threads=1, shard_size=8)
+RAY = replace(TINY, engine="ray", workers=2)
+BATCH = 4
+PHRASES = ["turn on the lights", "lights off please", "what time is it", "set a timer for ten minutes",
+           "play some music in the kitchen", "stop"]
+ALL_SHARDS = {("train", 0), ("train", 1), ("train", 2), ("val", 0), ("val", 1)}  # 22 and 9 samples by 8
+
+
+def _split(n, seed):
+    rng = np.random.default_rng(seed)
+    texts = [PHRASES[rng.integers(len(PHRASES))] + ["", " now", " thanks"][i % 3] for i in range(n)]
+    return Split(y=rng.integers(0, 3, n).astype(np.int64), texts=texts, x=None)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return Dataset(name="tiny", kind="text", labels=["a", "b", "c"],
+                   train=_split(22, 0), val=_split(9, 1), test=_split(0, 2))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module: the extraction uses the session it finds."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_run(task, tmp_path_factory):
+    """An adapted teacher and the local path's knowledge file (bytes) from it."""
+    run = tmp_path_factory.mktemp("run")
+    adapt(task, TINY, run)
+    extract(task, TINY, run, batch_size=BATCH)
+    return run, (run / KNOWLEDGE_FILE).read_bytes()
+
+
+def _fresh(run, tmp_path):
+    shutil.copytree(run / "teacher", tmp_path / "teacher")
+    return tmp_path
+
+
+class Logged(list):
+    def __call__(self, line):
+        self.append(line)
+
+
+def _record(run):
+    return json.loads((run / EXTRACTION_FILE).read_text())
+
+
+def test_ray_cache_is_byte_identical_to_the_local_one(cluster, task, local_run, tmp_path):
+    run, local = local_run
+    run2, log, seen = _fresh(run, tmp_path), Logged(), []
+    extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: seen.append((s, k)), log=log)
+    assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
+    assert sorted(seen) == sorted(ALL_SHARDS) and not (run2 / PARTS_DIR).exists()
+    record = _record(run2)
+    assert record["engine"] == "ray" and record["workers"] == 2 and record["threads_per_worker"] == 1
+    assert len(record["devices"]) == 2 and all(d.startswith("cpu on ") for d in record["devices"])
+    assert record["shards"] == 5 and record["samples_computed"] == 31 and record["shards_redone"] == []
+    assert any("5/5 shards" in line and "samples/s on 2 workers" in line for line in log)  # the job's one line
+    assert _record(run)["engine"] == "local" and _record(run)["workers"] == 1
+
+
+def _kill_on_handout(monkeypatch, which: int, how: str, killed: list):
+    """Kill the actor the `which`-th shard is handed to, right after it is handed: through Ray
+    (ray.kill, the actor restartable) or its process (SIGKILL). Only that worker goes down, so
+    the other one carries on and the run never waits for Ray's restart (seconds here)."""
+    real, handed = ray_engine._submit, []
+
+    def submit(actor, shard):
+        pid = ray.get(actor.ping.remote())  # the actor is idle here: one shard at a time each
+        ref = real(actor, shard)
+        handed.append(f"{shard.split}-{shard.index:05d}")
+        if len(handed) == which:
+            ray.kill(actor, no_restart=False) if how == "ray" else os.kill(pid, signal.SIGKILL)
+            killed.append(handed[-1])
+        return ref
+    monkeypatch.setattr(ray_engine, "_submit", submit)
+
+
+def test_a_worker_killed_mid_run_redoes_exactly_its_shard(cluster, task, local_run, tmp_path, monkeypatch):
+    run, local = local_run
+    run2, log, seen, killed = _fresh(run, tmp_path), Logged(), [], []
+    _kill_on_handout(monkeypatch, 2, "ray", killed)
+    extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: seen.append((s, k)), log=log)
+    assert len(seen) == len(set(seen)) == 5 and set(seen) == ALL_SHARDS  # each shard written once
+    assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
+    assert len(killed) == 1 and _record(run2)["shards_redone"] == killed
+    assert sum(f"died running shard {killed[0]}" in line for line in log) == 1
+    assert log[-1] == f"[teacher extract] computed again after a worker died: {killed[0]}"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_driver_resumes_with_only_the_missing_shards(cluster, task, local_run, tmp_path,
+                                                                    monkeypatch):
+    """The driver stops after two shards (its workers go with it); the rerun keeps the whole
+    shards and computes the rest, one of them twice: its worker process is killed (SIGKILL)."""
+    run, local = local_run
+    run2, seen = _fresh(run, tmp_path), []
+
+    def stop_after_two(split, k, path):
+        seen.append((split, k))
+        if len(seen) == 2:
+            raise Interrupted
+    with pytest.raises(Interrupted):
+        extract(task, RAY, run2, batch_size=BATCH, on_shard=stop_after_two, log=Logged())
+    written = sorted(p.name for p in (run2 / PARTS_DIR).glob("*.safetensors"))
+    assert 2 <= len(written) < 5 and not (run2 / KNOWLEDGE_FILE).exists()
+    for p in (run2 / PARTS_DIR).glob("*.safetensors"):  # whole shards only under the final names
+        with safe_open(str(p), "np") as f:
+            assert len(f.metadata()["stamp"]) == 64
+    log, again, killed = Logged(), [], []
+    _kill_on_handout(monkeypatch, 1, "process", killed)
+    extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: again.append((s, k)), log=log)
+    assert len(again) == len(set(again)) == 5 - len(written)
+    assert {f"{s}-{k:05d}.safetensors" for s, k in again} | set(written) == {
+        f"{s}-{k:05d}.safetensors" for s, k in ALL_SHARDS}
+    assert any(f"{5 - len(written)} of 5 shards to compute, {len(written)} kept from an earlier run" in line
+               for line in log)
+    assert _record(run2)["shards_redone"] == killed and len(killed) == 1
+    assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
+
+
+# -- without Ray ----------------------------------------------------------------------------
+
+def test_the_same_knowledge_is_the_same_bytes(tmp_path):
+    """safetensors writes metadata in hash-map order, which changes between processes: the
+    merged file is rewritten with sorted keys, so equal knowledge gives equal bytes."""
+    from safetensors.numpy import load_file, save_file
+    tensors = {"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float16)}
+    meta = {f"key{i}": f"value {i}" for i in range(12)}
+    files = []
+    for i, order in enumerate((sorted(meta), sorted(meta, reverse=True))):
+        p = tmp_path / f"{i}.safetensors"
+        save_file(tensors, str(p), metadata={k: meta[k] for k in order})
+        sort_metadata(p)
+        files.append(p)
+    assert files[0].read_bytes() == files[1].read_bytes()
+    size = int.from_bytes(files[0].read_bytes()[:8], "little")
+    header = json.loads(files[0].read_bytes()[8:8 + size])
+    assert list(header["__metadata__"].items()) == sorted(meta.items())
+    assert all(np.array_equal(load_file(str(files[0]))[k], tensors[k]) for k in tensors)
+
+
+def test_engine_settings_are_checked_and_are_no_input_of_the_teacher_stage():
+    with pytest.raises(ConfigError, match="teacher.engine must be local or ray"):
+        load_config(overrides={"teacher.engine": "spark"})
+    local = load_config(overrides={"run": "x"})
+    on_ray = load_config(overrides={"run": "x", "teacher.engine": "ray", "teacher.workers": 4,
+                                    "teacher.ray_address": "auto"})
+    assert Run(local).input_key("teacher") == Run(on_ray).input_key("teacher")
+    assert Run(local).adaptation_key() == Run(on_ray).adaptation_key()
