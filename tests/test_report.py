@@ -35,3 +35,15 @@ def test_a_teacher_below_the_labels_alone_or_its_student_is_a_loud_warning():
     text = render_markdown(_report(validation, {"val_accuracy": 0.72, "test_accuracy": 0.74}, warnings))
     assert "| same student on the hard labels alone, float (no teacher) | 74.00 % | 72.00 % |" in text
     assert text.count("**WARNING: the teacher") == 2
+
+
+def test_the_report_says_where_the_knowledge_was_extracted():
+    extraction = {"engine": "ray", "cluster": "local", "workers": 2, "threads_per_worker": 1,
+                  "devices": ["cpu on 10.0.0.1", "cuda:0 (NVIDIA H100) on 10.0.0.2"], "shards": 5, "samples": 31,
+                  "samples_computed": 31, "shards_redone": ["train-00001"], "seconds": 12.34}
+    report = _report({"samples": 0})
+    assert "teacher knowledge extracted" not in render_markdown(report)  # a run from before extraction.json
+    report["teacher"]["extraction"] = extraction
+    assert ("- teacher knowledge extracted on Ray (local cluster): 2 worker(s) x 1 thread(s) (cpu on 10.0.0.1, "
+            "cuda:0 (NVIDIA H100) on 10.0.0.2), 31 samples in 5 shards, 31 computed in 12.3 s; computed again after "
+            "a worker died: train-00001") in render_markdown(report)

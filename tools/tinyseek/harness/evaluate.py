@@ -68,6 +68,13 @@ def oracle_logits(qmodel, split) -> np.ndarray:
     return infer_sequences(qmodel, int8_inputs(qmodel, split))
 
 
+def _extraction(run_dir) -> dict:
+    """{"extraction": where the knowledge was extracted (engine, workers, devices: teacher/
+    extract.py's extraction.json)}, or {} for a run from before that file."""
+    f = run_dir / "extraction.json"  # read without importing the teacher (and torch)
+    return {"extraction": json.loads(f.read_text())} if f.is_file() else {}
+
+
 def evaluate_host(run) -> dict:
     from ..codegen.verify import verify_host
     from ..quant.float_model import FloatStudent
@@ -101,7 +108,7 @@ def evaluate_host(run) -> dict:
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
                  "train_samples": len(ds.train.y), "test_samples": len(y), "split_by": ds.split_by,
                  "test_labeled": int(np.sum(np.asarray(y) >= 0))},
-        "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source},
+        "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source, **_extraction(run.dir)},
         "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},
         "validation": validation,

@@ -65,6 +65,15 @@ def _exactness(samples: int, mismatches: int) -> str:
     return f"**bit-exact** (every logit of all {samples:,} samples matched)"
 
 
+def _extraction_line(e: dict) -> str:
+    """Where the teacher's knowledge was extracted (teacher/extract.py's extraction.json)."""
+    engine = "this process" if e["engine"] == "local" else f"Ray ({e.get('cluster', 'local')} cluster)"
+    redone = f"; computed again after a worker died: {', '.join(e['shards_redone'])}" if e["shards_redone"] else ""
+    return (f"- teacher knowledge extracted on {engine}: {e['workers']} worker(s) x {e['threads_per_worker']} "
+            f"thread(s) ({', '.join(e['devices'])}), {e['samples']:,} samples in {e['shards']} shards, "
+            f"{e['samples_computed']:,} computed in {e['seconds']:.1f} s{redone}")
+
+
 def _accuracy_table(report: dict) -> list[str]:
     """Test accuracy, and validation beside it: the tool chose everything on validation, so the
     distance between the columns says how far its choices can be trusted."""
@@ -104,6 +113,7 @@ def render_markdown(report: dict) -> str:
            f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
+        *([_extraction_line(report["teacher"]["extraction"])] if "extraction" in report["teacher"] else []),
     ]
     if "tflm" in report:
         m = report["tflm"]
