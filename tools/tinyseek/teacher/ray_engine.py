@@ -145,7 +145,7 @@ def extract_on_ray(dataset, cfg, run_dir: str | Path, batch_size: int,
 
 def _extract(ray, actors, dataset, cfg, run_dir: Path, batch_size: int, on_shard, log, t0: float) -> Path:
     teacher_dir = run_dir / "teacher"
-    described = ray.get([a.describe.remote() for a in actors])
+    described = [_ask(ray, a, "describe") for a in actors]
     first = described[0]
     kinds = {(d["dtype"], d["device_type"]) for d in described}
     if len(kinds) > 1:  # the stamps hold dtype and device: every shard must come from the same kind
@@ -157,7 +157,7 @@ def _extract(ray, actors, dataset, cfg, run_dir: Path, batch_size: int, on_shard
     teacher_hash = hash_folder(teacher_dir)
     settings = shard_settings(teacher_hash, layers, attn_layers, first["dtype"], first["device_type"], batch_size,
                               cfg.shard_size)
-    plan = plan_shards(dataset, lambda split: ray.get(actors[0].inputs.remote(split, dataset.kind)), settings,
+    plan = plan_shards(dataset, lambda split: _ask(ray, actors[0], "inputs", split, dataset.kind), settings,
                        run_dir / PARTS_DIR, cfg.shard_size, layers, attn_layers, hidden, num_classes)
     kept = kept_shards(plan)
     todo = [i for i in range(len(plan)) if i not in kept]
@@ -177,6 +177,29 @@ def _extract(ray, actors, dataset, cfg, run_dir: Path, batch_size: int, on_shard
                  devices=devices, redone=redone, seconds=time.monotonic() - t0,
                  cluster=cfg.ray_address or "local")
     return merge_shards(plan, done, run_dir, layers, attn_layers, hidden, num_classes, teacher_hash)
+
+
+def _ask(ray, actor, method: str, *args):
+    """actor.method(*args), asked again while Ray restarts the actor (it died loading the
+    teacher, say); an actor whose constructor raised is an error at once."""
+    from ray.exceptions import RayActorError
+    since = time.monotonic()
+    while True:
+        try:
+            return ray.get(getattr(actor, method).remote(*args))
+        except RayActorError as e:
+            _check_restartable(e, since)
+            time.sleep(PING_EVERY_S)
+
+
+def _check_restartable(e, since: float) -> None:
+    """Raise unless the actor behind `e` died in a way Ray restarts from, less than
+    RESTART_TIMEOUT_S after `since`."""
+    if e.actor_init_failed:
+        raise TeacherError(f"a Ray worker could not load the teacher: {e}") from e
+    if time.monotonic() - since > RESTART_TIMEOUT_S:
+        raise TeacherError(f"a Ray worker has not come back {RESTART_TIMEOUT_S:.0f} s after it died (a lost node "
+                           f"whose resources no other node has?); the shards written so far are kept") from e
 
 
 def _submit(actor, shard):
@@ -205,9 +228,6 @@ def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int,
     while finished < len(todo):
         now = time.monotonic()
         for w in [w for w in down if next_ping[w] <= now and not any(p[0] == w for p in pending.values())]:
-            if now - down[w] > RESTART_TIMEOUT_S:
-                raise TeacherError(f"Ray worker {w} has not come back {RESTART_TIMEOUT_S:.0f} s after it died (a lost "
-                                   f"node whose resources no other node has?); the shards written so far are kept")
             pending[actors[w].ping.remote()] = (w, None)
         if not pending:
             time.sleep(PING_EVERY_S)
@@ -219,7 +239,7 @@ def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int,
         try:
             ray.get(ready[0])
         except RayActorError as e:
-            down.setdefault(w, time.monotonic())
+            _check_restartable(e, down.setdefault(w, time.monotonic()))
             next_ping[w] = time.monotonic() + PING_EVERY_S
             if i is None:  # a ping: still restarting
                 continue
