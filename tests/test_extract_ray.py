@@ -22,6 +22,7 @@ from tinyseek.teacher import adapt, extract
 from tinyseek.teacher.extract import EXTRACTION_FILE, KNOWLEDGE_FILE, PARTS_DIR, sort_metadata
 
 ray_engine = importlib.import_module("tinyseek.teacher.ray_engine")
+SUBMIT = ray_engine._submit
 
 # threads = 1 on both engines: float sums depend on the thread count (docs/teachers.md).
 TINY = TeacherConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_epochs=0, finetune_epochs=2,
@@ -96,7 +97,7 @@ def _kill_on_handout(monkeypatch, which: int, how: str, killed: list):
     """Kill the actor the `which`-th shard is handed to, right after it is handed: through Ray
     (ray.kill, the actor restartable) or its process (SIGKILL). Only that worker goes down, so
     the other one carries on and the run never waits for Ray's restart (seconds here)."""
-    real, handed = ray_engine._submit, []
+    real, handed = SUBMIT, []
 
     def submit(actor, shard):
         pid = ray.get(actor.ping.remote())  # the actor is idle here: one shard at a time each
@@ -109,49 +110,46 @@ def _kill_on_handout(monkeypatch, which: int, how: str, killed: list):
     monkeypatch.setattr(ray_engine, "_submit", submit)
 
 
-def test_a_worker_killed_mid_run_redoes_exactly_its_shard(cluster, task, local_run, tmp_path, monkeypatch):
-    run, local = local_run
-    run2, log, seen, killed = _fresh(run, tmp_path), Logged(), [], []
-    _kill_on_handout(monkeypatch, 2, "ray", killed)
-    extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: seen.append((s, k)), log=log)
-    assert len(seen) == len(set(seen)) == 5 and set(seen) == ALL_SHARDS  # each shard written once
-    assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
-    assert len(killed) == 1 and _record(run2)["shards_redone"] == killed
-    assert sum(f"died running shard {killed[0]}" in line for line in log) == 1
-    assert log[-1] == f"[teacher extract] computed again after a worker died: {killed[0]}"
-
-
 class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_driver_resumes_with_only_the_missing_shards(cluster, task, local_run, tmp_path,
-                                                                    monkeypatch):
-    """The driver stops after two shards (its workers go with it); the rerun keeps the whole
-    shards and computes the rest, one of them twice: its worker process is killed (SIGKILL)."""
+def test_killed_workers_and_an_interrupted_driver_leave_every_shard_once(cluster, task, local_run, tmp_path,
+                                                                         monkeypatch):
+    """First run: the first shard's worker is killed through Ray (restartable), and the driver
+    is interrupted as it logs the death (a Ctrl-C then): its workers go with it. The rerun keeps
+    the whole shards and computes the rest; the first shard it hands out, its worker's process
+    is killed (SIGKILL) and the shard is computed again. Every shard lands exactly once and the
+    file is the local one, byte for byte."""
     run, local = local_run
-    run2, seen = _fresh(run, tmp_path), []
+    run2, seen, killed = _fresh(run, tmp_path), [], []
 
-    def stop_after_two(split, k, path):
-        seen.append((split, k))
-        if len(seen) == 2:
-            raise Interrupted
-    with pytest.raises(Interrupted):
-        extract(task, RAY, run2, batch_size=BATCH, on_shard=stop_after_two, log=Logged())
+    def interrupt_on_death(line):
+        if "died running shard" in line:
+            raise Interrupted(line)
+    _kill_on_handout(monkeypatch, 1, "ray", killed)
+    with pytest.raises(Interrupted) as stopped:
+        extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: seen.append((s, k)),
+                log=interrupt_on_death)
     written = sorted(p.name for p in (run2 / PARTS_DIR).glob("*.safetensors"))
-    assert 2 <= len(written) < 5 and not (run2 / KNOWLEDGE_FILE).exists()
+    assert len(killed) == 1 and f"died running shard {killed[0]}" in str(stopped.value)
+    assert f"{killed[0]}.safetensors" not in written and len(written) == len(seen) <= 4
+    assert not (run2 / KNOWLEDGE_FILE).exists()
     for p in (run2 / PARTS_DIR).glob("*.safetensors"):  # whole shards only under the final names
         with safe_open(str(p), "np") as f:
             assert len(f.metadata()["stamp"]) == 64
-    log, again, killed = Logged(), [], []
-    _kill_on_handout(monkeypatch, 1, "process", killed)
+
+    log, again, killed2 = Logged(), [], []
+    _kill_on_handout(monkeypatch, 1, "process", killed2)
     extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: again.append((s, k)), log=log)
     assert len(again) == len(set(again)) == 5 - len(written)
     assert {f"{s}-{k:05d}.safetensors" for s, k in again} | set(written) == {
         f"{s}-{k:05d}.safetensors" for s, k in ALL_SHARDS}
     assert any(f"{5 - len(written)} of 5 shards to compute, {len(written)} kept from an earlier run" in line
                for line in log)
-    assert _record(run2)["shards_redone"] == killed and len(killed) == 1
+    assert len(killed2) == 1 and _record(run2)["shards_redone"] == killed2
+    assert sum(f"died running shard {killed2[0]}" in line for line in log) == 1
+    assert log[-1] == f"[teacher extract] computed again after a worker died: {killed2[0]}"
     assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
 
 
