@@ -66,7 +66,7 @@ def local_run(task, tmp_path_factory):
 
 
 def _fresh(run, tmp_path):
-    shutil.copytree(run / "teacher", tmp_path / "teacher")
+    shutil.copytree(run / "teacher", tmp_path / "teacher")  # makes tmp_path too
     return tmp_path
 
 
@@ -100,7 +100,10 @@ def _kill_on_handout(monkeypatch, which: int, how: str, killed: list):
     real, handed = SUBMIT, []
 
     def submit(actor, shard):
-        pid = ray.get(actor.ping.remote())  # the actor is idle here: one shard at a time each
+        try:
+            pid = ray.get(actor.ping.remote())  # answers once the shards queued before it are done
+        except ray.exceptions.RayActorError:
+            pid = None  # killed at an earlier handout: this one fails too, and the shard is redone
         ref = real(actor, shard)
         handed.append(f"{shard.split}-{shard.index:05d}")
         if len(handed) == which:
@@ -119,21 +122,22 @@ def test_killed_workers_and_an_interrupted_driver_leave_every_shard_once(cluster
     """First run: the first shard's worker is killed through Ray (restartable), and the driver
     is interrupted as it logs the death (a Ctrl-C then): its workers go with it. The rerun keeps
     the whole shards and computes the rest; the first shard it hands out, its worker's process
-    is killed (SIGKILL) and the shard is computed again. Every shard lands exactly once and the
-    file is the local one, byte for byte."""
+    is killed (SIGKILL) and that shard (and the one queued behind it) is computed again. Every
+    shard lands exactly once and the file is the local one, byte for byte."""
     run, local = local_run
     run2, seen, killed = _fresh(run, tmp_path), [], []
 
     def interrupt_on_death(line):
-        if "died running shard" in line:
+        if "died holding shard" in line:
             raise Interrupted(line)
     _kill_on_handout(monkeypatch, 1, "ray", killed)
     with pytest.raises(Interrupted) as stopped:
         extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: seen.append((s, k)),
                 log=interrupt_on_death)
     written = sorted(p.name for p in (run2 / PARTS_DIR).glob("*.safetensors"))
-    assert len(killed) == 1 and f"died running shard {killed[0]}" in str(stopped.value)
-    assert f"{killed[0]}.safetensors" not in written and len(written) == len(seen) <= 4
+    assert len(killed) == 1 and "worker 0 died holding shard" in str(stopped.value)  # this one or the next
+    # seen: the shards the driver heard of before it stopped; a worker may have written one more
+    assert f"{killed[0]}.safetensors" not in written and len(seen) <= len(written) <= 4
     assert not (run2 / KNOWLEDGE_FILE).exists()
     for p in (run2 / PARTS_DIR).glob("*.safetensors"):  # whole shards only under the final names
         with safe_open(str(p), "np") as f:
@@ -147,10 +151,24 @@ def test_killed_workers_and_an_interrupted_driver_leave_every_shard_once(cluster
         f"{s}-{k:05d}.safetensors" for s, k in ALL_SHARDS}
     assert any(f"{5 - len(written)} of 5 shards to compute, {len(written)} kept from an earlier run" in line
                for line in log)
-    assert len(killed2) == 1 and _record(run2)["shards_redone"] == killed2
-    assert sum(f"died running shard {killed2[0]}" in line for line in log) == 1
-    assert log[-1] == f"[teacher extract] computed again after a worker died: {killed2[0]}"
+    redone = _record(run2)["shards_redone"]  # the killed worker's shard, and the next one queued on it
+    assert len(killed2) == 1 and killed2[0] in redone and len(set(redone)) == len(redone) <= 2
+    assert [line.split("died holding shard ")[1].split()[0] for line in log if "died holding" in line] == redone
+    assert log[-1] == f"[teacher extract] computed again after a worker died: {', '.join(redone)}"
     assert (run2 / KNOWLEDGE_FILE).read_bytes() == local
+
+
+def test_the_transfer_set_is_the_same_on_ray(cluster, task, local_run, tmp_path):
+    """The generated transfer set: each batch of prompts samples with its own seed, so Ray's
+    workers (3 batches of prompts per call, spread over both) write the local set."""
+    from tinyseek.teacher.transfer import write_transfer_set
+    run, _ = local_run
+    cfg = replace(TINY, transfer_samples=150, transfer_confidence=0.0, max_tokens=8)
+    local = write_transfer_set(task, cfg, _fresh(run, tmp_path / "local"), log=lambda line: None)
+    log = Logged()
+    on_ray = write_transfer_set(task, replace(cfg, engine="ray", workers=2), _fresh(run, tmp_path / "ray"), log=log)
+    assert on_ray.read_bytes() == local.read_bytes() and len(local.read_text().splitlines()) >= 20
+    assert "generated utterances" in log[-1]
 
 
 # -- without Ray ----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Each actor (`ShardWorker`) loads the adapted teacher in teacher.dtype on teacher
 of its own where the cluster has GPUs), runs teacher.threads torch threads (0: one) and
 computes the shards it is handed with extract.py's own `_run_shard`, writing each to its file
 with extract.py's `_write_shard`: the same stamp, the same checksum, the same atomic rename.
-The driver hands out one shard per actor at a time, reads every finished shard back (stamp
+The driver keeps two shards with each actor (the one it computes and the next), reads every
+finished shard back (stamp
 and checksum checked) and merges them as the local path does. The run folder must be at the
 same path on every node (a shared file system): the actors read the teacher there and write
 the shards there.
@@ -16,6 +17,9 @@ so; a shard whose worker dies MAX_ATTEMPTS times in a row is an error. A shard i
 under its final name whole (rename), so a death mid-write leaves at most a `.tmp` file that the
 next write of that shard replaces. The driver interrupted (Ctrl-C, a crash): its actors go with
 it, and the rerun keeps every whole shard on disk and computes the rest, as the local path does.
+
+The generated transfer set (transfer.py) runs here too: `GenerateWorker` actors write its
+batches of prompts, each with its own seed, so the texts are those of the local path.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from .load import TeacherError, use_threads
 
 MAX_ATTEMPTS = 5  # a shard whose worker died this many times running it is an error, not bad luck
 LOG_EVERY_S = 30.0  # at most one progress line this often (and one at the end)
+IN_FLIGHT = 2  # shards handed to a worker at a time: the one it computes and the next
 PING_EVERY_S = 0.5  # how often a worker that died is asked whether Ray has restarted it
 RESTART_TIMEOUT_S = 600.0  # a worker not back after this long is an error
 
@@ -117,6 +122,23 @@ def ray_cluster(address: str, cpus: int, log: Callable[[str], None]):
         ray.shutdown()
 
 
+def start_workers(ray, cls, cfg, *args) -> list:
+    """cfg.workers actors of `cls(*args)` (0: one per GPU of the cluster, else one per
+    teacher.threads CPUs), each with teacher.threads CPUs and, where the cluster has GPUs and
+    teacher.device allows them, a GPU (a share of one with more workers than GPUs); Ray restarts
+    an actor whose process dies."""
+    threads = cfg.threads or 1
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0) if cfg.device != "cpu" else 0.0
+    workers = cfg.workers or (int(gpus) or max(1, int(resources.get("CPU", 1) // threads)))
+    if resources.get("CPU", 0) < workers * threads:
+        raise TeacherError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs, fewer than teacher.workers "
+                           f"({workers}) x teacher.threads ({threads}): lower either, or add nodes")
+    actor = ray.remote(cls).options(num_cpus=threads, num_gpus=min(1.0, gpus / workers) if gpus else 0.0,
+                                    max_restarts=-1, max_task_retries=0)
+    return [actor.remote(*args) for _ in range(workers)]
+
+
 def extract_on_ray(dataset, cfg, run_dir: str | Path, batch_size: int,
                    on_shard: Callable[[str, int, Path], None] | None, log: Callable[[str], None]) -> Path:
     """extract.extract with cfg.engine = "ray" (see the module docstring)."""
@@ -125,17 +147,8 @@ def extract_on_ray(dataset, cfg, run_dir: str | Path, batch_size: int,
     teacher_dir = run_dir / "teacher"
     threads = cfg.threads or 1
     with ray_cluster(cfg.ray_address, cfg.workers * threads, log) as ray:
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0.0) if cfg.device != "cpu" else 0.0
-        workers = cfg.workers or (int(gpus) or max(1, int(resources.get("CPU", 1) // threads)))
-        if resources.get("CPU", 0) < workers * threads:
-            raise TeacherError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs, fewer than teacher.workers "
-                               f"({workers}) x teacher.threads ({threads}): lower either, or add nodes")
-        per_worker_gpu = min(1.0, gpus / workers) if gpus else 0.0
-        actor = ray.remote(ShardWorker).options(num_cpus=threads, num_gpus=per_worker_gpu, max_restarts=-1,
-                                                max_task_retries=0)
-        actors = [actor.remote(str(teacher_dir), cfg.dtype, cfg.device, threads, list(cfg.layers), cfg.attentions,
-                               batch_size) for _ in range(workers)]
+        actors = start_workers(ray, ShardWorker, cfg, str(teacher_dir), cfg.dtype, cfg.device, threads,
+                               list(cfg.layers), cfg.attentions, batch_size)
         try:
             return _extract(ray, actors, dataset, cfg, run_dir, batch_size, on_shard, log, t0)
         finally:
@@ -208,9 +221,10 @@ def _submit(actor, shard):
 
 
 def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int, on_shard, log) -> list[str]:
-    """Hand the `todo` shards out to the actors, one at a time each, until all are written;
-    returns the names of the shards computed again after their worker died. A worker that died
-    gets work again once it answers a ping (Ray refuses calls while it restarts)."""
+    """Hand the `todo` shards out to the actors, IN_FLIGHT at a time each, until all are
+    written; returns the names of the shards computed again after their worker died (the one
+    it ran and the one waiting in its queue). A worker that died gets work again once it
+    answers a ping (Ray refuses calls while it restarts)."""
     from ray.exceptions import RayActorError
     queue, pending, attempts, redone = deque(todo), {}, {}, []
     down: dict[int, float] = {}  # worker -> when it went down (it is pinged until it answers)
@@ -218,13 +232,13 @@ def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int,
     progress = Progress("teacher extract", samples, log=log, probe=min(samples, 4 * batch_size), units="samples")
     finished, last_line = 0, time.monotonic()
 
-    def hand_out(w: int) -> None:
-        if queue:
+    def fill(w: int) -> None:  # the worker's next shard waits in its queue: no idle gap between shards
+        while queue and sum(1 for v, i in pending.values() if v == w and i is not None) < IN_FLIGHT:
             i = queue.popleft()
             pending[_submit(actors[w], plan[i])] = (w, i)
 
     for w in range(len(actors)):
-        hand_out(w)
+        fill(w)
     while finished < len(todo):
         now = time.monotonic()
         for w in [w for w in down if next_ping[w] <= now and not any(p[0] == w for p in pending.values())]:
@@ -249,13 +263,13 @@ def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int,
             if attempts[i] >= MAX_ATTEMPTS:
                 raise TeacherError(f"shard {name}: its Ray worker died {attempts[i]} times running it (last: "
                                    f"{type(e).__name__}); the shard may need more memory than a worker has") from e
-            log(f"[teacher extract] worker {w} died running shard {name} ({type(e).__name__}); Ray restarts it, "
+            log(f"[teacher extract] worker {w} died holding shard {name} ({type(e).__name__}); Ray restarts it, "
                 f"the shard is computed again")
             redone.append(name)
             queue.appendleft(i)
-            idle = [v for v in range(len(actors)) if v not in down and not any(p[0] == v for p in pending.values())]
-            if idle:  # a worker with nothing to do takes it at once
-                hand_out(idle[0])
+            for v in range(len(actors)):  # a live worker with room takes it at once
+                if v not in down:
+                    fill(v)
             continue
         down.pop(w, None)
         if i is not None:
@@ -269,7 +283,62 @@ def _run_plan(ray, actors, plan, todo: list[int], samples: int, batch_size: int,
                 rate = progress.done / max(now - progress.start, 1e-9)
                 progress.epoch(f"{finished}/{len(todo)} shards", f"{rate:,.1f} samples/s on {len(actors)} workers")
                 last_line = now
-        hand_out(w)
+        fill(w)
     if redone:
         log(f"[teacher extract] computed again after a worker died: {', '.join(redone)}")
     return redone
+
+
+# -- the generated transfer set (transfer.py) ---------------------------------------------------
+
+class GenerateWorker:
+    """One teacher language model on a Ray worker, loaded as transfer.py loads it (float32 on
+    the CPU), writing the texts of batches of prompts."""
+
+    def __init__(self, teacher_dir: str, threads: int):
+        from .classifier import load_adapted
+        use_threads(threads)
+        model, self.tokenizer, _ = load_adapted(Path(teacher_dir), "float32", "cpu")
+        self.lm = model.backbone
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def generate(self, prompts, cfg, seed: int) -> list[str]:
+        import torch
+
+        from .transfer import generate_batch
+        with torch.no_grad():
+            return generate_batch(self.lm, self.tokenizer, prompts, cfg, seed)
+
+
+@contextmanager
+def ray_generators(cfg, run_dir: Path, log: Callable[[str], None]):
+    """transfer.py's batch writer on Ray: a function from [(prompts, seed), ...] to each
+    batch's texts, in order, the batches spread over the workers. A batch whose worker died is
+    written again by another (its seed makes it the same texts)."""
+    from dataclasses import replace
+    threads = cfg.threads or 1
+    with ray_cluster(cfg.ray_address, cfg.workers * threads, log) as ray:
+        # transfer.py writes on the CPU: no GPUs are reserved for it
+        actors = start_workers(ray, GenerateWorker, replace(cfg, device="cpu"), str(run_dir.resolve() / "teacher"),
+                               threads)
+        try:
+            yield lambda batches: _generate(ray, actors, batches, cfg, log)
+        finally:
+            for a in actors:
+                ray.kill(a, no_restart=True)
+
+
+def _generate(ray, actors, batches, cfg, log) -> list[list[str]]:
+    from ray.exceptions import RayActorError
+    refs = [actors[b % len(actors)].generate.remote(prompts, cfg, seed) for b, (prompts, seed) in enumerate(batches)]
+    texts = []
+    for b, ref in enumerate(refs):
+        try:
+            texts.append(ray.get(ref))
+        except RayActorError as e:
+            log(f"[teacher] transfer set: the worker writing batch {b} died ({type(e).__name__}); it is written again")
+            prompts, seed = batches[b]
+            texts.append(_ask(ray, actors[(b + 1) % len(actors)], "generate", prompts, cfg, seed))
+    return texts

@@ -10,11 +10,18 @@ so the student distills on phrasings no example showed it (docs/teachers.md).
 
 A language model only stops where it learned texts end: with transfer samples asked for, the
 continued pretraining puts an end-of-sequence token after every training text (adapt.py).
+
+The prompts go to the language model in batches of 64, each sampled with a seed of its own
+(from teacher.seed, the round and the batch), so a batch writes the same texts wherever it
+runs: in this process, or with teacher.engine = "ray" on Ray workers (ray_engine.py), which
+write the batches while this process labels and keeps them in the same order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,37 +58,21 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
     known = set(dataset.train.texts) | set(dataset.val.texts) | set(dataset.test.texts)
     by_class = {c: [t for t, y in zip(dataset.train.texts, dataset.train.y) if y == c] for c in range(num_classes)}
     rng = random.Random(f"tinyseek-transfer:{cfg.seed}")
-    torch.manual_seed(cfg.seed)
     kept: dict[int, list[tuple[str, float]]] = {c: [] for c in range(num_classes)}
     written = 0
-    for _ in range(MAX_ROUNDS):
-        open_classes = [c for c in range(num_classes) if len(kept[c]) < quota and by_class[c]]
-        if not open_classes:
-            break
-        for words in (1, 2):  # prompts of one or two leading tokens: equal lengths batch without padding
-            prompts = _prompts(tokenizer, [rng.choice(by_class[c]) for c in open_classes for _ in range(quota)], words)
-            if not len(prompts):
-                continue
-            texts = []
-            for i in range(0, len(prompts), 64):
-                batch = prompts[i:i + 64]
-                ids = lm.generate(input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=True,
-                                  temperature=cfg.transfer_temperature, top_p=0.95,
-                                  max_new_tokens=max(1, cfg.max_tokens - batch.shape[1]),
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-                texts += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-            fresh = list(dict.fromkeys(t for t in texts if t and t not in known))
-            if not fresh:
-                continue
-            ids, mask = tokenize(tokenizer, fresh, cfg.max_tokens)
-            probs = torch.cat([model(ids[i:i + 128], mask[i:i + 128]).softmax(-1)
-                               for i in range(0, len(fresh), 128)]).numpy()
-            for text, p in zip(fresh, probs):
-                label, conf = int(np.argmax(p)), float(np.max(p))
-                if conf >= cfg.transfer_confidence and len(kept[label]) < quota:
-                    kept[label].append((text, conf))
-                    known.add(text)
-                    written += 1
+    with _generators(cfg, run_dir, lm, tokenizer, log) as generate:
+        for r in range(MAX_ROUNDS):
+            open_classes = [c for c in range(num_classes) if len(kept[c]) < quota and by_class[c]]
+            if not open_classes:
+                break
+            for words in (1, 2):  # prompts of one or two leading tokens: equal lengths batch without padding
+                prompts = _prompts(tokenizer, [rng.choice(by_class[c]) for c in open_classes for _ in range(quota)],
+                                   words)
+                if not len(prompts):
+                    continue
+                batches = [(prompts[i:i + 64], _batch_seed(cfg.seed, r, words, i)) for i in range(0, len(prompts), 64)]
+                written += _keep(model, tokenizer, cfg, [t for texts in generate(batches) for t in texts], known,
+                                 kept, quota)
     rows = [{"text": t, "label": dataset.labels[c], "confidence": round(p, 4)}
             for c in range(num_classes) for t, p in kept[c]]
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -90,6 +81,53 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
         f"{cfg.transfer_confidence:g})" + (f"; fewer than {quota} for {', '.join(short)}" if short else "")
         + f" -> {out}")
     return out
+
+
+def _keep(model, tokenizer, cfg, texts: list[str], known: set, kept: dict, quota: int) -> int:
+    """Label the new texts among `texts` with the teacher's head and keep the confident ones in
+    `kept` (per label, up to `quota`); returns how many were kept."""
+    fresh = list(dict.fromkeys(t for t in texts if t and t not in known))
+    if not fresh:
+        return 0
+    ids, mask = tokenize(tokenizer, fresh, cfg.max_tokens)
+    probs = torch.cat([model(ids[i:i + 128], mask[i:i + 128]).softmax(-1) for i in range(0, len(fresh), 128)]).numpy()
+    written = 0
+    for text, p in zip(fresh, probs):
+        label, conf = int(np.argmax(p)), float(np.max(p))
+        if conf >= cfg.transfer_confidence and len(kept[label]) < quota:
+            kept[label].append((text, conf))
+            known.add(text)
+            written += 1
+    return written
+
+
+def _batch_seed(seed: int, round_: int, words: int, start: int) -> int:
+    """The sampling seed of one batch of prompts: its own, so a batch writes the same texts
+    wherever it runs (this process or a Ray worker) and in whatever order."""
+    return int.from_bytes(hashlib.sha256(f"tinyseek-transfer:{seed}:{round_}:{words}:{start}".encode()).digest()[:7],
+                          "little")
+
+
+def generate_batch(lm, tokenizer, prompts: torch.Tensor, cfg, seed: int) -> list[str]:
+    """The texts the language model writes after each prompt of one batch, sampled with `seed`."""
+    torch.manual_seed(seed)
+    ids = lm.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                      temperature=cfg.transfer_temperature, top_p=0.95,
+                      max_new_tokens=max(1, cfg.max_tokens - prompts.shape[1]),
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+@contextmanager
+def _generators(cfg, run_dir, lm, tokenizer, log):
+    """A function from [(prompts, seed), ...] to each batch's texts, in order: in this process,
+    or with teacher.engine = "ray" on Ray workers (ray_engine.ray_generators)."""
+    if cfg.engine != "ray":
+        yield lambda batches: [generate_batch(lm, tokenizer, p, cfg, seed) for p, seed in batches]
+        return
+    from .ray_engine import ray_generators
+    with ray_generators(cfg, Path(run_dir), log) as generate:
+        yield generate
 
 
 def _prompts(tokenizer, texts: list[str], words: int) -> torch.Tensor:
