@@ -200,6 +200,9 @@ def main() -> None:
         "ray_1_worker_walls_s": [x["wall_s"] for x in ray1s],
         "local_steady_samples_per_s": local_rate, "ray_steady_samples_per_s": ray_rate,
         "ray_1_worker_steady_samples_per_s": ray1_rate,
+        "steady_runs": {"local": [x["steady_samples_per_s"] for x in locals_],
+                        "ray": [x["steady_samples_per_s"] for x in rays],
+                        "ray_1_worker": [x["steady_samples_per_s"] for x in ray1s]},
         "identical": identical,
         "overhead_whole_job": args.workers * best_ray["wall_s"] / best_local["wall_s"] - 1,
         "overhead_whole_job_with_cluster_start": args.workers * (best_ray["wall_s"] + ray_start) / best_local["wall_s"] - 1,
@@ -241,6 +244,10 @@ def _markdown(r: dict) -> str:
         f"| Ray, 1 single-thread worker | {r1['wall_s']:.1f} | {r1['first_shard_s']:.1f} | "
         f"{r['ray_1_worker_steady_samples_per_s']:,.0f} | {'byte-identical' if r['identical'] else '**differs**'} |",
         "",
+        "Steady samples/s of every run (the table shows the best): " + "; ".join(
+            f"{name} {', '.join(f'{x:,.0f}' for x in runs)}" for name, runs in r["steady_runs"].items())
+        + ": the same local extraction varies by more between runs on this shared machine than the overhead "
+        "figures below, so they are estimates, not a verdict.", "",
         f"Overhead (the cores' time per sample against the local path's; goal <= 15 %): in steady state Ray's own "
         f"cost per sample, 1 worker against the local process on 1 thread each, is "
         f"**{pct(r['overhead_steady_1_worker'])}**; with {w} workers {pct(r['overhead_steady'])} (they do "
@@ -256,8 +263,8 @@ def _markdown(r: dict) -> str:
         f"this small task.", "",
         f"Faults: {f['kills']} random worker kills (SIGKILL of the worker's process 0-0.25 s after a random "
         f"third of the shard handouts) over {len(f['runs'])} run(s) of {f['runs'][0]['shards']} shards of 64: "
-        f"{f['redone']} shards were running on a killed worker and were computed again"
-        + (" (the others had just finished)" if f["redone"] < f["kills"] else "")
+        f"{f['redone']} shards were held by a killed worker (the one it computed and the one queued behind it) "
+        f"and were computed again"
         + f"; **{f['lost']} lost, {f['duplicated']} duplicated**, merged knowledge "
         f"{'byte-identical to the local one' if f['identical'] else '**differs from the local one**'} in every "
         f"run. Wall time per run: {', '.join('%.0f s' % x['wall_s'] for x in f['runs'])} (each kill costs a restart: "
