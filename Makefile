@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyseek-installed
 TFLITE := $(VENV)/.tinyseek-tflite-installed
+EDGE_RT := $(VENV)/.tinyseek-edge-runtimes-installed
 
 .PHONY: demo test setup setup-demo system clean-venv
 
@@ -23,10 +24,12 @@ demo: setup-demo
 test: setup
 	$(BIN)/pytest -q
 
-# Everything, TensorFlow included (the tests exercise `tinyseek export --format tflite`).
-setup: system $(STAMP) $(TFLITE)
+# Everything, TensorFlow and the edge frameworks included (the tests exercise `tinyseek export
+# --format tflite` and `tinyseek edge --runtime mnn|tvm|coreml`).
+setup: system $(STAMP) $(TFLITE) $(EDGE_RT)
 
-# The demo never imports TensorFlow: it skips the tflite extra (about 1.3 GB installed).
+# The demo never imports TensorFlow or the edge frameworks: it skips the tflite extra (about
+# 1.3 GB installed) and the edge-runtimes one (about 0.4 GB).
 setup-demo: system $(STAMP)
 
 system:
@@ -47,6 +50,11 @@ $(TFLITE): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[tflite]"
 	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
 	touch $(TFLITE)
+
+# `tinyseek edge --runtime mnn|tvm|coreml`: MNN, Apache TVM and coremltools (pyproject.toml).
+$(EDGE_RT): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[edge-runtimes]"
+	touch $(EDGE_RT)
 
 clean-venv:
 	rm -rf $(VENV)
