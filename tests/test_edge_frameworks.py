@@ -125,6 +125,10 @@ def test_tvm_compiles_for_x86_and_aarch64_and_runs_like_onnxruntime(student, tmp
     arm = tvm.compile_aarch64(static, tmp_path / "model_aarch64.so")
     header = arm.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    # Run by the aarch64 TVM runtime (PyPI's aarch64 wheels, cached in build/) under qemu-aarch64.
+    from tinyseek.pipeline import REPO_ROOT
+    runtime = tvm.aarch64_runtime(REPO_ROOT / "build" / "tvm-aarch64")
+    np.testing.assert_allclose(tvm.run_aarch64(arm, runtime, ids[:3], mask[:3], 3), got[:3], atol=1e-4)
 
 
 def test_tvm_names_the_operators_its_frontend_lacks(student, tmp_path):

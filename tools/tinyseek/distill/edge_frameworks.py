@@ -199,6 +199,18 @@ def _keep(chosen: Path, final: Path, tried: list[dict]) -> Path:
 
 # -- the runtimes -----------------------------------------------------------------------------
 
+def _aarch64_check(st: Student, module: Path, reference: np.ndarray, samples: int) -> dict:
+    """The aarch64 module under qemu-aarch64 on `samples` test rows spread over the split."""
+    from ..export import tvm
+    from ..pipeline import REPO_ROOT
+    ids, mask, y = st.splits["test"]
+    rows = np.unique(np.linspace(0, len(ids) - 1, min(samples, len(ids))).round().astype(int))
+    runtime = tvm.aarch64_runtime(REPO_ROOT / "build" / "tvm-aarch64")
+    got = tvm.run_aarch64(module, runtime, ids[rows], mask[rows], reference.shape[1])
+    return {"where": "qemu-aarch64 user mode, libtvm_runtime from the aarch64 apache-tvm wheel",
+            **edge_quant.agreement(reference[rows], got, y[rows])}
+
+
 def _artifact(st: Student, runtime: str, quant: str, graphs: dict, settings: dict, out: Path) -> tuple[object, Path, dict]:
     """(runner or None when it cannot run here, file, extra facts) for one cell."""
     names = ["input_ids", "attention_mask"]
@@ -241,8 +253,10 @@ def _bytes(path: Path) -> int:
 
 
 def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: int = 200,
-             progress: bool = True) -> Path:
-    """Everything of the module docstring for one student; returns frameworks.json's path."""
+             aarch64_samples: int = 0, progress: bool = True) -> Path:
+    """Everything of the module docstring for one student; returns frameworks.json's path.
+    aarch64_samples > 0 also runs TVM's aarch64 build of each graph on that many test samples
+    under qemu-aarch64 (about 0.4 s a TinyBert sample here: not the whole split)."""
     for r in runtimes:
         if r not in RUNTIMES:
             raise EdgeError(f"unknown runtime {r!r}; choose {', '.join(RUNTIMES)}")
@@ -276,6 +290,11 @@ def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: 
                 else:
                     cell.update(edge_quant.agreement(reference, run_all(runner, ids, mask), y))
                     cell["latency"] = latency(runner, ids, mask, latency_samples)
+                if runtime == "tvm" and aarch64_samples and "aarch64_bytes" in cell:
+                    try:
+                        cell["aarch64"] = _aarch64_check(st, out / f"{quant}.tvm_aarch64.so", reference, aarch64_samples)
+                    except ValueError as e:
+                        cell["aarch64"] = {"error": str(e)}
             except (ValueError, ImportError, FileNotFoundError) as e:  # every runtime's error subclasses ValueError
                 cell["error"] = str(e)
             say(f"[{name}] {runtime} {quant}: " + (f"error: {cell['error']}" if "error" in cell else

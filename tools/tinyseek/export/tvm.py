@@ -12,7 +12,11 @@ machine here, and compiled for AArch64 Linux (`tinyseek edge --runtime tvm`, doc
   to 1 here unless the caller set it, so every runtime is measured on one thread.
 - AArch64: the same module cross-compiled (LLVM target aarch64-linux-gnu, linked by
   aarch64-linux-gnu-gcc) into a shared library a board's TVM runtime loads
-  (`export_library`). See docs/edge.md for running it.
+  (`export_library`). The apache-tvm wheel installed here holds the x86-64 runtime only; PyPI
+  also has manylinux aarch64 wheels of apache-tvm and apache-tvm-ffi, whose libtvm_runtime.so
+  and libtvm_ffi.so `aarch64_runtime` takes (pip download, cached in build/tvm-aarch64/). A
+  small C program (tvm_aarch64_runner.c, TVM's C ABI) loads the module with them and runs it
+  under qemu-aarch64 user mode (`run_aarch64`): a correctness check, not a timing.
 """
 from __future__ import annotations
 
@@ -81,6 +85,72 @@ def compile_aarch64(static_path: Path, out_path: Path) -> Path:
     except Exception as e:
         raise TvmError(f"TVM could not cross-compile {static_path} for aarch64: {str(e).strip().splitlines()[-1]}") from e
     return out_path
+
+
+RUNTIME_LIBS = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
+
+
+def aarch64_runtime(cache: Path) -> Path:
+    """A folder with the aarch64 libtvm_runtime.so and libtvm_ffi.so of the installed TVM's
+    versions (from PyPI's aarch64 wheels) and the runner built against them."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from importlib import metadata
+    cache = Path(cache)
+    runner = cache / "runner"
+    if runner.is_file() and all((cache / Path(lib).name).is_file() for lib in RUNTIME_LIBS):
+        return cache
+    if shutil.which(AARCH64_CC) is None:
+        raise TvmError(f"{AARCH64_CC} is missing: apt-get install gcc-aarch64-linux-gnu (tools/setup/system-packages.sh)")
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = [f"apache-tvm=={metadata.version('apache-tvm')}", f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}"]
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                           "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "-d", str(cache), *wheels],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise TvmError(f"could not download the aarch64 TVM runtime ({' '.join(wheels)}): {done.stderr.strip()[-300:]}")
+    include = cache / "include"
+    for wheel in cache.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name in RUNTIME_LIBS:
+                    (cache / Path(name).name).write_bytes(z.read(name))
+                elif name.startswith("tvm_ffi/include/") and not name.endswith("/"):
+                    target = include / name[len("tvm_ffi/include/"):]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(z.read(name))
+        wheel.unlink()
+    source = Path(__file__).with_name("tvm_aarch64_runner.c")
+    done = subprocess.run([AARCH64_CC, "-O2", "-std=c11", "-I", str(include), "-o", str(runner), str(source),
+                           "-L", str(cache), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise TvmError(f"could not build the aarch64 runner: {done.stderr.strip()[-300:]}")
+    return cache
+
+
+def run_aarch64(module: Path, runtime: Path, ids: np.ndarray, mask: np.ndarray, classes: int) -> np.ndarray:
+    """Logits [N, classes] of the aarch64 module under qemu-aarch64 (user mode), one sample per call."""
+    import shutil
+    import subprocess
+    import tempfile
+    qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+    if qemu is None:
+        raise TvmError("qemu-aarch64 is missing: apt-get install qemu-user (tools/setup/system-packages.sh)")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, out = Path(tmp) / "inputs.bin", Path(tmp) / "logits.bin"
+        with open(inputs, "wb") as f:
+            np.array([len(ids), ids.shape[1], classes], np.int64).tofile(f)
+            np.ascontiguousarray(ids, np.int64).tofile(f)
+            np.ascontiguousarray(mask, np.int64).tofile(f)
+        done = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", "-E", f"LD_LIBRARY_PATH={runtime}",
+                               str(runtime / "runner"), str(Path(module).resolve()), str(inputs), str(out)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise TvmError(f"the aarch64 module failed under qemu-aarch64: {done.stderr.strip()[-300:]}")
+        return np.fromfile(out, np.float32).reshape(len(ids), classes)
 
 
 class Runner:
