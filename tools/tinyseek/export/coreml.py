@@ -43,6 +43,27 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
+class _ErrorLog(logging.Handler):
+    """Keeps coremltools' ERROR records (they name the failing op and where it is) while a
+    conversion runs, instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.text = ""
+
+    def emit(self, record):
+        self.text = " ".join(record.getMessage().split()).replace("ERROR - ", "")
+
+    def __enter__(self):
+        self.logger = logging.getLogger("coremltools")
+        self.saved = self.logger.handlers, self.logger.propagate
+        self.logger.handlers, self.logger.propagate = [self], False
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.handlers, self.logger.propagate = self.saved
+
+
 def _ct():
     try:
         with _quiet():
@@ -62,8 +83,9 @@ def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], ou
     import torch
     ct = _ct()
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example)
+    where = _ErrorLog()
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), where, torch.no_grad():
             traced = torch.jit.trace(wrapper.eval(), tensors)
             inputs = [ct.TensorType(name, shape=a.shape, dtype=np.int32 if a.dtype.kind == "i" else np.float32)
                       for name, a in zip(input_names, example)]
@@ -81,8 +103,9 @@ def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], ou
                 model = opt.linear_quantize_weights(model, opt.OptimizationConfig(global_config=op))
     except CoremlError:
         raise
-    except Exception as e:  # the torch frontend names the op it lacks ("... not implemented")
-        raise CoremlError(f"coremltools could not convert the model: {str(e).strip().splitlines()[-1]}") from e
+    except Exception as e:  # the op that failed is in coremltools' error log, not in the exception
+        op = f" at {where.text}" if where.text else ""
+        raise CoremlError(f"coremltools could not convert the model{op}: {str(e).strip().splitlines()[-1]}") from e
     if out_path.exists():
         shutil.rmtree(out_path)
     model.save(str(out_path))
