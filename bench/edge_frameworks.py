@@ -50,20 +50,26 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
              f"latency is each of {env['latency_samples']} test samples' fastest of 3 runs, median and 90th "
              f"percentile, measured while other jobs shared the 2-core machine (load average {env['load']}). "
              "Accuracy and agreement (same predicted class as onnxruntime's float model) are on the whole "
-             "test split; \"loss\" is float accuracy minus this one, in points. onnxruntime and TVM run "
+             "test split; \"loss\" is float accuracy minus this one, in points. 4-bit: onnxruntime's GPTQ "
+             "cannot pack a MatMul whose input dimension holds an odd number of blocks; those are rounded to "
+             "nearest (RTN) in a GPTQ setting, and counted. onnxruntime and TVM run "
              "onnxruntime's quantized graphs; MNN and Core ML quantize with their own converters (weights "
              "only, the 4-bit block size chosen for onnxruntime). Core ML is converted and its spec checked, "
              "not run: its predictions need macOS.", ""]
     for r in results:
         s = r["settings"]
         int8 = f"per-{'channel' if s['int8']['per_channel'] else 'tensor'}"
-        int4 = f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']}"
+        int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']} ({s['int4']['matmuls_gptq']} "
+                f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN)")
         gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
         lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
                   f"accuracy {r['float_accuracy']:.4f}", "",
                   f"Chosen on validation: int8 {int8}; 4-bit {int4} (tried: "
                   + ", ".join(f"{t['algorithm']} {t['block_size']}: "
-                              + (f"{t['val_accuracy']:.4f}" if "val_accuracy" in t else "failed") for t in s["int4"]["tried"])
+                              + (f"{t['val_accuracy']:.4f}" if "val_accuracy" in t else "failed")
+                              + (f" ({t['matmuls_gptq']} GPTQ / {t['matmuls_rtn']} RTN)"
+                                 if t["algorithm"] == "gptq" and "val_accuracy" in t else "")
+                              for t in s["int4"]["tried"])
                   + f"; GPTQ calibrated on {s['int4']['calibration_samples']} training samples)."
                   + (" GPTQ failed at every block size." if gptq and all("error" in t for t in gptq) else ""), "",
                   "| runtime | weights | test accuracy | loss (points) | agreement with onnxruntime float | max logit diff | file bytes | x smaller | ms / sample (median, p90) |",

@@ -65,7 +65,8 @@ def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student
 
 def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp_path):
     _, path, ids, mask = student
-    q = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    q, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": len(_const_matmuls(path))}
     ops = edge_quant.op_counts(q)
     assert ops.get("MatMulNBits", 0) == len(_const_matmuls(path))
     assert ops.get("GatherBlockQuantized", 0) == 2  # the token and the position embedding tables
@@ -77,20 +78,27 @@ def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
 
 
-def test_gptq_reads_the_calibration_data_and_refuses_odd_block_counts(student, tmp_path):
+def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student, tmp_path):
     _, path, ids, mask = student
     calib = [{"input_ids": ids[n:n + 1, :max(1, int(mask[n].sum()))],
               "attention_mask": mask[n:n + 1, :max(1, int(mask[n].sum()))]} for n in range(len(ids))]
-    gptq = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
-    rtn = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
+    gptq, counts = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
+    rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
+    assert counts == {"matmuls_gptq": len(_const_matmuls(path)), "matmuls_rtn": 0}
     assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
     packed = lambda p: {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer
                         if "_Q4G" in i.name}  # the MatMulNBits weights
     g, r = packed(gptq), packed(rtn)
     assert g and g.keys() == r.keys() and any(not np.array_equal(g[k], r[k]) for k in g)  # GPTQ moved some weights
-    # K = 32 (the bottleneck) is one block of 32: onnxruntime's GPTQ cannot pack that.
-    with pytest.raises(edge_quant.QuantizeError, match="odd number of 32-blocks"):
-        edge_quant.quantize_int4(path, tmp_path / "odd.onnx", "gptq", 32, calib)
+    # K = 32 (the bottleneck) is one block of 32, which onnxruntime's GPTQ cannot pack: those
+    # MatMuls are rounded to nearest, the 64-wide ones still go through GPTQ.
+    odd = edge_quant.odd_block_counts(path, 32)
+    assert 0 < len(odd) < len(_const_matmuls(path))
+    mixed, counts = edge_quant.quantize_int4(path, tmp_path / "mixed.onnx", "gptq", 32, calib)
+    assert counts == {"matmuls_gptq": len(_const_matmuls(path)) - len(odd), "matmuls_rtn": len(odd)}
+    assert edge_quant.op_counts(mixed)["MatMulNBits"] == len(_const_matmuls(path))
+    ref, got = _ort(path, ids, mask), _ort(mixed, ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
     with pytest.raises(edge_quant.QuantizeError, match="calibration"):
         edge_quant.quantize_int4(path, tmp_path / "none.onnx", "gptq", 16)
 
@@ -110,7 +118,7 @@ def test_mnn_runs_the_converted_graph_like_onnxruntime(student, tmp_path):
 
 def test_mnn_names_the_operator_it_cannot_convert(student, tmp_path):
     _, path, _, _ = student
-    q = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
     with pytest.raises(mnn.MnnError, match="MatMulNBits"):
         mnn.convert(q, tmp_path / "int4.mnn")
 
@@ -133,7 +141,7 @@ def test_tvm_compiles_for_x86_and_aarch64_and_runs_like_onnxruntime(student, tmp
 
 def test_tvm_names_the_operators_its_frontend_lacks(student, tmp_path):
     _, path, ids, _ = student
-    q = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
     static = edge_quant.fixed_shape(q, tmp_path / "int4_static.onnx", ids.shape[1])
     with pytest.raises(tvm.TvmError, match="no converter for GatherBlockQuantized, MatMulNBits"):
         tvm.compile_x86(static)

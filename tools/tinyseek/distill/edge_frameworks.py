@@ -8,7 +8,7 @@ For one student (TinyBert, the truncated teacher, or the float TinyLSTM) this
    float graphs give the same logits at any L);
 2. quantizes with onnxruntime's quantizers (export/edge_quant.py), the settings chosen on the
    validation split: int8 dynamic per-channel or per-tensor; 4-bit MatMul weights by GPTQ
-   (calibrated on `CALIBRATION` training samples) or RTN, block size 32, 64 or 128;
+   (calibrated on `CALIBRATION` training samples) or RTN, block size 16, 32, 64 or 128;
 3. converts to each runtime asked for and runs the whole test split there, one sample at a
    time: onnxruntime (the three ONNX graphs), MNN (its converter's own float / 8-bit / 4-bit
    weights: it does not read onnxruntime's quantized operators), TVM (the ONNX graphs compiled
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ RUNTIMES = ("onnxruntime", "mnn", "tvm", "coreml")
 QUANTS = ("float", "int8", "int4")
 FRAMEWORK_STUDENTS = (*STUDENTS, "tinylstm")
 CALIBRATION = 256  # training samples GPTQ collects its Hessians from
-BLOCKS = (32, 64, 128)
+BLOCKS = (16, 32, 64, 128)
 OUT_DIR, RESULT_FILE = "frameworks", "frameworks.json"
 
 
@@ -102,7 +103,9 @@ def load(run, name: str) -> Student:
             ids, lengths = split_inputs(getattr(dataset, s), spec)
             enc[s] = ids, (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
         wrapper = _wrapper(model)
-        onnx_path = export_onnx(wrapper, enc["test"][0][:2, :4], enc["test"][1][:2, :4], folder / "model.onnx")
+        with warnings.catch_warnings():  # the exporter's LSTM batch-size advice: the graph is run at batch 1
+            warnings.simplefilter("ignore", UserWarning)
+            onnx_path = export_onnx(wrapper, enc["test"][0][:2, :4], enc["test"][1][:2, :4], folder / "model.onnx")
     else:
         raise EdgeError(f"unknown student {name!r} for the frameworks; choose {', '.join(FRAMEWORK_STUDENTS)}")
     if not onnx_path.is_file():
@@ -173,17 +176,19 @@ def choose_int4(st: Student, out: Path) -> tuple[Path, dict]:
     for algorithm in ("gptq", "rtn"):
         for block in BLOCKS:
             try:
-                path = edge_quant.quantize_int4(st.onnx, out / f"int4_{algorithm}_{block}.onnx", algorithm, block,
-                                                calibration if algorithm == "gptq" else None)
+                path, counts = edge_quant.quantize_int4(st.onnx, out / f"int4_{algorithm}_{block}.onnx", algorithm,
+                                                        block, calibration if algorithm == "gptq" else None)
             except edge_quant.QuantizeError as e:  # one setting failing leaves the others
                 tried.append({"algorithm": algorithm, "block_size": block, "error": str(e)})
                 continue
             tried.append({"algorithm": algorithm, "block_size": block, "path": path, "bytes": path.stat().st_size,
-                          "val_accuracy": _accuracy(ort_runner(path), st.splits["val"])})
+                          **counts, "val_accuracy": _accuracy(ort_runner(path), st.splits["val"])})
     done = [t for t in tried if "path" in t]
     if not done:
         raise edge_quant.QuantizeError("every 4-bit setting failed: " + "; ".join(t["error"] for t in tried))
-    # The best validation accuracy; ties: the smaller file, then GPTQ (tried first).
+    # The best validation accuracy; ties: the smaller file, then GPTQ (tried first). A graph
+    # without weight MatMuls (TinyLSTM) has nothing for GPTQ: only RTN is kept there.
+    done = [t for t in done if t["algorithm"] == "rtn" or t["matmuls_gptq"]] or done
     best = max(done, key=lambda t: (t["val_accuracy"], -t["bytes"]))
     return _keep(best["path"], out / "int4.onnx", done), {k: v for k, v in best.items() if k != "path"} | \
         {"calibration_samples": len(calibration), "tried": [{k: v for k, v in t.items() if k != "path"} for t in tried]}

@@ -89,28 +89,35 @@ class _Feeds:
 
 
 def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
-                  calibration: list[dict] | None = None) -> Path:
+                  calibration: list[dict] | None = None) -> tuple[Path, dict]:
     """4-bit weights: MatMul by `algorithm` ("gptq" needs `calibration`, a list of input feeds
-    from the training split; "rtn"), then the embedding Gathers by round-to-nearest."""
+    from the training split; "rtn"), then the embedding Gathers by round-to-nearest.
+    Returns the path and how many MatMuls each algorithm quantized: onnxruntime's GPTQ cannot
+    take a MatMul whose input dimension holds an odd number of blocks (`odd_block_counts`), so
+    with "gptq" those are rounded to nearest instead, and counted as such."""
     import onnx
     _, _, nbits = _quantizers()
-    if algorithm == "gptq":
-        if not calibration:
-            raise QuantizeError("GPTQ needs calibration inputs (the training split)")
-        odd = odd_block_counts(float_path, block_size)
-        if odd:
-            raise QuantizeError(f"onnxruntime's GPTQ cannot pack the zero points of a MatMul whose input dimension "
-                                f"holds an odd number of {block_size}-blocks: {', '.join(odd[:3])}"
-                                + (f" and {len(odd) - 3} more" if len(odd) > 3 else "") + "; try another block size")
-        algo = nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Feeds(calibration), block_size=128)
-    elif algorithm == "rtn":
-        algo = nbits.RTNWeightOnlyQuantConfig()
-    else:
+    if algorithm not in ("gptq", "rtn"):
         raise QuantizeError(f"unknown 4-bit algorithm {algorithm!r}; choose gptq or rtn")
+    if algorithm == "gptq" and not calibration:
+        raise QuantizeError("GPTQ needs calibration inputs (the training split)")
+    model = onnx.load(str(float_path))
+    matmuls = weight_matmuls(model)
+    odd = set(odd_block_counts(float_path, block_size))
+    gptq_nodes = [n for n in matmuls if n not in odd] if algorithm == "gptq" else []
     try:
         with _quiet():
-            q = nbits.MatMulNBitsQuantizer(onnx.load(str(float_path)), block_size=block_size, is_symmetric=True,
-                                           algo_config=algo)
+            if gptq_nodes:
+                from onnxruntime.quantization.neural_compressor import gptq_quantize
+                # What MatMulNBitsQuantizer's GPTQ path passes, with the odd-block MatMuls left float
+                # ("fp32" is the skip mark gptq_quantize reads) for the RTN pass below.
+                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": block_size, "scheme": "sym"}
+                          for n in matmuls}
+                model = gptq_quantize(model, ((feed, None) for feed in calibration), weight_config=config,
+                                      num_bits=4, group_size=block_size, scheme="sym", n_samples=-1, percdamp=0.01,
+                                      blocksize=128, actorder=False, mse=False, perchannel=True).model
+            q = nbits.MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True,
+                                           algo_config=nbits.RTNWeightOnlyQuantConfig())
             q.process()
             gather = nbits.MatMulNBitsQuantizer(
                 copy.deepcopy(q.model.model), block_size=block_size, is_symmetric=True,
@@ -121,23 +128,27 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
     except Exception as e:
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
     onnx.save(gather.model.model, str(out_path))
-    return out_path
+    return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
+
+
+def weight_matmuls(model) -> list[str]:
+    """Names of the MatMul nodes with a constant 2-D weight: what MatMulNBits quantizes."""
+    weights = {i.name: i.dims for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and len(weights.get(n.input[1], ())) == 2]
 
 
 def odd_block_counts(path: Path, block_size: int) -> list[str]:
-    """MatMul nodes with a 2-D weight whose ceil(K / block_size) is odd. onnxruntime 1.32's
-    GPTQ (quantization/neural_compressor/weight_only.py) packs two 4-bit zero points per byte
+    """Weight MatMul nodes whose ceil(K / block_size) is odd. onnxruntime 1.32's GPTQ
+    (quantization/neural_compressor/weight_only.py) packs two 4-bit zero points per byte
     across the whole [N, blocks] table and then reshapes it to [N, -1], which fails for them;
     its RTN path packs per row and has no such limit."""
     import onnx
     model = onnx.load(str(path))
     weights = {i.name: i.dims for i in model.graph.initializer}
-    out = []
-    for node in model.graph.node:
-        dims = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if dims is not None and len(dims) == 2 and math.ceil(dims[0] / block_size) % 2:
-            out.append(f"{node.name} (K={dims[0]})")
-    return out
+    nodes = {n.name: n for n in model.graph.node}
+    return [name for name in weight_matmuls(model)
+            if math.ceil(weights[nodes[name].input[1]][0] / block_size) % 2]
 
 
 def op_counts(path: Path) -> dict[str, int]:

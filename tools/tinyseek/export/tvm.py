@@ -13,8 +13,8 @@ machine here, and compiled for AArch64 Linux (`tinyseek edge --runtime tvm`, doc
 - AArch64: the same module cross-compiled (LLVM target aarch64-linux-gnu, linked by
   aarch64-linux-gnu-gcc) into a shared library a board's TVM runtime loads
   (`export_library`). The apache-tvm wheel installed here holds the x86-64 runtime only; PyPI
-  also has manylinux aarch64 wheels of apache-tvm and apache-tvm-ffi, whose libtvm_runtime.so
-  and libtvm_ffi.so `aarch64_runtime` takes (pip download, cached in build/tvm-aarch64/). A
+  also has manylinux aarch64 wheels of apache-tvm and apache-tvm-ffi, whose libtvm_runtime.so,
+  libtvm_runtime_extra.so and libtvm_ffi.so `aarch64_runtime` takes (pip download, cached in build/tvm-aarch64/). A
   small C program (tvm_aarch64_runner.c, TVM's C ABI) loads the module with them and runs it
   under qemu-aarch64 user mode (`run_aarch64`): a correctness check, not a timing.
 """
@@ -95,7 +95,8 @@ def compile_aarch64(static_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-RUNTIME_LIBS = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
+# libtvm_runtime_extra holds the contrib kernels (e.g. tvm.contrib.sort.topk, the MoE router's).
+RUNTIME_LIBS = ("tvm/lib/libtvm_runtime.so", "tvm/lib/libtvm_runtime_extra.so", "tvm_ffi/lib/libtvm_ffi.so")
 
 
 def aarch64_runtime(cache: Path) -> Path:
@@ -132,7 +133,7 @@ def aarch64_runtime(cache: Path) -> Path:
         wheel.unlink()
     source = Path(__file__).with_name("tvm_aarch64_runner.c")
     done = subprocess.run([AARCH64_CC, "-O2", "-std=c11", "-I", str(include), "-o", str(runner), str(source),
-                           "-L", str(cache), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi"],
+                           "-L", str(cache), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_runtime_extra", "-ltvm_ffi"],
                           capture_output=True, text=True)
     if done.returncode:
         raise TvmError(f"could not build the aarch64 runner: {done.stderr.strip()[-300:]}")
