@@ -68,26 +68,6 @@ def quantize_int8(float_path: Path, out_path: Path, per_channel: bool) -> Path:
     return out_path
 
 
-class _Feeds:
-    """A CalibrationDataReader over a list of input dicts; GPTQ deep-copies and re-reads it."""
-
-    def __init__(self, feeds: list[dict]):
-        from onnxruntime.quantization import CalibrationDataReader  # noqa: F401 (the protocol it follows)
-        self.feeds, self.pos = feeds, 0
-
-    def get_next(self):
-        if self.pos >= len(self.feeds):
-            return None
-        self.pos += 1
-        return self.feeds[self.pos - 1]
-
-    def __iter__(self):
-        return iter(self.feeds)
-
-    def __deepcopy__(self, memo):
-        return _Feeds(self.feeds)
-
-
 def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
                   calibration: list[dict] | None = None) -> tuple[Path, dict]:
     """4-bit weights: MatMul by `algorithm` ("gptq" needs `calibration`, a list of input feeds
