@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyseek-installed
 TFLITE := $(VENV)/.tinyseek-tflite-installed
-RAY    := $(VENV)/.tinyseek-ray-installed
+EXTRAS := $(VENV)/.tinyseek-extras-installed
 
 .PHONY: demo test setup setup-demo system clean-venv
 
@@ -24,12 +24,12 @@ demo: setup-demo
 test: setup
 	$(BIN)/pytest -q
 
-# Everything, TensorFlow and Ray included (the tests exercise `tinyseek export --format tflite`
-# and teacher.engine = "ray").
-setup: system $(STAMP) $(TFLITE) $(RAY)
+# Everything, TensorFlow, Ray and the edge frameworks included (the tests exercise `tinyseek
+# export --format tflite`, teacher.engine = "ray" and `tinyseek edge --runtime mnn|tvm|coreml`).
+setup: system $(STAMP) $(TFLITE) $(EXTRAS)
 
-# The demo never imports TensorFlow or Ray: it skips the tflite extra (about 1.3 GB installed)
-# and the ray extra.
+# The demo never imports TensorFlow, Ray or the edge frameworks: it skips the tflite extra (about
+# 1.3 GB installed) and the extras below (about 0.65 GB).
 setup-demo: system $(STAMP)
 
 system:
@@ -51,10 +51,12 @@ $(TFLITE): $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps "tf_keras==2.21.*"
 	touch $(TFLITE)
 
-# teacher.engine = "ray" (the extraction on Ray actors): one 79 MB wheel and a few small ones.
-$(RAY): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[ray]"
-	touch $(RAY)
+# The extras the tests need beyond the demo's (pyproject.toml): ray (teacher.engine = "ray", a
+# 79 MB wheel) and edge-runtimes (`tinyseek edge --runtime mnn|tvm|coreml`: MNN, Apache TVM,
+# coremltools; about 120 MB of wheels).
+$(EXTRAS): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[ray,edge-runtimes]"
+	touch $(EXTRAS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -83,10 +83,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("edge", help="distill a student for bigger devices, export it to ONNX and check it in "
                                     "onnxruntime -> models/<run>/edge/<student>/")
     _common(p)  # --force is accepted; the student is always trained anew
-    p.add_argument("--student", required=True, choices=["tinybert", "truncated"],
+    p.add_argument("--student", required=True, choices=["tinybert", "truncated", "tinylstm"],
                    help="tinybert: MobileBERT-style transformer (edge boxes); truncated: the teacher's first "
-                        "layers (high-end phones)")
+                        "layers (high-end phones); tinylstm: the run's float TinyLSTM (with --runtime/--quantize)")
     p.add_argument("--layers", type=int, help="truncated: decoder layers kept (default: edge.truncated_layers)")
+    p.add_argument("--runtime", action="append", choices=["onnxruntime", "mnn", "tvm", "coreml", "all"],
+                   help="convert the trained student for this on-device framework and run the test split in it "
+                        "(repeatable; default with --quantize: all) -> models/<run>/edge/<student>/frameworks/; "
+                        "reuses the trained student unless --force")
+    p.add_argument("--quantize", action="append", choices=["float", "int8", "int4", "all"],
+                   help="float, int8 (dynamic) and/or int4 (4-bit weights, GPTQ or RTN chosen on validation) "
+                        "(repeatable; default with --runtime: all)")
     p = sub.add_parser("export", help="export the TinyLSTM student for another runtime and check it in that runtime's "
                                       "interpreters -> models/<run>/<format>/")
     _common(p)  # --force is accepted but changes nothing: the export always runs anew
@@ -198,8 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             print((result.folder / "search.md").read_text())
             if result.chosen is None:
                 return 1
+        elif args.command == "edge" and (args.runtime or args.quantize):
+            _edge_frameworks(run, args)
         elif args.command == "edge":
             from .distill.edge import build_edge
+            if args.student == "tinylstm":
+                raise ValueError("TinyLSTM is trained by `tinyseek build` (or `tinyseek distill`); "
+                                 "`tinyseek edge --student tinylstm` takes --runtime and/or --quantize")
             run.stage("teacher")
             out = build_edge(run, args.student, args.layers)
             m = json.loads((out / "metrics.json").read_text())
@@ -232,6 +244,36 @@ def main(argv: list[str] | None = None) -> int:
         print(_interrupted(args.command, run), file=sys.stderr)
         return 130
     return 0
+
+
+def _edge_frameworks(run: Run, args) -> None:
+    """`tinyseek edge --runtime/--quantize`: the trained student (trained first when missing or
+    with --force) on each framework; one line per runtime and quantization."""
+    from .distill.edge import build_edge
+    from .distill.edge_frameworks import QUANTS, RUNTIMES, evaluate
+    runtimes = RUNTIMES if not args.runtime or "all" in args.runtime else tuple(dict.fromkeys(args.runtime))
+    quants = QUANTS if not args.quantize or "all" in args.quantize else tuple(dict.fromkeys(args.quantize))
+    if args.student == "tinylstm":
+        for name in ("teacher", "distill"):
+            run.stage(name)
+    elif args.force or not (run.dir / "edge" / args.student / "student.safetensors").is_file():
+        run.stage("teacher")
+        build_edge(run, args.student, args.layers)
+    elif args.layers is not None:
+        raise ValueError("--layers retrains the truncated student: add --force")
+    result = json.loads(evaluate(run, args.student, runtimes, quants, progress=False).read_text())
+    print(f"{args.student} on the test split ({result['test_samples']} samples, inputs padded to "
+          f"{result['length']} tokens), against onnxruntime float:")
+    for c in result["cells"]:
+        head = f"  {c['runtime']:<12} {c['quant']:<6}"
+        if "error" in c:
+            print(f"{head} error: {c['error']}")
+        elif "accuracy" in c:
+            print(f"{head} accuracy {c['accuracy']:.4f}, agreement {c['agreement']:.2%}, max logit diff "
+                  f"{c['max_abs_diff']:.2g}, {c['bytes']:,} bytes, {c['latency']['median_ms']:.3f} ms per sample")
+        else:
+            print(f"{head} {c['bytes']:,} bytes, {c['run']}")
+    print(f"-> {run.dir / 'edge' / args.student / 'frameworks'}")
 
 
 def _interrupted(command: str, run: Run | None) -> str:

@@ -19,8 +19,8 @@ data-dependent control flow, and the check runs every test sample through onnxru
 shapes other than the traced ones.
 
 Output: `<run>/edge/<student>/` with model.onnx, student.json (architecture, labels,
-tokenizer) and metrics.json; TinyBert also keeps its torch weights (student.safetensors),
-the truncated teacher its tokenizer files.
+tokenizer) and metrics.json; both keep their torch weights (student.safetensors), the
+truncated teacher also its tokenizer files.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ..student.tinybert import TinyBert, TinyBertSpec, encode, save_tinybert, token_spans
-from ..student.truncated import TruncatedTeacher, param_count
+from ..student.truncated import TruncatedTeacher, param_count, save_truncated
 from . import train
 from .losses import distill_loss
 from .schedule import DistillError
@@ -453,6 +453,7 @@ def build_edge(run, student: str, layers: int | None = None, progress: bool = Tr
         ids, mask = tokenize(tokenizer, list(dataset.test.texts), meta["max_tokens"])
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(out))
+        save_truncated(model, out)  # student.safetensors: Core ML converts from the torch model
         spec = model.spec(dataset.labels, meta["max_tokens"])
         (out / SPEC_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
     train_seconds = time.monotonic() - t0

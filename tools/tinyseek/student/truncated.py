@@ -112,3 +112,36 @@ class TruncatedTeacher(nn.Module):
 
 def param_count(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+WEIGHTS_FILE = "student.safetensors"
+
+
+def save_truncated(model: TruncatedTeacher, folder) -> None:
+    """The fine-tuned weights (`load_truncated` rebuilds the module from the teacher's folder)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_model
+    save_model(model, str(Path(folder) / WEIGHTS_FILE))
+
+
+def load_truncated(folder, teacher_dir) -> TruncatedTeacher:
+    """The truncated student of an edge folder (student.json, student.safetensors), built on the
+    adapted teacher in teacher_dir (its architecture and rotary tables) and then given the
+    fine-tuned weights; eval mode."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_model
+
+    from ..teacher.classifier import load_adapted
+    folder = Path(folder)
+    spec_file, weights = folder / "student.json", folder / WEIGHTS_FILE
+    if not weights.is_file() or not spec_file.is_file():
+        raise StudentError(f"{weights} is missing: re-run `tinyseek edge --student truncated` (older runs kept "
+                           "the ONNX graph only)")
+    spec = json.loads(spec_file.read_text())
+    teacher, _, _ = load_adapted(Path(teacher_dir))
+    model = TruncatedTeacher(teacher, spec["layers"], len(spec["labels"]))
+    load_model(model, str(weights))
+    return model.eval()

@@ -1,0 +1,138 @@
+"""The edge students on the on-device frameworks, float, int8 dynamic and 4-bit: test accuracy,
+agreement with onnxruntime's float model, file size and latency per sample on this CPU, next to
+the plan's figures (int8 dynamic: 4x smaller, < 2 % accuracy loss; 4-bit GPTQ: 8x smaller,
+3-5 % loss).
+
+    python bench/edge_frameworks.py
+
+The run (--run, default scratch_edge) must hold the trained edge students and a TinyLSTM:
+`python bench/edge_students.py --seed-from intents` builds it. For each student this runs
+`tinyseek edge --student S --runtime all --quantize all` (distill/edge_frameworks.py) and writes
+bench/edge_frameworks.json and the "Edge frameworks" section of bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from tinyseek.config import load  # noqa: E402
+from tinyseek.distill.edge_frameworks import evaluate  # noqa: E402
+from tinyseek.pipeline import Run  # noqa: E402
+
+from results_md import replace_section  # noqa: E402
+
+HEADING = "## Edge frameworks (`python bench/edge_frameworks.py`)"
+NAMES = {"tinybert": "TinyBert 4x128/64", "truncated": "truncated teacher", "tinylstm": "TinyLSTM (float)"}
+PLAN = {"int8": "4x smaller, < 2 % loss", "int4": "8x smaller, 3-5 % loss (GPTQ)"}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def markdown(results: list[dict], env: dict, command: str) -> str:
+    lines = [HEADING, "",
+             f"`{command}` on the scratch run `{env['run']}` (the default intents task), {env['cpu']}; "
+             f"onnxruntime {env['onnxruntime']}, MNN {env['mnn']}, TVM {env['apache-tvm']}, coremltools "
+             f"{env['coremltools']}. Every runtime runs one sample at a time, batch 1, one thread, inputs "
+             "right-padded to the student's longest input (the static shape TVM and Core ML compile for); "
+             f"latency is each of {env['latency_samples']} test samples' fastest of 3 runs, median and 90th "
+             f"percentile, measured while other jobs shared the 2-core machine (load average {env['load']}). "
+             "Accuracy and agreement (same predicted class as onnxruntime's float model) are on the whole "
+             "test split; \"loss\" is float accuracy minus this one, in points. 4-bit: onnxruntime's GPTQ "
+             "cannot pack a MatMul whose input dimension holds an odd number of blocks; those are rounded to "
+             "nearest (RTN) in a GPTQ setting, and counted. onnxruntime and TVM run "
+             "onnxruntime's quantized graphs; MNN and Core ML quantize with their own converters (weights "
+             "only, the 4-bit block size chosen for onnxruntime). Core ML is converted and its spec checked, "
+             "not run: its predictions need macOS.", ""]
+    for r in results:
+        s = r["settings"]
+        int8 = f"per-{'channel' if s['int8']['per_channel'] else 'tensor'}"
+        int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']} ({s['int4']['matmuls_gptq']} "
+                f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN)")
+        gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
+        lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
+                  f"accuracy {r['float_accuracy']:.4f}", "",
+                  f"Chosen on validation: int8 {int8}; 4-bit {int4} (tried: "
+                  + ", ".join(f"{t['algorithm']} {t['block_size']}: "
+                              + (f"{t['val_accuracy']:.4f}" if "val_accuracy" in t else "failed")
+                              + (f" ({t['matmuls_gptq']} GPTQ / {t['matmuls_rtn']} RTN)"
+                                 if t["algorithm"] == "gptq" and "val_accuracy" in t else "")
+                              for t in s["int4"]["tried"])
+                  + f"; GPTQ calibrated on {s['int4']['calibration_samples']} training samples)."
+                  + (" GPTQ failed at every block size." if gptq and all("error" in t for t in gptq) else ""), "",
+                  "| runtime | weights | test accuracy | loss (points) | agreement with onnxruntime float | max logit diff | file bytes | x smaller | ms / sample (median, p90) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in r["cells"]:
+            head = f"| {c['runtime']} | {c['quant']} |"
+            if "error" in c:
+                lines.append(f"{head} error: {c['error'][:160]} | | | | | | |")
+                continue
+            size = f"{c['bytes']:,} | {c['size_ratio']:.1f}"
+            if "accuracy" not in c:
+                lines.append(f"{head} converted, not run | | | | {size} | |")
+                continue
+            lines.append(f"{head} {c['accuracy']:.4f} | {100 * (r['float_accuracy'] - c['accuracy']):+.1f} | "
+                         f"{c['agreement']:.2%} | {c['max_abs_diff']:.2g} | {size} | "
+                         f"{c['latency']['median_ms']:.3f}, {c['latency']['p90_ms']:.3f} |")
+        arm = [c for c in r["cells"] if "aarch64" in c]
+        if arm:
+            lines += ["", "TVM's AArch64 build (" + ", ".join(f"{c['quant']} {c['aarch64_bytes']:,} bytes" for c in arm)
+                      + ") run by the aarch64 TVM runtime under qemu-aarch64 on test samples spread over the split "
+                      "(a correctness check; QEMU's speed says nothing of a board's): "
+                      + "; ".join(f"{c['quant']}: " + (f"error {c['aarch64']['error']}" if "error" in c["aarch64"] else
+                                  f"{c['aarch64']['samples']} samples, agreement with onnxruntime float "
+                                  f"{c['aarch64']['agreement']:.2%}, max logit diff {c['aarch64']['max_abs_diff']:.2g}")
+                                  for c in arm) + "."]
+        lines.append("")
+    lines += ["The plan's figures: " + "; ".join(f"{k} {v}" for k, v in PLAN.items()) + ". \"x smaller\" is the "
+              "float ONNX file's size over this file's: it counts what stays float (LayerNorm, biases, the "
+              "2-D head for 4-bit, TinyLSTM's LSTM weights for 4-bit) and each format's own overhead; TVM's "
+              "files are compiled code with the weights inside.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="scratch_edge")
+    ap.add_argument("--students", default="tinybert,truncated,tinylstm")
+    ap.add_argument("--latency-samples", type=int, default=200)
+    ap.add_argument("--aarch64-samples", type=int, default=100,
+                    help="test samples TVM's aarch64 build runs under qemu-aarch64 (0: none)")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "edge_frameworks.json"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = ap.parse_args(argv)
+    run = Run(load(overrides={"run": args.run, "teacher.attentions": True, "codegen.out_dir": f"models/{args.run}/lib"}))
+    results = []
+    for name in args.students.split(","):
+        if name != "tinylstm" and not (run.dir / "edge" / name / "student.safetensors").is_file():
+            raise SystemExit(f"{run.dir / 'edge' / name} has no trained student: run "
+                             "`python bench/edge_students.py --seed-from intents` first")
+        results.append(json.loads(evaluate(run, name, latency_samples=args.latency_samples,
+                                           aarch64_samples=args.aarch64_samples).read_text()))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    env = {"run": args.run, "cpu": cpu, "load": f"{os.getloadavg()[0]:.1f}", "latency_samples": args.latency_samples,
+           "aarch64_samples": args.aarch64_samples,
+           **{p: _version(p) for p in ("onnxruntime", "mnn", "apache-tvm", "coremltools", "torch")}}
+    command = "python bench/edge_frameworks.py" + (f" --run {args.run}" if args.run != "scratch_edge" else "")
+    Path(args.json).write_text(json.dumps({"env": env, "command": command, "students": results}, indent=2) + "\n")
+    text = markdown(results, env, command)
+    replace_section(HEADING, text, Path(args.results))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The edge students on the on-device frameworks: onnxruntime's int8 dynamic and 4-bit
+quantizers, MNN, TVM and Core ML, each checked against onnxruntime's float logits on a tiny
+TinyBert (random weights: these are float and quantized frameworks, so the checks use
+tolerances, not the bit-exact integer C path's equality)."""
+import json
+import platform
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tinyseek.cli import make_parser
+from tinyseek.data import Dataset, Split
+from tinyseek.distill import edge_frameworks as fw
+from tinyseek.distill.edge import export_onnx
+from tinyseek.export import coreml, edge_quant, mnn, tvm
+from tinyseek.student.tinybert import TinyBert, TinyBertSpec, encode, save_tinybert
+
+SPEC = TinyBertSpec(labels=["on", "off", "time"], vocab_size=256, max_len=12, hidden=64, bottleneck=32, layers=2,
+                    heads=2, ffn_stack=1, embed_dim=32)
+TEXTS = ["turn on the lights", "lights off please", "what time is it", "switch the lamp on now", "开灯",
+         "tell me the time thanks", "turn off the lights at 7 please", "current time"]
+NAMES = ["input_ids", "attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """(torch wrapper, float ONNX path, ids [N, L], mask [N, L]) of a tiny random TinyBert."""
+    folder = tmp_path_factory.mktemp("edge_fw")
+    torch.manual_seed(0)
+    model = TinyBert(SPEC).eval()
+    ids, mask = encode(TEXTS, SPEC)
+    path = export_onnx(model, ids[:2], mask[:2], folder / "model.onnx")
+    length = int(mask.sum(1).max())
+    return fw._Logits(model).eval(), path, ids[:, :length].numpy(), mask[:, :length].numpy()
+
+
+def _ort(path, ids, mask):
+    return fw.run_all(fw.ort_runner(path), ids, mask)
+
+
+def _const_matmuls(path):
+    model = onnx.load(str(path))
+    weights = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+# -- onnxruntime's quantizers ---------------------------------------------------------------
+
+def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student, tmp_path):
+    _, path, ids, mask = student
+    q = edge_quant.quantize_int8(path, tmp_path / "int8.onnx", per_channel=True)
+    ops = edge_quant.op_counts(q)
+    # Every weight MatMul, and the head's Gemm, becomes a MatMulInteger.
+    assert ops.get("MatMulInteger", 0) == len(_const_matmuls(path)) + edge_quant.op_counts(path).get("Gemm", 0)
+    assert ops.get("DynamicQuantizeLinear", 0) > 0
+    assert not _const_matmuls(q)  # no float MatMul with a weight left
+    assert q.stat().st_size < 0.6 * path.stat().st_size  # weights 4x smaller; graph and scales stay
+    ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+    assert np.abs(ref - got).max() < 0.25 * np.abs(ref).max()
+
+
+def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp_path):
+    _, path, ids, mask = student
+    q, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": len(_const_matmuls(path))}
+    ops = edge_quant.op_counts(q)
+    assert ops.get("MatMulNBits", 0) == len(_const_matmuls(path))
+    assert ops.get("GatherBlockQuantized", 0) == 2  # the token and the position embedding tables
+    nodes = [n for n in onnx.load(str(q)).graph.node if n.op_type == "MatMulNBits"]
+    assert all(next(a.i for a in n.attribute if a.name == "bits") == 4 for n in nodes)
+    assert all(next(a.i for a in n.attribute if a.name == "block_size") == 16 for n in nodes)
+    assert q.stat().st_size < 0.35 * path.stat().st_size  # 4 bits + a float32 scale per 16 weights
+    ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+
+
+def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student, tmp_path):
+    _, path, ids, mask = student
+    calib = [{"input_ids": ids[n:n + 1, :max(1, int(mask[n].sum()))],
+              "attention_mask": mask[n:n + 1, :max(1, int(mask[n].sum()))]} for n in range(len(ids))]
+    gptq, counts = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
+    rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
+    assert counts == {"matmuls_gptq": len(_const_matmuls(path)), "matmuls_rtn": 0}
+    assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
+    packed = lambda p: {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer
+                        if "_Q4G" in i.name}  # the MatMulNBits weights
+    g, r = packed(gptq), packed(rtn)
+    assert g and g.keys() == r.keys() and any(not np.array_equal(g[k], r[k]) for k in g)  # GPTQ moved some weights
+    # K = 32 (the bottleneck) is one block of 32, which onnxruntime's GPTQ cannot pack: those
+    # MatMuls are rounded to nearest, the 64-wide ones still go through GPTQ.
+    odd = edge_quant.odd_block_counts(path, 32)
+    assert 0 < len(odd) < len(_const_matmuls(path))
+    mixed, counts = edge_quant.quantize_int4(path, tmp_path / "mixed.onnx", "gptq", 32, calib)
+    assert counts == {"matmuls_gptq": len(_const_matmuls(path)) - len(odd), "matmuls_rtn": len(odd)}
+    assert edge_quant.op_counts(mixed)["MatMulNBits"] == len(_const_matmuls(path))
+    ref, got = _ort(path, ids, mask), _ort(mixed, ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+    with pytest.raises(edge_quant.QuantizeError, match="calibration"):
+        edge_quant.quantize_int4(path, tmp_path / "none.onnx", "gptq", 16)
+
+
+# -- MNN --------------------------------------------------------------------------------------
+
+def test_mnn_runs_the_converted_graph_like_onnxruntime(student, tmp_path):
+    _, path, ids, mask = student
+    ref = _ort(path, ids, mask)
+    got = fw.run_all(mnn.Runner(mnn.convert(path, tmp_path / "float.mnn"), NAMES), ids, mask)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    q = mnn.convert(path, tmp_path / "int8.mnn", weight_bits=8)
+    assert q.stat().st_size < 0.6 * (tmp_path / "float.mnn").stat().st_size
+    got8 = fw.run_all(mnn.Runner(q, NAMES), ids, mask)
+    assert 0 < np.abs(got8 - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_mnn_names_the_operator_it_cannot_convert(student, tmp_path):
+    _, path, _, _ = student
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    with pytest.raises(mnn.MnnError, match="MatMulNBits"):
+        mnn.convert(q, tmp_path / "int4.mnn")
+
+
+# -- TVM --------------------------------------------------------------------------------------
+
+def test_tvm_compiles_for_x86_and_aarch64_and_runs_like_onnxruntime(student, tmp_path):
+    _, path, ids, mask = student
+    static = edge_quant.fixed_shape(path, tmp_path / "static.onnx", ids.shape[1])
+    got = fw.run_all(tvm.Runner(tvm.compile_x86(static)), ids, mask)
+    np.testing.assert_allclose(got, _ort(path, ids, mask), atol=1e-4)
+    arm = tvm.compile_aarch64(static, tmp_path / "model_aarch64.so")
+    header = arm.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    # Run by the aarch64 TVM runtime (PyPI's aarch64 wheels, cached in build/) under qemu-aarch64.
+    from tinyseek.pipeline import REPO_ROOT
+    runtime = tvm.aarch64_runtime(REPO_ROOT / "build" / "tvm-aarch64")
+    np.testing.assert_allclose(tvm.run_aarch64(arm, runtime, ids[:3], mask[:3], 3), got[:3], atol=1e-4)
+
+
+def test_tvm_names_the_operators_its_frontend_lacks(student, tmp_path):
+    _, path, ids, _ = student
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    static = edge_quant.fixed_shape(q, tmp_path / "int4_static.onnx", ids.shape[1])
+    with pytest.raises(tvm.TvmError, match="no converter for GatherBlockQuantized, MatMulNBits"):
+        tvm.compile_x86(static)
+
+
+# -- Core ML ----------------------------------------------------------------------------------
+
+def test_coreml_converts_quantizes_and_says_where_it_runs(student, tmp_path):
+    wrapper, _, ids, mask = student
+    f = coreml.convert(wrapper, (ids[:1], mask[:1]), NAMES, tmp_path / "float.mlpackage")
+    q = coreml.convert(wrapper, (ids[:1], mask[:1]), NAMES, tmp_path / "int8.mlpackage", "int8")
+    spec_f, spec_q = coreml.inspect(f), coreml.inspect(q)
+    assert spec_f["type"] == "mlProgram" and spec_f["outputs"] == ["logits"]
+    assert spec_f["inputs"] == {"input_ids": [1, ids.shape[1]], "attention_mask": [1, ids.shape[1]]}
+    assert not any(op.startswith("constexpr") for op in spec_f["ops"])
+    assert any(op.startswith("constexpr") for op in spec_q["ops"])  # int8 weights, dequantized on load
+    assert spec_q["bytes"] < spec_f["bytes"]
+    runner = coreml.Runner(f, NAMES)
+    if platform.system() == "Darwin":
+        np.testing.assert_allclose(fw.run_all(runner, ids, mask), _ort(student[1], ids, mask), atol=1e-3)
+    else:  # Core ML's predictions need the macOS framework: the wheel says so rather than guess
+        assert not coreml.runnable()
+        with pytest.raises(coreml.CoremlError, match="macOS"):
+            runner(ids[:1], mask[:1])
+
+
+# -- missing runtimes, the driver, the CLI ----------------------------------------------------
+
+@pytest.mark.parametrize("module, names, error, pip", [
+    (mnn, ["MNN", "_tools"], mnn.MnnError, "pip install MNN"),
+    (tvm, ["tvm"], tvm.TvmError, "pip install apache-tvm"),
+    (coreml, ["coremltools"], coreml.CoremlError, "pip install coremltools")])
+def test_a_missing_runtime_names_its_pip_command(monkeypatch, tmp_path, module, names, error, pip):
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    with pytest.raises(error, match=pip):
+        if module is coreml:
+            coreml.convert(None, (), [], tmp_path / "x.mlpackage")
+        elif module is tvm:
+            tvm.compile_x86(tmp_path / "x.onnx")
+        else:
+            mnn.convert(tmp_path / "x.onnx", tmp_path / "x.mnn")
+
+
+def test_evaluate_scores_every_runtime_against_onnxruntime_float_and_keeps_going(tmp_path):
+    split = lambda n: Split(y=np.arange(n) % 3, texts=[TEXTS[i % len(TEXTS)] for i in range(n)], x=None)
+    dataset = Dataset(name="tiny", kind="text", labels=SPEC.labels, train=split(12), val=split(6), test=split(9))
+    run = SimpleNamespace(dir=tmp_path, dataset=dataset)
+    folder = tmp_path / "edge" / "tinybert"
+    torch.manual_seed(1)
+    model = TinyBert(SPEC).eval()
+    save_tinybert(model, folder)
+    ids, mask = encode(TEXTS[:2], SPEC)
+    export_onnx(model, ids, mask, folder / "model.onnx")
+    result = json.loads(fw.evaluate(run, "tinybert", ("onnxruntime", "mnn"), ("float", "int8"),
+                                    latency_samples=3, progress=False).read_text())
+    cells = {(c["runtime"], c["quant"]): c for c in result["cells"]}
+    assert len(cells) == 4 and result["test_samples"] == 9
+    assert cells["onnxruntime", "float"]["max_abs_diff"] == 0.0
+    assert cells["mnn", "float"]["agreement"] == 1.0 and cells["mnn", "float"]["max_abs_diff"] < 1e-4
+    for c in cells.values():
+        assert "error" not in c and c["latency"]["median_ms"] > 0 and c["bytes"] > 0
+    assert cells["onnxruntime", "int8"]["bytes"] < cells["onnxruntime", "float"]["bytes"]
+    assert set(result["settings"]["int8"]) >= {"per_channel", "val_accuracy", "tried"}
+
+
+def test_the_cli_takes_runtimes_and_quantizations():
+    args = make_parser().parse_args(["edge", "--student", "tinylstm", "--runtime", "mnn", "--runtime", "tvm",
+                                     "--quantize", "int4"])
+    assert args.runtime == ["mnn", "tvm"] and args.quantize == ["int4"]
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["edge", "--student", "tinybert", "--runtime", "tflite"])

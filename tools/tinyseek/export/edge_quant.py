@@ -1,0 +1,168 @@
+"""The edge students' quantized ONNX graphs, made by onnxruntime's own quantizers
+(`tinyseek edge --quantize`, docs/edge.md):
+
+- int8: `quantize_dynamic` (weights int8 once, activations quantized per call by
+  DynamicQuantizeLinear; MatMul -> MatMulInteger, Gather of the embedding -> int8 table,
+  TinyLSTM's LSTM -> DynamicQuantizeLSTM). Per-channel or per-tensor weight scales, chosen on
+  validation.
+- int4: `MatMulNBitsQuantizer`, weights only, in blocks of `block_size` along the input
+  dimension, each block with a scale and a zero point. The MatMul weights use GPTQ (calibrated
+  on the training split: per layer, the error of rounding each column is spread over the
+  columns not yet rounded, weighted by the inverse Hessian of the layer's inputs) or plain
+  round-to-nearest (RTN), chosen on validation with the block size. The embedding lookup
+  (Gather) has no input activations for GPTQ to weigh: its table is quantized by
+  round-to-nearest in the same blocks (GatherBlockQuantized). Gemm (the heads on 2-D inputs),
+  LSTM and LayerNorm weights stay float: MatMulNBits covers MatMul only.
+
+Both read the float graph and write a new .onnx; nothing here knows a student's architecture.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+INSTALL = "pip install -e '.[edge]' (or `make setup`)"
+
+
+class QuantizeError(ValueError):
+    """A quantizer is missing or failed on a graph."""
+
+
+def _quantizers():
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    except ImportError as e:  # onnx_ir is matmul_nbits_quantizer's own import
+        raise QuantizeError(f"onnxruntime's quantizers are missing ({e}): {INSTALL}") from e
+    return quantize_dynamic, QuantType, nbits
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantizers log every tensor at INFO, warn about the opset bump they make, and GPTQ
+    draws a progress bar on stdout."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def quantize_int8(float_path: Path, out_path: Path, per_channel: bool) -> Path:
+    quantize_dynamic, QuantType, _ = _quantizers()
+    try:
+        with _quiet():
+            quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel)
+    except Exception as e:  # the quantizer raises plain exceptions naming the node
+        raise QuantizeError(f"onnxruntime's quantize_dynamic failed on {float_path}: {e}") from e
+    return out_path
+
+
+def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
+                  calibration: list[dict] | None = None) -> tuple[Path, dict]:
+    """4-bit weights: MatMul by `algorithm` ("gptq" needs `calibration`, a list of input feeds
+    from the training split; "rtn"), then the embedding Gathers by round-to-nearest.
+    Returns the path and how many MatMuls each algorithm quantized: onnxruntime's GPTQ cannot
+    take a MatMul whose input dimension holds an odd number of blocks (`odd_block_counts`), so
+    with "gptq" those are rounded to nearest instead, and counted as such."""
+    import onnx
+    _, _, nbits = _quantizers()
+    if algorithm not in ("gptq", "rtn"):
+        raise QuantizeError(f"unknown 4-bit algorithm {algorithm!r}; choose gptq or rtn")
+    if algorithm == "gptq" and not calibration:
+        raise QuantizeError("GPTQ needs calibration inputs (the training split)")
+    model = onnx.load(str(float_path))
+    matmuls = weight_matmuls(model)
+    odd = set(odd_block_counts(float_path, block_size))
+    gptq_nodes = [n for n in matmuls if n not in odd] if algorithm == "gptq" else []
+    try:
+        with _quiet():
+            if gptq_nodes:
+                from onnxruntime.quantization.neural_compressor import gptq_quantize
+                # What MatMulNBitsQuantizer's GPTQ path passes, with the odd-block MatMuls left float
+                # ("fp32" is the skip mark gptq_quantize reads) for the RTN pass below.
+                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": block_size, "scheme": "sym"}
+                          for n in matmuls}
+                model = gptq_quantize(model, ((feed, None) for feed in calibration), weight_config=config,
+                                      num_bits=4, group_size=block_size, scheme="sym", n_samples=-1, percdamp=0.01,
+                                      blocksize=128, actorder=False, mse=False, perchannel=True).model
+            q = nbits.MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True,
+                                           algo_config=nbits.RTNWeightOnlyQuantConfig())
+            q.process()
+            gather = nbits.MatMulNBitsQuantizer(
+                copy.deepcopy(q.model.model), block_size=block_size, is_symmetric=True,
+                algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
+                                                               op_types_to_quantize=("Gather",),
+                                                               quant_axes=(("Gather", 1),)))
+            gather.process()
+    except Exception as e:
+        raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
+    onnx.save(gather.model.model, str(out_path))
+    return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
+
+
+def weight_matmuls(model) -> list[str]:
+    """Names of the MatMul nodes with a constant 2-D weight: what MatMulNBits quantizes."""
+    weights = {i.name: i.dims for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and len(weights.get(n.input[1], ())) == 2]
+
+
+def odd_block_counts(path: Path, block_size: int) -> list[str]:
+    """Weight MatMul nodes whose ceil(K / block_size) is odd. onnxruntime 1.32's GPTQ
+    (quantization/neural_compressor/weight_only.py) packs two 4-bit zero points per byte
+    across the whole [N, blocks] table and then reshapes it to [N, -1], which fails for them;
+    its RTN path packs per row and has no such limit."""
+    import onnx
+    model = onnx.load(str(path))
+    weights = {i.name: i.dims for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    return [name for name in weight_matmuls(model)
+            if math.ceil(weights[nodes[name].input[1]][0] / block_size) % 2]
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """Nodes per op type, e.g. {"MatMulNBits": 19, ...}: what a quantizer changed."""
+    import onnx
+    return dict(sorted(Counter(n.op_type for n in onnx.load(str(path)).graph.node).items()))
+
+
+def fixed_shape(float_path: Path, out_path: Path, length: int) -> Path:
+    """The graph with batch 1 and sequence `length` fixed and the shape arithmetic folded
+    (onnxruntime's basic optimizations): TVM's ONNX frontend cannot import the dynamic graph's
+    Shape -> Gather chains (relax `shape_of` on a shape), and static shapes let every runtime
+    plan its memory once."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+    model = onnx.load(str(float_path))
+    for name, value in (("batch", 1), ("sequence", length)):
+        make_dim_param_fixed(model.graph, name, value)
+    fix_output_shapes(model)
+    raw = out_path.with_suffix(".unfolded.onnx")
+    onnx.save(model, str(raw))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out_path)
+    ort.InferenceSession(str(raw), opts, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    return out_path
+
+
+def agreement(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict:
+    """Against the reference logits [N, C]: share of equal predictions, largest logit
+    difference, and the accuracy of `got`."""
+    if not len(y):
+        return {"samples": 0, "agreement": 1.0, "max_abs_diff": 0.0, "accuracy": 0.0}
+    return {"samples": int(len(y)), "agreement": float(np.mean(ref.argmax(1) == got.argmax(1))),
+            "max_abs_diff": float(np.abs(ref - got).max()), "accuracy": float(np.mean(got.argmax(1) == y))}
