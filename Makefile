@@ -55,7 +55,7 @@ $(TFLITE): $(STAMP)
 # 79 MB wheel) and edge-runtimes (`tinyseek edge --runtime mnn|tvm|coreml`: MNN, Apache TVM,
 # coremltools; about 120 MB of wheels).
 $(EXTRAS): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[ray,edge-runtimes]"
+	$(BIN)/python -m pip install -q -e ".[ray,edge-runtimes,federated]"
 	touch $(EXTRAS)
 
 clean-venv:
