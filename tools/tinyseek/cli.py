@@ -138,6 +138,22 @@ def make_parser() -> argparse.ArgumentParser:
                    help="emulated boards: the model the firmware is built with (default intents)")
     q.add_argument("--key", help="emulated boards: key a new region file is provisioned with")
     q.add_argument("--limit", type=int, default=0, help="send only the first N test samples (0: all)")
+    p = sub.add_parser("federate", help="federated averaging of the student over non-IID clients (Flower simulation): "
+                                        "accuracy per round against centralised training, package size per round "
+                                        "-> models/<run>/federated.json/.md")
+    _common(p)  # --force is accepted but changes nothing: the federation always runs anew
+    p.add_argument("--clients", type=int, default=8, help="number of clients (default 8)")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"],
+                   help="server strategy; fedprox adds a proximal term to the clients' loss (default fedavg)")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx's proximal weight (default 0.01)")
+    p.add_argument("--local-epochs", type=int, default=2, help="epochs each client trains per round (default 2)")
+    p.add_argument("--lr", type=float, default=3e-3, help="the clients' learning rate (default 0.003)")
+    p.add_argument("--init", default="scratch",
+                   help="scratch (a new student) or a run folder whose float student starts the federation, e.g. "
+                        "intents (default scratch)")
+    p.add_argument("--overlap", type=int, default=2,
+                   help="clients that share each (language, intent) cell of the training data (default 2)")
     return parser
 
 
@@ -228,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{out}: int8 {args.format} {q['bytes']:,} B; in {what}: accuracy {q[engine]['accuracy']:.4f} "
                   f"(tinyseek int8 {m['tinyseek_int8_accuracy']:.4f}), agreement with tinyseek int8 "
                   f"{q[engine]['agreement_tinyseek_int8']:.4f}")
+        elif args.command == "federate":
+            from .federated.local import LocalSettings
+            from .federated.run import Federation, simulate
+            fed = Federation(cfg=cfg, clients=args.clients, rounds=args.rounds, strategy=args.strategy, mu=args.mu,
+                             init=args.init, overlap=args.overlap,
+                             local=LocalSettings(epochs=args.local_epochs, lr=args.lr))
+            simulate(fed)
+            print((run.dir / "federated.md").read_text())
         elif args.command == "build":
             if args.from_run:
                 run.seed_from(Path(cfg.models_dir) / args.from_run)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -66,6 +67,22 @@ class Federation:
         local = LocalSettings(epochs=int(rc.get("local-epochs", 2)), lr=float(rc.get("lr", 3e-3)))
         keys = {f.name for f in fields(cls)} - {"cfg", "local"}
         return cls(cfg=cfg, local=local, **{k: type(getattr(cls, k))(rc[k]) for k in keys if k in rc})
+
+    def check(self, run: Run):
+        """(shards, knowledge cache or None, (start model, spec)); a ValueError names any setting
+        that does not fit."""
+        from .apps import STRATEGIES
+        if self.clients < 2 or self.rounds < 1 or self.local.epochs < 1:
+            raise ValueError(f"federate needs at least 2 clients, 1 round and 1 local epoch (got --clients "
+                             f"{self.clients}, --rounds {self.rounds}, --local-epochs {self.local.epochs})")
+        if self.strategy not in STRATEGIES or self.mu < 0 or self.local.lr <= 0:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r}), --mu >= 0 "
+                             f"(got {self.mu}) and --lr > 0 (got {self.local.lr})")
+        if run.dataset.kind != "text":
+            raise ValueError("federate splits the clients by language and intent: it takes text tasks (the built-in "
+                             "intents or JSONL), not sequences")
+        shards = non_iid_shards(run.dataset, self.clients, self.overlap, self.seed)
+        return shards, _knowledge(run), _initial_model(self, run)
 
     def plan_json(self, run: Run, spec: StudentSpec, knowledge: Path | None) -> str:
         """What every client needs, sent with each round's weights."""
@@ -177,14 +194,7 @@ def serve(grid, fed: Federation, package_size: PackageSize = int8_delta_zlib_siz
     from .apps import make_strategy
     t0 = time.monotonic()
     run = Run(fed.cfg)
-    if fed.clients < 2 or fed.rounds < 1 or fed.local.epochs < 1:
-        raise ValueError(f"federate needs at least 2 clients, 1 round and 1 local epoch (got --clients {fed.clients}, "
-                         f"--rounds {fed.rounds}, --local-epochs {fed.local.epochs})")
-    if run.dataset.kind != "text":
-        raise ValueError("federate splits clients by language and intent: it takes text tasks (built-in intents or JSONL)")
-    shards = non_iid_shards(run.dataset, fed.clients, fed.overlap, fed.seed)
-    knowledge = _knowledge(run)
-    model, spec = _initial_model(fed, run)
+    shards, knowledge, (model, spec) = fed.check(run)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     if (run.dir / "federated").is_dir():
         shutil.rmtree(run.dir / "federated")  # rounds of an earlier run must not mix with these
@@ -288,13 +298,29 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def simulate(fed: Federation, package_size: PackageSize = int8_delta_zlib_size, log=print) -> dict:
+def _import_run_simulation():
+    """flwr.simulation.run_simulation, imported with TensorFlow hidden: flwr.simulation imports
+    TensorFlow when it is installed (make setup installs it for the tflite export), only for a
+    GPU memory option tinyseek does not use, and that costs seconds and a screen of log."""
+    hide = "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # `import tensorflow` raises ModuleNotFoundError
+    try:
+        from flwr.simulation import run_simulation
+    finally:
+        if hide:
+            del sys.modules["tensorflow"]  # later imports of TensorFlow in this process work as usual
+    return run_simulation
+
+
+def simulate(fed: Federation, package_size: PackageSize = int8_delta_zlib_size) -> dict:
     """Run the federation in Flower's simulation engine (Ray): `fed.clients` virtual clients
     on this machine, one at a time on one CPU; returns the report."""
     from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
 
     from .apps import client_app
+    run_simulation = _import_run_simulation()
+    fed.check(Run(fed.cfg, log=lambda _: None))  # bad settings fail here, before Ray starts
     out: dict = {}
     app = ServerApp()
 

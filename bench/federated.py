@@ -1,0 +1,117 @@
+"""Federated averaging on the default task (docs/federated.md): accuracy per round against
+centralised training on the same data with the same epochs, and the package size per round;
+written to bench/results/federated.json and the section in bench/RESULTS.md.
+
+    OMP_NUM_THREADS=1 nice .venv/bin/python bench/federated.py --knowledge models/intents/knowledge.safetensors
+
+Variants (8 clients, non-IID by language and intent, overlap 2; the default task and student):
+  fedavg      FedAvg from a new student, 10 rounds x 2 local epochs (the goal: within 2 points
+              of centralised training after the last round)
+  fedprox     the same with FedProx, mu 0.01
+  update      FedAvg from the committed default's float student (models/intents), 3 rounds x
+              1 local epoch: what one round changes in the deployed model, and its package size
+Each variant runs in Flower's simulation engine (Ray, one CPU: the clients train one after
+another on one thread); its run folder is build/federated/<variant>/. --knowledge gives the
+clients the teacher's soft labels (the default run's knowledge cache, made by `tinyseek build`
+or `make demo`); without it they train on hard labels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tinyseek.config import load
+from tinyseek.federated.local import LocalSettings
+from tinyseek.federated.run import Federation, simulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import replace_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "fedavg": dict(strategy="fedavg", rounds=10, init="scratch", local=LocalSettings(epochs=2)),
+    "fedprox": dict(strategy="fedprox", mu=0.01, rounds=10, init="scratch", local=LocalSettings(epochs=2)),
+    "update": dict(strategy="fedavg", rounds=3, init="intents", local=LocalSettings(epochs=1)),
+}
+
+
+def run_variant(name: str, clients: int, knowledge: Path | None, models_dir: Path) -> dict:
+    cfg = load(None, {"run": name, "models_dir": str(models_dir), "codegen.out_dir": str(models_dir / name / "lib"),
+                      "codegen.name": "federated"})
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if knowledge:
+        shutil.copyfile(knowledge, cfg.run_dir / "knowledge.safetensors")
+    settings = dict(VARIANTS[name])
+    if settings["init"] != "scratch":  # the start model is read from the committed run folder
+        shutil.copytree(ROOT / "models" / settings["init"] / "student", models_dir / settings["init"] / "student",
+                        dirs_exist_ok=True)
+    t0 = time.monotonic()
+    report = simulate(Federation(cfg=cfg, clients=clients, **settings))
+    report["wall_seconds"] = round(time.monotonic() - t0, 1)
+    return report
+
+
+def section(results: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    out = [f"## Federated averaging (`{results['command']}`)", "",
+           f"{results['clients']} clients in Flower's simulation engine (flwr {results['flwr']}, Ray, one CPU), "
+           "non-IID: each client speaks one language (4 English, 4 Chinese) and holds 7 or 8 of the 15 intents "
+           "(each (language, intent) cell of the training split shared by 2 clients). Centralised: the same "
+           "start, loss, optimizer and total epochs on the whole training split. Validation (1080 samples, "
+           "templates held out) per round; the test split (1800) read once per variant, at the end. int8 = the "
+           "quantized global model through the integer oracle; the last round's C is bit-exact on the host in "
+           f"every row. Targets: {results['targets']}. Package bytes: {results['package_size_measure']} "
+           f"{results['machine']}", "",
+           "| variant | rounds x local epochs | validation float per round (0 = start) | centralised float at the same epochs | "
+           "package bytes per round | final val. float / int8 | centralised val. float / int8 | test float / int8 | "
+           "centralised test float / int8 | gap, test int8 (points) | minutes |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["variants"].items():
+        s, f, c = r["settings"], r["final"], r["centralised"]
+        curve = " / ".join(f"{100 * row['val_float']:.1f}" for row in r["rounds"])
+        base = " / ".join(f"{100 * row['val_float']:.1f}" for row in c["curve"])
+        pkg = " / ".join(f"{row['package_bytes']:,}" for row in r["rounds"][1:])
+        out.append(f"| {name} ({s['strategy']}{', mu ' + str(s['mu']) if s['mu'] is not None else ''}, start: "
+                   f"{s['init']}) | {s['rounds']} x {s['local']['epochs']} | {curve} | {base} | {pkg} | "
+                   f"{pct(f['val_float'])} / {pct(f['val_int8'])} | {pct(c['val_float'])} / {pct(c['val_int8'])} | "
+                   f"{pct(f['test_float'])} / {pct(f['test_int8'])} | {pct(c['test_float'])} / {pct(c['test_int8'])} | "
+                   f"{r['gap_points']['test_int8']:.1f} | {r['wall_seconds'] / 60:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--knowledge", type=Path, help="the default run's knowledge cache (teacher soft labels)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--machine", default="", help="what else ran on the machine meanwhile (for the table's note)")
+    ap.add_argument("--no-md", action="store_true", help="write the JSON only")
+    args = ap.parse_args()
+    if args.knowledge and not args.knowledge.is_file():
+        sys.exit(f"{args.knowledge} does not exist: build the default run first (`tinyseek build`), or leave "
+                 "--knowledge out to train on hard labels")
+    import flwr
+    out_file = ROOT / "bench" / "results" / "federated.json"
+    results = json.loads(out_file.read_text()) if out_file.is_file() else {"variants": {}}
+    results.update(command="OMP_NUM_THREADS=1 nice python bench/federated.py" + " ".join(
+        [""] + (["--knowledge", str(args.knowledge)] if args.knowledge else []) + ["--variants", *args.variants]),
+        clients=args.clients, flwr=flwr.__version__, omp_threads=os.environ.get("OMP_NUM_THREADS"),
+        machine=args.machine)
+    for name in args.variants:
+        r = run_variant(name, args.clients, args.knowledge, ROOT / "build" / "federated")
+        results["variants"][name] = r
+        results.update(targets=r["settings"]["targets"], package_size_measure=r["package_size_measure"])
+        out_file.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{name}: test int8 {r['final']['test_int8']:.4f}, centralised {r['centralised']['test_int8']:.4f}, "
+              f"gap {r['gap_points']['test_int8']:.1f} points, {r['wall_seconds'] / 60:.1f} min", flush=True)
+    if not args.no_md:
+        replace_section("## Federated averaging", section(results))
+
+
+if __name__ == "__main__":
+    main()
