@@ -61,9 +61,10 @@ class Federation:
 
     @classmethod
     def from_run_config(cls, rc: dict) -> "Federation":
-        """The settings from a Flower run config (keys as the CLI's flags: run, config, clients,
-        rounds, strategy, mu, init, overlap, local-epochs, lr, seed)."""
-        cfg = load(rc.get("config") or None, {"run": rc["run"]} if rc.get("run") else {})
+        """The settings from a Flower run config (keys as the CLI's flags: run, models-dir,
+        config, clients, rounds, strategy, mu, init, overlap, local-epochs, lr, seed)."""
+        sets = {k: rc[key] for k, key in (("run", "run"), ("models_dir", "models-dir")) if rc.get(key)}
+        cfg = load(rc.get("config") or None, sets)
         local = LocalSettings(epochs=int(rc.get("local-epochs", 2)), lr=float(rc.get("lr", 3e-3)))
         keys = {f.name for f in fields(cls)} - {"cfg", "local"}
         return cls(cfg=cfg, local=local, **{k: type(getattr(cls, k))(rc[k]) for k in keys if k in rc})
