@@ -37,7 +37,7 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     spec = make_spec(run.dataset, cfg)
     fed = Federation(cfg=cfg, clients=3, rounds=2, local=LocalSettings(epochs=1, batch_size=16))
-    return run, TinyLSTM(spec), spec, fed, fed.plan_json(run, spec, None)
+    return run, TinyLSTM(spec), spec, fed, fed.plan_json(spec, None)
 
 
 def _round(plan: str, model: TinyLSTM, clients: int, server_round: int = 1, **config):
@@ -117,12 +117,12 @@ def test_clients_read_the_teachers_logits_of_their_shard(tiny, tmp_path):
     logits = np.random.default_rng(0).normal(size=(len(run.dataset.train.y), len(run.dataset.labels))).astype(np.float32)
     cache = tmp_path / "knowledge.safetensors"
     save_file({"train.logits": logits}, str(cache))
-    plan = json.loads(fed.plan_json(run, model.spec, cache))
+    plan = json.loads(fed.plan_json(model.spec, cache))
     data = client_data(json.dumps(plan, sort_keys=True), 1)
     shard = non_iid_shards(run.dataset, 3, fed.overlap, fed.seed)[1]
     assert np.array_equal(data.teacher_logits.numpy(), logits[shard])
     soft = _round(json.dumps(plan, sort_keys=True), model, 2)[1][0]
-    hard = _round(fed.plan_json(run, model.spec, None), model, 2)[1][0]
+    hard = _round(fed.plan_json(model.spec, None), model, 2)[1][0]
     assert any(not np.array_equal(v, _numpy(hard)[k]) for k, v in _numpy(soft).items())
 
 
@@ -150,7 +150,7 @@ def test_two_simulated_rounds_write_int8_runs_that_pass_the_bit_exact_check(tmp_
     start = load_file(str(run_dir / "federated" / "round-00" / "student" / "student.safetensors"))
     model = TinyLSTM(make_spec(Run(cfg).dataset, cfg))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
-    results = _round(fed.plan_json(Run(cfg), model.spec, None), model, 3)
+    results = _round(fed.plan_json(model.spec, None), model, 3)
     want = _weighted_mean([_numpy(a) for a, _ in results], [int(m["num-examples"]) for _, m in results])
     got = load_file(str(run_dir / "federated" / "round-01" / "student" / "student.safetensors"))
     for k in want:
@@ -159,3 +159,14 @@ def test_two_simulated_rounds_write_int8_runs_that_pass_the_bit_exact_check(tmp_
     last = load_file(str(run_dir / "federated" / "round-02" / "int8" / "params.safetensors"))
     now = load_file(str(run_dir / "int8" / "params.safetensors"))
     assert all(np.array_equal(last[k], now[k]) for k in last)
+
+
+def test_flower_run_config_gives_the_cli_settings(tmp_path):
+    fed = Federation.from_run_config({"run": "fleet", "models-dir": str(tmp_path), "config": "", "clients": 4,
+                                      "rounds": 3, "strategy": "fedprox", "mu": 0.1, "init": "scratch", "overlap": 1,
+                                      "local-epochs": 1, "lr": 0.01, "seed": 2})
+    assert fed.cfg.run_dir == tmp_path / "fleet"
+    assert (fed.clients, fed.rounds, fed.strategy, fed.mu, fed.overlap, fed.seed) == (4, 3, "fedprox", 0.1, 1, 2)
+    assert (fed.local.epochs, fed.local.lr) == (1, 0.01)
+    with pytest.raises(ValueError, match="strategy"):
+        Federation(cfg=fed.cfg, strategy="fedsgd").check(Run(fed.cfg, log=lambda _: None))

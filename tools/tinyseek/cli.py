@@ -143,12 +143,12 @@ def make_parser() -> argparse.ArgumentParser:
                                         "-> models/<run>/federated.json/.md")
     _common(p)  # --force is accepted but changes nothing: the federation always runs anew
     p.add_argument("--clients", type=int, default=8, help="number of clients (default 8)")
-    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"],
                    help="server strategy; fedprox adds a proximal term to the clients' loss (default fedavg)")
     p.add_argument("--mu", type=float, default=0.01, help="FedProx's proximal weight (default 0.01)")
     p.add_argument("--local-epochs", type=int, default=2, help="epochs each client trains per round (default 2)")
-    p.add_argument("--lr", type=float, default=3e-3, help="the clients' learning rate (default 0.003)")
+    p.add_argument("--lr", type=float, default=2e-2, help="the clients' learning rate (default 0.02)")
     p.add_argument("--init", default="scratch",
                    help="scratch (a new student) or a run folder whose float student starts the federation, e.g. "
                         "intents (default scratch)")
