@@ -8,8 +8,7 @@ Variants (8 clients, non-IID by language and intent, overlap 2; the default task
 every variant names its local settings, so the table does not move with the defaults):
   fedavg_lr3e-3_b64   FedAvg from a new student, 10 rounds x 2 local epochs, lr 0.003, batch 64
                       (distill's lr and batch: the first try)
-  fedavg_lr1e-2_b16   20 rounds x 2 local epochs, lr 0.01, batch 16
-  fedavg_lr2e-2_b16   the same, lr 0.02
+  fedavg_lr2e-2_b16   20 rounds x 2 local epochs, lr 0.02, batch 16
   fedprox_lr2e-2_b16  fedavg_lr2e-2_b16 with FedProx, mu 0.01
   update              FedAvg from the committed default's float student (models/intents), 3 rounds
                       x 1 local epoch, lr 0.001, batch 16: what a round changes in the deployed
@@ -41,7 +40,6 @@ from results_md import replace_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "fedavg_lr3e-3_b64": dict(strategy="fedavg", rounds=10, init="scratch", local=LocalSettings(epochs=2, lr=3e-3, batch_size=64)),
-    "fedavg_lr1e-2_b16": dict(strategy="fedavg", rounds=20, init="scratch", local=LocalSettings(epochs=2, lr=1e-2, batch_size=16)),
     "fedavg_lr2e-2_b16": dict(strategy="fedavg", rounds=20, init="scratch", local=LocalSettings(epochs=2, lr=2e-2, batch_size=16)),
     "fedprox_lr2e-2_b16": dict(strategy="fedprox", mu=0.01, rounds=20, init="scratch",
                                local=LocalSettings(epochs=2, lr=2e-2, batch_size=16)),
@@ -67,10 +65,16 @@ def run_variant(name: str, clients: int, knowledge: Path | None, models_dir: Pat
 
 def section(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
-    out = [f"## Federated averaging (`{results['command']}`)", "",
+    clients = next(iter(results["variants"].values()))["shards"]
+    langs = sorted({lang for c in clients for lang in c["languages"]})
+    classes = sorted({len(c["classes"]) for c in clients})
+    shards = (", ".join(f"{sum(lang in c['languages'] for c in clients)} {lang}" for lang in langs)
+              + f"; {' or '.join(map(str, classes))} intents each, {min(c['samples'] for c in clients)}-"
+              f"{max(c['samples'] for c in clients)} samples")
+    out = ["## Federated averaging (" + " and ".join(f"`{c}`" for c in results["commands"]) + ")", "",
            f"{results['clients']} clients in Flower's simulation engine (flwr {results['flwr']}, Ray, one CPU), "
-           "non-IID: each client speaks one language (4 English, 4 Chinese) and holds 7 or 8 of the 15 intents "
-           "(each (language, intent) cell of the training split shared by 2 clients). Centralised: the same "
+           f"non-IID: each client speaks one language ({shards}; each (language, intent) cell of the training "
+           "split shared by 2 clients). Centralised: the same "
            "start, loss, optimizer and total epochs on the whole training split. Validation (1080 samples, "
            "templates held out) per round; the test split (1800) read once per variant, at the end. int8 = the "
            "quantized global model through the integer oracle; the last round's C is bit-exact on the host in "
@@ -109,6 +113,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--machine", default="", help="what else ran on the machine meanwhile (for the table's note)")
     ap.add_argument("--no-md", action="store_true", help="write the JSON only")
+    ap.add_argument("--md-only", action="store_true", help="write the RESULTS.md section from the JSON, run nothing")
     args = ap.parse_args()
     if args.knowledge and not args.knowledge.is_file():
         sys.exit(f"{args.knowledge} does not exist: build the default run first (`tinyseek build`), or leave "
@@ -116,10 +121,14 @@ def main() -> None:
     import flwr
     out_file = ROOT / "bench" / "results" / "federated.json"
     results = json.loads(out_file.read_text()) if out_file.is_file() else {"variants": {}}
-    results.update(command="OMP_NUM_THREADS=1 nice python bench/federated.py" + " ".join(
-        [""] + (["--knowledge", str(args.knowledge)] if args.knowledge else []) + ["--variants", *args.variants]),
-        clients=args.clients, flwr=flwr.__version__, omp_threads=os.environ.get("OMP_NUM_THREADS"),
-        machine=args.machine)
+    if args.md_only:
+        replace_section("## Federated averaging", section(results))
+        return
+    command = "OMP_NUM_THREADS=1 nice python bench/federated.py" + " ".join(
+        [""] + (["--knowledge", str(args.knowledge)] if args.knowledge else []) + ["--variants", *args.variants])
+    results["commands"] = [c for c in results.get("commands", []) if c != command] + [command]
+    results.update(clients=args.clients, flwr=flwr.__version__, omp_threads=os.environ.get("OMP_NUM_THREADS"),
+                   machine=args.machine or results.get("machine", ""))
     for name in args.variants:
         r = run_variant(name, args.clients, args.knowledge, ROOT / "build" / "federated")
         results["variants"][name] = r
