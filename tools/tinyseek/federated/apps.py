@@ -17,14 +17,15 @@ from functools import lru_cache
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
 
-from ..student.tinylstm import StudentSpec, TinyLSTM, split_inputs  # noqa: E402
-from .local import LocalData, LocalSettings, local_train, round_seed  # noqa: E402
+# torch and the student are imported where a client trains, not here: a SuperNode's ClientApp
+# process loads this module before its first heartbeat, and its task token lapses after 30 s
+# without one. With torch imported here, the ClientApps of two SuperNodes on a busy 2-core
+# machine were refused ("Runtime task-token authentication failed") round after round.
 
 STRATEGIES = ("fedavg", "fedprox")
 
@@ -43,9 +44,13 @@ def _dataset(task_json: str):
 
 
 @lru_cache(maxsize=64)
-def client_data(plan_json: str, partition: int) -> LocalData:
-    """Client `partition`'s shard of the plan's task as model inputs, with the teacher's logits
-    for it when the plan names a knowledge cache (cached: the same every round)."""
+def client_data(plan_json: str, partition: int):
+    """Client `partition`'s shard of the plan's task as model inputs (local.LocalData), with the
+    teacher's logits for it when the plan names a knowledge cache (cached: the same every round)."""
+    import torch
+
+    from ..student.tinylstm import StudentSpec, split_inputs
+    from .local import LocalData
     from .shards import non_iid_shards
     plan = json.loads(plan_json)
     ds = _dataset(json.dumps(plan["task"], sort_keys=True))
@@ -68,6 +73,8 @@ def client_data(plan_json: str, partition: int) -> LocalData:
 def train_client(arrays: ArrayRecord, config: ConfigRecord, partition: int) -> tuple[ArrayRecord, MetricRecord]:
     """One client's round: the global weights in, its locally trained weights and metrics out
     (num-examples is what FedAvg weighs the client's weights by)."""
+    from ..student.tinylstm import StudentSpec, TinyLSTM
+    from .local import LocalSettings, local_train, round_seed
     plan_json = str(config["plan"])
     plan = json.loads(plan_json)
     data = client_data(plan_json, partition)
