@@ -63,6 +63,16 @@ def run_variant(name: str, clients: int, knowledge: Path | None, models_dir: Pat
     return report
 
 
+def _package(row: dict) -> str:
+    """A round's package bytes: the over-the-air package where measured (zlib estimate in
+    parentheses), 'firmware' where only a new firmware can carry the round."""
+    zlib = "new firmware" if row["package_bytes"] is None else f"{row['package_bytes']:,}"
+    if "ota_package_bytes" not in row:
+        return zlib
+    ota = row["ota_package_bytes"]
+    return ("firmware" if ota is None else f"{ota:,}") + f" ({zlib})"
+
+
 def section(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     clients = next(iter(results["variants"].values()))["shards"]
@@ -79,7 +89,12 @@ def section(results: dict) -> str:
            "templates held out) per round; the test split (1800) read once per variant, at the end. int8 = the "
            "quantized global model through the integer oracle; the last round's C is bit-exact on the host in "
            f"every row. Targets: {results['targets']}. Package bytes: {results['package_size_measure']} "
-           f"{results['machine']}", "",
+           + ("Where two figures stand, the first is the over-the-air delta package of `tinyseek update make` "
+              "measured afterwards on the same round folders (`python bench/federated.py --repackage`), the "
+              "zlib estimate in parentheses; 'firmware': the rounds need different generated code (another "
+              "cell-state precision or requantization mode), so no package can carry the round. "
+              if any("ota_package_bytes" in row for r in results["variants"].values() for row in r["rounds"]) else "")
+           + results["machine"], "",
            "| variant | rounds x local epochs | validation float per round (0 = start) | centralised float at the same epochs | "
            "package bytes per round | final val. float / int8 | centralised val. float / int8 | test float / int8 | "
            "centralised test float / int8 | gap, test int8 (points) | minutes |",
@@ -88,7 +103,7 @@ def section(results: dict) -> str:
         s, f, c = r["settings"], r["final"], r["centralised"]
         curve = " / ".join(f"{100 * row['val_float']:.1f}" for row in r["rounds"])
         base = " / ".join(f"{100 * row['val_float']:.1f}" for row in c["curve"])
-        pkg = " / ".join(f"{row['package_bytes']:,}" for row in r["rounds"][1:])
+        pkg = " / ".join(_package(row) for row in r["rounds"][1:])
         out.append(f"| {name} ({s['strategy']}{', mu ' + str(s['mu']) if s['mu'] is not None else ''}, start: "
                    f"{s['init']}) | {s['rounds']} x {s['local']['epochs']} | {curve} | {base} | {pkg} | "
                    f"{pct(f['val_float'])} / {pct(f['val_int8'])} | {pct(c['val_float'])} / {pct(c['val_int8'])} | "
@@ -113,6 +128,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--machine", default="", help="what else ran on the machine meanwhile (for the table's note)")
     ap.add_argument("--no-md", action="store_true", help="write the JSON only")
+    ap.add_argument("--repackage", action="store_true",
+                    help="add the over-the-air package size of every round (tinyseek update's delta package) to the "
+                         "JSON from build/federated/, then write the section")
     ap.add_argument("--md-only", action="store_true", help="write the RESULTS.md section from the JSON, run nothing")
     args = ap.parse_args()
     if args.knowledge and not args.knowledge.is_file():
@@ -121,6 +139,18 @@ def main() -> None:
     import flwr
     out_file = ROOT / "bench" / "results" / "federated.json"
     results = json.loads(out_file.read_text()) if out_file.is_file() else {"variants": {}}
+    if args.repackage:  # the rounds' over-the-air package sizes, from the round folders the runs left
+        from tinyseek.federated.run import ota_package_size
+        for name, r in results["variants"].items():
+            rounds = ROOT / "build" / "federated" / name / "federated"
+            for row in r["rounds"][1:]:
+                try:
+                    row["ota_package_bytes"] = ota_package_size(rounds / f"round-{row['round'] - 1:02d}",
+                                                                rounds / f"round-{row['round']:02d}")
+                except ValueError:  # the two rounds need different firmware
+                    row["ota_package_bytes"] = None
+        out_file.write_text(json.dumps(results, indent=2) + "\n")
+        args.md_only = True
     if args.md_only:
         replace_section("## Federated averaging", section(results))
         return

@@ -34,6 +34,16 @@ from .shards import describe, non_iid_shards
 PackageSize = Callable[[Path, Path], int]
 
 
+def ota_package_size(prev_run: Path, new_run: Path) -> int:
+    """Bytes of the signed delta package `tinyseek update make` writes (tools/tinyseek/update,
+    the DSP kernel's slot image) that turns a device running the previous round's int8 model
+    into one running this round's. Raises UpdateError when the two need different generated
+    code (e.g. another cell-state precision): no package can carry that, only a new firmware."""
+    from ..update.package import KEY_BYTES, make_package
+    # The key and version change the tag's bytes, not the package's length.
+    return len(make_package(prev_run, new_run, bytes(KEY_BYTES), version=2))
+
+
 def int8_delta_zlib_size(prev_run: Path, new_run: Path) -> int:
     """Bytes of zlib level 9 over the byte-wise difference (mod 256) of every array in the two
     int8 models' params.safetensors, in key order: an estimate of what a delta package must
@@ -137,12 +147,18 @@ class RoundRecorder:
         model = TinyLSTM(self.spec)
         model.load_state_dict(arrays.to_torch_state_dict())
         row = {"round": server_round, **measure(model, self.spec, self.run, self.folder(server_round))}
+        package = ""
         if server_round:
-            row["package_bytes"] = int(self.package_size(self.folder(server_round - 1), self.folder(server_round)))
+            try:
+                row["package_bytes"] = int(self.package_size(self.folder(server_round - 1), self.folder(server_round)))
+                package = f", package {row['package_bytes']:,} B"
+            except ValueError as e:  # the two rounds need different firmware: no delta package
+                row["package_bytes"], row["package_error"] = None, str(e)
+                package = ", no package (a new firmware is needed)"
         self.rows.append(row)
         self.run.log(f"[federate] round {server_round}: validation float {row['val_float']:.4f}, int8 "
-                     f"{row['val_int8']:.4f}" + (f", package {row['package_bytes']:,} B" if server_round else ""))
-        return MetricRecord({k: float(v) for k, v in row.items()})
+                     f"{row['val_int8']:.4f}{package}")
+        return MetricRecord({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
 
 
 def measure(model: TinyLSTM, spec: StudentSpec, run: Run, folder: Path) -> dict:
@@ -187,7 +203,7 @@ def centralised(fed: Federation, run: Run, model: TinyLSTM, spec: StudentSpec, k
     return {"epochs": fed.rounds * fed.local.epochs, "curve": curve, **final}
 
 
-def serve(grid, fed: Federation, package_size: PackageSize = int8_delta_zlib_size) -> dict:
+def serve(grid, fed: Federation, package_size: PackageSize = ota_package_size) -> dict:
     """The server's whole job on a Flower grid (simulated or real): the rounds, the baseline,
     the test split once, the C check of the last round, the report. Returns the report."""
     from flwr.app import ArrayRecord, ConfigRecord
@@ -255,6 +271,12 @@ def verify_c(run: Run) -> dict:
             "lib_dir": str(run.lib_dir)}
 
 
+def _package_cell(row: dict) -> str:
+    if "package_bytes" not in row:
+        return "-"
+    return "new firmware" if row["package_bytes"] is None else f"{row['package_bytes']:,}"
+
+
 def markdown(r: dict) -> str:
     s, c, f = r["settings"], r["centralised"], r["final"]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
@@ -272,7 +294,7 @@ def markdown(r: dict) -> str:
     ]
     for row in r["rounds"]:
         lines.append(f"| {row['round']} | {pct(row['val_float'])} | {pct(row['val_int8'])} | "
-                     f"{pct(curve.get(row['round']))} | {row.get('package_bytes', '-')} |")
+                     f"{pct(curve.get(row['round']))} | {_package_cell(row)} |")
     g = r["gap_points"]
     lines += [
         "",
@@ -312,7 +334,7 @@ def _import_run_simulation():
     return run_simulation
 
 
-def simulate(fed: Federation, package_size: PackageSize = int8_delta_zlib_size) -> dict:
+def simulate(fed: Federation, package_size: PackageSize = ota_package_size) -> dict:
     """Run the federation in Flower's simulation engine (Ray): `fed.clients` virtual clients
     on this machine, one at a time on one CPU; returns the report."""
     from flwr.serverapp import ServerApp
