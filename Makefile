@@ -53,7 +53,8 @@ $(TFLITE): $(STAMP)
 
 # The extras the tests need beyond the demo's (pyproject.toml): ray (teacher.engine = "ray", a
 # 79 MB wheel) and edge-runtimes (`tinyseek edge --runtime mnn|tvm|coreml`: MNN, Apache TVM,
-# coremltools; about 120 MB of wheels).
+# coremltools; about 120 MB of wheels) and federated (`tinyseek federate`: flwr with its simulation
+# engine on Ray, about 25 MB of wheels beyond Ray).
 $(EXTRAS): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[ray,edge-runtimes,federated]"
 	touch $(EXTRAS)
