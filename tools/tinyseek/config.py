@@ -167,6 +167,12 @@ class DistillConfig:
 @dataclass
 class QuantConfig:
     calibration_samples: int = 512
+    # Width of the LSTM gate matrices: int8, int4 (two per byte) or binary (sign bits, eight per
+    # byte); the embedding and the head stay int8 (docs/numerics.md, "Low-bit weights").
+    weights: str = "int8"
+    # Quantization-aware epochs after distillation: the float student trained on with its gate
+    # weights fake-quantized to `weights` (straight-through gradients); 0 = post-training only.
+    qat_epochs: int = 0
 
 
 @dataclass
@@ -356,6 +362,10 @@ def validate(cfg: Config) -> None:
     need(1 <= cfg.student.hidden <= 1024 and 1 <= cfg.student.embed_dim <= 1024, "student.hidden/embed_dim must be 1..1024")
     need(2 <= cfg.student.vocab_size <= 65535, "student.vocab_size must be 2..65535")
     need(0 <= cfg.student.subwords <= 15, "student.subwords must be 0..15 (0: whole words only)")
+    need(cfg.quant.weights in ("int8", "int4", "binary"),
+         f"quant.weights must be int8, int4 or binary (the width of the LSTM gate matrices), not {cfg.quant.weights!r}")
+    need(cfg.quant.qat_epochs >= 0, f"quant.qat_epochs must be >= 0 (0: post-training quantization only), not "
+         f"{cfg.quant.qat_epochs}")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature must be > 0")
     d = cfg.distill

@@ -183,7 +183,9 @@ class Run:
             return hash_obj([__version__, task, student, asdict(c.distill),
                              hash_safetensors(self.knowledge, metadata=False)])
         if stage == "quantize":
-            return hash_obj([__version__, task, asdict(c.quant), c.model_name, hash_files(self.student_dir)])
+            # weights = int8 and qat_epochs = 0 (the defaults) are left out: runs from before keep their key.
+            quant = {k: v for k, v in asdict(c.quant).items() if v != {"weights": "int8", "qat_epochs": 0}.get(k)}
+            return hash_obj([__version__, task, quant, c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":
             return hash_obj([__version__, hash_files(self.int8_dir), hash_files(REPO_ROOT / "templates")])
         if stage == "verify":

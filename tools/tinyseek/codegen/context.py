@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quant.model import QuantModel
+from ..quant.model import QuantModel, pack_weights
 from ..quant.reference import MAX_SOFTMAX_CLASSES, check_model, softmax_multiplier
 from .identifiers import CodegenError, check_name, prefixed
 
@@ -68,6 +68,11 @@ def file_names(name: str, kind: str) -> dict[str, str]:
     if kind == "text":
         files["lib/tokenizer.c.j2"] = f"{name}_tokenizer.c"
     return files
+
+
+# Low-bit gate rows: (weights per byte, how they are packed), docs/numerics.md "Low-bit weights".
+LOW_BIT_PACKING = {"int4": (2, "two int4 per byte, even column in the low nibble"),
+                   "binary": (8, "sign bits, column k in bit k % 8 of byte k / 8, 1 = +1")}
 
 
 # The weight rows of a layer as the kernels read them: unit-major (row 4j+g is gate g of unit j),
@@ -281,9 +286,18 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         H, I = L.hidden, L.input_size
         um = lambda v: unit_major(v, H)  # noqa: E731
         rows = f"[{H}][4], unit-major"
+        if model.weights == "int8":
+            w_x = _array(name, f"l{i}_w_x", "int8_t", um(L.w_x), f"layer {i} input weights {rows} [{I}]")
+            w_h = _array(name, f"l{i}_w_h", "int8_t", um(L.w_h), f"layer {i} recurrent weights {rows} [{H}]")
+        else:  # packed rows (docs/numerics.md, "Low-bit weights"), read by the portable kernels only
+            packing = LOW_BIT_PACKING[model.weights]
+            w_x = _array(name, f"l{i}_w_x", "uint8_t", pack_weights(um(L.w_x), model.weights),
+                         f"layer {i} input weights {rows} [{-(-I // packing[0])}], {packing[1]}")
+            w_h = _array(name, f"l{i}_w_h", "uint8_t", pack_weights(um(L.w_h), model.weights),
+                         f"layer {i} recurrent weights {rows} [{-(-H // packing[0])}], {packing[1]}")
         la = {
-            "w_x": _array(name, f"l{i}_w_x", "int8_t", um(L.w_x), f"layer {i} input weights {rows} [{I}]"),
-            "w_h": _array(name, f"l{i}_w_h", "int8_t", um(L.w_h), f"layer {i} recurrent weights {rows} [{H}]"),
+            "w_x": w_x,
+            "w_h": w_h,
             "mx": _array(name, f"l{i}_mx", "int32_t", um(L.mx), f"layer {i} requant multipliers of W_x x {rows}"),
             "nx": _array(name, f"l{i}_nx", "uint8_t", um(L.nx), f"layer {i} requant shifts of W_x x {rows}"),
             "mh": _array(name, f"l{i}_mh", "int32_t", um(L.mh), f"layer {i} requant multipliers of W_h h {rows}"),
@@ -292,9 +306,11 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         }
         arrays += la.values()
         xr, hr = requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)
+        int8 = model.weights == "int8"  # the SIMD variants' own layouts exist for int8 weights only
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
-                       "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr),
-                       "esp": esp_layer(name, i, L), "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H)})
+                       "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr) if int8 else None,
+                       "esp": esp_layer(name, i, L) if int8 else None,
+                       "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H) if int8 else None})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
         "w": _array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]"),
@@ -319,7 +335,8 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "labels": list(model.labels), "num_classes": C, "input_size": model.input_size,
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,
-        "subwords": model.subwords,
+        "subwords": model.subwords, "weights": model.weights,
+        "per_byte": LOW_BIT_PACKING[model.weights][0] if model.weights != "int8" else 1,
         "input_scale": model.input_scale, "output_scale": model.output_scale,
         "softmax_mult": softmax_multiplier(model.output_scale),
         "arrays": arrays, "layers": layers, "head": head, "head_requant": head_requant,

@@ -16,6 +16,46 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 FORMAT_VERSION = 1
+# Widths of the LSTM gate matrices (docs/numerics.md, "Low-bit weights"): the values each may hold.
+WEIGHT_WIDTHS = ("int8", "int4", "binary")
+INT4_MAX = 7  # int4 weights are symmetric, -7..7 (the quantizer never needs -8)
+
+
+def pack_int4(w: np.ndarray) -> np.ndarray:
+    """int4 rows [R, K] (values -8..7) -> uint8 [R, ceil(K/2)]: two per byte, column 2i in the
+    low nibble and 2i+1 in the high one, an odd row padded with 0."""
+    w = np.asarray(w, dtype=np.int64)
+    if w.shape[1] % 2:
+        w = np.concatenate([w, np.zeros((w.shape[0], 1), np.int64)], axis=1)
+    return ((w[:, 0::2] & 15) | (w[:, 1::2] & 15) << 4).astype(np.uint8)
+
+
+def unpack_int4(p: np.ndarray, cols: int) -> np.ndarray:
+    """The inverse of pack_int4: int8 [R, cols]; a nibble v is the value ((v ^ 8) - 8)."""
+    p = np.asarray(p, dtype=np.int64)
+    w = np.stack([p & 15, p >> 4], axis=2).reshape(p.shape[0], -1)[:, :cols]
+    return ((w ^ 8) - 8).astype(np.int8)
+
+
+def pack_binary(w: np.ndarray) -> np.ndarray:
+    """Sign rows [R, K] (values -1, +1) -> uint8 [R, ceil(K/8)]: bit i % 8 of byte i / 8 is 1
+    for +1 and 0 for -1 (least significant bit first), padding bits 0."""
+    return np.packbits(np.asarray(w) > 0, axis=1, bitorder="little")
+
+
+def unpack_binary(p: np.ndarray, cols: int) -> np.ndarray:
+    """The inverse of pack_binary: int8 [R, cols] of -1 and +1."""
+    bits = np.unpackbits(np.asarray(p, dtype=np.uint8), axis=1, count=cols, bitorder="little")
+    return (2 * bits.astype(np.int8) - 1).astype(np.int8)
+
+
+def pack_weights(w: np.ndarray, width: str) -> np.ndarray:
+    """A gate matrix as stored (safetensors) and as the C kernels read it."""
+    return {"int8": np.asarray, "int4": pack_int4, "binary": pack_binary}[width](w)
+
+
+def unpack_weights(p: np.ndarray, width: str, cols: int) -> np.ndarray:
+    return p if width == "int8" else {"int4": unpack_int4, "binary": unpack_binary}[width](p, cols)
 
 
 class ModelFileError(ValueError):
@@ -27,7 +67,7 @@ class LSTMLayerQ:
     input_size: int
     hidden: int
     cell_frac_bits: int
-    w_x: np.ndarray  # int8 [4H, I], gate order i, f, g, o
+    w_x: np.ndarray  # int8 [4H, I], gate order i, f, g, o (unpacked: -7..7 for int4, +-1 for binary)
     w_h: np.ndarray  # int8 [4H, H]
     mx: np.ndarray  # int32 [4H] requant multipliers of acc_x
     nx: np.ndarray  # int32 [4H] requant shifts of acc_x
@@ -61,6 +101,7 @@ class QuantModel:
     max_len: int | None = None  # tokenizer truncation / longest sequence the host sends
     meta: dict = field(default_factory=dict)  # provenance (source hash, calibration), JSON-safe
     subwords: int = 0  # text: n-gram ids per step averaged with the word's (docs/numerics.md, "Subwords")
+    weights: str = "int8"  # width of the LSTM gate matrices: int8, int4 or binary (the head stays int8)
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -85,6 +126,8 @@ class QuantModel:
             ops.append({"op": "lstm", "index": i, "input": layer.input_size, "hidden": layer.hidden,
                         "cell_frac_bits": layer.cell_frac_bits,
                         "params": [f"lstm{i}.{k}" for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")]})
+            if self.weights != "int8":  # absent for int8: int8 models keep their hash
+                ops[-1]["weights"] = self.weights
         ops.append({"op": "fc", "input": self.layers[-1].hidden, "output": self.num_classes,
                     "params": ["head.w", "head.bias", "head.m", "head.n"]})
         return ops
@@ -98,8 +141,10 @@ class QuantModel:
         if self.embedding is not None:
             out["embedding"] = self.embedding
         for i, layer in enumerate(self.layers):
-            for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias"):
+            for k in ("mx", "nx", "mh", "nh", "bias"):
                 out[f"lstm{i}.{k}"] = getattr(layer, k)
+            out[f"lstm{i}.w_x"] = pack_weights(layer.w_x, self.weights)
+            out[f"lstm{i}.w_h"] = pack_weights(layer.w_h, self.weights)
         return {k: np.ascontiguousarray(v) for k, v in sorted(out.items())}
 
     def header(self) -> dict:
@@ -119,7 +164,7 @@ class QuantModel:
         return h.hexdigest()[:16]
 
     def weight_bytes(self) -> int:
-        """Bytes of int8 weight matrices and tables (what lands in flash besides code)."""
+        """Bytes of the (packed) weight matrices and tables (what lands in flash besides code)."""
         return int(sum(v.nbytes for v in self.arrays().values()))
 
     def params(self) -> int:
@@ -154,11 +199,17 @@ class QuantModel:
             raise ModelFileError(f"{head_file}: format {hdr.get('format')} is not {FORMAT_VERSION}; re-run `tinyseek quantize`")
         try:
             layers = []
-            for op in hdr["ops"]:
-                if op["op"] == "lstm":
-                    p = {k: arr[f"lstm{op['index']}.{k}"] for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")}
-                    layers.append(LSTMLayerQ(input_size=op["input"], hidden=op["hidden"],
-                                             cell_frac_bits=op["cell_frac_bits"], **p))
+            lstm_ops = [op for op in hdr["ops"] if op["op"] == "lstm"]
+            width = lstm_ops[0].get("weights", "int8") if lstm_ops else "int8"
+            if width not in WEIGHT_WIDTHS or any(op.get("weights", "int8") != width for op in lstm_ops):
+                raise ModelFileError(f"{head_file}: LSTM weight width {width!r} (one of {', '.join(WEIGHT_WIDTHS)}, "
+                                     "the same in every layer); re-run `tinyseek quantize`")
+            for op in lstm_ops:
+                p = {k: arr[f"lstm{op['index']}.{k}"] for k in ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")}
+                for k, cols in (("w_x", op["input"]), ("w_h", op["hidden"])):
+                    p[k] = _unpacked(p[k], width, 4 * op["hidden"], cols, f"{folder}: lstm{op['index']}.{k}")
+                layers.append(LSTMLayerQ(input_size=op["input"], hidden=op["hidden"],
+                                         cell_frac_bits=op["cell_frac_bits"], **p))
             model = cls(
                 name=hdr["name"], kind=hdr["kind"], labels=hdr["labels"], input_scale=hdr["input_scale"],
                 output_scale=hdr["output_scale"], layers=layers,
@@ -167,6 +218,7 @@ class QuantModel:
                 embedding=arr.get("embedding"), num_features=hdr["num_features"],
                 vocab_size=hdr["vocab_size"], max_len=hdr["max_len"], meta=hdr.get("meta", {}),
                 subwords=next((op.get("subwords", 0) for op in hdr["ops"] if op["op"] == "embedding"), 0),
+                weights=width,
             )
         except KeyError as e:
             raise ModelFileError(f"{folder}: missing entry {e}; the int8 model is incomplete, re-run `tinyseek quantize`") from e
@@ -191,6 +243,7 @@ class QuantModel:
         else:
             need(self.subwords == 0, "a sequence model has no subwords")
             need(self.num_features == self.layers[0].input_size, "num_features differs from the LSTM input")
+        need(self.weights in WEIGHT_WIDTHS, f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, not {self.weights!r}")
         prev = self.layers[0].input_size
         for i, L in enumerate(self.layers):
             H = L.hidden
@@ -202,8 +255,26 @@ class QuantModel:
                 need(v.dtype == np.int32 and v.shape == (4 * H,), f"lstm{i}.{k} must be int32[{4*H}]")
             need(bool(np.all((L.nx >= 1) & (L.nx <= 62) & (L.nh >= 1) & (L.nh <= 62))), f"lstm{i} shifts outside 1..62")
             need(7 <= L.cell_frac_bits <= 12, f"lstm{i} cell_frac_bits must be in 7..12")
+            for k in ("w_x", "w_h"):
+                w = getattr(L, k)
+                if self.weights == "int4":
+                    need(bool(np.all((w >= -8) & (w <= 7))), f"lstm{i}.{k} holds values outside the int4 range -8..7")
+                elif self.weights == "binary":
+                    need(bool(np.all(np.abs(w) == 1)), f"lstm{i}.{k} holds values other than -1 and +1 (binary weights)")
             prev = H
         C = self.head.w.shape[0]
         need(self.head.w.dtype == np.int8 and self.head.w.shape == (C, prev), f"head.w must be int8[C,{prev}]")
         need(len(self.labels) == C, f"{len(self.labels)} labels for {C} outputs")
         need(bool(np.all((self.head.n >= 1) & (self.head.n <= 62))), "head shifts outside 1..62")
+
+
+def _unpacked(p: np.ndarray, width: str, rows: int, cols: int, what: str) -> np.ndarray:
+    """A stored gate matrix back to int8 values, after checking its packed dtype and shape."""
+    if width == "int8":
+        return p
+    per_byte = 2 if width == "int4" else 8
+    shape = (rows, -(-cols // per_byte))
+    if p.dtype != np.uint8 or p.shape != shape:
+        raise ModelFileError(f"{what} must be uint8{list(shape)} ({width}, {per_byte} per byte), not "
+                             f"{p.dtype}{list(p.shape)}; re-run `tinyseek quantize`")
+    return unpack_weights(p, width, cols)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .float_model import SPEC_FILE, WEIGHTS_FILE, ActivationStats, FloatStudent, QuantError
-from .model import HeadQ, LSTMLayerQ, QuantModel
+from .model import INT4_MAX, WEIGHT_WIDTHS, HeadQ, LSTMLayerQ, QuantModel
 from .reference import (INT32_MAX, MAX_PRODUCT, QuantRangeError, check_model, encode_multipliers, infer_sequences,
                         infer_tokens, make_tables, quantize_inputs)
 
@@ -35,14 +35,21 @@ class SaturationWarning(UserWarning):
     """Gate pre-activations of the float student often exceed the Q3.12 range (+-8)."""
 
 
-def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8: (w_q int8 [R, K], s_w float64 [R]) with s_w = max|row| / 127
-    (1.0 for an all-zero row) and w_q = round(w / s_w)."""
+def quantize_rows(w: np.ndarray, width: str = "int8") -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric weights: (w_q int8 [R, K], s_w float64 [R]), docs/numerics.md.
+
+    int8: s_w = max|row| / 127, w_q = round(w / s_w) in -127..127; int4: the same with 7 in
+    -7..7; binary: s_w = mean|row|, w_q = +1 where w >= 0 else -1 (the scale that minimises
+    the squared error of a sign row). An all-zero row gets s_w = 1.0."""
     w = np.asarray(w, dtype=np.float64)
+    if width == "binary":
+        mean = np.abs(w).mean(axis=1) if w.shape[1] else np.zeros(w.shape[0])
+        return np.where(w >= 0, 1, -1).astype(np.int8), np.where(mean > 0, mean, 1.0)
+    top = {"int8": 127, "int4": INT4_MAX}[width]
     amax = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(w.shape[0])
-    s = np.where(amax > 0, amax / 127.0, 1.0)
-    # The clip only absorbs a last-ulp excess of max/s_w over 127; it never changes a value.
-    return np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8), s
+    s = np.where(amax > 0, amax / top, 1.0)
+    # The clip only absorbs a last-ulp excess of max/s_w over the top; it never changes a value.
+    return np.clip(np.round(w / s[:, None]), -top, top).astype(np.int8), s
 
 
 def choose_cell_frac_bits(max_abs_cell: float, layer: int) -> int:
@@ -84,22 +91,25 @@ def source_hash(student_dir: str | Path) -> str:
 
 
 def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | None = None,
-             saturation_warn: float = SATURATION_WARN) -> QuantModel:
+             saturation_warn: float = SATURATION_WARN, weights: str = "int8") -> QuantModel:
     """Quantize the float student in `student_dir` (student.safetensors + student.json).
 
     calib_inputs: token-id lists (text students) or float features [N, T, F] / a list of
     [T_n, F] (sequence students). `meta` is merged into the model's provenance record (it must
     be JSON-serialisable). Raises QuantError (student or inputs unusable) or QuantRangeError
     (a value the integer spec cannot represent); warns with SaturationWarning when more than
-    `saturation_warn` of a layer's gate pre-activations saturate.
+    `saturation_warn` of a layer's gate pre-activations saturate. `weights` is the width of the
+    LSTM gate matrices (int8, int4 or binary); the embedding and the head stay int8.
     """
     student = FloatStudent.from_folder(student_dir)
     return _quantize(student, calib_inputs, name=name, meta=meta, source=source_hash(student_dir),
-                     saturation_warn=saturation_warn)
+                     saturation_warn=saturation_warn, weights=weights)
 
 
 def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, source: str,
-              saturation_warn: float) -> QuantModel:
+              saturation_warn: float, weights: str = "int8") -> QuantModel:
+    if weights not in WEIGHT_WIDTHS:
+        raise QuantError(f"quant.weights = {weights!r}: choose one of {', '.join(WEIGHT_WIDTHS)}")
     stats = fs.calibrate(calib_inputs)
     _warn_saturation(stats, saturation_warn)
 
@@ -120,8 +130,8 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
     layers = []
     for k, L in enumerate(fs.quant_layers()):
         s_in = s_x if k == 0 else H_SCALE
-        w_x, s_wx = quantize_rows(L.w_x)
-        w_h, s_wh = quantize_rows(L.w_h)
+        w_x, s_wx = quantize_rows(L.w_x, weights)
+        w_h, s_wh = quantize_rows(L.w_h, weights)
         mx, nx = _multipliers(s_wx * s_in * GATE_ONE, f"lstm{k}.mx", f"input scale s_x = {s_in:.6g}")
         mh, nh = _multipliers(s_wh * H_SCALE * GATE_ONE, f"lstm{k}.mh", "recurrent weights")
         bias = _int32(L.b * GATE_ONE, f"lstm{k}.bias", -2**31, INT32_MAX,
@@ -146,7 +156,7 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
         embedding=embedding, num_features=fs.num_features if fs.kind == "sequence" else None,
         vocab_size=fs.vocab_size if fs.kind == "text" else None,
         max_len=fs.max_len if fs.max_len is not None else max(stats.max_steps, 1), subwords=fs.subwords,
-        meta=_meta(meta, stats, source, fs, layers),
+        meta=_meta(meta, stats, source, fs, layers), weights=weights,
     )
     check_model(model)
     return model
@@ -211,7 +221,7 @@ def quantize_run(cfg, run_dir: str | Path, dataset) -> QuantModel:
             raise QuantError(f"the training split of '{dataset.name}' has no features x to calibrate on")
         calib = split.x[idx]
     model = _quantize(fs, calib, name=cfg.model_name, meta={"task": dataset.name}, source=source_hash(student_dir),
-                      saturation_warn=SATURATION_WARN)
+                      saturation_warn=SATURATION_WARN, weights=cfg.quant.weights)
     model.save(run_dir / "int8")
     return model
 

@@ -11,6 +11,7 @@ from .model import HeadQ, LSTMLayerQ, QuantModel
 from .reference import INT32_MAX, MAX_PRODUCT, encode_multiplier, make_tables
 
 WEIGHT_MODES = ("normal", "extreme")
+WIDTHS = ("int8", "int4", "binary")
 SCALE_MODES = ("normal", "tiny", "huge", "mixed", "pow2")
 
 
@@ -19,6 +20,19 @@ def _int8(rng: np.random.Generator, shape, mode: str) -> np.ndarray:
         return rng.choice(np.array([-128, -127, 127, 0, 1, -1], np.int8), size=shape,
                           p=[0.35, 0.1, 0.35, 0.1, 0.05, 0.05])
     return np.clip(np.round(rng.normal(0, 45, size=shape)), -128, 127).astype(np.int8)
+
+
+def _gate_weights(rng: np.random.Generator, shape, mode: str, width: str) -> np.ndarray:
+    """LSTM gate weights of a width: int8 as _int8; int4 -8..7 (`extreme`: mostly -8 and 7);
+    binary -1/+1 (`extreme`: mostly one sign)."""
+    if width == "int8":
+        return _int8(rng, shape, mode)
+    if width == "int4":
+        if mode == "extreme":
+            return rng.choice(np.array([-8, 7, -7, 0, 1, -1], np.int8), size=shape, p=[0.35, 0.35, 0.1, 0.1, 0.05, 0.05])
+        return rng.integers(-8, 8, size=shape).astype(np.int8)
+    p_plus = rng.choice([0.03, 0.97]) if mode == "extreme" else 0.5
+    return np.where(rng.random(shape) < p_plus, 1, -1).astype(np.int8)
 
 
 def _multipliers(rng: np.random.Generator, size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -49,11 +63,11 @@ def _int32(rng: np.random.Generator, size: int, mode: str, limit: int = INT32_MA
 def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[int] = 8, input_size: int = 6,
                  num_classes: int = 4, vocab_size: int = 64, max_len: int = 16, weights: str = "normal",
                  scales: str = "normal", biases: str = "normal", cell_frac_bits: int | Sequence[int] | None = None,
-                 labels: Sequence[str] | None = None, name: str = "synth") -> QuantModel:
+                 labels: Sequence[str] | None = None, name: str = "synth", width: str = "int8") -> QuantModel:
     """A valid random QuantModel. `hidden` is one size per layer (an int: one layer); text
-    models use `input_size` as the embedding width."""
-    if weights not in WEIGHT_MODES or scales not in SCALE_MODES or biases not in WEIGHT_MODES:
-        raise ValueError(f"weights/biases must be one of {WEIGHT_MODES}, scales one of {SCALE_MODES}")
+    models use `input_size` as the embedding width; `width` is the LSTM gate weights' width."""
+    if weights not in WEIGHT_MODES or scales not in SCALE_MODES or biases not in WEIGHT_MODES or width not in WIDTHS:
+        raise ValueError(f"weights/biases must be one of {WEIGHT_MODES}, scales one of {SCALE_MODES}, width one of {WIDTHS}")
     rng = np.random.default_rng(seed)
     sizes = [hidden] if isinstance(hidden, int) else list(hidden)
     if cell_frac_bits is None:
@@ -66,7 +80,8 @@ def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[in
         mx, nx = _multipliers(rng, 4 * H, scales)
         mh, nh = _multipliers(rng, 4 * H, scales)
         layers.append(LSTMLayerQ(input_size=prev, hidden=H, cell_frac_bits=cf,
-                                 w_x=_int8(rng, (4 * H, prev), weights), w_h=_int8(rng, (4 * H, H), weights),
+                                 w_x=_gate_weights(rng, (4 * H, prev), weights, width),
+                                 w_h=_gate_weights(rng, (4 * H, H), weights, width),
                                  mx=mx, nx=nx, mh=mh, nh=nh, bias=_int32(rng, 4 * H, biases)))
         prev = H
     mo, no = _multipliers(rng, num_classes, scales)
@@ -80,7 +95,7 @@ def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[in
         num_features=input_size if kind == "sequence" else None,
         vocab_size=vocab_size if kind == "text" else None,
         max_len=max_len,
-        meta={"synthetic": {"seed": seed, "weights": weights, "scales": scales, "biases": biases}},
+        meta={"synthetic": {"seed": seed, "weights": weights, "scales": scales, "biases": biases}}, weights=width,
     )
     model.validate()
     return model

@@ -1,0 +1,132 @@
+"""int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
+quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
+host (UBSan) and on the emulated boards, where every core runs the portable kernels."""
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyseek.codegen.render import render
+from tinyseek.codegen.verify import verify_host
+from tinyseek.config import ConfigError, from_dict, validate
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.quant.model import (ModelFileError, QuantModel, pack_binary, pack_int4, unpack_binary,
+                                  unpack_int4)
+from tinyseek.quant.quantize import quantize_rows
+from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
+
+UBSAN = ("-fsanitize=undefined", "-fno-sanitize-recover=undefined")
+TEXTS = ["turn on the kitchen lights", "打开客厅的灯", "Set timer 10 minutes!!", "", "word " * 40]
+ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
+       "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
+RV = {"riscv64-unknown-elf-gcc": "sudo apt-get install -y gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf",
+      "qemu-system-riscv32": "sudo apt-get install -y qemu-system-misc"}
+
+
+def test_int4_packs_two_per_byte_low_nibble_first():
+    w = np.array([[1, -2, 3], [-8, 7, 0]], np.int8)
+    assert pack_int4(w).tolist() == [[0xE1, 0x03], [0x78, 0x00]]
+    rng = np.random.default_rng(0)
+    for cols in (1, 2, 7, 16):
+        v = rng.integers(-8, 8, size=(5, cols)).astype(np.int8)
+        assert np.array_equal(unpack_int4(pack_int4(v), cols), v)
+
+
+def test_binary_packs_eight_per_byte_lsb_first():
+    w = np.array([[1, -1, 1, 1, -1, -1, -1, -1, 1]], np.int8)
+    assert pack_binary(w).tolist() == [[0b00001101, 0b1]]
+    rng = np.random.default_rng(1)
+    for cols in (1, 8, 13):
+        v = np.where(rng.random((4, cols)) < 0.5, 1, -1).astype(np.int8)
+        assert np.array_equal(unpack_binary(pack_binary(v), cols), v)
+
+
+def test_quantize_rows_per_width():
+    w = np.array([[0.7, -0.35, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0], [-2.0, 1.0, 0.5, -0.5]])
+    q, s = quantize_rows(w, "int4")
+    assert q.tolist() == [[7, -4, 1, 0], [0, 0, 0, 0], [-7, 4, 2, -2]]  # round half to even: -3.5 -> -4
+    assert np.allclose(s, [0.1, 1.0, 2.0 / 7])
+    q, s = quantize_rows(w, "binary")
+    assert q.tolist() == [[1, -1, 1, 1], [1, 1, 1, 1], [-1, 1, 1, -1]]
+    assert np.allclose(s, [0.2875, 1.0, 1.0])  # the row's mean |w|
+    assert np.array_equal(quantize_rows(w)[0], quantize_rows(w, "int8")[0])
+
+
+def test_model_file_round_trip_and_bad_packing(tmp_path):
+    # 4 rows of 4 units: w_x rows of 5 then 4 columns, w_h rows of 4: ceil(cols / per byte) bytes each
+    for width, packed_bytes in (("int4", 16 * (3 + 2 + 2 + 2)), ("binary", 16 * 4)):
+        m = random_model(3, hidden=[4, 4], input_size=5, width=width)
+        m.save(tmp_path / width)
+        back = QuantModel.load(tmp_path / width)
+        assert back.weights == width and back.model_hash() == m.model_hash()
+        for a, b in zip(m.layers, back.layers):
+            assert np.array_equal(a.w_x, b.w_x) and np.array_equal(a.w_h, b.w_h)
+        arrays = m.arrays()
+        assert sum(arrays[f"lstm{i}.{k}"].nbytes for i in (0, 1) for k in ("w_x", "w_h")) == packed_bytes
+        assert json.loads((tmp_path / width / "model.json").read_text())["ops"][1]["weights"] == width
+    # an int8 model keeps its header (and so its hash) without the new key
+    assert "weights" not in random_model(3).ir()[1]
+    bad = random_model(3, width="int4")
+    bad.layers[0].w_x[0, 0] = 9
+    with pytest.raises(ModelFileError, match="int4 range"):
+        bad.validate()
+    hdr = json.loads((tmp_path / "int4" / "model.json").read_text())
+    hdr["ops"][1]["weights"] = "binary"
+    (tmp_path / "int4" / "model.json").write_text(json.dumps(hdr))
+    with pytest.raises(ModelFileError, match="LSTM weight width"):
+        QuantModel.load(tmp_path / "int4")
+
+
+def test_config_names_the_widths():
+    validate(from_dict({"quant": {"weights": "int4", "qat_epochs": 2}}))
+    with pytest.raises(ConfigError, match="quant.weights must be int8, int4 or binary"):
+        validate(from_dict({"quant": {"weights": "int2"}}))
+
+
+def _models(width):
+    return [random_model(31, kind="sequence", hidden=[17], input_size=11, num_classes=5, width=width, name="lseq"),
+            random_model(32, kind="text", hidden=[13, 6], input_size=9, num_classes=4, vocab_size=300, max_len=20,
+                         weights="extreme", width=width, name="ltxt"),
+            random_model(33, kind="sequence", hidden=[3, 10], input_size=8, num_classes=3, weights="extreme",
+                         scales="pow2", width=width, name="lpow")]
+
+
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_portable_c_matches_the_oracle_on_the_host(width):
+    for m in _models(width):
+        rng = np.random.default_rng(7)
+        with tempfile.TemporaryDirectory() as tmp:
+            render(m, Path(tmp) / "lib")
+            kernels = (Path(tmp) / "lib" / f"{m.name}_kernels.h").read_text()
+            assert f"{width} gate weights: every target runs the portable C kernels" in kernels
+            if m.kind == "text":
+                result = verify_host(m, Path(tmp) / "lib", TEXTS, token_ids=random_token_ids(m, rng, 5, 60),
+                                     every_step=True, cflags=UBSAN)
+            else:
+                xs = np.concatenate([random_sequences(m, rng, 4, 60), random_sequences(m, rng, 3, 60, extreme=True)])
+                result = verify_host(m, Path(tmp) / "lib", list(xs), every_step=True, cflags=UBSAN)
+        assert result.bitexact, f"{m.name}: {result.mismatches} samples differ; first: {result.first_mismatch}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, tools", [("qemu_m4", ARM), ("qemu_m55", ARM), ("qemu_m0", ARM), ("qemu_rv32", RV)])
+def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_tools):
+    need_tools(tools)
+    rng = np.random.default_rng(5)
+    for width in ("int4", "binary"):
+        for model in _models(width)[:2]:
+            if model.kind == "text":
+                inputs = [t for t in random_token_ids(model, rng, 6, model.max_len) if t]
+                want = infer_tokens(model, inputs)
+            else:
+                inputs = list(random_sequences(model, rng, 6, 9))
+                want = infer_sequences(model, np.array(inputs))
+            assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2  # outputs tell inputs apart
+            render(model, tmp_path / width / model.name)  # PlatformIO finds a library by its folder name
+            out = run_device_bench(env, tmp_path / width / model.name, inputs,
+                                   build_dir=tmp_path / f"b-{width}-{model.name}")
+            assert out["model"]["kernel"] == "c"
+            assert out["logits"] == want.tolist(), f"{width} {model.name}"
