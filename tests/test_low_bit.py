@@ -130,3 +130,63 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
             assert out["model"]["kernel"] == "c"
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
+
+
+def test_fake_quant_is_the_quantizers_rounding_with_straight_through_gradients():
+    torch = pytest.importorskip("torch")
+    from tinyseek.distill.qat import fake_quant, fake_quantized
+    w = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    for width in ("int8", "int4", "binary"):
+        q, s = quantize_rows(w.double().numpy(), width)
+        assert np.allclose(fake_quant(w, width).numpy(), q * s[:, None], atol=1e-6)
+    lstm = torch.nn.LSTM(5, 3, num_layers=2, batch_first=True)
+    x = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(1))
+    with fake_quantized(lstm, "int4"):
+        out, _ = lstm(x)
+        out.sum().backward()
+    assert all(float(getattr(lstm, f"weight_{k}_l{i}").grad.abs().sum()) > 0 for k in ("ih", "hh") for i in (0, 1))
+    ref = torch.nn.LSTM(5, 3, num_layers=2, batch_first=True)
+    ref.load_state_dict({k: fake_quant(v, "int4") if k.startswith("weight_") else v for k, v in lstm.state_dict().items()})
+    assert torch.allclose(ref(x)[0], out)
+    assert not torch.allclose(lstm(x)[0], out)  # outside the block the float weights are back
+
+
+@pytest.mark.slow
+def test_quantization_aware_training_recovers_binary_accuracy(tmp_path):
+    from test_distill import small_cfg, text_dataset, write_knowledge
+
+    from tinyseek.distill import distill
+    from tinyseek.harness.evaluate import labeled_accuracy, oracle_logits
+    from tinyseek.quant.quantize import quantize_run
+    ds = text_dataset()
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
+    cfg = small_cfg(**{"quant.weights": "binary", "quant.qat_epochs": 4, "quant.qat_lr": 1e-2})
+    distill(ds, knowledge, cfg, tmp_path, word_dropout=0.0, progress=False)
+    qat = quantize_run(cfg, tmp_path, ds, knowledge)
+    ptq = QuantModel.load(tmp_path / "int8_ptq")
+    assert qat.weights == ptq.weights == "binary" and (tmp_path / "student_qat" / "history.json").is_file()
+    acc = {k: labeled_accuracy(oracle_logits(m, ds.val).argmax(axis=1), ds.val.y) for k, m in (("ptq", ptq), ("qat", qat))}
+    hist = json.loads((tmp_path / "student_qat" / "history.json").read_text())
+    assert len(hist["epochs"]) == 4 and qat.meta["qat"]["best_epoch"] == hist["best_epoch"]
+    assert acc["qat"] >= max(acc["ptq"], 0.85), acc
+    # without QAT the stage leaves no QAT artifacts behind
+    quantize_run(small_cfg(**{"quant.weights": "binary"}), tmp_path, ds)
+    assert not (tmp_path / "int8_ptq").exists() and not (tmp_path / "student_qat").exists()
+
+
+def test_report_shows_float_post_training_and_qat_rows():
+    from tinyseek.harness.report import render_markdown
+    report = {"model": {"name": "m", "hash": "h"},
+              "task": {"name": "t", "kind": "text", "labels": ["a"], "test_samples": 10, "test_labeled": 10},
+              "teacher": {"accuracy": 0.8, "source": "default"},
+              "student": {"float_accuracy": 0.78, "int8_accuracy": 0.76, "params": 1, "weight_bytes": 1},
+              "validation": {"samples": 5, "float_accuracy": 0.8, "int8_accuracy": 0.6},
+              "warnings": [], "retention": 0.95, "agreement_int8_float": 0.9, "agreement_int8_teacher": 0.9,
+              "quantization": {"weights": "int4", "qat_epochs": 3,
+                               "post_training": {"accuracy": 0.7, "val_accuracy": 0.4, "weight_bytes": 1}}}
+    text = render_markdown(report)
+    assert "| student, float | 78.00 % | 80.00 % |" in text
+    assert "| student, int4 post-training (integer reference) | 70.00 % | 40.00 % |" in text
+    assert "| student, int4 quantization-aware, 3 epochs (integer reference) | 76.00 % | 60.00 % |" in text
+    del report["quantization"]["post_training"]
+    assert "| student, int4 (integer reference) | 76.00 % | 60.00 % |" in render_markdown(report)

@@ -173,6 +173,7 @@ class QuantConfig:
     # Quantization-aware epochs after distillation: the float student trained on with its gate
     # weights fake-quantized to `weights` (straight-through gradients); 0 = post-training only.
     qat_epochs: int = 0
+    qat_lr: float = 1e-3  # peak learning rate of the QAT epochs (cosine decay, as every stage)
 
 
 @dataclass
@@ -364,6 +365,7 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.student.subwords <= 15, "student.subwords must be 0..15 (0: whole words only)")
     need(cfg.quant.weights in ("int8", "int4", "binary"),
          f"quant.weights must be int8, int4 or binary (the width of the LSTM gate matrices), not {cfg.quant.weights!r}")
+    need(cfg.quant.qat_lr > 0, f"quant.qat_lr must be > 0, not {cfg.quant.qat_lr}")
     need(cfg.quant.qat_epochs >= 0, f"quant.qat_epochs must be >= 0 (0: post-training quantization only), not "
          f"{cfg.quant.qat_epochs}")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")

@@ -183,8 +183,14 @@ class Run:
             return hash_obj([__version__, task, student, asdict(c.distill),
                              hash_safetensors(self.knowledge, metadata=False)])
         if stage == "quantize":
-            # weights = int8 and qat_epochs = 0 (the defaults) are left out: runs from before keep their key.
-            quant = {k: v for k, v in asdict(c.quant).items() if v != {"weights": "int8", "qat_epochs": 0}.get(k)}
+            # The low-bit settings count only where used, so runs from before them keep their key;
+            # quantization-aware training also reads the distillation settings and the knowledge.
+            quant = {"calibration_samples": c.quant.calibration_samples}
+            if c.quant.weights != "int8":
+                quant["weights"] = c.quant.weights
+            if c.quant.qat_epochs:
+                quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_lr, distill=asdict(c.distill),
+                             knowledge=hash_safetensors(self.knowledge, metadata=False))
             return hash_obj([__version__, task, quant, c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":
             return hash_obj([__version__, hash_files(self.int8_dir), hash_files(REPO_ROOT / "templates")])
@@ -288,7 +294,7 @@ def _distill(run: Run) -> None:
 
 def _quantize(run: Run) -> None:
     from .quant.quantize import quantize_run
-    quantize_run(run.cfg, run.dir, run.dataset)
+    quantize_run(run.cfg, run.dir, run.dataset, run.knowledge if run.cfg.quant.qat_epochs else None)
 
 
 def _codegen(run: Run) -> None:

@@ -75,6 +75,22 @@ def _extraction(run_dir) -> dict:
     return {"extraction": json.loads(f.read_text())} if f.is_file() else {}
 
 
+def quantization_metrics(run, qm, y) -> dict:
+    """The width of the LSTM gate weights and, after quantization-aware training, the accuracy of
+    the post-training model of the float student (<run>/int8_ptq) beside the deployed one."""
+    from ..quant.model import QuantModel
+    out = {"weights": qm.weights, "qat_epochs": run.cfg.quant.qat_epochs}
+    ptq_dir = run.dir / "int8_ptq"
+    if run.cfg.quant.qat_epochs and ptq_dir.is_dir():
+        ptq, val = QuantModel.load(ptq_dir), run.dataset.val
+        out["post_training"] = {
+            "accuracy": labeled_accuracy(oracle_logits(ptq, run.dataset.test).argmax(axis=1), y),
+            "val_accuracy": labeled_accuracy(oracle_logits(ptq, val).argmax(axis=1), val.y) if len(val.y) else None,
+            "weight_bytes": ptq.weight_bytes()}
+        out["qat_best_epoch"] = qm.meta.get("qat", {}).get("best_epoch")
+    return out
+
+
 def evaluate_host(run) -> dict:
     from ..codegen.verify import verify_host
     from ..quant.float_model import FloatStudent
@@ -119,6 +135,8 @@ def evaluate_host(run) -> dict:
         "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),
         "confusion": confusion(int8_pred, y, len(ds.labels)),
     }
+    if qm.weights != "int8" or run.cfg.quant.qat_epochs:
+        metrics["quantization"] = quantization_metrics(run, qm, y)
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     result = verify_host(qm, run.lib_dir, int8_inputs(qm, test))

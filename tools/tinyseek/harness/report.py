@@ -34,6 +34,8 @@ def build_report(run_dir: Path) -> dict:
         "agreement_int8_float": metrics["agreement_int8_float"],
         "agreement_int8_teacher": metrics.get("agreement_int8_teacher"),
     }
+    if metrics.get("quantization"):  # low-bit weights or quantization-aware training
+        report["quantization"] = metrics["quantization"]
     if verify:
         report["host"] = verify
     if device:
@@ -79,9 +81,17 @@ def _accuracy_table(report: dict) -> list[str]:
     distance between the columns says how far its choices can be trusted."""
     t, s, v = report["teacher"], report["student"], report.get("validation") or {}
     split_by = report["task"].get("split_by")
+    q = report.get("quantization") or {}
+    width = q.get("weights", "int8")
     rows = [(f"teacher ({t.get('source', 'teacher')})", t["accuracy"], v.get("teacher_accuracy")),
-            ("student, float", s["float_accuracy"], v.get("float_accuracy")),
-            ("student, int8 (integer reference)", s["int8_accuracy"], v.get("int8_accuracy"))]
+            ("student, float", s["float_accuracy"], v.get("float_accuracy"))]
+    if "post_training" in q:  # quantization-aware training: post-training, then the deployed model
+        rows += [(f"student, {width} post-training (integer reference)", q["post_training"]["accuracy"],
+                  q["post_training"]["val_accuracy"]),
+                 (f"student, {width} quantization-aware, {q['qat_epochs']} epochs (integer reference)",
+                  s["int8_accuracy"], v.get("int8_accuracy"))]
+    else:
+        rows.append((f"student, {width} (integer reference)", s["int8_accuracy"], v.get("int8_accuracy")))
     if "tflm" in report:  # `tinyseek export --format tflite` ran on the test split only
         rows.append((f"student, int8 .tflite in TFLite Micro ({report['tflm']['samples']} samples)",
                      report["tflm"]["accuracy"], None))
@@ -112,7 +122,10 @@ def render_markdown(report: dict) -> str:
            f"the accuracies count the {report['task']['test_labeled']:,} labeled ones; the int8 student agrees with the "
            f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
-        f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of int8 weights and tables",
+        f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of "
+        f"{(report.get('quantization') or {}).get('weights', 'int8')} weights and tables"
+        + (" (LSTM gate matrices; embedding and head int8)" if report.get("quantization", {}).get("weights", "int8")
+           != "int8" else ""),
         *([_extraction_line(report["teacher"]["extraction"])] if "extraction" in report["teacher"] else []),
     ]
     if "tflm" in report:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -198,9 +199,15 @@ def calibration_indices(n: int, count: int) -> np.ndarray:
     return (np.arange(count) * n) // count
 
 
-def quantize_run(cfg, run_dir: str | Path, dataset) -> QuantModel:
+def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None = None) -> QuantModel:
     """The quantize stage: `<run_dir>/student/` calibrated on cfg.quant.calibration_samples
-    training samples, saved as `<run_dir>/int8/` under the name cfg.model_name."""
+    training samples, its LSTM gate matrices at cfg.quant.weights, saved as `<run_dir>/int8/`
+    under the name cfg.model_name.
+
+    With cfg.quant.qat_epochs > 0 the float student is first trained on quantization-aware
+    (tinyseek.distill.qat, reading the knowledge cache `knowledge`) into `<run_dir>/student_qat/`,
+    and that student is the one quantized; the post-training model of the float student is kept
+    in `<run_dir>/int8_ptq/` for the report's comparison."""
     run_dir = Path(run_dir)
     student_dir = run_dir / "student"
     fs = FloatStudent.from_folder(student_dir)
@@ -222,6 +229,25 @@ def quantize_run(cfg, run_dir: str | Path, dataset) -> QuantModel:
         calib = split.x[idx]
     model = _quantize(fs, calib, name=cfg.model_name, meta={"task": dataset.name}, source=source_hash(student_dir),
                       saturation_warn=SATURATION_WARN, weights=cfg.quant.weights)
+    ptq_dir, qat_dir = run_dir / "int8_ptq", run_dir / "student_qat"
+    if cfg.quant.qat_epochs:
+        if knowledge is None:
+            raise QuantError("quant.qat_epochs > 0 trains on the teacher's knowledge: pass the run's "
+                             "knowledge.safetensors (run `tinyseek teacher` first)")
+        from ..distill.qat import train_qat
+        from ..student.tinylstm import save_student
+        result = train_qat(dataset, knowledge, cfg, student_dir)
+        save_student(result.model, result.spec, qat_dir)
+        (qat_dir / "history.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+        model.save(ptq_dir)
+        qat = {"epochs": cfg.quant.qat_epochs, "lr": cfg.quant.qat_lr, "best_epoch": result.summary["best_epoch"]}
+        model = _quantize(FloatStudent.from_folder(qat_dir), calib, name=cfg.model_name,
+                          meta={"task": dataset.name, "qat": qat}, source=source_hash(qat_dir),
+                          saturation_warn=SATURATION_WARN, weights=cfg.quant.weights)
+    else:
+        for stale in (ptq_dir, qat_dir):
+            if stale.is_dir():
+                shutil.rmtree(stale)
     model.save(run_dir / "int8")
     return model
 

@@ -1,0 +1,159 @@
+"""int8 / int4 / binary LSTM gate weights on the built-in task, post-training and
+quantization-aware: accuracy (validation, test), weight bytes, flash and instructions per
+inference on the emulated boards. Starts from the committed default's float student and its
+knowledge cache (no teacher rebuild). Writes bench/results/low_bit.json and low_bit.md.
+
+    .venv/bin/python bench/low_bit.py                        # qat 6 epochs, qemu_m4 and qemu_m55
+    .venv/bin/python bench/low_bit.py --qat-epochs 4 --envs qemu_m4 --samples 50
+
+Instructions are what QEMU executed (-icount), not CPU cycles: QEMU has no pipeline model.
+Every board run is also a bit-exactness check against the integer reference.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinyseek.codegen.render import render
+from tinyseek.config import load
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.harness.evaluate import labeled_accuracy, oracle_logits
+from tinyseek.pipeline import Run
+from tinyseek.quant.float_model import FloatStudent
+from tinyseek.quant.model import QuantModel
+from tinyseek.quant.quantize import quantize_run
+from tinyseek.quant.reference import infer_tokens
+from tinyseek.student.tokenizer import HashTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "models" / "intents"
+PORTABLE = ["-DTINYSEEK_KERNEL_PORTABLE"]
+# The plan this project follows: 4-bit ~8x smaller than float at 3-5 % loss, binary 32x at 8-10 %.
+PLAN = {"int4": {"smaller_than_float": 8, "loss_percent": "3-5"}, "binary": {"smaller_than_float": 32, "loss_percent": "8-10"}}
+
+
+def gate_bytes(model: QuantModel) -> int:
+    """Bytes of the LSTM gate matrices as stored (packed for int4 and binary)."""
+    arrays = model.arrays()
+    return int(sum(arrays[f"lstm{i}.{k}"].nbytes for i in range(len(model.layers)) for k in ("w_x", "w_h")))
+
+
+def accuracies(model: QuantModel, ds) -> dict:
+    return {"val_accuracy": labeled_accuracy(oracle_logits(model, ds.val).argmax(axis=1), ds.val.y),
+            "test_accuracy": labeled_accuracy(oracle_logits(model, ds.test).argmax(axis=1), ds.test.y)}
+
+
+def board(env: str, model: QuantModel, ids: list, work: Path, flags: list[str]) -> dict:
+    lib = work / "lib" / model.name  # PlatformIO finds a library by its folder name
+    render(model, lib, overwrite=True)
+    out = run_device_bench(env, lib, ids, build_dir=work / "build", extra_flags=flags)
+    if out["logits"] != infer_tokens(model, ids).tolist():
+        raise AssertionError(f"{env}: {model.weights} model is not bit-exact against the integer reference")
+    per = np.array(out["latency"]["per_input"])
+    elf = out["memory"]["elf"]
+    return {"kernel": out["model"]["kernel"], "instructions_median": float(np.median(per)),
+            "flash_model": elf["flash"]["model"], "flash_runtime": elf["flash"]["runtime"],
+            "ram_model": elf["ram"]["model"], "bitexact": True, "samples": len(ids)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--qat-epochs", type=int, default=6)
+    ap.add_argument("--qat-lr", type=float, default=None, help="default: quant.qat_lr")
+    ap.add_argument("--envs", default="qemu_m4,qemu_m55")
+    ap.add_argument("--samples", type=int, default=100, help="test texts sent to each board")
+    ap.add_argument("--knowledge", type=Path, default=DEFAULT / "knowledge.safetensors")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "low_bit.json")
+    args = ap.parse_args()
+    if not args.knowledge.is_file():
+        raise SystemExit(f"{args.knowledge} is missing: it is the default run's knowledge cache (`make default` or "
+                         "`tinyseek run` rebuilds it); pass --knowledge PATH to another copy")
+    cfg = load(DEFAULT / "config.toml")
+    ds = Run(cfg).dataset
+    work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
+    fs = FloatStudent.from_folder(DEFAULT / "student")
+    float_bytes = 4 * sum(L.w_x.size + L.w_h.size for L in fs.quant_layers())
+    result = {"task": ds.name, "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
+                                         "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y),
+                                         "gate_bytes": float_bytes},
+              "qat_epochs": args.qat_epochs, "plan": PLAN, "variants": {}, "boards": {}}
+    models = {}
+    for width in ("int8", "int4", "binary"):
+        run_dir = work / width
+        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+        qat = args.qat_epochs if width != "int8" else 0
+        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=qat,
+                                    qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
+        t0 = time.time()
+        final = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds, args.knowledge if qat else None)
+        seconds = time.time() - t0
+        pairs = [(f"{width} PTQ", QuantModel.load(run_dir / "int8_ptq") if qat else final)]
+        if qat:
+            pairs.append((f"{width} QAT", final))
+        for label, model in pairs:
+            models[label] = model
+            row = {"weights": width, **accuracies(model, ds), "gate_bytes": gate_bytes(model),
+                   "weight_bytes": model.weight_bytes()}
+            row["gate_smaller_than_float"] = float_bytes / row["gate_bytes"]
+            row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
+            if label.endswith("QAT"):
+                row["qat_best_epoch"] = model.meta["qat"]["best_epoch"]
+                row["qat_seconds"] = seconds
+            result["variants"][label] = row
+            print(label, json.dumps(row), flush=True)
+    int8 = result["variants"]["int8 PTQ"]
+    for row in result["variants"].values():
+        row["gate_bytes_vs_int8"] = row["gate_bytes"] / int8["gate_bytes"]
+        row["weight_bytes_vs_int8"] = row["weight_bytes"] / int8["weight_bytes"]
+
+    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
+    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    for env in [e for e in args.envs.split(",") if e]:
+        runs = {"int8": board(env, models["int8 PTQ"], ids, work / env / "int8", []),
+                "int8 portable C": board(env, models["int8 PTQ"], ids, work / env / "int8c", PORTABLE)}
+        for label in ("int4 QAT", "binary QAT") if args.qat_epochs else ("int4 PTQ", "binary PTQ"):
+            runs[label.split()[0]] = board(env, models[label], ids, work / env / label.split()[0], [])
+        result["boards"][env] = runs
+        print(env, json.dumps(runs), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def markdown(r: dict) -> str:
+    f = r["float"]
+    lines = [f"Task `{r['task']}`, the committed default's float student (test {_pct(f['test_accuracy'])}, validation "
+             f"{_pct(f['val_accuracy'])}; LSTM gate matrices {f['gate_bytes']:,} B as float32). QAT: "
+             f"{r['qat_epochs']} epochs from the float student, the epoch of best validation accuracy kept.", "",
+             "| weights | test | validation | loss vs float (test, points) | gate matrices | smaller than float | "
+             "all weights + tables | vs int8 |", "|---|---|---|---|---|---|---|---|"]
+    for label, v in r["variants"].items():
+        lines.append(f"| {label} | {_pct(v['test_accuracy'])} | {_pct(v['val_accuracy'])} | "
+                     f"{v['loss_vs_float_test_points']:.2f} | {v['gate_bytes']:,} B | {v['gate_smaller_than_float']:.1f}x | "
+                     f"{v['weight_bytes']:,} B | {_pct(v['weight_bytes_vs_int8'])} |")
+    for env, runs in r["boards"].items():
+        lines += ["", f"{env} ({next(iter(runs.values()))['samples']} test texts, token ids sent; QEMU instructions, "
+                      "not cycles; every run bit-exact against the integer reference):", "",
+                  "| build | kernel | instructions per inference (median) | flash, model | flash, runtime |",
+                  "|---|---|---|---|---|"]
+        for label, b in runs.items():
+            lines.append(f"| {label} | {b['kernel']} | {b['instructions_median']:,.0f} | {b['flash_model']:,} B | "
+                         f"{b['flash_runtime']:,} B |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
