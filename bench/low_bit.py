@@ -121,6 +121,8 @@ def main() -> None:
                 "int8 portable C": board(env, models["int8 PTQ"], ids, work / env / "int8c", PORTABLE)}
         for label in ("int4 QAT", "binary QAT") if args.qat_epochs else ("int4 PTQ", "binary PTQ"):
             runs[label.split()[0]] = board(env, models[label], ids, work / env / label.split()[0], [])
+        runs["int4 portable C"] = board(env, models["int4 QAT" if args.qat_epochs else "int4 PTQ"], ids,
+                                        work / env / "int4c", PORTABLE)
         result["boards"][env] = runs
         print(env, json.dumps(runs), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

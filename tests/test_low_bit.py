@@ -2,6 +2,7 @@
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
 host (UBSan) and on the emulated boards, where every core runs the portable kernels."""
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -128,8 +129,35 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             render(model, tmp_path / width / model.name)  # PlatformIO finds a library by its folder name
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
-            assert out["model"]["kernel"] == "c"
+            # int4 has a DSP-extension kernel (Cortex-M4, M55); everything else runs the portable C
+            assert out["model"]["kernel"] == ("dsp" if width == "int4" and env in ("qemu_m4", "qemu_m55") else "c")
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
+
+
+@pytest.mark.slow
+def test_portable_flag_selects_the_c_kernels_for_int4(tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models("int4")[0]
+    render(model, tmp_path / model.name)
+    xs = random_sequences(model, np.random.default_rng(6), 4, 9)
+    out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / "b",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
+    assert out["model"]["kernel"] == "c" and out["logits"] == infer_sequences(model, xs).tolist()
+
+
+@pytest.mark.parametrize("cpu, int4, binary", [("cortex-m0plus", "c", "c"), ("cortex-m3", "c", "c"),
+                                               ("cortex-m4", "dsp", "c"), ("cortex-m33", "dsp", "c"),
+                                               ("cortex-m55", "dsp", "c"), ("cortex-a7", "c", "c")])
+def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp_path, need_tools):
+    need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
+    for width, variant in (("int4", int4), ("binary", binary)):
+        model = _models(width)[0]
+        render(model, tmp_path / width)
+        src = tmp_path / width / "probe.c"
+        src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
+        out = subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=softfp", "-E", "-I",
+                              str(tmp_path / width), str(src)], capture_output=True, text=True, check=True).stdout
+        assert f'probe = "{variant}"' in out, (width, cpu)
 
 
 def test_fake_quant_is_the_quantizers_rounding_with_straight_through_gradients():
