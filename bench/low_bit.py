@@ -35,6 +35,8 @@ from tinyseek.student.tokenizer import HashTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "intents"
 PORTABLE = ["-DTINYSEEK_KERNEL_PORTABLE"]
+DEFAULT_OUT = ROOT / "bench" / "results" / "low_bit.json"
+HEADING = "## Low-bit weights (int4 and binary)"
 # The plan this project follows: 4-bit ~8x smaller than float at 3-5 % loss, binary 32x at 8-10 %.
 PLAN = {"int4": {"smaller_than_float": 8, "loss_percent": "3-5"}, "binary": {"smaller_than_float": 32, "loss_percent": "8-10"}}
 
@@ -71,8 +73,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="test texts sent to each board")
     ap.add_argument("--knowledge", type=Path, default=DEFAULT / "knowledge.safetensors")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "low_bit.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the default also updates bench/RESULTS.md")
     args = ap.parse_args()
+    command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
+               + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else ""))
     if not args.knowledge.is_file():
         raise SystemExit(f"{args.knowledge} is missing: it is the default run's knowledge cache (`make default` or "
                          "`tinyseek run` rebuilds it); pass --knowledge PATH to another copy")
@@ -84,7 +88,7 @@ def main() -> None:
     result = {"task": ds.name, "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
                                          "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y),
                                          "gate_bytes": float_bytes},
-              "qat_epochs": args.qat_epochs, "plan": PLAN, "variants": {}, "boards": {}}
+              "qat_epochs": args.qat_epochs, "command": command, "plan": PLAN, "variants": {}, "boards": {}}
     models = {}
     for width in ("int8", "int4", "binary"):
         run_dir = work / width
@@ -100,6 +104,7 @@ def main() -> None:
             pairs.append((f"{width} QAT", final))
         for label, model in pairs:
             models[label] = model
+            result["embedding_bytes"] = int(model.embedding.nbytes)
             row = {"weights": width, **accuracies(model, ds), "gate_bytes": gate_bytes(model),
                    "weight_bytes": model.weight_bytes()}
             row["gate_smaller_than_float"] = float_bytes / row["gate_bytes"]
@@ -128,6 +133,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
+    if args.out == DEFAULT_OUT:
+        from results_md import replace_section  # bench/results_md.py
+        replace_section(HEADING, f"{HEADING}\n\n`{command}`\n\n{markdown(result)}")
     print(markdown(result))
 
 
@@ -146,6 +154,16 @@ def markdown(r: dict) -> str:
         lines.append(f"| {label} | {_pct(v['test_accuracy'])} | {_pct(v['val_accuracy'])} | "
                      f"{v['loss_vs_float_test_points']:.2f} | {v['gate_bytes']:,} B | {v['gate_smaller_than_float']:.1f}x | "
                      f"{v['weight_bytes']:,} B | {_pct(v['weight_bytes_vs_int8'])} |")
+    int8 = r["variants"]["int8 PTQ"]
+    for width, plan in r["plan"].items():
+        best = r["variants"].get(f"{width} QAT") or r["variants"][f"{width} PTQ"]
+        label = f"{width} QAT" if f"{width} QAT" in r["variants"] else f"{width} PTQ"
+        lines += ["", f"- {width} against the plan ({plan['smaller_than_float']}x smaller than float, "
+                      f"{plan['loss_percent']} % loss): {label} gate matrices {best['gate_smaller_than_float']:.1f}x "
+                      f"smaller than float32, {best['loss_vs_float_test_points']:.2f} points below the float student on "
+                      f"the test ({100 * (int8['test_accuracy'] - best['test_accuracy']):.2f} below int8); all weights and "
+                      f"tables {_pct(best['weight_bytes_vs_int8'])} of int8's (the int8 embedding, "
+                      f"{r['embedding_bytes']:,} B, is the largest array)"]
     for env, runs in r["boards"].items():
         lines += ["", f"{env} ({next(iter(runs.values()))['samples']} test texts, token ids sent; QEMU instructions, "
                       "not cycles; every run bit-exact against the integer reference):", "",
