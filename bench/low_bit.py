@@ -74,6 +74,12 @@ def main() -> None:
     ap.add_argument("--knowledge", type=Path, default=DEFAULT / "knowledge.safetensors")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the default also updates bench/RESULTS.md")
+    ap.add_argument("--wide-hidden", type=int, default=0,
+                    help="instead: distill an int4 student of this hidden size (the same gate-matrix flash as the "
+                         "int8 default at 96) and add it to the results in --out")
+    ap.add_argument("--add-qat", choices=["int8"], default=None,
+                    help="instead: add the QAT row of this width to the results in --out (int8: the control, the "
+                         "same extra epochs with next to no quantization)")
     args = ap.parse_args()
     command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
                + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else ""))
@@ -83,6 +89,10 @@ def main() -> None:
     cfg = load(DEFAULT / "config.toml")
     ds = Run(cfg).dataset
     work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
+    if args.wide_hidden:
+        return wide(args, cfg, ds, work)
+    if args.add_qat:
+        return add_qat(args, cfg, ds, work)
     fs = FloatStudent.from_folder(DEFAULT / "student")
     float_bytes = 4 * sum(L.w_x.size + L.w_h.size for L in fs.quant_layers())
     result = {"task": ds.name, "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
@@ -131,12 +141,64 @@ def main() -> None:
         result["boards"][env] = runs
         print(env, json.dumps(runs), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    _write(args, result)
+    print(markdown(result))
+
+
+def add_qat(args, cfg, ds, work: Path) -> None:
+    """One more QAT row from the default's float student (int8: do the extra epochs themselves,
+    with fake-quantization that changes next to nothing, explain the QAT rows' gains?)."""
+    result = json.loads(args.out.read_text())
+    run_dir = work / f"{args.add_qat}-qat"
+    shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+    quant = dataclasses.replace(cfg.quant, weights=args.add_qat, qat_epochs=args.qat_epochs,
+                                qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
+    model = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds, args.knowledge)
+    int8 = result["variants"][f"{args.add_qat} PTQ"]
+    row = {"weights": args.add_qat, **accuracies(model, ds), "gate_bytes": gate_bytes(model),
+           "weight_bytes": model.weight_bytes(), "qat_best_epoch": model.meta["qat"]["best_epoch"],
+           "command": f"python bench/low_bit.py --add-qat {args.add_qat} --qat-epochs {args.qat_epochs}"}
+    row["gate_smaller_than_float"] = result["float"]["gate_bytes"] / row["gate_bytes"]
+    row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
+    row["gate_bytes_vs_int8"] = row["gate_bytes"] / int8["gate_bytes"]
+    row["weight_bytes_vs_int8"] = row["weight_bytes"] / int8["weight_bytes"]
+    result["variants"][f"{args.add_qat} QAT"] = row
+    print(json.dumps(row), flush=True)
+    _write(args, result)
+
+
+def _write(args, result: dict) -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     if args.out == DEFAULT_OUT:
         from results_md import replace_section  # bench/results_md.py
-        replace_section(HEADING, f"{HEADING}\n\n`{command}`\n\n{markdown(result)}")
-    print(markdown(result))
+        replace_section(HEADING, f"{HEADING}\n\n`{result['command']}`\n\n{markdown(result)}")
+
+
+def wide(args, cfg, ds, work: Path) -> None:
+    """At the same flash an int4 student can be wider: distill one (the default's schedule and
+    knowledge, only student.hidden changed), quantize it to int4 post-training and with QAT, and
+    add its accuracies to the results."""
+    from tinyseek.distill import distill
+    result = json.loads(args.out.read_text())
+    H = args.wide_hidden
+    wcfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, hidden=H))
+    run_dir = work / f"int4-h{H}"
+    t0 = time.time()
+    distill(ds, args.knowledge, wcfg, run_dir)
+    fs = FloatStudent.from_folder(run_dir / "student")
+    quant = dataclasses.replace(cfg.quant, weights="int4", qat_epochs=args.qat_epochs,
+                                qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
+    qat = quantize_run(dataclasses.replace(wcfg, quant=quant), run_dir, ds, args.knowledge)
+    ptq = QuantModel.load(run_dir / "int8_ptq")
+    result["wide"] = {"hidden": H, "command": f"python bench/low_bit.py --wide-hidden {H} --qat-epochs {args.qat_epochs}",
+                      "seconds": time.time() - t0,
+                      "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
+                                "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y)},
+                      "int4 PTQ": {**accuracies(ptq, ds), "gate_bytes": gate_bytes(ptq), "weight_bytes": ptq.weight_bytes()},
+                      "int4 QAT": {**accuracies(qat, ds), "gate_bytes": gate_bytes(qat), "weight_bytes": qat.weight_bytes()}}
+    print(json.dumps(result["wide"]), flush=True)
+    _write(args, result)
 
 
 def _pct(x: float) -> str:
@@ -155,6 +217,11 @@ def markdown(r: dict) -> str:
                      f"{v['loss_vs_float_test_points']:.2f} | {v['gate_bytes']:,} B | {v['gate_smaller_than_float']:.1f}x | "
                      f"{v['weight_bytes']:,} B | {_pct(v['weight_bytes_vs_int8'])} |")
     int8 = r["variants"]["int8 PTQ"]
+    if "int8 QAT" in r["variants"]:
+        lines += ["", f"int8 QAT (`{r['variants']['int8 QAT']['command']}`) is the control: the same extra epochs from the "
+                      "same float student, with a fake-quantization that changes next to nothing. What the int4 and "
+                      "binary QAT rows gain beyond it is the quantization-aware training's; what it gains itself is "
+                      "the extra training's."]
     for width, plan in r["plan"].items():
         best = r["variants"].get(f"{width} QAT") or r["variants"][f"{width} PTQ"]
         label = f"{width} QAT" if f"{width} QAT" in r["variants"] else f"{width} PTQ"
@@ -164,6 +231,19 @@ def markdown(r: dict) -> str:
                       f"the test ({100 * (int8['test_accuracy'] - best['test_accuracy']):.2f} below int8); all weights and "
                       f"tables {_pct(best['weight_bytes_vs_int8'])} of int8's (the int8 embedding, "
                       f"{r['embedding_bytes']:,} B, is the largest array)"]
+    if "wide" in r:
+        w, i8 = r["wide"], r["variants"]["int8 PTQ"]
+        lines += ["", f"Twice as wide at the same flash? An int4 student of hidden {w['hidden']} (`{w['command']}`: "
+                      "the default's schedule and knowledge, only the width changed) stores its gate matrices in "
+                      f"{w['int4 QAT']['gate_bytes']:,} B, the int8 default in {i8['gate_bytes']:,} B:", "",
+                  "| student | test | validation | gate matrices | all weights + tables |", "|---|---|---|---|---|",
+                  f"| hidden 64, int8 (the default) | {_pct(i8['test_accuracy'])} | {_pct(i8['val_accuracy'])} | "
+                  f"{i8['gate_bytes']:,} B | {i8['weight_bytes']:,} B |",
+                  f"| hidden {w['hidden']}, float | {_pct(w['float']['test_accuracy'])} | {_pct(w['float']['val_accuracy'])} | | |"]
+        for label in ("int4 PTQ", "int4 QAT"):
+            v = w[label]
+            lines.append(f"| hidden {w['hidden']}, {label} | {_pct(v['test_accuracy'])} | {_pct(v['val_accuracy'])} | "
+                         f"{v['gate_bytes']:,} B | {v['weight_bytes']:,} B |")
     for env, runs in r["boards"].items():
         lines += ["", f"{env} ({next(iter(runs.values()))['samples']} test texts, token ids sent; QEMU instructions, "
                       "not cycles; every run bit-exact against the integer reference):", "",
