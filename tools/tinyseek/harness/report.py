@@ -107,6 +107,7 @@ def _accuracy_table(report: dict) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     s = report["student"]
+    width = (report.get("quantization") or {}).get("weights", "int8")
     lines = [
         f"# tinyseek report: {report['model']['name']}",
         "",
@@ -116,16 +117,14 @@ def render_markdown(report: dict) -> str:
         *_accuracy_table(report),
         "",
         *[f"**WARNING: {w}.**\n" for w in report.get("warnings", [])],
-        f"- retention (int8 accuracy / teacher accuracy): {_pct(report['retention'])}",
-        f"- int8 and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
+        f"- retention ({width} accuracy / teacher accuracy): {_pct(report['retention'])}",
+        f"- {width} and float student agree on {_pct(report['agreement_int8_float'])} of the test samples",
         *([f"- {report['task']['test_samples'] - report['task']['test_labeled']:,} test samples have no label: "
            f"the accuracies count the {report['task']['test_labeled']:,} labeled ones; the int8 student agrees with the "
            f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
-        f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of "
-        f"{(report.get('quantization') or {}).get('weights', 'int8')} weights and tables"
-        + (" (LSTM gate matrices; embedding and head int8)" if report.get("quantization", {}).get("weights", "int8")
-           != "int8" else ""),
+        f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of {width} weights and tables"
+        + (" (LSTM gate matrices; embedding and head int8)" if width != "int8" else ""),
         *([_extraction_line(report["teacher"]["extraction"])] if "extraction" in report["teacher"] else []),
     ]
     if "tflm" in report:
