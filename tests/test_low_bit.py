@@ -219,3 +219,11 @@ def test_report_shows_float_post_training_and_qat_rows():
     assert "| student, int4 quantization-aware, 3 epochs (integer reference) | 76.00 % | 60.00 % |" in text
     del report["quantization"]["post_training"]
     assert "| student, int4 (integer reference) | 76.00 % | 60.00 % |" in render_markdown(report)
+
+
+def test_search_refuses_low_bit_widths_naming_the_way_out():
+    from test_search import toy_dataset
+
+    from tinyseek.distill.search import SearchError, plan_search
+    with pytest.raises(SearchError, match="prices students with int8 weights only"):
+        plan_search(toy_dataset(), from_dict({"quant": {"weights": "int4"}}))

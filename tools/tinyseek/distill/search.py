@@ -422,7 +422,7 @@ def train_and_score(dataset, knowledge_path: Path, cfg, folder: Path, key: str, 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            qm = quantize_run(cfg, folder, dataset)
+            qm = quantize_run(cfg, folder, dataset, knowledge_path if cfg.quant.qat_epochs else None)
         details["warnings"] = [str(w.message) for w in caught]
     except (QuantRangeError, QuantError) as e:
         out = Outcome(None, f"quantization failed: {e}", details)
@@ -496,6 +496,11 @@ class Plan:
 def plan_search(dataset, cfg) -> Plan:
     """Price every grid shape of cfg.search on its board; SearchError when none fits."""
     s = cfg.search
+    if cfg.quant.weights != "int8":
+        raise SearchError(f"quant.weights = {cfg.quant.weights!r}: the search prices students with int8 weights only "
+                          "(its flash model and its latency model, fitted by bench/kernel_cost.py, are int8's); search "
+                          "with quant.weights = int8, then quantize the chosen student to the narrower width "
+                          "(bench/low_bit.py compares widths at the same flash)")
     board = load_profile(s.board)
     kc = load_kernel_cost(s.board)
     budget = make_budget(board, s.flash_kb, s.ram_kb, s.latency_ms)
