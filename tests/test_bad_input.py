@@ -41,6 +41,19 @@ def _model():
 
 # -- the cases: each returns what the user sees ----------------------------------------------
 
+def low_bit_model_mispacked(tmp_path, capsys):
+    """An int4 model folder whose packed matrix has the byte count of int8 rows."""
+    from safetensors.numpy import load_file, save_file
+
+    from tinyseek.quant.model import ModelFileError, QuantModel
+    m = random_model(5, hidden=4, input_size=6, width="int4", name="bad")
+    m.save(tmp_path / "m")
+    arrays = load_file(str(tmp_path / "m" / "params.safetensors"))
+    arrays["lstm0.w_x"] = np.zeros((16, 6), np.uint8)
+    save_file(arrays, str(tmp_path / "m" / "params.safetensors"), metadata={"format": "1"})
+    return _error(lambda: QuantModel.load(tmp_path / "m"), ModelFileError)
+
+
 def codegen_over_your_file(tmp_path, capsys):
     lib = tmp_path / "bad"
     lib.mkdir()
@@ -250,6 +263,8 @@ CASES = {
     "`--set models_dir=/an/absolute/folder` outside the project": absolute_models_dir,
     "a truncated `model.safetensors` in a teacher folder": truncated_safetensors,
     "`--set teacher.batch_size=0`": _config_error("teacher.batch_size", 0),
+    "`--set quant.weights=int2`": _config_error("quant.weights", "int2"),
+    "an int4 model file whose packed matrix has the wrong byte count": low_bit_model_mispacked,
     "`--set teacher.max_tokens=0`": _config_error("teacher.max_tokens", 0),
     "`--set teacher.hidden_size=36` (4 heads: a head size of 9)": _config_error("teacher.hidden_size", 36),
     "an NPZ whose header declares an absurd shape": absurd_npz_header,
