@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    kind: str = "intents"  # intents | jsonl | npz
+    kind: str = "intents"  # intents | jsonl | npz | audio (docs/audio.md)
     train: str = ""  # jsonl/npz: training file
     test: str = ""  # jsonl/npz: test file (empty: hold out test_fraction of train)
     val: str = ""  # jsonl/npz: validation file, e.g. a benchmark's official split (empty: hold out val_fraction)
@@ -34,6 +34,10 @@ class TaskConfig:
     # stratified random samples, which overrates held-out accuracy when samples come in families.
     group: str = ""
     seed: int = 0
+    # audio: clips are cut or zero-padded to this length; the built-in spoken commands (task.train
+    # empty) speak clips_per_intent of the intents task's utterances per intent and language.
+    clip_seconds: float = 3.0
+    clips_per_intent: int = 40
 
 
 @dataclass
@@ -309,7 +313,10 @@ def validate(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(msg)
-    need(cfg.task.kind in ("intents", "jsonl", "npz"), f"task.kind must be intents, jsonl or npz, not {cfg.task.kind!r}")
+    need(cfg.task.kind in ("intents", "jsonl", "npz", "audio"),
+         f"task.kind must be intents, jsonl, npz or audio, not {cfg.task.kind!r}")
+    need(0.1 <= cfg.task.clip_seconds <= 60, f"task.clip_seconds must be in [0.1, 60], not {cfg.task.clip_seconds}")
+    need(cfg.task.clips_per_intent >= 3, f"task.clips_per_intent must be at least 3, not {cfg.task.clips_per_intent}")
     need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")

@@ -108,7 +108,7 @@ class Run:
         """The task's data as configured (what the teacher adapts on)."""
         if self._task_dataset is None:
             from .data import load_task
-            self._task_dataset = self._check_test_split(load_task(self.cfg.task))
+            self._task_dataset = self._check_test_split(load_task(self.cfg.task, cache_dir=self.dir))
         return self._task_dataset
 
     @property

@@ -7,8 +7,9 @@ from .dataset import DataError, Dataset, Split
 __all__ = ["DataError", "Dataset", "Split", "load_task"]
 
 
-def load_task(cfg: TaskConfig) -> Dataset:
-    """The Dataset a task configuration describes; raises DataError on bad data."""
+def load_task(cfg: TaskConfig, cache_dir=None) -> Dataset:
+    """The Dataset a task configuration describes; raises DataError on bad data. cache_dir:
+    where an audio task keeps its synthesised clips (None: made again each time)."""
     if cfg.kind == "intents":
         from .intents import generate
         return generate(cfg.languages, cfg.samples_per_intent, cfg.val_fraction, cfg.seed)
@@ -18,4 +19,8 @@ def load_task(cfg: TaskConfig) -> Dataset:
     if cfg.kind == "npz":
         from .byo import load_npz
         return load_npz(cfg)
-    raise DataError(f"task.kind must be intents, jsonl or npz, not {cfg.kind!r}")
+    if cfg.kind == "audio":
+        from ..audio.data import feature_dataset, load_audio
+        labels, splits = load_audio(cfg, cache_dir)
+        return feature_dataset(labels, splits, split_by="samples" if cfg.train else "voices")
+    raise DataError(f"task.kind must be intents, jsonl, npz or audio, not {cfg.kind!r}")
