@@ -317,7 +317,8 @@ def validate(cfg: Config) -> None:
          f"task.kind must be intents, jsonl, npz or audio, not {cfg.task.kind!r}")
     need(0.1 <= cfg.task.clip_seconds <= 60, f"task.clip_seconds must be in [0.1, 60], not {cfg.task.clip_seconds}")
     need(cfg.task.clips_per_intent >= 3, f"task.clips_per_intent must be at least 3, not {cfg.task.clips_per_intent}")
-    need(cfg.task.kind == "intents" or bool(cfg.task.train), f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
+    need(cfg.task.kind in ("intents", "audio") or bool(cfg.task.train),
+         f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")
     need(0.0 <= cfg.task.test_fraction < 1.0 and 0.0 <= cfg.task.val_fraction < 1.0, "task fractions must be in [0, 1)")
     need(set(cfg.task.languages) <= {"en", "zh"} and cfg.task.languages != [], "task.languages: choose from en, zh")
     need(bool(_RUN_NAME.fullmatch(cfg.run)) and cfg.run not in (".", ".."),
@@ -357,7 +358,7 @@ def validate(cfg: Config) -> None:
          "teacher.lora_rank must be >= 1, teacher.lora_alpha > 0 and teacher.lora_targets not empty")
     need(cfg.teacher.labels in ("head", "zero-shot") and cfg.teacher.verbalizer_score in ("mean", "sum"),
          "teacher.labels must be head or zero-shot, teacher.verbalizer_score mean or sum")
-    need(cfg.teacher.labels == "head" or ("{text}" in cfg.teacher.prompt and cfg.task.kind != "npz"),
+    need(cfg.teacher.labels == "head" or ("{text}" in cfg.teacher.prompt and cfg.task.kind not in ("npz", "audio")),
          "teacher.labels = \"zero-shot\" needs a text task and a teacher.prompt with a {text} placeholder")
     need(isinstance(cfg.teacher.verbalizers, dict) and all(
         isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(w, str) for w in v))

@@ -92,7 +92,8 @@ def source_hash(student_dir: str | Path) -> str:
 
 
 def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | None = None,
-             saturation_warn: float = SATURATION_WARN, weights: str = "int8") -> QuantModel:
+             saturation_warn: float = SATURATION_WARN, weights: str = "int8",
+             input_scale: float | None = None) -> QuantModel:
     """Quantize the float student in `student_dir` (student.safetensors + student.json).
 
     calib_inputs: token-id lists (text students) or float features [N, T, F] / a list of
@@ -101,14 +102,17 @@ def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | N
     (a value the integer spec cannot represent); warns with SaturationWarning when more than
     `saturation_warn` of a layer's gate pre-activations saturate. `weights` is the width of the
     LSTM gate matrices (int8, int4 or binary); the embedding and the head stay int8.
+    `input_scale` (sequence students) fixes s_x instead of max|x| / 127: for inputs that are
+    int8 already times a known scale (the audio front end's frames times 1/64), so the device
+    feeds them unchanged.
     """
     student = FloatStudent.from_folder(student_dir)
     return _quantize(student, calib_inputs, name=name, meta=meta, source=source_hash(student_dir),
-                     saturation_warn=saturation_warn, weights=weights)
+                     saturation_warn=saturation_warn, weights=weights, input_scale=input_scale)
 
 
 def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, source: str,
-              saturation_warn: float, weights: str = "int8") -> QuantModel:
+              saturation_warn: float, weights: str = "int8", input_scale: float | None = None) -> QuantModel:
     if weights not in WEIGHT_WIDTHS:
         raise QuantError(f"quant.weights = {weights!r}: choose one of {', '.join(WEIGHT_WIDTHS)}")
     stats = fs.calibrate(calib_inputs)
@@ -122,6 +126,10 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
             raise QuantError("tensor 'embed.weight' is all zeros: the student never trained; re-run `tinyseek distill`")
         s_x = emax / 127.0
         embedding = np.clip(np.round(table / s_x), -127, 127).astype(np.int8)
+    elif input_scale is not None:
+        if not input_scale > 0:
+            raise QuantError(f"input_scale must be > 0, got {input_scale}")
+        s_x = float(input_scale)
     else:
         if stats.input_max_abs == 0.0:
             raise QuantError(f"the {stats.samples} calibration sequences are all zeros or empty, so the input scale "

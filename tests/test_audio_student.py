@@ -1,0 +1,43 @@
+"""The audio student: a TinyLSTM over the front end's frames, quantized with the input scale
+fixed at the front end's, so the int8 model takes the C front end's output unchanged."""
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tinyseek.audio.data import FEATURE_SCALE, feature_dataset
+from tinyseek.audio.frontend import features
+from tinyseek.audio.synth import SpokenSplit
+from tinyseek.config import load
+from tinyseek.distill.train import train_student
+from tinyseek.quant.quantize import QuantError, quantize
+from tinyseek.quant.reference import infer_sequences, quantize_inputs
+from tinyseek.student.tinylstm import save_student
+
+
+def _tones(n, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    t = np.arange(8000) / 16000
+    audio = np.stack([np.round(rng.uniform(2000, 12000) * np.sin(2 * np.pi * (400 if c else 2500) * t)
+                               + rng.normal(0, 200, len(t))).astype(np.int16) for c in y])
+    return SpokenSplit(audio, y.astype(np.int64), ["low" if c else "high" for c in y], ["tone"] * n)
+
+
+def test_int8_audio_student_reads_the_front_end_output_unchanged(tmp_path, one_torch_thread):
+    splits = {"train": _tones(16, 0), "val": _tones(6, 1), "test": _tones(6, 2)}
+    ds = feature_dataset(["high", "low"], splits)
+    knowledge = tmp_path / "knowledge.safetensors"  # soft labels of a teacher that is sure and right
+    save_file({f"{s}.logits": np.where(np.eye(2)[getattr(ds, s).y] > 0, 4.0, -4.0).astype(np.float32)
+               for s in ("train", "val", "test")}, str(knowledge))
+    cfg = load(overrides={"student.hidden": 8, "distill.epochs": 3, "distill.noise_copies": 0,
+                          "distill.schedule": "joint", "distill.beta": 0.0})
+    result = train_student(ds, knowledge, cfg, progress=False)
+    folder = save_student(result.model, result.spec, tmp_path / "student")
+    qm = quantize(folder, ds.train.x, name="tones", input_scale=FEATURE_SCALE)
+    assert qm.input_scale == FEATURE_SCALE
+    for s, split in splits.items():
+        frames = np.stack([features(a) for a in split.audio])
+        assert np.array_equal(quantize_inputs(qm, getattr(ds, s).x), frames)
+    assert infer_sequences(qm, frames).shape == (6, 2)
+    with pytest.raises(QuantError, match="input_scale must be > 0"):
+        quantize(folder, ds.train.x, name="tones", input_scale=0.0)
