@@ -1,22 +1,21 @@
 """The fixed-point audio front end: the numpy integer reference against float arithmetic and
 against its own streaming form, and the C rendered from templates/audio/ bit for bit against
 the reference, on the host (gcc with UBSan and ASan) and on the emulated Arm boards."""
-import json
-import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tinyseek.audio import mcu
 from tinyseek.audio.codegen import render_frontend
+from tinyseek.audio.mcu import ARM_BOARDS
 from tinyseek.audio.frontend import (FrontendConfig, FrontendError, StreamingFrontend, features,
                                      float_features)
 from tinyseek.codegen.render import GENERATED_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVERS = ROOT / "tests" / "audio"
-PLATFORM = ROOT / "firmware" / "platform" / "tinyseek-qemu"
 SR = 16000
 CONFIGS = [FrontendConfig(),
            FrontendConfig(window=400, hop=160, fft=512, channels=32, fmin=60, fmax=8000, log_offset=80),
@@ -120,34 +119,14 @@ def test_host_c_is_bit_exact(cfg, tmp_path, need_tools):
         assert np.array_equal(got, features(x, cfg)), name
 
 
-ARM_BOARDS = {"qemu_m4": "qemu_mps2_an386", "qemu_m7": "qemu_mps2_an500", "qemu_m55": "qemu_mps3_an547"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("env", sorted(ARM_BOARDS))
 def test_c_is_bit_exact_on_the_emulated_arm_boards(env, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
                 "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"})
-    board = json.loads((PLATFORM / "boards" / f"{ARM_BOARDS[env]}.json").read_text())["build"]
     sig = _signals()
     x = np.concatenate([sig[k][:8 * 320] for k in ("silence", "sine 1 kHz full scale", "clipped (4x full scale)",
                                                     "white noise full scale", "chirp", "white noise quiet")])
-    render_frontend(FrontendConfig(), tmp_path)
-    (tmp_path / "frontend_input.h").write_text(
-        "#include <stdint.h>\n"
-        f"#define NUM_SAMPLES {len(x)}u\n#define UART_BASE {board['uart_base']}u\n"
-        f"static const int16_t samples[NUM_SAMPLES] = {{{','.join(map(str, x.tolist()))}}};\n")
-    elf = tmp_path / "fe.elf"
-    subprocess.run(["arm-none-eabi-gcc", *board["cpu_flags"], "--specs=nano.specs", "--specs=nosys.specs",
-                    "-nostartfiles", "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
-                    "-fdata-sections", "-Wl,--gc-sections", f"-L{PLATFORM / 'ldscripts'}", "-T", board["ldscript"],
-                    "-I", str(tmp_path), str(tmp_path / "audio_frontend.c"), str(DRIVERS / "frontend_mcu.c"),
-                    "-o", str(elf)], check=True, capture_output=True, text=True)
-    proc = subprocess.run(["qemu-system-arm", "-M", board["qemu_machine"], "-nographic", "-monitor", "none",
-                           "-serial", "stdio", "-semihosting-config", "enable=on,target=native",
-                           "-icount", "shift=0,align=off,sleep=off", "-kernel", str(elf)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [[int(v) for v in m.group(1).split()] for m in re.finditer(r"^f (.*?)\s*$", proc.stdout, re.M)]
-    got = np.array([r[1:] for r in rows], np.int8)
+    got, ticks = mcu.run(env, mcu.build(env, x, tmp_path))
+    assert len(ticks) == 48 and min(ticks) > 0
     assert np.array_equal(got, features(x, FrontendConfig()))
