@@ -144,8 +144,8 @@ sees text; {args.epochs} epochs, seed {args.seed}, best epoch on validation.
 
 {reading}
 
-`python bench/voice.py --teacher models/intents/teacher` (one thread); results in
-bench/results/voice.json.
+`python bench/voice.py --teacher models/intents/teacher --clips-per-intent {args.clips_per_intent} --epochs {args.epochs}`
+(one thread); results in bench/results/voice.json.
 """)
 
 
