@@ -123,7 +123,7 @@ def main() -> None:
     c = out["clips"]
     chance = 1 / len(labels)
     best = max(r["test_int8"] for r in out["students"].values())
-    reading = (f"Both students are about at chance (1 in {len(labels)} = {pct(chance)}): {c['train']} training clips are too "
+    reading = (f"Both students stay near chance (1 in {len(labels)} = {pct(chance)}): {c['train']} training clips are too "
                "few for a from-scratch student to learn the commands from voices it never heard, so this set cannot "
                "yet tell hard labels from cross-modal distillation; a bigger spoken set is the next step."
                if best < 2 * chance else "")
