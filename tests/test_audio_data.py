@@ -81,8 +81,11 @@ def test_manifest_with_transcripts_and_its_errors(tmp_path):
     m.write_text(m.read_text() + json.dumps({"audio": "a/missing.wav", "label": "go"}) + "\n")
     with pytest.raises(DataError, match="line 9: audio file .*missing.wav does not exist"):
         load_audio(TaskConfig(kind="audio", train=str(m)))
+    _wav(tmp_path / "a" / "1.wav", np.clip(_tone(4000).astype(np.int64) * 8, -32768, 32767))
+    m.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.warns(UserWarning, match="line 2: .* samples are at full scale"):
+        load_audio(TaskConfig(kind="audio", train=str(m), clip_seconds=0.3, test_fraction=0.0, val_fraction=0.0))
     _wav(tmp_path / "a" / "0.wav", np.zeros(4000))
-    m.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(DataError, match="line 1: the clip is silent"):
         load_audio(TaskConfig(kind="audio", train=str(m)))
 

@@ -9,6 +9,7 @@ zero-padded to `task.clip_seconds`; the student's input is the front end's int8 
 from __future__ import annotations
 
 import json
+import warnings
 import wave
 from pathlib import Path
 
@@ -49,10 +50,18 @@ def read_wav(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, "<i2").astype(np.int16)
 
 
+CLIPPED_SHARE = 0.01  # a clip with more of its samples at full scale is reported as clipped
+
+
 def fit_clip(samples: np.ndarray, clip_samples: int, where: str) -> np.ndarray:
-    """Cut or zero-pad to the clip length; a silent clip (all zeros) is refused."""
+    """Cut or zero-pad to the clip length; a silent clip (all zeros) is refused, a clipped one
+    (over 1 % of its samples at full scale) is kept with a warning naming it."""
     if not np.any(samples):
         raise DataError(f"{where}: the clip is silent (all samples 0): nothing to learn from; remove it")
+    full = np.count_nonzero((samples == 32767) | (samples == -32768))
+    if full > CLIPPED_SHARE * len(samples):
+        warnings.warn(f"{where}: {full} of {len(samples)} samples are at full scale (clipped); kept as it is, "
+                      "record it again at a lower gain if you can", stacklevel=2)
     out = np.zeros(clip_samples, np.int16)
     out[:min(len(samples), clip_samples)] = samples[:clip_samples]
     return out
