@@ -9,7 +9,7 @@ from tinyseek.audio.frontend import features
 from tinyseek.audio.synth import SpokenSplit
 from tinyseek.config import load
 from tinyseek.distill.train import train_student
-from tinyseek.quant.quantize import QuantError, quantize
+from tinyseek.quant.quantize import QuantError, quantize, quantize_run
 from tinyseek.quant.reference import infer_sequences, quantize_inputs
 from tinyseek.student.tinylstm import save_student
 
@@ -39,5 +39,8 @@ def test_int8_audio_student_reads_the_front_end_output_unchanged(tmp_path, one_t
         frames = np.stack([features(a) for a in split.audio])
         assert np.array_equal(quantize_inputs(qm, getattr(ds, s).x), frames)
     assert infer_sequences(qm, frames).shape == (6, 2)
+    save_student(result.model, result.spec, tmp_path / "run" / "student")  # the quantize stage of an audio task
+    staged = quantize_run(load(overrides={"task.kind": "audio"}), tmp_path / "run", ds)
+    assert staged.input_scale == FEATURE_SCALE
     with pytest.raises(QuantError, match="input_scale must be > 0"):
         quantize(folder, ds.train.x, name="tones", input_scale=0.0)

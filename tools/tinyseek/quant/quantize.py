@@ -235,8 +235,14 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         if split.x is None:
             raise QuantError(f"the training split of '{dataset.name}' has no features x to calibrate on")
         calib = split.x[idx]
+    # An audio task's inputs are the front end's int8 frames times FEATURE_SCALE: that scale
+    # exactly, so the device feeds the frames unchanged.
+    input_scale = None
+    if cfg.task.kind == "audio":
+        from ..audio.data import FEATURE_SCALE
+        input_scale = FEATURE_SCALE
     model = _quantize(fs, calib, name=cfg.model_name, meta={"task": dataset.name}, source=source_hash(student_dir),
-                      saturation_warn=SATURATION_WARN, weights=cfg.quant.weights)
+                      saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale)
     ptq_dir, qat_dir = run_dir / "int8_ptq", run_dir / "student_qat"
     if cfg.quant.qat_epochs:
         if knowledge is None:
@@ -251,7 +257,7 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         qat = {"epochs": cfg.quant.qat_epochs, "lr": cfg.quant.qat_lr, "best_epoch": result.summary["best_epoch"]}
         model = _quantize(FloatStudent.from_folder(qat_dir), calib, name=cfg.model_name,
                           meta={"task": dataset.name, "qat": qat}, source=source_hash(qat_dir),
-                          saturation_warn=SATURATION_WARN, weights=cfg.quant.weights)
+                          saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale)
     else:
         for stale in (ptq_dir, qat_dir):
             if stale.is_dir():
