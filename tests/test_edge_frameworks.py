@@ -4,6 +4,7 @@ TinyBert (random weights: these are float and quantized frameworks, so the check
 tolerances, not the bit-exact integer C path's equality)."""
 import json
 import platform
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -114,6 +115,28 @@ def test_mnn_runs_the_converted_graph_like_onnxruntime(student, tmp_path):
     assert q.stat().st_size < 0.6 * (tmp_path / "float.mnn").stat().st_size
     got8 = fw.run_all(mnn.Runner(q, NAMES), ids, mask)
     assert 0 < np.abs(got8 - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_mnn_runs_beside_tensorflow(student, tmp_path):
+    """MNN aborts the interpreter when it loads into a process that holds TensorFlow: the
+    converter and the runtime live in a worker process, so `tinyseek edge` can use both."""
+    _, path, ids, mask = student
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    script = f"""
+import numpy as np, tensorflow
+from tinyseek.export import mnn
+from tinyseek.distill.edge_frameworks import latency
+from pathlib import Path
+runner = mnn.Runner(mnn.convert(Path({str(path)!r}), Path({str(tmp_path / "m.mnn")!r})), {NAMES!r})
+ids, mask = np.load({str(tmp_path / "ids.npy")!r}), np.load({str(tmp_path / "mask.npy")!r})
+np.save({str(tmp_path / "got.npy")!r}, np.stack([runner(ids[n:n + 1], mask[n:n + 1]) for n in range(len(ids))]))
+print(latency(runner, ids, mask, 3, 1))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'samples': 3" in done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"), _ort(path, ids, mask), atol=1e-4)
 
 
 def test_mnn_names_the_operator_it_cannot_convert(student, tmp_path):
