@@ -204,6 +204,24 @@ def gguf_garbage(tmp_path, capsys):
     return _error(lambda: load_teacher(path), TeacherError)
 
 
+def truncated_update_package(tmp_path, capsys):
+    (tmp_path / "pkg.bin").write_bytes(b"TSUP" + bytes(96))
+    code, seen = _cli(capsys, "update", "push", "--package", str(tmp_path / "pkg.bin"), "--to", "intents")
+    assert code == 2
+    return seen
+
+
+def wav_at_8khz(tmp_path, capsys):
+    import wave
+    from tinyseek.audio.data import read_wav
+    with wave.open(str(tmp_path / "clip.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(800, np.int16).tobytes())
+    return _error(lambda: read_wav(tmp_path / "clip.wav"), DataError)
+
+
 def ctrl_c(tmp_path, capsys):
     def interrupted(run):
         raise KeyboardInterrupt
@@ -272,6 +290,8 @@ CASES = {
     "a JSONL file whose first line is malformed": jsonl_line1_malformed,
     "a JSONL file with a line over 1 MiB": jsonl_long_line,
     "a GGUF file with a valid magic and garbage after it": gguf_garbage,
+    "`update push` with a truncated package file": truncated_update_package,
+    "an audio clip recorded at 8 kHz (or in stereo, or 8-bit)": wav_at_8khz,
     "Ctrl-C during a stage": ctrl_c,
     "`bench --limit -85`": bench_negative_limit,
     "`bench --env qemu_m4 --port /dev/ttyUSB0`": bench_emulated_port,

@@ -257,7 +257,8 @@ def make_package(from_model, to_model, key: bytes, *, version: int, kernel: str 
 
 def read_header(package: bytes) -> Header:
     if len(package) < HEADER_BYTES:
-        raise PackageError(f"package of {len(package)} bytes is truncated: the header alone is {HEADER_BYTES}")
+        raise PackageError(f"package of {len(package)} bytes is truncated: the header alone is {HEADER_BYTES}; "
+                           "copy it again, or make it anew with `tinyseek update make`")
     (magic, fmt, hsize, flags, layout_id, mhash, version, image_bytes, body_bytes, mult, base_sha, result_sha,
      kernel, vocab, inp, hidden, layers, classes, _res, tag) = HEADER.unpack_from(package)
     if magic != MAGIC:
