@@ -9,10 +9,11 @@ import pytest
 @pytest.fixture(scope="session")
 def need_tools():
     """need_tools({program: install command}) fails (under CI) or skips naming what is missing,
-    PlatformIO included, with the command that installs it."""
-    def check(tools: dict[str, str]) -> None:
+    with the command that installs it; PlatformIO too unless pio=False (tests that call the
+    compilers directly)."""
+    def check(tools: dict[str, str], pio: bool = True) -> None:
         missing = [f"{tool} (install: {cmd})" for tool, cmd in tools.items() if shutil.which(tool) is None]
-        if not Path(sys.executable).with_name("pio").is_file() and shutil.which("pio") is None:
+        if pio and not Path(sys.executable).with_name("pio").is_file() and shutil.which("pio") is None:
             missing.append("pio (install: .venv/bin/pip install platformio scons)")
         if missing:
             msg = "missing: " + "; ".join(missing)

@@ -42,7 +42,7 @@ def test_wrong_wav_formats_name_the_sox_fix(tmp_path, kw, words):
 
 
 def test_float_wav_and_non_wav_are_refused(tmp_path, need_tools):
-    need_tools({"sox": SYNTH["sox"]})
+    need_tools({"sox": SYNTH["sox"]}, pio=False)
     f = tmp_path / "float.wav"
     subprocess.run(["sox", "-n", "-r", "16000", "-e", "floating-point", "-b", "32", str(f), "synth", "0.1", "sine",
                     "440"], check=True)
@@ -91,7 +91,7 @@ def test_manifest_with_transcripts_and_its_errors(tmp_path):
 
 
 def test_spoken_commands_hold_out_voices_and_repeat_byte_for_byte(tmp_path, need_tools):
-    need_tools(SYNTH)
+    need_tools(SYNTH, pio=False)
     labels, splits = spoken_intents(tmp_path, ("en", "zh"), samples_per_intent=3, clip_seconds=2.0)
     assert len(labels) == 15 and {len(s.y) for s in splits.values()} == {30}  # one clip per intent, language, split
     heard = {name: set(s.voices) for name, s in splits.items()}

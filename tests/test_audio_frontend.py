@@ -106,7 +106,7 @@ def test_rendering_is_deterministic_and_stamped(tmp_path):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "25ms", "nohistory"])
 def test_host_c_is_bit_exact(cfg, tmp_path, need_tools):
-    need_tools({"gcc": "sudo apt-get install -y gcc"})
+    need_tools({"gcc": "sudo apt-get install -y gcc"}, pio=False)
     render_frontend(cfg, tmp_path)
     exe = tmp_path / "fe"
     subprocess.run(["gcc", "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wconversion",
@@ -123,7 +123,7 @@ def test_host_c_is_bit_exact(cfg, tmp_path, need_tools):
 @pytest.mark.parametrize("env", sorted(ARM_BOARDS))
 def test_c_is_bit_exact_on_the_emulated_arm_boards(env, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
-                "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"})
+                "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}, pio=False)
     sig = _signals()
     x = np.concatenate([sig[k][:8 * 320] for k in ("silence", "sine 1 kHz full scale", "clipped (4x full scale)",
                                                     "white noise full scale", "chirp", "white noise quiet")])

@@ -145,7 +145,7 @@ def test_int8_input_is_the_embedding_table_and_the_float_graph_is_exact(text_exp
 
 
 def test_c_array_compiles_and_holds_the_int8_tflite(text_export, need_tools, tmp_path):
-    need_tools({"g++": "sudo apt-get install -y g++ (or run tools/setup/system-packages.sh)"})
+    need_tools({"g++": "sudo apt-get install -y g++ (or run tools/setup/system-packages.sh)"}, pio=False)
     run, out = text_export
     m = json.loads((out / "metrics.json").read_text())
     header = (out / "tiny_model_tflite.h").read_text()

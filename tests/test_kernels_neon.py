@@ -38,7 +38,7 @@ def _driver(model, lib, work, variant):
 
 @pytest.mark.parametrize("variant", NEON)
 def test_default_model_is_bit_exact_after_every_step(variant, default_lib, tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model, lib, texts = default_lib
     result = _driver(model, lib, tmp_path, variant).run(texts + TEXTS, every_step=True)
     assert result.bitexact, result.first_mismatch
@@ -102,7 +102,7 @@ def _inputs(model, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", NEON)
 def test_random_models_are_bit_exact_after_every_step(variant, tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     rng = np.random.default_rng(8)
     for model in _models():
         inputs, ids = _inputs(model, rng)
@@ -116,7 +116,7 @@ def test_random_models_are_bit_exact_after_every_step(variant, tmp_path, need_to
 
 def test_a_tail_counted_twice_is_caught(tmp_path, need_tools):
     """The check can fail: tails that keep the bytes the full chunks already counted."""
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model = _models()[2]
     render(model, tmp_path / "lib")
     src = tmp_path / "lib" / f"{model.name}_kernels_neon.c"
@@ -134,7 +134,7 @@ def test_a_tail_counted_twice_is_caught(tmp_path, need_tools):
     (["-mcpu=cortex-a76"], "neon-dot"), (["-mcpu=cortex-a76", "-DTINYSEEK_KERNEL_PORTABLE"], "c"),
 ])
 def test_the_variant_follows_the_cores_features(flags, kernel, default_lib, tmp_path, need_tools):
-    need_tools({CC: TOOLS[CC]})
+    need_tools({CC: TOOLS[CC]}, pio=False)
     model, lib, _ = default_lib
     src = tmp_path / "probe.c"
     src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
@@ -145,7 +145,7 @@ def test_the_variant_follows_the_cores_features(flags, kernel, default_lib, tmp_
 
 def test_a_dot_product_build_traps_on_a_core_without_it(default_lib, tmp_path, need_tools):
     """Cortex-A53 (Armv8.0, Raspberry Pi 3) has no SDOT: the neon-dot build must not run there."""
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model, lib, texts = default_lib
     exe, data = tmp_path / "bench", tmp_path / "in.bin"
     build_bench(lib, "neon-dot", exe)
@@ -168,7 +168,7 @@ def _classify_lines(stdout):
 
 
 def test_the_runtime_classifies_texts_like_the_oracle(default_lib, tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model, lib, texts = default_lib
     _make(lib, tmp_path, "CFLAGS=-O2 -march=armv8.2-a+dotprod")
     assert (tmp_path / f"lib{model.name}.so").is_file()
@@ -187,7 +187,7 @@ def test_the_runtime_classifies_texts_like_the_oracle(default_lib, tmp_path, nee
 
 
 def test_the_runtime_classifies_a_feature_file(tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model = random_model(46, kind="sequence", hidden=[24], input_size=5, num_classes=4, name="rseq")
     render(model, tmp_path / "lib")
     _make(tmp_path / "lib", tmp_path / "build")  # the compiler's default: Armv8-A, "neon"
@@ -202,7 +202,7 @@ def test_the_runtime_classifies_a_feature_file(tmp_path, need_tools):
 
 
 def test_the_counter_counts_every_instruction_between_the_marks(tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     src = tmp_path / "nops.c"
     src.write_text("void tinyseek_bench_begin(void) __attribute__((noinline));\n"
                    "void tinyseek_bench_end(void) __attribute__((noinline));\n"
@@ -220,7 +220,7 @@ def test_the_counter_counts_every_instruction_between_the_marks(tmp_path, need_t
 
 
 def test_instruction_counts_of_the_three_variants(tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model = random_model(47, kind="text", hidden=[32], input_size=16, num_classes=5, vocab_size=200, max_len=40,
                          name="cnt")
     render(model, tmp_path / "lib")

@@ -30,7 +30,7 @@ def _driver(model, lib, work, variant="neon32"):
 
 
 def test_default_model_is_bit_exact_after_every_step(default_lib, tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model, lib, texts = default_lib
     result = _driver(model, lib, tmp_path).run(texts, every_step=True)
     assert result.bitexact, result.first_mismatch
@@ -39,7 +39,7 @@ def test_default_model_is_bit_exact_after_every_step(default_lib, tmp_path, need
 
 @pytest.mark.slow
 def test_random_models_are_bit_exact_after_every_step(tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     rng = np.random.default_rng(8)
     lengths = set()
     for model in _models():
@@ -55,7 +55,7 @@ def test_random_models_are_bit_exact_after_every_step(tmp_path, need_tools):
 
 def test_a_wrong_tail_is_caught(tmp_path, need_tools):
     """The check can fail: a kernel that drops the scalar ends of rows not a multiple of 8."""
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model = _models()[2]
     render(model, tmp_path / "lib")
     src = tmp_path / "lib" / f"{model.name}_kernels_neon32.c"
@@ -72,7 +72,7 @@ def test_a_wrong_tail_is_caught(tmp_path, need_tools):
     (["-march=armv7-a", "-mfpu=vfpv3-d16"], "c"), (["-march=armv7-a", "-mfpu=neon", "-DTINYSEEK_KERNEL_PORTABLE"], "c"),
 ])
 def test_the_variant_follows_the_cores_features(flags, kernel, default_lib, tmp_path, need_tools):
-    need_tools({CC: TOOLS[CC]})
+    need_tools({CC: TOOLS[CC]}, pio=False)
     model, lib, _ = default_lib
     src = tmp_path / "probe.c"
     src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
@@ -82,7 +82,7 @@ def test_the_variant_follows_the_cores_features(flags, kernel, default_lib, tmp_
 
 
 def test_the_runtime_builds_for_armhf_and_classifies_like_the_oracle(default_lib, tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model, lib, texts = default_lib
     subprocess.run(["make", "-s", "-C", str(ROOT / "runtime" / "linux"), f"MODEL_DIR={lib}", f"BUILD={tmp_path}",
                     f"CC={CC}", "CFLAGS=-O2 -mfpu=neon"], check=True, capture_output=True, text=True)
@@ -95,7 +95,7 @@ def test_the_runtime_builds_for_armhf_and_classifies_like_the_oracle(default_lib
 
 
 def test_instruction_counts_portable_and_neon32(tmp_path, need_tools):
-    need_tools(TOOLS)
+    need_tools(TOOLS, pio=False)
     model = random_model(47, kind="text", hidden=[32], input_size=16, num_classes=5, vocab_size=200, max_len=40,
                          name="cnt")
     render(model, tmp_path / "lib")
