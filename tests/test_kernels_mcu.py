@@ -134,3 +134,37 @@ def test_dsp_long_rows_take_the_exact_fallbacks(tmp_path, need_tools):
         render(model, tmp_path / model.name)
         out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
         assert out["logits"] == want.tolist(), model.name
+
+
+@pytest.mark.slow
+def test_dsp_assembly_layers_on_every_row_shape(tmp_path, need_tools):
+    """The assembly layers of the DSP kernel unroll and loop by row length: h walks down (tails,
+    an odd top group, pairs of groups, a loop from 16 groups on), x walks up (pairs below 16
+    groups, a loop from there). Layers whose rows cover every tail length and each of these
+    cases, all on the assembly path, stay bit-exact on the M4."""
+    need_tools(ARM)
+    from tinyseek.codegen.context import build_context, dsp_down_order
+
+    # hidden / input: 70 = 17 groups + 2 (loop and an odd group), 36 = 9 groups (pairs, odd),
+    # 9, 13, 45 (3 tails), 3 and 2 (tails only), 64 = 16 groups (a loop of two passes).
+    models = [random_model(50, kind="sequence", hidden=[70, 9, 36], input_size=5, num_classes=3, name="kra"),
+              random_model(51, kind="sequence", hidden=[3, 45, 13], input_size=47, num_classes=3, name="krb"),
+              random_model(52, kind="sequence", hidden=[64, 2, 31], input_size=32, num_classes=3, name="krc")]
+    lengths = set()
+    for model in models:
+        ctx = build_context(model, "test")
+        assert all(L["dsp"] and L["dsp"]["fast"] for L in ctx["layers"]), model.name
+        lengths |= {n for L in model.layers for n in (L.input_size, L.hidden)}
+    assert {n % 4 for n in lengths} == {0, 1, 2, 3}
+    assert {n // 4 >= 16 for n in lengths} == {True, False}
+    # The h order reads each group and tail column once.
+    assert sorted(dsp_down_order(70)) == sorted(list(range(17)) + [-1 - k for k in (68, 69)])
+    rng = np.random.default_rng(12)
+    for model in models:
+        xs = np.concatenate([random_sequences(model, rng, 3, 7), random_sequences(model, rng, 3, 7, extreme=True)])
+        want = infer_sequences(model, xs)
+        assert len({tuple(row) for row in want.tolist()}) > len(xs) // 2
+        render(model, tmp_path / model.name)
+        out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == "dsp"
+        assert out["logits"] == want.tolist(), model.name

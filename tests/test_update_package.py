@@ -34,8 +34,8 @@ def test_slot_image_follows_the_params_table(models):
     img = slot_image(old, "dsp")
     names = [f.name for f in img.fields]
     assert names[:3] == ["sigmoid_table", "tanh_table", "embedding"] and names[-4:] == ["head_w", "head_bias", "head_m", "head_n"]
-    # the DSP build reads the layer from its two blocks: the per-row arrays are NULL fields
-    assert [f.nbytes > 0 for f in img.fields[3:10]] == [True, True, False, False, False, False, False]
+    # the DSP build reads the layer from its one block array: w_h and the per-row arrays are NULL fields
+    assert [f.nbytes > 0 for f in img.fields[3:10]] == [True, False, False, False, False, False, False]
     emb = img.fields[2]
     assert img.data[emb.offset:emb.offset + emb.nbytes] == old.embedding.tobytes()
     assert all(f.offset % 4 == 0 for f in img.fields) and len(img.data) % 4 == 0

@@ -112,11 +112,13 @@ def requant_mode(w: np.ndarray, n: np.ndarray, extra: np.ndarray | int = 0) -> s
 DSP_B_BOUND = 2**23
 
 
-def _dsp_pair_words(w: np.ndarray, hidden: int) -> np.ndarray:
+def _dsp_pair_words(w: np.ndarray, hidden: int, order: list[int] | None = None) -> np.ndarray:
     """Unit-major rows [4H, n] -> int32 [H, n]: per unit, for every 4 columns c0..c3 the words
     (P1 c0|c2), (P2 c0|c2), (P1 c1|c3), (P2 c1|c3), where P1 pairs gates i/f and P2 gates g/o and a
     word holds the halfword of its first column low; then one word (P1 k | P2 k) per tail column k.
-    The column pairing matches the widened input (SXTB16 splits x into (x0, x2) and (x1, x3))."""
+    The column pairing matches the widened input (SXTB16 splits x into (x0, x2) and (x1, x3)).
+    `order` lists the 4-column groups and then the tail columns (as -1 - k) in the order the
+    kernel reads them; by default ascending."""
     n = w.shape[1]
     r = w.astype(np.int64).reshape(hidden, 4, n)
     p1 = r[:, 0] + 128 + 256 * r[:, 1]  # int16: low byte A + 128 (0..255), high byte B
@@ -126,9 +128,27 @@ def _dsp_pair_words(w: np.ndarray, hidden: int) -> np.ndarray:
         return (lo & 0xFFFF) + hi * 65536
 
     g = n // 4
-    groups = [word(p[:, 4 * q + a], p[:, 4 * q + a + 2]) for q in range(g) for a in (0, 1) for p in (p1, p2)]
-    tails = [word(p1[:, k], p2[:, k]) for k in range(4 * g, n)]
-    return np.stack(groups + tails, axis=1) if n else np.zeros((hidden, 0), np.int64)
+    if order is None:
+        order = list(range(g)) + [-1 - k for k in range(4 * g, n)]
+    words = []
+    for q in order:
+        if q >= 0:
+            words += [word(p[:, 4 * q + a], p[:, 4 * q + a + 2]) for a in (0, 1) for p in (p1, p2)]
+        else:
+            words.append(word(p1[:, -1 - q], p2[:, -1 - q]))
+    return np.stack(words, axis=1) if n else np.zeros((hidden, 0), np.int64)
+
+
+def dsp_down_order(n: int) -> list[int]:
+    """The order in which the assembly layers read the h matrix's groups and tail columns (as
+    -1 - k): downwards from the top of the widened h, so that its loop ends when the pointer
+    reaches sp. The tails first, then the top group alone if the count is odd, then pairs of
+    groups, each one LDMDB of four pair words (the lower group first)."""
+    g = n // 4
+    order = [-1 - k for k in reversed(range(4 * g, n))] + ([g - 1] if g % 2 else [])
+    for q in range(g - g % 2 - 2, -1, -2):
+        order += [q, q + 1]
+    return order
 
 
 def _shift_words(values: np.ndarray) -> np.ndarray:
@@ -144,18 +164,18 @@ def _requant_bound(w: np.ndarray, m: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 
 def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> dict | None:
-    """The DSP kernel's arrays for one layer, or None when its rows are too long for the paired
+    """The DSP kernel's array for one layer, or None when its rows are too long for the paired
     accumulators (|acc_B| could reach 2^23: more than 511 columns; the layer then runs the
-    portable C). Per unit, an x block [I weight words][shift word][Mx 4][bias 4] and an h block
-    [H weight words][shift word][Mh 4], unit-major, so the kernel reads every per-unit value with
-    its weight pointer. They replace w_x, w_h, mx, nx, mh, nh and bias byte for byte.
+    portable C). Per unit, one block: [H words of paired recurrent weights][shift word][Mh 4]
+    [bias 4][I words of paired input weights][shift word][Mx 4], so the kernel reads every
+    per-unit value with one pointer. It replaces w_x, w_h, mx, nx, mh, nh and bias byte for byte.
 
-    `fast`: the kernel requantizes in assembly, z = sat16(SMMLAR(acc_h', Mh, SMMLAR(acc_x', Mx,
+    `fast`: the kernel requantizes in assembly, z = sat16(SMMLAR(acc_x', Mx, SMMLAR(acc_h', Mh,
     bias))) with acc' = acc << (32 - n). That needs the "pre" forms, at most 8 bits of shift on
     rows B (which recover acc_B << s as (256 acc_B) >> (8 - s)) and a proof that the sum of the
     two requantized terms and the bias never leaves int32. The shift word then holds
-    (s_i, 8 - s_f, s_g, 8 - s_o) with s = 32 - n; otherwise it holds n per gate and C code
-    requantizes."""
+    (s_i, 8 - s_f, s_g, 8 - s_o) with s = 32 - n, and the recurrent weights are in the order of
+    `dsp_down_order`; otherwise the shift word holds n per gate and C code requantizes."""
     H, I = layer.hidden, layer.input_size
     um = lambda v: unit_major(v, H)  # noqa: E731
     wx, wh, nx, nh = um(layer.w_x), um(layer.w_h), um(layer.nx), um(layer.nh)
@@ -163,10 +183,12 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
     for w in (wx, wh):
         if np.any(np.abs(w[rows_b].astype(np.int64)).sum(axis=1) * 128 >= DSP_B_BOUND):
             return None
-    # The assembly's stack frame: 9 words of constants and pointers, then x and h widened (4 start
-    # words, 2 per 4 columns, 1 per tail column); its offsets must fit the 12-bit immediates.
+    # The assembly's stack frame, from sp: h widened (2 words per 4 columns, 1 per tail column)
+    # and its 4 start words, 9 words of constants and pointers, x's 4 start words and x widened.
+    # Its offsets must fit the 12-bit immediates.
     xq_words, hq_words = (4 + n // 4 * 2 + n % 4 for n in (I, H))
-    frame = {"xq": 40, "hq": 40 + 4 * xq_words, "bytes": (40 + 4 * (xq_words + hq_words) + 7) // 8 * 8}
+    hs = 4 * (hq_words - 4)
+    frame = {"hs": hs, "consts": hs + 16, "xq": hs + 52, "bytes": (hs + 52 + 4 * xq_words + 7) // 8 * 8}
     fast = x_requant in ("pre", "pre32") and h_requant in ("pre", "pre32") and frame["bytes"] + 16 <= 4095 and \
         bool(np.all(32 - nx[rows_b] <= 8)) and bool(np.all(32 - nh[rows_b] <= 8))
     if fast:
@@ -177,19 +199,18 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
         code = np.where(rows_b, 8 - (32 - nx), 32 - nx), np.where(rows_b, 8 - (32 - nh), 32 - nh)
     else:
         code = nx, nh
-    x_blocks = np.concatenate([_dsp_pair_words(wx, H), _shift_words(code[0])[:, None],
-                               um(layer.mx).reshape(H, 4), um(layer.bias).reshape(H, 4)], axis=1)
-    h_blocks = np.concatenate([_dsp_pair_words(wh, H), _shift_words(code[1])[:, None],
-                               um(layer.mh).reshape(H, 4)], axis=1)
+    blocks = np.concatenate([_dsp_pair_words(wh, H, dsp_down_order(H) if fast else None),
+                             _shift_words(code[1])[:, None], um(layer.mh).reshape(H, 4),
+                             um(layer.bias).reshape(H, 4),
+                             _dsp_pair_words(wx, H), _shift_words(code[0])[:, None], um(layer.mx).reshape(H, 4)],
+                            axis=1)
     shifts = "(s_i, 8 - s_f, s_g, 8 - s_o), s = 32 - n" if fast else "n per gate"
+    order = " in the kernel's order" if fast else ""
     return {
         "fast": fast, "frame": frame, "xq_words": xq_words, "hq_words": hq_words,
-        "x": _array(name, f"l{index}_dsp_x", "int32_t", x_blocks,
-                    f"layer {index} for the DSP kernel, per unit: {I} words of paired input weights, "
-                    f"shifts {shifts}, Mx[4], bias[4]"),
-        "h": _array(name, f"l{index}_dsp_h", "int32_t", h_blocks,
-                    f"layer {index} for the DSP kernel, per unit: {H} words of paired recurrent weights, "
-                    f"shifts {shifts}, Mh[4]"),
+        "blocks": _array(name, f"l{index}_dsp", "int32_t", blocks,
+                         f"layer {index} for the DSP kernel, per unit: {H} words of paired recurrent weights{order}, "
+                         f"shifts {shifts}, Mh[4], bias[4], {I} words of paired input weights, shifts, Mx[4]"),
     }
 
 

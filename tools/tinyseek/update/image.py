@@ -99,7 +99,7 @@ def _table(ctx: dict, kernel: str) -> list[tuple[str, object]]:
     for L in ctx["layers"]:
         i = L["index"]
         if kernel == "dsp" and L["dsp"]:
-            blocks = {"w_x": L["dsp"]["x"], "w_h": L["dsp"]["h"]}
+            blocks = {"w_x": L["dsp"]["blocks"]}
             rows += [(f"layers[{i}].{k}", blocks.get(k)) for k in LAYER_KEYS]
         else:
             rows += [(f"layers[{i}].{k}", L["arrays"][k]) for k in LAYER_KEYS]
