@@ -6,9 +6,9 @@ Writes bench/results/cortex_m0.json and the section "Cortex-M0" of bench/RESULTS
 
     .venv/bin/python bench/cortex_m0.py --samples 200
 
-ARMv6-M has no DSP instructions and no 32x32->64 multiply (the requantization's int64 products
-call libgcc's __aeabi_lmul). Targets: at most 1.5x the M4's instructions, model RAM + stack
-peak within 4 KiB. Figures are QEMU -icount instructions, not cycles; every run is bit-exact
+ARMv6-M has no DSP instructions and no 32x32->64 multiply (the portable C's int64
+requantization calls libgcc's __aeabi_lmul; the v6m kernels build it from 16-bit halves).
+Targets: at most 1.5x the M4's instructions, model RAM + stack peak within 4 KiB. Figures are QEMU -icount instructions, not cycles; every run is bit-exact
 against the integer reference or the script stops.
 """
 from __future__ import annotations
@@ -72,9 +72,9 @@ def main() -> None:
 The committed default model on QEMU `microbit` (nRF51822, Cortex-M0, ARMv6-M, 16 KiB RAM) against
 the portable C kernels on the Cortex-M4 (`mps2-an386`), the first {len(ids)} non-empty test
 texts sent as token ids, bit-exact on every run. QEMU -icount instructions, not cycles. ARMv6-M
-has no DSP instructions and no 32x32->64 multiply (the requantization's high-word products call
-libgcc's `__aeabi_lmul`); its kernels (`v6m`) run two gate rows per pass, the portable C row by
-row.
+has no DSP instructions and no 32x32->64 multiply: the portable C's int64 requantization calls
+libgcc's `__aeabi_lmul`, where the `v6m` kernels build the high word from 16-bit halves; their
+dot product is assembly, a unit's four gate rows per pass (57 instructions per 16 MACs).
 
 | board | kernel | flags | instructions / inference (median) | model RAM | stack peak | static RAM | all code |
 |---|---|---|---|---|---|---|---|

@@ -11,7 +11,7 @@ import pytest
 from tinyseek.codegen.context import requant_mode
 from tinyseek.codegen.render import render
 from tinyseek.harness.bench import run_device_bench
-from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.reference import INT32_MAX, infer_sequences, infer_tokens, int_matmul, requant, trace
 from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
 
 ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
@@ -98,6 +98,47 @@ def test_portable_flag_selects_the_c_kernels(env, tmp_path, need_tools):
     out = run_device_bench(env, tmp_path / model.name, inputs, build_dir=tmp_path / "b",
                            extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
     assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
+
+
+def _gate_sum_leaves_int32(model, xs):
+    """Whether requant(acc_x) + requant(acc_h) + bias of some gate of a one-layer sequence model
+    leaves int32 on these inputs (the v6m kernel's overflow branch)."""
+    L = model.layers[0]
+    for x, steps in zip(xs, trace(model, list(xs))):
+        h_prev = np.vstack([np.zeros((1, L.hidden), np.int64), steps["h"][0][:-1]])
+        acc_x, acc_h = int_matmul(x[:len(h_prev)], L.w_x), int_matmul(h_prev, L.w_h)
+        s = requant(acc_x, L.mx, L.nx) + requant(acc_h, L.mh, L.nh) + L.bias.astype(np.int64)
+        if np.any(np.abs(s) > INT32_MAX):
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_v6m_dot_product_on_row_and_column_counts(tmp_path, need_tools):
+    """The ARMv6-M assembly dot product (four rows per call, four columns per loop pass, then
+    the last n % 4 one by one) on column counts 1 to 13 (below 4: no loop pass at all) and on
+    heads of 4 to 9 rows (a head that is not a multiple of 4 rows restarts its last pass at
+    NUM_CLASSES - 4), with full-scale weights; biases at the int32 limits take the gate sum's
+    overflow branch. Bit-exact on the Cortex-M0."""
+    need_tools(ARM)
+    rng = np.random.default_rng(12)
+    shapes = [(1, 5, 4), (2, 7, 5), (3, 9, 6), (13, 4, 7), (11, 6, 9)]
+    overflowed = False
+    for i, (inputs, hidden, classes) in enumerate(shapes):
+        model = random_model(60 + i, kind="sequence", hidden=[hidden], input_size=inputs, num_classes=classes,
+                             weights="extreme", name=f"kdot{i}")
+        if i % 2:  # two gate rows at the int32 limits, the others still tell the inputs apart
+            model.layers[0].bias[:2] = [INT32_MAX, -2**31]
+        model = _with_head_of(model, random_model(60 + i, hidden=[hidden], input_size=inputs, num_classes=classes))
+        xs = np.concatenate([random_sequences(model, rng, 4, 6), random_sequences(model, rng, 4, 6, extreme=True)])
+        want = infer_sequences(model, xs)
+        assert len({tuple(row) for row in want.tolist()}) > len(xs) // 2
+        overflowed |= _gate_sum_leaves_int32(model, xs)
+        render(model, tmp_path / model.name)
+        out = run_device_bench("qemu_m0", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == "v6m"
+        assert out["logits"] == want.tolist(), model.name
+    assert overflowed
 
 
 @pytest.mark.parametrize("cpu, variant", [("cortex-m0plus", "v6m"), ("cortex-m0", "v6m"), ("cortex-m3", "c"), ("cortex-m4", "dsp"),
