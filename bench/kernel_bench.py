@@ -1,7 +1,8 @@
 """Benchmark of the kernel variants on the emulated boards: instructions per inference and per
 multiply-accumulate (MAC) of each variant against the portable C on the same emulator, for the
 default model and for a sweep of hidden sizes; flash and RAM of each build. Writes
-bench/results/kernels.json and bench/results/kernels.md (copied into bench/RESULTS.md).
+bench/results/kernels.json and bench/results/kernels.md (copied into bench/RESULTS.md); a run on
+some boards (--envs) keeps the stored figures of the others.
 
     .venv/bin/python bench/kernel_bench.py                      # every emulated board, full sweep
     .venv/bin/python bench/kernel_bench.py --envs qemu_m4 --hidden 16,64 --samples 50
@@ -225,6 +226,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stored(path: Path) -> dict:
+    """The figures of an earlier run: a run on some boards keeps the other boards' figures."""
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    return {section: dict(stored.get(section, {})) for section in ("default", "reference", "sweep")}
+
+
+def _board_order(env: str) -> tuple:
+    return (ENVS.index(env) if env in ENVS else len(ENVS), env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--envs", default=",".join(ENVS))
@@ -235,8 +246,9 @@ def main() -> None:
     envs = [e for e in args.envs.split(",") if e]
     hidden = [int(h) for h in args.hidden.split(",") if h]
     work = Path(args.work)
-    results = {"machine": platform.machine(), "unit": "instructions (QEMU -icount), not cycles",
-               "default": {}, "reference": {}, "sweep": {}}
+    out = ROOT / "bench" / "results"
+    results = _stored(out / "kernels.json")
+    results.update(machine=platform.machine(), unit="instructions (QEMU -icount), not cycles")
     for env in envs:
         print(f"[kernels] {env}: default model", flush=True)
         results["default"][env] = default_model(env, args.samples, work / env)
@@ -244,8 +256,9 @@ def main() -> None:
         if hidden:
             print(f"[kernels] {env}: sweep {hidden}", flush=True)
             results["sweep"][env] = sweep(env, hidden, work / env)
-    out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    for section in ("default", "reference", "sweep"):  # boards in ENVS order, whichever run measured them
+        results[section] = {e: results[section][e] for e in sorted(results[section], key=_board_order)}
     (out / "kernels.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "kernels.md").write_text(markdown(results))
     print(markdown(results))
