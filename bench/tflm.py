@@ -302,6 +302,7 @@ def main() -> None:
             raise SystemExit(f"{p} is missing: pass the checkouts (see the docstring)")
     if args.cmsis_nn and not (args.cmsis_nn / "Source").is_dir():
         raise SystemExit(f"{args.cmsis_nn / 'Source'} is missing: --cmsis-nn takes a CMSIS-NN checkout")
+    _check_cxx_headers()
 
     from tinyseek.harness.bench import run_device_bench
 
@@ -346,6 +347,15 @@ def main() -> None:
     print(text)
     if not all(v["bitexact_with_host_tflm"] for v in tflm.values()):
         raise SystemExit("the TFLM build on qemu_m4 does not reproduce the host TFLM's logits: its figures do not count")
+
+
+def _check_cxx_headers() -> None:
+    """TFLM needs the C++ standard headers for arm-none-eabi, which Debian packages apart from the compiler."""
+    probe = subprocess.run([CXX, *BOARD, "-x", "c++", "-fsyntax-only", "-"], input="#include <cstdarg>\n",
+                           capture_output=True, text=True)
+    if probe.returncode:
+        raise SystemExit(f"{CXX} has no C++ standard headers (<cstdarg> not found): "
+                         "install them with `apt-get install libstdc++-arm-none-eabi-newlib`")
 
 
 def _header_macro(lib: Path, name: str) -> int:
