@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tinyseek.codegen.context import requant_mode
+from tinyseek.codegen.context import mve_layer, requant_mode
 from tinyseek.codegen.render import render
 from tinyseek.harness.bench import run_device_bench
 from tinyseek.quant.reference import INT32_MAX, infer_sequences, infer_tokens, int_matmul, requant, trace
@@ -208,4 +208,52 @@ def test_dsp_assembly_layers_on_every_row_shape(tmp_path, need_tools):
         render(model, tmp_path / model.name)
         out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
         assert out["model"]["kernel"] == "dsp"
+        assert out["logits"] == want.tolist(), model.name
+
+
+def _block_models():
+    """Models whose layers take the Helium kernel's block layout (rows of whole 16-byte chunks,
+    at most 128) and one that does not, with saturating inputs and biases."""
+    # 32 -> 16 -> 48 in blocks ("pre" on both sides, cell fractions 12 and 7), then 48 -> 20 on
+    # the unit-major path in the same build. Extreme weights and inputs reach both ends of the
+    # tables. In every layer units 1 and 2 get the extreme biases (as large as the block's
+    # bias + 32768 allows), which saturate the int32 adds: gates i, f, g of unit 1 and i, f of
+    # unit 2 at the top, g of unit 2 at the bottom, so their cells run into both int16 limits.
+    a = random_model(50, kind="sequence", hidden=[16, 48, 20], input_size=32, num_classes=5, weights="extreme",
+                     cell_frac_bits=[12, 7, 9], name="kblk")
+    for L in a.layers:
+        H = L.hidden
+        L.bias[[1, H + 1, 2 * H + 1, 2, H + 2]], L.bias[2 * H + 2] = 2**31 - 1 - 32768, -2**31
+    # The widest rows, "pre32" on both sides (the block holds no shifts).
+    b = random_model(51, kind="sequence", hidden=128, input_size=128, num_classes=4, name="kb128")
+    b.layers[0].nx, b.layers[0].nh = np.full_like(b.layers[0].nx, 32), np.full_like(b.layers[0].nh, 32)
+    b.validate()
+    return [a, b]
+
+
+def test_the_helium_block_layout_applies_to_whole_chunks_up_to_128():
+    a, b = _block_models()
+    modes = [[mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)) for L in m.layers]
+             for m in (a, b)]
+    assert [m is not None for m in modes[0]] == [True, True, False]
+    assert modes[0][0]["x_pre"] and modes[0][1]["h_pre"] and not (modes[1][0]["x_pre"] or modes[1][0]["h_pre"])
+    wide = random_model(52, hidden=16, input_size=144)
+    post = _post_only(random_model(53, hidden=16, input_size=16))
+    for m in (wide, post):
+        L = m.layers[0]
+        assert mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)) is None
+
+
+@pytest.mark.slow
+def test_the_helium_block_layout_is_bit_exact(tmp_path, need_tools):
+    need_tools(ARM)
+    rng = np.random.default_rng(8)
+    for model in _block_models():
+        # 16 steps: the saturated cells reach their limits after 8 and must stay there
+        inputs = list(np.concatenate([random_sequences(model, rng, 4, 16), random_sequences(model, rng, 4, 16, extreme=True)]))
+        want = infer_sequences(model, np.stack(inputs))
+        assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2
+        render(model, tmp_path / model.name)
+        out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == "mve"
         assert out["logits"] == want.tolist(), model.name

@@ -34,7 +34,8 @@
  * g, o) of hidden unit j, so the four gate rows of a unit lie next to each other; every per-row
  * array follows the same order. In a DSP build a layer may instead point w_x at the DSP kernel's
  * blocks (both matrices paired, with the per-row values inside) and leave the other fields NULL:
- * only that build's kernels read it (intents_kernels_dsp.c). */
+ * only that build's kernels read it (intents_kernels_dsp.c).
+ * Likewise in an MVE build w_x may point at the Helium kernel's block (intents_kernels_mve.c). */
 typedef struct {
     const int8_t *w_x;   /* [H][4][I] */
     const int8_t *w_h;   /* [H][4][H] */

@@ -4,116 +4,25 @@
  * Generated, do not edit: regenerate with `tinyseek codegen`.
  */
 /* Cortex-M55/M85 Helium (MVE) kernels: VMLADAVA multiplies 16 int8 pairs and adds them to a
- * scalar accumulator in one instruction. One pass over x and one over h compute the four gate
- * rows of a unit (unit-major rows, see intents_kernels.h); each 16-byte
- * chunk of x or h is loaded once for the four rows. A length that is not a multiple of 16 ends
- * with one predicated chunk (VCTP): the inactive lanes load as zeros and add nothing, so there
- * is no scalar remainder loop. The four sums leave the assembly as one vector (lanes = gates),
- * requantized as one; every fourth unit the cells of the last four run across the lanes (lanes =
- * units: gathers read the activation tables), where one unit at a time took 79 scalar
- * instructions. */
+ * scalar accumulator in one instruction.
+ *
+ * Layers whose rows are whole 16-byte chunks (at most 128) run four units per pass of one
+ * assembly loop, from the generator's block layout (mve_layer in tools/tinyseek/codegen/
+ * context.py): per gate, four VMLADAVs per chunk give the gate's sums of the four units, so the
+ * vector built from them has lanes = units, and the requantization, the activations and the cell
+ * updates of the four units run across the lanes with no transposition. The activations read the
+ * tables with gathers of unsigned offsets 0..255.
+ *
+ * Other layers: one pass over x and one over h compute the four gate rows of a unit (unit-major
+ * rows, see intents_kernels.h); each 16-byte chunk of x or h is loaded once for
+ * the four rows. A length that is not a multiple of 16 ends with one predicated chunk (VCTP): the
+ * inactive lanes load as zeros and add nothing. The four sums leave the assembly as one vector
+ * (lanes = gates), requantized as one; every fourth unit the cells of the last four run across
+ * the lanes. */
 #include "intents_kernels.h"
 
 #if defined(INTENTS_KERNEL_MVE)
-#include <arm_mve.h>/* acc[g] = sum_k w[g*32 + k] * v[k] for the four rows g = 0..3 starting at w: 2 whole
- * chunk(s) in assembly (the compiler would hoist v's chunks out of the unit loop and spill
- * them), then 0 byte(s) as one predicated chunk. VMLADAVA needs even registers ("Te"). */
-INTENTS_INLINE int32x4_t intents_dot4_mve_32(const int8_t *w, const int8_t *v)
-{
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const int8_t *w0 = w, *w1 = w + 32, *w2 = w + 64, *w3 = w + 96;
-    __asm__(
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0], #32]\n\t"
-        "vmladav.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0], #64]\n\t"
-        "vmladav.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0], #96]\n\t"
-        "vmladav.s8 %[a3], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladav.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0], #32]\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0], #64]\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0], #96]\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
-        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [v] "+r"(v)
-        :
-        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
-    (void)w1;
-    (void)w2;
-    (void)w3;
-    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
-     * compiler's lane inserts take four) */
-    int32x4_t sums;
-    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
-            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
-            : [s] "=w"(sums)
-            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
-    return sums;
-}
-
-/* acc[g] = sum_k w[g*64 + k] * v[k] for the four rows g = 0..3 starting at w: 4 whole
- * chunk(s) in assembly (the compiler would hoist v's chunks out of the unit loop and spill
- * them), then 0 byte(s) as one predicated chunk. VMLADAVA needs even registers ("Te"). */
-INTENTS_INLINE int32x4_t intents_dot4_mve_64(const int8_t *w, const int8_t *v)
-{
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const int8_t *w0 = w, *w1 = w + 64, *w2 = w + 128, *w3 = w + 192;
-    __asm__(
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladav.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladav.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladav.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladav.s8 %[a3], q1, q0\n\t"
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        "vldrb.8 q0, [%[v]], #16\n\t"
-        "vldrb.8 q1, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a0], q1, q0\n\t"
-        "vldrb.8 q1, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a1], q1, q0\n\t"
-        "vldrb.8 q1, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a2], q1, q0\n\t"
-        "vldrb.8 q1, [%[w3]], #16\n\t"
-        "vmladava.s8 %[a3], q1, q0\n\t"
-        : [a0] "=Te"(a0), [a1] "=Te"(a1), [a2] "=Te"(a2), [a3] "=Te"(a3), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3), [v] "+r"(v)
-        :
-        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "memory");
-    (void)w3;
-    /* the four sums as one vector, built in registers: two VMOVs of two lanes each (the
-     * compiler's lane inserts take four) */
-    int32x4_t sums;
-    __asm__("vmov %q[s][2], %q[s][0], %[a0], %[a2]\n\t"
-            "vmov %q[s][3], %q[s][1], %[a1], %[a3]"
-            : [s] "=w"(sums)
-            : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3));
-    return sums;
-}
+#include <arm_mve.h>
 
 /* sum_k w[k] * v[k], one row. */
 INTENTS_INLINE int32_t intents_dot_mve(const int8_t *w, const int8_t *v, uint32_t n)
@@ -130,65 +39,196 @@ INTENTS_INLINE int32_t intents_dot_mve(const int8_t *w, const int8_t *v, uint32_
     return a;
 }
 
-/* The table activation of dispatch.h for four lanes: two gathers read T[k] and T[k+1]. */
-INTENTS_INLINE int32x4_t intents_activate_mve(const int16_t *table, int32x4_t z)
+/* Layer 0, four units per pass of the loop at 1 (x pre, h pre32). Registers: r0 the block,
+ * r1 c, r3 h (written in place: the units read a copy of the old h), r2/r4/r6/r8 the sums of a
+ * chunk, r5/r7 the sigmoid table at entries 0 and 1, r9/r11 the tanh table, r10 the gate
+ * vectors' slot, r12 the gate count, lr the groups (low-overhead loop); the old h in q4-q7.
+ * The stack holds x at sp, the copy of q4 at sp + 32 and the four gate vectors at sp + 48
+ * (112 bytes). */
+__attribute__((naked, noinline)) static void intents_l0_units_mve(
+    __attribute__((unused)) const int32_t *block, __attribute__((unused)) int16_t *c, __attribute__((unused)) const int8_t *x, __attribute__((unused)) int8_t *h,
+    __attribute__((unused)) const int16_t *sigmoid, __attribute__((unused)) const int16_t *tanh_table)
 {
-    int32x4_t u = vaddq_n_s32(z, 32768);
-    uint32x4_t k = vreinterpretq_u32_s32(vshrq_n_s32(u, 8));
-    int32x4_t t0 = vldrhq_gather_shifted_offset_s32(table, k);
-    int32x4_t t1 = vldrhq_gather_shifted_offset_s32(table + 1, k);
-    int32x4_t d = vmulq_s32(vsubq_s32(t1, t0), vandq_s32(u, vdupq_n_s32(255)));
-    return vaddq_s32(t0, vshrq_n_s32(vaddq_n_s32(d, 128), 8));
-}
+    /* The arguments arrive in r0-r3 and on the stack (AAPCS). */
+    __asm__(
+            "push {r4-r12, lr}\n\t"
+            "vpush {d8-d15}\n\t"
+            "ldr r5, [sp, #104]\n\t"
+            "ldr r9, [sp, #108]\n\t"
+            "sub sp, sp, #112\n\t"
+            "add r7, r5, #2\n\t"
+            "add r11, r9, #2\n\t"
+            "vldrb.u8 q0, [r2], #16\n\t"
+            "vstrw.32 q0, [sp, #0]\n\t"
+            "vldrb.u8 q0, [r2], #16\n\t"
+            "vstrw.32 q0, [sp, #16]\n\t"
+            "vldrb.u8 q4, [r3, #0]\n\t"
+            "vstrw.32 q4, [sp, #32]\n\t"
+            "vldrb.u8 q5, [r3, #16]\n\t"
+            "vldrb.u8 q6, [r3, #32]\n\t"
+            "vldrb.u8 q7, [r3, #48]\n\t"
+            "add r10, sp, #48\n\t"
+            "mov lr, #16\n\t"
+            "dls lr, lr\n\t"
+            "1:\n\t"
+            "movs r12, #4\n\t"
+            /* gates i, f, g, o: z + 32768 = qadd(qadd(rr(acc_x' Mx), bias + 32768), rr(acc_h' Mh)),
+             * acc' = acc << (32 - n), rr the rounding high word (VRMULH = SMMULR) */
+            "2:\n\t"
+            "vldrw.u32 q0, [sp, #0]\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r2, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r4, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r6, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r8, q1, q0\n\t"
+            "vldrw.u32 q0, [sp, #16]\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r2, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r4, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r6, q1, q0\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r8, q1, q0\n\t"
+            "vmov q2[2], q2[0], r2, r6\n\t"
+            "vmov q2[3], q2[1], r4, r8\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r2, q1, q4\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r4, q1, q4\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r6, q1, q4\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladav.s8 r8, q1, q4\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r2, q1, q5\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r4, q1, q5\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r6, q1, q5\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r8, q1, q5\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r2, q1, q6\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r4, q1, q6\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r6, q1, q6\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r8, q1, q6\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r2, q1, q7\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r4, q1, q7\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r6, q1, q7\n\t"
+            "vldrb.u8 q1, [r0], #16\n\t"
+            "vmladava.s8 r8, q1, q7\n\t"
+            "vmov q3[2], q3[0], r2, r6\n\t"
+            "vmov q3[3], q3[1], r4, r8\n\t"
+            "vldrb.u32 q0, [r0], #4\n\t"
+            "vshl.s32 q2, q2, q0\n\t"
+            "vldrw.u32 q1, [r0], #16\n\t"
+            "vrmulh.s32 q2, q2, q1\n\t"
+            "vldrw.u32 q1, [r0], #16\n\t"
+            "vqadd.s32 q2, q2, q1\n\t"
+            "vldrw.u32 q1, [r0], #16\n\t"
+            "vrmulh.s32 q3, q3, q1\n\t"
+            "vqadd.s32 q2, q2, q3\n\t"
+            "vstrw.32 q2, [r10], #16\n\t"
+            "subs r12, #1\n\t"
+            "bne 2b\n\t"
+            /* the cells: c' = sat16(rr(f c, 15) + rr(i g, 18)), h' = sat8(rr(o tanh(c' in Q3.12), 23)) */
+            "mov r12, #32768\n\t"
+            "vldrw.u32 q0, [r10, #-64]!\n\t" /* back to the first slot for the next group */
+            "vqshlu.s32 q2, q0, #16\n\t"
+            "vshr.u32 q1, q2, #24\n\t"
+            "vshr.u32 q2, q2, #16\n\t"
+            "vmovlb.u8 q2, q2\n\t"
+            "vldrh.s32 q4, [r5, q1, uxtw #1]\n\t"
+            "vldrh.s32 q0, [r7, q1, uxtw #1]\n\t"
+            "vsub.i32 q0, q0, q4\n\t"
+            "vmul.i32 q0, q0, q2\n\t"
+            "vrshr.s32 q0, q0, #8\n\t"
+            "vadd.i32 q4, q4, q0\n\t"
 
-INTENTS_INLINE int32x4_t intents_sat16_mve(int32x4_t v)
-{
-    return vmaxq_s32(vminq_s32(v, vdupq_n_s32(32767)), vdupq_n_s32(-32768));
-}
+            "vldrw.u32 q0, [r10, #32]\n\t"
+            "vqshlu.s32 q2, q0, #16\n\t"
+            "vshr.u32 q1, q2, #24\n\t"
+            "vshr.u32 q2, q2, #16\n\t"
+            "vmovlb.u8 q2, q2\n\t"
+            "vldrh.s32 q3, [r9, q1, uxtw #1]\n\t"
+            "vldrh.s32 q0, [r11, q1, uxtw #1]\n\t"
+            "vsub.i32 q0, q0, q3\n\t"
+            "vmul.i32 q0, q0, q2\n\t"
+            "vrshr.s32 q0, q0, #8\n\t"
+            "vadd.i32 q3, q3, q0\n\t"
 
-/* cell_unit of dispatch.h for four units at once: z holds their gate pre-activations unit-major
- * (z[4 u + g]), which VLD4 de-interleaves into one vector per gate. Not inlined: its constants
- * would crowd the unit loop's eight vector registers. */
-__attribute__((noinline)) static void intents_cell4_mve(const intents_model_params *p, const int32_t *z, int16_t *c, int8_t *h_new,
-                                  int cf)
-{
-    int32x4x4_t g = vld4q_s32(z);
-    int32x4_t gi = intents_activate_mve(p->sigmoid_table, g.val[0]);
-    int32x4_t gf = intents_activate_mve(p->sigmoid_table, g.val[1]);
-    int32x4_t gg = intents_activate_mve(p->tanh_table, g.val[2]);
-    int32x4_t go = intents_activate_mve(p->sigmoid_table, g.val[3]);
-    int32x4_t fc = vshrq_n_s32(vaddq_n_s32(vmulq_s32(gf, vldrhq_s32(c)), 1 << 14), 15);
-    int32x4_t ig = vshlq_s32(vaddq_n_s32(vmulq_s32(gi, gg), 1 << (29 - cf)), vdupq_n_s32(cf - 30));
-    int32x4_t cn = intents_sat16_mve(vaddq_s32(fc, ig));
-    int32x4_t t = intents_activate_mve(p->tanh_table, intents_sat16_mve(vshlq_s32(cn, vdupq_n_s32(12 - cf))));
-    int32x4_t hv = vshrq_n_s32(vaddq_n_s32(vmulq_s32(go, t), 1 << 22), 23);
-    vstrhq_s32(c, cn);
-    vstrbq_s32(h_new, vmaxq_s32(vminq_s32(hv, vdupq_n_s32(127)), vdupq_n_s32(-128)));
+            "vmul.i32 q4, q4, q3\n\t"
+            "vrshr.s32 q4, q4, #18\n\t"
+            "vldrw.u32 q0, [r10, #16]\n\t"
+            "vqshlu.s32 q2, q0, #16\n\t"
+            "vshr.u32 q1, q2, #24\n\t"
+            "vshr.u32 q2, q2, #16\n\t"
+            "vmovlb.u8 q2, q2\n\t"
+            "vldrh.s32 q3, [r5, q1, uxtw #1]\n\t"
+            "vldrh.s32 q0, [r7, q1, uxtw #1]\n\t"
+            "vsub.i32 q0, q0, q3\n\t"
+            "vmul.i32 q0, q0, q2\n\t"
+            "vrshr.s32 q0, q0, #8\n\t"
+            "vadd.i32 q3, q3, q0\n\t"
+
+            "vldrh.s32 q0, [r1]\n\t"
+            "vmul.i32 q3, q3, q0\n\t"
+            "vrshr.s32 q3, q3, #15\n\t"
+            "vadd.i32 q4, q4, q3\n\t"
+            "vqmovnb.s32 q3, q4\n\t"
+            "vstrh.32 q3, [r1], #8\n\t"
+            /* tanh's input from the unsaturated sum: clamping it once or twice is the same */
+            "vadd.i32 q4, q4, r12\n\t"
+            "vqshlu.s32 q2, q4, #16\n\t"
+            "vshr.u32 q1, q2, #24\n\t"
+            "vshr.u32 q2, q2, #16\n\t"
+            "vmovlb.u8 q2, q2\n\t"
+            "vldrh.s32 q3, [r9, q1, uxtw #1]\n\t"
+            "vldrh.s32 q4, [r11, q1, uxtw #1]\n\t"
+            "vsub.i32 q4, q4, q3\n\t"
+            "vmul.i32 q4, q4, q2\n\t"
+            "vrshr.s32 q4, q4, #8\n\t"
+            "vadd.i32 q3, q3, q4\n\t"
+
+            "vldrw.u32 q0, [r10, #48]\n\t"
+            "vqshlu.s32 q4, q0, #16\n\t"
+            "vshr.u32 q1, q4, #24\n\t"
+            "vshr.u32 q4, q4, #16\n\t"
+            "vmovlb.u8 q4, q4\n\t"
+            "vldrh.s32 q2, [r5, q1, uxtw #1]\n\t"
+            "vldrh.s32 q0, [r7, q1, uxtw #1]\n\t"
+            "vsub.i32 q0, q0, q2\n\t"
+            "vmul.i32 q0, q0, q4\n\t"
+            "vrshr.s32 q0, q0, #8\n\t"
+            "vadd.i32 q2, q2, q0\n\t"
+
+            "vmul.i32 q3, q3, q2\n\t"
+            "vrshr.s32 q3, q3, #23\n\t"
+            "vqmovnb.s32 q0, q3\n\t"
+            "vqmovnb.s16 q0, q0\n\t"
+            "vstrb.32 q0, [r3], #4\n\t"
+            "vldrw.u32 q4, [sp, #32]\n\t"
+            "le lr, 1b\n\t"
+            "add sp, sp, #112\n\t"
+            "vpop {d8-d15}\n\t"
+            "pop {r4-r12, pc}\n\t");
 }
 
 void intents_l0_step_mve(const intents_model_params *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_new)
 {
-    const intents_layer_params *L = &p->layers[0];
-    uint32_t j;
-    int32_t zq[16]; /* four units' gates, unit-major, for the vector cell */
-    for (j = 0; j < INTENTS_L0_HIDDEN; ++j) {
-        uint32_t r = 4 * j;
-        /* The unit's four gates as one vector: VRMULH is SMMULR per lane (dispatch header,
-         * "pre" form), VQADD the saturating adds; then saturated to int16. */
-        int32x4_t rx, rh, z;
-        rx = intents_dot4_mve_32(L->w_x + r * INTENTS_L0_INPUT, x);
-        rx = vshlq_s32(rx, vsubq_s32(vdupq_n_s32(32), vreinterpretq_s32_u32(vldrbq_u32(L->nx + r))));
-        rx = vqaddq_s32(vrmulhq_s32(rx, vldrwq_s32(L->mx + r)), vldrwq_s32(L->bias + r));
-        rh = intents_dot4_mve_64(L->w_h + r * INTENTS_L0_HIDDEN, h);
-        z = vqaddq_s32(rx, vrmulhq_s32(rh, vldrwq_s32(L->mh + r)));
-        z = intents_sat16_mve(z);
-        /* Every fourth unit, the cells of the last four across the vector lanes. */
-        vstrwq_s32(zq + 4 * (j % 4), z);
-        if (j % 4 == 3) {
-            intents_cell4_mve(p, zq, c + j - 3, h_new + j - 3, INTENTS_L0_CELL_FRAC_BITS);
-        }
-    }
-    memcpy(h, h_new, INTENTS_L0_HIDDEN);
+    (void)h_new; /* the units read a copy of h, so they write it in place */
+    intents_l0_units_mve((const int32_t *)(const void *)p->layers[0].w_x, c, x, h, p->sigmoid_table,
+                          p->tanh_table);
 }
 
 void intents_head_mve(const intents_model_params *p, const int8_t *h, int16_t *logits)

@@ -214,6 +214,48 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
     }
 
 
+# The Helium kernel (templates/kernels/helium.c.j2) runs a layer four units at a time in one
+# assembly loop when its rows are whole 16-byte chunks, at most 128 long (the immediate offsets of
+# its stack copies of x and h), and both matrices requantize in a "pre" form. Per group of four
+# units and per gate (i, f, g, o), the block holds the four units' W_x rows chunk by chunk
+# ([chunk][unit][16 bytes]), then their W_h rows the same way, then the shifts 32 - n of each
+# "pre" matrix (one byte per unit), Mx[4], bias[4] + 32768 and Mh[4]: one post-incremented
+# pointer reads it all, and the sums of a chunk's four VMLADAVs are one vector with lanes = units.
+# The bias carries the activation's index offset (sat16(z) + 32768 = clamp(z + 32768, 0, 65535)).
+MVE_MAX = 128
+
+
+def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> dict | None:
+    """The Helium kernel's block of one layer, or None where it does not apply (the layer then
+    runs the unit-major arrays). It replaces w_x, w_h, mx, nx, mh, nh and bias in MVE builds."""
+    H, I = layer.hidden, layer.input_size
+    pre = ("pre", "pre32")
+    if I % 16 or H % 16 or I > MVE_MAX or H > MVE_MAX or x_requant not in pre or h_requant not in pre:
+        return None
+    if int(layer.bias.max()) + 32768 >= 2**31:
+        return None
+    um = lambda v: unit_major(v, H)  # noqa: E731
+
+    def weights(w: np.ndarray) -> np.ndarray:  # [group][gate][chunk][unit][16] as bytes
+        n = w.shape[1]
+        return um(w).reshape(H // 4, 4, 4, n // 16, 16).transpose(0, 2, 3, 1, 4).reshape(H // 4, 4, -1).view(np.uint8)
+
+    def per_gate(v: np.ndarray, dtype: str) -> np.ndarray:  # [group][gate][unit] as bytes
+        return np.ascontiguousarray(um(v).reshape(H // 4, 4, 4).transpose(0, 2, 1)).astype(dtype).view(np.uint8)
+
+    parts = [weights(layer.w_x), weights(layer.w_h)]
+    if x_requant == "pre":
+        parts.append(per_gate(32 - layer.nx.astype(np.int64), "u1"))
+    if h_requant == "pre":
+        parts.append(per_gate(32 - layer.nh.astype(np.int64), "u1"))
+    parts += [per_gate(layer.mx, "<i4"), per_gate(layer.bias.astype(np.int64) + 32768, "<i4"), per_gate(layer.mh, "<i4")]
+    block = np.concatenate(parts, axis=2)
+    return {"x_pre": x_requant == "pre", "h_pre": h_requant == "pre",
+            "block": _array(name, f"l{index}_mve", "int32_t", block.reshape(-1).view("<i4"),
+                            f"layer {index} for the Helium kernel, per 4 units and gate: W_x and W_h "
+                            "[chunk][unit][16], shifts 32 - n of the \"pre\" matrices, Mx[4], bias[4] + 32768, Mh[4]")}
+
+
 # The ESP32/S3 kernel (templates/kernels/esp.c.j2) runs ESP-DSP's float dot product on int8 data.
 # Every product of two int8 values and every partial sum of a row is an integer of magnitude at
 # most sum |w| * 128; float32 holds every integer up to 2^24 exactly, so while that bound is
@@ -331,6 +373,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
                        "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr) if int8 else None,
                        "esp": esp_layer(name, i, L) if int8 else None,
+                       "mve": mve_layer(name, i, L, xr, hr) if int8 else None,
                        "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H) if int8 else None})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
