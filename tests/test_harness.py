@@ -260,6 +260,25 @@ def test_every_environment_is_well_formed_and_registry_platforms_are_pinned():
     assert not unpinned, unpinned  # a registry platform without a release drifts with the registry
 
 
+def test_only_the_projects_own_platform_is_kept_per_checkout(monkeypatch):
+    """Registry platforms go to PlatformIO's shared core folder (no platforms_dir in the ini);
+    builds on the project's symlink:// platform get a platforms folder of their checkout."""
+    from platformio.project.config import ProjectConfig
+
+    from tinyseek.harness.bench import own_platform_environ
+
+    monkeypatch.delenv("PLATFORMIO_PLATFORMS_DIR", raising=False)
+    config = ProjectConfig(str(ROOT / "platformio.ini"))
+    assert not config.has_option("platformio", "platforms_dir")
+    own = {"PLATFORMIO_PLATFORMS_DIR": str(ROOT / ".pio" / "platforms")}
+    for env in config.envs():
+        symlink = config.get(f"env:{env}", "platform").startswith("symlink://")
+        assert own_platform_environ(ROOT, env) == (own if symlink else {}), env
+    assert own_platform_environ(ROOT, "qemu_m4_ota") == own and own_platform_environ(ROOT, "pico") == {}
+    monkeypatch.setenv("PLATFORMIO_PLATFORMS_DIR", "/elsewhere")  # the user's choice stands
+    assert own_platform_environ(ROOT, "qemu_m4") == {}
+
+
 class _RecordingDut:
     """Stands in for DutClient: records what `db load` receives."""
     def __init__(self):

@@ -14,7 +14,7 @@ from tinyseek.config import TaskConfig
 from tinyseek.data import load_task
 from tinyseek.data.dataset import stratified_first, take
 from tinyseek.harness.evaluate import labeled_accuracy
-from tinyseek.harness.bench import build_firmware, pio_executable, run_device_bench
+from tinyseek.harness.bench import build_firmware, own_platform_environ, pio_executable, run_device_bench
 from tinyseek.harness.elfmem import memory_report
 from tinyseek.harness.protocol import DutClient
 from tinyseek.harness.qemu import Machine, QemuProcess
@@ -135,7 +135,8 @@ def test_pio_test_runs_the_custom_runner(text_fw):
     model, _, tmp = text_fw
     model.save(tmp / "int8")
     env = dict(os.environ, TINYSEEK_MODEL_DIR=str(tmp / "m4txt"), TINYSEEK_INT8_DIR=str(tmp / "int8"),
-               PLATFORMIO_BUILD_DIR=str(tmp / "piotest"), PLATFORMIO_SETTING_ENABLE_TELEMETRY="no")
+               PLATFORMIO_BUILD_DIR=str(tmp / "piotest"), PLATFORMIO_SETTING_ENABLE_TELEMETRY="no",
+               **own_platform_environ(ROOT, "qemu_m4"))
     p = subprocess.run([pio_executable(), "test", "-d", str(ROOT), "-e", "qemu_m4"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

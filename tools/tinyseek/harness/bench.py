@@ -7,6 +7,7 @@ from the device.
 """
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -42,6 +43,27 @@ def pio_executable() -> str:
     return found
 
 
+def own_platform_environ(project_dir: str | Path, env: str) -> dict[str, str]:
+    """PLATFORMIO_PLATFORMS_DIR for an environment on the project's own platform (symlink://): a
+    folder of this checkout, since PlatformIO's shared core folder holds one link to one checkout
+    and two checkouts building at once would re-point it under each other. Environments on
+    registry platforms keep the shared folder. Empty when the user set the variable."""
+    if "PLATFORMIO_PLATFORMS_DIR" in os.environ:
+        return {}
+    ini = configparser.ConfigParser(interpolation=None, strict=False)
+    ini.read(Path(project_dir) / "platformio.ini")
+    section, seen = f"env:{env}", set()
+    while section in ini and section not in seen:  # follow `extends` to the section naming the platform
+        seen.add(section)
+        if ini.has_option(section, "platform"):
+            if ini.get(section, "platform").strip().startswith("symlink://"):
+                return {"PLATFORMIO_PLATFORMS_DIR": str(Path(project_dir).resolve() / ".pio" / "platforms")}
+            return {}
+        parent = ini.get(section, "extends", fallback="").strip()
+        section = parent if parent in ini else f"env:{parent}"
+    return {}
+
+
 def _model_environ(lib: str | Path) -> tuple[str, dict[str, str]]:
     """(model name, environment variables that make the build link it). `lib` is a library
     name in firmware/lib or the path of a library folder."""
@@ -64,6 +86,7 @@ def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJE
     name, environ = _model_environ(lib)
     build_dir = Path(build_dir) if build_dir else project_dir / ".pio" / "models" / name
     environ["PLATFORMIO_BUILD_DIR"] = str(build_dir)
+    environ.update(own_platform_environ(project_dir, env))
     # PlatformIO's usage telemetry is its only network access in an offline build.
     environ.setdefault("PLATFORMIO_SETTING_ENABLE_TELEMETRY", "no")
     if extra_flags:
