@@ -7,7 +7,6 @@ from the device.
 """
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 import subprocess
@@ -50,17 +49,11 @@ def own_platform_environ(project_dir: str | Path, env: str) -> dict[str, str]:
     registry platforms keep the shared folder. Empty when the user set the variable."""
     if "PLATFORMIO_PLATFORMS_DIR" in os.environ:
         return {}
-    ini = configparser.ConfigParser(interpolation=None, strict=False)
-    ini.read(Path(project_dir) / "platformio.ini")
-    section, seen = f"env:{env}", set()
-    while section in ini and section not in seen:  # follow `extends` to the section naming the platform
-        seen.add(section)
-        if ini.has_option(section, "platform"):
-            if ini.get(section, "platform").strip().startswith("symlink://"):
-                return {"PLATFORMIO_PLATFORMS_DIR": str(Path(project_dir).resolve() / ".pio" / "platforms")}
-            return {}
-        parent = ini.get(section, "extends", fallback="").strip()
-        section = parent if parent in ini else f"env:{parent}"
+    from platformio.project.config import ProjectConfig  # PlatformIO's own reading: `extends` resolved
+
+    config = ProjectConfig(str(Path(project_dir) / "platformio.ini"))
+    if env in config.envs() and config.get(f"env:{env}", "platform").startswith("symlink://"):
+        return {"PLATFORMIO_PLATFORMS_DIR": str(Path(project_dir).resolve() / ".pio" / "platforms")}
     return {}
 
 
