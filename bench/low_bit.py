@@ -1,6 +1,6 @@
-"""int8 / int4 / binary LSTM gate weights on the built-in task, post-training and
-quantization-aware: accuracy (validation, test), weight bytes, flash and instructions per
-inference on the emulated boards. Starts from the committed default's float student and its
+"""int8 / int4 / binary weights (LSTM gate matrices, the embedding, a binary model's head) on the built-in task,
+post-training and quantization-aware: accuracy (validation, test), weight bytes, flash and
+instructions per inference on the emulated boards. Starts from the committed default's float student and its
 knowledge cache (no teacher rebuild). Writes bench/results/low_bit.json and low_bit.md.
 
     .venv/bin/python bench/low_bit.py                        # qat 6 epochs, qemu_m4 and qemu_m55
@@ -37,14 +37,30 @@ DEFAULT = ROOT / "models" / "intents"
 PORTABLE = ["-DTINYSEEK_KERNEL_PORTABLE"]
 DEFAULT_OUT = ROOT / "bench" / "results" / "low_bit.json"
 HEADING = "## Low-bit weights (int4 and binary)"
-# The plan this project follows: 4-bit ~8x smaller than float at 3-5 % loss, binary 32x at 8-10 %.
-PLAN = {"int4": {"smaller_than_float": 8, "loss_percent": "3-5"}, "binary": {"smaller_than_float": 32, "loss_percent": "8-10"}}
+# The plan this project follows: 4-bit ~8x smaller than float at 3-5 % loss, binary 32x at 8-10 %;
+# the goals of tinyseek's issue on it: weight matrices <= 55 % / <= 15 % of int8's, accuracy within
+# 1 / 8 points of int8.
+PLAN = {"int4": {"smaller_than_float": 8, "loss_percent": "3-5", "goal_vs_int8": 0.55, "goal_points": 1},
+        "binary": {"smaller_than_float": 32, "loss_percent": "8-10", "goal_vs_int8": 0.15, "goal_points": 8}}
 
 
 def gate_bytes(model: QuantModel) -> int:
     """Bytes of the LSTM gate matrices as stored (packed for int4 and binary)."""
     arrays = model.arrays()
     return int(sum(arrays[f"lstm{i}.{k}"].nbytes for i in range(len(model.layers)) for k in ("w_x", "w_h")))
+
+
+def embedding_bytes(model: QuantModel) -> int:
+    """Bytes of the stored embedding: int8 rows, or codes and a gain per row."""
+    arrays = model.arrays()
+    return int(arrays["embedding"].nbytes + (arrays["embedding.gain"].nbytes if "embedding.gain" in arrays else 0))
+
+
+def sizes(model: QuantModel) -> dict:
+    """The weight matrices (embedding, gate matrices, head) and everything in flash besides code."""
+    gates, emb, head = gate_bytes(model), embedding_bytes(model), int(model.arrays()["head.w"].nbytes)
+    return {"gate_bytes": gates, "embedding_bytes": emb, "head_bytes": head,
+            "matrix_bytes": gates + emb + head, "weight_bytes": model.weight_bytes()}
 
 
 def accuracies(model: QuantModel, ds) -> dict:
@@ -77,12 +93,15 @@ def main() -> None:
     ap.add_argument("--wide-hidden", type=int, default=0,
                     help="instead: distill an int4 student of this hidden size (the same gate-matrix flash as the "
                          "int8 default at 96) and add it to the results in --out")
+    ap.add_argument("--embedding", choices=["", "int8", "int4", "binary"], default="",
+                    help="quant.embedding of every row (default: the same width as the gate matrices)")
     ap.add_argument("--add-qat", choices=["int8"], default=None,
                     help="instead: add the QAT row of this width to the results in --out (int8: the control, the "
                          "same extra epochs with next to no quantization)")
     args = ap.parse_args()
     command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
-               + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else ""))
+               + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else "")
+               + (f" --embedding {args.embedding}" if args.embedding else ""))
     if not args.knowledge.is_file():
         raise SystemExit(f"{args.knowledge} is missing: it is the default run's knowledge cache (`make default` or "
                          "`tinyseek run` rebuilds it); pass --knowledge PATH to another copy")
@@ -104,7 +123,7 @@ def main() -> None:
         run_dir = work / width
         shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
         qat = args.qat_epochs if width != "int8" else 0
-        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=qat,
+        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=qat, embedding=args.embedding,
                                     qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
         t0 = time.time()
         final = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds, args.knowledge if qat else None)
@@ -114,9 +133,7 @@ def main() -> None:
             pairs.append((f"{width} QAT", final))
         for label, model in pairs:
             models[label] = model
-            result["embedding_bytes"] = int(model.embedding.nbytes)
-            row = {"weights": width, **accuracies(model, ds), "gate_bytes": gate_bytes(model),
-                   "weight_bytes": model.weight_bytes()}
+            row = {"weights": width, "embedding": model.embedding_width, **accuracies(model, ds), **sizes(model)}
             row["gate_smaller_than_float"] = float_bytes / row["gate_bytes"]
             row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
             if label.endswith("QAT"):
@@ -126,8 +143,7 @@ def main() -> None:
             print(label, json.dumps(row), flush=True)
     int8 = result["variants"]["int8 PTQ"]
     for row in result["variants"].values():
-        row["gate_bytes_vs_int8"] = row["gate_bytes"] / int8["gate_bytes"]
-        row["weight_bytes_vs_int8"] = row["weight_bytes"] / int8["weight_bytes"]
+        _vs_int8(row, int8)
 
     tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
     ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
@@ -155,16 +171,20 @@ def add_qat(args, cfg, ds, work: Path) -> None:
                                 qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
     model = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds, args.knowledge)
     int8 = result["variants"][f"{args.add_qat} PTQ"]
-    row = {"weights": args.add_qat, **accuracies(model, ds), "gate_bytes": gate_bytes(model),
-           "weight_bytes": model.weight_bytes(), "qat_best_epoch": model.meta["qat"]["best_epoch"],
+    row = {"weights": args.add_qat, "embedding": model.embedding_width, **accuracies(model, ds), **sizes(model),
+           "qat_best_epoch": model.meta["qat"]["best_epoch"],
            "command": f"python bench/low_bit.py --add-qat {args.add_qat} --qat-epochs {args.qat_epochs}"}
     row["gate_smaller_than_float"] = result["float"]["gate_bytes"] / row["gate_bytes"]
     row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
-    row["gate_bytes_vs_int8"] = row["gate_bytes"] / int8["gate_bytes"]
-    row["weight_bytes_vs_int8"] = row["weight_bytes"] / int8["weight_bytes"]
+    _vs_int8(row, int8)
     result["variants"][f"{args.add_qat} QAT"] = row
     print(json.dumps(row), flush=True)
     _write(args, result)
+
+
+def _vs_int8(row: dict, int8: dict) -> None:
+    for k in ("gate_bytes", "matrix_bytes", "weight_bytes"):
+        row[f"{k}_vs_int8"] = row[k] / int8[k]
 
 
 def _write(args, result: dict) -> None:
@@ -195,8 +215,7 @@ def wide(args, cfg, ds, work: Path) -> None:
                       "seconds": time.time() - t0,
                       "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
                                 "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y)},
-                      "int4 PTQ": {**accuracies(ptq, ds), "gate_bytes": gate_bytes(ptq), "weight_bytes": ptq.weight_bytes()},
-                      "int4 QAT": {**accuracies(qat, ds), "gate_bytes": gate_bytes(qat), "weight_bytes": qat.weight_bytes()}}
+                      "int4 PTQ": {**accuracies(ptq, ds), **sizes(ptq)}, "int4 QAT": {**accuracies(qat, ds), **sizes(qat)}}
     print(json.dumps(result["wide"]), flush=True)
     _write(args, result)
 
@@ -210,11 +229,16 @@ def markdown(r: dict) -> str:
     lines = [f"Task `{r['task']}`, the committed default's float student (test {_pct(f['test_accuracy'])}, validation "
              f"{_pct(f['val_accuracy'])}; LSTM gate matrices {f['gate_bytes']:,} B as float32). QAT: "
              f"{r['qat_epochs']} epochs from the float student, the epoch of best validation accuracy kept.", "",
-             "| weights | test | validation | loss vs float (test, points) | gate matrices | smaller than float | "
-             "all weights + tables | vs int8 |", "|---|---|---|---|---|---|---|---|"]
+             "Weight matrices: the embedding (codes and a gain byte per row where it is low-bit), the LSTM "
+             "gate matrices and the head; all arrays: those and every per-row multiplier, shift and bias and the "
+             "two activation tables, everything in flash besides code.", "",
+             "| weights | embedding | test | validation | loss vs float (test, points) | gate matrices | "
+             "smaller than float | weight matrices | vs int8 | all arrays | vs int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, v in r["variants"].items():
-        lines.append(f"| {label} | {_pct(v['test_accuracy'])} | {_pct(v['val_accuracy'])} | "
+        lines.append(f"| {label} | {v['embedding']} | {_pct(v['test_accuracy'])} | {_pct(v['val_accuracy'])} | "
                      f"{v['loss_vs_float_test_points']:.2f} | {v['gate_bytes']:,} B | {v['gate_smaller_than_float']:.1f}x | "
+                     f"{v['matrix_bytes']:,} B | {_pct(v['matrix_bytes_vs_int8'])} | "
                      f"{v['weight_bytes']:,} B | {_pct(v['weight_bytes_vs_int8'])} |")
     int8 = r["variants"]["int8 PTQ"]
     if "int8 QAT" in r["variants"]:
@@ -223,20 +247,24 @@ def markdown(r: dict) -> str:
                       "binary QAT rows gain beyond it is the quantization-aware training's; what it gains itself is "
                       "the extra training's."]
     for width, plan in r["plan"].items():
-        best = r["variants"].get(f"{width} QAT") or r["variants"][f"{width} PTQ"]
         label = f"{width} QAT" if f"{width} QAT" in r["variants"] else f"{width} PTQ"
+        best = r["variants"][label]
+        drop = 100 * (int8["test_accuracy"] - best["test_accuracy"])
+        met = best["matrix_bytes_vs_int8"] <= plan["goal_vs_int8"] and drop <= plan["goal_points"]
         lines += ["", f"- {width} against the plan ({plan['smaller_than_float']}x smaller than float, "
                       f"{plan['loss_percent']} % loss): {label} gate matrices {best['gate_smaller_than_float']:.1f}x "
                       f"smaller than float32, {best['loss_vs_float_test_points']:.2f} points below the float student on "
-                      f"the test ({100 * (int8['test_accuracy'] - best['test_accuracy']):.2f} below int8); all weights and "
-                      f"tables {_pct(best['weight_bytes_vs_int8'])} of int8's (the int8 embedding, "
-                      f"{r['embedding_bytes']:,} B, is the largest array)"]
+                      f"the test. Against the goal (weight matrices <= {_pct(plan['goal_vs_int8'])} of int8's, at most "
+                      f"{plan['goal_points']} points below int8): weight matrices {_pct(best['matrix_bytes_vs_int8'])} "
+                      f"of int8's ({best['embedding']} embedding {best['embedding_bytes']:,} B), {drop:.2f} points below "
+                      f"int8 on the test: **{'met' if met else 'not met'}**. All arrays {_pct(best['weight_bytes_vs_int8'])} "
+                      "of int8's (the per-row multipliers, shifts and biases and the tables keep their size)."]
     if "wide" in r:
         w, i8 = r["wide"], r["variants"]["int8 PTQ"]
         lines += ["", f"Twice as wide at the same flash? An int4 student of hidden {w['hidden']} (`{w['command']}`: "
                       "the default's schedule and knowledge, only the width changed) stores its gate matrices in "
                       f"{w['int4 QAT']['gate_bytes']:,} B, the int8 default in {i8['gate_bytes']:,} B:", "",
-                  "| student | test | validation | gate matrices | all weights + tables |", "|---|---|---|---|---|",
+                  "| student | test | validation | gate matrices | all arrays |", "|---|---|---|---|---|",
                   f"| hidden 64, int8 (the default) | {_pct(i8['test_accuracy'])} | {_pct(i8['val_accuracy'])} | "
                   f"{i8['gate_bytes']:,} B | {i8['weight_bytes']:,} B |",
                   f"| hidden {w['hidden']}, float | {_pct(w['float']['test_accuracy'])} | {_pct(w['float']['val_accuracy'])} | | |"]

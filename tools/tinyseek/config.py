@@ -172,8 +172,11 @@ class DistillConfig:
 class QuantConfig:
     calibration_samples: int = 512
     # Width of the LSTM gate matrices: int8, int4 (two per byte) or binary (sign bits, eight per
-    # byte); the embedding and the head stay int8 (docs/numerics.md, "Low-bit weights").
+    # byte); the head is int8, binary in a binary model (docs/numerics.md, "Low-bit weights").
     weights: str = "int8"
+    # Width of the stored embedding (text students): int8, int4 or binary rows with a gain per row
+    # (docs/numerics.md, "Low-bit embedding"); empty = the same as `weights`.
+    embedding: str = ""
     # Quantization-aware epochs after distillation: the float student trained on with its gate
     # weights fake-quantized to `weights` (straight-through gradients); 0 = post-training only.
     qat_epochs: int = 0
@@ -373,6 +376,8 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.student.subwords <= 15, "student.subwords must be 0..15 (0: whole words only)")
     need(cfg.quant.weights in ("int8", "int4", "binary"),
          f"quant.weights must be int8, int4 or binary (the width of the LSTM gate matrices), not {cfg.quant.weights!r}")
+    need(cfg.quant.embedding in ("", "int8", "int4", "binary"),
+         f"quant.embedding must be int8, int4, binary or empty (the same as quant.weights), not {cfg.quant.embedding!r}")
     need(cfg.quant.qat_lr > 0, f"quant.qat_lr must be > 0, not {cfg.quant.qat_lr}")
     need(cfg.quant.qat_epochs >= 0, f"quant.qat_epochs must be >= 0 (0: post-training quantization only), not "
          f"{cfg.quant.qat_epochs}")

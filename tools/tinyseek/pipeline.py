@@ -188,6 +188,8 @@ class Run:
             quant = {"calibration_samples": c.quant.calibration_samples}
             if c.quant.weights != "int8":
                 quant["weights"] = c.quant.weights
+            if (c.quant.embedding or c.quant.weights) != "int8":
+                quant["embedding"] = c.quant.embedding or c.quant.weights
             if c.quant.qat_epochs:
                 quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_lr, distill=asdict(c.distill),
                              knowledge=hash_safetensors(self.knowledge, metadata=False))

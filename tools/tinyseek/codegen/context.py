@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quant.model import QuantModel, pack_weights
+from ..quant.model import QuantModel, embedding_codes, pack_weights
 from ..quant.reference import MAX_SOFTMAX_CLASSES, check_model, softmax_multiplier
 from .identifiers import CodegenError, check_name, prefixed
 
@@ -341,9 +341,16 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         _array(name, "sigmoid_table", "int16_t", model.sigmoid_table, f"sigmoid, {table_doc}"),
         _array(name, "tanh_table", "int16_t", model.tanh_table, f"tanh, {table_doc}"),
     ]
-    if model.kind == "text":
+    if model.kind == "text" and model.embedding_width == "int8":
         arrays.append(_array(name, "embedding", "int8_t", model.embedding,
                              f"token embedding [{model.vocab_size}][{model.input_size}]"))
+    elif model.kind == "text":  # codes and a gain per row (docs/numerics.md, "Low-bit embedding")
+        per, packing = LOW_BIT_PACKING[model.embedding_width]
+        codes = pack_weights(embedding_codes(model.embedding, model.embedding_gain), model.embedding_width)
+        arrays += [_array(name, "embedding", "uint8_t", codes,
+                          f"token embedding codes [{model.vocab_size}][{-(-model.input_size // per)}], {packing}"),
+                   _array(name, "embedding_gain", "uint8_t", model.embedding_gain,
+                          f"token embedding gains [{model.vocab_size}]: row v is gain[v] * its codes")]
     layers = []
     for i, L in enumerate(model.layers):
         H, I = L.hidden, L.input_size
@@ -377,7 +384,10 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
                        "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H) if int8 else None})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {
-        "w": _array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]"),
+        "w": (_array(name, "head_w", "int8_t", model.head.w, f"head weights [{C}][{Htop}]")
+              if model.head_width == "int8" else
+              _array(name, "head_w", "uint8_t", pack_weights(model.head.w, model.head_width),
+                     f"head weights [{C}][{-(-Htop // 8)}], {LOW_BIT_PACKING[model.head_width][1]}")),
         "bias": _array(name, "head_bias", "int32_t", model.head.bias, "head biases, at scale s_w[k] / 128"),
         "m": _array(name, "head_m", "int32_t", model.head.m, "head requant multipliers"),
         "n": _array(name, "head_n", "uint8_t", model.head.n, "head requant shifts"),
@@ -399,7 +409,10 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "labels": list(model.labels), "num_classes": C, "input_size": model.input_size,
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,
-        "subwords": model.subwords, "weights": model.weights,
+        "subwords": model.subwords, "weights": model.weights, "embedding_width": model.embedding_width,
+        "head_width": model.head_width,
+        "embedding_row_bytes": (-(-model.input_size // LOW_BIT_PACKING[model.embedding_width][0])
+                                if model.embedding_width != "int8" else model.input_size),
         "per_byte": LOW_BIT_PACKING[model.weights][0] if model.weights != "int8" else 1,
         "input_scale": model.input_scale, "output_scale": model.output_scale,
         "softmax_mult": softmax_multiplier(model.output_scale),

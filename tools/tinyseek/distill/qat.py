@@ -1,5 +1,6 @@
 """Quantization-aware distillation: the float student trained on for a few more epochs with its
-LSTM gate matrices fake-quantized to the deployed width (docs/students.md, "Low-bit weights").
+LSTM gate matrices, its embedding and (binary) its head fake-quantized to the deployed widths
+(docs/students.md, "Low-bit weights").
 
 The forward pass sees exactly the weights the quantizer will store (per-row scales, rounded
 to int8 / int4 or reduced to signs, then scaled back); the backward pass treats the rounding
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ..quant.model import INT4_MAX
+from ..quant.model import EMBEDDING_GAIN_MAX, INT4_MAX
 from ..student.tinylstm import export_params, load_student
 from .schedule import DistillError, Stage
 from .train import Distilled, max_abs_cell, prepare
@@ -35,6 +37,48 @@ def fake_quant(w: torch.Tensor, width: str) -> torch.Tensor:
         s = torch.where(amax > 0, amax / top, torch.ones_like(amax))
         q = torch.clamp(torch.round(w.detach() / s), -top, top) * s
     return w + (q - w).detach()
+
+
+def fake_quant_embedding(w: torch.Tensor, width: str) -> torch.Tensor:
+    """The embedding table [V, E] as tinyseek.quant.quantize.quantize_embedding stores it (one
+    input scale, integer gains per row, int8 / int4 / sign codes), dequantized; gradients pass
+    straight through to w."""
+    d = w.detach()
+    if width == "int8":
+        s_x = d.abs().amax().clamp_min(1e-30) / 127
+        q = torch.clamp(torch.round(d / s_x), -127, 127) * s_x
+    elif width == "int4":
+        amax = d.abs().amax(dim=1)
+        s_x = amax.max().clamp_min(1e-30) / (INT4_MAX * EMBEDDING_GAIN_MAX["int4"])
+        gain = torch.clamp(torch.ceil(amax / (INT4_MAX * s_x) - 1e-9), 0, EMBEDDING_GAIN_MAX["int4"])
+        step = (gain.clamp_min(1) * s_x)[:, None]
+        q = torch.clamp(torch.round(d / step), -INT4_MAX, INT4_MAX) * step * (gain > 0)[:, None]
+    else:
+        mean = d.abs().mean(dim=1)
+        s_x = mean.max().clamp_min(1e-30) / EMBEDDING_GAIN_MAX["binary"]
+        gain = torch.clamp(torch.round(mean / s_x), 0, EMBEDDING_GAIN_MAX["binary"])
+        q = torch.where(d >= 0, 1.0, -1.0) * (gain * s_x)[:, None]
+    return w + (q - w).detach()
+
+
+@contextlib.contextmanager
+def fake_quantized_embedding(embed: nn.Embedding, width: str):
+    """Within the block every lookup of `embed` reads the fake-quantized table."""
+    embed.forward = lambda x: F.embedding(x, fake_quant_embedding(embed.weight, width), embed.padding_idx)
+    try:
+        yield
+    finally:
+        del embed.forward
+
+
+@contextlib.contextmanager
+def fake_quantized_linear(linear: nn.Linear, width: str):
+    """Within the block `linear` runs on its fake-quantized weight rows (a binary model's head)."""
+    linear.forward = lambda x: F.linear(x, fake_quant(linear.weight, width), linear.bias)
+    try:
+        yield
+    finally:
+        del linear.forward
 
 
 @contextlib.contextmanager
@@ -67,7 +111,8 @@ def qat_stage(cfg) -> Stage:
 
 def train_qat(dataset, knowledge_path: str | Path, cfg, student_dir: str | Path, *, progress: bool = True) -> Distilled:
     """Start from the float student in `student_dir` and train cfg.quant.qat_epochs epochs with
-    its gate matrices fake-quantized to cfg.quant.weights; the epoch of best (fake-quantized)
+    its gate matrices fake-quantized to cfg.quant.weights and its embedding (text students) to
+    cfg.quant.embedding (or the same width); the epoch of best (fake-quantized)
     validation accuracy is returned. One thread, deterministic for distill.seed."""
     if cfg.quant.qat_epochs < 1:
         raise DistillError(f"quant.qat_epochs = {cfg.quant.qat_epochs}: quantization-aware training needs at least 1")
@@ -81,7 +126,12 @@ def train_qat(dataset, knowledge_path: str | Path, cfg, student_dir: str | Path,
             raise DistillError(f"{student_dir} holds a student of another shape than cfg.student; re-run "
                                "`tinyseek distill` before quantization-aware training")
         tr.model.load_state_dict(float_model.state_dict(), strict=False)
-        with fake_quantized(tr.model.lstm, cfg.quant.weights):
+        embed = getattr(tr.model, "embed", None)  # text students
+        with (fake_quantized(tr.model.lstm, cfg.quant.weights),
+              fake_quantized_embedding(embed, cfg.quant.embedding or cfg.quant.weights)
+              if embed is not None else contextlib.nullcontext(),
+              fake_quantized_linear(tr.model.head, "binary")  # a binary model's head is binary too
+              if cfg.quant.weights == "binary" else contextlib.nullcontext()):
             tr.run(qat_stage(cfg))
             tr.restore_best()
             cells = max_abs_cell(tr.model, tr.x, tr.lengths)
@@ -89,7 +139,7 @@ def train_qat(dataset, knowledge_path: str | Path, cfg, student_dir: str | Path,
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     best = tr.history[tr.best_epoch - 1]
-    summary = {"weights": cfg.quant.weights, "epochs": tr.history, "best_epoch": tr.best_epoch,
+    summary = {"weights": cfg.quant.weights, "embedding": cfg.quant.embedding or cfg.quant.weights, "epochs": tr.history, "best_epoch": tr.best_epoch,
                "best_val_accuracy": best.get("val_accuracy"), "max_abs_cell": cells,
                "params": export_params(tr.model)}
     return Distilled(tr.model, spec, summary)

@@ -76,10 +76,12 @@ def _extraction(run_dir) -> dict:
 
 
 def quantization_metrics(run, qm, y) -> dict:
-    """The width of the LSTM gate weights and, after quantization-aware training, the accuracy of
+    """The widths of the LSTM gate weights, the embedding and the head and, after quantization-aware training, the accuracy of
     the post-training model of the float student (<run>/int8_ptq) beside the deployed one."""
     from ..quant.model import QuantModel
-    out = {"weights": qm.weights, "qat_epochs": run.cfg.quant.qat_epochs}
+    out = {"weights": qm.weights, "qat_epochs": run.cfg.quant.qat_epochs, "head": qm.head_width}
+    if qm.kind == "text":
+        out["embedding"] = qm.embedding_width
     ptq_dir = run.dir / "int8_ptq"
     if run.cfg.quant.qat_epochs and ptq_dir.is_dir():
         ptq, val = QuantModel.load(ptq_dir), run.dataset.val
@@ -135,7 +137,7 @@ def evaluate_host(run) -> dict:
         "agreement_int8_teacher": _accuracy(int8_pred, teacher_pred),
         "confusion": confusion(int8_pred, y, len(ds.labels)),
     }
-    if qm.weights != "int8" or run.cfg.quant.qat_epochs:
+    if qm.weights != "int8" or qm.embedding_width != "int8" or run.cfg.quant.qat_epochs:
         metrics["quantization"] = quantization_metrics(run, qm, y)
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 

@@ -105,6 +105,15 @@ def _accuracy_table(report: dict) -> list[str]:
             "|---|---|---|", *[f"| {name} | {_pct(test)} | {_pct(val)} |" for name, test, val in rows]]
 
 
+def _widths_note(q: dict) -> str:
+    """Which arrays the width names, where the model mixes widths."""
+    widths = {"LSTM gate matrices": q.get("weights", "int8"), "embedding": q.get("embedding", ""),
+              "head": q.get("head", "int8")}
+    if set(w for w in widths.values() if w) <= {"int8"}:
+        return ""
+    return " (" + ", ".join(f"{k} {w}" for k, w in widths.items() if w) + ")"
+
+
 def render_markdown(report: dict) -> str:
     s = report["student"]
     width = (report.get("quantization") or {}).get("weights", "int8")
@@ -124,7 +133,7 @@ def render_markdown(report: dict) -> str:
            f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of {width} weights and tables"
-        + (" (LSTM gate matrices; embedding and head int8)" if width != "int8" else ""),
+        + _widths_note(report.get("quantization") or {}),
         *([_extraction_line(report["teacher"]["extraction"])] if "extraction" in report["teacher"] else []),
     ]
     if "tflm" in report:

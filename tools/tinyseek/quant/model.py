@@ -19,6 +19,9 @@ FORMAT_VERSION = 1
 # Widths of the LSTM gate matrices (docs/numerics.md, "Low-bit weights"): the values each may hold.
 WEIGHT_WIDTHS = ("int8", "int4", "binary")
 INT4_MAX = 7  # int4 weights are symmetric, -7..7 (the quantizer never needs -8)
+# A low-bit embedding row is a per-row gain g times codes (docs/numerics.md, "Low-bit embedding"):
+# g * code must stay an int8 input, so g <= 18 for int4 codes (7 * 18 = 126) and <= 127 for signs.
+EMBEDDING_GAIN_MAX = {"int4": 126 // INT4_MAX, "binary": 127}
 
 
 def pack_int4(w: np.ndarray) -> np.ndarray:
@@ -58,6 +61,13 @@ def unpack_weights(p: np.ndarray, width: str, cols: int) -> np.ndarray:
     return p if width == "int8" else {"int4": unpack_int4, "binary": unpack_binary}[width](p, cols)
 
 
+def embedding_codes(embedding: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The codes of a low-bit embedding: its int8 rows divided by their gains (a row of gain 0
+    is all zeros and gets codes +1, which pack to 0 bits or to nibbles 1: any code times 0)."""
+    g = np.asarray(gain, dtype=np.int64)[:, None]
+    return np.where(g > 0, np.asarray(embedding, dtype=np.int64) // np.maximum(g, 1), 1).astype(np.int8)
+
+
 class ModelFileError(ValueError):
     """An int8 model folder is missing, malformed or inconsistent."""
 
@@ -78,7 +88,7 @@ class LSTMLayerQ:
 
 @dataclass
 class HeadQ:
-    w: np.ndarray  # int8 [C, H]
+    w: np.ndarray  # int8 [C, H] (unpacked: +-1 in a binary model)
     bias: np.ndarray  # int32 [C], at scale s_w[k] / 128
     m: np.ndarray  # int32 [C]
     n: np.ndarray  # int32 [C]
@@ -95,13 +105,22 @@ class QuantModel:
     head: HeadQ
     sigmoid_table: np.ndarray  # int16 [257]
     tanh_table: np.ndarray  # int16 [257]
-    embedding: np.ndarray | None = None  # int8 [V, E] for text models
+    embedding: np.ndarray | None = None  # int8 [V, E] for text models: the rows the LSTM reads
     num_features: int | None = None  # F for sequence models
     vocab_size: int | None = None
     max_len: int | None = None  # tokenizer truncation / longest sequence the host sends
     meta: dict = field(default_factory=dict)  # provenance (source hash, calibration), JSON-safe
     subwords: int = 0  # text: n-gram ids per step averaged with the word's (docs/numerics.md, "Subwords")
-    weights: str = "int8"  # width of the LSTM gate matrices: int8, int4 or binary (the head stays int8)
+    weights: str = "int8"  # width of the LSTM gate matrices: int8, int4 or binary (see head_width)
+    # Width of the stored embedding; int4 and binary rows are gain[v] * codes, the gains uint8 [V].
+    embedding_width: str = "int8"
+    embedding_gain: np.ndarray | None = None
+
+    @property
+    def head_width(self) -> str:
+        """The head's weights: sign bits in a binary model (every target runs its portable C
+        kernels), int8 otherwise (the int4 DSP kernels read an int8 head)."""
+        return "binary" if self.weights == "binary" else "int8"
 
     # -- shapes -------------------------------------------------------------------------
     @property
@@ -120,6 +139,8 @@ class QuantModel:
                         "params": ["embedding"]})
             if self.subwords:  # absent when 0: models without subwords keep their hash
                 ops[-1]["subwords"] = self.subwords
+            if self.embedding_width != "int8":  # absent for int8: int8 models keep their hash
+                ops[-1]["weights"] = self.embedding_width
         else:
             ops.append({"op": "input", "features": self.num_features})
         for i, layer in enumerate(self.layers):
@@ -130,16 +151,21 @@ class QuantModel:
                 ops[-1]["weights"] = self.weights
         ops.append({"op": "fc", "input": self.layers[-1].hidden, "output": self.num_classes,
                     "params": ["head.w", "head.bias", "head.m", "head.n"]})
+        if self.head_width != "int8":  # absent for int8: int8 and int4 models keep their hash
+            ops[-1]["weights"] = self.head_width
         return ops
 
     # -- arrays -------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
             "sigmoid_table": self.sigmoid_table, "tanh_table": self.tanh_table,
-            "head.w": self.head.w, "head.bias": self.head.bias, "head.m": self.head.m, "head.n": self.head.n,
+            "head.w": pack_weights(self.head.w, self.head_width), "head.bias": self.head.bias, "head.m": self.head.m, "head.n": self.head.n,
         }
-        if self.embedding is not None:
+        if self.embedding is not None and self.embedding_width == "int8":
             out["embedding"] = self.embedding
+        elif self.embedding is not None:
+            out["embedding"] = pack_weights(embedding_codes(self.embedding, self.embedding_gain), self.embedding_width)
+            out["embedding.gain"] = self.embedding_gain
         for i, layer in enumerate(self.layers):
             for k in ("mx", "nx", "mh", "nh", "bias"):
                 out[f"lstm{i}.{k}"] = getattr(layer, k)
@@ -210,12 +236,34 @@ class QuantModel:
                     p[k] = _unpacked(p[k], width, 4 * op["hidden"], cols, f"{folder}: lstm{op['index']}.{k}")
                 layers.append(LSTMLayerQ(input_size=op["input"], hidden=op["hidden"],
                                          cell_frac_bits=op["cell_frac_bits"], **p))
+            fc = next((op for op in hdr["ops"] if op["op"] == "fc"), None)
+            if fc is None:
+                raise ModelFileError(f"{head_file}: no fc (head) op; the int8 model is incomplete, re-run `tinyseek quantize`")
+            fc = {**fc, "weights": fc.get("weights", "int8")}
+            if fc["weights"] != ("binary" if width == "binary" else "int8"):
+                raise ModelFileError(f"{head_file}: head weight width {fc['weights']!r} with {width} LSTM weights "
+                                     "(a binary model has a binary head, the others an int8 one); re-run `tinyseek quantize`")
+            embedding, emb_width, gain = arr.get("embedding"), "int8", None
+            emb_op = next((op for op in hdr["ops"] if op["op"] == "embedding"), None)
+            if emb_op is not None and emb_op.get("weights", "int8") != "int8":
+                emb_width = emb_op["weights"]
+                if emb_width not in WEIGHT_WIDTHS:
+                    raise ModelFileError(f"{head_file}: embedding width {emb_width!r} is not one of "
+                                         f"{', '.join(WEIGHT_WIDTHS)}; re-run `tinyseek quantize`")
+                gain = arr["embedding.gain"]
+                if gain.dtype != np.uint8 or gain.shape != (emb_op["vocab"],):
+                    raise ModelFileError(f"{folder}: embedding.gain must be uint8[{emb_op['vocab']}], not "
+                                         f"{gain.dtype}{list(gain.shape)}; re-run `tinyseek quantize`")
+                codes = _unpacked(embedding, emb_width, emb_op["vocab"], emb_op["dim"], f"{folder}: embedding")
+                embedding = (codes.astype(np.int64) * gain[:, None]).clip(-128, 127).astype(np.int8)
             model = cls(
                 name=hdr["name"], kind=hdr["kind"], labels=hdr["labels"], input_scale=hdr["input_scale"],
                 output_scale=hdr["output_scale"], layers=layers,
-                head=HeadQ(w=arr["head.w"], bias=arr["head.bias"], m=arr["head.m"], n=arr["head.n"]),
+                head=HeadQ(w=_unpacked(arr["head.w"], fc["weights"], fc["output"], fc["input"], f"{folder}: head.w"),
+                           bias=arr["head.bias"], m=arr["head.m"], n=arr["head.n"]),
                 sigmoid_table=arr["sigmoid_table"], tanh_table=arr["tanh_table"],
-                embedding=arr.get("embedding"), num_features=hdr["num_features"],
+                embedding=embedding, embedding_width=emb_width, embedding_gain=gain,
+                num_features=hdr["num_features"],
                 vocab_size=hdr["vocab_size"], max_len=hdr["max_len"], meta=hdr.get("meta", {}),
                 subwords=next((op.get("subwords", 0) for op in hdr["ops"] if op["op"] == "embedding"), 0),
                 weights=width,
@@ -240,6 +288,10 @@ class QuantModel:
             need(self.max_len is not None and self.max_len >= 1, "text model needs max_len >= 1")
             need(self.embedding.shape[1] == self.layers[0].input_size, "embedding width differs from the LSTM input")
             need(isinstance(self.subwords, int) and 0 <= self.subwords <= 15, "subwords must be 0..15")
+            need(self.embedding_width in WEIGHT_WIDTHS,
+                 f"embedding width must be one of {', '.join(WEIGHT_WIDTHS)}, not {self.embedding_width!r}")
+            if self.embedding_width != "int8":
+                self._validate_low_bit_embedding(need)
         else:
             need(self.subwords == 0, "a sequence model has no subwords")
             need(self.num_features == self.layers[0].input_size, "num_features differs from the LSTM input")
@@ -264,8 +316,25 @@ class QuantModel:
             prev = H
         C = self.head.w.shape[0]
         need(self.head.w.dtype == np.int8 and self.head.w.shape == (C, prev), f"head.w must be int8[C,{prev}]")
+        if self.head_width == "binary":
+            need(bool(np.all(np.abs(self.head.w) == 1)), "head.w holds values other than -1 and +1 (a binary model's head)")
         need(len(self.labels) == C, f"{len(self.labels)} labels for {C} outputs")
         need(bool(np.all((self.head.n >= 1) & (self.head.n <= 62))), "head shifts outside 1..62")
+
+    def _validate_low_bit_embedding(self, need) -> None:
+        """Every row is its gain times codes of the width (what the stored form can hold)."""
+        g = self.embedding_gain
+        width = self.embedding_width
+        need(g is not None and g.dtype == np.uint8 and g.shape == (self.vocab_size,),
+             f"a {width} embedding needs embedding_gain uint8[{self.vocab_size}]")
+        need(int(g.max(initial=0)) <= EMBEDDING_GAIN_MAX[width],
+             f"embedding gains above {EMBEDDING_GAIN_MAX[width]} ({width}: gain * code must fit int8)")
+        e = self.embedding.astype(np.int64)
+        gi = g.astype(np.int64)[:, None]
+        codes = embedding_codes(self.embedding, g).astype(np.int64)
+        exact = np.all(codes * gi == e)
+        ok = np.all(np.abs(codes) <= INT4_MAX) if width == "int4" else np.all(np.abs(codes) == 1)
+        need(bool(exact and ok), f"embedding rows are not their gain times {width} codes")
 
 
 def _unpacked(p: np.ndarray, width: str, rows: int, cols: int, what: str) -> np.ndarray:

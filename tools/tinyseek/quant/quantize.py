@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .float_model import SPEC_FILE, WEIGHTS_FILE, ActivationStats, FloatStudent, QuantError
-from .model import INT4_MAX, WEIGHT_WIDTHS, HeadQ, LSTMLayerQ, QuantModel
+from .model import EMBEDDING_GAIN_MAX, INT4_MAX, WEIGHT_WIDTHS, HeadQ, LSTMLayerQ, QuantModel
 from .reference import (INT32_MAX, MAX_PRODUCT, QuantRangeError, check_model, encode_multipliers, infer_sequences,
                         infer_tokens, make_tables, quantize_inputs)
 
@@ -93,7 +93,7 @@ def source_hash(student_dir: str | Path) -> str:
 
 def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | None = None,
              saturation_warn: float = SATURATION_WARN, weights: str = "int8",
-             input_scale: float | None = None) -> QuantModel:
+             input_scale: float | None = None, embedding: str | None = None) -> QuantModel:
     """Quantize the float student in `student_dir` (student.safetensors + student.json).
 
     calib_inputs: token-id lists (text students) or float features [N, T, F] / a list of
@@ -101,31 +101,59 @@ def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | N
     be JSON-serialisable). Raises QuantError (student or inputs unusable) or QuantRangeError
     (a value the integer spec cannot represent); warns with SaturationWarning when more than
     `saturation_warn` of a layer's gate pre-activations saturate. `weights` is the width of the
-    LSTM gate matrices (int8, int4 or binary); the embedding and the head stay int8.
+    LSTM gate matrices (int8, int4 or binary), `embedding` the stored embedding's (None: the
+    same as `weights`); the head is int8, binary in a binary model.
     `input_scale` (sequence students) fixes s_x instead of max|x| / 127: for inputs that are
     int8 already times a known scale (the audio front end's frames times 1/64), so the device
     feeds them unchanged.
     """
     student = FloatStudent.from_folder(student_dir)
     return _quantize(student, calib_inputs, name=name, meta=meta, source=source_hash(student_dir),
-                     saturation_warn=saturation_warn, weights=weights, input_scale=input_scale)
+                     saturation_warn=saturation_warn, weights=weights, input_scale=input_scale,
+                     embedding=embedding)
+
+
+def quantize_embedding(table: np.ndarray, width: str = "int8") -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The embedding as the LSTM's int8 input rows: (rows int8 [V, E], gains uint8 [V] or None,
+    s_x), docs/numerics.md. int8: s_x = max|table| / 127, rows = round(table / s_x). int4 and
+    binary store per-row gains g (integers) and codes, a row being g * codes at the one input
+    scale s_x: int4 codes round(row / (g s_x)) in -7..7 with g = ceil(max|row| / (7 s_x)) and
+    s_x = max|table| / 126 (g <= 18); binary codes the signs with g = round(mean|row| / s_x) and
+    s_x = max over rows of mean|row| / 127 (mean|row| is the scale of least squared error)."""
+    t = np.asarray(table, dtype=np.float64)
+    emax = float(np.abs(t).max()) if t.size else 0.0
+    if emax == 0.0:
+        raise QuantError("tensor 'embed.weight' is all zeros: the student never trained; re-run `tinyseek distill`")
+    if width == "int8":
+        s_x = emax / 127.0
+        return np.clip(np.round(t / s_x), -127, 127).astype(np.int8), None, s_x
+    if width == "int4":
+        s_x = emax / (INT4_MAX * EMBEDDING_GAIN_MAX["int4"])
+        # The 1e-9 absorbs a last-ulp excess of max|row| / (7 s_x) over an integer.
+        gain = np.clip(np.ceil(np.abs(t).max(axis=1) / (INT4_MAX * s_x) - 1e-9), 0, EMBEDDING_GAIN_MAX["int4"])
+        codes = np.clip(np.round(t / (np.maximum(gain, 1) * s_x)[:, None]), -INT4_MAX, INT4_MAX)
+    else:
+        mean = np.abs(t).mean(axis=1)
+        s_x = float(mean.max()) / EMBEDDING_GAIN_MAX["binary"]
+        gain = np.clip(np.round(mean / s_x), 0, EMBEDDING_GAIN_MAX["binary"])
+        codes = np.where(t >= 0, 1, -1)
+    rows = (codes * gain[:, None]).astype(np.int8)
+    return rows, gain.astype(np.uint8), s_x
 
 
 def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, source: str,
-              saturation_warn: float, weights: str = "int8", input_scale: float | None = None) -> QuantModel:
-    if weights not in WEIGHT_WIDTHS:
-        raise QuantError(f"quant.weights = {weights!r}: choose one of {', '.join(WEIGHT_WIDTHS)}")
+              saturation_warn: float, weights: str = "int8", input_scale: float | None = None,
+              embedding: str | None = None) -> QuantModel:
+    embedding_width = embedding or weights
+    for key, value in (("weights", weights), ("embedding", embedding_width)):
+        if value not in WEIGHT_WIDTHS:
+            raise QuantError(f"quant.{key} = {value!r}: choose one of {', '.join(WEIGHT_WIDTHS)}")
     stats = fs.calibrate(calib_inputs)
     _warn_saturation(stats, saturation_warn)
 
-    embedding = None
+    rows = gain = None
     if fs.kind == "text":
-        table = fs.tensors["embed.weight"]
-        emax = float(np.abs(table).max())
-        if emax == 0.0:
-            raise QuantError("tensor 'embed.weight' is all zeros: the student never trained; re-run `tinyseek distill`")
-        s_x = emax / 127.0
-        embedding = np.clip(np.round(table / s_x), -127, 127).astype(np.int8)
+        rows, gain, s_x = quantize_embedding(fs.tensors["embed.weight"], embedding_width)
     elif input_scale is not None:
         if not input_scale > 0:
             raise QuantError(f"input_scale must be > 0, got {input_scale}")
@@ -150,7 +178,7 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
                                  cell_frac_bits=choose_cell_frac_bits(stats.cell_max_abs[k], k),
                                  w_x=w_x, w_h=w_h, mx=mx, nx=nx, mh=mh, nh=nh, bias=bias))
 
-    w_o, s_wo = quantize_rows(fs.tensors["head.weight"])
+    w_o, s_wo = quantize_rows(fs.tensors["head.weight"], "binary" if weights == "binary" else "int8")
     # An all-zero head (every logit 0) still needs a positive scale; 1/32000 is as good as any.
     s_out = (stats.logits_max_abs or 1.0) / LOGIT_FULL_SCALE
     m_o, n_o = _multipliers((s_wo * H_SCALE) / s_out, "head.m", f"output scale s_out = {s_out:.6g}")
@@ -162,7 +190,8 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
     model = QuantModel(
         name=name, kind=fs.kind, labels=list(fs.labels), input_scale=float(s_x), output_scale=float(s_out),
         layers=layers, head=HeadQ(w=w_o, bias=b_o, m=m_o, n=n_o), sigmoid_table=sig, tanh_table=tanh,
-        embedding=embedding, num_features=fs.num_features if fs.kind == "sequence" else None,
+        embedding=rows, embedding_width=embedding_width if fs.kind == "text" else "int8", embedding_gain=gain,
+        num_features=fs.num_features if fs.kind == "sequence" else None,
         vocab_size=fs.vocab_size if fs.kind == "text" else None,
         max_len=fs.max_len if fs.max_len is not None else max(stats.max_steps, 1), subwords=fs.subwords,
         meta=_meta(meta, stats, source, fs, layers), weights=weights,
@@ -242,7 +271,8 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         from ..audio.data import FEATURE_SCALE
         input_scale = FEATURE_SCALE
     model = _quantize(fs, calib, name=cfg.model_name, meta={"task": dataset.name}, source=source_hash(student_dir),
-                      saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale)
+                      saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale,
+                      embedding=cfg.quant.embedding or None)
     ptq_dir, qat_dir = run_dir / "int8_ptq", run_dir / "student_qat"
     if cfg.quant.qat_epochs:
         if knowledge is None:
@@ -257,7 +287,8 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         qat = {"epochs": cfg.quant.qat_epochs, "lr": cfg.quant.qat_lr, "best_epoch": result.summary["best_epoch"]}
         model = _quantize(FloatStudent.from_folder(qat_dir), calib, name=cfg.model_name,
                           meta={"task": dataset.name, "qat": qat}, source=source_hash(qat_dir),
-                          saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale)
+                          saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale,
+                      embedding=cfg.quant.embedding or None)
     else:
         for stale in (ptq_dir, qat_dir):
             if stale.is_dir():

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .model import HeadQ, LSTMLayerQ, QuantModel
+from .model import EMBEDDING_GAIN_MAX, INT4_MAX, HeadQ, LSTMLayerQ, QuantModel
 from .reference import INT32_MAX, MAX_PRODUCT, encode_multiplier, make_tables
 
 WEIGHT_MODES = ("normal", "extreme")
@@ -33,6 +33,22 @@ def _gate_weights(rng: np.random.Generator, shape, mode: str, width: str) -> np.
         return rng.integers(-8, 8, size=shape).astype(np.int8)
     p_plus = rng.choice([0.03, 0.97]) if mode == "extreme" else 0.5
     return np.where(rng.random(shape) < p_plus, 1, -1).astype(np.int8)
+
+
+def _embedding(rng: np.random.Generator, shape, mode: str, width: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int8 rows, gains): int8 as _int8; int4 and binary rows are a gain 0..max per row times
+    codes (-7..7, or signs), `extreme`: mostly the largest gain and codes, and a zero row."""
+    if width == "int8":
+        return _int8(rng, shape, mode), None
+    top = EMBEDDING_GAIN_MAX[width]
+    if mode == "extreme":
+        gain = rng.choice(np.array([top, top - 1, 1, 0]), size=shape[0], p=[0.7, 0.1, 0.1, 0.1])
+    else:
+        gain = rng.integers(0, top + 1, size=shape[0])
+    gain[0] = 0  # the padding row of a trained student
+    codes = (_gate_weights(rng, shape, mode, width).clip(-INT4_MAX, INT4_MAX) if width == "int4"
+             else _gate_weights(rng, shape, mode, width))
+    return (codes.astype(np.int64) * gain[:, None]).astype(np.int8), gain.astype(np.uint8)
 
 
 def _multipliers(rng: np.random.Generator, size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +79,11 @@ def _int32(rng: np.random.Generator, size: int, mode: str, limit: int = INT32_MA
 def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[int] = 8, input_size: int = 6,
                  num_classes: int = 4, vocab_size: int = 64, max_len: int = 16, weights: str = "normal",
                  scales: str = "normal", biases: str = "normal", cell_frac_bits: int | Sequence[int] | None = None,
-                 labels: Sequence[str] | None = None, name: str = "synth", width: str = "int8") -> QuantModel:
+                 labels: Sequence[str] | None = None, name: str = "synth", width: str = "int8",
+                 embedding_width: str | None = None) -> QuantModel:
     """A valid random QuantModel. `hidden` is one size per layer (an int: one layer); text
-    models use `input_size` as the embedding width; `width` is the LSTM gate weights' width."""
+    models use `input_size` as the embedding width; `width` is the LSTM gate weights' width,
+    `embedding_width` the stored embedding's (None: the same, as the quantizer does)."""
     if weights not in WEIGHT_MODES or scales not in SCALE_MODES or biases not in WEIGHT_MODES or width not in WIDTHS:
         raise ValueError(f"weights/biases must be one of {WEIGHT_MODES}, scales one of {SCALE_MODES}, width one of {WIDTHS}")
     rng = np.random.default_rng(seed)
@@ -85,13 +103,17 @@ def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[in
                                  mx=mx, nx=nx, mh=mh, nh=nh, bias=_int32(rng, 4 * H, biases)))
         prev = H
     mo, no = _multipliers(rng, num_classes, scales)
-    head = HeadQ(w=_int8(rng, (num_classes, prev), weights),
+    head = HeadQ(w=_int8(rng, (num_classes, prev), weights) if width != "binary" else
+                 _gate_weights(rng, (num_classes, prev), weights, "binary"),
                  bias=_int32(rng, num_classes, biases, limit=INT32_MAX - MAX_PRODUCT * prev), m=mo, n=no)
+    scale_in, scale_out = float(2.0 ** rng.uniform(-10, 2)), float(2.0 ** rng.uniform(-12, 0))
+    embedding_width = embedding_width or width  # drawn after the rest: int8 models as before
+    embedding, gain = _embedding(rng, (vocab_size, input_size), weights, embedding_width) if kind == "text" else (None, None)
     model = QuantModel(
         name=name, kind=kind, labels=list(labels) if labels is not None else [f"class{k}" for k in range(num_classes)],
-        input_scale=float(2.0 ** rng.uniform(-10, 2)), output_scale=float(2.0 ** rng.uniform(-12, 0)),
+        input_scale=scale_in, output_scale=scale_out,
         layers=layers, head=head, sigmoid_table=sig, tanh_table=tanh,
-        embedding=_int8(rng, (vocab_size, input_size), weights) if kind == "text" else None,
+        embedding=embedding, embedding_width=embedding_width if kind == "text" else "int8", embedding_gain=gain,
         num_features=input_size if kind == "sequence" else None,
         vocab_size=vocab_size if kind == "text" else None,
         max_len=max_len,

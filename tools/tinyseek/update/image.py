@@ -96,6 +96,8 @@ def _table(ctx: dict, kernel: str) -> list[tuple[str, object]]:
     rows: list[tuple[str, object]] = [("sigmoid_table", ctx["arrays"][0]), ("tanh_table", ctx["arrays"][1])]
     if ctx["text"]:
         rows.append(("embedding", ctx["arrays"][2]))
+        if ctx["embedding_width"] != "int8":
+            rows.append(("embedding_gain", ctx["arrays"][3]))
     for L in ctx["layers"]:
         i = L["index"]
         if kernel == "dsp" and L["dsp"]:
