@@ -10,6 +10,11 @@ theirs); the fit's table to bench/results/kernel_cost.md. Refit after changing t
     .venv/bin/python bench/kernel_cost.py                    # every emulated board
     .venv/bin/python bench/kernel_cost.py --envs qemu_m4     # one board
     .venv/bin/python bench/kernel_cost.py --refit            # refit the stored measurements only
+    .venv/bin/python bench/kernel_cost.py --envs qemu_m4 --weights int4   # the int4 kernels' own fit
+
+int8 entries are what the search uses by default; `--weights int4|binary` fits the models of
+that width (`quant.weights`, the embedding at the same width) into the board's entry under
+"widths", which `tinyseek search` reads when quant.weights names it.
 
 Each shape is a randomly initialised TinyLSTM text student, quantized by the real quantizer (so
 the requantization forms are those of trained students), rendered, built for the board and run
@@ -19,6 +24,7 @@ Figures are instructions QEMU executed (-icount), not cycles.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -45,11 +51,12 @@ class BitExactError(AssertionError):
     """A board's logits differ from the integer reference: no figure of that run counts."""
 
 
-def measure(env: str, work_dir: Path) -> list[dict]:
+def measure(env: str, work_dir: Path, weights: str = "int8") -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
+    task = dataclasses.replace(TASK, weights=weights, embedding=weights)
     for i, shape in enumerate(SHAPES):
-        model = random_student(shape, TASK, name=f"kcost{i}", seed=i)
+        model = random_student(shape, task, name=f"kcost{i}", seed=i)
         ctx = build_context(model, "kernel_cost")
         lib = work_dir / "lib" / model.name
         render(model, lib)
@@ -59,8 +66,8 @@ def measure(env: str, work_dir: Path) -> list[dict]:
             raise BitExactError(f"{env} {out['model']['kernel']}: {shape.label} is not bit-exact")
         mem = out["memory"]
         for n, instructions in zip(STEPS, out["latency"]["per_input"]):
-            rows.append({"shape": shape.label, "layers": shape.layers, "width": stack_width(shape, TASK), "steps": n,
-                         **work(shape, TASK, n), "instructions": float(instructions),
+            rows.append({"shape": shape.label, "layers": shape.layers, "width": stack_width(shape, task), "steps": n,
+                         **work(shape, task, n), "instructions": float(instructions),
                          "kernel": out["model"]["kernel"], "unit": out["latency"]["unit"],
                          "requant": [[L["x_requant"], L["h_requant"]] for L in ctx["layers"]],
                          "code_bytes": mem["elf"]["flash"]["model"] - ctx["weight_bytes"],
@@ -116,11 +123,13 @@ def markdown(data: dict) -> str:
              f"{len(STEPS)} lengths ({', '.join(map(str, STEPS))} tokens) per board (QEMU -icount instructions). "
              "Code = the model library's flash besides its arrays, per LSTM layer; stack = the firmware's peak, "
              "per byte of the widest layer's input + hidden (both upper envelopes of the measurements).", "",
-             "| board | kernel | a (per MAC) | b (per unit-step) | c (per step) | d (fixed) | max error | "
-             "code B (fixed + per layer) | stack B (fixed + per width) |", "|---|---|---|---|---|---|---|---|---|"]
-    for env, e in sorted(data["boards"].items()):
+             "| board | weights | kernel | a (per MAC) | b (per unit-step) | c (per step) | d (fixed) | max error | "
+             "code B (fixed + per layer) | stack B (fixed + per width) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    entries = [(env, "int8", e) for env, e in sorted(data["boards"].items())]
+    entries += [(env, w, we) for env, e in sorted(data["boards"].items()) for w, we in sorted(e.get("widths", {}).items())]
+    for env, width, e in entries:
         c, code, stack = e["coefficients"], e["code_bytes"], e["stack_bytes"]
-        lines.append(f"| {env} | {e['kernel']} | {c['mac']:.3f} | {c['unit_step']:.1f} | {c['step']:.1f} | "
+        lines.append(f"| {env} | {width} | {e['kernel']} | {c['mac']:.3f} | {c['unit_step']:.1f} | {c['step']:.1f} | "
                      f"{c['fixed']:.0f} | {e['max_rel_error']:.1%} | {code['fixed']:.0f} + {code['per_layer']:.0f} | "
                      f"{stack['fixed']:.0f} + {stack['per_width']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -134,6 +143,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "build" / "bench" / "kernel_cost"))
     ap.add_argument("--refit", action="store_true",
                     help="refit the measurements already in the file (no emulator runs)")
+    ap.add_argument("--weights", choices=["int8", "int4", "binary"], default="int8",
+                    help="the models' width (quant.weights; the embedding at the same width)")
     args = ap.parse_args()
     envs = [e for e in args.envs.split(",") if e]
     bad = sorted(set(envs) - set(emulated))
@@ -144,13 +155,23 @@ def main() -> None:
     data = {"format": 1, "note": "written by bench/kernel_cost.py; instructions (QEMU -icount), not cycles",
             "boards": data.get("boards", {})}
     for env in envs:
+        board = data["boards"].get(env, {})
+        widths = board.get("widths", {})
+        old = board if args.weights == "int8" else widths.get(args.weights)
         if args.refit:
-            if env not in data["boards"]:
-                raise SystemExit(f"{out} holds no measurements of {env} to refit; measure it without --refit")
-            old = data["boards"][env]
-            data["boards"][env] = {**entry(old["measurements"]), "kernels_hash": old["kernels_hash"]}
+            if not old:
+                raise SystemExit(f"{out} holds no {args.weights} measurements of {env} to refit; measure them "
+                                 "without --refit")
+            new = {**entry(old["measurements"]), "kernels_hash": old["kernels_hash"]}
         else:
-            data["boards"][env] = entry(measure(env, Path(args.work) / env))
+            new = entry(measure(env, Path(args.work) / f"{env}-{args.weights}", args.weights))
+        if args.weights == "int8":
+            data["boards"][env] = {**new, **({"widths": widths} if widths else {})}
+        elif env not in data["boards"]:
+            raise SystemExit(f"{out} has no int8 entry of {env}: measure int8 first (`{Path(__file__).name} "
+                             f"--envs {env}`)")
+        else:
+            data["boards"][env]["widths"] = {**widths, args.weights: new}
         out.write_text(dump(data))  # after each board: a later failure keeps it
     md = markdown(data)
     if out.resolve() == KERNEL_COST_FILE.resolve():  # the table of the coefficients the search uses

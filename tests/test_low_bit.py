@@ -238,12 +238,19 @@ def test_report_shows_float_post_training_and_qat_rows():
     assert "| student, int4 (integer reference) | 76.00 % | 60.00 % |" in render_markdown(report)
 
 
-def test_search_refuses_low_bit_widths_naming_the_way_out():
+def test_search_prices_the_widths_with_their_own_layout_and_latency_fit():
     from test_search import toy_dataset
 
-    from tinyseek.distill.search import SearchError, plan_search
-    with pytest.raises(SearchError, match="prices students with int8 weights only"):
-        plan_search(toy_dataset(), from_dict({"quant": {"weights": "int4"}}))
+    from tinyseek.distill.search import plan_search
+    ds = toy_dataset()
+    plans = {w: plan_search(ds, from_dict({"quant": {"weights": w}})) for w in ("int8", "int4", "binary")}
+    assert {w: p.kernel_cost.kernel for w, p in plans.items()} == {"int8": "dsp", "int4": "dsp", "binary": "c"}
+    for shape, c8 in plans["int8"].costs.items():
+        c4, c1 = plans["int4"].costs[shape], plans["binary"].costs[shape]
+        assert c1.weight_bytes < c4.weight_bytes < c8.weight_bytes
+        assert c4.instructions != c8.instructions and c1.instructions != c8.instructions
+    # the same flash budget holds shapes at int4 that it does not at int8
+    assert len(plans["int4"].candidates) >= len(plans["int8"].candidates)
 
 
 # -- the low-bit embedding (docs/numerics.md, "Low-bit embedding") ---------------------------

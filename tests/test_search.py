@@ -11,7 +11,7 @@ from tinyseek.cli import main
 from tinyseek.codegen.render import render
 from tinyseek.config import ConfigError, load, scaled_settings
 from tinyseek.data import Dataset, Split
-from tinyseek.distill.search import (CAP_REASON, KernelCost, Outcome, SearchError, Shape, Task, candidate_config,
+from tinyseek.distill.search import (CAP_REASON, KERNEL_COST_FILE, KernelCost, Outcome, SearchError, Shape, Task, candidate_config,
                                      fitting, grid, kernels_hash, load_kernel_cost, make_budget, memory_bytes, pareto, plan_search,
                                      random_student, run_search, select, size_key, stack_width, student_cost, work)
 from tinyseek.harness.boards import load_profile
@@ -31,14 +31,20 @@ def header_sizes(lib, name: str) -> dict[str, int]:
     (Shape(24, 1, 12, 300), Task("text", 5, 16), True),  # through the real quantizer
     (Shape(20, 2, 8, 77), Task("text", 3, 10), False),
     (Shape(13, 2, 6, None), Task("sequence", 4, 9, num_features=7), False),
+    # low-bit: packed rows of odd widths, the embedding's gain bytes, a binary model's sign-row head
+    (Shape(23, 1, 13, 300), Task("text", 5, 16, weights="int4", embedding="int4"), True),
+    (Shape(21, 2, 11, 90), Task("text", 3, 10, weights="binary", embedding="binary"), True),
+    (Shape(19, 1, 9, 70), Task("text", 4, 10, weights="int8", embedding="binary"), True),
+    (Shape(13, 2, 6, None), Task("sequence", 4, 9, num_features=7, weights="binary"), False),
 ])
 def test_cost_model_bytes_equal_the_generated_header(tmp_path, shape, task, quantized):
     if quantized:
         model = random_student(shape, task, name="cm")
+        assert (model.weights, model.embedding_width) == (task.weights, task.embedding)
     else:
         model = random_model(3, kind=task.kind, hidden=[shape.hidden] * shape.layers,
                              input_size=task.input_size(shape), num_classes=task.num_classes,
-                             vocab_size=shape.vocab_size or 64, max_len=task.max_len, name="cm")
+                             vocab_size=shape.vocab_size or 64, max_len=task.max_len, name="cm", width=task.weights)
     render(model, tmp_path / "cm")
     got = header_sizes(tmp_path / "cm", "cm")
     want = memory_bytes(shape, task)
@@ -77,6 +83,25 @@ def test_committed_coefficients_cover_the_emulated_m4_and_the_board_it_stands_fo
     assert stand_in.measured_on == "qemu_m4" and stand_in.mac == own.mac
     with pytest.raises(SearchError, match="bench/kernel_cost.py"):
         load_kernel_cost("esp32dev")
+
+
+@pytest.mark.parametrize("weights", ["int4", "binary"])
+def test_committed_low_bit_coefficients_are_their_own(weights):
+    """The low-bit models' fit beside the int8 one, for every board with an int8 entry."""
+    for board in ("qemu_m4", "qemu_m7", "qemu_m55", "qemu_rv32"):
+        int8, own = load_kernel_cost(board), load_kernel_cost(board, weights=weights)
+        assert own.kernels_hash == kernels_hash(), f"refit: python bench/kernel_cost.py --envs {board} --weights {weights}"
+        assert own.mac > 0 and own.mac != int8.mac
+        want = "dsp" if weights == "int4" and board != "qemu_rv32" else "c"
+        assert own.kernel == want, (board, own.kernel)
+
+
+def test_a_width_without_coefficients_names_the_command(tmp_path):
+    path = tmp_path / "kc.json"
+    path.write_text(json.dumps({"boards": {"qemu_m4": json.loads(KERNEL_COST_FILE.read_text())["boards"]["qemu_m4"]
+                                           | {"widths": {}}}}))
+    with pytest.raises(SearchError, match="bench/kernel_cost.py --envs qemu_m4 --weights binary"):
+        load_kernel_cost("qemu_m4", path, weights="binary")
 
 
 def _costs(shapes, task=Task("text", 4, 12)):

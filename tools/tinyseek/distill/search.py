@@ -45,6 +45,7 @@ KB = 1024
 TABLE_BYTES = 2 * 257 * 2  # sigmoid and tanh, int16[257] each
 GATE_ROW_BYTES = 4 + 1 + 4 + 1 + 4  # per gate row: mx int32, nx uint8, mh int32, nh uint8, bias int32
 HEAD_ROW_BYTES = 4 + 4 + 1  # per class: bias int32, m int32, n uint8
+PER_BYTE = {"int8": 1, "int4": 2, "binary": 8}  # weights per stored byte
 
 
 class SearchError(ValueError):
@@ -83,20 +84,27 @@ class Task:
     num_classes: int
     max_len: int  # steps of the worst-case inference
     num_features: int | None = None  # sequence tasks: the input projection folds into layer 0
+    weights: str = "int8"  # quant.weights: the LSTM gate matrices' width (a binary model's head too)
+    embedding: str = "int8"  # the stored embedding's width (text)
 
     def input_size(self, shape: Shape) -> int:
         return shape.embed_dim if self.kind == "text" else int(self.num_features)
 
 
+def row_bytes(columns: int, width: str) -> int:
+    """Bytes of one stored row of `columns` weights (docs/numerics.md, "Low-bit weights")."""
+    return -(-columns // PER_BYTE[width])
+
+
 def memory_bytes(shape: Shape, task: Task) -> dict[str, int]:
     """The generated header's WEIGHT_BYTES, STATE_BYTES and SCRATCH_BYTES of this shape."""
-    H, C = shape.hidden, task.num_classes
-    weights = TABLE_BYTES + C * (H + HEAD_ROW_BYTES)
-    if task.kind == "text":
-        weights += shape.vocab_size * shape.embed_dim
+    H, C, w = shape.hidden, task.num_classes, task.weights
+    weights = TABLE_BYTES + C * (row_bytes(H, "binary" if w == "binary" else "int8") + HEAD_ROW_BYTES)
+    if task.kind == "text":  # a low-bit embedding keeps a gain byte per row
+        weights += shape.vocab_size * (row_bytes(shape.embed_dim, task.embedding) + (task.embedding != "int8"))
     inp = task.input_size(shape)
     for _ in range(shape.layers):
-        weights += 4 * H * (inp + H) + 4 * H * GATE_ROW_BYTES
+        weights += 4 * H * (row_bytes(inp, w) + row_bytes(H, w)) + 4 * H * GATE_ROW_BYTES
         inp = H
     units = shape.layers * H  # <name>_state: int16 c + int8 h per unit, padded to 2 bytes
     return {"weight_bytes": weights, "state_bytes": 3 * units + units % 2, "scratch_bytes": H}
@@ -151,9 +159,10 @@ def kernels_hash(folder: Path = KERNELS_DIR) -> str:
     return h.hexdigest()[:16]
 
 
-def load_kernel_cost(board: str, path: str | Path = KERNEL_COST_FILE) -> KernelCost:
-    """The coefficients of `board`, or of the emulated board that stands for it (its profile's
-    reference_board): then its instructions are taken as the real board's cycles, an estimate."""
+def load_kernel_cost(board: str, path: str | Path = KERNEL_COST_FILE, weights: str = "int8") -> KernelCost:
+    """The coefficients of `board` for models of gate width `weights`, or of the emulated board
+    that stands for it (its profile's reference_board): then its instructions are taken as the
+    real board's cycles, an estimate."""
     path = Path(path)
     if not path.is_file():
         raise SearchError(f"{path} is missing: measure the kernels with `{REFIT}`")
@@ -170,6 +179,11 @@ def load_kernel_cost(board: str, path: str | Path = KERNEL_COST_FILE) -> KernelC
                               "(emulated boards only) or pick a board an emulated one stands for")
         env = stand_ins[0]
     e = data[env]
+    if weights != "int8":  # the low-bit kernels' own fit, beside the int8 entry
+        e = e.get("widths", {}).get(weights)
+        if e is None:
+            raise SearchError(f"no kernel cost coefficients for {weights} weights on {env} in {path}; measure them "
+                              f"with `{REFIT} --envs {env} --weights {weights}`")
     try:
         cost = KernelCost(board=board, measured_on=env, unit=e["unit"], kernel=e["kernel"],
                           **{k: float(e["coefficients"][k]) for k in ("mac", "unit_step", "step", "fixed")},
@@ -181,8 +195,9 @@ def load_kernel_cost(board: str, path: str | Path = KERNEL_COST_FILE) -> KernelC
         raise SearchError(f"{path}: the entry of {env!r} lacks {e2}; rewrite it with `{REFIT}`") from e2
     if cost.kernels_hash != kernels_hash():
         warnings.warn(StaleCostWarning(
-            f"the kernel cost coefficients of {env} were fitted on other kernel templates than templates/kernels/ "
-            f"now; the latency estimates may be off until `{REFIT} --envs {env}` refits them"), stacklevel=2)
+            f"the {weights} kernel cost coefficients of {env} were fitted on other kernel templates than "
+            f"templates/kernels/ now; the latency estimates may be off until "
+            f"`{REFIT} --envs {env}{'' if weights == 'int8' else ' --weights ' + weights}` refits them"), stacklevel=2)
     return cost
 
 
@@ -326,8 +341,9 @@ def pareto(points: dict[Shape, tuple[float, ...]]) -> set[Shape]:
 # -- training and scoring one candidate -----------------------------------------------------------
 
 def random_student(shape: Shape, task: Task, *, name: str = "synth", seed: int = 0):
-    """The int8 model of a randomly initialised TinyLSTM of this shape, through the real
-    quantizer (realistic scales and requantization forms), calibrated on random inputs."""
+    """The quantized model (task.weights, task.embedding) of a randomly initialised TinyLSTM of
+    this shape, through the real quantizer (realistic scales and requantization forms),
+    calibrated on random inputs."""
     import torch
 
     from ..quant.quantize import quantize
@@ -349,7 +365,7 @@ def random_student(shape: Shape, task: Task, *, name: str = "synth", seed: int =
         save_student(TinyLSTM(spec), spec, tmp)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights saturate some gates; irrelevant for sizes and timing
-            return quantize(tmp, calib, name=name)
+            return quantize(tmp, calib, name=name, weights=task.weights, embedding=task.embedding)
 
 
 def test_accuracies(dataset, knowledge_path: Path, folder: Path) -> dict:
@@ -495,22 +511,18 @@ class Plan:
 
 def plan_search(dataset, cfg) -> Plan:
     """Price every grid shape of cfg.search on its board; SearchError when none fits."""
-    s = cfg.search
-    if cfg.quant.weights != "int8":
-        raise SearchError(f"quant.weights = {cfg.quant.weights!r}: the search prices students with int8 weights only "
-                          "(its flash model and its latency model, fitted by bench/kernel_cost.py, are int8's); search "
-                          "with quant.weights = int8, then quantize the chosen student to the narrower width "
-                          "(bench/low_bit.py compares widths at the same flash)")
+    s, w = cfg.search, cfg.quant.weights
     board = load_profile(s.board)
-    kc = load_kernel_cost(s.board)
+    kc = load_kernel_cost(s.board, weights=w)
     budget = make_budget(board, s.flash_kb, s.ram_kb, s.latency_ms)
     if dataset.kind == "text":
         from ..student.tokenizer import HashTokenizer
-        task = Task("text", len(dataset.labels), cfg.student.max_len)
+        task = Task("text", len(dataset.labels), cfg.student.max_len, weights=w, embedding=cfg.quant.embedding or w)
         tok = HashTokenizer(2, cfg.student.max_len)  # token counts do not depend on the vocabulary
         lengths = [len(tok.encode(t)) for t in dataset.val.texts]
     else:
-        task = Task("sequence", len(dataset.labels), int(dataset.train.x.shape[1]), int(dataset.train.x.shape[2]))
+        task = Task("sequence", len(dataset.labels), int(dataset.train.x.shape[1]), int(dataset.train.x.shape[2]),
+                    weights=w)
         lengths = [task.max_len]
     typical = float(np.median(lengths)) if lengths else float(task.max_len)
     shapes = grid(s, dataset.kind)
@@ -560,7 +572,8 @@ def run_search(dataset, knowledge_path: str | Path, cfg, out_dir: str | Path, *,
         out = evaluate(shape)
         acc = "n/a" if out.accuracy is None else f"{out.accuracy:.4f}"
         verdict = "passes" if out.accuracy is not None and out.accuracy >= threshold else "fails"
-        log(f"[search] {shape.label}: flash {costs[shape].flash_bytes / KB:.1f} KB, int8 accuracy {acc} -> {verdict}"
+        log(f"[search] {shape.label}: flash {costs[shape].flash_bytes / KB:.1f} KB, {cfg.quant.weights} accuracy {acc} "
+            f"-> {verdict}"
             + (f" ({out.error})" if out.error else ""))
         return out
 
