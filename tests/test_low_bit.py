@@ -97,6 +97,9 @@ def test_config_names_the_widths():
     validate(from_dict({"quant": {"weights": "int4", "qat_epochs": 2}}))
     with pytest.raises(ConfigError, match="quant.weights must be int8, int4 or binary"):
         validate(from_dict({"quant": {"weights": "int2"}}))
+    validate(from_dict({"quant": {"weights": "int8", "embedding": "binary"}}))
+    with pytest.raises(ConfigError, match=r"quant.embedding must be int8, int4, binary or empty \(the same as quant.weights\)"):
+        validate(from_dict({"quant": {"embedding": "int2"}}))
 
 
 def _models(width):
