@@ -84,7 +84,7 @@ def board(env: str, model: QuantModel, ids: list, work: Path, flags: list[str]) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--qat-epochs", type=int, default=6)
-    ap.add_argument("--qat-lr", type=float, default=None, help="default: quant.qat_lr")
+    ap.add_argument("--qat-lr", type=float, default=None, help="default: quant.qat_lr (0: the width's own, config.QAT_LR)")
     ap.add_argument("--envs", default="qemu_m4,qemu_m55")
     ap.add_argument("--samples", type=int, default=100, help="test texts sent to each board")
     ap.add_argument("--knowledge", type=Path, default=DEFAULT / "knowledge.safetensors")
@@ -98,13 +98,19 @@ def main() -> None:
     ap.add_argument("--add-qat", choices=["int8"], default=None,
                     help="instead: add the QAT row of this width to the results in --out (int8: the control, the "
                          "same extra epochs with next to no quantization)")
+    ap.add_argument("--sweep-lr", default="",
+                    help="instead: QAT at each of these peak learning rates (comma-separated) for int4 and binary, "
+                         "validation accuracy only (how config.QAT_LR was chosen), added to the results in --out")
     args = ap.parse_args()
+    knowledge = _shown(args.knowledge)
     command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
                + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else "")
-               + (f" --embedding {args.embedding}" if args.embedding else ""))
+               + (f" --embedding {args.embedding}" if args.embedding else "")
+               + _knowledge_flag(args))
     if not args.knowledge.is_file():
-        raise SystemExit(f"{args.knowledge} is missing: it is the default run's knowledge cache (`make default` or "
-                         "`tinyseek run` rebuilds it); pass --knowledge PATH to another copy")
+        raise SystemExit(f"{args.knowledge} is missing: it is the default run's knowledge cache, written by "
+                         "`tinyseek teacher`; pass --knowledge PATH to another copy of the same task's (`make demo` "
+                         "writes models/demo/knowledge.safetensors)")
     cfg = load(DEFAULT / "config.toml")
     ds = Run(cfg).dataset
     work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
@@ -112,12 +118,16 @@ def main() -> None:
         return wide(args, cfg, ds, work)
     if args.add_qat:
         return add_qat(args, cfg, ds, work)
+    if args.sweep_lr:
+        return sweep_lr(args, cfg, ds, work)
     fs = FloatStudent.from_folder(DEFAULT / "student")
     float_bytes = 4 * sum(L.w_x.size + L.w_h.size for L in fs.quant_layers())
     result = {"task": ds.name, "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
                                          "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y),
                                          "gate_bytes": float_bytes},
-              "qat_epochs": args.qat_epochs, "command": command, "plan": PLAN, "variants": {}, "boards": {}}
+              "qat_epochs": args.qat_epochs, "command": command, "knowledge": knowledge, "plan": PLAN, "variants": {}, "boards": {}}
+    if args.out.is_file():  # the learning-rate sweep stands apart from these rows: kept
+        result.update({k: v for k, v in json.loads(args.out.read_text()).items() if k == "lr_sweep"})
     models = {}
     for width in ("int8", "int4", "binary"):
         run_dir = work / width
@@ -138,6 +148,7 @@ def main() -> None:
             row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
             if label.endswith("QAT"):
                 row["qat_best_epoch"] = model.meta["qat"]["best_epoch"]
+                row["qat_lr"] = model.meta["qat"]["lr"]
                 row["qat_seconds"] = seconds
             result["variants"][label] = row
             print(label, json.dumps(row), flush=True)
@@ -173,13 +184,45 @@ def add_qat(args, cfg, ds, work: Path) -> None:
     int8 = result["variants"][f"{args.add_qat} PTQ"]
     row = {"weights": args.add_qat, "embedding": model.embedding_width, **accuracies(model, ds), **sizes(model),
            "qat_best_epoch": model.meta["qat"]["best_epoch"],
-           "command": f"python bench/low_bit.py --add-qat {args.add_qat} --qat-epochs {args.qat_epochs}"}
+           "command": f"python bench/low_bit.py --add-qat {args.add_qat} --qat-epochs {args.qat_epochs}"
+                      + _knowledge_flag(args)}
     row["gate_smaller_than_float"] = result["float"]["gate_bytes"] / row["gate_bytes"]
     row["loss_vs_float_test_points"] = 100 * (result["float"]["test_accuracy"] - row["test_accuracy"])
     _vs_int8(row, int8)
     result["variants"][f"{args.add_qat} QAT"] = row
     print(json.dumps(row), flush=True)
     _write(args, result)
+
+
+def sweep_lr(args, cfg, ds, work: Path) -> None:
+    """QAT of the default's float student at several peak learning rates; the validation split
+    only (the test is not read): the choice of config.QAT_LR."""
+    result = json.loads(args.out.read_text())
+    rows = []
+    for width in ("int4", "binary"):
+        for lr in (float(v) for v in args.sweep_lr.split(",")):
+            run_dir = work / f"sweep-{width}-{lr:g}"
+            shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+            quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=args.qat_epochs, qat_lr=lr)
+            model = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds, args.knowledge)
+            rows.append({"weights": width, "qat_lr": lr, "best_epoch": model.meta["qat"]["best_epoch"],
+                         "val_accuracy": labeled_accuracy(oracle_logits(model, ds.val).argmax(axis=1), ds.val.y)})
+            print(json.dumps(rows[-1]), flush=True)
+    result["lr_sweep"] = {"command": f"python bench/low_bit.py --sweep-lr {args.sweep_lr} --qat-epochs {args.qat_epochs}"
+                                     + _knowledge_flag(args),
+                          "rows": rows}
+    _write(args, result)
+
+
+def _knowledge_flag(args) -> str:
+    shown = _shown(args.knowledge)
+    return f" --knowledge {shown}" if shown != _shown(DEFAULT / "knowledge.safetensors") else ""
+
+
+def _shown(path: Path) -> str:
+    """A path as the command line would name it: relative to the checkout where it lies inside."""
+    p = path.resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 def _vs_int8(row: dict, int8: dict) -> None:
@@ -211,7 +254,7 @@ def wide(args, cfg, ds, work: Path) -> None:
                                 qat_lr=args.qat_lr if args.qat_lr is not None else cfg.quant.qat_lr)
     qat = quantize_run(dataclasses.replace(wcfg, quant=quant), run_dir, ds, args.knowledge)
     ptq = QuantModel.load(run_dir / "int8_ptq")
-    result["wide"] = {"hidden": H, "command": f"python bench/low_bit.py --wide-hidden {H} --qat-epochs {args.qat_epochs}",
+    result["wide"] = {"hidden": H, "command": f"python bench/low_bit.py --wide-hidden {H} --qat-epochs {args.qat_epochs}" + _knowledge_flag(args),
                       "seconds": time.time() - t0,
                       "float": {"val_accuracy": labeled_accuracy(fs.predict(ds.val).argmax(axis=1), ds.val.y),
                                 "test_accuracy": labeled_accuracy(fs.predict(ds.test).argmax(axis=1), ds.test.y)},
@@ -228,7 +271,9 @@ def markdown(r: dict) -> str:
     f = r["float"]
     lines = [f"Task `{r['task']}`, the committed default's float student (test {_pct(f['test_accuracy'])}, validation "
              f"{_pct(f['val_accuracy'])}; LSTM gate matrices {f['gate_bytes']:,} B as float32). QAT: "
-             f"{r['qat_epochs']} epochs from the float student, the epoch of best validation accuracy kept.", "",
+             f"{r['qat_epochs']} epochs from the float student at the width's peak learning rate (`quant.qat_lr`, the "
+             "sweep below), the epoch of best validation accuracy kept. Distillation targets of the QAT epochs: "
+             f"`{r.get('knowledge', 'models/intents/knowledge.safetensors')}`.", "",
              "Weight matrices: the embedding (codes and a gain byte per row where it is low-bit), the LSTM "
              "gate matrices and the head; all arrays: those and every per-row multiplier, shift and bias and the "
              "two activation tables, everything in flash besides code.", "",
@@ -259,6 +304,16 @@ def markdown(r: dict) -> str:
                       f"of int8's ({best['embedding']} embedding {best['embedding_bytes']:,} B), {drop:.2f} points below "
                       f"int8 on the test: **{'met' if met else 'not met'}**. All arrays {_pct(best['weight_bytes_vs_int8'])} "
                       "of int8's (the per-row multipliers, shifts and biases and the tables keep their size)."]
+    if "lr_sweep" in r:
+        sw = r["lr_sweep"]
+        lrs = sorted({row["qat_lr"] for row in sw["rows"]})
+        lines += ["", f"QAT peak learning rate, chosen on validation (`{sw['command']}`; the test split not read; "
+                      "validation accuracy of the quantized model, best epoch in parentheses):", "",
+                  "| weights | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+        for width in ("int4", "binary"):
+            cells = {row["qat_lr"]: f"{_pct(row['val_accuracy'])} ({row['best_epoch']})" for row in sw["rows"]
+                     if row["weights"] == width}
+            lines.append(f"| {width} | " + " | ".join(cells.get(lr, "") for lr in lrs) + " |")
     if "wide" in r:
         w, i8 = r["wide"], r["variants"]["int8 PTQ"]
         lines += ["", f"Twice as wide at the same flash? An int4 student of hidden {w['hidden']} (`{w['command']}`: "

@@ -168,6 +168,13 @@ class DistillConfig:
     seed: int = 0
 
 
+# quant.qat_lr when left at 0, per gate width: chosen on the built-in task's validation split
+# (6 epochs from the default's float student; int4 1e-3 / 3e-3 / 1e-2 / 3e-2: 76.6 / 78.3 / 78.6 /
+# 78.2 %, binary 3e-4 / 1e-3 / 3e-3 / 1e-2 / 3e-2: 73.7 / 73.5 / 77.3 / 78.2 / 79.4 %; int8, not
+# swept, as int4). bench/RESULTS.md, "Low-bit weights".
+QAT_LR = {"int8": 1e-2, "int4": 1e-2, "binary": 3e-2}
+
+
 @dataclass
 class QuantConfig:
     calibration_samples: int = 512
@@ -180,7 +187,12 @@ class QuantConfig:
     # Quantization-aware epochs after distillation: the float student trained on with its gate
     # weights fake-quantized to `weights` (straight-through gradients); 0 = post-training only.
     qat_epochs: int = 0
-    qat_lr: float = 1e-3  # peak learning rate of the QAT epochs (cosine decay, as every stage)
+    # Peak learning rate of the QAT epochs (cosine decay, as every stage); 0 = QAT_LR's for the width.
+    qat_lr: float = 0.0
+
+    @property
+    def qat_peak_lr(self) -> float:
+        return self.qat_lr or QAT_LR[self.weights]
 
 
 @dataclass
@@ -378,7 +390,7 @@ def validate(cfg: Config) -> None:
          f"quant.weights must be int8, int4 or binary (the width of the LSTM gate matrices), not {cfg.quant.weights!r}")
     need(cfg.quant.embedding in ("", "int8", "int4", "binary"),
          f"quant.embedding must be int8, int4, binary or empty (the same as quant.weights), not {cfg.quant.embedding!r}")
-    need(cfg.quant.qat_lr > 0, f"quant.qat_lr must be > 0, not {cfg.quant.qat_lr}")
+    need(cfg.quant.qat_lr >= 0, f"quant.qat_lr must be > 0 (or 0: the width's default), not {cfg.quant.qat_lr}")
     need(cfg.quant.qat_epochs >= 0, f"quant.qat_epochs must be >= 0 (0: post-training quantization only), not "
          f"{cfg.quant.qat_epochs}")
     need(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")

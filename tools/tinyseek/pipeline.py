@@ -191,7 +191,7 @@ class Run:
             if (c.quant.embedding or c.quant.weights) != "int8":
                 quant["embedding"] = c.quant.embedding or c.quant.weights
             if c.quant.qat_epochs:
-                quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_lr, distill=asdict(c.distill),
+                quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_peak_lr, distill=asdict(c.distill),
                              knowledge=hash_safetensors(self.knowledge, metadata=False))
             return hash_obj([__version__, task, quant, c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":

@@ -103,9 +103,9 @@ def fake_quantized(lstm: nn.LSTM, width: str):
 
 def qat_stage(cfg) -> Stage:
     """The QAT epochs: the logits stage's objective (teacher KL at the final temperature plus
-    the hard-label weight) at quant.qat_lr, every epoch competing on validation accuracy."""
+    the hard-label weight) at quant.qat_lr (or the width's default), every epoch competing on validation accuracy."""
     d = cfg.distill
-    return Stage("qat", cfg.quant.qat_epochs, cfg.quant.qat_lr, 1.0 - d.hard_weight, d.hard_weight, 0.0,
+    return Stage("qat", cfg.quant.qat_epochs, cfg.quant.qat_peak_lr, 1.0 - d.hard_weight, d.hard_weight, 0.0,
                  (d.temperature_end, d.temperature_end), True)
 
 

@@ -284,7 +284,7 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         save_student(result.model, result.spec, qat_dir)
         (qat_dir / "history.json").write_text(json.dumps(result.summary, indent=2) + "\n")
         model.save(ptq_dir)
-        qat = {"epochs": cfg.quant.qat_epochs, "lr": cfg.quant.qat_lr, "best_epoch": result.summary["best_epoch"]}
+        qat = {"epochs": cfg.quant.qat_epochs, "lr": cfg.quant.qat_peak_lr, "best_epoch": result.summary["best_epoch"]}
         model = _quantize(FloatStudent.from_folder(qat_dir), calib, name=cfg.model_name,
                           meta={"task": dataset.name, "qat": qat}, source=source_hash(qat_dir),
                           saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale,
