@@ -159,7 +159,8 @@ class QuantModel:
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
             "sigmoid_table": self.sigmoid_table, "tanh_table": self.tanh_table,
-            "head.w": pack_weights(self.head.w, self.head_width), "head.bias": self.head.bias, "head.m": self.head.m, "head.n": self.head.n,
+            "head.w": pack_weights(self.head.w, self.head_width), "head.bias": self.head.bias,
+            "head.m": self.head.m, "head.n": self.head.n,
         }
         if self.embedding is not None and self.embedding_width == "int8":
             out["embedding"] = self.embedding
@@ -243,19 +244,8 @@ class QuantModel:
             if fc["weights"] != ("binary" if width == "binary" else "int8"):
                 raise ModelFileError(f"{head_file}: head weight width {fc['weights']!r} with {width} LSTM weights "
                                      "(a binary model has a binary head, the others an int8 one); re-run `tinyseek quantize`")
-            embedding, emb_width, gain = arr.get("embedding"), "int8", None
             emb_op = next((op for op in hdr["ops"] if op["op"] == "embedding"), None)
-            if emb_op is not None and emb_op.get("weights", "int8") != "int8":
-                emb_width = emb_op["weights"]
-                if emb_width not in WEIGHT_WIDTHS:
-                    raise ModelFileError(f"{head_file}: embedding width {emb_width!r} is not one of "
-                                         f"{', '.join(WEIGHT_WIDTHS)}; re-run `tinyseek quantize`")
-                gain = arr["embedding.gain"]
-                if gain.dtype != np.uint8 or gain.shape != (emb_op["vocab"],):
-                    raise ModelFileError(f"{folder}: embedding.gain must be uint8[{emb_op['vocab']}], not "
-                                         f"{gain.dtype}{list(gain.shape)}; re-run `tinyseek quantize`")
-                codes = _unpacked(embedding, emb_width, emb_op["vocab"], emb_op["dim"], f"{folder}: embedding")
-                embedding = (codes.astype(np.int64) * gain[:, None]).clip(-128, 127).astype(np.int8)
+            embedding, emb_width, gain = _embedding(arr, emb_op, folder)
             model = cls(
                 name=hdr["name"], kind=hdr["kind"], labels=hdr["labels"], input_scale=hdr["input_scale"],
                 output_scale=hdr["output_scale"], layers=layers,
@@ -335,6 +325,22 @@ class QuantModel:
         exact = np.all(codes * gi == e)
         ok = np.all(np.abs(codes) <= INT4_MAX) if width == "int4" else np.all(np.abs(codes) == 1)
         need(bool(exact and ok), f"embedding rows are not their gain times {width} codes")
+
+
+def _embedding(arr: dict, op: dict | None, folder: Path) -> tuple[np.ndarray | None, str, np.ndarray | None]:
+    """(int8 rows, width, gains) of a stored embedding: a low-bit one expanded to gain * codes."""
+    width = op.get("weights", "int8") if op is not None else "int8"
+    if width == "int8":
+        return arr.get("embedding"), width, None
+    if width not in WEIGHT_WIDTHS:
+        raise ModelFileError(f"{folder}: embedding width {width!r} is not one of {', '.join(WEIGHT_WIDTHS)}; "
+                             "re-run `tinyseek quantize`")
+    gain = arr["embedding.gain"]
+    if gain.dtype != np.uint8 or gain.shape != (op["vocab"],):
+        raise ModelFileError(f"{folder}: embedding.gain must be uint8[{op['vocab']}], not "
+                             f"{gain.dtype}{list(gain.shape)}; re-run `tinyseek quantize`")
+    codes = _unpacked(arr["embedding"], width, op["vocab"], op["dim"], f"{folder}: embedding")
+    return (codes.astype(np.int64) * gain[:, None]).clip(-128, 127).astype(np.int8), width, gain
 
 
 def _unpacked(p: np.ndarray, width: str, rows: int, cols: int, what: str) -> np.ndarray:
