@@ -1,6 +1,7 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
-host (UBSan) and on the emulated boards, where every core runs the portable kernels."""
+host (UBSan) and on the emulated boards: the Cortex-M DSP kernels (int4, binary) on cores with
+the DSP extension, the portable kernels elsewhere."""
 import json
 import subprocess
 import tempfile
@@ -70,7 +71,7 @@ def test_model_file_round_trip_and_bad_packing(tmp_path):
         assert json.loads((tmp_path / width / "model.json").read_text())["ops"][1]["weights"] == width
     # an int8 model keeps its header (and so its hash) without the new key
     assert "weights" not in random_model(3).ir()[1]
-    # a binary model's head is sign bits too (every target runs its portable C); int4 keeps an int8 head
+    # a binary model's head is sign bits too (its kernels read them); int4 keeps an int8 head
     binary, int4 = random_model(3, hidden=[4, 12], input_size=5, width="binary"), random_model(3, width="int4")
     assert binary.arrays()["head.w"].shape == (4, 2) and binary.arrays()["head.w"].dtype == np.uint8
     assert binary.ir()[-1]["weights"] == "binary" and "weights" not in int4.ir()[-1]
@@ -123,7 +124,7 @@ def test_portable_c_matches_the_oracle_on_the_host(width):
             render(m, Path(tmp) / "lib")
             kernels = (Path(tmp) / "lib" / f"{m.name}_kernels.h").read_text()
             assert ("int4 gate weights: the Cortex-M DSP extension unpacks them" if width == "int4" else
-                    "binary gate weights: every target runs the portable C kernels") in kernels
+                    "binary gate weights (and head): the Cortex-M DSP extension sums x") in kernels
             if m.kind == "text":
                 result = verify_host(m, Path(tmp) / "lib", TEXTS, token_ids=random_token_ids(m, rng, 5, 60),
                                      every_step=True, cflags=UBSAN)
@@ -150,15 +151,16 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             render(model, tmp_path / width / model.name)  # PlatformIO finds a library by its folder name
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
-            # int4 has a DSP-extension kernel (Cortex-M4, M55); everything else runs the portable C
-            assert out["model"]["kernel"] == ("dsp" if width == "int4" and env in ("qemu_m4", "qemu_m55") else "c")
+            # both widths have a DSP-extension kernel (Cortex-M4, M55); the other cores run the portable C
+            assert out["model"]["kernel"] == ("dsp" if env in ("qemu_m4", "qemu_m55") else "c")
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
 
 
 @pytest.mark.slow
-def test_portable_flag_selects_the_c_kernels_for_int4(tmp_path, need_tools):
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_portable_flag_selects_the_c_kernels_for_low_bit(width, tmp_path, need_tools):
     need_tools(ARM)
-    model = _models("int4")[0]
+    model = _models(width)[0]
     render(model, tmp_path / model.name)
     xs = random_sequences(model, np.random.default_rng(6), 4, 9)
     out = run_device_bench("qemu_m4", tmp_path / model.name, list(xs), build_dir=tmp_path / "b",
@@ -166,9 +168,54 @@ def test_portable_flag_selects_the_c_kernels_for_int4(tmp_path, need_tools):
     assert out["model"]["kernel"] == "c" and out["logits"] == infer_sequences(model, xs).tolist()
 
 
+def _binary_edge_model():
+    """Sign rows whose lengths are no multiple of 8 or 32 (inputs 40 = one block of 32 and one
+    byte, hidden 33 and 70 = two blocks and one byte), hidden sizes no multiple of 4, two layers,
+    a head of 6 classes (one pass of four, one of two), all-+1 and all--1 rows in every matrix."""
+    m = random_model(37, kind="sequence", hidden=[33, 70], input_size=40, num_classes=6, scales="mixed",
+                     width="binary", name="lbin")
+    for layer in m.layers:
+        layer.w_x[0], layer.w_x[5], layer.w_h[2], layer.w_h[7] = 1, -1, 1, -1
+    m.head.w[0], m.head.w[1] = 1, -1
+    return m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m55"])
+def test_binary_dsp_kernel_is_bit_exact_on_tails_and_extremes(env, tmp_path, need_tools):
+    """The binary DSP kernel (UADD8 / SEL / USADA8 on blocks of 32 columns) on partial blocks and
+    bytes, the extreme inputs -128 and 127, and single-byte rows (input 7, hidden 5)."""
+    need_tools(ARM)
+    small = random_model(38, kind="sequence", hidden=[5, 3], input_size=7, num_classes=3, scales="mixed",
+                         weights="extreme", width="binary", name="lbsm")
+    for model in (_binary_edge_model(), small):
+        rng = np.random.default_rng(4)
+        xs = np.concatenate([random_sequences(model, rng, 4, 7), random_sequences(model, rng, 3, 7, extreme=True)])
+        xs[0], xs[1] = -128, 127
+        want = infer_sequences(model, xs)
+        if model.name == "lbin":
+            assert len({tuple(row) for row in want.tolist()}) == len(xs)  # outputs tell inputs apart
+        render(model, tmp_path / model.name)
+        out = run_device_bench(env, tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == "dsp"
+        assert out["logits"] == want.tolist(), model.name
+
+
+def test_binary_edge_model_matches_the_oracle_on_the_host():
+    """The same model through the portable C on the host (UBSan): the yardstick of the board test."""
+    m = _binary_edge_model()
+    rng = np.random.default_rng(4)
+    xs = np.concatenate([random_sequences(m, rng, 3, 7), random_sequences(m, rng, 3, 7, extreme=True)])
+    with tempfile.TemporaryDirectory() as tmp:
+        render(m, Path(tmp) / "lib")
+        result = verify_host(m, Path(tmp) / "lib", list(xs), every_step=True, cflags=UBSAN)
+    assert result.bitexact, result.first_mismatch
+
+
 @pytest.mark.parametrize("cpu, int4, binary", [("cortex-m0plus", "c", "c"), ("cortex-m3", "c", "c"),
-                                               ("cortex-m4", "dsp", "c"), ("cortex-m33", "dsp", "c"),
-                                               ("cortex-m55", "dsp", "c"), ("cortex-a7", "c", "c")])
+                                               ("cortex-m4", "dsp", "dsp"), ("cortex-m7", "dsp", "dsp"),
+                                               ("cortex-m33", "dsp", "dsp"), ("cortex-m33+nodsp", "c", "c"),
+                                               ("cortex-m55", "dsp", "dsp"), ("cortex-a7", "c", "c")])
 def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
     for width, variant in (("int4", int4), ("binary", binary)):

@@ -118,8 +118,8 @@ class QuantModel:
 
     @property
     def head_width(self) -> str:
-        """The head's weights: sign bits in a binary model (every target runs its portable C
-        kernels), int8 otherwise (the int4 DSP kernels read an int8 head)."""
+        """The head's weights: sign bits in a binary model (read by the binary DSP kernel and the
+        portable C), int8 otherwise (the int4 DSP kernels read an int8 head)."""
         return "binary" if self.weights == "binary" else "int8"
 
     # -- shapes -------------------------------------------------------------------------
