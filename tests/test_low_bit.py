@@ -256,7 +256,7 @@ def test_quantization_aware_training_recovers_binary_accuracy(tmp_path):
     from tinyseek.quant.quantize import quantize_run
     ds = text_dataset()
     knowledge = write_knowledge(tmp_path / "knowledge.safetensors", ds)
-    cfg = small_cfg(**{"quant.weights": "binary", "quant.qat_epochs": 4, "quant.qat_lr": 1e-2})
+    cfg = small_cfg(**{"quant.weights": "binary", "quant.qat_epochs": 4})  # the width's own peak learning rate
     distill(ds, knowledge, cfg, tmp_path, word_dropout=0.0, progress=False)
     qat = quantize_run(cfg, tmp_path, ds, knowledge)
     ptq = QuantModel.load(tmp_path / "int8_ptq")
