@@ -1,0 +1,86 @@
+"""The Helium (MVE) int4 kernel (templates/kernels/helium.c.j2, int4 part) bit for bit against
+the oracle on qemu_m55: odd column counts, rows whose bytes are not multiples of 16 (predicated
+tails), hidden sizes that are not multiples of 4 (the scalar cell), every requantization form,
+two layers, extreme nibbles -8 and 7 against extreme inputs, the default shape and rows long
+enough for the looped assembly."""
+import numpy as np
+import pytest
+
+from tinyseek.codegen.render import render
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
+
+ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
+       "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
+
+
+def _post_only(model):
+    """Shifts raised to at least 33: only the "post" form (the scalar requantization)."""
+    for L in model.layers:
+        L.nx, L.nh = np.maximum(L.nx, 33), np.maximum(L.nh, 33)
+    model.validate()
+    return model
+
+
+def _extreme_rows(model):
+    """A whole row of -8 and one of 7 in every matrix (the largest products, 16 * 8 * 128 = 2^14)."""
+    for L in model.layers:
+        for w in (L.w_x, L.w_h):
+            w[0], w[5] = -8, 7
+    model.validate()
+    return model
+
+
+def _models():
+    return [
+        # Tails only (7 and 13 columns: 4 and 7 bytes), odd columns, hidden 7 and 13 (scalar cells).
+        _extreme_rows(random_model(44, kind="sequence", hidden=[7, 13], input_size=7, num_classes=3,
+                                   weights="extreme", width="int4", name="hseq")),
+        # 33 and 17 columns: one 16-byte chunk plus a 1-byte tail; only the "post" form.
+        _post_only(random_model(42, kind="text", hidden=[17, 33], input_size=9, num_classes=5, vocab_size=300,
+                                max_len=12, weights="extreme", width="int4", name="htxt")),
+        # Powers of two (shifts around 32, both 32-bit forms in one matrix); 45 = 23 bytes.
+        random_model(43, kind="sequence", hidden=[45], input_size=21, num_classes=4, scales="pow2", width="int4",
+                     name="hpow"),
+        # The default shape (32 -> 64, whole chunks, "pre" vectors and the four-unit cell), then
+        # 64 -> 36 (a tail of 2 bytes on the h side).
+        random_model(44, kind="sequence", hidden=[64, 36], input_size=32, num_classes=6, weights="extreme",
+                     width="int4", name="hdef"),
+        # Long rows: 300 columns (150 bytes: the looped assembly and a 6-byte tail) and 130 (65 bytes,
+        # four pointers: 3 x 65 is past VLDRB's immediate offsets).
+        random_model(45, kind="sequence", hidden=[130], input_size=300, num_classes=4, width="int4", name="hlong"),
+    ]
+
+
+def _inputs(model, rng):
+    if model.kind == "text":
+        ids = [t for t in random_token_ids(model, rng, 8, model.max_len) if t]
+        return ids, infer_tokens(model, ids)
+    xs = np.concatenate([random_sequences(model, rng, 4, 9), random_sequences(model, rng, 4, 9, extreme=True)])
+    return list(xs), infer_sequences(model, xs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(5))
+def test_helium_int4_is_bit_exact(index, tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[index]
+    inputs, want = _inputs(model, np.random.default_rng(9 + index))
+    # Saturated outputs would hide a wrong sum: the inputs must tell the outputs apart.
+    assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2, model.name
+    render(model, tmp_path / model.name)
+    out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b")
+    assert out["model"]["kernel"] == "mve"
+    assert out["logits"] == want.tolist(), model.name
+
+
+@pytest.mark.slow
+def test_portable_flag_still_selects_the_c_kernels_on_helium(tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[0]
+    render(model, tmp_path / model.name)
+    inputs, want = _inputs(model, np.random.default_rng(6))
+    out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
+    assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
