@@ -32,6 +32,14 @@ def _extreme_rows(model):
     return model
 
 
+def _pre32_x(model):
+    """Shifts of 32 on the x side: the "pre32" form there (no shift table), "pre" on the h side."""
+    for L in model.layers:
+        L.nx = np.full_like(L.nx, 32)
+    model.validate()
+    return model
+
+
 def _models():
     return [
         # Tails only (7 and 13 columns: 4 and 7 bytes), odd columns, hidden 7 and 13 (scalar cells).
@@ -47,9 +55,10 @@ def _models():
         # 64 -> 36 (a tail of 2 bytes on the h side).
         random_model(44, kind="sequence", hidden=[64, 36], input_size=32, num_classes=6, weights="extreme",
                      width="int4", name="hdef"),
-        # Long rows: 300 columns (150 bytes: the looped assembly and a 6-byte tail) and 130 (65 bytes,
-        # four pointers: 3 x 65 is past VLDRB's immediate offsets).
-        random_model(45, kind="sequence", hidden=[130], input_size=300, num_classes=4, width="int4", name="hlong"),
+        # Long rows: 300 columns (150 bytes: the looped assembly and a 6-byte tail; "pre32") and 130
+        # (65 bytes, four pointers: 3 x 65 is past VLDRB's immediate offsets).
+        _pre32_x(random_model(45, kind="sequence", hidden=[130], input_size=300, num_classes=4, width="int4",
+                              name="hlong")),
     ]
 
 
@@ -84,3 +93,15 @@ def test_portable_flag_still_selects_the_c_kernels_on_helium(tmp_path, need_tool
     out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b",
                            extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
     assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
+
+
+def test_the_models_cover_every_requant_form_and_shape():
+    from tinyseek.codegen.context import requant_mode
+    modes, row_bytes = set(), set()
+    for m in _models():
+        for L in m.layers:
+            modes |= {requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)}
+            row_bytes |= {(L.input_size + 1) // 2, (L.hidden + 1) // 2}
+    assert {"pre", "pre32", "post", "mixed"} <= modes
+    # tails only, whole chunks, chunks and a tail, four pointers, the looped assembly
+    assert {4, 16, 32, 17, 65, 150} <= row_bytes
