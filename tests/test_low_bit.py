@@ -123,7 +123,7 @@ def test_portable_c_matches_the_oracle_on_the_host(width):
         with tempfile.TemporaryDirectory() as tmp:
             render(m, Path(tmp) / "lib")
             kernels = (Path(tmp) / "lib" / f"{m.name}_kernels.h").read_text()
-            assert ("int4 gate weights: the Cortex-M DSP extension unpacks them" if width == "int4" else
+            assert ("int4 gate weights: Helium splits them into nibble vectors" if width == "int4" else
                     "binary gate weights (and head): the Cortex-M DSP extension sums x") in kernels
             if m.kind == "text":
                 result = verify_host(m, Path(tmp) / "lib", TEXTS, token_ids=random_token_ids(m, rng, 5, 60),
@@ -151,8 +151,10 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             render(model, tmp_path / width / model.name)  # PlatformIO finds a library by its folder name
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
-            # both widths have a DSP-extension kernel (Cortex-M4, M55); the other cores run the portable C
-            assert out["model"]["kernel"] == ("dsp" if env in ("qemu_m4", "qemu_m55") else "c")
+            # int4: Helium on Cortex-M55, the DSP extension on Cortex-M4; binary: the DSP extension on
+            # both; the other cores run the portable C
+            want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve" if width == "int4" else "dsp"}.get(env, "c")
+            assert out["model"]["kernel"] == want_kernel
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
 
 
@@ -215,7 +217,8 @@ def test_binary_edge_model_matches_the_oracle_on_the_host():
 @pytest.mark.parametrize("cpu, int4, binary", [("cortex-m0plus", "c", "c"), ("cortex-m3", "c", "c"),
                                                ("cortex-m4", "dsp", "dsp"), ("cortex-m7", "dsp", "dsp"),
                                                ("cortex-m33", "dsp", "dsp"), ("cortex-m33+nodsp", "c", "c"),
-                                               ("cortex-m55", "dsp", "dsp"), ("cortex-a7", "c", "c")])
+                                               ("cortex-m55", "mve", "dsp"), ("cortex-m55+nomve", "dsp", "dsp"),
+                                               ("cortex-a7", "c", "c")])
 def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
     for width, variant in (("int4", int4), ("binary", binary)):

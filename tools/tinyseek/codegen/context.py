@@ -222,38 +222,51 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
 # "pre" matrix (one byte per unit), Mx[4], bias[4] + 32768 and Mh[4]: one post-incremented
 # pointer reads it all, and the sums of a chunk's four VMLADAVs are one vector with lanes = units.
 # The bias carries the activation's index offset (sat16(z) + 32768 = clamp(z + 32768, 0, 65535)).
+# int4 rows (whole 16-byte chunks: multiples of 32 columns) are the packed bytes in the same
+# order, each chunk 32 columns; their sums are 16 acc, so the block holds a signed shift 28 - n
+# for both matrices (-4 for "pre32").
 MVE_MAX = 128
 
 
-def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> dict | None:
+def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, width: str = "int8") -> dict | None:
     """The Helium kernel's block of one layer, or None where it does not apply (the layer then
-    runs the unit-major arrays). It replaces w_x, w_h, mx, nx, mh, nh and bias in MVE builds."""
+    runs the unit-major arrays). It replaces w_x, w_h, mx, nx, mh, nh and bias in MVE builds.
+    width: the gate weights' (int8 or int4)."""
     H, I = layer.hidden, layer.input_size
     pre = ("pre", "pre32")
-    if I % 16 or H % 16 or I > MVE_MAX or H > MVE_MAX or x_requant not in pre or h_requant not in pre:
+    chunk = 32 if width == "int4" else 16  # columns per 16 bytes of a row
+    if I % chunk or H % chunk or I > MVE_MAX or H > MVE_MAX or x_requant not in pre or h_requant not in pre:
         return None
     if int(layer.bias.max()) + 32768 >= 2**31:
         return None
     um = lambda v: unit_major(v, H)  # noqa: E731
 
     def weights(w: np.ndarray) -> np.ndarray:  # [group][gate][chunk][unit][16] as bytes
-        n = w.shape[1]
-        return um(w).reshape(H // 4, 4, 4, n // 16, 16).transpose(0, 2, 3, 1, 4).reshape(H // 4, 4, -1).view(np.uint8)
+        rows = um(w).view(np.uint8) if width == "int8" else pack_weights(um(w), width)
+        n = rows.shape[1]
+        return rows.reshape(H // 4, 4, 4, n // 16, 16).transpose(0, 2, 3, 1, 4).reshape(H // 4, 4, -1)
 
     def per_gate(v: np.ndarray, dtype: str) -> np.ndarray:  # [group][gate][unit] as bytes
         return np.ascontiguousarray(um(v).reshape(H // 4, 4, 4).transpose(0, 2, 1)).astype(dtype).view(np.uint8)
 
     parts = [weights(layer.w_x), weights(layer.w_h)]
-    if x_requant == "pre":
-        parts.append(per_gate(32 - layer.nx.astype(np.int64), "u1"))
-    if h_requant == "pre":
-        parts.append(per_gate(32 - layer.nh.astype(np.int64), "u1"))
+    if width == "int4":
+        x_pre = h_pre = True
+        parts += [per_gate(28 - layer.nx.astype(np.int64), "i1"), per_gate(28 - layer.nh.astype(np.int64), "i1")]
+    else:
+        x_pre, h_pre = x_requant == "pre", h_requant == "pre"
+        if x_pre:
+            parts.append(per_gate(32 - layer.nx.astype(np.int64), "u1"))
+        if h_pre:
+            parts.append(per_gate(32 - layer.nh.astype(np.int64), "u1"))
     parts += [per_gate(layer.mx, "<i4"), per_gate(layer.bias.astype(np.int64) + 32768, "<i4"), per_gate(layer.mh, "<i4")]
     block = np.concatenate(parts, axis=2)
-    return {"x_pre": x_requant == "pre", "h_pre": h_requant == "pre",
+    shifts = "shifts 28 - n of both matrices" if width == "int4" else "shifts 32 - n of the \"pre\" matrices"
+    return {"x_pre": x_pre, "h_pre": h_pre,
             "block": _array(name, f"l{index}_mve", "int32_t", block.reshape(-1).view("<i4"),
                             f"layer {index} for the Helium kernel, per 4 units and gate: W_x and W_h "
-                            "[chunk][unit][16], shifts 32 - n of the \"pre\" matrices, Mx[4], bias[4] + 32768, Mh[4]")}
+                            f"{'packed int4 ' if width == 'int4' else ''}[chunk][unit][16], {shifts}, "
+                            "Mx[4], bias[4] + 32768, Mh[4]")}
 
 
 # The ESP32/S3 kernel (templates/kernels/esp.c.j2) runs ESP-DSP's float dot product on int8 data.
@@ -380,7 +393,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
                        "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr) if int8 else None,
                        "esp": esp_layer(name, i, L) if int8 else None,
-                       "mve": mve_layer(name, i, L, xr, hr) if int8 else None,
+                       "mve": mve_layer(name, i, L, xr, hr, model.weights) if model.weights in ("int8", "int4") else None,
                        "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H) if int8 else None})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {

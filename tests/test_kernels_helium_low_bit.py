@@ -1,0 +1,136 @@
+"""The Helium (MVE) int4 kernel (templates/kernels/helium.c.j2, int4 part) bit for bit against
+the oracle on qemu_m55: the block layout of whole 32-column rows (h held in registers or on the
+stack, "pre" and "pre32", saturating biases), and on the unit-at-a-time path odd column counts,
+rows whose bytes are not multiples of 16 (predicated tails), hidden sizes that are not multiples
+of 4 (the scalar cell), every requantization form, two layers, extreme nibbles -8 and 7 against
+extreme inputs, and rows long enough for the looped assembly."""
+import numpy as np
+import pytest
+
+from tinyseek.codegen.render import render
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.quant.reference import infer_sequences, infer_tokens
+from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
+
+ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
+       "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
+
+
+def _post_only(model):
+    """Shifts raised to at least 33: only the "post" form (the scalar requantization)."""
+    for L in model.layers:
+        L.nx, L.nh = np.maximum(L.nx, 33), np.maximum(L.nh, 33)
+    model.validate()
+    return model
+
+
+def _extreme_rows(model):
+    """A whole row of -8 and one of 7 in every matrix (the largest products, 16 * 8 * 128 = 2^14)."""
+    for L in model.layers:
+        for w in (L.w_x, L.w_h):
+            w[0], w[5] = -8, 7
+    model.validate()
+    return model
+
+
+def _pre32_x(model):
+    """Shifts of 32 on the x side: the "pre32" form there (no shift table), "pre" on the h side."""
+    for L in model.layers:
+        L.nx = np.full_like(L.nx, 32)
+    model.validate()
+    return model
+
+
+def _pre32_h(model):
+    for L in model.layers:
+        L.nh = np.full_like(L.nh, 32)
+    model.validate()
+    return model
+
+
+def _saturating_biases(model):
+    """Units 1 and 2 of every layer get the extreme biases the block allows (bias + 32768 below
+    2^31): their gate sums saturate at both int32 ends."""
+    for L in model.layers:
+        H = L.hidden
+        L.bias[[1, H + 1, 2 * H + 1, 2, H + 2]], L.bias[2 * H + 2] = 2**31 - 1 - 32768, -2**31
+    model.validate()
+    return model
+
+
+def _models():
+    return [
+        # Tails only (7 and 13 columns: 4 and 7 bytes), odd columns, hidden 7 and 13 (scalar cells).
+        _extreme_rows(random_model(44, kind="sequence", hidden=[7, 13], input_size=7, num_classes=3,
+                                   weights="extreme", width="int4", name="hseq")),
+        # 33 and 17 columns: one 16-byte chunk plus a 1-byte tail; only the "post" form.
+        _post_only(random_model(42, kind="text", hidden=[17, 33], input_size=9, num_classes=5, vocab_size=300,
+                                max_len=12, weights="extreme", width="int4", name="htxt")),
+        # Powers of two (shifts around 32, both 32-bit forms in one matrix); 45 = 23 bytes.
+        random_model(43, kind="sequence", hidden=[45], input_size=21, num_classes=4, scales="pow2", width="int4",
+                     name="hpow"),
+        # The default shape (32 -> 64: the block layout with h held in q4-q7), then 64 -> 36 (the
+        # unit-at-a-time path: "pre" vectors and the four-unit cell, a tail of 2 bytes on the h side).
+        random_model(44, kind="sequence", hidden=[64, 36], input_size=32, num_classes=6, weights="extreme",
+                     width="int4", name="hdef"),
+        # Long rows: 300 columns (150 bytes: the looped assembly and a 6-byte tail; "pre32") and 130
+        # (65 bytes, four pointers: 3 x 65 is past VLDRB's immediate offsets).
+        _pre32_x(random_model(45, kind="sequence", hidden=[130], input_size=300, num_classes=4, width="int4",
+                              name="hlong")),
+        # Block layouts: 64 -> 32 (h held in q4-q5), 32 -> 96 (h on the stack), then 96 -> 20 on the
+        # unit-at-a-time path in the same build; saturating biases in the blocks.
+        _saturating_biases(random_model(46, kind="sequence", hidden=[32, 96, 20], input_size=64, num_classes=5,
+                                        weights="extreme", cell_frac_bits=[12, 7, 9], width="int4", name="hblk")),
+        # The widest block rows (128 -> 128), "pre32" on both sides: the block's shifts are -4.
+        _pre32_x(_pre32_h(random_model(47, kind="sequence", hidden=[128], input_size=128, num_classes=4,
+                                       width="int4", name="hb128"))),
+    ]
+
+
+def _inputs(model, rng):
+    if model.kind == "text":
+        ids = [t for t in random_token_ids(model, rng, 8, model.max_len) if t]
+        return ids, infer_tokens(model, ids)
+    xs = np.concatenate([random_sequences(model, rng, 4, 9), random_sequences(model, rng, 4, 9, extreme=True)])
+    return list(xs), infer_sequences(model, xs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(7))
+def test_helium_int4_is_bit_exact(index, tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[index]
+    inputs, want = _inputs(model, np.random.default_rng(9 + index))
+    # Saturated outputs would hide a wrong sum: the inputs must tell the outputs apart.
+    assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2, model.name
+    render(model, tmp_path / model.name)
+    out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b")
+    assert out["model"]["kernel"] == "mve"
+    assert out["logits"] == want.tolist(), model.name
+
+
+@pytest.mark.slow
+def test_portable_flag_still_selects_the_c_kernels_on_helium(tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[0]
+    render(model, tmp_path / model.name)
+    inputs, want = _inputs(model, np.random.default_rng(6))
+    out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
+    assert out["model"]["kernel"] == "c" and out["logits"] == want.tolist()
+
+
+def test_the_models_cover_every_requant_form_and_shape():
+    from tinyseek.codegen.context import mve_layer, requant_mode
+    modes, row_bytes = set(), set()
+    for m in _models():
+        for L in m.layers:
+            modes |= {requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh)}
+            row_bytes |= {(L.input_size + 1) // 2, (L.hidden + 1) // 2}
+    assert {"pre", "pre32", "post", "mixed"} <= modes
+    blocks = [[mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh), "int4") is not None
+               for L in m.layers] for m in _models()]
+    assert blocks[3] == [True, False] and blocks[5] == [True, True, False] and blocks[6] == [True]
+    assert not any(blocks[0] + blocks[1] + blocks[2] + blocks[4])
+    # tails only, whole chunks, chunks and a tail, four pointers, the looped assembly
+    assert {4, 16, 32, 17, 65, 150} <= row_bytes
