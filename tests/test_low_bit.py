@@ -1,6 +1,7 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
-host (UBSan) and on the emulated boards, where every core runs the portable kernels."""
+host (UBSan) and on the emulated boards (the int4 DSP kernel on Cortex-M4/M55, the portable
+kernels elsewhere; the AArch64 NEON kernels are checked in test_kernels_neon.py)."""
 import json
 import subprocess
 import tempfile
@@ -120,7 +121,7 @@ def test_portable_c_matches_the_oracle_on_the_host(width):
             render(m, Path(tmp) / "lib")
             kernels = (Path(tmp) / "lib" / f"{m.name}_kernels.h").read_text()
             assert ("int4 gate weights: the Cortex-M DSP extension unpacks them" if width == "int4" else
-                    "binary gate weights: every target runs the portable C kernels") in kernels
+                    "binary gate weights: AArch64 NEON expands the sign bits") in kernels
             if m.kind == "text":
                 result = verify_host(m, Path(tmp) / "lib", TEXTS, token_ids=random_token_ids(m, rng, 5, 60),
                                      every_step=True, cflags=UBSAN)
