@@ -3,7 +3,8 @@ aarch64-linux-gnu-gcc and run under qemu-aarch64 on a core with exactly the vari
 every step's state of the default model and of random models (sizes not multiples of 4, 8 or 16,
 extreme weights, every requantization form) equals the integer oracle; a dot-product build traps
 on a core without it; the Linux runtime's programs classify like the oracle; the instruction
-counter of tinyseek.harness.aarch64 counts exactly."""
+counter of tinyseek.harness.aarch64 counts exactly. The same for the int4 and binary kernels
+(packed rows of every length class, extreme rows, both variants and their selection)."""
 import re
 import signal
 import subprocess
@@ -235,3 +236,150 @@ def test_instruction_counts_of_the_three_variants(tmp_path, need_tools):
         assert per[0] == per[1] < per[2] and 0 < per[3] < per[0]  # deterministic, grows with the steps
         medians[variant] = per[2] - per[0]  # 9 steps
     assert medians["c"] > medians["neon"] > medians["neon-dot"]
+
+
+# -- int4 and binary gate weights (docs/kernels.md, "Low-bit weights") ------------------------
+
+def _extreme_rows(model):
+    """Whole rows at the extremes in every layer: int4 unit 0 all -8, all 7 and alternating
+    -8/7; binary unit 0 all +1 and all -1 (and unit 1's gate i +1 but for the last column)."""
+    for L in model.layers:
+        for w in (L.w_x, L.w_h):
+            if model.weights == "int4":
+                w[0], w[1] = -8, 7
+                w[2] = np.where(np.arange(w.shape[1]) % 2, 7, -8)
+            else:
+                w[0], w[1] = 1, -1
+                if w.shape[0] > 4:
+                    w[4], w[4, -1] = 1, -1
+    model.validate()
+    return model
+
+
+def _low_bit_models(width):
+    """Row lengths through every path of the low-bit NEON kernels. int4 (rows of ceil(n / 2)
+    bytes): rows under 16 bytes (7, 9, 13, 17), 16 bytes with a padded x (31), 16 and 32 bytes
+    exactly (32, 64), a 16-byte chunk and a tail window (45), 7 chunks in int16 (200: 28
+    products of up to 1024 per lane), the looped chunks (300). binary (16 columns per 2 bytes):
+    a row of one byte (7), odd byte counts (17, 45), the looped chunks (150), the int32 reduction
+    (600) and chunks widened one by one (2050); heads of 3 (scalar), 5 (the last four again),
+    8 and 15 classes. Two layers, hidden sizes not multiples of 4 or 8, extreme rows."""
+    text = random_model(52, kind="text", hidden=[17, 32], input_size=9, num_classes=5, vocab_size=300, max_len=12,
+                        weights="extreme", scales="mixed", width=width, name="lbtxt")
+    models = [
+        _extreme_rows(random_model(51, kind="sequence", hidden=[13, 6], input_size=45, num_classes=5,
+                                   weights="extreme", scales="mixed", width=width, name="lbseq")),
+        _extreme_rows(_with_head_of(text, random_model(52, hidden=[17, 32], input_size=9, num_classes=5,
+                                                       width=width)) if width == "int4" else text),
+        random_model(53, kind="sequence", hidden=[31, 7], input_size=300, num_classes=3, scales="pow2", width=width,
+                     name="lbwide") if width == "int4" else
+        random_model(58, kind="sequence", hidden=[150, 7], input_size=600, num_classes=3, scales="mixed", width=width,
+                     name="lbwide"),
+        # The default shape: hidden 64, embedding 32, 15 classes.
+        random_model(54, kind="text", hidden=[64], input_size=32, num_classes=15, vocab_size=1024, max_len=24,
+                     width=width, name="lbdef"),
+    ]
+    if width == "int4":
+        models.append(_extreme_rows(random_model(55, kind="sequence", hidden=[4], input_size=200, num_classes=8,
+                                                 weights="extreme", width=width, name="lb200")))
+    else:
+        models.append(_extreme_rows(random_model(55, kind="sequence", hidden=[4], input_size=2050, num_classes=8,
+                                                 width=width, name="lb2050")))
+    return models
+
+
+
+def test_the_low_bit_models_cover_every_path():
+    for width, per_byte, chunk in (("int4", 2, 32), ("binary", 8, 16)):
+        lengths, classes = set(), set()
+        for m in _low_bit_models(width):
+            lengths |= {n for L in m.layers for n in (L.input_size, L.hidden)}
+            classes.add(m.num_classes)
+        row_bytes = {-(-n // per_byte) for n in lengths}
+        chunks = {-(-n // chunk) for n in lengths}
+        if width == "int4":  # short rows, exact 16/32-byte rows, tail windows, 7 chunks, the loop
+            assert {5, 16, 32, 23, 100, 150} <= row_bytes and any(n % 2 for n in lengths)
+            assert {1, 2, 7, 10} <= chunks
+        else:  # one byte, odd byte counts, the loop (> 8), int32 reduction (> 31), per chunk (> 127)
+            assert 1 in row_bytes and any(b % 2 and b > 1 for b in row_bytes)
+            assert max(chunks) > 127 and any(31 < c <= 127 for c in chunks) and any(8 < c <= 31 for c in chunks)
+            assert {3, 5, 8, 15} <= classes
+
+def _low_bit_inputs(model, rng):
+    if model.kind == "text":
+        ids = random_token_ids(model, rng, len(TEXTS), model.max_len)
+        return TEXTS, ids
+    F = model.num_features
+    xs = [*random_sequences(model, rng, 3, 9), *random_sequences(model, rng, 3, 9, extreme=True),
+          np.full((9, F), -128, np.int8), np.full((9, F), 127, np.int8)]
+    return xs, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", ["int4", "binary"])
+@pytest.mark.parametrize("variant", NEON)
+def test_low_bit_models_are_bit_exact_after_every_step(width, variant, tmp_path, need_tools):
+    need_tools(TOOLS, pio=False)
+    rng = np.random.default_rng(11)
+    for model in _low_bit_models(width):
+        inputs, ids = _low_bit_inputs(model, rng)
+        render(model, tmp_path / model.name)
+        result = _driver(model, tmp_path / model.name, tmp_path / f"w-{model.name}", variant).run(
+            inputs, token_ids=ids, every_step=True)
+        assert result.bitexact, (model.name, result.first_mismatch)
+        assert len({tuple(row) for row in result.logits.tolist()}) > len(inputs) // 3, model.name
+
+
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_the_low_bit_kernels_run_on_the_bench_and_beat_the_portable_c(width, tmp_path, need_tools):
+    """The bench program reports the NEON variants for both widths (and "c" with
+    -DTINYSEEK_KERNEL_PORTABLE), with the oracle's logits and fewer instructions."""
+    need_tools(TOOLS, pio=False)
+    model = _low_bit_models(width)[3]
+    render(model, tmp_path / "lib")
+    ids = random_token_ids(model, np.random.default_rng(4), 3, 10)
+    want = infer_tokens(model, ids).tolist()
+    median = {}
+    for variant in ("c", "neon", "neon-dot"):
+        out = measure_aarch64(tmp_path / "lib", ids, variant, work_dir=tmp_path / variant)
+        assert out["model"]["kernel"] == variant and out["logits"] == want
+        median[variant] = out["latency"]["median"]
+    assert median["c"] > 3 * median["neon"] > 3 * median["neon-dot"]
+
+
+@pytest.mark.parametrize("width", ["int4", "binary"])
+@pytest.mark.parametrize("flags, kernel", [
+    (["-march=armv8-a"], "neon"), (["-mcpu=cortex-a53"], "neon"), (["-march=armv8.2-a+dotprod"], "neon-dot"),
+    (["-mcpu=cortex-a76"], "neon-dot"), (["-mcpu=cortex-a76", "-DTINYSEEK_KERNEL_PORTABLE"], "c"),
+    (["-march=armv8-a", "-DTINYSEEK_KERNEL_PORTABLE"], "c"),
+])
+def test_the_low_bit_variant_follows_the_cores_features(width, flags, kernel, tmp_path, need_tools):
+    need_tools({CC: TOOLS[CC]}, pio=False)
+    model = _low_bit_models(width)[0]
+    render(model, tmp_path / "lib")
+    src = tmp_path / "probe.c"
+    src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
+    out = subprocess.run([CC, *flags, "-E", "-I", str(tmp_path / "lib"), str(src)], capture_output=True, text=True,
+                         check=True).stdout
+    assert f'probe = "{kernel}"' in out
+
+
+@pytest.mark.parametrize("width, pattern, wrong", [
+    # int4: the tail window's x keeps the columns the chunk before counted
+    ("int4", r"(keep\[16\] = \{)[^}]*\}", r"\1 " + ", ".join(["-1"] * 16) + " }"),
+    # binary: masks tested against the bits of the wrong columns
+    ("binary", r"(_bits\[16\] = \{)[^}]*\}", r"\1 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 }"),
+])
+def test_a_wrong_low_bit_kernel_is_caught(width, pattern, wrong, tmp_path, need_tools):
+    """The checks can fail."""
+    need_tools(TOOLS, pio=False)
+    model = _low_bit_models(width)[0]
+    render(model, tmp_path / "lib")
+    src = tmp_path / "lib" / f"{model.name}_kernels_neon.c"
+    text, n = re.subn(pattern, wrong, src.read_text())
+    assert n > 0
+    src.write_text(text)
+    inputs, _ = _low_bit_inputs(model, np.random.default_rng(8))
+    for variant in NEON:
+        result = _driver(model, tmp_path / "lib", tmp_path / f"w-{variant}", variant).run(inputs, every_step=True)
+        assert not result.bitexact and result.mismatches >= len(inputs) // 2, variant

@@ -1,7 +1,8 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
-host (UBSan) and on the emulated boards: the Cortex-M DSP kernels (int4, binary) on cores with
-the DSP extension, the portable kernels elsewhere."""
+host (UBSan) and on the emulated boards (the Helium int4 kernel on Cortex-M55, the DSP kernels
+on cores with the DSP extension, the portable kernels elsewhere; the AArch64 NEON kernels are
+checked in test_kernels_neon.py, the Helium kernel's edges in test_kernels_helium_low_bit.py)."""
 import json
 import subprocess
 import tempfile
