@@ -226,11 +226,12 @@ _NORM = {("LayerNormalization", 1), ("LayerNormalization", 2), ("SimplifiedLayer
 
 def size_breakdown(path: Path) -> dict[str, int]:
     """The .onnx file's bytes by what they hold: each initializer's serialized bytes under
-    "<float|integer> <role>" (weight: what a MatMul, Gemm, Gather or LSTM multiplies or looks
-    up; scale: quantization scales and zero points; bias: added after a weight; norm:
-    LayerNorm/RMSNorm gains; other: shape constants and the like), "value_info" (the inferred
-    shapes of intermediate tensors, optional), and "graph" for the rest (nodes, names, inputs,
-    outputs). The values sum to the file's size. A tensor read by several nodes takes the
+    "<float|integer> <role>" (weight: what a MatMul, Gemm, Einsum, Gather or LSTM multiplies or
+    looks up; scale: quantization scales and zero points; bias: vectors added; norm:
+    LayerNorm's gains and biases, RMSNorm's gains (vectors multiplied); other: shape constants
+    and the like), "value_info" (the inferred
+    shapes of intermediate tensors, optional), and "graph" for the rest (nodes, Constant nodes' values
+    included, names, inputs, outputs). The values sum to the file's size. A tensor read by several nodes takes the
     first listed role among its readers (weight, scale, bias, norm)."""
     import onnx
     model = onnx.load(str(path))
@@ -238,7 +239,6 @@ def size_breakdown(path: Path) -> dict[str, int]:
     for node in model.graph.node:
         for k, name in enumerate(node.input):
             readers.setdefault(name, set()).add((node.op_type, k))
-    elementwise = {"Add", "Mul", "Sub", "Div"}
     out: Counter = Counter()
     for t in model.graph.initializer:
         read = readers.get(t.name, set())
@@ -246,8 +246,12 @@ def size_breakdown(path: Path) -> dict[str, int]:
                      if read & table), None)
         if role is None and t.name.endswith(("_scale", "_zero_point")):  # quantize_dynamic's weight scales
             role = "scale"  # (multiplied into the MatMulInteger's output)
-        if role is None:  # a float tensor with the shape of a vector added or multiplied in: bias or gain
-            role = "bias" if len(t.dims) == 1 and t.dims[0] > 1 and {op for op, _ in read} & elementwise else "other"
+        ops = {op for op, _ in read}
+        if role is None and len(t.dims) >= 2 and "Einsum" in ops:
+            role = "weight"
+        if role is None and len(t.dims) == 1 and t.dims[0] > 1:  # a vector added (bias) or multiplied in (a gain:
+            role = "bias" if ops & {"Add", "Sub"} else "norm" if ops & {"Mul", "Div"} else None  # RMSNorm's)
+        role = role or "other"
         kind = "float" if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                                           onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE) else "integer"
         out[f"{kind} {role}"] += t.ByteSize()
