@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -281,6 +282,16 @@ def test_evaluate_scores_every_runtime_against_onnxruntime_float_and_keeps_going
         assert "error" not in c and c["latency"]["median_ms"] > 0 and c["bytes"] > 0
     assert cells["onnxruntime", "int8"]["bytes"] < cells["onnxruntime", "float"]["bytes"]
     assert set(result["settings"]["int8"]) >= {"per_channel", "val_accuracy", "tried"}
+    for q in ("float", "int8"):  # onnxruntime's files say what their bytes hold
+        c = cells["onnxruntime", q]
+        assert sum(c["breakdown"].values()) == c["bytes"]
+    # bench/edge_frameworks.py's account of what keeps the int8 file from 4x: the parts' excesses
+    # over a quarter of the float file's parts add up to the file's excess.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from edge_frameworks import _parts, size_text
+    f, q = _parts(cells["onnxruntime", "float"]["breakdown"]), _parts(cells["onnxruntime", "int8"]["breakdown"])
+    assert sum(q[k] - f[k] / 4 for k in q) == pytest.approx(cells["onnxruntime", "int8"]["bytes"] - result["float_onnx_bytes"] / 4)
+    assert "int8: weights" in size_text(result) and "against 4x" in size_text(result)
 
 
 def test_the_cli_takes_runtimes_and_quantizations():
