@@ -86,6 +86,29 @@ def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
 
 
+def test_int4_blocks_are_no_wider_than_the_weights_they_cover(student, tmp_path):
+    """A block beyond a weight's input dimension K (rounded up to a power of two) would hold
+    only MatMulNBits' zero padding: with block 128, the fixture's 32- and 64-wide weights get
+    blocks of 32 and 64, and the file is smaller than the same graph with every block 128."""
+    _, path, ids, mask = student
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4_128.onnx", "rtn", 128)
+    attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(q)).graph.node if n.op_type == "MatMulNBits"]
+    assert {a["K"] for a in attrs} >= {32, 64}
+    for a in attrs:
+        assert a["block_size"] == min(128, max(16, 1 << (a["K"] - 1).bit_length()))
+    # What the quantizer writes with one block size for all: every weight in 128-wide blocks.
+    import copy
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    model = edge_quant.matmul_form(onnx.load(str(path)))
+    wide = nbits.MatMulNBitsQuantizer(copy.deepcopy(model), block_size=128, is_symmetric=True,
+                                      algo_config=nbits.RTNWeightOnlyQuantConfig())
+    wide.process()
+    packed = lambda m: sum(i.ByteSize() for i in m.graph.initializer if "_Q4G" in i.name)
+    assert packed(onnx.load(str(q))) < 0.8 * packed(wide.model.model)
+    ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+
+
 def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student, tmp_path):
     _, path, ids, mask = student
     calib = [{"input_ids": ids[n:n + 1, :max(1, int(mask[n].sum()))],

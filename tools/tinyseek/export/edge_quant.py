@@ -6,7 +6,8 @@
   TinyLSTM's LSTM -> DynamicQuantizeLSTM). Per-channel or per-tensor weight scales, chosen on
   validation.
 - int4: `MatMulNBitsQuantizer`, weights only, in blocks of `block_size` along the input
-  dimension, each block with a scale and a zero point. The MatMul weights use GPTQ (calibrated
+  dimension (no larger than a weight's input dimension rounded up to a power of two:
+  `matmul_blocks`), each block with a scale and a zero point. The MatMul weights use GPTQ (calibrated
   on the training split: per layer, the error of rounding each column is spread over the
   columns not yet rounded, weighted by the inverse Hessian of the layer's inputs) or plain
   round-to-nearest (RTN), chosen on validation with the block size. The embedding lookup
@@ -124,6 +125,7 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
         raise QuantizeError("GPTQ needs calibration inputs (the training split)")
     model = matmul_form(onnx.load(str(float_path)))
     matmuls = weight_matmuls(model)
+    blocks = matmul_blocks(model, block_size)
     odd = set(odd_block_counts(model, block_size))
     gptq_nodes = [n for n in matmuls if n not in odd] if algorithm == "gptq" else []
     try:
@@ -134,13 +136,14 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
                 from onnxruntime.quantization.neural_compressor import gptq_quantize
                 # What MatMulNBitsQuantizer's GPTQ path passes, with the odd-block MatMuls left float
                 # ("fp32" is the skip mark gptq_quantize reads) for the RTN pass below.
-                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": block_size, "scheme": "sym"}
+                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": blocks[n], "scheme": "sym"}
                           for n in matmuls}
                 model = gptq_quantize(model, ((feed, None) for feed in calibration), weight_config=config,
                                       num_bits=4, group_size=block_size, scheme="sym", n_samples=-1, percdamp=0.01,
                                       blocksize=128, actorder=False, mse=False, perchannel=True).model
             q = nbits.MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True,
-                                           algo_config=nbits.RTNWeightOnlyQuantConfig())
+                                           algo_config=nbits.RTNWeightOnlyQuantConfig(customized_weight_config={
+                                               n: {"group_size": b} for n, b in blocks.items()}))
             q.process()
             gather = nbits.MatMulNBitsQuantizer(
                 copy.deepcopy(q.model.model), block_size=block_size, is_symmetric=True,
@@ -152,6 +155,17 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
     _save(gather.model.model, out_path)
     return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
+
+
+def matmul_blocks(model, block_size: int) -> dict[str, int]:
+    """Each weight MatMul's block size: `block_size`, but no larger than its input dimension K
+    rounded up to a power of two (MatMulNBits' blocks are powers of two, at least 16). A block
+    beyond that holds only the zeros MatMulNBits pads K with: the same scales and weights in up
+    to twice the bytes (TinyBert's 64-wide inputs in blocks of 128)."""
+    weights = {i.name: i.dims for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    return {name: min(block_size, max(16, 1 << (int(weights[nodes[name].input[1]][0]) - 1).bit_length()))
+            for name in weight_matmuls(model)}
 
 
 def weight_matmuls(model) -> list[str]:
@@ -171,8 +185,8 @@ def odd_block_counts(graph, block_size: int) -> list[str]:
     model = matmul_form(onnx.load(str(graph))) if isinstance(graph, (str, Path)) else graph
     weights = {i.name: i.dims for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    return [name for name in weight_matmuls(model)
-            if math.ceil(weights[nodes[name].input[1]][0] / block_size) % 2]
+    return [name for name, block in matmul_blocks(model, block_size).items()
+            if math.ceil(weights[nodes[name].input[1]][0] / block) % 2]
 
 
 def op_counts(path: Path) -> dict[str, int]:
