@@ -16,8 +16,7 @@ Export: torch.onnx.export's TorchScript exporter (opset 18, dynamic batch and se
 axes). The torch.export-based exporter gives the same graph but takes ~16x the CPU time
 here (8 s against 0.5 s for the truncated teacher) and needs onnxscript; both models have no
 data-dependent control flow, and the check runs every test sample through onnxruntime at
-shapes other than the traced ones. The exported graph's constant parts are then folded by
-onnxruntime's basic optimizations (`_fold_constants`), which keep to standard operators.
+shapes other than the traced ones.
 
 Output: `<run>/edge/<student>/` with model.onnx, student.json (architecture, labels,
 tokenizer) and metrics.json; both keep their torch weights (student.safetensors), the
@@ -362,49 +361,18 @@ def export_onnx(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, p
         torch.onnx.export(_Logits(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=["logits"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}})
-    return _fold_constants(path)
-
-
-def _fold_constants(path: Path) -> Path:
-    """The exported graph with what does not depend on the inputs computed once, by
-    onnxruntime's basic (portable, standard-operator) optimizations: the exporter leaves its
-    Constant nodes and the constant arithmetic of the rotary tables, masks and shapes as nodes
-    (about 1,100 nodes and 165 KB of the truncated teacher's graph, against 510 and 92 KB
-    folded), which every quantized graph derived from it would carry too. Only the operator
-    domains the nodes use are kept (onnxruntime's writer lists all of its own)."""
-    import onnx
-    opts = _session_options()
-    opts.graph_optimization_level = _ort().GraphOptimizationLevel.ORT_ENABLE_BASIC
-    folded = path.with_suffix(".folded.onnx")
-    opts.optimized_model_filepath = str(folded)
-    _ort().InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    model = onnx.load(str(folded))
-    used = {n.domain for n in model.graph.node} | {""}
-    kept = [o for o in model.opset_import if o.domain in used]
-    model.ClearField("opset_import")
-    model.opset_import.extend(kept)
-    onnx.save(model, str(path))
-    folded.unlink()
     return path
 
 
-def _ort():
+def _session(path: str | Path, threads: int = 1):
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise EdgeError("onnxruntime is not installed: pip install 'tinyseek[edge]'") from e
-    return ort
-
-
-def _session_options(threads: int = 1):
-    opts = _ort().SessionOptions()
+    opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return opts
-
-
-def _session(path: str | Path, threads: int = 1):
-    return _ort().InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(path: str | Path, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
