@@ -192,9 +192,10 @@ def choose_int4(st: Student, out: Path) -> tuple[Path, dict]:
         raise edge_quant.QuantizeError("every 4-bit setting failed: " + "; ".join(t["error"] for t in tried))
     # The best validation accuracy; ties: the smaller file, then GPTQ (tried first). A graph
     # without weight MatMuls GPTQ can take has nothing for it: only RTN is kept there.
+    written = done
     done = [t for t in done if t["algorithm"] == "rtn" or t["matmuls_gptq"]] or done
     best = max(done, key=lambda t: (t["val_accuracy"], -t["bytes"]))
-    return _keep(best["path"], out / "int4.onnx", done), {k: v for k, v in best.items() if k != "path"} | \
+    return _keep(best["path"], out / "int4.onnx", written), {k: v for k, v in best.items() if k != "path"} | \
         {"calibration_samples": len(calibration), "tried": [{k: v for k, v in t.items() if k != "path"} for t in tried]}
 
 
