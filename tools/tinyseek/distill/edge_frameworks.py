@@ -17,7 +17,8 @@ For one student (TinyBert, the truncated teacher, or the float TinyLSTM) this
    coremltools' own int8 / int4 weights; "converted, not run" off macOS);
 4. scores each against onnxruntime's float logits on the same inputs (agreement of the
    predicted class, largest logit difference) and the labels (accuracy), measures the file
-   size (onnxruntime's files also by what their bytes hold: edge_quant.size_breakdown) and the latency (median and 90th percentile ms per sample, one thread), and writes
+   size (onnxruntime's files also by what their bytes hold: edge_quant.size_breakdown) and the
+   latency (median and 90th percentile ms per sample, one thread), and writes
    `<run>/edge/<student>/frameworks/frameworks.json` with every artifact beside it.
 
 A runtime that is not installed or cannot convert a graph gives that cell an "error" naming the
