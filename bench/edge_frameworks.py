@@ -41,6 +41,61 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+TARGET = {"int8": 4, "int4": 8}  # the plan's size ratios
+PARTS = (("weights", ("float weight", "integer weight")), ("quantization scales", ("float scale", "integer scale")),
+         ("biases", ("float bias", "integer bias")), ("norm gains", ("float norm",)),
+         ("graph (nodes, names)", ("graph", "value_info")))
+
+
+def _parts(breakdown: dict) -> dict[str, int]:
+    """size_breakdown's categories in PARTS' groups (the rest as "other")."""
+    out = {name: sum(breakdown.get(k, 0) for k in keys) for name, keys in PARTS}
+    out["other"] = sum(breakdown.values()) - sum(out.values())
+    return out
+
+
+# Issue 14's goals for onnxruntime's graphs: (largest loss in accuracy points, smallest x smaller).
+# "~4x" counts as met from 3.95x (shown as 4.0).
+GOALS = {"int8": (2.0, 3.95, "int8 dynamic: <= 2 points loss at ~4x smaller"),
+         "int4": (5.0, 6.0, "4-bit GPTQ: <= 5 points loss at >= 6x smaller")}
+
+
+def goals_text(r: dict) -> str:
+    cells = {c["quant"]: c for c in r["cells"] if c["runtime"] == "onnxruntime" and "accuracy" in c}
+    out = []
+    for quant, (loss, ratio, what) in GOALS.items():
+        if quant in cells:
+            c = cells[quant]
+            lost = 100 * (r["float_accuracy"] - c["accuracy"])
+            verdict = ("met" if lost <= loss and c["size_ratio"] >= ratio else "not met (" + ", ".join(
+                ([f"{c['size_ratio']:.1f}x"] if c["size_ratio"] < ratio else [])
+                + ([f"{lost:.1f} points lost"] if lost > loss else [])) + ")")
+            algo = r["settings"]["int4"]["algorithm"].upper() if quant == "int4" else ""
+            out.append(f"{what}: {verdict}" + (f" (the chosen 4-bit setting is {algo})" if algo == "RTN" else ""))
+    return ("Goals (issue 14), onnxruntime: " + "; ".join(out) + ".") if out else ""
+
+
+def size_text(r: dict) -> str:
+    """What the onnxruntime files' bytes hold, and for each quantized one what keeps it from the
+    plan's ratio: each part's bytes beyond 1/k of the float file's same part (k = 4 or 8), which
+    add up to the file's excess over float bytes / k."""
+    cells = {c["quant"]: c for c in r["cells"] if c["runtime"] == "onnxruntime" and "breakdown" in c}
+    if "float" not in cells:
+        return ""
+    f = _parts(cells["float"]["breakdown"])
+    show = lambda parts: ", ".join(f"{k} {v:,}" for k, v in parts.items() if v)
+    text = [f"onnxruntime's files by what their bytes hold (edge_quant.size_breakdown): float: {show(f)}"]
+    for quant, k in TARGET.items():
+        if quant not in cells:
+            continue
+        q, b = _parts(cells[quant]["breakdown"]), cells[quant]["bytes"]
+        excess = {name: q[name] - f[name] / k for name in q}
+        text.append(f"{quant}: {show(q)}; against {k}x ({r['float_onnx_bytes'] / k:,.0f} bytes) the file is "
+                    f"{b - r['float_onnx_bytes'] / k:+,.0f} bytes, each part's bytes beyond 1/{k} of the float "
+                    "file's: " + ", ".join(f"{name} {v:+,.0f}" for name, v in excess.items() if round(v)))
+    return "; ".join(text) + "."
+
+
 def markdown(results: list[dict], env: dict, command: str) -> str:
     lines = [HEADING, "",
              f"`{command}` on the scratch run `{env['run']}` (the default intents task), {env['cpu']}; "
@@ -95,11 +150,18 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
                                   f"{c['aarch64']['samples']} samples, agreement with onnxruntime float "
                                   f"{c['aarch64']['agreement']:.2%}, max logit diff {c['aarch64']['max_abs_diff']:.2g}")
                                   for c in arm) + "."]
+        for extra in (size_text(r), goals_text(r)):
+            if extra:
+                lines += ["", extra]
         lines.append("")
     lines += ["The plan's figures: " + "; ".join(f"{k} {v}" for k, v in PLAN.items()) + ". \"x smaller\" is the "
-              "float ONNX file's size over this file's: it counts what stays float (LayerNorm, biases, the "
-              "2-D head for 4-bit, TinyLSTM's LSTM weights for 4-bit) and each format's own overhead; TVM's "
-              "files are compiled code with the weights inside.", ""]
+              "float ONNX file's size over this file's: it counts what stays float (LayerNorm and RMSNorm gains, "
+              "biases, quantization scales), the graph itself (nodes and their names, which the quantizers "
+              "add to: int8 dynamic puts DynamicQuantizeLinear, MatMulInteger, Cast and two Mul nodes where "
+              "one MatMul was) and each format's own overhead. onnxruntime's 4-bit graphs hold every MatMul "
+              "and Gemm weight (the heads in MatMul form) and the embeddings in 4 bits and TinyLSTM's LSTM "
+              "weights in int8 (no 4-bit operator reads an LSTM). TVM's files are compiled code with the "
+              "weights inside.", ""]
     return "\n".join(lines)
 
 

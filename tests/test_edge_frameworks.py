@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -49,6 +50,12 @@ def _const_matmuls(path):
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
+def _weights(path):
+    """The MatMul and Gemm weights of the float graph: what both quantizers must quantize
+    (the 4-bit one with the Gemm head in MatMul form)."""
+    return len(_const_matmuls(path)) + edge_quant.op_counts(path).get("Gemm", 0)
+
+
 # -- onnxruntime's quantizers ---------------------------------------------------------------
 
 def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student, tmp_path):
@@ -67,14 +74,37 @@ def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student
 def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp_path):
     _, path, ids, mask = student
     q, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": len(_const_matmuls(path))}
+    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": _weights(path)}
     ops = edge_quant.op_counts(q)
-    assert ops.get("MatMulNBits", 0) == len(_const_matmuls(path))
+    assert ops.get("MatMulNBits", 0) == _weights(path) and "Gemm" not in ops  # the head too
     assert ops.get("GatherBlockQuantized", 0) == 2  # the token and the position embedding tables
     nodes = [n for n in onnx.load(str(q)).graph.node if n.op_type == "MatMulNBits"]
     assert all(next(a.i for a in n.attribute if a.name == "bits") == 4 for n in nodes)
     assert all(next(a.i for a in n.attribute if a.name == "block_size") == 16 for n in nodes)
     assert q.stat().st_size < 0.35 * path.stat().st_size  # 4 bits + a float32 scale per 16 weights
+    ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+
+
+def test_int4_blocks_are_no_wider_than_the_weights_they_cover(student, tmp_path):
+    """A block beyond a weight's input dimension K (rounded up to a power of two) would hold
+    only MatMulNBits' zero padding: with block 128, the fixture's 32- and 64-wide weights get
+    blocks of 32 and 64, and the file is smaller than the same graph with every block 128."""
+    _, path, ids, mask = student
+    q, _ = edge_quant.quantize_int4(path, tmp_path / "int4_128.onnx", "rtn", 128)
+    attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(q)).graph.node if n.op_type == "MatMulNBits"]
+    assert {a["K"] for a in attrs} >= {32, 64}
+    for a in attrs:
+        assert a["block_size"] == min(128, max(16, 1 << (a["K"] - 1).bit_length()))
+    # What the quantizer writes with one block size for all: every weight in 128-wide blocks.
+    import copy
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    model = edge_quant.matmul_form(onnx.load(str(path)))
+    wide = nbits.MatMulNBitsQuantizer(copy.deepcopy(model), block_size=128, is_symmetric=True,
+                                      algo_config=nbits.RTNWeightOnlyQuantConfig())
+    wide.process()
+    packed = lambda m: sum(i.ByteSize() for i in m.graph.initializer if "_Q4G" in i.name)
+    assert packed(onnx.load(str(q))) < 0.8 * packed(wide.model.model)
     ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
 
@@ -85,7 +115,7 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
               "attention_mask": mask[n:n + 1, :max(1, int(mask[n].sum()))]} for n in range(len(ids))]
     gptq, counts = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
     rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": len(_const_matmuls(path)), "matmuls_rtn": 0}
+    assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0}
     assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
     packed = lambda p: {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer
                         if "_Q4G" in i.name}  # the MatMulNBits weights
@@ -94,14 +124,60 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
     # K = 32 (the bottleneck) is one block of 32, which onnxruntime's GPTQ cannot pack: those
     # MatMuls are rounded to nearest, the 64-wide ones still go through GPTQ.
     odd = edge_quant.odd_block_counts(path, 32)
-    assert 0 < len(odd) < len(_const_matmuls(path))
+    assert 0 < len(odd) < _weights(path)
     mixed, counts = edge_quant.quantize_int4(path, tmp_path / "mixed.onnx", "gptq", 32, calib)
-    assert counts == {"matmuls_gptq": len(_const_matmuls(path)) - len(odd), "matmuls_rtn": len(odd)}
-    assert edge_quant.op_counts(mixed)["MatMulNBits"] == len(_const_matmuls(path))
+    assert counts == {"matmuls_gptq": _weights(path) - len(odd), "matmuls_rtn": len(odd)}
+    assert edge_quant.op_counts(mixed)["MatMulNBits"] == _weights(path)
     ref, got = _ort(path, ids, mask), _ort(mixed, ids, mask)
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
     with pytest.raises(edge_quant.QuantizeError, match="calibration"):
         edge_quant.quantize_int4(path, tmp_path / "none.onnx", "gptq", 16)
+
+
+@pytest.fixture(scope="module")
+def lstm(tmp_path_factory):
+    """(float ONNX path, ids [N, L], mask [N, L]) of a tiny random TinyLSTM graph, as the
+    frameworks export it."""
+    import warnings
+    from tinyseek.export.onnx import _wrapper
+    from tinyseek.student import StudentSpec, TinyLSTM, encode_texts
+    torch.manual_seed(0)
+    spec = StudentSpec(kind="text", labels=["a", "b", "c"], hidden=32, layers=1, embed_dim=16, vocab_size=128,
+                       max_len=8)
+    ids, lengths = encode_texts(TEXTS, spec)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        path = export_onnx(_wrapper(TinyLSTM(spec).eval()).eval(), ids[:2, :4], mask[:2, :4],
+                           tmp_path_factory.mktemp("edge_lstm") / "model.onnx")
+    return path, ids.numpy(), mask.numpy()
+
+
+def test_quantized_graphs_keep_no_float_weight_and_no_inferred_shapes(student, lstm, tmp_path):
+    """Every weight (MatMul, the Gemm head, the embedding Gathers, the LSTM) is quantized in
+    both graphs, no float copy of it stays behind, and the quantizers' value_info is dropped:
+    what kept the int8 and 4-bit files from their 4x / 8x."""
+    for name, path, ids, mask in (("tinybert", student[1], student[2], student[3]), ("tinylstm", *lstm)):
+        float_bytes = edge_quant.size_breakdown(path)
+        assert sum(float_bytes.values()) == path.stat().st_size
+        q8 = edge_quant.quantize_int8(path, tmp_path / f"{name}_int8.onnx", per_channel=False)
+        q4, _ = edge_quant.quantize_int4(path, tmp_path / f"{name}_int4.onnx", "rtn", 16)
+        b8, b4 = edge_quant.size_breakdown(q8), edge_quant.size_breakdown(q4)
+        for q, b in ((q8, b8), (q4, b4)):
+            assert sum(b.values()) == q.stat().st_size
+            assert "float weight" not in b, (name, q.name, b)
+            assert b["value_info"] == 0
+            assert not {"Gemm", "LSTM"} & set(edge_quant.op_counts(q)) and not _const_matmuls(q)
+            ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+            assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+        # int8 weights: a quarter of the float bytes (plus their names)
+        assert b8["integer weight"] < 0.27 * float_bytes["float weight"]
+        if name == "tinybert":  # 4 bits: an eighth
+            assert b4["integer weight"] < 0.14 * float_bytes["float weight"]
+        else:  # the LSTM's weights int8 (DynamicQuantizeLSTM), the embedding and the head 4-bit
+            ops = edge_quant.op_counts(q4)
+            assert ops["DynamicQuantizeLSTM"] == 1 and ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
+            assert b4["integer weight"] < b8["integer weight"]
 
 
 # -- MNN --------------------------------------------------------------------------------------
@@ -229,6 +305,17 @@ def test_evaluate_scores_every_runtime_against_onnxruntime_float_and_keeps_going
         assert "error" not in c and c["latency"]["median_ms"] > 0 and c["bytes"] > 0
     assert cells["onnxruntime", "int8"]["bytes"] < cells["onnxruntime", "float"]["bytes"]
     assert set(result["settings"]["int8"]) >= {"per_channel", "val_accuracy", "tried"}
+    for q in ("float", "int8"):  # onnxruntime's files say what their bytes hold
+        c = cells["onnxruntime", q]
+        assert sum(c["breakdown"].values()) == c["bytes"]
+    # bench/edge_frameworks.py's account of what keeps the int8 file from 4x: the parts' excesses
+    # over a quarter of the float file's parts add up to the file's excess.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from edge_frameworks import _parts, size_text
+    f, q = _parts(cells["onnxruntime", "float"]["breakdown"]), _parts(cells["onnxruntime", "int8"]["breakdown"])
+    excess = cells["onnxruntime", "int8"]["bytes"] - result["float_onnx_bytes"] / 4
+    assert sum(q[k] - f[k] / 4 for k in q) == pytest.approx(excess)
+    assert "int8: weights" in size_text(result) and "against 4x" in size_text(result)
 
 
 def test_the_cli_takes_runtimes_and_quantizations():

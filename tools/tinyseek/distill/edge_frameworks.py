@@ -7,8 +7,9 @@ For one student (TinyBert, the truncated teacher, or the float TinyLSTM) this
    any split, batch 1 (the static shape TVM and Core ML compile for; padding is masked, so the
    float graphs give the same logits at any L);
 2. quantizes with onnxruntime's quantizers (export/edge_quant.py), the settings chosen on the
-   validation split: int8 dynamic per-channel or per-tensor; 4-bit MatMul weights by GPTQ
-   (calibrated on `CALIBRATION` training samples) or RTN, block size 16, 32, 64 or 128;
+   validation split: int8 dynamic per-channel or per-tensor; 4-bit MatMul weights (the Gemm
+   heads in MatMul form) by GPTQ (calibrated on `CALIBRATION` training samples) or RTN, block
+   size 16, 32, 64 or 128 (the embeddings 4-bit and LSTM weights int8 either way);
 3. converts to each runtime asked for and runs the whole test split there, one sample at a
    time: onnxruntime (the three ONNX graphs), MNN (its converter's own float / 8-bit / 4-bit
    weights: it does not read onnxruntime's quantized operators), TVM (the ONNX graphs compiled
@@ -16,7 +17,8 @@ For one student (TinyBert, the truncated teacher, or the float TinyLSTM) this
    coremltools' own int8 / int4 weights; "converted, not run" off macOS);
 4. scores each against onnxruntime's float logits on the same inputs (agreement of the
    predicted class, largest logit difference) and the labels (accuracy), measures the file
-   size and the latency (median and 90th percentile ms per sample, one thread), and writes
+   size (onnxruntime's files also by what their bytes hold: edge_quant.size_breakdown) and the
+   latency (median and 90th percentile ms per sample, one thread), and writes
    `<run>/edge/<student>/frameworks/frameworks.json` with every artifact beside it.
 
 A runtime that is not installed or cannot convert a graph gives that cell an "error" naming the
@@ -190,10 +192,11 @@ def choose_int4(st: Student, out: Path) -> tuple[Path, dict]:
     if not done:
         raise edge_quant.QuantizeError("every 4-bit setting failed: " + "; ".join(t["error"] for t in tried))
     # The best validation accuracy; ties: the smaller file, then GPTQ (tried first). A graph
-    # without weight MatMuls (TinyLSTM) has nothing for GPTQ: only RTN is kept there.
+    # without weight MatMuls GPTQ can take has nothing for it: only RTN is kept there.
+    written = done
     done = [t for t in done if t["algorithm"] == "rtn" or t["matmuls_gptq"]] or done
     best = max(done, key=lambda t: (t["val_accuracy"], -t["bytes"]))
-    return _keep(best["path"], out / "int4.onnx", done), {k: v for k, v in best.items() if k != "path"} | \
+    return _keep(best["path"], out / "int4.onnx", written), {k: v for k, v in best.items() if k != "path"} | \
         {"calibration_samples": len(calibration), "tried": [{k: v for k, v in t.items() if k != "path"} for t in tried]}
 
 
@@ -225,7 +228,8 @@ def _artifact(st: Student, runtime: str, quant: str, graphs: dict, settings: dic
     length = st.splits["test"][0].shape[1]
     block = settings.get("int4", {}).get("block_size", 32)
     if runtime == "onnxruntime":
-        return ort_runner(graphs[quant]), graphs[quant], {"ops": edge_quant.op_counts(graphs[quant])}
+        return ort_runner(graphs[quant]), graphs[quant], {"ops": edge_quant.op_counts(graphs[quant]),
+                                                          "breakdown": edge_quant.size_breakdown(graphs[quant])}
     if runtime == "mnn":
         from ..export import mnn
         bits = {"float": 0, "int8": 8, "int4": 4}[quant]

@@ -6,15 +6,23 @@
   TinyLSTM's LSTM -> DynamicQuantizeLSTM). Per-channel or per-tensor weight scales, chosen on
   validation.
 - int4: `MatMulNBitsQuantizer`, weights only, in blocks of `block_size` along the input
-  dimension, each block with a scale and a zero point. The MatMul weights use GPTQ (calibrated
+  dimension (no larger than a weight's input dimension rounded up to a power of two:
+  `matmul_blocks`), each block with a scale and a zero point. The MatMul weights use GPTQ (calibrated
   on the training split: per layer, the error of rounding each column is spread over the
   columns not yet rounded, weighted by the inverse Hessian of the layer's inputs) or plain
   round-to-nearest (RTN), chosen on validation with the block size. The embedding lookup
   (Gather) has no input activations for GPTQ to weigh: its table is quantized by
-  round-to-nearest in the same blocks (GatherBlockQuantized). Gemm (the heads on 2-D inputs),
-  LSTM and LayerNorm weights stay float: MatMulNBits covers MatMul only.
+  round-to-nearest in the same blocks (GatherBlockQuantized). MatMulNBits covers MatMul only:
+  a Gemm (the heads on 2-D inputs) is first rewritten as MatMul + Add by onnxruntime's own
+  `ONNXModel.replace_gemm_with_matmul` (what its static quantizer does for Gemm), so the heads
+  are 4-bit too; an LSTM's weights, which no 4-bit operator reads, are quantized to int8 by
+  `quantize_dynamic` restricted to the LSTM (DynamicQuantizeLSTM), as in the int8 graph.
+  LayerNorm gains and biases stay float.
 
-Both read the float graph and write a new .onnx; nothing here knows a student's architecture.
+Both read the float graph and write a new .onnx without the intermediate tensors' inferred
+shapes (`value_info`: the quantizers' shape inference leaves them in, and no runtime needs
+them); nothing here knows a student's architecture. `size_breakdown` says what a file's bytes
+hold.
 """
 from __future__ import annotations
 
@@ -59,45 +67,83 @@ def _quiet():
 
 
 def quantize_int8(float_path: Path, out_path: Path, per_channel: bool) -> Path:
+    import onnx
     quantize_dynamic, QuantType, _ = _quantizers()
     try:
         with _quiet():
             quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel)
     except Exception as e:  # the quantizer raises plain exceptions naming the node
         raise QuantizeError(f"onnxruntime's quantize_dynamic failed on {float_path}: {e}") from e
+    _save(onnx.load(str(out_path)), out_path)
     return out_path
+
+
+def _save(model, out_path: Path) -> None:
+    """Without value_info: the shapes of intermediate tensors that the quantizers' shape
+    inference wrote (25 KB of a 0.7 MB TinyBert); runtimes infer them again."""
+    import onnx
+    model.graph.ClearField("value_info")
+    onnx.save(model, str(out_path))
+
+
+def matmul_form(model):
+    """The graph with each Gemm as MatMul (+ Add of its bias), by onnxruntime's own rewrite
+    (`ONNXModel.replace_gemm_with_matmul`), and the Gemm weights it transposed dropped
+    (`clean_initializers`): MatMulNBits quantizes MatMul only. The model is changed in place."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+    wrapped = ONNXModel(model)
+    wrapped.replace_gemm_with_matmul()
+    wrapped.clean_initializers()
+    return wrapped.model
+
+
+def _lstm_int8(model, tmp: Path):
+    """The LSTMs' weights as int8 (DynamicQuantizeLSTM), by quantize_dynamic restricted to
+    LSTM; the rest of the graph unchanged. Done on the float graph: its type inference cannot
+    see through the 4-bit contrib operators."""
+    import onnx
+    quantize_dynamic, QuantType, _ = _quantizers()
+    quantize_dynamic(model, str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    return model
 
 
 def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
                   calibration: list[dict] | None = None) -> tuple[Path, dict]:
-    """4-bit weights: MatMul by `algorithm` ("gptq" needs `calibration`, a list of input feeds
-    from the training split; "rtn"), then the embedding Gathers by round-to-nearest.
-    Returns the path and how many MatMuls each algorithm quantized: onnxruntime's GPTQ cannot
-    take a MatMul whose input dimension holds an odd number of blocks (`odd_block_counts`), so
-    with "gptq" those are rounded to nearest instead, and counted as such."""
+    """4-bit weights: MatMul (Gemm in MatMul form) by `algorithm` ("gptq" needs `calibration`,
+    a list of input feeds from the training split; "rtn"), then the embedding Gathers by
+    round-to-nearest; LSTM weights int8. Returns the path and how many MatMuls each algorithm
+    quantized: onnxruntime's GPTQ cannot take a MatMul whose input dimension holds an odd
+    number of blocks (`odd_block_counts`), so with "gptq" those are rounded to nearest
+    instead, and counted as such."""
     import onnx
     _, _, nbits = _quantizers()
     if algorithm not in ("gptq", "rtn"):
         raise QuantizeError(f"unknown 4-bit algorithm {algorithm!r}; choose gptq or rtn")
     if algorithm == "gptq" and not calibration:
         raise QuantizeError("GPTQ needs calibration inputs (the training split)")
-    model = onnx.load(str(float_path))
+    model = matmul_form(onnx.load(str(float_path)))
     matmuls = weight_matmuls(model)
-    odd = set(odd_block_counts(float_path, block_size))
+    blocks = matmul_blocks(model, block_size)
+    odd = set(odd_block_counts(model, block_size))
     gptq_nodes = [n for n in matmuls if n not in odd] if algorithm == "gptq" else []
     try:
         with _quiet():
+            if any(n.op_type == "LSTM" for n in model.graph.node):
+                model = _lstm_int8(model, out_path.with_suffix(".lstm.onnx"))
             if gptq_nodes:
                 from onnxruntime.quantization.neural_compressor import gptq_quantize
                 # What MatMulNBitsQuantizer's GPTQ path passes, with the odd-block MatMuls left float
                 # ("fp32" is the skip mark gptq_quantize reads) for the RTN pass below.
-                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": block_size, "scheme": "sym"}
+                config = {n: "fp32" if n in odd else {"bits": 4, "group_size": blocks[n], "scheme": "sym"}
                           for n in matmuls}
                 model = gptq_quantize(model, ((feed, None) for feed in calibration), weight_config=config,
                                       num_bits=4, group_size=block_size, scheme="sym", n_samples=-1, percdamp=0.01,
                                       blocksize=128, actorder=False, mse=False, perchannel=True).model
             q = nbits.MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True,
-                                           algo_config=nbits.RTNWeightOnlyQuantConfig())
+                                           algo_config=nbits.RTNWeightOnlyQuantConfig(customized_weight_config={
+                                               n: {"group_size": b} for n, b in blocks.items()}))
             q.process()
             gather = nbits.MatMulNBitsQuantizer(
                 copy.deepcopy(q.model.model), block_size=block_size, is_symmetric=True,
@@ -107,8 +153,19 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
             gather.process()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
-    onnx.save(gather.model.model, str(out_path))
+    _save(gather.model.model, out_path)
     return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
+
+
+def matmul_blocks(model, block_size: int) -> dict[str, int]:
+    """Each weight MatMul's block size: `block_size`, but no larger than its input dimension K
+    rounded up to a power of two (MatMulNBits' blocks are powers of two, at least 16). A block
+    beyond that holds only the zeros MatMulNBits pads K with: the same scales and weights in up
+    to twice the bytes (TinyBert's 64-wide inputs in blocks of 128)."""
+    weights = {i.name: i.dims for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    return {name: min(block_size, max(16, 1 << (int(weights[nodes[name].input[1]][0]) - 1).bit_length()))
+            for name in weight_matmuls(model)}
 
 
 def weight_matmuls(model) -> list[str]:
@@ -118,17 +175,18 @@ def weight_matmuls(model) -> list[str]:
             if n.op_type == "MatMul" and len(n.input) > 1 and len(weights.get(n.input[1], ())) == 2]
 
 
-def odd_block_counts(path: Path, block_size: int) -> list[str]:
-    """Weight MatMul nodes whose ceil(K / block_size) is odd. onnxruntime 1.32's GPTQ
+def odd_block_counts(graph, block_size: int) -> list[str]:
+    """Weight MatMul nodes of `graph` (a path: the float graph, its Gemms in MatMul form; or a
+    loaded model, as it is) whose ceil(K / block_size) is odd. onnxruntime 1.32's GPTQ
     (quantization/neural_compressor/weight_only.py) packs two 4-bit zero points per byte
     across the whole [N, blocks] table and then reshapes it to [N, -1], which fails for them;
     its RTN path packs per row and has no such limit."""
     import onnx
-    model = onnx.load(str(path))
+    model = matmul_form(onnx.load(str(graph))) if isinstance(graph, (str, Path)) else graph
     weights = {i.name: i.dims for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    return [name for name in weight_matmuls(model)
-            if math.ceil(weights[nodes[name].input[1]][0] / block_size) % 2]
+    return [name for name, block in matmul_blocks(model, block_size).items()
+            if math.ceil(weights[nodes[name].input[1]][0] / block) % 2]
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -166,3 +224,51 @@ def agreement(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict:
         return {"samples": 0, "agreement": 1.0, "max_abs_diff": 0.0, "accuracy": 0.0}
     return {"samples": int(len(y)), "agreement": float(np.mean(ref.argmax(1) == got.argmax(1))),
             "max_abs_diff": float(np.abs(ref - got).max()), "accuracy": float(np.mean(got.argmax(1) == y))}
+
+
+# What each input of an operator holds, for size_breakdown: (op type, input index) -> role.
+# Anything not listed is "other" (shape constants, attention masks' fill values, ...).
+_WEIGHT = {("MatMul", 1), ("Gemm", 1), ("Gather", 0), ("LSTM", 1), ("LSTM", 2), ("MatMulInteger", 1),
+           ("MatMulNBits", 1), ("GatherBlockQuantized", 0), ("DynamicQuantizeLSTM", 1), ("DynamicQuantizeLSTM", 2)}
+_SCALE = {("MatMulNBits", 2), ("MatMulNBits", 3), ("GatherBlockQuantized", 2), ("GatherBlockQuantized", 3),
+          ("MatMulInteger", 2), ("MatMulInteger", 3), ("DequantizeLinear", 1), ("DequantizeLinear", 2),
+          *(("DynamicQuantizeLSTM", i) for i in range(8, 12))}
+_BIAS = {("Gemm", 2), ("LSTM", 3), ("DynamicQuantizeLSTM", 3), ("MatMulNBits", 5)}
+_NORM = {("LayerNormalization", 1), ("LayerNormalization", 2), ("SimplifiedLayerNormalization", 1),
+         ("RMSNormalization", 1)}
+
+
+def size_breakdown(path: Path) -> dict[str, int]:
+    """The .onnx file's bytes by what they hold: each initializer's serialized bytes under
+    "<float|integer> <role>" (weight: what a MatMul, Gemm, Einsum, Gather or LSTM multiplies or
+    looks up; scale: quantization scales and zero points; bias: vectors added; norm:
+    LayerNorm's gains and biases, RMSNorm's gains (vectors multiplied); other: shape constants
+    and the like), "value_info" (the inferred
+    shapes of intermediate tensors, optional), and "graph" for the rest (nodes, Constant nodes' values
+    included, names, inputs, outputs). The values sum to the file's size. A tensor read by several nodes takes the
+    first listed role among its readers (weight, scale, bias, norm)."""
+    import onnx
+    model = onnx.load(str(path))
+    readers: dict[str, set] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, set()).add((node.op_type, k))
+    out: Counter = Counter()
+    for t in model.graph.initializer:
+        read = readers.get(t.name, set())
+        role = next((r for r, table in (("weight", _WEIGHT), ("scale", _SCALE), ("bias", _BIAS), ("norm", _NORM))
+                     if read & table), None)
+        if role is None and t.name.endswith(("_scale", "_zero_point")):  # quantize_dynamic's weight scales
+            role = "scale"  # (multiplied into the MatMulInteger's output)
+        ops = {op for op, _ in read}
+        if role is None and len(t.dims) >= 2 and "Einsum" in ops:
+            role = "weight"
+        if role is None and len(t.dims) == 1 and t.dims[0] > 1:  # a vector added (bias) or multiplied in (a gain:
+            role = "bias" if ops & {"Add", "Sub"} else "norm" if ops & {"Mul", "Div"} else None  # RMSNorm's)
+        role = role or "other"
+        kind = "float" if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                          onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE) else "integer"
+        out[f"{kind} {role}"] += t.ByteSize()
+    out["value_info"] = sum(v.ByteSize() for v in model.graph.value_info)
+    out["graph"] = Path(path).stat().st_size - sum(out.values())
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -8,7 +8,9 @@ causal + padding mask is built from the attention mask with plain tensor ops and
 decoder layer is called directly, so the graph exports to ONNX with dynamic batch and
 sequence axes. Mixture-of-experts layers (DeepSeek-V2/V3) run their experts densely (every
 expert on every token, weighted by the router's top-k weights, zero for the others): the
-same sum as the sparse loop, without its data-dependent shapes.
+same sum as the sparse loop, without its data-dependent shapes. Each expert is its own pair
+of 2-D products, so the exported graph holds one [D, 2I] and one [I, D] MatMul weight per
+expert, which onnxruntime's quantizers take like any other (a 3-D Einsum weight stays float).
 """
 from __future__ import annotations
 
@@ -25,12 +27,16 @@ def dense_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.
                           top_k_weights: torch.Tensor) -> torch.Tensor:
     """Every expert on every token, weighted by the routing weight (0 when not in the top k).
     For the expert layout of DeepSeek-V2/V3 in transformers: gate_up_proj [E, 2I, D],
-    down_proj [E, D, I], no biases."""
+    down_proj [E, D, I], no biases. One expert at a time, as two linear layers: the exporter
+    folds each expert's slice into a 2-D MatMul weight."""
     weights = torch.zeros(hidden_states.shape[0], self.num_experts, dtype=top_k_weights.dtype,
                           device=hidden_states.device).scatter(1, top_k_index, top_k_weights)
-    gate_up = torch.einsum("sd,eod->seo", hidden_states, self.gate_up_proj)
-    out = torch.einsum("sei,edi->sed", self._apply_gate(gate_up), self.down_proj)
-    return (out * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(hidden_states.dtype)
+    out = 0
+    for e in range(self.num_experts):
+        gate_up = torch.nn.functional.linear(hidden_states, self.gate_up_proj[e])
+        expert = torch.nn.functional.linear(self._apply_gate(gate_up), self.down_proj[e])
+        out = out + expert * weights[:, e:e + 1].to(expert.dtype)
+    return out.to(hidden_states.dtype)
 
 
 def _use_dense_experts(backbone) -> None:
