@@ -22,8 +22,6 @@ RV = {"riscv64-unknown-elf-gcc": "sudo apt-get install -y gcc-riscv64-unknown-el
       "qemu-system-riscv32": "sudo apt-get install -y qemu-system-misc"}
 ENVS = ["qemu_m55_ota", "qemu_rv32_ota", "qemu_m7_ota"]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module", params=ENVS)
 def fw(request, tmp_path_factory, need_tools):
@@ -41,6 +39,29 @@ def board(fw, name):
     return device.OtaBoard(fw["elf"], fw["machine"], region)
 
 
+def test_region_files(tmp_path):
+    """Provisioning: the key record at the region's place in the file, the region erased, the
+    file the machine's RAM (the AN547's 2 GiB sparse); boards without a region are named."""
+    import zlib
+
+    for env, spec in device.REGIONS.items():
+        path = device.provision(tmp_path / f"{env}.bin", KEY, env=env)
+        assert path.stat().st_size == spec.ram_bytes
+        with path.open("rb") as f:
+            f.seek(spec.offset)
+            head = f.read(40)
+            assert head[:4] == b"TSKY" and head[4:36] == KEY and head[36:] == zlib.crc32(head[:36]).to_bytes(4, "little")
+            f.seek(spec.offset + spec.region_bytes - 4)
+            assert f.read(4) == b"\xff" * 4
+        if spec.ram_bytes > 64 * device.MiB:
+            assert path.stat().st_blocks * 512 < 64 * device.MiB  # holes, not 2 GiB written
+        path.unlink()
+    assert device.REGIONS["qemu_m4_ota"] == device.RegionFile(device.REGION_BYTES)  # provision() without env
+    with pytest.raises(UpdateError, match="qemu_m0 has no updatable region"):
+        device.region_file("qemu_m0")
+
+
+@pytest.mark.slow
 def test_update_on_the_board(fw):
     old, new, kernel = fw["old"], fw["new"], fw["kernel"]
     other = "c" if kernel != "c" else "dsp"
@@ -64,6 +85,7 @@ def test_update_on_the_board(fw):
         assert int(device.status(dut)["boot_instructions"]) > 0
 
 
+@pytest.mark.slow
 def test_power_cuts_leave_old_or_new(fw):
     """12 cut points (qemu_m4_ota's tests and bench/updates.py run more): the first and last
     erase of slot A, spread over the image's words, the slot header, the boot record's erase and
