@@ -42,7 +42,28 @@ def test_slot_image_follows_the_params_table(models):
     c = slot_image(old, "c")
     assert c.layout_id != img.layout_id and all(f.nbytes for f in c.fields)
     with pytest.raises(UpdateError, match="no update layout yet"):
-        slot_image(old, "mve")
+        slot_image(old, "neon")
+
+
+def test_slot_images_of_the_other_kernels(models):
+    """Helium (qemu_m55): the layer's w_x is the MVE block, its other fields NULL. ARMv6-M and
+    RV32 read the portable C's unit-major arrays: the same bytes as "c", another layout id (their
+    kernel file is part of the code)."""
+    from tinyseek.codegen.context import build_context
+
+    old, _ = models
+    ctx = build_context(old, "update")
+    mve = slot_image(old, "mve")
+    layer = mve.fields[3:10]
+    assert [f.nbytes > 0 for f in layer] == [True, False, False, False, False, False, False]
+    block = ctx["layers"][0]["mve"]["block"]
+    assert mve.data[layer[0].offset:layer[0].offset + layer[0].nbytes] == block.values.astype("<i4").tobytes()
+    c = slot_image(old, "c")
+    ids = {k: slot_image(old, k).layout_id for k in ("c", "dsp", "mve", "v6m", "rv32")}
+    assert len(set(ids.values())) == 5
+    for k in ("v6m", "rv32"):
+        img = slot_image(old, k)
+        assert img.data == c.data and [f[:4] for f in img.descriptor["fields"]] == c.descriptor["fields"]
 
 
 @pytest.mark.parametrize("case", ["equal", "all-different", "small", "tiny", "mixed", "long-runs", "empty"])

@@ -126,7 +126,8 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="package file to write")
     q.add_argument("--key", help="device key file (default build/update/device.key, made when missing)")
     q.add_argument("--version", type=int, help="anti-rollback version, above the device's (default: Unix time)")
-    q.add_argument("--kernel", default="dsp", choices=["dsp", "c"], help="the firmware's kernel variant (default dsp)")
+    q.add_argument("--kernel", default="dsp", choices=["dsp", "c", "mve", "v6m", "rv32"],
+                   help="the firmware's kernel variant (default dsp; qemu_m55_ota runs mve, qemu_rv32_ota rv32)")
     q.add_argument("--full", action="store_true", help="the whole image instead of a delta")
     q = act.add_parser("push", help="send a package to a board, then run the test split there, bit-exact check")
     _common(q)

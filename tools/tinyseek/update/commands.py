@@ -58,8 +58,8 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
     """Send `package` to the board of `env` and run the test split of `run` (the package's
     model) there, every logit checked against that model's integer reference.
 
-    Emulated boards (qemu_m4_ota) boot the update-enabled firmware built with `from_run`'s model
-    on a region file (default build/update/<env>.region, provisioned with the key when new), so
+    Emulated boards (device.REGIONS: qemu_m4_ota, qemu_m7_ota, qemu_m55_ota, qemu_rv32_ota) boot
+    the update-enabled firmware built with `from_run`'s model on a region file (default build/update/<env>.region, provisioned with the key when new), so
     one push after another updates the same board. A real board (`port`) was provisioned when
     it was flashed."""
     from ..data.dataset import stratified_first, take
@@ -83,8 +83,7 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
     test = take(test, stratified_first(test.y, n))
     board = None
     if profile.emulated:
-        if env != "qemu_m4_ota":
-            raise UpdateError(f"{env} has no updatable region; the emulated update-enabled board is qemu_m4_ota")
+        device.region_file(env)  # an emulated board without a region: say so before building
         int8_dir = (run_folder(from_run) / "int8").resolve()
         base = QuantModel.load(int8_dir)
         lib = (Path("firmware/lib") / base.name).resolve()
@@ -100,7 +99,7 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
         region = Path(region or f"build/update/{env}.region")
         if not region.exists():
             region.parent.mkdir(parents=True, exist_ok=True)
-            device.provision(region, read_key(key or DEFAULT_KEY))
+            device.provision(region, read_key(key or DEFAULT_KEY), env=env)
         board = device.OtaBoard(elf, profile.machine(), region)
         dut = board.power_on()
     else:

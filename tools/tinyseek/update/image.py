@@ -24,13 +24,24 @@ from ..codegen.render import make_env
 from ..quant.model import QuantModel
 
 # Kernel variants whose parameter table the image follows: the portable C (host builds, every
-# board with -DTINYSEEK_KERNEL_PORTABLE) and the Cortex-M DSP kernel (qemu_m4, qemu_m7,
-# qemu_stm32f4). The others would need their own arrangement here first.
-KERNELS = ("c", "dsp")
+# board with -DTINYSEEK_KERNEL_PORTABLE), the Cortex-M DSP kernel (qemu_m4, qemu_m7,
+# qemu_stm32f4) with its paired blocks, the Helium kernel (qemu_m55) with its own block per
+# layer, and the ARMv6-M (qemu_m0) and RV32 (qemu_rv32) kernels, which read the portable C's
+# unit-major int8 arrays through the same table. The others would need their own arrangement
+# here first.
+KERNELS = ("c", "dsp", "mve", "v6m", "rv32")
 # The kernel files a build compiles besides the dispatch header: the portable C (the fallback,
 # always built) and the variant's own; every other variant's file compiles to nothing there.
-_KERNEL_FILES = {"c": {"kernels/dispatch.h.j2", "kernels/portable.c.j2"},
-                 "dsp": {"kernels/dispatch.h.j2", "kernels/portable.c.j2", "kernels/cortexm_dsp.c.j2"}}
+_BASE_FILES = {"kernels/dispatch.h.j2", "kernels/portable.c.j2"}
+_KERNEL_FILES = {"c": _BASE_FILES,
+                 "dsp": _BASE_FILES | {"kernels/cortexm_dsp.c.j2"},
+                 "mve": _BASE_FILES | {"kernels/helium.c.j2"},
+                 "v6m": _BASE_FILES | {"kernels/armv6m.c.j2"},
+                 "rv32": _BASE_FILES | {"kernels/riscv.c.j2"}}
+# Variants the dispatch header selects for int8 gate weights only (templates/kernels/dispatch.h.j2):
+# with int4 or binary weights an M55 runs the DSP kernel and the M0 and RV32 the portable C, so a
+# layout of these variants for such a model would not be what that firmware reads.
+_INT8_ONLY = {"mve": "dsp", "v6m": "c", "rv32": "c"}
 LAYER_KEYS = ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")
 # Lines of <name>_model.h that differ between two models a firmware can swap: host-only scales
 # and the multiplier of the probabilities (carried by the package and the slot header).
@@ -103,6 +114,9 @@ def _table(ctx: dict, kernel: str) -> list[tuple[str, object]]:
         if kernel == "dsp" and L["dsp"]:
             blocks = {"w_x": L["dsp"]["blocks"]}
             rows += [(f"layers[{i}].{k}", blocks.get(k)) for k in LAYER_KEYS]
+        elif kernel == "mve" and L["mve"]:  # the Helium block; the other fields NULL, as in model_data.c
+            blocks = {"w_x": L["mve"]["block"]}
+            rows += [(f"layers[{i}].{k}", blocks.get(k)) for k in LAYER_KEYS]
         else:
             rows += [(f"layers[{i}].{k}", L["arrays"][k]) for k in LAYER_KEYS]
     head = ctx["head"]
@@ -128,6 +142,9 @@ def slot_image(model: QuantModel, kernel: str) -> SlotImage:
 
 def _slot_image(model: QuantModel, kernel: str) -> SlotImage:
     ctx = build_context(model, "update")
+    if kernel in _INT8_ONLY and ctx["weights"] != "int8":
+        raise UpdateError(f"kernel variant {kernel!r} runs int8 gate weights only; with {ctx['weights']} weights that "
+                          f"board's firmware runs kernel {_INT8_ONLY[kernel]!r}: make the package for that one")
     fields, chunks, offset = [], [], 0
     for name, arr in _table(ctx, kernel):
         if arr is None:
