@@ -1,8 +1,9 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
 host (UBSan) and on the emulated boards (the Helium int4 kernel on Cortex-M55, the DSP kernels
-on cores with the DSP extension, the portable kernels elsewhere; the AArch64 NEON kernels are
-checked in test_kernels_neon.py, the Helium kernel's edges in test_kernels_helium_low_bit.py)."""
+on cores with the DSP extension, the RV32 kernels, the portable kernels elsewhere; the AArch64
+NEON kernels are checked in test_kernels_neon.py, the Helium kernel's edges in
+test_kernels_helium_low_bit.py)."""
 import json
 import subprocess
 import tempfile
@@ -153,8 +154,9 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
             # int4: Helium on Cortex-M55, the DSP extension on Cortex-M4; binary: the DSP extension on
-            # both; the other cores run the portable C
-            want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve" if width == "int4" else "dsp"}.get(env, "c")
+            # both; both widths an RV32 kernel; the M0 runs the portable C
+            want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve" if width == "int4" else "dsp",
+                           "qemu_rv32": "rv32"}.get(env, "c")
             assert out["model"]["kernel"] == want_kernel
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
 
@@ -230,6 +232,101 @@ def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp
         out = subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-mfloat-abi=softfp", "-E", "-I",
                               str(tmp_path / width), str(src)], capture_output=True, text=True, check=True).stdout
         assert f'probe = "{variant}"' in out, (width, cpu)
+
+
+# -- the RV32 kernels (templates/kernels/riscv.c.j2): two columns per MUL in 16-bit fields ------
+
+def _full_scale(width, input_size, hidden, seed):
+    """Rows at the packing's extremes (all 7, all -8, alternating; all +1, all -1, alternating):
+    with constant full-scale inputs the two-column sums reach the bounds the kernel reads them
+    out at (16 int4 columns: |M| <= 30,720; 256 binary columns: M = -32,768 at x = -128)."""
+    m = random_model(seed, kind="sequence", hidden=[hidden], input_size=input_size, num_classes=3, weights="extreme",
+                     width=width, name="kfull")
+    hi, lo = (7, -8) if width == "int4" else (1, -1)
+    for w in (m.layers[0].w_x, m.layers[0].w_h):
+        w[0::4], w[1::4] = hi, lo
+        w[2::4, 0::2], w[2::4, 1::2] = hi, lo
+    m.validate()
+    cols = m.num_features
+    return m, np.stack([np.full((4, cols), -128), np.full((4, cols), 127),
+                        np.tile(np.resize([127, -128], cols), (4, 1))]).astype(np.int8)
+
+
+# Column counts whose packed rows end at every byte offset in a word (int4: n % 8, binary: n % 32),
+# below one word, over one chunk (int4 16 columns, binary 256) and between; two layers; heads of
+# 3 and 5 rows (a binary head runs through the same kernel, one row at a time).
+RV32_SHAPES = [(1, [3]), (7, [13, 6]), (9, [17]), (21, [33, 2]), (64, [64]), (270, [40]), (300, [5, 10])]
+
+
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_rv32_kernels_match_the_oracle_on_the_host(width, tmp_path):
+    """The RV32 kernels are plain C (GCC builtins): -DTINYSEEK_TEST_FORCE_RV32 builds them on the
+    host, where every step's h and c is compared, under UBSan, on every row shape; rows at full
+    scale reach the bounds of the 16-bit fields (a read-out one chunk later fails here)."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for i, (inputs, hidden) in enumerate(RV32_SHAPES):
+        m = random_model(70 + i, kind="sequence", hidden=hidden, input_size=inputs, num_classes=3 + i % 3,
+                         weights="extreme", width=width, name="krv")
+        xs = np.concatenate([random_sequences(m, rng, 3, 5), random_sequences(m, rng, 3, 5, extreme=True)])
+        cases.append((m, xs))
+    cases.append(_full_scale(width, 300, 6, 80))
+    flags = UBSAN + ("-O2", "-DTINYSEEK_TEST_FORCE_RV32")
+    for m, xs in cases:
+        lib = tmp_path / f"{m.name}-{m.num_features}"
+        render(m, lib)
+        probe = lib / "probe.c"
+        probe.write_text(f'#include "{m.name}_kernels.h"\nconst char *probe = {m.name.upper()}_KERNEL;\n')
+        out = subprocess.run(["gcc", "-E", "-DTINYSEEK_TEST_FORCE_RV32", "-I", str(lib), str(probe)],
+                             capture_output=True, text=True, check=True).stdout
+        assert 'probe = "rv32"' in out
+        result = verify_host(m, lib, list(xs), every_step=True, cflags=flags)
+        assert result.bitexact, f"{width} {m.num_features} {[L.hidden for L in m.layers]}: {result.first_mismatch}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_rv32_kernels_are_bit_exact_on_rv32imc(width, tmp_path, need_tools):
+    """On the emulated rv32imc: odd column counts, hidden sizes that are not multiples of 4, two
+    layers, extreme weights and inputs, rows at full scale; -DTINYSEEK_KERNEL_PORTABLE still
+    selects the portable C."""
+    need_tools(RV)
+    rng = np.random.default_rng(13)
+    models = [random_model(31 if width == "int4" else 36, kind="sequence", hidden=[17], input_size=11,
+                           num_classes=5, width=width, name="rva"),
+              random_model(90, kind="sequence", hidden=[13, 6], input_size=21, num_classes=4, weights="extreme",
+                           width=width, name="rvb"),
+              random_model(91, kind="sequence", hidden=[9], input_size=270, num_classes=3, width=width, name="rvc")]
+    cases = [(m, np.concatenate([random_sequences(m, rng, 4, 7), random_sequences(m, rng, 2, 7, extreme=True)]))
+             for m in models]
+    cases.append(_full_scale(width, 300, 6, 80))
+    for m, xs in cases:
+        want = infer_sequences(m, xs)
+        if m.name == "rva":
+            assert len({tuple(row) for row in want.tolist()}) > len(xs) // 2  # outputs tell inputs apart
+        render(m, tmp_path / m.name)
+        out = run_device_bench("qemu_rv32", tmp_path / m.name, list(xs), build_dir=tmp_path / f"b-{m.name}")
+        assert out["model"]["kernel"] == "rv32" and out["logits"] == want.tolist(), m.name
+    out = run_device_bench("qemu_rv32", tmp_path / "rva", list(cases[0][1]), build_dir=tmp_path / "b-portable",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
+    assert out["model"]["kernel"] == "c" and out["logits"] == infer_sequences(models[0], cases[0][1]).tolist()
+
+
+@pytest.mark.parametrize("march, mabi, flags, variant", [("rv32imc", "ilp32", [], "rv32"),
+                                                          ("rv32imac", "ilp32", [], "rv32"),
+                                                          ("rv32imc", "ilp32", ["-DTINYSEEK_KERNEL_PORTABLE"], "c"),
+                                                          ("rv64imac", "lp64", [], "c")])
+def test_low_bit_rv32_variant_follows_the_xlen(march, mabi, flags, variant, tmp_path, need_tools):
+    need_tools({"riscv64-unknown-elf-gcc": RV["riscv64-unknown-elf-gcc"]})
+    for width in ("int4", "binary"):
+        model = _models(width)[0]
+        render(model, tmp_path / width)
+        src = tmp_path / width / "probe.c"
+        src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
+        cmd = ["riscv64-unknown-elf-gcc", f"-march={march}", f"-mabi={mabi}", "--specs=picolibc.specs", *flags, "-E"]
+        out = subprocess.run([*cmd, "-I", str(tmp_path / width), str(src)], capture_output=True, text=True,
+                             check=True).stdout
+        assert f'probe = "{variant}"' in out, (width, march, flags)
 
 
 def test_fake_quant_is_the_quantizers_rounding_with_straight_through_gradients():
