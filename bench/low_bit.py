@@ -300,7 +300,7 @@ def markdown(r: dict) -> str:
                       f"{plan['loss_percent']} % loss): {label} gate matrices {best['gate_smaller_than_float']:.1f}x "
                       f"smaller than float32, {best['loss_vs_float_test_points']:.2f} points below the float student on "
                       f"the test. Against the goal (weight matrices <= {_pct(plan['goal_vs_int8'])} of int8's, at most "
-                      f"{plan['goal_points']} points below int8): weight matrices {_pct(best['matrix_bytes_vs_int8'])} "
+                      f"{plan['goal_points']} point{'s' if plan['goal_points'] != 1 else ''} below int8): weight matrices {_pct(best['matrix_bytes_vs_int8'])} "
                       f"of int8's ({best['embedding']} embedding {best['embedding_bytes']:,} B), {drop:.2f} points below "
                       f"int8 on the test: **{'met' if met else 'not met'}**. All arrays {_pct(best['weight_bytes_vs_int8'])} "
                       "of int8's (the per-row multipliers, shifts and biases and the tables keep their size)."]

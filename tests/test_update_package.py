@@ -66,6 +66,28 @@ def test_slot_images_of_the_other_kernels(models):
         assert img.data == c.data and [f[:4] for f in img.descriptor["fields"]] == c.descriptor["fields"]
 
 
+
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_low_bit_images_carry_the_packed_arrays_and_the_embedding_gains(width):
+    """A low-bit model's image on the DSP / portable C layouts: packed gate rows, the embedding's
+    codes and a gain per row in the params table's order; the other layouts refuse it."""
+    from tinyseek.quant.synthetic import random_model
+    m = random_model(5, kind="text", hidden=[8], input_size=12, vocab_size=40, width=width, name="upd")
+    arrays = m.arrays()
+    for kernel in ("dsp", "c"):
+        img = slot_image(m, kernel)
+        fields = {f.name: f for f in img.fields}
+        assert [f.name for f in img.fields][2:4] == ["embedding", "embedding_gain"]
+        for name, key in (("embedding", "embedding"), ("embedding_gain", "embedding.gain"),
+                          ("layers[0].w_x", "lstm0.w_x"), ("head_w", "head.w")):
+            f = fields[name]
+            assert f.nbytes == arrays[key].nbytes, (kernel, name)
+        assert img.data[fields["embedding_gain"].offset:][:40] == arrays["embedding.gain"].tobytes()
+    for kernel in ("mve", "v6m", "rv32"):
+        with pytest.raises(UpdateError, match=f"int8 gate weights only, not for {width} ones.*qemu_m4_ota"):
+            slot_image(m, kernel)
+
+
 @pytest.mark.parametrize("case", ["equal", "all-different", "small", "tiny", "mixed", "long-runs", "empty"])
 def test_delta_coding_round_trips(case):
     rng = np.random.default_rng(1)
