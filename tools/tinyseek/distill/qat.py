@@ -62,23 +62,24 @@ def fake_quant_embedding(w: torch.Tensor, width: str) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def _forward_replaced(module: nn.Module, forward):
+    """Within the block `module` runs `forward` (an instance attribute over its class's)."""
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+
+
 def fake_quantized_embedding(embed: nn.Embedding, width: str):
     """Within the block every lookup of `embed` reads the fake-quantized table."""
-    embed.forward = lambda x: F.embedding(x, fake_quant_embedding(embed.weight, width), embed.padding_idx)
-    try:
-        yield
-    finally:
-        del embed.forward
+    return _forward_replaced(embed, lambda x: F.embedding(x, fake_quant_embedding(embed.weight, width),
+                                                          embed.padding_idx))
 
 
-@contextlib.contextmanager
 def fake_quantized_linear(linear: nn.Linear, width: str):
     """Within the block `linear` runs on its fake-quantized weight rows (a binary model's head)."""
-    linear.forward = lambda x: F.linear(x, fake_quant(linear.weight, width), linear.bias)
-    try:
-        yield
-    finally:
-        del linear.forward
+    return _forward_replaced(linear, lambda x: F.linear(x, fake_quant(linear.weight, width), linear.bias))
 
 
 @contextlib.contextmanager
