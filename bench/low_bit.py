@@ -322,6 +322,9 @@ def markdown(r: dict) -> str:
                   "| student | test | validation | gate matrices | all arrays |", "|---|---|---|---|---|",
                   f"| hidden 64, int8 (the default) | {_pct(i8['test_accuracy'])} | {_pct(i8['val_accuracy'])} | "
                   f"{i8['gate_bytes']:,} B | {i8['weight_bytes']:,} B |",
+                  *([f"| hidden 64, int4 QAT | {_pct(q4['test_accuracy'])} | {_pct(q4['val_accuracy'])} | "
+                     f"{q4['gate_bytes']:,} B | {q4['weight_bytes']:,} B |"]
+                    if (q4 := r["variants"].get("int4 QAT")) else []),
                   f"| hidden {w['hidden']}, float | {_pct(w['float']['test_accuracy'])} | {_pct(w['float']['val_accuracy'])} | | |"]
         for label in ("int4 PTQ", "int4 QAT"):
             v = w[label]
@@ -332,9 +335,11 @@ def markdown(r: dict) -> str:
                       f"against the int8 default on validation and {100 * (q['test_accuracy'] - i8['test_accuracy']):+.2f} "
                       "on the test, from one seed each; its float student already lands "
                       f"{100 * (w['float']['test_accuracy'] - r['float']['test_accuracy']):+.2f} points from the default's "
-                      "float on the test. The width does not buy accuracy measurably here, and the wider model's other "
-                      "arrays (per-row multipliers, biases, the head) grow its flash by "
-                      f"{q['weight_bytes'] - i8['weight_bytes']:,} B."]
+                      "float on the test. The width does not buy accuracy measurably here. All its arrays take "
+                      f"{abs(q['weight_bytes'] - i8['weight_bytes']):,} B "
+                      f"{'less' if q['weight_bytes'] < i8['weight_bytes'] else 'more'} than the int8 default's "
+                      "(its embedding and gate matrices at int4 against the wider model's per-row multipliers, "
+                      "biases and head)."]
     for env, runs in r["boards"].items():
         lines += ["", f"{env} ({next(iter(runs.values()))['samples']} test texts, token ids sent; QEMU instructions, "
                       "not cycles; every run bit-exact against the integer reference):", "",
