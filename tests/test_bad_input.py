@@ -54,6 +54,19 @@ def low_bit_model_mispacked(tmp_path, capsys):
     return _error(lambda: QuantModel.load(tmp_path / "m"), ModelFileError)
 
 
+def low_bit_embedding_gain_too_large(tmp_path, capsys):
+    """An int4 embedding whose stored gain would take a row past int8."""
+    from safetensors.numpy import load_file, save_file
+
+    from tinyseek.quant.model import ModelFileError, QuantModel
+    m = random_model(5, kind="text", hidden=4, input_size=6, width="int4", name="bad")
+    m.save(tmp_path / "m")
+    arrays = load_file(str(tmp_path / "m" / "params.safetensors"))
+    arrays["embedding.gain"][1] = 19
+    save_file(arrays, str(tmp_path / "m" / "params.safetensors"), metadata={"format": "1"})
+    return _error(lambda: QuantModel.load(tmp_path / "m"), ModelFileError)
+
+
 def codegen_over_your_file(tmp_path, capsys):
     lib = tmp_path / "bad"
     lib.mkdir()
@@ -283,6 +296,8 @@ CASES = {
     "`--set teacher.batch_size=0`": _config_error("teacher.batch_size", 0),
     "`--set quant.weights=int2`": _config_error("quant.weights", "int2"),
     "an int4 model file whose packed matrix has the wrong byte count": low_bit_model_mispacked,
+    "an int4-embedding model file with a row gain above 18 (gain x code would leave int8)": low_bit_embedding_gain_too_large,
+    "`--set quant.embedding=int2`": _config_error("quant.embedding", "int2"),
     "`--set teacher.max_tokens=0`": _config_error("teacher.max_tokens", 0),
     "`--set teacher.hidden_size=36` (4 heads: a head size of 9)": _config_error("teacher.hidden_size", 36),
     "an NPZ whose header declares an absurd shape": absurd_npz_header,
