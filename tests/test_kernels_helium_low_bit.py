@@ -9,8 +9,9 @@ import pytest
 
 from tinyseek.codegen.render import render
 from tinyseek.harness.bench import run_device_bench
-from tinyseek.quant.reference import infer_sequences, infer_tokens
-from tinyseek.quant.synthetic import random_model, random_sequences, random_token_ids
+from tinyseek.quant.synthetic import random_model
+
+from test_kernels_mcu import _inputs
 
 ARM = {"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
        "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}
@@ -85,14 +86,6 @@ def _models():
         _pre32_x(_pre32_h(random_model(47, kind="sequence", hidden=[128], input_size=128, num_classes=4,
                                        width="int4", name="hb128"))),
     ]
-
-
-def _inputs(model, rng):
-    if model.kind == "text":
-        ids = [t for t in random_token_ids(model, rng, 8, model.max_len) if t]
-        return ids, infer_tokens(model, ids)
-    xs = np.concatenate([random_sequences(model, rng, 4, 9), random_sequences(model, rng, 4, 9, extreme=True)])
-    return list(xs), infer_sequences(model, xs)
 
 
 @pytest.mark.slow
