@@ -126,8 +126,10 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="package file to write")
     q.add_argument("--key", help="device key file (default build/update/device.key, made when missing)")
     q.add_argument("--version", type=int, help="anti-rollback version, above the device's (default: Unix time)")
-    q.add_argument("--kernel", default="dsp", choices=["dsp", "c", "mve", "v6m", "rv32"],
-                   help="the firmware's kernel variant (default dsp; qemu_m55_ota runs mve, qemu_rv32_ota rv32)")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--kernel", choices=["dsp", "c", "mve", "v6m", "rv32"],
+                       help="the firmware's kernel variant (default dsp; qemu_m55_ota runs mve, qemu_rv32_ota rv32)")
+    which.add_argument("--env", help="the update-enabled environment the package is for: its kernel variant")
     q.add_argument("--full", action="store_true", help="the whole image instead of a delta")
     q = act.add_parser("push", help="send a package to a board, then run the test split there, bit-exact check")
     _common(q)
@@ -164,7 +166,7 @@ def _update(args) -> int:
         print(f"device key written to {commands.make_key(args.out)}")
     elif args.action == "make":
         r = commands.make(args.from_run, args.to_run, args.out, key=args.key, version=args.version,
-                          kernel=args.kernel, full=args.full)
+                          kernel=commands.kernel_of(args.env) if args.env else args.kernel or "dsp", full=args.full)
         print(f"{r['package']}: {r['bytes']:,} bytes, {'full' if r['full'] else 'delta'} {r['from']} -> {r['to']}, "
               f"version {r['version']}, kernel {r['kernel']}")
     else:

@@ -36,6 +36,14 @@ def make_key(out: str | Path) -> Path:
     return out
 
 
+def kernel_of(env: str) -> str:
+    """The kernel variant an update-enabled environment's firmware runs (what its packages carry)."""
+    from .device import KERNEL
+    if env not in KERNEL:
+        raise UpdateError(f"{env} is not an update-enabled environment; those are {', '.join(KERNEL)}")
+    return KERNEL[env]
+
+
 def make(from_run: str, to_run: str, out: str | Path, *, key: str | Path | None = None, version: int | None = None,
          kernel: str = "dsp", full: bool = False, models_dir: str | Path = "models") -> dict:
     a, b = run_folder(from_run, models_dir), run_folder(to_run, models_dir)
