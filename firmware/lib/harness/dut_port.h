@@ -44,7 +44,9 @@ void dut_port_timestamp_pulse(void);
 /* Update-enabled builds (-DTINYSEEK_OTA=1, docs/updates.md): the updatable region that holds the
  * weight slots and boot records, memory-mapped, and its size; NULL where the board has none.
  * ota.c writes it with NOR-flash rules (erase to 0xFF, program clears bits). power_cut stops
- * the board at once, as a power failure would (the emulators exit; the region persists). */
+ * the board at once, as a power failure would (the emulators exit; the region persists).
+ * dut_port_flash has a weak default in ota.c: the region at TS_OTA_REGION_BASE where the build
+ * defines it (the emulated *_ota environments), else none. */
 uint8_t *dut_port_flash(uint32_t *size);
 void dut_port_power_cut(void);
 

@@ -48,6 +48,22 @@
 #define MAGIC_REC 0x52425354u  /* "TSBR" */
 #define MAGIC_SLOT 0x4c535354u /* "TSSL" */
 
+/* The updatable region of a board whose *_ota environment places it at a fixed address
+ * (TS_OTA_REGION_BASE): the emulated boards have no flash QEMU can write, so the slots live in
+ * machine RAM that the harness backs with a file (-machine memory-backend=...), which survives a
+ * reset like flash would (mps2-an386: PSRAM at 0x21000000; mps2-an500 and the first 16 MiB of
+ * mps3-an547's DDR: 0x60000000; RISC-V virt: 0x80800000). Weak: a port with a real flash
+ * controller, or the host build, defines its own. */
+__attribute__((weak)) uint8_t *dut_port_flash(uint32_t *size) {
+#ifdef TS_OTA_REGION_BASE
+    *size = TS_OTA_REGION_BYTES;
+    return (uint8_t *)TS_OTA_REGION_BASE;
+#else
+    *size = 0;
+    return (uint8_t *)0;
+#endif
+}
+
 /* The model's table of weight pointers, in RAM so it can point at a slot (the generated code's
  * references to <name>_params land here), and the built-in one with the factory model. */
 extern const void *const TS_OTA_PARAMS_REAL[TS_OTA_FIELDS];

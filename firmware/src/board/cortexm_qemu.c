@@ -35,21 +35,6 @@ static uint8_t uart_getc(void) {
 #include "cortexm_port.h"
 
 #if TINYSEEK_OTA
-/* The updatable region of update-enabled builds (docs/updates.md): the board has no flash
- * QEMU can write, so the slots live in the machine's RAM that the harness backs with a file
- * (-machine memory-backend=...), so they survive a reset like flash would: the mps2-an386's
- * 16 MiB PSRAM at 0x21000000, the mps2-an500's 16 MiB at 0x60000000, the first 16 MiB of the
- * mps3-an547's DDR at 0x60000000 (TS_OTA_REGION_BASE). */
-uint8_t *dut_port_flash(uint32_t *size) {
-#ifdef TS_OTA_REGION_BASE
-    *size = TS_OTA_REGION_BYTES;
-    return (uint8_t *)TS_OTA_REGION_BASE;
-#else
-    *size = 0;
-    return (uint8_t *)0;
-#endif
-}
-
 /* A power cut: the emulator stops at once with code 3; RAM is gone, the region stays. */
 void dut_port_power_cut(void) {
     semihosting_exit(3);

@@ -108,20 +108,6 @@ __attribute__((naked, section(".text.start"))) void _start(void) {
 }
 
 #if TINYSEEK_OTA
-/* The updatable region of update-enabled builds (docs/updates.md): virt has no flash QEMU can
- * write, so the slots live in RAM above the image and data (TS_OTA_REGION_BASE, 0x80800000),
- * which the harness backs with a file (-machine memory-backend=...): it survives a reset like
- * flash would. */
-uint8_t *dut_port_flash(uint32_t *size) {
-#ifdef TS_OTA_REGION_BASE
-    *size = TS_OTA_REGION_BYTES;
-    return (uint8_t *)TS_OTA_REGION_BASE;
-#else
-    *size = 0;
-    return (uint8_t *)0;
-#endif
-}
-
 /* A power cut: the test finisher stops the emulator at once with code 3; the region stays. */
 void dut_port_power_cut(void) {
     finish(3);
