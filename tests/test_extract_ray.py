@@ -192,6 +192,23 @@ def test_the_same_knowledge_is_the_same_bytes(tmp_path):
     assert all(np.array_equal(load_file(str(files[0]))[k], tensors[k]) for k in tensors)
 
 
+def test_a_handed_out_shard_carries_only_its_own_rows(tmp_path):
+    """Ray pickles every shard it hands out: a shard's inputs must not be views of the whole
+    split, whose pickle carries every row of it."""
+    import pickle
+
+    import torch
+    from tinyseek.teacher.extract import plan_shards
+    n, shard_size, t = 2000, 10, 16
+    split = Split(y=np.zeros(n, np.int64), texts=np.array(["x"] * n), x=None)
+    big = Dataset(name="big", kind="text", labels=["a"], train=split, val=split, test=split)
+    inputs_of = lambda s: (torch.ones((n, t), dtype=torch.long), torch.ones((n, t), dtype=torch.bool))  # noqa: E731
+    plan = plan_shards(big, inputs_of, {}, tmp_path, shard_size, [1], [], 8, 1)
+    assert len(plan) == 3 * n // shard_size
+    whole = len(pickle.dumps(inputs_of(split)))
+    assert len(pickle.dumps(plan[0])) < whole / 20
+
+
 def test_engine_settings_are_checked_and_are_no_input_of_the_teacher_stage():
     with pytest.raises(ConfigError, match="teacher.engine must be local or ray"):
         load_config(overrides={"teacher.engine": "spark"})

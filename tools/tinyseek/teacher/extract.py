@@ -340,9 +340,12 @@ def plan_shards(dataset, inputs_of: Callable, settings: dict, parts: Path, shard
             n = len(mask[rows])
             shapes = {"logits": (n, num_classes), **{f"hidden.{l}": (n, hidden) for l in layers},
                       **{f"attn.{l}": (n, t_max, t_max) for l in attn_layers}}
+            # Copies, not views: a pickled view carries its whole split, and Ray pickles each
+            # shard it hands out.
+            rows_in, rows_mask = inputs[rows].clone(), mask[rows].clone()
             plan.append(_Shard(name, k, parts / f"{name}-{k:05d}.safetensors",
-                               _shard_stamp({**settings, "t_max": t_max}, name, start, inputs[rows], mask[rows]),
-                               shapes, inputs[rows], mask[rows],
+                               _shard_stamp({**settings, "t_max": t_max}, name, start, rows_in, rows_mask),
+                               shapes, rows_in, rows_mask,
                                list(split.texts[rows]) if dataset.kind == "text" else None, t_max))
     return plan
 
