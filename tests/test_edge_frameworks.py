@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,10 +118,12 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
     rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
     assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0}
     assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
-    packed = lambda p: {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer
-                        if "_Q4G" in i.name}  # the MatMulNBits weights
+    def packed(p):  # the MatMulNBits weights, in graph order
+        graph = onnx.load(str(p)).graph
+        init = {i.name: i for i in graph.initializer}
+        return [onnx.numpy_helper.to_array(init[n.input[1]]) for n in graph.node if n.op_type == "MatMulNBits"]
     g, r = packed(gptq), packed(rtn)
-    assert g and g.keys() == r.keys() and any(not np.array_equal(g[k], r[k]) for k in g)  # GPTQ moved some weights
+    assert g and len(g) == len(r) and any(not np.array_equal(a, b) for a, b in zip(g, r))  # GPTQ moved some weights
     # K = 32 (the bottleneck) is one block of 32, which onnxruntime's GPTQ cannot pack: those
     # MatMuls are rounded to nearest, the 64-wide ones still go through GPTQ.
     odd = edge_quant.odd_block_counts(path, 32)
@@ -178,6 +181,33 @@ def test_quantized_graphs_keep_no_float_weight_and_no_inferred_shapes(student, l
             ops = edge_quant.op_counts(q4)
             assert ops["DynamicQuantizeLSTM"] == 1 and ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
             assert b4["integer weight"] < b8["integer weight"]
+
+
+def test_graphs_carry_short_names_and_compute_the_same(student, tmp_path):
+    """The exported and quantized graphs name their nodes and tensors shortly (the exporter's
+    names were most of the graph's bytes), keep the inputs and outputs callers bind by name,
+    and compute exactly what the long-named graph computes; the int8 weight scales are still
+    told apart from other Mul constants without their names."""
+    model_t, path, ids, mask = student
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == NAMES and [o.name for o in model.graph.output] == ["logits"]
+    values = {x for n in model.graph.node for x in list(n.input) + list(n.output)} - set(NAMES) - {"logits", ""}
+    assert values and max(len(v) for v in values) <= 4 and max(len(n.name) for n in model.graph.node) <= 4
+    # The same graph under the exporter's own names: the same logits, bit for bit, more bytes.
+    long_path = tmp_path / "long.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model_t, (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), str(long_path),
+                          input_names=NAMES, output_names=["logits"], opset_version=18, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "logits": {0: "b"}})
+    assert np.array_equal(_ort(long_path, ids, mask), _ort(path, ids, mask))
+    assert path.stat().st_size < long_path.stat().st_size
+    q8 = edge_quant.quantize_int8(path, tmp_path / "int8.onnx", per_channel=True)
+    assert max(len(n.name) for n in onnx.load(str(q8)).graph.node) <= 4
+    b8 = edge_quant.size_breakdown(q8)
+    matmuls = edge_quant.op_counts(q8)["MatMulInteger"]
+    assert b8.get("float scale", 0) > matmuls * 4 and "float other" not in b8, b8  # a float scale per weight
 
 
 # -- MNN --------------------------------------------------------------------------------------

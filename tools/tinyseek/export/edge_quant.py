@@ -21,7 +21,8 @@
 
 Both read the float graph and write a new .onnx without the intermediate tensors' inferred
 shapes (`value_info`: the quantizers' shape inference leaves them in, and no runtime needs
-them); nothing here knows a student's architecture. `size_breakdown` says what a file's bytes
+them) and with short names (`compact_names`, as the float export has them); nothing here knows
+a student's architecture. `size_breakdown` says what a file's bytes
 hold.
 """
 from __future__ import annotations
@@ -80,10 +81,55 @@ def quantize_int8(float_path: Path, out_path: Path, per_channel: bool) -> Path:
 
 def _save(model, out_path: Path) -> None:
     """Without value_info: the shapes of intermediate tensors that the quantizers' shape
-    inference wrote (25 KB of a 0.7 MB TinyBert); runtimes infer them again."""
+    inference wrote (25 KB of a 0.7 MB TinyBert); runtimes infer them again. Names compacted."""
     import onnx
     model.graph.ClearField("value_info")
+    compact_names(model)
     onnx.save(model, str(out_path))
+
+
+def _short(k: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = digits[k % 36]
+    while k >= 36:
+        k //= 36
+        out = digits[k % 36] + out
+    return out
+
+
+def compact_names(model) -> dict[str, str]:
+    """Rename every node and every tensor but the graph's inputs and outputs (which callers
+    bind by name) to a short one, in place: the exporter's and quantizers' names
+    ("/model/layers.0/self_attn/q_proj/MatMul_output_0_quantized") are most of a graph's
+    bytes (46 KB of TinyBert's 57 KB, 90 KB of 103 KB int8). Names are SSA across a model's
+    subgraphs, so one map serves them all. Returns the map, new name -> old."""
+    graphs = [model.graph]
+    for g in graphs:  # subgraphs (If, Loop, Scan bodies) too
+        graphs.extend(a.g for n in g.node for a in n.attribute if a.type == a.GRAPH)
+        graphs.extend(sub for n in g.node for a in n.attribute if a.type == a.GRAPHS for sub in a.graphs)
+    keep = {v.name for v in list(model.graph.input) + list(model.graph.output)} | {""}
+    names: dict[str, str] = {}
+
+    def rename(old: str) -> str:
+        if old in keep:
+            return old
+        if old not in names:
+            names[old] = "t" + _short(len(names))
+        return names[old]
+
+    count = 0
+    for g in graphs:
+        for t in g.initializer:
+            t.name = rename(t.name)
+        for t in g.sparse_initializer:
+            t.values.name = rename(t.values.name)
+        for v in list(g.value_info) + (list(g.input) + list(g.output) if g is not model.graph else []):
+            v.name = rename(v.name)
+        for n in g.node:
+            n.name, count = "n" + _short(count), count + 1
+            n.input[:] = [rename(x) for x in n.input]
+            n.output[:] = [rename(x) for x in n.output]
+    return {new: old for old, new in names.items()}
 
 
 def matmul_form(model):
@@ -238,6 +284,13 @@ _NORM = {("LayerNormalization", 1), ("LayerNormalization", 2), ("SimplifiedLayer
          ("RMSNormalization", 1)}
 
 
+def _times_dynamic_scale(name: str, graph) -> bool:
+    """Whether `name` is multiplied by the scale DynamicQuantizeLinear computes (its second
+    output): quantize_dynamic's weight scale (per tensor, or per channel)."""
+    scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
+    return any(n.op_type == "Mul" and name in n.input and set(n.input) & scales for n in graph.node)
+
+
 def size_breakdown(path: Path) -> dict[str, int]:
     """The .onnx file's bytes by what they hold: each initializer's serialized bytes under
     "<float|integer> <role>" (weight: what a MatMul, Gemm, Einsum, Gather or LSTM multiplies or
@@ -258,9 +311,9 @@ def size_breakdown(path: Path) -> dict[str, int]:
         read = readers.get(t.name, set())
         role = next((r for r, table in (("weight", _WEIGHT), ("scale", _SCALE), ("bias", _BIAS), ("norm", _NORM))
                      if read & table), None)
-        if role is None and t.name.endswith(("_scale", "_zero_point")):  # quantize_dynamic's weight scales
-            role = "scale"  # (multiplied into the MatMulInteger's output)
         ops = {op for op, _ in read}
+        if role is None and ops == {"Mul"} and _times_dynamic_scale(t.name, model.graph):
+            role = "scale"  # quantize_dynamic's weight scale, multiplied into the MatMulInteger's output
         if role is None and len(t.dims) >= 2 and "Einsum" in ops:
             role = "weight"
         if role is None and len(t.dims) == 1 and t.dims[0] > 1:  # a vector added (bias) or multiplied in (a gain:
