@@ -136,8 +136,10 @@ def test_killed_workers_and_an_interrupted_driver_leave_every_shard_once(cluster
                 log=interrupt_on_death)
     written = sorted(p.name for p in (run2 / PARTS_DIR).glob("*.safetensors"))
     assert len(killed) == 1 and "worker 0 died holding shard" in str(stopped.value)  # this one or the next
-    # seen: the shards the driver heard of before it stopped; a worker may have written one more
-    assert f"{killed[0]}.safetensors" not in written and len(seen) <= len(written) <= 4
+    # seen: the shards the driver heard of before it stopped; a worker may have written one more.
+    # The killed shard may be among them: a shard of 8 samples can be whole on disk before the
+    # kill reaches its worker. Either way every file under a final name is whole (below).
+    assert len(seen) <= len(written) <= 4
     assert not (run2 / KNOWLEDGE_FILE).exists()
     for p in (run2 / PARTS_DIR).glob("*.safetensors"):  # whole shards only under the final names
         with safe_open(str(p), "np") as f:
