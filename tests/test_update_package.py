@@ -179,6 +179,9 @@ def test_cli_make_writes_a_package_and_checks_it(models, tmp_path, capsys):
                  "--key", str(key), "--env", "qemu_m55_ota", "--out", str(tmp_path / "m55.pkg")]) == 0
     assert "kernel mve" in capsys.readouterr().out
     assert main(["update", "make", "--from", str(ROOT / "models/intents"), "--to", str(tmp_path / "b"),
+                 "--key", str(key), "--env", "qemu_m0_ota", "--out", str(tmp_path / "m0.pkg")]) == 0
+    assert "kernel v6m" in capsys.readouterr().out
+    assert main(["update", "make", "--from", str(ROOT / "models/intents"), "--to", str(tmp_path / "b"),
                  "--key", str(key), "--env", "qemu_m0", "--out", str(tmp_path / "m0.pkg")]) == 2
     assert "qemu_m0 is not an update-enabled environment" in capsys.readouterr().err
     assert main(["update", "make", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "b"),

@@ -6,6 +6,13 @@ models/<name>/int8, whose hash must be the library's), turns the updates on (TIN
 and links the generated library with --wrap=<name>_params,--wrap=<name>_api, so the model's
 references to its weight table and API table land on the RAM copies ota.c points at the
 active slot; the generated C itself is the same as in every other build.
+
+A board whose region lies in the chip's own flash (qemu_m0_ota) names its key page
+(custom_ota_key_page, the flash's last page), its sector (custom_ota_sector: whole flash pages)
+and where its slots start (custom_ota_slot_base); the region is sized here for the model (the
+slots' base and two slots) and ends at the key page, the linker keeps the program image below
+it (__ts_ota_region, the board's linker script), and the port's flash controller erases and
+programs it (TS_OTA_FLASH_PORT).
 """
 import os
 import re
@@ -39,11 +46,29 @@ if qmodel.model_hash() != lib_hash:
          "point TINYSEEK_INT8_DIR at the library's int8 model or regenerate it with `tinyseek codegen`")
 out_dir = os.path.join(env.subst("$BUILD_DIR"), "ota")  # noqa: F821
 os.makedirs(out_dir, exist_ok=True)
-text = layout_header(slot_image(qmodel, kernel))
+image = slot_image(qmodel, kernel)
+text = layout_header(image)
 path = os.path.join(out_dir, "ota_layout.h")
 if not os.path.isfile(path) or open(path, encoding="utf-8").read() != text:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+key_page = env.GetProjectOption("custom_ota_key_page", "")  # noqa: F821
+if key_page:
+    key_page = int(key_page, 0)
+    sector = int(env.GetProjectOption("custom_ota_sector", "4096"), 0)  # noqa: F821
+    slot_base = int(env.GetProjectOption("custom_ota_slot_base", "0x10000"), 0)  # noqa: F821
+    span = -(-(sector + len(image.data)) // sector) * sector  # a header sector and the image (ota.c SLOT_SPAN)
+    region = slot_base + 2 * span
+    base = key_page - region
+    if base <= 0:
+        fail(f"the update region for model '{model}' needs {region} bytes (two slots of its {len(image.data)}-byte "
+             f"image), more than the {key_page} bytes of flash below the key page")
+    env.Append(  # noqa: F821
+        CPPDEFINES=[("TS_OTA_REGION_BASE", f"0x{base:X}u"), ("TS_OTA_REGION_BYTES", f"0x{region:X}u"),
+                    ("TS_OTA_SECTOR", f"{sector}u"), ("TS_OTA_SLOT_BASE", f"0x{slot_base:X}u"),
+                    ("TS_OTA_KEY_PAGE", f"0x{key_page:X}u"), ("TS_OTA_FLASH_PORT", 1)],
+        LINKFLAGS=[f"-Wl,--defsym=__ts_ota_region=0x{base:X}"],
+    )
 env.Append(  # noqa: F821
     CPPPATH=[out_dir],
     CPPDEFINES=[("TINYSEEK_OTA", 1), ("TS_OTA_PARAMS", f"__wrap_{model}_params"),

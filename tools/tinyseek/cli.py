@@ -128,7 +128,8 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--version", type=int, help="anti-rollback version, above the device's (default: Unix time)")
     which = q.add_mutually_exclusive_group()
     which.add_argument("--kernel", choices=["dsp", "c", "mve", "v6m", "rv32"],
-                       help="the firmware's kernel variant (default dsp; qemu_m55_ota runs mve, qemu_rv32_ota rv32)")
+                       help="the firmware's kernel variant (default dsp; qemu_m55_ota runs mve, qemu_rv32_ota rv32, "
+                            "qemu_m0_ota v6m)")
     which.add_argument("--env", help="the update-enabled environment the package is for: its kernel variant")
     q.add_argument("--full", action="store_true", help="the whole image instead of a delta")
     q = act.add_parser("push", help="send a package to a board, then run the test split there, bit-exact check")

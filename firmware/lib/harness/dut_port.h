@@ -43,11 +43,17 @@ void dut_port_timestamp_pulse(void);
 
 /* Update-enabled builds (-DTINYSEEK_OTA=1, docs/updates.md): the updatable region that holds the
  * weight slots and boot records, memory-mapped, and its size; NULL where the board has none.
- * ota.c writes it with NOR-flash rules (erase to 0xFF, program clears bits). power_cut stops
- * the board at once, as a power failure would (the emulators exit; the region persists).
+ * ota.c writes it with NOR-flash rules (erase to 0xFF, program clears bits): as RAM, or where
+ * the build sets TS_OTA_FLASH_PORT through the port's flash controller, flash_erase (n bytes of
+ * whole sectors at p to 0xFF) and flash_program_word (the word's cells become old AND value).
+ * power_cut stops the board at once, as a power failure would, and does not return: the
+ * file-backed emulators exit (the region persists in its file); the microbit resets inside its
+ * QEMU process (its flash keeps what was written, the startup code re-initialises RAM).
  * dut_port_flash has a weak default in ota.c: the region at TS_OTA_REGION_BASE where the build
  * defines it (the emulated *_ota environments), else none. */
 uint8_t *dut_port_flash(uint32_t *size);
+void dut_port_flash_erase(uint8_t *p, uint32_t n);
+void dut_port_flash_program_word(uint8_t *p, uint32_t value);
 void dut_port_power_cut(void);
 
 #ifdef __cplusplus

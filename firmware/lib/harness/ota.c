@@ -2,17 +2,19 @@
  * docs/updates.md; tinyseek.update.package is the host's reference of every step).
  *
  * The updatable region (dut_port_flash) is NOR flash as the firmware sees it: erase sets a
- * 4 KiB sector to 0xFF, programming can only clear bits. On QEMU it is a RAM region backed by
- * a file, written through these two functions with those rules; on a chip they are the flash
- * controller's erase and program. Each erased sector and each programmed word is one flash
- * operation: `ota cut N` tears operation N (half a sector erased, half a word programmed) and
- * cuts the power (dut_port_power_cut), which the power-cut tests use.
+ * sector (4 KiB, TS_OTA_SECTOR) to 0xFF, programming can only clear bits. Where the region is
+ * RAM backed by a file (every emulated board but the microbit), region_erase and
+ * region_program write it with those rules; the microbit's port drives the nRF51's flash
+ * controller instead (TS_OTA_FLASH_PORT). Each erased sector and each programmed word is one
+ * flash operation: `ota cut N` tears operation N (half a sector erased, half a word programmed)
+ * and cuts the power (dut_port_power_cut), which the power-cut tests use.
  *
- *   0x00000  key record: 'TSKY', the 32-byte device key, CRC-32 (written at provisioning)
- *   0x01000  boot record copy 0: 'TSBR', sequence number, slot, CRC-32
- *   0x02000  boot record copy 1
- *   0x10000  slot A: a header sector ('TSSL', layout id, model hash, version, length,
- *            probability multiplier, SHA-256 of the image, CRC-32), then the image
+ *   0                key record: 'TSKY', the 32-byte device key, CRC-32 (written at provisioning)
+ *   1 sector         boot record copy 0: 'TSBR', sequence number, slot, CRC-32
+ *   2 sectors        boot record copy 1
+ *   TS_OTA_SLOT_BASE slot A (0x10000 unless the board sets it): a header sector ('TSSL', layout
+ *                    id, model hash, version, length, probability multiplier, SHA-256 of the
+ *                    image, CRC-32), then the image
  *   slot A + SLOT_SPAN: slot B
  *
  * An update streams: each received body byte is decoded at once and the new image is written
@@ -34,11 +36,20 @@
 #error "an update-enabled build needs TS_OTA_PARAMS, TS_OTA_PARAMS_REAL, TS_OTA_API, TS_OTA_API_REAL (firmware/platform/ota_build.py)"
 #endif
 
-#define SECTOR 4096u
+/* A board whose region is small flash (qemu_m0_ota: 1 KiB pages) sets both; the slots then
+ * follow the two records at once. */
+#ifndef TS_OTA_SECTOR
+#define TS_OTA_SECTOR 4096u
+#endif
+#ifndef TS_OTA_SLOT_BASE
+#define TS_OTA_SLOT_BASE 0x10000u
+#endif
+#define SECTOR ((uint32_t)TS_OTA_SECTOR)
 #define KEY_OFF 0u
+#define KEY_RECORD_BYTES 40u
 #define REC_OFF(i) (SECTOR * (1u + (uint32_t)(i)))
 #define SLOT_SPAN ((SECTOR + TS_OTA_IMAGE_BYTES + SECTOR - 1u) / SECTOR * SECTOR)
-#define SLOT_OFF(s) (0x10000u + ((uint32_t)(s) - 1u) * SLOT_SPAN) /* s = 1 (A), 2 (B) */
+#define SLOT_OFF(s) ((uint32_t)TS_OTA_SLOT_BASE + ((uint32_t)(s) - 1u) * SLOT_SPAN) /* s = 1 (A), 2 (B) */
 #define REGION_BYTES SLOT_OFF(3)
 #define FACTORY 0
 #define HEADER_BYTES 192u
@@ -63,6 +74,33 @@ __attribute__((weak)) uint8_t *dut_port_flash(uint32_t *size) {
     return (uint8_t *)0;
 #endif
 }
+
+/* Erase n bytes (whole sectors) at p to 0xFF; program the n <= 4 bytes of the word at p: its
+ * cells become the old value AND the bytes. A port with a flash controller does both
+ * (TS_OTA_FLASH_PORT, qemu_m0_ota: the nRF51's NVMC, whole words); elsewhere the region is RAM
+ * (a file's on the emulated boards, a shared mapping on the host), written here with those rules. */
+#if TS_OTA_FLASH_PORT
+static uint32_t word_of(const uint8_t *b, uint32_t n) { /* bytes missing: 0xFF, they stay as they are */
+    uint32_t v = 0xFFFFFFFFu, k;
+    for (k = 0; k < n; k++) v &= ~((uint32_t)(uint8_t)~b[k] << (8u * k));
+    return v;
+}
+
+#define region_erase dut_port_flash_erase
+static void region_program(uint8_t *p, const uint8_t *b, uint32_t n) { dut_port_flash_program_word(p, word_of(b, n)); }
+#else
+static void region_erase(uint8_t *p, uint32_t n) {
+    volatile uint8_t *q = p;
+    uint32_t i;
+    for (i = 0; i < n; i++) q[i] = 0xFFu;
+}
+
+static void region_program(uint8_t *p, const uint8_t *b, uint32_t n) {
+    volatile uint8_t *q = p;
+    uint32_t k;
+    for (k = 0; k < n; k++) q[k] &= b[k];
+}
+#endif
 
 /* The model's table of weight pointers, in RAM so it can point at a slot (the generated code's
  * references to <name>_params land here), and the built-in one with the factory model. */
@@ -133,33 +171,38 @@ static uint32_t le16(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8; }
 
 /* ---- flash ---------------------------------------------------------------------------------- */
 
-static void power_op(uint8_t *p, uint32_t torn_bytes, uint8_t erase) {
-    uint32_t i;
+/* One flash operation: counted; 1 when it is the one `ota cut` armed (the power fails in it). */
+static int cut_now(void) {
     flash_ops++;
-    if (cut_left == 0u || --cut_left != 0u) return;
-    for (i = 0; i < torn_bytes; i++) {
-        if (erase) p[i] = 0xFFu;
-    }
-    dut_port_power_cut();
+    return cut_left != 0u && --cut_left == 0u;
 }
 
 static void flash_erase(uint32_t off) {
-    volatile uint8_t *p = F + off;
-    uint32_t i;
-    power_op(F + off, SECTOR / 2u, 1);
-    for (i = 0; i < SECTOR; i++) p[i] = 0xFFu;
+    if (cut_now()) { /* torn: the sector's first half reads erased, the rest keeps its content */
+#if TS_OTA_FLASH_PORT /* a controller erases whole pages: erase, then program the second half back */
+        uint8_t keep[SECTOR / 2u];
+        uint32_t i;
+        for (i = 0; i < SECTOR / 2u; i++) keep[i] = F[off + SECTOR / 2u + i];
+        region_erase(F + off, SECTOR);
+        for (i = 0; i < SECTOR / 2u; i += 4u) region_program(F + off + SECTOR / 2u + i, keep + i, 4u);
+#else
+        region_erase(F + off, SECTOR / 2u);
+#endif
+        dut_port_power_cut();
+    }
+    region_erase(F + off, SECTOR);
 }
 
 static void flash_program(uint32_t off, const void *src, uint32_t n) {
     const uint8_t *b = (const uint8_t *)src;
-    volatile uint8_t *p = F + off;
-    uint32_t i, k;
+    uint32_t i;
     for (i = 0; i < n; i += 4u) {
-        if (cut_left == 1u) { /* torn: half the word reaches the cells */
-            for (k = 0; k < 2u; k++) p[i + k] &= b[i + k];
+        uint32_t w = n - i < 4u ? n - i : 4u;
+        if (cut_now()) { /* torn: half the word reaches the cells */
+            region_program(F + off + i, b + i, w < 2u ? w : 2u);
+            dut_port_power_cut();
         }
-        power_op(F + off + i, 0, 0);
-        for (k = 0; k < 4u && i + k < n; k++) p[i + k] &= b[i + k];
+        region_program(F + off + i, b + i, w);
     }
 }
 
@@ -243,11 +286,24 @@ static int record_valid(int copy, boot_record *r) {
     return r->magic == MAGIC_REC && r->crc == ts_crc32(0, r, offsetof(boot_record, crc)) && r->slot <= 2u;
 }
 
-static const uint8_t *device_key(void) {
-    const uint8_t *k = F + KEY_OFF;
-    if (le32(k) != MAGIC_KEY || le32(k + 36) != ts_crc32(0, k, 36)) return 0;
-    return k + 4;
+static int key_record_valid(const uint8_t *k) { return le32(k) == MAGIC_KEY && le32(k + 36) == ts_crc32(0, k, 36); }
+
+static const uint8_t *device_key(void) { return key_record_valid(F + KEY_OFF) ? F + KEY_OFF + 4 : 0; }
+
+#ifdef TS_OTA_KEY_PAGE
+/* A region in the chip's own flash starts unprovisioned (QEMU's nRF51 flash reads 0 outside the
+ * program image). The factory's key record waits at TS_OTA_KEY_PAGE, outside the region (QEMU's
+ * loader puts it there); the first boot erases the region and copies the record in, the record
+ * last, so a cut before it is whole provisions again at the next boot. Not flash operations of
+ * `ota cut`: nothing can be armed before the boot. */
+static void provision(void) {
+    const uint8_t *rec = (const uint8_t *)TS_OTA_KEY_PAGE;
+    uint32_t off;
+    if (device_key() || !key_record_valid(rec)) return;
+    for (off = 0; off < REGION_BYTES; off += SECTOR) region_erase(F + off, SECTOR);
+    for (off = 0; off < KEY_RECORD_BYTES; off += 4u) region_program(F + KEY_OFF + off, rec + off, 4u);
 }
+#endif
 
 static void hex_of(const uint8_t *d, uint32_t n, char *out) {
     static const char digits[] = "0123456789abcdef";
@@ -290,6 +346,9 @@ static void boot(void) {
         activate(FACTORY);
         return;
     }
+#ifdef TS_OTA_KEY_PAGE
+    provision();
+#endif
     ok[0] = record_valid(0, &r[0]);
     ok[1] = record_valid(1, &r[1]);
     order[0] = ok[1] && (!ok[0] || r[1].seq > r[0].seq) ? 1 : 0; /* newest first */

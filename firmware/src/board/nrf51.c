@@ -43,3 +43,60 @@ static uint8_t uart_getc(void) {
 }
 
 #include "cortexm_port.h"
+
+#if TINYSEEK_OTA
+/* Updates (qemu_m0_ota, docs/updates.md): the region is the chip's own flash, placed by
+ * ota_build.py between the program image and the key page at the top (TS_OTA_KEY_PAGE), written
+ * through the NVMC with 1 KiB pages and word writes, as on the real chip. QEMU keeps this flash
+ * only while its process runs, so a power cut is a system reset inside it: QEMU resets the whole
+ * machine, the flash keeps what was written, the loader rewrites the program image (not the
+ * region) and the startup code re-initialises RAM. */
+#define NVMC_READY REG32(0x4001E400u)
+#define NVMC_CONFIG REG32(0x4001E504u)
+#define NVMC_ERASEPAGE REG32(0x4001E508u)
+#define NVMC_REN 0u
+#define NVMC_WEN 1u
+#define NVMC_EEN 2u
+#define NRF51_PAGE 1024u
+#define SCB_AIRCR REG32(0xE000ED0Cu)
+
+#if TS_OTA_SECTOR % 1024 != 0
+#error "qemu_m0_ota: the update sector must be whole nRF51 flash pages (1 KiB)"
+#endif
+
+static void nvmc_wait(void) {
+    while (!(NVMC_READY & 1u)) {
+    }
+}
+
+static void nvmc_mode(uint32_t mode) {
+    NVMC_CONFIG = mode;
+    nvmc_wait();
+}
+
+void dut_port_flash_erase(uint8_t *p, uint32_t n) {
+    uint32_t off;
+    nvmc_mode(NVMC_EEN);
+    for (off = 0; off < n; off += NRF51_PAGE) {
+        NVMC_ERASEPAGE = (uint32_t)(uintptr_t)(p + off);
+        nvmc_wait();
+    }
+    nvmc_mode(NVMC_REN);
+}
+
+void dut_port_flash_program_word(uint8_t *p, uint32_t value) {
+    nvmc_mode(NVMC_WEN);
+    *(volatile uint32_t *)(void *)p = value; /* the NVMC takes whole aligned words only */
+    nvmc_wait();
+    nvmc_mode(NVMC_REN);
+}
+
+/* AIRCR.SYSRESETREQ (NVIC_SystemReset): QEMU resets the machine in the same process. */
+void dut_port_power_cut(void) {
+    __asm__ volatile("dsb" ::: "memory");
+    SCB_AIRCR = 0x05FA0004u; /* VECTKEY, SYSRESETREQ */
+    __asm__ volatile("dsb" ::: "memory");
+    for (;;) {
+    }
+}
+#endif

@@ -66,10 +66,12 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
     """Send `package` to the board of `env` and run the test split of `run` (the package's
     model) there, every logit checked against that model's integer reference.
 
-    Emulated boards (device.REGIONS: qemu_m4_ota, qemu_m7_ota, qemu_m55_ota, qemu_rv32_ota) boot
-    the update-enabled firmware built with `from_run`'s model on a region file (default build/update/<env>.region, provisioned with the key when new), so
-    one push after another updates the same board. A real board (`port`) was provisioned when
-    it was flashed."""
+    Emulated boards (device.REGIONS: qemu_m4_ota, qemu_m7_ota, qemu_m55_ota, qemu_rv32_ota,
+    qemu_m0_ota) boot the update-enabled firmware built with `from_run`'s model on a region file
+    (default build/update/<env>.region, provisioned with the key when new), so one push after
+    another updates the same board; on qemu_m0_ota that file is the key record alone and the
+    region is the chip's flash, which ends with the QEMU process: every push starts from the
+    factory model. A real board (`port`) was provisioned when it was flashed."""
     from ..data.dataset import stratified_first, take
     from ..harness.bench import _send, build_firmware, check_port
     from ..harness.boards import load_profile
@@ -108,7 +110,7 @@ def push(env: str, package: str | Path, run, *, key: str | Path | None = None, f
         if not region.exists():
             region.parent.mkdir(parents=True, exist_ok=True)
             device.provision(region, read_key(key or DEFAULT_KEY), env=env)
-        board = device.OtaBoard(elf, profile.machine(), region)
+        board = device.OtaBoard(elf, profile.machine(), region, env=env)
         dut = board.power_on()
     else:
         link = SerialLink(port)
