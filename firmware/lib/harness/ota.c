@@ -676,7 +676,7 @@ void ota_command(const char *pos, const char *end) {
     } else if (IS("begin")) {
         n = dut_token(&pos, end, &w);
         if (!device_key()) {
-            dut_err("ota begin: no device key provisioned; write it with `tinyseek update provision`");
+            dut_err("ota begin: no device key provisioned; `tinyseek update push` provisions an emulated board, a real one gets its key record when flashed (docs/updates.md)");
         } else if (!dut_number(w, n, 0xFFFFFFFFUL, &v) || v <= HEADER_BYTES || v > HEADER_BYTES + 2u * TS_OTA_IMAGE_BYTES + 64u) {
             dut_err("ota begin: SIZE must be the package's byte count, %u to %u", (unsigned long)HEADER_BYTES + 1u,
                     (unsigned long)(HEADER_BYTES + 2u * TS_OTA_IMAGE_BYTES + 64u));
