@@ -1,8 +1,9 @@
 """The kernel variants on their emulated cores: the DSP extension on Cortex-M4 and M7, Helium on
-Cortex-M55, the RV32 kernels on rv32imc. Random models whose sizes are not multiples of 4 or 16,
+Cortex-M55, the RV32 kernels on rv32imc, the ARMv6-M kernels (int8, int4, binary) on Cortex-M0. Random models whose sizes are not multiples of 4 or 16,
 with extreme weights and every requantization form of the dispatch header (32-bit "pre",
 "post", per-row "mixed", int64 "exact"), must reproduce the integer oracle bit for bit; the
 variant the firmware reports must be the one its core's feature macros select."""
+import shutil
 import subprocess
 
 import numpy as np
@@ -156,6 +157,66 @@ def test_the_variant_follows_the_cores_feature_macros(cpu, variant, tmp_path, ne
                           str(src)], capture_output=True, text=True, check=True).stdout
     assert f'probe = "{variant}"' in out
 
+
+
+# The ARMv6-M int4 and binary kernels (templates/kernels/armv6m.c.j2): (inputs, hidden sizes,
+# classes). int4 rows are ceil(n / 8) words: 1 (1, 5, 7 and 8 columns), 2 (9, 11, 13), 3 (24),
+# 5 (33, 40), from 6 words on a loop (41, 47, 56: odd and even counts); rows of 4k bytes (7, 8, 24,
+# 40, 47, 56 columns) are read in place, the others from a word-aligned copy. Sign rows of 1 to 7
+# bytes. Heads of 3 to 9 rows (4 per pass, the last from NUM_CLASSES - 4; below 4 the binary head
+# runs in C, the int4 one is int8).
+V6M_LOW_BIT_SHAPES = [(1, [5], 4), (7, [13, 7], 5), (9, [11], 6), (13, [8], 7), (24, [40], 9), (56, [47], 8),
+                      (33, [41], 3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_v6m_low_bit_kernels_on_row_and_column_counts(width, tmp_path, need_tools):
+    """The ARMv6-M int4 and binary kernels on every row form above, with extreme weights and
+    inputs; biases at the int32 limits take the gate sum's overflow branch. Bit-exact on the
+    Cortex-M0, and the variant it reports is v6m."""
+    need_tools(ARM)
+    rng = np.random.default_rng(14)
+    overflowed = False
+    for i, (inputs, hidden, classes) in enumerate(V6M_LOW_BIT_SHAPES):
+        model = random_model(100 + i, kind="sequence", hidden=hidden, input_size=inputs, num_classes=classes,
+                             weights="extreme", scales="mixed" if width == "binary" else "normal", width=width,
+                             name=f"klb{i}")
+        model = _with_head_of(model, random_model(100 + i, hidden=hidden, input_size=inputs, num_classes=classes,
+                                                  width=width))
+        xs = np.concatenate([random_sequences(model, rng, 4, 6), random_sequences(model, rng, 4, 6, extreme=True)])
+        if i % 2 and len(hidden) == 1:  # two gate rows at the int32 limits
+            model.layers[0].bias[:2] = [INT32_MAX, -2**31]
+            overflowed |= _gate_sum_leaves_int32(model, xs)
+        want = infer_sequences(model, xs)
+        assert len({tuple(row) for row in want.tolist()}) > len(xs) // 2, model.name
+        render(model, tmp_path / model.name)
+        out = run_device_bench("qemu_m0", tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
+        assert out["model"]["kernel"] == "v6m"
+        assert out["logits"] == want.tolist(), model.name
+    assert overflowed
+
+
+@pytest.mark.parametrize("width", ["int8", "int4", "binary"])
+def test_v6m_kernels_compile_for_cortex_m0plus_at_every_level(width, tmp_path, need_tools):
+    """The ARMv6-M dot products are assembly functions, not inline assembly: gcc at -Os and -O0
+    hands out neither r8-r11 nor eight low registers to an asm statement. Every file compiles
+    for the Cortex-M0+ at -O2, -Os and -O0 without a warning, the kernel file with its steps."""
+    need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]}, pio=False)
+    model = random_model(110, kind="text", hidden=[13, 47], input_size=56, num_classes=5, vocab_size=50, width=width,
+                         name="kc0")
+    render(model, tmp_path)
+    for level in ("-O2", "-Os", "-O0"):
+        for src in sorted(tmp_path.glob("*.c")):
+            obj = tmp_path / f"{src.stem}{level}.o"
+            proc = subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft", "-std=c99",
+                                   level, "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", str(src), "-o", str(obj)],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, f"{level} {src.name}:\n{proc.stderr}"
+        nm = shutil.which("arm-none-eabi-nm") or "nm"
+        symbols = subprocess.run([nm, "--defined-only", str(tmp_path / f"kc0_kernels_v6m{level}.o")], capture_output=True,
+                                 text=True, check=True).stdout
+        assert " T kc0_l1_step_v6m" in symbols and " T kc0_head_v6m" in symbols, level
 
 @pytest.mark.slow
 def test_dsp_long_rows_take_the_exact_fallbacks(tmp_path, need_tools):

@@ -1,7 +1,7 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
 host (UBSan) and on the emulated boards (the Helium int4 kernel on Cortex-M55, the DSP kernels
-on cores with the DSP extension, the RV32 kernels, the portable kernels elsewhere; the AArch64
+on cores with the DSP extension, the RV32 kernels, the ARMv6-M kernels on Cortex-M0; the AArch64
 NEON kernels are checked in test_kernels_neon.py, the Helium kernel's edges in
 test_kernels_helium_low_bit.py)."""
 import json
@@ -154,9 +154,9 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
             # int4: Helium on Cortex-M55, the DSP extension on Cortex-M4; binary: the DSP extension on
-            # both; both widths an RV32 kernel; the M0 runs the portable C
+            # both; both widths an RV32 kernel and an ARMv6-M one
             want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve" if width == "int4" else "dsp",
-                           "qemu_rv32": "rv32"}.get(env, "c")
+                           "qemu_rv32": "rv32", "qemu_m0": "v6m"}[env]
             assert out["model"]["kernel"] == want_kernel
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
 
@@ -217,7 +217,8 @@ def test_binary_edge_model_matches_the_oracle_on_the_host():
     assert result.bitexact, result.first_mismatch
 
 
-@pytest.mark.parametrize("cpu, int4, binary", [("cortex-m0plus", "c", "c"), ("cortex-m3", "c", "c"),
+@pytest.mark.parametrize("cpu, int4, binary", [("cortex-m0plus", "v6m", "v6m"), ("cortex-m0", "v6m", "v6m"),
+                                               ("cortex-m3", "c", "c"),
                                                ("cortex-m4", "dsp", "dsp"), ("cortex-m7", "dsp", "dsp"),
                                                ("cortex-m33", "dsp", "dsp"), ("cortex-m33+nodsp", "c", "c"),
                                                ("cortex-m55", "mve", "dsp"), ("cortex-m55+nomve", "dsp", "dsp"),
@@ -311,6 +312,27 @@ def test_rv32_kernels_are_bit_exact_on_rv32imc(width, tmp_path, need_tools):
                            extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
     assert out["model"]["kernel"] == "c" and out["logits"] == infer_sequences(models[0], cases[0][1]).tolist()
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", ["int4", "binary"])
+def test_v6m_kernels_are_bit_exact_at_full_scale(width, tmp_path, need_tools):
+    """The ARMv6-M kernels on rows at full scale against constant extreme inputs: an int4 row's
+    two-word sums reach -30,720 there, so a read-out one word later fails (rows of 40 columns,
+    five words, unrolled; 56, seven words in a loop; 300, a copied row of 150 bytes). Rows of odd
+    columns and hidden sizes that are not multiples of 4 are in test_kernels_mcu.py;
+    -DTINYSEEK_KERNEL_PORTABLE still selects the portable C on the Cortex-M0."""
+    need_tools(ARM)
+    cases = [_full_scale(width, inputs, hidden, 80 + i) for i, (inputs, hidden) in enumerate([(40, 6), (56, 9), (300, 5)])]
+    for i, (m, xs) in enumerate(cases):
+        render(m, tmp_path / str(i) / m.name)
+        # an input buffer of 8 steps: 128 steps of 300 features would not fit the nRF51's 16 KiB
+        out = run_device_bench("qemu_m0", tmp_path / str(i) / m.name, list(xs), build_dir=tmp_path / f"b-{i}",
+                               extra_flags=["-DTINYSEEK_INPUT_STEPS=8"])
+        assert out["model"]["kernel"] == "v6m" and out["logits"] == infer_sequences(m, xs).tolist(), m.num_features
+    m, xs = cases[0]
+    out = run_device_bench("qemu_m0", tmp_path / "0" / m.name, list(xs), build_dir=tmp_path / "b-portable",
+                           extra_flags=["-DTINYSEEK_KERNEL_PORTABLE"])
+    assert out["model"]["kernel"] == "c" and out["logits"] == infer_sequences(m, xs).tolist()
 
 @pytest.mark.parametrize("march, mabi, flags, variant", [("rv32imc", "ilp32", [], "rv32"),
                                                           ("rv32imac", "ilp32", [], "rv32"),
