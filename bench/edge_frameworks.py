@@ -119,9 +119,13 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
         gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
         lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
                   f"accuracy {r['float_accuracy']:.4f}", "",
-                  f"Chosen on validation: int8 {int8}; 4-bit {int4} (tried: "
+                  f"Chosen on validation (the smallest file within {r.get('tolerance', 0):g} points of the most "
+                  f"accurate setting, `edge.quant_tolerance`): int8 {int8} (tried: "
+                  + ", ".join(f"per-{'channel' if t['per_channel'] else 'tensor'}: {t['val_accuracy']:.4f}"
+                              + (f", {t['bytes']:,} B" if "bytes" in t else "") for t in s["int8"]["tried"])
+                  + f"); 4-bit {int4} (tried: "
                   + ", ".join(f"{t['algorithm']} {t['block_size']}: "
-                              + (f"{t['val_accuracy']:.4f}" if "val_accuracy" in t else "failed")
+                              + (f"{t['val_accuracy']:.4f}, {t['bytes']:,} B" if "val_accuracy" in t else "failed")
                               + (f" ({t['matmuls_gptq']} GPTQ / {t['matmuls_rtn']} RTN)"
                                  if t["algorithm"] == "gptq" and "val_accuracy" in t else "")
                               for t in s["int4"]["tried"])
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{run.dir / 'edge' / name} has no trained student: run "
                              "`python bench/edge_students.py --seed-from intents` first")
         results.append(json.loads(evaluate(run, name, latency_samples=args.latency_samples,
-                                           aarch64_samples=args.aarch64_samples).read_text()))
+                                           aarch64_samples=args.aarch64_samples,
+                                           tolerance=run.cfg.edge.quant_tolerance).read_text()))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     env = {"run": args.run, "cpu": cpu, "load": f"{os.getloadavg()[0]:.1f}", "latency_samples": args.latency_samples,

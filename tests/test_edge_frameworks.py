@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from tinyseek.cli import make_parser
+from tinyseek.config import ConfigError
+from tinyseek.config import load as load_config
 from tinyseek.data import Dataset, Split
 from tinyseek.distill import edge_frameworks as fw
 from tinyseek.distill.edge import export_onnx
@@ -313,6 +315,17 @@ def test_a_missing_runtime_names_its_pip_command(monkeypatch, tmp_path, module, 
             tvm.compile_x86(tmp_path / "x.onnx")
         else:
             mnn.convert(tmp_path / "x.onnx", tmp_path / "x.mnn")
+
+
+def test_the_smallest_setting_within_the_tolerance_is_kept():
+    tried = [{"name": "gptq16", "val_accuracy": 0.742, "bytes": 350}, {"name": "gptq32", "val_accuracy": 0.740,
+             "bytes": 308}, {"name": "rtn32", "val_accuracy": 0.741, "bytes": 308},
+             {"name": "rtn128", "val_accuracy": 0.729, "bytes": 303}]
+    assert fw.pick(tried, 0)["name"] == "gptq16"  # the most accurate
+    assert fw.pick(tried, 1)["name"] == "rtn32"  # within 1 point: the smallest, then the more accurate
+    assert fw.pick(tried, 1.3)["name"] == "rtn128"  # exactly at the edge counts
+    with pytest.raises(ConfigError, match="edge.quant_tolerance"):
+        load_config(overrides={"edge.quant_tolerance": -1})
 
 
 def test_evaluate_scores_every_runtime_against_onnxruntime_float_and_keeps_going(tmp_path):

@@ -289,7 +289,8 @@ def _edge_frameworks(run: Run, args) -> None:
         build_edge(run, args.student, args.layers)
     elif args.layers is not None:
         raise ValueError("--layers retrains the truncated student: add --force")
-    result = json.loads(evaluate(run, args.student, runtimes, quants, progress=False).read_text())
+    result = json.loads(evaluate(run, args.student, runtimes, quants, progress=False,
+                                 tolerance=run.cfg.edge.quant_tolerance).read_text())
     print(f"{args.student} on the test split ({result['test_samples']} samples, inputs padded to "
           f"{result['length']} tokens), against onnxruntime float:")
     for c in result["cells"]:

@@ -231,6 +231,10 @@ class EdgeConfig:
     truncated_lr: float = 3e-4
     batch_size: int = 64
     seed: int = 0
+    # `tinyseek edge --quantize`: of the quantizers' settings (int8 per tensor / per channel; 4-bit
+    # algorithm and block size), the smallest file whose validation accuracy is within this many
+    # points of the most accurate setting's (0: the most accurate).
+    quant_tolerance: float = 1.0
 
 
 @dataclass
@@ -422,8 +426,9 @@ def validate(cfg: Config) -> None:
     need(min(e.vocab_size - 1, e.max_len, e.hidden, e.bottleneck, e.layers, e.heads, e.ffn_stack, e.embed_dim,
              e.epochs, e.truncated_layers, e.truncated_epochs, e.batch_size) >= 1 and e.bottleneck % e.heads == 0,
          "edge: sizes, epochs and batch_size must be >= 1, vocab_size >= 2, bottleneck a multiple of heads")
-    need(e.lr > 0 and e.truncated_lr > 0 and e.attention_weight >= 0,
-         "edge.lr and edge.truncated_lr must be > 0, edge.attention_weight >= 0")
+    need(e.lr > 0 and e.truncated_lr > 0 and e.attention_weight >= 0 and 0 <= e.quant_tolerance <= 100,
+         "edge.lr and edge.truncated_lr must be > 0, edge.attention_weight >= 0, edge.quant_tolerance in [0, 100] "
+         "(validation accuracy points)")
     sc = cfg.search
     need(min(sc.flash_kb, sc.ram_kb, sc.latency_ms) >= 0 and 0 < sc.target <= 2 and sc.epochs >= 0
          and sc.max_candidates >= 1, "search: flash_kb, ram_kb, latency_ms and epochs must be >= 0 (0: no limit / "

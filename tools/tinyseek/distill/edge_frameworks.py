@@ -159,18 +159,26 @@ def _accuracy(fn, split) -> float:
 
 # -- choosing the quantizers' settings on validation -------------------------------------------
 
-def choose_int8(st: Student, out: Path) -> tuple[Path, dict]:
+def pick(tried: list[dict], tolerance: float) -> dict:
+    """The smallest file among the settings whose validation accuracy is within `tolerance`
+    points of the best one's; ties: the more accurate, then the first tried."""
+    top = max(t["val_accuracy"] for t in tried)
+    near = [t for t in tried if t["val_accuracy"] >= top - tolerance / 100 - 1e-9]
+    return min(near, key=lambda t: (t["bytes"], -t["val_accuracy"]))
+
+
+def choose_int8(st: Student, out: Path, tolerance: float) -> tuple[Path, dict]:
     tried = []
     for per_channel in (False, True):
         path = edge_quant.quantize_int8(st.onnx, out / f"int8_{'channel' if per_channel else 'tensor'}.onnx", per_channel)
         tried.append({"per_channel": per_channel, "val_accuracy": _accuracy(ort_runner(path), st.splits["val"]),
-                      "path": path})
-    best = max(tried, key=lambda t: t["val_accuracy"])  # ties: per-tensor, the first
+                      "bytes": path.stat().st_size, "path": path})
+    best = pick(tried, tolerance)
     return _keep(best["path"], out / "int8.onnx", tried), {k: v for k, v in best.items() if k != "path"} | \
         {"tried": [{k: v for k, v in t.items() if k != "path"} for t in tried]}
 
 
-def choose_int4(st: Student, out: Path) -> tuple[Path, dict]:
+def choose_int4(st: Student, out: Path, tolerance: float) -> tuple[Path, dict]:
     ids, mask, _ = st.splits["train"]
     rows = np.random.default_rng(0).permutation(len(ids))[:CALIBRATION]
     calibration = []
@@ -191,11 +199,10 @@ def choose_int4(st: Student, out: Path) -> tuple[Path, dict]:
     done = [t for t in tried if "path" in t]
     if not done:
         raise edge_quant.QuantizeError("every 4-bit setting failed: " + "; ".join(t["error"] for t in tried))
-    # The best validation accuracy; ties: the smaller file, then GPTQ (tried first). A graph
-    # without weight MatMuls GPTQ can take has nothing for it: only RTN is kept there.
+    # A graph without weight MatMuls GPTQ can take has nothing for it: only RTN is kept there.
     written = done
     done = [t for t in done if t["algorithm"] == "rtn" or t["matmuls_gptq"]] or done
-    best = max(done, key=lambda t: (t["val_accuracy"], -t["bytes"]))
+    best = pick(done, tolerance)  # ties: GPTQ, tried first
     return _keep(best["path"], out / "int4.onnx", written), {k: v for k, v in best.items() if k != "path"} | \
         {"calibration_samples": len(calibration), "tried": [{k: v for k, v in t.items() if k != "path"} for t in tried]}
 
@@ -265,8 +272,9 @@ def _bytes(path: Path) -> int:
 
 
 def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: int = 200,
-             aarch64_samples: int = 0, progress: bool = True) -> Path:
+             aarch64_samples: int = 0, progress: bool = True, tolerance: float = 1.0) -> Path:
     """Everything of the module docstring for one student; returns frameworks.json's path.
+    `tolerance`: edge.quant_tolerance (`pick`).
     aarch64_samples > 0 also runs TVM's aarch64 build of each graph on that many test samples
     under qemu-aarch64 (about 0.4 s a TinyBert sample here: not the whole split)."""
     for r in runtimes:
@@ -281,10 +289,10 @@ def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: 
     say = print if progress else (lambda *a, **k: None)
     graphs, settings = {"float": st.onnx}, {}
     if "int8" in quants:
-        graphs["int8"], settings["int8"] = choose_int8(st, out)
+        graphs["int8"], settings["int8"] = choose_int8(st, out, tolerance)
         say(f"[{name}] int8 dynamic: per-channel {settings['int8']['per_channel']} (validation)", flush=True)
     if "int4" in quants:
-        graphs["int4"], settings["int4"] = choose_int4(st, out)
+        graphs["int4"], settings["int4"] = choose_int4(st, out, tolerance)
         say(f"[{name}] int4: {settings['int4']['algorithm']}, block {settings['int4']['block_size']} (validation)",
             flush=True)
     ids, mask, y = st.splits["test"]
@@ -315,7 +323,7 @@ def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: 
                 flush=True)
             cells.append(cell)
     result = {"student": name, "length": int(ids.shape[1]), "test_samples": int(len(y)),
-              "float_onnx_bytes": float_bytes, "settings": settings, "cells": cells,
+              "float_onnx_bytes": float_bytes, "settings": settings, "tolerance": tolerance, "cells": cells,
               "float_accuracy": float(np.mean(reference.argmax(1) == y)) if len(y) else 0.0}
     path = out / RESULT_FILE
     path.write_text(json.dumps(result, indent=2) + "\n")
