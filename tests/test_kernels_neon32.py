@@ -194,6 +194,7 @@ def test_low_bit_models_are_bit_exact_after_every_step(width, tmp_path, need_too
 @pytest.mark.parametrize("flags, kernel", [
     (["-march=armv7-a", "-mfpu=neon"], "neon32"), (["-mcpu=cortex-a7", "-mfpu=neon-vfpv4"], "neon32"),
     (["-march=armv7-a", "-mfpu=vfpv3-d16"], "c"), (["-march=armv7-a", "-mfpu=neon", "-DTINYSEEK_KERNEL_PORTABLE"], "c"),
+    (["-march=armv7-a", "-mfpu=neon", "-mbig-endian"], "c"),
 ])
 def test_the_low_bit_variant_follows_the_cores_features(width, flags, kernel, tmp_path, need_tools):
     need_tools({CC: TOOLS[CC]}, pio=False)
