@@ -2,8 +2,8 @@
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
 host (UBSan) and on the emulated boards (the Helium int4 kernel on Cortex-M55, the DSP kernels
 on cores with the DSP extension, the RV32 kernels, the ARMv6-M kernels on Cortex-M0; the AArch64
-NEON kernels are checked in test_kernels_neon.py, the Helium kernel's edges in
-test_kernels_helium_low_bit.py)."""
+NEON kernels are checked in test_kernels_neon.py, the 32-bit ones in test_kernels_neon32.py, the
+Helium kernel's edges in test_kernels_helium_low_bit.py)."""
 import json
 import subprocess
 import tempfile
@@ -222,7 +222,7 @@ def test_binary_edge_model_matches_the_oracle_on_the_host():
                                                ("cortex-m4", "dsp", "dsp"), ("cortex-m7", "dsp", "dsp"),
                                                ("cortex-m33", "dsp", "dsp"), ("cortex-m33+nodsp", "c", "c"),
                                                ("cortex-m55", "mve", "dsp"), ("cortex-m55+nomve", "dsp", "dsp"),
-                                               ("cortex-a7", "c", "c")])
+                                               ("cortex-a7", "neon32", "neon32")])
 def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})
     for width, variant in (("int4", int4), ("binary", binary)):

@@ -346,6 +346,101 @@ def neon_dot_layer(name: str, index: int, wx: np.ndarray, wh: np.ndarray, hidden
             "w_h": _array(name, f"l{index}_w_h", "int8_t", interleave(wh), f"layer {index} recurrent weights {blocks}")}
 
 
+# The neon32 kernels of int4 and binary models (templates/kernels/neon32.c.j2) read a unit's four
+# packed rows in groups of bytes, the same group of the four rows after one another ("chunk-major",
+# one pointer moved on by each load), x arranged once per step to match each group. A group adds
+# `cost` terms to each int16 lane of a row's accumulator: products of at most 1024 (int4: |w x|,
+# 4 per 16-byte chunk) or VPADAL.S8 steps of at most 256 (binary: two |x| <= 128 each), so a
+# segment of groups stays below 2^15 per lane and is then reduced to int32; `reduce` says how far
+# the reduction can stay in int16 (one VPADD level doubles the bound).
+NEON32_UNIT = {"int4": 1024, "binary": 256}
+NEON32_LOOP = 4  # more repeats of one group than this: a loop (first and last repeat unrolled)
+
+
+def _neon32_groups(width: str, n: int) -> tuple[int, list[dict]]:
+    """(bytes per row, the row's groups). A group: kind, offset of its loads in the row, the loads
+    (offset, bytes), bytes of arranged x, cost, and how x is taken from the (padded) x vector."""
+    if width == "int4":
+        rb = (n + 1) // 2
+        whole, r = divmod(rb, 16)
+
+        def g(kind, off, loads, xb, cost, src, keep=0, src2=0):
+            return {"kind": kind, "off": off, "loads": loads, "x_bytes": xb, "cost": cost, "src": src, "keep": keep,
+                    "src2": src2}
+        if rb < 8:  # byte lane loads into one D register (nothing read past the row)
+            return rb, [g("lanes", 0, [(k, 1) for k in range(rb)], 16, 2, 0)]
+        if rb == 8:
+            return rb, [g("d8", 0, [(0, 8)], 16, 2, 0)]
+        if rb < 16:  # bytes 0..7 and rb-8..rb-1 in one Q register, the overlap's x zeroed
+            return rb, [g("pair8", 0, [(0, 8), (rb - 8, 8)], 32, 4, 0, keep=16 - rb, src2=2 * (rb - 8))]
+        groups = [g("q16", 16 * c, [(16 * c, 16)], 32, 4, 32 * c) for c in range(whole)]
+        if r and r <= 8:  # the row's last 8 bytes, the x of the 8 - r counted before zeroed
+            groups.append(g("w8", rb - 8, [(rb - 8, 8)], 16, 2, 2 * (rb - 8), keep=8 - r))
+        elif r:
+            groups.append(g("w16", rb - 16, [(rb - 16, 16)], 32, 4, 2 * (rb - 16), keep=16 - r))
+        return rb, groups
+    rb = (n + 7) // 8
+    full = rb // 2  # whole halfwords: 16 columns each
+    kinds = ["h4"] * (full // 4) + ["h2"] * (full % 4 // 2) + ["h1"] * (full % 2) + ["b1"] * (rb % 2)
+    groups, off = [], 0
+    for kind in kinds:  # b1: the odd last byte, replicated; x is zero past its 8 columns
+        size = {"h4": 8, "h2": 4, "h1": 2, "b1": 1}[kind]
+        groups.append({"kind": kind, "off": off, "loads": [(off, size)], "cost": {"h4": 4, "h2": 2}.get(kind, 1),
+                       "x_bytes": {"h4": 64, "h2": 32}.get(kind, 16), "src": 8 * off})
+        off += size
+    return rb, groups
+
+
+def neon32_plan(width: str, n: int) -> dict:
+    """The neon32 kernel's reading of packed rows of n columns: segments of groups (each group
+    with the post-increment of each of its loads for the four rows: None where it is the bytes
+    loaded, else an index into `incs`), loops, x's arranged size and the padded x it reads."""
+    rb, groups = _neon32_groups(width, n)
+    unit, limit = NEON32_UNIT[width], 32767
+    # Chunk-major: group by group, the four rows; the pointer ends at the next unit (4 rb on).
+    loads = [(gi, row, li, row * rb + off, size)
+             for gi, grp in enumerate(groups) for row in range(4) for li, (off, size) in enumerate(grp["loads"])]
+    incs: list[int] = []
+    for gi, grp in enumerate(groups):
+        grp["rows"] = [[None] * len(grp["loads"]) for _ in range(4)]
+    for k, (gi, row, li, addr, size) in enumerate(loads):
+        step = (loads[k + 1][3] if k + 1 < len(loads) else 4 * rb) - addr
+        if step != size:
+            if step not in incs:
+                incs.append(step)
+            groups[gi]["rows"][row][li] = incs.index(step)
+    segments, current = [], []
+    for grp in groups:
+        if current and sum(x["cost"] for x in current) + grp["cost"] > limit // unit:
+            segments.append(current)
+            current = []
+        current.append(grp)
+    segments.append(current)
+    out = []
+    for seg in segments:
+        bound = unit * sum(x["cost"] for x in seg)
+        items, i = [], 0
+        while i < len(seg):  # runs of one whole-chunk group kind: first, a loop, last
+            j = i
+            while j < len(seg) and seg[j]["kind"] == seg[i]["kind"] and seg[i]["kind"] in ("q16", "h4"):
+                j += 1
+            if j - i > NEON32_LOOP:
+                items += [{"group": seg[i], "loop": 0, "first": i == 0},
+                          {"group": seg[i + 1], "loop": j - i - 2, "first": False},
+                          {"group": seg[j - 1], "loop": 0, "first": False}]
+                i = j
+            else:
+                items.append({"group": seg[i], "loop": 0, "first": i == 0})
+                i += 1
+        reduce = "p16" if 4 * bound <= limit else "p32" if 2 * bound <= limit else "w32"
+        out.append({"items": items, "reduce": reduce})
+    # Columns of x the arrangement reads (zeros past n).
+    read = max(2 * rb, 16) if width == "int4" else 16 * ((rb + 1) // 2)
+    return {"n": n, "rb": rb, "segments": out, "incs": incs, "groups": groups,
+            "x_bytes": sum(grp["x_bytes"] for grp in groups), "pad": read if read > n else 0,
+            "loops": any(it["loop"] for seg in out for it in seg["items"])}
+
+
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
@@ -427,6 +522,8 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         "embedding_row_bytes": (-(-model.input_size // LOW_BIT_PACKING[model.embedding_width][0])
                                 if model.embedding_width != "int8" else model.input_size),
         "per_byte": LOW_BIT_PACKING[model.weights][0] if model.weights != "int8" else 1,
+        "neon32": ({n: neon32_plan(model.weights, n) for L in model.layers for n in (L.input_size, L.hidden)}
+                   if model.weights != "int8" else {}),
         "input_scale": model.input_scale, "output_scale": model.output_scale,
         "softmax_mult": softmax_multiplier(model.output_scale),
         "arrays": arrays, "layers": layers, "head": head, "head_requant": head_requant,

@@ -16,6 +16,7 @@ every input). The counts are instructions executed, not cycles: QEMU models no p
 
     python -m tinyseek.harness.aarch64            # the default model, the AArch64 variants
     python -m tinyseek.harness.aarch64 --variants armv7-c,neon32   # the 32-bit ones
+    python -m tinyseek.harness.aarch64 --weights int4 --variants armv7-c,neon32   # an int4 model
 """
 from __future__ import annotations
 
@@ -275,11 +276,12 @@ def macs_per_inference(model, steps: int) -> int:
 
 
 def matrix_cost(variant: str, *, hidden: int = 64, inputs: tuple[int, int] = (32, 64),
-                steps: tuple[int, int] = (4, 12), work_dir: str | Path | None = None) -> dict:
+                steps: tuple[int, int] = (4, 12), work_dir: str | Path | None = None, width: str = "int8") -> dict:
     """Instructions per LSTM step and per MAC of the gate matrix work alone: two one-layer sequence
     models that differ only in extra input columns (same shifts, so the same requantization),
     each run at two sequence lengths; (step(I2) - step(I1)) / (4H (I2 - I1)) leaves only the
-    loads and multiply-accumulates of the extra columns."""
+    loads and multiply-accumulates of the extra columns. `width`: the gate weights' (int8, int4,
+    binary)."""
     import copy
 
     from ..codegen.render import render
@@ -287,10 +289,11 @@ def matrix_cost(variant: str, *, hidden: int = 64, inputs: tuple[int, int] = (32
     from ..quant.synthetic import random_model, random_sequences
 
     I1, I2 = inputs
-    narrow = random_model(hidden, kind="sequence", hidden=hidden, input_size=I1, num_classes=8, name="mx_narrow")
+    narrow = random_model(hidden, kind="sequence", hidden=hidden, input_size=I1, num_classes=8, name="mx_narrow",
+                          width=width)
     wide = copy.deepcopy(narrow)
     wide.name, wide.num_features, wide.layers[0].input_size = "mx_wide", I2, I2
-    extra = random_model(hidden + 1, kind="sequence", hidden=hidden, input_size=I2 - I1).layers[0].w_x
+    extra = random_model(hidden + 1, kind="sequence", hidden=hidden, input_size=I2 - I1, width=width).layers[0].w_x
     wide.layers[0].w_x = np.concatenate([narrow.layers[0].w_x, extra], axis=1)
     wide.validate()
     per_step = {}
@@ -305,9 +308,26 @@ def matrix_cost(variant: str, *, hidden: int = 64, inputs: tuple[int, int] = (32
                 raise Aarch64Error(f"{variant}: {model.name} is not bit-exact")
             t = out["latency"]["per_input"]
             per_step[I] = (t[1] - t[0]) / (steps[1] - steps[0])
-    return {"variant": variant, "hidden": hidden, "input": I1, "instructions_per_step": per_step[I1],
+    return {"variant": variant, "width": width, "hidden": hidden, "input": I1, "instructions_per_step": per_step[I1],
             "instructions_per_mac_step": per_step[I1] / (4 * hidden * (I1 + hidden)),
             "instructions_per_mac_matrix": (per_step[I2] - per_step[I1]) / (4 * hidden * (I2 - I1))}
+
+
+def low_bit_model(run_dir: Path, cfg, weights: str):
+    """The float student of run_dir (student/) quantized post-training at `weights`, the embedding
+    at the same width, calibrated on cfg's task as the quantize stage does (no QAT)."""
+    import dataclasses
+
+    from ..data import load_task
+    from ..quant.quantize import quantize_run
+
+    student = run_dir / "student"
+    if not (student / "student.json").is_file():
+        raise SystemExit(f"--weights {weights} quantizes the float student in {student}, which is missing")
+    quant = dataclasses.replace(cfg.quant, weights=weights, embedding="", qat_epochs=0)
+    with tempfile.TemporaryDirectory(prefix="tinyseek-aarch64-") as tmp:
+        shutil.copytree(student, Path(tmp) / "student")
+        return quantize_run(dataclasses.replace(cfg, quant=quant), tmp, load_task(cfg.task))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -327,20 +347,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--config", default=None, help="the config whose task gives the test texts (default: built in)")
     ap.add_argument("--samples", type=int, default=50, help="the first N non-empty test texts")
     ap.add_argument("--variants", default="c,neon,neon-dot", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--weights", choices=["int8", "int4", "binary"], default="int8",
+                    help="int4 or binary: instead of --model, the float student of its run folder (student/ beside "
+                         "it) quantized post-training at this width, embedding too, calibrated as `tinyseek quantize` "
+                         "does (no training; at int8 this gives --model itself)")
     ap.add_argument("--work", default=str(PROJECT_DIR / "build" / "bench" / "aarch64"))
     args = ap.parse_args(argv)
     model_dir, work = Path(args.model), Path(args.work)
-    model = QuantModel.load(model_dir)
+    cfg = load(args.config)
+    task = cfg.task
+    model = QuantModel.load(model_dir) if args.weights == "int8" else low_bit_model(model_dir.parent, cfg, args.weights)
     if model.kind != "text" or model.subwords:
         raise SystemExit("--model must be a text model without subwords (its run folder's task gives the test texts)")
-    task = load(args.config).task
     tok = HashTokenizer(model.vocab_size, model.max_len)
     ids = [t for t in (tok.encode(x) for x in load_task(task).test.texts) if t][: args.samples]
     want = infer_tokens(model, ids).tolist()
     lib = work / "lib" / model.name
     render(model, lib)
     macs = sum(macs_per_inference(model, len(t)) for t in ids)
-    results = {"model": str(model_dir), "samples": len(ids), "macs_total": macs, "variants": {}}
+    results = {"model": str(model_dir), "weights": args.weights, "samples": len(ids), "macs_total": macs,
+               "variants": {}}
     for variant in args.variants.split(","):
         out = measure_aarch64(lib, ids, variant, work_dir=work / variant)
         if out["logits"] != want:
@@ -348,10 +374,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         per = out["latency"]["per_input"]
         results["variants"][variant] = {
             "cpu": out["cpu"], "cflags": out["cflags"], "median": out["latency"]["median"], "memory": out["memory"],
-            "per_mac": sum(per) / macs, "matrix": matrix_cost(variant, work_dir=work / f"matrix-{variant}")}
-    (work / "aarch64.json").write_text(json.dumps(results, indent=1) + "\n")
+            "per_mac": sum(per) / macs,
+            "matrix": matrix_cost(variant, work_dir=work / f"matrix-{variant}", width=args.weights)}
+    suffix = "" if args.weights == "int8" else f"-{args.weights}"
+    (work / f"aarch64{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
     L = model.layers[0]
-    print(f"{model.name}: {len(model.layers)} LSTM layer(s) {L.input_size} -> {L.hidden}, head "
+    width = "" if args.weights == "int8" else f" ({args.weights} post-training, its float student)"
+    print(f"{model.name}{width}: {len(model.layers)} LSTM layer(s) {L.input_size} -> {L.hidden}, head "
           f"{model.layers[-1].hidden} -> {model.num_classes}; {len(ids)} test texts, bit-exact\n")
     print("| variant | qemu -cpu | flags | instructions / inference (median) | per MAC | "
           "per step, H 64 I 32 | per MAC, matrix | model code |")
