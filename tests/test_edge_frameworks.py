@@ -317,6 +317,12 @@ def test_a_missing_runtime_names_its_pip_command(monkeypatch, tmp_path, module, 
             mnn.convert(tmp_path / "x.onnx", tmp_path / "x.mnn")
 
 
+def test_coreml_takes_a_block_every_weight_divides():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 96), torch.nn.Linear(96, 64), torch.nn.Linear(64, 3))
+    assert fw.coreml_block(model, 128) == 32 and fw.coreml_block(model, 16) == 16
+    assert fw.coreml_block(torch.nn.Linear(12, 2), 32) == 0  # 4 would be a scale per 4 weights: per channel
+
+
 def test_the_smallest_setting_within_the_tolerance_is_kept():
     tried = [{"name": "gptq16", "val_accuracy": 0.742, "bytes": 350}, {"name": "gptq32", "val_accuracy": 0.740,
              "bytes": 308}, {"name": "rtn32", "val_accuracy": 0.741, "bytes": 308},

@@ -77,7 +77,7 @@ def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], ou
             quant: str = "float", block_size: int = 32) -> Path:
     """wrapper(*inputs) -> logits (a torch module) traced at the example's shape [1, L] and
     converted; quant "int8" (per channel, symmetric) or "int4" (blocks of block_size along
-    the input dimension) quantizes the weights with coremltools.optimize."""
+    the input dimension; 0: per channel) quantizes the weights with coremltools.optimize."""
     import shutil
 
     import torch
@@ -95,6 +95,8 @@ def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], ou
                 opt = ct.optimize.coreml
                 if quant == "int8":
                     op = opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+                elif quant == "int4" and block_size == 0:
+                    op = opt.OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_channel")
                 elif quant == "int4":
                     op = opt.OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_block",
                                                      block_size=block_size)
