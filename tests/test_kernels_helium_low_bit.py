@@ -194,11 +194,15 @@ def _binary_models():
         # Shifts anywhere in 1..62: rows only int64 can requantize (the scalar gates), 9 columns.
         random_model(57, kind="sequence", hidden=[6], input_size=9, num_classes=3, scales="mixed", width="binary",
                      name="bmix"),
+        # Blocks whose rows end in 16 columns (8 bytes per gate, 16-bit lanes): 16 -> 48 (x only
+        # those, h held in q4-q6), 48 -> 80 (h on the stack), 80 -> 16 (h only those, held in q4).
+        _all_signs(_live(random_model(58, kind="sequence", hidden=[48, 80, 16], input_size=16, num_classes=5,
+                                      cell_frac_bits=[8, 12, 10], width="binary", name="bhalf"), 108)),
     ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_helium_binary_is_bit_exact(index, tmp_path, need_tools):
     need_tools(ARM)
     model = _binary_models()[index]
@@ -227,25 +231,31 @@ def test_the_binary_models_cover_every_path():
     blocks = [[mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh), "binary") is not None
                for L in m.layers] for m in _binary_models()]
     assert blocks[3] == [True, False] and blocks[5] == [True, True, False] and blocks[6] == [True]
+    assert blocks[8] == [True, True, True]
     assert not any(blocks[0] + blocks[1] + blocks[2] + blocks[4] + blocks[7])
     # one byte, a halfword, odd byte counts, long rows; heads of 1, 2 and 3 rows past a multiple of 4
     assert {1, 2, 3, 5, 6, 17, 38} <= row_bytes and {0, 1, 2, 3} <= head_rows
 
 
 def test_binary_block_holds_the_sign_bits_in_nibbles():
-    """The block's bytes unpack to the unit-major rows: unit u's column j in bit u, 16 + j in bit 4 + u."""
+    """The block's bytes unpack to the unit-major rows: per 32 columns unit u's column j in bit u of
+    byte j and column 16 + j in bit 4 + u; a last 16 columns in 8 bytes, columns j and 8 + j."""
     from tinyseek.codegen.context import mve_layer, requant_mode, unit_major
-    L = _binary_models()[3].layers[0]
-    block = mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh), "binary")["block"]
-    raw = np.asarray(block.values, "<i4").view(np.uint8)
-    I, H = L.input_size, L.hidden
-    per_gate = I // 2 + H // 2 + 8 + 48  # x and h bits, the two matrices' shifts, Mx, bias, Mh
-    assert raw.size == H // 4 * 4 * per_gate
-    um = unit_major(L.w_x, H)
-    for G in (0, H // 4 - 1):
-        for g in range(4):
-            chunk = raw[(4 * G + g) * per_gate:][:16]  # x columns 0..31 of the four units' gate-g rows
-            for u in range(4):
-                row = um[4 * (4 * G + u) + g]
-                assert np.array_equal((chunk >> u) & 1, row[:16] > 0)
-                assert np.array_equal((chunk >> (4 + u)) & 1, row[16:32] > 0)
+    for model, index in ((3, 0), (8, 1)):  # 32 -> 64; 48 -> 80 (a whole and a half chunk of x)
+        L = _binary_models()[model].layers[index]
+        block = mve_layer("m", 0, L, requant_mode(L.w_x, L.nx), requant_mode(L.w_h, L.nh), "binary")["block"]
+        raw = np.asarray(block.values, "<i4").view(np.uint8)
+        I, H = L.input_size, L.hidden
+        per_gate = I // 2 + H // 2 + 8 + 48  # x and h bits, the two matrices' shifts, Mx, bias, Mh
+        assert raw.size == H // 4 * 4 * per_gate
+        um = unit_major(L.w_x, H)
+        for G in (0, H // 4 - 1):
+            for g in range(4):
+                x_bits = raw[(4 * G + g) * per_gate:][:I // 2]  # the four units' gate-g rows of W_x
+                for u in range(4):
+                    row = um[4 * (4 * G + u) + g] > 0
+                    for c in range(0, I, 32):
+                        half = min(32, I - c) // 2
+                        chunk = x_bits[c // 2:c // 2 + half]
+                        assert np.array_equal((chunk >> u) & 1, row[c:c + half])
+                        assert np.array_equal((chunk >> (4 + u)) & 1, row[c + half:c + 2 * half])

@@ -225,9 +225,10 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
 # int4 rows (whole 16-byte chunks: multiples of 32 columns) are the packed bytes in the same
 # order, each chunk 32 columns; their sums are 16 acc, so the block holds a signed shift 28 - n
 # for both matrices (-4 for "pre32").
-# Binary rows (multiples of 32 columns) hold the same bits in another order: per gate of the four
+# Binary rows (multiples of 16 columns) hold the same bits in another order: per gate of the four
 # units and per 32 columns 16 bytes, byte j with column j of unit u's row in bit u and column
-# 16 + j in bit 4 + u (the kernel's nibble chains); the shifts are the int8 ones.
+# 16 + j in bit 4 + u (the kernel's nibble chains), a last 16 columns in 8 bytes the same way
+# (columns j and 8 + j in byte j); the shifts are the int8 ones.
 MVE_MAX = 128
 
 
@@ -237,7 +238,7 @@ def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, widt
     width: the gate weights' (int8, int4 or binary)."""
     H, I = layer.hidden, layer.input_size
     pre = ("pre", "pre32")
-    chunk = 16 if width == "int8" else 32  # columns per 16 bytes of a row (binary: of four rows)
+    chunk = 32 if width == "int4" else 16  # columns per 16 bytes of a row (binary: a multiple of 16)
     if I % chunk or H % chunk or I > MVE_MAX or H > MVE_MAX or x_requant not in pre or h_requant not in pre:
         return None
     if int(layer.bias.max()) + 32768 >= 2**31:
@@ -245,10 +246,14 @@ def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, widt
     um = lambda v: unit_major(v, H)  # noqa: E731
 
     def weights(w: np.ndarray) -> np.ndarray:  # [group][gate][chunk][unit][16] as bytes
-        if width == "binary":  # [group][gate][chunk][16]: unit u's columns j and 16 + j in bits u and 4 + u
-            bits = (um(w) > 0).astype(np.uint8).reshape(H // 4, 4, 4, w.shape[1] // 32, 2, 16)
-            at = (np.arange(4)[:, None] + 4 * np.arange(2)[None, :])[None, :, None, None, :, None]
-            return (bits << at).sum(axis=(1, 4), dtype=np.uint8).reshape(H // 4, 4, -1)
+        if width == "binary":  # [group][gate], per 32 columns (a last 16) the halves in bits u and 4 + u
+            bits = (um(w) > 0).astype(np.uint8).reshape(H // 4, 4, 4, -1)  # [group][unit][gate][column]
+            u, n, out = np.arange(4)[None, :, None, None], bits.shape[3], []
+            for c in range(0, n, 32):
+                half = min(32, n - c) // 2
+                lo, hi = bits[..., c:c + half], bits[..., c + half:c + 2 * half]
+                out.append(((lo << u) | (hi << (u + 4))).sum(axis=1, dtype=np.uint8))
+            return np.concatenate(out, axis=2)
         rows = um(w).view(np.uint8) if width == "int8" else pack_weights(um(w), width)
         n = rows.shape[1]
         return rows.reshape(H // 4, 4, 4, n // 16, 16).transpose(0, 2, 3, 1, 4).reshape(H // 4, 4, -1)
