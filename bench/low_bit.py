@@ -5,6 +5,7 @@ knowledge cache (no teacher rebuild). Writes bench/results/low_bit.json and low_
 
     .venv/bin/python bench/low_bit.py                        # qat 6 epochs, qemu_m4 and qemu_m55
     .venv/bin/python bench/low_bit.py --qat-epochs 4 --envs qemu_m4 --samples 50
+    .venv/bin/python bench/low_bit.py --instructions binary --envs qemu_m55   # no training: instructions only
 
 Instructions are what QEMU executed (-icount), not CPU cycles: QEMU has no pipeline model.
 Every board run is also a bit-exactness check against the integer reference.
@@ -98,10 +99,17 @@ def main() -> None:
     ap.add_argument("--add-qat", choices=["int8"], default=None,
                     help="instead: add the QAT row of this width to the results in --out (int8: the control, the "
                          "same extra epochs with next to no quantization)")
+    ap.add_argument("--instructions", default="",
+                    help="instead: only the boards' instructions per inference of the post-training models of these "
+                         "widths (comma-separated; nothing trained, no knowledge cache), printed; writes nothing")
+    ap.add_argument("--cflags", default="", help="with --instructions: more compiler flags for the boards "
+                                                 "(space-separated, e.g. -U__ARM_FEATURE_MVE)")
     ap.add_argument("--sweep-lr", default="",
                     help="instead: QAT at each of these peak learning rates (comma-separated) for int4 and binary, "
                          "validation accuracy only (how config.QAT_LR was chosen), added to the results in --out")
     args = ap.parse_args()
+    if args.instructions:
+        return instructions(args)
     knowledge = _shown(args.knowledge)
     command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
                + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else "")
@@ -170,6 +178,30 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _write(args, result)
     print(markdown(result))
+
+
+def instructions(args) -> None:
+    """The boards' cost of each width in seconds, without the QAT epochs: the committed float student
+    quantized post-training (the same shapes as the QAT models) and run on --envs, bit-exact against
+    the integer reference; the median instructions per inference printed, nothing written. The
+    kernels' instruction counts follow the shapes and the token counts, not the weights' values:
+    these are the QAT models' counts too."""
+    cfg = load(DEFAULT / "config.toml")
+    ds = Run(cfg).dataset
+    work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
+    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
+    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    flags = args.cflags.split()
+    for width in args.instructions.split(","):
+        run_dir = work / width
+        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=args.embedding)
+        model = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
+        for env in [e for e in args.envs.split(",") if e]:
+            r = board(env, model, ids, work / env / width, flags)
+            print(f"{env} {width} PTQ{' ' + args.cflags if flags else ''}: kernel {r['kernel']}, "
+                  f"{r['instructions_median']:,.0f} instructions per inference (median of {r['samples']} test texts; "
+                  f"QEMU -icount: instructions, not cycles), flash model {r['flash_model']:,} B", flush=True)
 
 
 def add_qat(args, cfg, ds, work: Path) -> None:

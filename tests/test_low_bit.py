@@ -1,6 +1,6 @@
 """int4 and binary LSTM gate weights (docs/numerics.md, "Low-bit weights"): the packing, the
 quantizer, the model file, and the generated C against the numpy oracle bit for bit, on the
-host (UBSan) and on the emulated boards (the Helium int4 kernel on Cortex-M55, the DSP kernels
+host (UBSan) and on the emulated boards (the Helium kernels on Cortex-M55, the DSP kernels
 on cores with the DSP extension, the RV32 kernels, the ARMv6-M kernels on Cortex-M0; the AArch64
 NEON kernels are checked in test_kernels_neon.py, the 32-bit ones in test_kernels_neon32.py, the
 Helium kernel's edges in test_kernels_helium_low_bit.py)."""
@@ -126,7 +126,7 @@ def test_portable_c_matches_the_oracle_on_the_host(width):
             render(m, Path(tmp) / "lib")
             kernels = (Path(tmp) / "lib" / f"{m.name}_kernels.h").read_text()
             assert ("int4 gate weights: Helium splits them into nibble vectors" if width == "int4" else
-                    "binary gate weights (and head): the Cortex-M DSP extension sums x") in kernels
+                    "binary gate weights (and head): Helium sums x over the set bits") in kernels
             if m.kind == "text":
                 result = verify_host(m, Path(tmp) / "lib", TEXTS, token_ids=random_token_ids(m, rng, 5, 60),
                                      every_step=True, cflags=UBSAN)
@@ -153,10 +153,9 @@ def test_low_bit_models_are_bit_exact_on_the_boards(env, tools, tmp_path, need_t
             render(model, tmp_path / width / model.name)  # PlatformIO finds a library by its folder name
             out = run_device_bench(env, tmp_path / width / model.name, inputs,
                                    build_dir=tmp_path / f"b-{width}-{model.name}")
-            # int4: Helium on Cortex-M55, the DSP extension on Cortex-M4; binary: the DSP extension on
-            # both; both widths an RV32 kernel and an ARMv6-M one
-            want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve" if width == "int4" else "dsp",
-                           "qemu_rv32": "rv32", "qemu_m0": "v6m"}[env]
+            # both widths: Helium on Cortex-M55, the DSP extension on Cortex-M4, an RV32 kernel and an
+            # ARMv6-M one
+            want_kernel = {"qemu_m4": "dsp", "qemu_m55": "mve", "qemu_rv32": "rv32", "qemu_m0": "v6m"}[env]
             assert out["model"]["kernel"] == want_kernel
             assert out["logits"] == want.tolist(), f"{width} {model.name}"
 
@@ -186,10 +185,12 @@ def _binary_edge_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m55"])
-def test_binary_dsp_kernel_is_bit_exact_on_tails_and_extremes(env, tmp_path, need_tools):
+@pytest.mark.parametrize("env, flags, kernel", [("qemu_m4", [], "dsp"), ("qemu_m55", ["-U__ARM_FEATURE_MVE"], "dsp"),
+                                                ("qemu_m55", [], "mve")])
+def test_binary_dsp_kernel_is_bit_exact_on_tails_and_extremes(env, flags, kernel, tmp_path, need_tools):
     """The binary DSP kernel (UADD8 / SEL / USADA8 on blocks of 32 columns) on partial blocks and
-    bytes, the extreme inputs -128 and 127, and single-byte rows (input 7, hidden 5)."""
+    bytes, the extreme inputs -128 and 127, and single-byte rows (input 7, hidden 5); on the M55
+    built without Helium, and with it the Helium kernel's four-row path on the same rows."""
     need_tools(ARM)
     small = random_model(38, kind="sequence", hidden=[5, 3], input_size=7, num_classes=3, scales="mixed",
                          weights="extreme", width="binary", name="lbsm")
@@ -201,8 +202,9 @@ def test_binary_dsp_kernel_is_bit_exact_on_tails_and_extremes(env, tmp_path, nee
         if model.name == "lbin":
             assert len({tuple(row) for row in want.tolist()}) == len(xs)  # outputs tell inputs apart
         render(model, tmp_path / model.name)
-        out = run_device_bench(env, tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}")
-        assert out["model"]["kernel"] == "dsp"
+        out = run_device_bench(env, tmp_path / model.name, list(xs), build_dir=tmp_path / f"b-{model.name}",
+                               extra_flags=flags)
+        assert out["model"]["kernel"] == kernel
         assert out["logits"] == want.tolist(), model.name
 
 
@@ -221,7 +223,7 @@ def test_binary_edge_model_matches_the_oracle_on_the_host():
                                                ("cortex-m3", "c", "c"),
                                                ("cortex-m4", "dsp", "dsp"), ("cortex-m7", "dsp", "dsp"),
                                                ("cortex-m33", "dsp", "dsp"), ("cortex-m33+nodsp", "c", "c"),
-                                               ("cortex-m55", "mve", "dsp"), ("cortex-m55+nomve", "dsp", "dsp"),
+                                               ("cortex-m55", "mve", "mve"), ("cortex-m55+nomve", "dsp", "dsp"),
                                                ("cortex-a7", "neon32", "neon32")])
 def test_low_bit_variant_follows_the_cores_feature_macros(cpu, int4, binary, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": ARM["arm-none-eabi-gcc"]})

@@ -225,16 +225,20 @@ def dsp_layer(name: str, index: int, layer, x_requant: str, h_requant: str) -> d
 # int4 rows (whole 16-byte chunks: multiples of 32 columns) are the packed bytes in the same
 # order, each chunk 32 columns; their sums are 16 acc, so the block holds a signed shift 28 - n
 # for both matrices (-4 for "pre32").
+# Binary rows (multiples of 16 columns) hold the same bits in another order: per gate of the four
+# units and per 32 columns 16 bytes, byte j with column j of unit u's row in bit u and column
+# 16 + j in bit 4 + u (the kernel's nibble chains), a last 16 columns in 8 bytes the same way
+# (columns j and 8 + j in byte j); the shifts are the int8 ones.
 MVE_MAX = 128
 
 
 def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, width: str = "int8") -> dict | None:
     """The Helium kernel's block of one layer, or None where it does not apply (the layer then
     runs the unit-major arrays). It replaces w_x, w_h, mx, nx, mh, nh and bias in MVE builds.
-    width: the gate weights' (int8 or int4)."""
+    width: the gate weights' (int8, int4 or binary)."""
     H, I = layer.hidden, layer.input_size
     pre = ("pre", "pre32")
-    chunk = 32 if width == "int4" else 16  # columns per 16 bytes of a row
+    chunk = 32 if width == "int4" else 16  # columns per 16 bytes of a row (binary: a multiple of 16)
     if I % chunk or H % chunk or I > MVE_MAX or H > MVE_MAX or x_requant not in pre or h_requant not in pre:
         return None
     if int(layer.bias.max()) + 32768 >= 2**31:
@@ -242,6 +246,14 @@ def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, widt
     um = lambda v: unit_major(v, H)  # noqa: E731
 
     def weights(w: np.ndarray) -> np.ndarray:  # [group][gate][chunk][unit][16] as bytes
+        if width == "binary":  # [group][gate], per 32 columns (a last 16) the halves in bits u and 4 + u
+            bits = (um(w) > 0).astype(np.uint8).reshape(H // 4, 4, 4, -1)  # [group][unit][gate][column]
+            u, n, out = np.arange(4)[None, :, None, None], bits.shape[3], []
+            for c in range(0, n, 32):
+                half = min(32, n - c) // 2
+                lo, hi = bits[..., c:c + half], bits[..., c + half:c + 2 * half]
+                out.append(((lo << u) | (hi << (u + 4))).sum(axis=1, dtype=np.uint8))
+            return np.concatenate(out, axis=2)
         rows = um(w).view(np.uint8) if width == "int8" else pack_weights(um(w), width)
         n = rows.shape[1]
         return rows.reshape(H // 4, 4, 4, n // 16, 16).transpose(0, 2, 3, 1, 4).reshape(H // 4, 4, -1)
@@ -265,7 +277,9 @@ def mve_layer(name: str, index: int, layer, x_requant: str, h_requant: str, widt
     return {"x_pre": x_pre, "h_pre": h_pre,
             "block": _array(name, f"l{index}_mve", "int32_t", block.reshape(-1).view("<i4"),
                             f"layer {index} for the Helium kernel, per 4 units and gate: W_x and W_h "
-                            f"{'packed int4 ' if width == 'int4' else ''}[chunk][unit][16], {shifts}, "
+                            f"{'packed int4 ' if width == 'int4' else ''}"
+                            f"{'sign bits [chunk][16], unit u in bits u and 4 + u' if width == 'binary' else '[chunk][unit][16]'}, "
+                            f"{shifts}, "
                             "Mx[4], bias[4] + 32768, Mh[4]")}
 
 
@@ -488,7 +502,7 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
         layers.append({"index": i, "input": I, "hidden": H, "cell_frac_bits": L.cell_frac_bits, "arrays": la,
                        "x_requant": xr, "h_requant": hr, "dsp": dsp_layer(name, i, L, xr, hr) if int8 else None,
                        "esp": esp_layer(name, i, L) if int8 else None,
-                       "mve": mve_layer(name, i, L, xr, hr, model.weights) if model.weights in ("int8", "int4") else None,
+                       "mve": mve_layer(name, i, L, xr, hr, model.weights),
                        "neon": neon_dot_layer(name, i, um(L.w_x), um(L.w_h), H) if int8 else None})
     C, Htop = model.num_classes, model.layers[-1].hidden
     head = {

@@ -40,7 +40,7 @@ _KERNEL_FILES = {"c": _BASE_FILES,
                  "rv32": _BASE_FILES | {"kernels/riscv.c.j2"}}
 # Variants whose update layout is made and checked on a device for int8 gate weights only: with
 # int4 or binary weights the dispatch header selects other code on these cores (an M55 runs the
-# Helium int4 kernel with its own block order or the binary DSP kernel, the M0 and the RV32 their
+# Helium int4 or binary kernel, each with its own block order, the M0 and the RV32 their
 # low-bit kernels), which no update test has run yet.
 _INT8_ONLY = {"mve", "v6m", "rv32"}
 LAYER_KEYS = ("w_x", "w_h", "mx", "nx", "mh", "nh", "bias")
