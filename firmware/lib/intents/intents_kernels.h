@@ -77,7 +77,7 @@ extern const intents_model_params intents_params;
 /* Cortex-M4/M7/M33: dual 16-bit MACs (SXTB16 + SMLAD), Thumb-2 assembly (not 32-bit Cortex-A). */
 #define INTENTS_KERNEL_DSP 1
 #elif defined(__ARM_ARCH_6M__)
-/* Cortex-M0/M0+ (ARMv6-M): C shaped for Thumb-1, two rows per pass (intents_kernels_v6m.c). */
+/* Cortex-M0/M0+ (ARMv6-M): a unit's four gate rows per pass in a Thumb-1 assembly dot product (intents_kernels_v6m.c). */
 #define INTENTS_KERNEL_V6M 1
 #elif defined(__riscv) && __riscv_xlen == 32
 /* RV32IMC (ESP32-C3/C6 class): C tuned for the ISA (32-bit loads, four rows per pass). */
