@@ -92,7 +92,7 @@ def test_committed_low_bit_coefficients_are_their_own(weights):
         int8, own = load_kernel_cost(board), load_kernel_cost(board, weights=weights)
         assert own.kernels_hash == kernels_hash(), f"refit: python bench/kernel_cost.py --envs {board} --weights {weights}"
         assert own.mac > 0 and own.mac != int8.mac
-        want = {"qemu_m55": "mve" if weights == "int4" else "dsp", "qemu_rv32": "rv32"}.get(board, "dsp")
+        want = {"qemu_m55": "mve", "qemu_rv32": "rv32"}.get(board, "dsp")
         assert own.kernel == want, (board, own.kernel)
 
 
