@@ -14,8 +14,12 @@ its children).
   workers, shards of 256. Its knowledge.safetensors must equal the local one byte for byte.
   Whole-job and steady-state figures: the steady rate counts the samples of every shard but the
   first, over the time from the first shard's end to the last's (model load, worker start and
-  warm-up left out). Overhead = the cores' time per sample against the local path's:
-  workers x wall / local wall - 1 (whole job) and local rate x workers / Ray rate - 1 (steady).
+  warm-up left out). Overhead = the cores' time per sample against the local path's, measured
+  as CPU time (user + system, from the kernel: the local run's own process; for Ray the driver
+  and every process of the local cluster, daemons and workers), whole job and steady (between
+  the first shard's end and the last's); beside it the same from walls and rates, which also
+  count the time a process waits for a core: workers x wall / local wall - 1 (whole job) and
+  local rate x workers / Ray rate - 1 (steady).
   --repeats alternates local and ray runs and keeps each one's best.
 - faults: the same Ray extraction with shards of 64 (the same batches of 64, so the same
   knowledge), while workers are SIGKILLed at random moments: at a random third of the shard
@@ -57,24 +61,59 @@ def _fresh_run(base: Path, name: str, teacher: Path) -> Path:
     return run
 
 
+class _Cpu:
+    """CPU seconds (user + system) used since this was made by this process and, with `tree`,
+    by every process under it (the local Ray cluster's daemons and workers are its children).
+    Each call reads every process and keeps a process's last reading after it ends (the
+    kernel does not add a Ray worker's time to its parent's): the calls come at every
+    shard's end, so at most what a process did after the last shard is missed. The readings'
+    own CPU time (about 2 ms each with a Ray cluster) is not counted."""
+
+    def __init__(self, tree: bool):
+        import psutil
+        self.me, self.tree, self.psutil, self.seen, self.own = psutil.Process(), tree, psutil, {}, 0.0
+        self.start = self._read()
+
+    def _read(self) -> dict:
+        for p in [self.me] + (self.me.children(recursive=True) if self.tree else []):
+            try:
+                self.seen[(p.pid, p.create_time())] = sum(p.cpu_times()[:2])
+            except self.psutil.NoSuchProcess:  # ended meanwhile: its last reading stands
+                pass
+        return dict(self.seen)
+
+    def __call__(self) -> float:
+        t = time.process_time()
+        self._read()
+        self.own += time.process_time() - t
+        return sum(v - self.start.get(k, 0.0) for k, v in self.seen.items()) - self.own
+
+
 def _extract(dataset, cfg, run: Path) -> dict:
-    """One extraction, timed: wall, the end of each shard, the knowledge file's bytes."""
+    """One extraction, timed: wall, the end of each shard, the knowledge file's bytes, and the
+    CPU seconds spent: the local path's by this process alone (the idle Ray cluster started
+    for the other runs is left out), Ray's by this process and the whole cluster (its
+    daemons, workers and their start)."""
     from tinyseek.teacher import extract
+    tree = cfg.engine == "ray"
     ends, lines = [], []
     sizes = {}
-    t0 = time.monotonic()
+    t0, cpu_s = time.monotonic(), _Cpu(tree)
 
     def on_shard(split, k, path):
-        ends.append((time.monotonic() - t0, split, k))
+        ends.append((time.monotonic() - t0, split, k, cpu_s()))
 
     path = extract(dataset, cfg, run, batch_size=BATCH, on_shard=on_shard, log=lines.append)
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_s()
     n = {"train": len(dataset.train.y), "val": len(dataset.val.y), "test": len(dataset.test.y)}
-    for _, split, k in ends:
+    for _, split, k, _ in ends:
         sizes[(split, k)] = min(cfg.shard_size, n[split] - k * cfg.shard_size)
-    steady = sum(sizes[(s, k)] for _, s, k in ends[1:]) / max(ends[-1][0] - ends[0][0], 1e-9)
+    later = sum(sizes[(s, k)] for _, s, k, _ in ends[1:])
+    steady = later / max(ends[-1][0] - ends[0][0], 1e-9)
     return {"wall_s": wall, "first_shard_s": ends[0][0], "steady_samples_per_s": steady, "shards": len(ends),
-            "seen": [(s, k) for _, s, k in ends], "bytes": path.read_bytes(), "log": lines,
+            "cpu_s": cpu, "cpu_ms_per_sample": 1000 * cpu / sum(sizes.values()),
+            "steady_cpu_ms_per_sample": 1000 * (ends[-1][3] - ends[0][3]) / max(later, 1),
+            "seen": [(s, k) for _, s, k, _ in ends], "bytes": path.read_bytes(), "log": lines,
             "record": json.loads((run / "extraction.json").read_text())}
 
 
@@ -165,6 +204,10 @@ def main() -> None:
     best_local = min(locals_, key=lambda x: x["wall_s"])
     best_ray = min(rays, key=lambda x: x["wall_s"])
     best_ray1 = min(ray1s, key=lambda x: x["wall_s"])
+    cpu = {name: min(x["steady_cpu_ms_per_sample"] for x in runs) for name, runs in
+           (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))}
+    cpu_job = {name: min(x["cpu_ms_per_sample"] for x in runs) for name, runs in
+               (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))}
     local_rate = max(x["steady_samples_per_s"] for x in locals_)
     ray_rate = max(x["steady_samples_per_s"] for x in rays)
     ray1_rate = max(x["steady_samples_per_s"] for x in ray1s)
@@ -204,6 +247,12 @@ def main() -> None:
                         "ray": [x["steady_samples_per_s"] for x in rays],
                         "ray_1_worker": [x["steady_samples_per_s"] for x in ray1s]},
         "identical": identical,
+        "steady_cpu_ms_per_sample": cpu, "cpu_ms_per_sample": cpu_job,
+        "cpu_runs": {name: [(x["steady_cpu_ms_per_sample"], x["cpu_ms_per_sample"]) for x in runs] for name, runs in
+                     (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))},
+        "overhead_cpu_steady": cpu["ray"] / cpu["local"] - 1,
+        "overhead_cpu_steady_1_worker": cpu["ray_1_worker"] / cpu["local"] - 1,
+        "overhead_cpu_whole_job": cpu_job["ray"] / cpu_job["local"] - 1,
         "overhead_whole_job": args.workers * best_ray["wall_s"] / best_local["wall_s"] - 1,
         "overhead_whole_job_with_cluster_start": args.workers * (best_ray["wall_s"] + ray_start) / best_local["wall_s"] - 1,
         "overhead_steady": local_rate * args.workers / ray_rate - 1,
@@ -224,6 +273,7 @@ def main() -> None:
 
 def _markdown(r: dict) -> str:
     loc, ray, r1, f = r["local"], r["ray"], r["ray_1_worker"], r["faults"]
+    cpu, job = r["steady_cpu_ms_per_sample"], r["cpu_ms_per_sample"]
     w = r["workers"]
     pct = lambda x: f"{100 * x:+.0f} %"  # noqa: E731
     return "\n".join([
@@ -235,33 +285,39 @@ def _markdown(r: dict) -> str:
         f"(0.5 M parameters, float32, CPU), batches of {r['batch_size']}, shards of 256, 1 torch thread per worker; "
         f"best of {len(r['local_walls_s'])} alternating runs each. The Ray cluster is a local one started once "
         f"({r['ray_cluster_start_s']:.1f} s, not in the walls below).", "",
-        "| | wall s | first shard s | steady samples/s | knowledge.safetensors |",
-        "|---|---|---|---|---|",
+        "| | wall s | first shard s | steady samples/s | CPU ms / sample, steady | CPU ms / sample, whole job | "
+        "knowledge.safetensors |",
+        "|---|---|---|---|---|---|---|",
         f"| local (1 process, 1 thread) | {loc['wall_s']:.1f} | {loc['first_shard_s']:.1f} | "
-        f"{r['local_steady_samples_per_s']:,.0f} | reference |",
+        f"{r['local_steady_samples_per_s']:,.0f} | {cpu['local']:.3f} | {job['local']:.3f} | reference |",
         f"| Ray, {w} single-thread workers | {ray['wall_s']:.1f} | {ray['first_shard_s']:.1f} | "
-        f"{r['ray_steady_samples_per_s']:,.0f} | {'byte-identical' if r['identical'] else '**differs**'} |",
+        f"{r['ray_steady_samples_per_s']:,.0f} | {cpu['ray']:.3f} | {job['ray']:.3f} | "
+        f"{'byte-identical' if r['identical'] else '**differs**'} |",
         f"| Ray, 1 single-thread worker | {r1['wall_s']:.1f} | {r1['first_shard_s']:.1f} | "
-        f"{r['ray_1_worker_steady_samples_per_s']:,.0f} | {'byte-identical' if r['identical'] else '**differs**'} |",
+        f"{r['ray_1_worker_steady_samples_per_s']:,.0f} | {cpu['ray_1_worker']:.3f} | {job['ray_1_worker']:.3f} | "
+        f"{'byte-identical' if r['identical'] else '**differs**'} |",
         "",
+        "CPU time is user + system time of every process involved, read from the kernel (psutil): the local path's "
+        "own process; for Ray the driver and the whole local cluster (its daemons, the workers, their start and "
+        "whatever they did meanwhile). Steady: from the first shard's end to the last's, per sample in between; "
+        "whole job: from the call to its return, per sample. Every figure is the best of the runs; each run's "
+        "(steady, whole job): " + "; ".join(
+            f"{name} {', '.join(f'({a:.3f}, {b:.3f})' for a, b in runs)}" for name, runs in r["cpu_runs"].items())
+        + ". Unlike the walls and rates, CPU time does not count the time a process waits for a core, so other "
+        "jobs on the machine change it little.", "",
         "Steady samples/s of every run (the table shows the best): " + "; ".join(
             f"{name} {', '.join(f'{x:,.0f}' for x in runs)}" for name, runs in r["steady_runs"].items())
-        + ": the same local extraction varies by more between runs on this shared machine than the overhead "
-        "figures below, so they are estimates, not a verdict.", "",
-        f"Overhead (the cores' time per sample against the local path's; goal <= 15 %): in steady state Ray's own "
-        f"cost per sample, 1 worker against the local process on 1 thread each, is "
-        f"**{pct(r['overhead_steady_1_worker'])}**; with {w} workers {pct(r['overhead_steady'])} (they do "
-        f"{r['speedup_steady']:.2f}x the local samples/s). The driver, which receives and writes the shards, shares "
-        f"the cores with the workers, so on a 2-core machine the {w}-worker figure includes that contention. "
-        f"Per sample the built-in teacher does 0.3 to 0.5 ms of work, so Ray's fixed cost per shard (handing it "
-        f"out, moving its knowledge to the driver) weighs more here than beside a real LM's. Whole job: {pct(r['overhead_whole_job'])} with {w} workers, "
-        f"{pct(r['overhead_whole_job_with_cluster_start'])} with the cluster's start. The whole job on this task "
-        f"is seconds of teacher work, so its fixed costs dominate it: each worker is a new process that imports "
-        f"torch and transformers and loads the teacher (the first-shard column) and the cluster starts once; "
-        f"paid once per job, they vanish on a large corpus, where the steady figures are the ones that stay. "
-        f"The 15 % goal: {'met' if r['overhead_steady_1_worker'] <= 0.15 else 'not met'} by Ray's own cost per "
-        f"sample in steady state, {'met' if r['overhead_whole_job'] <= 0.15 else 'not met'} by the whole job on "
-        f"this small task.", "",
+        + ": walls and rates depend on what else ran on the 2 cores.", "",
+        f"Overhead, goal <= 15 %: the cores' time per sample against the local path's. **In steady state "
+        f"{pct(r['overhead_cpu_steady'])} with {w} workers, {pct(r['overhead_cpu_steady_1_worker'])} with 1** "
+        f"(CPU time; from the rates, which count waiting too: {pct(r['overhead_steady'])} and "
+        f"{pct(r['overhead_steady_1_worker'])}, the {w} workers at {r['speedup_steady']:.2f}x the local "
+        f"samples/s). Whole job: {pct(r['overhead_cpu_whole_job'])} in CPU time with {w} workers "
+        f"({pct(r['overhead_whole_job'])} in cores x wall, {pct(r['overhead_whole_job_with_cluster_start'])} with "
+        f"the cluster's start): each worker is a new process that imports torch and transformers and loads the "
+        f"teacher (the first-shard column), a fixed cost per job that a task of seconds cannot hide and a large "
+        f"corpus does. The 15 % goal: {'met' if r['overhead_cpu_steady'] <= 0.15 else 'not met'} in steady state, "
+        f"{'met' if r['overhead_cpu_whole_job'] <= 0.15 else 'not met'} by the whole job on this small task.", "",
         f"Faults: {f['kills']} random worker kills (SIGKILL of the worker's process 0-0.25 s after a random "
         f"third of the shard handouts) over {len(f['runs'])} run(s) of {f['runs'][0]['shards']} shards of 64: "
         f"{f['redone']} shards were held by a killed worker (the one it computed and the one queued behind it) "
