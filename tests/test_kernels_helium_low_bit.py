@@ -92,18 +92,22 @@ def _models():
     ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(7))
-def test_helium_int4_is_bit_exact(index, tmp_path, need_tools):
-    need_tools(ARM)
-    model = _models()[index]
-    inputs, want = _inputs(model, np.random.default_rng(9 + index))
+def _bit_exact_on_m55(model, inputs, want, tmp_path):
     # Saturated outputs would hide a wrong sum: the inputs must tell the outputs apart.
     assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2, model.name
     render(model, tmp_path / model.name)
     out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b")
     assert out["model"]["kernel"] == "mve"
     assert out["logits"] == want.tolist(), model.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(7))
+def test_helium_int4_is_bit_exact(index, tmp_path, need_tools):
+    need_tools(ARM)
+    model = _models()[index]
+    inputs, want = _inputs(model, np.random.default_rng(9 + index))
+    _bit_exact_on_m55(model, inputs, want, tmp_path)
 
 
 @pytest.mark.slow
@@ -211,12 +215,7 @@ def test_helium_binary_is_bit_exact(index, tmp_path, need_tools):
         inputs[-1][:] = -128  # the extreme sums: every column at the int8 ends
         inputs[-2][:] = 127
         want = infer_sequences(model, np.array(inputs))
-    # Saturated outputs would hide a wrong sum: the inputs must tell the outputs apart.
-    assert len({tuple(row) for row in want.tolist()}) > len(inputs) // 2, model.name
-    render(model, tmp_path / model.name)
-    out = run_device_bench("qemu_m55", tmp_path / model.name, inputs, build_dir=tmp_path / "b")
-    assert out["model"]["kernel"] == "mve"
-    assert out["logits"] == want.tolist(), model.name
+    _bit_exact_on_m55(model, inputs, want, tmp_path)
 
 
 def test_the_binary_models_cover_every_path():

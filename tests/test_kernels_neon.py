@@ -347,6 +347,16 @@ def test_the_low_bit_kernels_run_on_the_bench_and_beat_the_portable_c(width, tmp
     assert median["c"] > 3 * median["neon"] > 3 * median["neon-dot"]
 
 
+def probe_kernel(cc: str, flags: list[str], model, folder: Path) -> str:
+    """The variant (<NAME>_KERNEL) the dispatch header picks for `model` under `cc flags`."""
+    render(model, folder / "lib")
+    src = folder / "probe.c"
+    src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
+    out = subprocess.run([cc, *flags, "-E", "-I", str(folder / "lib"), str(src)], capture_output=True, text=True,
+                         check=True).stdout
+    return re.search(r'probe = "([^"]*)"', out).group(1)
+
+
 @pytest.mark.parametrize("width", ["int4", "binary"])
 @pytest.mark.parametrize("flags, kernel", [
     (["-march=armv8-a"], "neon"), (["-mcpu=cortex-a53"], "neon"), (["-march=armv8.2-a+dotprod"], "neon-dot"),
@@ -355,13 +365,7 @@ def test_the_low_bit_kernels_run_on_the_bench_and_beat_the_portable_c(width, tmp
 ])
 def test_the_low_bit_variant_follows_the_cores_features(width, flags, kernel, tmp_path, need_tools):
     need_tools({CC: TOOLS[CC]}, pio=False)
-    model = _low_bit_models(width)[0]
-    render(model, tmp_path / "lib")
-    src = tmp_path / "probe.c"
-    src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
-    out = subprocess.run([CC, *flags, "-E", "-I", str(tmp_path / "lib"), str(src)], capture_output=True, text=True,
-                         check=True).stdout
-    assert f'probe = "{kernel}"' in out
+    assert probe_kernel(CC, flags, _low_bit_models(width)[0], tmp_path) == kernel
 
 
 @pytest.mark.parametrize("width, pattern, wrong", [

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_kernels_mcu import _with_head_of
-from test_kernels_neon import _extreme_rows, _inputs, _low_bit_inputs, _low_bit_models, _models
+from test_kernels_neon import _extreme_rows, _inputs, _low_bit_inputs, _low_bit_models, _models, probe_kernel
 from tinyseek.codegen import context
 from tinyseek.codegen.context import neon32_plan, requant_mode
 from tinyseek.codegen.render import render
@@ -198,13 +198,7 @@ def test_low_bit_models_are_bit_exact_after_every_step(width, tmp_path, need_too
 ])
 def test_the_low_bit_variant_follows_the_cores_features(width, flags, kernel, tmp_path, need_tools):
     need_tools({CC: TOOLS[CC]}, pio=False)
-    model = _low_bit_models(width)[0]
-    render(model, tmp_path / "lib")
-    src = tmp_path / "probe.c"
-    src.write_text(f'#include "{model.name}_kernels.h"\nconst char *probe = {model.name.upper()}_KERNEL;\n')
-    out = subprocess.run([CC, *flags, "-E", "-I", str(tmp_path / "lib"), str(src)], capture_output=True, text=True,
-                         check=True).stdout
-    assert f'probe = "{kernel}"' in out
+    assert probe_kernel(CC, flags, _low_bit_models(width)[0], tmp_path) == kernel
 
 
 @pytest.mark.parametrize("width, pattern, wrong", [
