@@ -6,6 +6,7 @@ knowledge cache (no teacher rebuild). Writes bench/results/low_bit.json and low_
     .venv/bin/python bench/low_bit.py                        # qat 6 epochs, qemu_m4 and qemu_m55
     .venv/bin/python bench/low_bit.py --qat-epochs 4 --envs qemu_m4 --samples 50
     .venv/bin/python bench/low_bit.py --instructions binary --envs qemu_m55   # no training: instructions only
+    .venv/bin/python bench/low_bit.py --boards   # no training: the boards' tables of the results again
 
 Instructions are what QEMU executed (-icount), not CPU cycles: QEMU has no pipeline model.
 Every board run is also a bit-exactness check against the integer reference.
@@ -102,6 +103,10 @@ def main() -> None:
     ap.add_argument("--instructions", default="",
                     help="instead: only the boards' instructions per inference of the post-training models of these "
                          "widths (comma-separated; nothing trained, no knowledge cache), printed; writes nothing")
+    ap.add_argument("--boards", action="store_true",
+                    help="instead: measure the boards' tables again (--envs) with the post-training models of the "
+                         "committed float student, whose instruction counts are the QAT models' (the kernels' "
+                         "counts follow shapes and tokens, not weight values), and write them into --out")
     ap.add_argument("--cflags", default="", help="with --instructions: more compiler flags for the boards "
                                                  "(space-separated, e.g. -U__ARM_FEATURE_MVE)")
     ap.add_argument("--sweep-lr", default="",
@@ -110,6 +115,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.instructions:
         return instructions(args)
+    if args.boards:
+        return boards(args)
     knowledge = _shown(args.knowledge)
     command = (f"python bench/low_bit.py --qat-epochs {args.qat_epochs} --envs {args.envs} --samples {args.samples}"
                + (f" --qat-lr {args.qat_lr}" if args.qat_lr is not None else "")
@@ -202,6 +209,34 @@ def instructions(args) -> None:
             print(f"{env} {width} PTQ{' ' + args.cflags if flags else ''}: kernel {r['kernel']}, "
                   f"{r['instructions_median']:,.0f} instructions per inference (median of {r['samples']} test texts; "
                   f"QEMU -icount: instructions, not cycles), flash model {r['flash_model']:,} B", flush=True)
+
+
+def boards(args) -> None:
+    """The boards' tables of --out measured again, as the main run measures them, on the
+    post-training models of each width (the QAT models' shapes and token counts, so their
+    instruction counts; flash counts bytes, not values): after a kernel changes, without the
+    QAT epochs."""
+    cfg = load(DEFAULT / "config.toml")
+    ds = Run(cfg).dataset
+    work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
+    result = json.loads(args.out.read_text())
+    models = {}
+    for width in ("int8", "int4", "binary"):
+        run_dir = work / width
+        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=args.embedding)
+        models[width] = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
+    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
+    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    for env in [e for e in args.envs.split(",") if e]:
+        result["boards"][env] = {"int8": board(env, models["int8"], ids, work / env / "int8", []),
+                                 "int8 portable C": board(env, models["int8"], ids, work / env / "int8c", PORTABLE),
+                                 "int4": board(env, models["int4"], ids, work / env / "int4", []),
+                                 "binary": board(env, models["binary"], ids, work / env / "binary", []),
+                                 "int4 portable C": board(env, models["int4"], ids, work / env / "int4c", PORTABLE)}
+        print(env, json.dumps(result["boards"][env]), flush=True)
+    result["boards_command"] = f"python bench/low_bit.py --boards --envs {args.envs} --samples {args.samples}"
+    _write(args, result)
 
 
 def add_qat(args, cfg, ds, work: Path) -> None:
@@ -372,6 +407,10 @@ def markdown(r: dict) -> str:
                       f"{'less' if q['weight_bytes'] < i8['weight_bytes'] else 'more'} than the int8 default's "
                       "(its embedding and gate matrices at int4 against the wider model's per-row multipliers, "
                       "biases and head)."]
+    if "boards_command" in r:
+        lines += ["", f"The boards' tables: `{r['boards_command']}`, the post-training models of each width (the QAT "
+                      "models' shapes and token counts, so their instruction counts; the flash they take is the same "
+                      "bytes)."]
     for env, runs in r["boards"].items():
         lines += ["", f"{env} ({next(iter(runs.values()))['samples']} test texts, token ids sent; QEMU instructions, "
                       "not cycles; every run bit-exact against the integer reference):", "",
