@@ -12,22 +12,19 @@ reference or the script stops.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from low_bit import ptq_model, test_ids  # bench/low_bit.py
 from tinyseek.codegen.render import render
 from tinyseek.config import load
 from tinyseek.data import load_task
 from tinyseek.harness.bench import run_device_bench
 from tinyseek.quant.model import QuantModel
-from tinyseek.quant.quantize import quantize_run
 from tinyseek.quant.reference import infer_tokens
-from tinyseek.student.tokenizer import HashTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "intents"
@@ -44,13 +41,8 @@ def main() -> None:
     ds = load_task(cfg.task)
     work = Path(args.work or tempfile.mkdtemp(prefix="cortex_m0_low_bit-"))
     models = {"int8": QuantModel.load(DEFAULT / "int8")}
-    for width in ("int4", "binary"):
-        run_dir = work / width
-        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
-        quant = dataclasses.replace(cfg.quant, weights=width, embedding="", qat_epochs=0)
-        models[width] = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
-    tok = HashTokenizer(models["int8"].vocab_size, models["int8"].max_len)
-    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][: args.samples]
+    models.update({width: ptq_model(cfg, ds, width, "", work) for width in ("int4", "binary")})
+    ids = test_ids(cfg, ds, args.samples)
     result = {"samples": len(ids), "command": f"python bench/cortex_m0_low_bit.py --samples {args.samples}",
               "env": "qemu_m0", "runs": {}}
     for width, model in models.items():

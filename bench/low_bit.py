@@ -171,20 +171,38 @@ def main() -> None:
     for row in result["variants"].values():
         _vs_int8(row, int8)
 
-    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
-    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    ids = test_ids(cfg, ds, args.samples)
+    kind = "QAT" if args.qat_epochs else "PTQ"
     for env in [e for e in args.envs.split(",") if e]:
-        runs = {"int8": board(env, models["int8 PTQ"], ids, work / env / "int8", []),
-                "int8 portable C": board(env, models["int8 PTQ"], ids, work / env / "int8c", PORTABLE)}
-        for label in ("int4 QAT", "binary QAT") if args.qat_epochs else ("int4 PTQ", "binary PTQ"):
-            runs[label.split()[0]] = board(env, models[label], ids, work / env / label.split()[0], [])
-        runs["int4 portable C"] = board(env, models["int4 QAT" if args.qat_epochs else "int4 PTQ"], ids,
-                                        work / env / "int4c", PORTABLE)
-        result["boards"][env] = runs
-        print(env, json.dumps(runs), flush=True)
+        result["boards"][env] = board_table(env, models["int8 PTQ"], models[f"int4 {kind}"],
+                                            models[f"binary {kind}"], ids, work)
+        print(env, json.dumps(result["boards"][env]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _write(args, result)
     print(markdown(result))
+
+
+def test_ids(cfg, ds, samples: int) -> list:
+    """The token ids of the first `samples` non-empty test texts: what the boards are sent."""
+    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
+    return [t for t in (tok.encode(x) for x in ds.test.texts) if t][:samples]
+
+
+def ptq_model(cfg, ds, width: str, embedding: str, work: Path) -> QuantModel:
+    """The committed float student quantized post-training at `width` (nothing trained)."""
+    run_dir = work / width
+    shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
+    quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=embedding)
+    return quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
+
+
+def board_table(env: str, int8: QuantModel, int4: QuantModel, binary: QuantModel, ids: list, work: Path) -> dict:
+    """One board's table of the results: each width on its kernel, int8 and int4 on the portable C too."""
+    return {"int8": board(env, int8, ids, work / env / "int8", []),
+            "int8 portable C": board(env, int8, ids, work / env / "int8c", PORTABLE),
+            "int4": board(env, int4, ids, work / env / "int4", []),
+            "binary": board(env, binary, ids, work / env / "binary", []),
+            "int4 portable C": board(env, int4, ids, work / env / "int4c", PORTABLE)}
 
 
 def instructions(args) -> None:
@@ -196,14 +214,10 @@ def instructions(args) -> None:
     cfg = load(DEFAULT / "config.toml")
     ds = Run(cfg).dataset
     work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
-    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
-    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    ids = test_ids(cfg, ds, args.samples)
     flags = args.cflags.split()
     for width in args.instructions.split(","):
-        run_dir = work / width
-        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
-        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=args.embedding)
-        model = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
+        model = ptq_model(cfg, ds, width, args.embedding, work)
         for env in [e for e in args.envs.split(",") if e]:
             r = board(env, model, ids, work / env / width, flags)
             print(f"{env} {width} PTQ{' ' + args.cflags if flags else ''}: kernel {r['kernel']}, "
@@ -220,20 +234,10 @@ def boards(args) -> None:
     ds = Run(cfg).dataset
     work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
     result = json.loads(args.out.read_text())
-    models = {}
-    for width in ("int8", "int4", "binary"):
-        run_dir = work / width
-        shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
-        quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=args.embedding)
-        models[width] = quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
-    tok = HashTokenizer(cfg.student.vocab_size, cfg.student.max_len)
-    ids = [t for t in (tok.encode(x) for x in ds.test.texts) if t][:args.samples]
+    models = {width: ptq_model(cfg, ds, width, args.embedding, work) for width in ("int8", "int4", "binary")}
+    ids = test_ids(cfg, ds, args.samples)
     for env in [e for e in args.envs.split(",") if e]:
-        result["boards"][env] = {"int8": board(env, models["int8"], ids, work / env / "int8", []),
-                                 "int8 portable C": board(env, models["int8"], ids, work / env / "int8c", PORTABLE),
-                                 "int4": board(env, models["int4"], ids, work / env / "int4", []),
-                                 "binary": board(env, models["binary"], ids, work / env / "binary", []),
-                                 "int4 portable C": board(env, models["int4"], ids, work / env / "int4c", PORTABLE)}
+        result["boards"][env] = board_table(env, models["int8"], models["int4"], models["binary"], ids, work)
         print(env, json.dumps(result["boards"][env]), flush=True)
     result["boards_command"] = f"python bench/low_bit.py --boards --envs {args.envs} --samples {args.samples}"
     _write(args, result)
