@@ -208,10 +208,9 @@ def main() -> None:
     best_local = min(locals_, key=lambda x: x["wall_s"])
     best_ray = min(rays, key=lambda x: x["wall_s"])
     best_ray1 = min(ray1s, key=lambda x: x["wall_s"])
-    cpu = {name: min(x["steady_cpu_ms_per_sample"] for x in runs) for name, runs in
-           (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))}
-    cpu_job = {name: min(x["cpu_ms_per_sample"] for x in runs) for name, runs in
-               (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))}
+    groups = {"local": locals_, "ray": rays, "ray_1_worker": ray1s}
+    cpu = {name: min(x["steady_cpu_ms_per_sample"] for x in runs) for name, runs in groups.items()}
+    cpu_job = {name: min(x["cpu_ms_per_sample"] for x in runs) for name, runs in groups.items()}
     local_rate = max(x["steady_samples_per_s"] for x in locals_)
     ray_rate = max(x["steady_samples_per_s"] for x in rays)
     ray1_rate = max(x["steady_samples_per_s"] for x in ray1s)
@@ -247,13 +246,11 @@ def main() -> None:
         "ray_1_worker_walls_s": [x["wall_s"] for x in ray1s],
         "local_steady_samples_per_s": local_rate, "ray_steady_samples_per_s": ray_rate,
         "ray_1_worker_steady_samples_per_s": ray1_rate,
-        "steady_runs": {"local": [x["steady_samples_per_s"] for x in locals_],
-                        "ray": [x["steady_samples_per_s"] for x in rays],
-                        "ray_1_worker": [x["steady_samples_per_s"] for x in ray1s]},
+        "steady_runs": {name: [x["steady_samples_per_s"] for x in runs] for name, runs in groups.items()},
         "identical": identical,
         "steady_cpu_ms_per_sample": cpu, "cpu_ms_per_sample": cpu_job,
-        "cpu_runs": {name: [(x["steady_cpu_ms_per_sample"], x["cpu_ms_per_sample"]) for x in runs] for name, runs in
-                     (("local", locals_), ("ray", rays), ("ray_1_worker", ray1s))},
+        "cpu_runs": {name: [(x["steady_cpu_ms_per_sample"], x["cpu_ms_per_sample"]) for x in runs]
+                     for name, runs in groups.items()},
         "overhead_cpu_steady": cpu["ray"] / cpu["local"] - 1,
         "overhead_cpu_steady_1_worker": cpu["ray_1_worker"] / cpu["local"] - 1,
         "overhead_cpu_whole_job": cpu_job["ray"] / cpu_job["local"] - 1,
@@ -321,8 +318,8 @@ def _markdown(r: dict) -> str:
         f"Overhead, goal <= 15 %: the cores' time per sample against the local path's. **In steady state "
         f"{pct(r['overhead_cpu_steady'])} with {w} workers, {pct(r['overhead_cpu_steady_1_worker'])} with 1** "
         f"(best run against best run; median against median {pct(med['ray'] / med['local'] - 1)} and "
-        f"{pct(med['ray_1_worker'] / med['local'] - 1)}) "
-        f"(CPU time; from the rates, which count waiting too: {pct(r['overhead_steady'])} and "
+        f"{pct(med['ray_1_worker'] / med['local'] - 1)}; "
+        f"that is CPU time; from the rates, which count waiting too: {pct(r['overhead_steady'])} and "
         f"{pct(r['overhead_steady_1_worker'])}, the {w} workers at {r['speedup_steady']:.2f}x the local "
         f"samples/s). Whole job: {pct(r['overhead_cpu_whole_job'])} in CPU time with {w} workers "
         f"({pct(r['overhead_whole_job'])} in cores x wall, {pct(r['overhead_whole_job_with_cluster_start'])} with "
