@@ -97,12 +97,12 @@ def _short(k: int) -> str:
     return out
 
 
-def compact_names(model) -> dict[str, str]:
+def compact_names(model) -> None:
     """Rename every node and every tensor but the graph's inputs and outputs (which callers
     bind by name) to a short one, in place: the exporter's and quantizers' names
     ("/model/layers.0/self_attn/q_proj/MatMul_output_0_quantized") are most of a graph's
     bytes (46 KB of TinyBert's 57 KB, 90 KB of 103 KB int8). Names are SSA across a model's
-    subgraphs, so one map serves them all. Returns the map, new name -> old."""
+    subgraphs, so one map serves them all."""
     graphs = [model.graph]
     for g in graphs:  # subgraphs (If, Loop, Scan bodies) too
         graphs.extend(a.g for n in g.node for a in n.attribute if a.type == a.GRAPH)
@@ -129,7 +129,6 @@ def compact_names(model) -> dict[str, str]:
             n.name, count = "n" + _short(count), count + 1
             n.input[:] = [rename(x) for x in n.input]
             n.output[:] = [rename(x) for x in n.output]
-    return {new: old for old, new in names.items()}
 
 
 def matmul_form(model):
@@ -284,11 +283,11 @@ _NORM = {("LayerNormalization", 1), ("LayerNormalization", 2), ("SimplifiedLayer
          ("RMSNormalization", 1)}
 
 
-def _times_dynamic_scale(name: str, graph) -> bool:
-    """Whether `name` is multiplied by the scale DynamicQuantizeLinear computes (its second
-    output): quantize_dynamic's weight scale (per tensor, or per channel)."""
+def _times_dynamic_scale(graph) -> set[str]:
+    """The names multiplied by a scale DynamicQuantizeLinear computes (its second output):
+    quantize_dynamic's weight scales (per tensor, or per channel)."""
     scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
-    return any(n.op_type == "Mul" and name in n.input and set(n.input) & scales for n in graph.node)
+    return {x for n in graph.node if n.op_type == "Mul" and set(n.input) & scales for x in n.input}
 
 
 def size_breakdown(path: Path) -> dict[str, int]:
@@ -306,13 +305,14 @@ def size_breakdown(path: Path) -> dict[str, int]:
     for node in model.graph.node:
         for k, name in enumerate(node.input):
             readers.setdefault(name, set()).add((node.op_type, k))
+    dynamic_scales = _times_dynamic_scale(model.graph)
     out: Counter = Counter()
     for t in model.graph.initializer:
         read = readers.get(t.name, set())
         role = next((r for r, table in (("weight", _WEIGHT), ("scale", _SCALE), ("bias", _BIAS), ("norm", _NORM))
                      if read & table), None)
         ops = {op for op, _ in read}
-        if role is None and ops == {"Mul"} and _times_dynamic_scale(t.name, model.graph):
+        if role is None and ops == {"Mul"} and t.name in dynamic_scales:
             role = "scale"  # quantize_dynamic's weight scale, multiplied into the MatMulInteger's output
         if role is None and len(t.dims) >= 2 and "Einsum" in ops:
             role = "weight"
