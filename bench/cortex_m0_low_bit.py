@@ -41,7 +41,7 @@ def main() -> None:
     ds = load_task(cfg.task)
     work = Path(args.work or tempfile.mkdtemp(prefix="cortex_m0_low_bit-"))
     models = {"int8": QuantModel.load(DEFAULT / "int8")}
-    models.update({width: ptq_model(cfg, ds, width, "", work) for width in ("int4", "binary")})
+    models.update({width: ptq_model(cfg, ds, width, "") for width in ("int4", "binary")})
     ids = test_ids(cfg, ds, args.samples)
     result = {"samples": len(ids), "command": f"python bench/cortex_m0_low_bit.py --samples {args.samples}",
               "env": "qemu_m0", "runs": {}}

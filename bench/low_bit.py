@@ -26,6 +26,7 @@ import numpy as np
 from tinyseek.codegen.render import render
 from tinyseek.config import load
 from tinyseek.harness.bench import run_device_bench
+from tinyseek.harness.aarch64 import low_bit_model
 from tinyseek.harness.evaluate import labeled_accuracy, oracle_logits
 from tinyseek.pipeline import Run
 from tinyseek.quant.float_model import FloatStudent
@@ -188,12 +189,9 @@ def test_ids(cfg, ds, samples: int) -> list:
     return [t for t in (tok.encode(x) for x in ds.test.texts) if t][:samples]
 
 
-def ptq_model(cfg, ds, width: str, embedding: str, work: Path) -> QuantModel:
+def ptq_model(cfg, ds, width: str, embedding: str) -> QuantModel:
     """The committed float student quantized post-training at `width` (nothing trained)."""
-    run_dir = work / width
-    shutil.copytree(DEFAULT / "student", run_dir / "student", dirs_exist_ok=True)
-    quant = dataclasses.replace(cfg.quant, weights=width, qat_epochs=0, embedding=embedding)
-    return quantize_run(dataclasses.replace(cfg, quant=quant), run_dir, ds)
+    return low_bit_model(DEFAULT, cfg, width, embedding, ds)
 
 
 def board_table(env: str, int8: QuantModel, int4: QuantModel, binary: QuantModel, ids: list, work: Path) -> dict:
@@ -217,7 +215,7 @@ def instructions(args) -> None:
     ids = test_ids(cfg, ds, args.samples)
     flags = args.cflags.split()
     for width in args.instructions.split(","):
-        model = ptq_model(cfg, ds, width, args.embedding, work)
+        model = ptq_model(cfg, ds, width, args.embedding)
         for env in [e for e in args.envs.split(",") if e]:
             r = board(env, model, ids, work / env / width, flags)
             print(f"{env} {width} PTQ{' ' + args.cflags if flags else ''}: kernel {r['kernel']}, "
@@ -234,7 +232,7 @@ def boards(args) -> None:
     ds = Run(cfg).dataset
     work = Path(args.work or tempfile.mkdtemp(prefix="low_bit-"))
     result = json.loads(args.out.read_text())
-    models = {width: ptq_model(cfg, ds, width, args.embedding, work) for width in ("int8", "int4", "binary")}
+    models = {width: ptq_model(cfg, ds, width, args.embedding) for width in ("int8", "int4", "binary")}
     ids = test_ids(cfg, ds, args.samples)
     for env in [e for e in args.envs.split(",") if e]:
         result["boards"][env] = board_table(env, models["int8"], models["int4"], models["binary"], ids, work)

@@ -313,9 +313,10 @@ def matrix_cost(variant: str, *, hidden: int = 64, inputs: tuple[int, int] = (32
             "instructions_per_mac_matrix": (per_step[I2] - per_step[I1]) / (4 * hidden * (I2 - I1))}
 
 
-def low_bit_model(run_dir: Path, cfg, weights: str):
+def low_bit_model(run_dir: Path, cfg, weights: str, embedding: str = "", dataset=None):
     """The float student of run_dir (student/) quantized post-training at `weights`, the embedding
-    at the same width, calibrated on cfg's task as the quantize stage does (no QAT)."""
+    at `embedding` (empty: the same width), calibrated on `dataset` (default: cfg's task) as the
+    quantize stage does (no QAT)."""
     import dataclasses
 
     from ..data import load_task
@@ -324,10 +325,10 @@ def low_bit_model(run_dir: Path, cfg, weights: str):
     student = run_dir / "student"
     if not (student / "student.json").is_file():
         raise SystemExit(f"--weights {weights} quantizes the float student in {student}, which is missing")
-    quant = dataclasses.replace(cfg.quant, weights=weights, embedding="", qat_epochs=0)
-    with tempfile.TemporaryDirectory(prefix="tinyseek-aarch64-") as tmp:
+    quant = dataclasses.replace(cfg.quant, weights=weights, embedding=embedding, qat_epochs=0)
+    with tempfile.TemporaryDirectory(prefix="tinyseek-low-bit-") as tmp:
         shutil.copytree(student, Path(tmp) / "student")
-        return quantize_run(dataclasses.replace(cfg, quant=quant), tmp, load_task(cfg.task))
+        return quantize_run(dataclasses.replace(cfg, quant=quant), tmp, dataset or load_task(cfg.task))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
