@@ -227,16 +227,17 @@ class OtaBoard:
     def _system_reset(self, timeout: float = 10.0) -> None:
         """`system_reset` on QEMU's monitor, then the device's boot lines on the serial line (a
         sync before them could be answered by the firmware about to be reset)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mon:
-            mon.settimeout(timeout)
-            mon.connect(str(self._tmp / "monitor.sock"))
+        def prompt(mon) -> None:  # up to the monitor's next prompt (or its closing)
             seen = b""
             while not seen.endswith(b"(qemu) "):
                 seen += mon.recv(4096) or b"(qemu) "
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mon:
+            mon.settimeout(timeout)
+            mon.connect(str(self._tmp / "monitor.sock"))
+            prompt(mon)
             mon.sendall(b"system_reset\n")
-            seen = b""
-            while not seen.endswith(b"(qemu) "):  # the command ran
-                seen += mon.recv(4096) or b"(qemu) "
+            prompt(mon)  # the command ran
         deadline = time.monotonic() + timeout
         while self.link.read_line(max(0.0, deadline - time.monotonic())) != "m-init-done":
             pass
