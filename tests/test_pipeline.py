@@ -199,3 +199,44 @@ def test_the_student_key_counts_subwords_only_when_on(tmp_path):
                        hash_safetensors(runs[0].knowledge, metadata=False)])
     assert runs[0].input_key("distill") == before
     assert runs[1].input_key("distill") != before
+
+
+def test_a_transfer_set_writer_keeps_the_adaptation_and_old_keys(tmp_path):
+    """A pretrained writer (teacher.transfer_writer) writes the transfer set, so the teacher is
+    adapted as without one and is reused; the writer's settings are keys of the teacher stage
+    only when a writer is set, so runs from before them keep theirs."""
+    from dataclasses import asdict
+
+    from tinyseek import __version__
+    from tinyseek.pipeline import ENGINE_ONLY, TRANSFER_ONLY, hash_obj
+
+    def run(**o):
+        return Run(load(overrides={"models_dir": str(tmp_path), **o}))
+    plain, writer = run(), run(**{"teacher.transfer_samples": 600, "teacher.transfer_writer": "/m.gguf"})
+    assert writer.adaptation_key() == plain.adaptation_key()
+    assert run(**{"teacher.transfer_samples": 600}).adaptation_key() != plain.adaptation_key()  # the teacher writes
+    assert writer.input_key("teacher") != plain.input_key("teacher")
+    assert run(**{"teacher.transfer_samples": 600, "teacher.transfer_writer": "/m.gguf",
+                  "teacher.transfer_prompt": "Say it again:\n"}).input_key("teacher") != writer.input_key("teacher")
+    old = {k: v for k, v in asdict(plain.cfg.teacher).items() if k not in ENGINE_ONLY + TRANSFER_ONLY}
+    assert plain.input_key("teacher") == hash_obj([__version__, plain._task_key(), old])
+
+
+def test_the_hard_label_baseline_leaves_the_transfer_set_out(tmp_path):
+    """The baseline is what the task's own labels give: the transfer set's labels are the
+    teacher's, so it trains on the task's rows only, the first ones of a cache that also holds
+    the transfer set."""
+    from safetensors.numpy import save_file
+
+    from tinyseek.distill.train import DistillError, hard_label_baseline
+    cfg = load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8, "distill.epochs": 1,
+                          "distill.noise_copies": 0})
+    ds = Run(cfg).task_dataset
+    n, extra = len(ds.train), 5
+    cache = tmp_path / "knowledge.safetensors"
+    save_file({f"{s}.logits": np.zeros((m, len(ds.labels)), np.float32)
+               for s, m in (("train", n + extra), ("val", len(ds.val)), ("test", len(ds.test)))}, str(cache))
+    result = hard_label_baseline(ds, cache, cfg, cached_rows=n + extra)
+    assert 0.0 <= result["val_accuracy"] <= 1.0 and result["epochs"] == 1
+    with pytest.raises(DistillError, match="train.logits"):
+        hard_label_baseline(ds, cache, cfg)  # without saying so, a longer cache is another task's

@@ -470,3 +470,53 @@ def test_the_adapted_teacher_writes_a_labelled_transfer_set(text_task, tmp_path)
     assert again.read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     assert write_transfer_set(text_task, replace(cfg, transfer_samples=0), tmp_path / "run") is None
     assert not path.exists()
+
+
+def test_a_pretrained_writer_writes_the_transfer_set_the_teacher_labels(adapted_text, text_task, tmp_path):
+    """teacher.transfer_writer: a pretrained LM (here a tiny random llama) continues lists of a
+    class's training examples; what it writes is kept only where the teacher's head gives the
+    class it was asked for."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tinyseek.teacher.classifier import load_adapted
+    from tinyseek.teacher.transfer import _keep, _writer_prompt, write_transfer_set
+    run, cfg = adapted_text
+    _, tok = load_teacher(build_default_teacher(text_task, TINY, tmp_path / "ds"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+
+    # The prompt: the header, then examples in the script of the first one only, then "-".
+    import random
+    prompt = _writer_prompt(cfg, random.Random(0), ["开灯", "把灯打开", "lights on", "打开台灯"])
+    lines = prompt.split("\n")
+    assert lines[0] == cfg.transfer_prompt.strip() and lines[-1] == "-"
+    scripts = {any("\u4e00" <= ch <= "\u9fff" for ch in line) for line in lines[1:-1]}
+    assert len(lines) - 2 == (3 if scripts == {True} else 1) and len(scripts) == 1
+
+    # The filter: a confident text is kept only for the class it was asked for.
+    model, tokenizer, _ = load_adapted(run / "teacher")
+    texts = ["switch on the lights please thanks", "tell me the current time now please"]
+    probs = model(*__import__("tinyseek.teacher.classifier", fromlist=["tokenize"]).tokenize(
+        tokenizer, texts, cfg.max_tokens)).softmax(-1).detach().numpy()
+    heads = [int(np.argmax(p)) for p in probs]
+    for asked, keeps in ((heads, 2), ([(h + 1) % 3 for h in heads], 0)):
+        kept = {c: [] for c in range(3)}
+        with torch.no_grad():
+            assert _keep(model, tokenizer, replace(cfg, transfer_confidence=0.0), texts, set(), kept, 5,
+                         asked) == keeps
+        assert sorted(c for c in kept for _ in kept[c]) == (sorted(heads) if keeps else [])
+
+    # The whole path, seeded: the same writer and teacher write the same set.
+    wcfg = replace(cfg, transfer_samples=6, transfer_confidence=0.0, transfer_writer=str(tmp_path / "llama"),
+                   max_tokens=12)
+    logs = []
+    path = write_transfer_set(text_task, wcfg, run, log=logs.append)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    known = set(text_task.train.texts) | set(text_task.val.texts) | set(text_task.test.texts)
+    assert rows and all(r["text"] and r["text"] not in known and "\n" not in r["text"] for r in rows)
+    assert any("transfer set, round 1" in line for line in logs)
+    assert write_transfer_set(text_task, wcfg, run, log=logs.append).read_text() == path.read_text()
+    with pytest.raises(TeacherError, match="transfer_writer"):
+        write_transfer_set(text_task, replace(wcfg, transfer_writer=str(tmp_path / "nothing")), run)

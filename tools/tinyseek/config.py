@@ -97,12 +97,16 @@ class TeacherConfig:
     # -1 (auto): scaled by the training split's size (scaled_settings), 2 on the built-in task.
     noise_copies: int = -1
     noise: str = ""
-    # The generated transfer set (teacher/transfer.py): utterances the adapted teacher writes,
-    # prompted with the first words of training examples, kept where its head is confident; the
-    # student distills on them beside the training split. 0: none.
+    # The generated transfer set (teacher/transfer.py): utterances a language model writes (the
+    # adapted teacher's own, prompted with the first words of training examples, or
+    # transfer_writer's, prompted with transfer_prompt and a list of a class's examples), kept
+    # where the teacher's head is confident; the student distills on them beside the training
+    # split. 0: none.
     transfer_samples: int = 0
     transfer_confidence: float = 0.6
     transfer_temperature: float = 1.0
+    transfer_writer: str = ""  # a pretrained LM (local folder or .gguf) that writes instead of the teacher
+    transfer_prompt: str = "Sentences with the same meaning:\n"
     seed: int = 0
 
 

@@ -26,6 +26,9 @@ EXTRACTION_ONLY = ("layers", "attentions", "shard_size")
 # Where the extraction runs: the same knowledge whatever they are (the shard stamps hold the
 # dtype and device that make a difference), so they are no input of the teacher stage.
 ENGINE_ONLY = ("engine", "ray_address", "workers")
+# Settings of a pretrained transfer-set writer: inputs of the teacher stage only when a writer is
+# set (so keys from before them stay), never of the adaptation.
+TRANSFER_ONLY = ("transfer_writer", "transfer_prompt")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -168,13 +171,21 @@ class Run:
         """The teacher stage's inputs but the settings only the extraction reads: a change of
         those alone re-runs the extraction on the adapted teacher already saved."""
         adapt = {k: v for k, v in asdict(self.cfg.teacher).items() if k not in EXTRACTION_ONLY + ENGINE_ONLY}
+        for k in TRANSFER_ONLY:
+            adapt.pop(k)
+        if adapt["transfer_samples"] and self.cfg.teacher.transfer_writer:
+            # A writer writes the transfer set, so the teacher learns nothing for it (no end of
+            # sequence): the adaptation is the one without a transfer set.
+            adapt.update(transfer_samples=0, transfer_confidence=0.6, transfer_temperature=1.0)
         return hash_obj([__version__, self._task_key(), adapt])
 
     def input_key(self, stage: str) -> str:
         c = self.cfg
         task = self._task_key()
         if stage == "teacher":
-            return hash_obj([__version__, task, {k: v for k, v in asdict(c.teacher).items() if k not in ENGINE_ONLY}])
+            teacher = {k: v for k, v in asdict(c.teacher).items()
+                       if k not in ENGINE_ONLY and (k not in TRANSFER_ONLY or c.teacher.transfer_writer)}
+            return hash_obj([__version__, task, teacher])
         if stage == "distill":
             # The knowledge's tensors, not its provenance metadata (the teacher folder's hash, which
             # a run name or a thread setting changes): the same numbers train the same student.
@@ -287,7 +298,8 @@ def _distill(run: Run) -> None:
     baseline = run.student_dir / "baseline.json"
     if run.cfg.distill.hard_label_baseline:
         from .distill.train import hard_label_baseline
-        result = hard_label_baseline(run.dataset, run.knowledge, run.cfg)
+        # The task's own labelled data: a transfer set's labels are the teacher's.
+        result = hard_label_baseline(run.task_dataset, run.knowledge, run.cfg, cached_rows=len(run.dataset.train))
         baseline.write_text(json.dumps(result, indent=2) + "\n")
         run.log(f"[distill] hard-label baseline (no teacher): validation accuracy {result['val_accuracy']:.4f}")
     elif baseline.exists():

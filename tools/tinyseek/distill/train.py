@@ -396,10 +396,11 @@ def with_scaled_settings(cfg, dataset):
 
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
-            cell_weight: float = 1.0, progress: bool = True) -> Trainer:
+            cell_weight: float = 1.0, progress: bool = True, cached_rows: int | None = None) -> Trainer:
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
-    and its projections; train_student documents the options."""
+    and its projections; train_student documents the options. cached_rows: the cache's training
+    split has this many rows, of which the dataset's are the first (None: as many)."""
     cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     spec = make_spec(dataset, cfg)
@@ -419,6 +420,8 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
         t_logits, pairs, hidden = load_features(knowledge_path, "train", d.layer_map, spec.layers)
     else:
         t_logits, pairs, hidden = load_knowledge(knowledge_path, "train", None)[0], [], {}
+    if cached_rows is not None and t_logits.shape[0] == cached_rows >= n:
+        t_logits, hidden = t_logits[:n], {t: h[:n] for t, h in hidden.items()}
     if t_logits.shape != (n, spec.num_classes):
         raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
                            f"[{n}, {spec.num_classes}] for this dataset; the cache is from another task or "
@@ -444,7 +447,7 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
 def train_student(dataset, knowledge_path: str | Path, cfg, *,
                   weight_decay: float = 1e-2, clip_norm: float = 1.0, min_lr_ratio: float = 0.05,
                   word_dropout: float = 0.2, cell_bound: float = 4.0, cell_weight: float = 1.0,
-                  progress: bool = True) -> Distilled:
+                  progress: bool = True, cached_rows: int | None = None) -> Distilled:
     """Train the student of cfg.student from the knowledge cache with the schedule of
     cfg.distill; no files written. The returned model is the epoch of best validation accuracy
     among the stages that train the classifier (every round's).
@@ -465,7 +468,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     try:
         tr = prepare(dataset, knowledge_path, cfg, weight_decay=weight_decay, clip_norm=clip_norm,
                      min_lr_ratio=min_lr_ratio, word_dropout=word_dropout, cell_bound=cell_bound,
-                     cell_weight=cell_weight, progress=progress)
+                     cell_weight=cell_weight, progress=progress, cached_rows=cached_rows)
         labels, weights = tr.y.numpy(), np.ones(len(tr.y), np.float32)
         feedback = []
         for round_ in range(d.feedback_rounds + 1):
@@ -515,13 +518,15 @@ def distill(dataset, knowledge_path: str | Path, cfg, run_dir: str | Path, **opt
     return out
 
 
-def hard_label_baseline(dataset, knowledge_path: str | Path, cfg) -> dict:
+def hard_label_baseline(dataset, knowledge_path: str | Path, cfg, cached_rows: int | None = None) -> dict:
     """The same student and schedule trained on the hard labels alone (no KL, no features): what
-    the task's labels give without a teacher. Returns its float accuracies on validation (chosen
-    on) and test (reported)."""
+    the task's labels give without a teacher. `dataset` is the task's own (no generated transfer
+    set: its labels come from the teacher); cached_rows as in prepare, when the cache also holds
+    a transfer set. Returns its float accuracies on validation (chosen on) and test (reported)."""
     from dataclasses import replace as dc_replace
     d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
-    result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False)
+    result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False,
+                           cached_rows=cached_rows)
 
     def accuracy(split) -> float | None:  # over the labeled samples, as the report counts
         y = np.asarray(split.y)

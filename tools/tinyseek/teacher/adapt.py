@@ -32,6 +32,7 @@ kept (the last epoch's when there is no validation split).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -204,11 +205,28 @@ def _fit(forward: Callable, module: nn.Module, params: list, snapshot: Callable[
 
 
 @torch.no_grad()
-def _pooled(model: TeacherClassifier, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _pooled(model: TeacherClassifier, inputs: torch.Tensor, mask: torch.Tensor, batch_size: int,
+            what: str) -> torch.Tensor:
+    """The frozen backbone's mean-pooled last hidden state of every input (a pretrained model's
+    pass over the split: minutes on a CPU, so it says how long)."""
+    progress = Progress(f"teacher {what} features", -(-len(inputs) // batch_size), units="batches", probe=4)
+
     def pool(inp, m):
         inp, m = (t.to(model.backbone.device) for t in trim(inp, m))
-        return mean_pool(model.encode(inp, m).last_hidden_state.float(), m)
+        out = mean_pool(model.encode(inp, m).last_hidden_state.float(), m)
+        progress.step()
+        return out
     return _logits(pool, inputs, mask, batch_size)
+
+
+def _base_path(base: Path, teacher_dir: Path, run_dir: Path) -> str:
+    """teacher.json's "base": relative to the teacher folder when it lies in the run (a GGUF's
+    dequantized base/), so the run folder can move; else absolute, so the current directory
+    does not matter."""
+    base, run_dir = base.resolve(), run_dir.resolve()
+    if base.is_relative_to(run_dir):
+        return os.path.relpath(base, teacher_dir.resolve())
+    return str(base)
 
 
 def _augment(ids: torch.Tensor, mask: torch.Tensor, dropout: float, shuffle: float, unk_id: int,
@@ -305,7 +323,8 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
 
         if not sequence and cfg.pretrain_epochs > 0 and cfg.adapt != "none":
             # A teacher that writes a transfer set must learn where texts end.
-            _pretrain(backbone, inputs, mask, cfg, gen, tokenizer.eos_token_id if cfg.transfer_samples else None)
+            writes = cfg.transfer_samples and not cfg.transfer_writer
+            _pretrain(backbone, inputs, mask, cfg, gen, tokenizer.eos_token_id if writes else None)
 
         if zero_shot:
             val_acc, epochs_run = -1.0, 0  # no head to train: the extraction scores the verbalisers (verbalize.py)
@@ -330,8 +349,8 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
         else:
             # Frozen backbone on text: its pooled features never change, so compute them once.
             backbone.requires_grad_(False)
-            feats = _pooled(model, inputs, mask, 2 * cfg.batch_size)
-            v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size) if len(v_y) else feats[:0]
+            feats = _pooled(model, inputs, mask, 2 * cfg.batch_size, "training")
+            v_feats = _pooled(model, v_inputs, v_mask, 2 * cfg.batch_size, "validation") if len(v_y) else feats[:0]
             ones, v_ones = torch.ones(len(feats), 1), torch.ones(len(v_feats), 1)
             # Only the head trains, on features computed once: cheap, so it trains to convergence
             # (teacher.head_epochs at most, early stopping on validation).
@@ -353,7 +372,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
             "train_samples": len(dataset.train.y), "noise_copies": cfg.noise_copies, "noise": cfg.noise,
         }
         if cfg.adapt != "full":
-            meta["base"] = BASE_DIR if cfg.source == "default" else str(base)
+            meta["base"] = BASE_DIR if cfg.source == "default" else _base_path(Path(base), out, Path(run_dir))
             meta["base_fingerprint"] = base_fingerprint(base)
         if lora is not None:
             meta["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,

@@ -1,12 +1,19 @@
-"""The generated transfer set: in-domain utterances the adapted teacher writes itself.
+"""The generated transfer set: in-domain utterances a language model writes, the teacher labels.
 
-After the adaptation, the teacher's language model is prompted with the first words of a
-training example of each class in turn and samples a continuation; what it writes is labelled
-by its own head (soft targets through the knowledge cache, the argmax as the hard label), kept
-when the head is confident (teacher.transfer_confidence) and new (no duplicate, no training,
-validation or test text), balanced over the labels the head gives. The texts go to
-`<run>/transfer.jsonl`; the pipeline adds them to the training split before the extraction,
-so the student distills on phrasings no example showed it (docs/teachers.md).
+Who writes:
+- by default the adapted teacher's own language model, prompted with the first words of a
+  training example of each class in turn; it samples a continuation;
+- with teacher.transfer_writer, a pretrained language model (a local folder or a .gguf file,
+  base or instruct) prompted with a list of a class's training examples (all in the script of
+  the first, so a list does not switch languages) and asked for the next item: it writes
+  phrasings and words the training texts never had, which the teacher's own LM cannot.
+What is kept: the teacher's head labels every text (soft targets through the knowledge cache,
+the argmax as the hard label); a text is kept when the head is confident
+(teacher.transfer_confidence), new (no duplicate, no training, validation or test text) and,
+for a writer's text, labelled with the class it was asked for; kept texts are balanced over
+the labels. They go to `<run>/transfer.jsonl`; the pipeline adds them to the training split
+before the extraction, so the student distills on phrasings no example showed it
+(docs/teachers.md).
 
 A language model only stops where it learned texts end: with transfer samples asked for, the
 continued pretraining puts an end-of-sequence token after every training text (adapt.py).
@@ -21,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,10 +58,6 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
     if model.head is None:
         raise TeacherError("teacher.transfer_samples needs a teacher with a classification head to label what it "
                            "writes (teacher.labels = \"head\")")
-    lm = model.backbone
-    if tokenizer.eos_token_id is None:
-        raise TeacherError("teacher.transfer_samples: the teacher's tokenizer has no end-of-sequence token, so "
-                           "nothing tells where a generated utterance ends")
     num_classes = len(dataset.labels)
     quota = -(-cfg.transfer_samples // num_classes)
     known = set(dataset.train.texts) | set(dataset.val.texts) | set(dataset.test.texts)
@@ -60,19 +65,10 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
     rng = random.Random(f"tinyseek-transfer:{cfg.seed}")
     kept: dict[int, list[tuple[str, float]]] = {c: [] for c in range(num_classes)}
     written = 0
-    with _generators(cfg, run_dir, lm, tokenizer, log) as generate:
-        for r in range(MAX_ROUNDS):
-            open_classes = [c for c in range(num_classes) if len(kept[c]) < quota and by_class[c]]
-            if not open_classes:
-                break
-            for words in (1, 2):  # prompts of one or two leading tokens: equal lengths batch without padding
-                prompts = _prompts(tokenizer, [rng.choice(by_class[c]) for c in open_classes for _ in range(quota)],
-                                   words)
-                if not len(prompts):
-                    continue
-                batches = [(prompts[i:i + 64], _batch_seed(cfg.seed, r, words, i)) for i in range(0, len(prompts), 64)]
-                written += _keep(model, tokenizer, cfg, [t for texts in generate(batches) for t in texts], known,
-                                 kept, quota)
+    if cfg.transfer_writer:
+        written = _write_with_writer(cfg, Path(run_dir), model, tokenizer, by_class, known, kept, quota, rng, log)
+    else:
+        written = _write_with_teacher(cfg, run_dir, model, tokenizer, by_class, known, kept, quota, rng, log)
     rows = [{"text": t, "label": dataset.labels[c], "confidence": round(p, 4)}
             for c in range(num_classes) for t, p in kept[c]]
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -83,9 +79,34 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
     return out
 
 
-def _keep(model, tokenizer, cfg, texts: list[str], known: set, kept: dict, quota: int) -> int:
+def _write_with_teacher(cfg, run_dir, model, tokenizer, by_class, known, kept, quota, rng, log) -> int:
+    """The teacher's own LM continues the first one or two tokens of training examples."""
+    lm, written = model.backbone, 0
+    if tokenizer.eos_token_id is None:
+        raise TeacherError("teacher.transfer_samples: the teacher's tokenizer has no end-of-sequence token, so "
+                           "nothing tells where a generated utterance ends")
+    with _generators(cfg, run_dir, lm, tokenizer, log) as generate:
+        for r in range(MAX_ROUNDS):
+            open_classes = [c for c in range(len(kept)) if len(kept[c]) < quota and by_class[c]]
+            if not open_classes:
+                break
+            for words in (1, 2):  # prompts of one or two leading tokens: equal lengths batch without padding
+                prompts = _prompts(tokenizer, [rng.choice(by_class[c]) for c in open_classes for _ in range(quota)],
+                                   words)
+                if not len(prompts):
+                    continue
+                batches = [(prompts[i:i + 64], _batch_seed(cfg.seed, r, words, i)) for i in range(0, len(prompts), 64)]
+                written += _keep(model, tokenizer, cfg, [t for texts in generate(batches) for t in texts], known,
+                                 kept, quota)
+    return written
+
+
+def _keep(model, tokenizer, cfg, texts: list[str], known: set, kept: dict, quota: int,
+          asked: list[int] | None = None) -> int:
     """Label the new texts among `texts` with the teacher's head and keep the confident ones in
-    `kept` (per label, up to `quota`); returns how many were kept."""
+    `kept` (per label, up to `quota`); with `asked` (the class each text was written for), only
+    those the head gives that class. Returns how many were kept."""
+    asked_for = dict(zip(texts, asked)) if asked is not None else {}
     fresh = list(dict.fromkeys(t for t in texts if t and t not in known))
     if not fresh:
         return 0
@@ -94,6 +115,8 @@ def _keep(model, tokenizer, cfg, texts: list[str], known: set, kept: dict, quota
     written = 0
     for text, p in zip(fresh, probs):
         label, conf = int(np.argmax(p)), float(np.max(p))
+        if asked is not None and asked_for[text] != label:
+            continue
         if conf >= cfg.transfer_confidence and len(kept[label]) < quota:
             kept[label].append((text, conf))
             known.add(text)
@@ -147,3 +170,90 @@ def read_transfer_set(path: Path, labels: list[str]) -> tuple[list[str], np.ndar
             texts.append(row["text"])
             y.append(labels.index(row["label"]))
     return texts, np.array(y, dtype=np.int64)
+
+
+# -- a pretrained writer (teacher.transfer_writer) ----------------------------------------------
+
+# The prompt is most of a writer's cost (generate() reads it once per sampled item): a few
+# examples, a few items after each.
+WRITER_EXAMPLES = 5  # training examples listed in each prompt
+WRITER_SAMPLES = 4  # items sampled after each prompt
+WRITER_PROMPTS = 12  # prompts per batch: 48 sequences generated together
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+
+
+def _write_with_writer(cfg, run_dir: Path, model, tokenizer, by_class, known, kept, quota, rng, log) -> int:
+    """A pretrained LM continues lists of a class's training examples (cfg.transfer_prompt, then
+    "- example" lines, then "-"); each new line is a candidate for that class."""
+    writer, wtok = load_writer(cfg, run_dir, log)
+    newline = wtok.encode("\n", add_special_tokens=False)
+    stops = ([newline[0]] if len(newline) == 1 else []) + ([wtok.eos_token_id] if wtok.eos_token_id is not None else [])
+    written, t0, done_batches = 0, time.monotonic(), 0
+    logged = t0
+    for r in range(MAX_ROUNDS):
+        open_classes = [c for c in range(len(kept)) if len(kept[c]) < quota and by_class[c]]
+        if not open_classes:
+            break
+        # Enough prompts that every open class could fill its quota if half of what is written is kept.
+        need = {c: -(-2 * (quota - len(kept[c])) // WRITER_SAMPLES) for c in open_classes}
+        jobs = [(c, _writer_prompt(cfg, rng, by_class[c])) for c in open_classes for _ in range(need[c])]
+        rng.shuffle(jobs)
+        batches = [jobs[i:i + WRITER_PROMPTS] for i in range(0, len(jobs), WRITER_PROMPTS)]
+        for b, batch in enumerate(batches):
+            texts = write_batch(writer, wtok, [p for _, p in batch], cfg, stops, _batch_seed(cfg.seed, r, 0, b))
+            asked = [c for c, _ in batch for _ in range(WRITER_SAMPLES)]
+            written += _keep(model, tokenizer, cfg, texts, known, kept, quota, asked)
+            done_batches += 1
+            now = time.monotonic()
+            if done_batches == 2 or now - logged >= 60 or b == len(batches) - 1:  # about a line a minute
+                per_batch, logged = (now - t0) / done_batches, now
+                log(f"[teacher] transfer set, round {r + 1}: batch {b + 1}/{len(batches)}, "
+                    f"{sum(len(k) for k in kept.values()):,} kept so far, about "
+                    f"{per_batch * (len(batches) - b - 1) / 60:.1f} min left in this round")
+    return written
+
+
+def load_writer(cfg, run_dir: Path, log=print):
+    """(model, tokenizer) of teacher.transfer_writer on the CPU, in teacher.dtype (auto: what
+    this CPU runs fastest); a .gguf file is dequantized once into `<run>/writer/`, or read from
+    the teacher's `<run>/base/` when it is also the teacher's source (and dtype)."""
+    from .load import gguf_to_folder, load_teacher, use_threads
+    use_threads(cfg.threads)
+    source = Path(cfg.transfer_writer).expanduser()
+    if not source.exists():
+        raise TeacherError(f"teacher.transfer_writer {cfg.transfer_writer} does not exist; give a local Hugging Face "
+                           f"folder or .gguf file of a pretrained language model, or \"\" to let the teacher write")
+    dtype = cfg.dtype
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        same = cfg.source not in ("", "default") and Path(cfg.source).expanduser().resolve() == source.resolve()
+        if same:  # the teacher's own dequantized copy (adapt.py: float32 when the backbone trains)
+            dtype = "float32" if cfg.adapt == "full" else cfg.dtype
+            source = gguf_to_folder(source, run_dir / "base", cfg.tokenizer or None, dtype, log=log)
+        else:
+            source = gguf_to_folder(source, run_dir / "writer", None, dtype, log=log)
+    model, tok = load_teacher(source, None, dtype=dtype, device="cpu")
+    tok.padding_side = "left"  # generation continues every prompt from its last token
+    return model, tok
+
+
+def _writer_prompt(cfg, rng: random.Random, examples: list[str]) -> str:
+    """cfg.transfer_prompt, then up to WRITER_EXAMPLES examples in the script of the first drawn
+    one as "- text" lines, then "-" for the writer to go on."""
+    first = rng.choice(examples)
+    script = bool(_CJK.search(first))
+    same = [t for t in examples if t != first and bool(_CJK.search(t)) == script]
+    chosen = [first] + rng.sample(same, min(len(same), WRITER_EXAMPLES - 1))
+    return cfg.transfer_prompt + "".join(f"- {t}\n" for t in chosen) + "-"
+
+
+def write_batch(writer, wtok, prompts: list[str], cfg, stops: list[int], seed: int) -> list[str]:
+    """WRITER_SAMPLES lines the writer samples after each prompt (seeded), in prompt order."""
+    enc = wtok(prompts, return_tensors="pt", padding=True)
+    longest = max(len(line) for p in prompts for line in wtok(p.split("\n")[1:-1], add_special_tokens=False)["input_ids"])
+    torch.manual_seed(seed)
+    # top-k, not top-p: top-p sorts the whole vocabulary (262k entries for Gemma 3) at every step.
+    ids = writer.generate(**enc, do_sample=True, temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
+                          max_new_tokens=min(cfg.max_tokens, longest * 3 // 2 + 2), num_return_sequences=WRITER_SAMPLES,
+                          eos_token_id=stops or None, pad_token_id=wtok.pad_token_id)
+    lines = wtok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [line.split("\n")[0].strip().lstrip("-").strip() for line in lines]
