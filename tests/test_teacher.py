@@ -520,3 +520,20 @@ def test_a_pretrained_writer_writes_the_transfer_set_the_teacher_labels(adapted_
     assert write_transfer_set(text_task, wcfg, run, log=logs.append).read_text() == path.read_text()
     with pytest.raises(TeacherError, match="transfer_writer"):
         write_transfer_set(text_task, replace(wcfg, transfer_writer=str(tmp_path / "nothing")), run)
+
+
+def test_a_base_inside_the_run_is_recorded_relative_to_the_teacher_folder(tmp_path, monkeypatch):
+    """A GGUF's dequantized base/ lies in the run: teacher.json names it relative to the teacher
+    folder (the run can move, and a relative models_dir works from any directory); a base
+    elsewhere is named by its absolute path."""
+    from tinyseek.teacher.adapt import _base_path
+    from tinyseek.teacher.classifier import resolve_base
+    monkeypatch.chdir(tmp_path)
+    run = Path("models") / "r"
+    (run / "base").mkdir(parents=True)
+    (run / "teacher").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    inside = _base_path(run / "base", run / "teacher", run)
+    assert inside == "../base" and resolve_base(run / "teacher", {"base": inside}).resolve() == (run / "base").resolve()
+    outside = _base_path(Path("elsewhere"), run / "teacher", run)
+    assert Path(outside).is_absolute() and Path(outside) == tmp_path / "elsewhere"
