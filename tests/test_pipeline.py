@@ -203,12 +203,13 @@ def test_the_student_key_counts_subwords_only_when_on(tmp_path):
 
 def test_a_transfer_set_writer_keeps_the_adaptation_and_old_keys(tmp_path):
     """A pretrained writer (teacher.transfer_writer) writes the transfer set, so the teacher is
-    adapted as without one and is reused; the writer's settings are keys of the teacher stage
-    only when a writer is set, so runs from before them keep theirs."""
+    adapted as without one and is reused; the writer's settings (and the in-context examples'
+    of teacher.shots) are keys of the teacher stage only when used, so runs from before them
+    keep theirs."""
     from dataclasses import asdict
 
     from tinyseek import __version__
-    from tinyseek.pipeline import ENGINE_ONLY, TRANSFER_ONLY, hash_obj
+    from tinyseek.pipeline import ENGINE_ONLY, FEW_SHOT_ONLY, TRANSFER_ONLY, hash_obj
 
     def run(**o):
         return Run(load(overrides={"models_dir": str(tmp_path), **o}))
@@ -218,8 +219,10 @@ def test_a_transfer_set_writer_keeps_the_adaptation_and_old_keys(tmp_path):
     assert writer.input_key("teacher") != plain.input_key("teacher")
     assert run(**{"teacher.transfer_samples": 600, "teacher.transfer_writer": "/m.gguf",
                   "teacher.transfer_prompt": "Say it again:\n"}).input_key("teacher") != writer.input_key("teacher")
-    old = {k: v for k, v in asdict(plain.cfg.teacher).items() if k not in ENGINE_ONLY + TRANSFER_ONLY}
+    old = {k: v for k, v in asdict(plain.cfg.teacher).items() if k not in ENGINE_ONLY + TRANSFER_ONLY + FEW_SHOT_ONLY}
     assert plain.input_key("teacher") == hash_obj([__version__, plain._task_key(), old])
+    few = run(**{"teacher.shots": 2})  # in-context examples change the prompt: a new adaptation
+    assert few.adaptation_key() != plain.adaptation_key() and few.input_key("teacher") != plain.input_key("teacher")
 
 
 def test_the_hard_label_baseline_leaves_the_transfer_set_out(tmp_path):

@@ -259,3 +259,32 @@ def test_a_head_needs_labels_and_zero_shot_needs_text(answering_lm, tmp_path):
     with pytest.raises(VerbalizerError, match="does not have"):
         adapt(task, replace(cfg, labels="zero-shot", verbalizers={"lamp": ["lamp"]}), tmp_path)
     assert not (tmp_path / "teacher").exists()
+
+
+def test_few_shot_labels_put_labelled_examples_into_the_prompt(answering_lm, tmp_path):
+    """teacher.shots: k labelled training examples per class, as teacher.example, go into the
+    prompt (at {examples}, or before it), seeded, the classes interleaved; teacher.json records
+    the prompt with them, so the extraction scores the same; unlabelled rows are never examples."""
+    _, _, folder = answering_lm
+    task, y = _unlabeled_task()
+    ty = np.asarray(task.train.y).copy()
+    ty[[0, 1, 8, 9, 16, 17]] = [0, 0, 1, 1, 2, 2]  # two labelled examples per class, the rest unlabelled
+    task = replace(task, train=replace(task.train, y=ty))
+    cfg = TeacherConfig(source=str(folder), adapt="none", labels="zero-shot", prompt=PROMPT, shots=2,
+                        example="text: {text}\nlabel: {label}\n", verbalizers={"ask_time": ["ask time"]},
+                        dtype="float32", device="cpu")
+    meta = json.loads((adapt(task, cfg, tmp_path / "run") / "teacher.json").read_text())
+    prompt = meta["zero_shot"]["prompt"]
+    assert meta["zero_shot"]["shots"] == 2 and prompt.endswith(PROMPT) and prompt.count("label:") == 7
+    words = {"lights on": 0, "lights off": 1, "ask time": 2}
+    lines = prompt.split("\n")
+    pairs = [(t, words[w[len("label: "):]]) for t, w in zip(lines[0:12:2], lines[1:12:2])]
+    assert all(t.startswith("text: ") for t, _ in pairs)
+    assert sorted((task.train.texts.index(t[6:]), c) for t, c in pairs) == [(0, 0), (1, 0), (8, 1), (9, 1),
+                                                                             (16, 2), (17, 2)]
+    assert {c for _, c in pairs[:3]} == {c for _, c in pairs[3:]} == {0, 1, 2}  # interleaved, not by class
+    # {examples} in the prompt places them there; more shots than labelled examples is an error.
+    placed = adapt(task, replace(cfg, prompt="Examples:\n{examples}" + PROMPT), tmp_path / "run2")
+    assert json.loads((placed / "teacher.json").read_text())["zero_shot"]["prompt"].startswith("Examples:\ntext: ")
+    with pytest.raises(TeacherError, match=r"teacher.shots = 3.*2 labelled example\(s\) of 'lights_on'"):
+        adapt(task, replace(cfg, shots=3), tmp_path / "run3")

@@ -92,6 +92,10 @@ class TeacherConfig:
     prompt: str = "Classify the text into one of these categories: {labels}.\nText: {text}\nCategory:"
     verbalizers: dict[str, list[str]] = field(default_factory=dict)  # label -> words; default: the name, _ as space
     verbalizer_score: str = "mean"  # mean | sum of a multi-token verbaliser's token log-probs
+    # Few-shot labels: this many labelled training examples per class, written as `example`,
+    # go into the prompt (at {examples}, or before it); 0 = zero-shot.
+    shots: int = 0
+    example: str = "Text: {text}\nCategory: {label}\n\n"
     # Noise-aware adaptation: the adaptation's training split also holds noise_copies corrupted
     # copies of every sample; noise as distill.noise (empty = the modality's default recipe).
     # -1 (auto): scaled by the training split's size (scaled_settings), 2 on the built-in task.
@@ -381,6 +385,8 @@ def validate(cfg: Config) -> None:
          "teacher.lora_rank must be >= 1, teacher.lora_alpha > 0 and teacher.lora_targets not empty")
     need(cfg.teacher.labels in ("head", "zero-shot") and cfg.teacher.verbalizer_score in ("mean", "sum"),
          "teacher.labels must be head or zero-shot, teacher.verbalizer_score mean or sum")
+    need(cfg.teacher.shots >= 0 and "{text}" in cfg.teacher.example and "{label}" in cfg.teacher.example,
+         "teacher.shots must be >= 0 and teacher.example hold {text} and {label}")
     need(cfg.teacher.labels == "head" or ("{text}" in cfg.teacher.prompt and cfg.task.kind not in ("npz", "audio")),
          "teacher.labels = \"zero-shot\" needs a text task and a teacher.prompt with a {text} placeholder")
     need(isinstance(cfg.teacher.verbalizers, dict) and all(

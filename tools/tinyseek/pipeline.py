@@ -29,6 +29,19 @@ ENGINE_ONLY = ("engine", "ray_address", "workers")
 # Settings of a pretrained transfer-set writer: inputs of the teacher stage only when a writer is
 # set (so keys from before them stay), never of the adaptation.
 TRANSFER_ONLY = ("transfer_writer", "transfer_prompt")
+# In-context examples of few-shot labels: inputs only when asked for (teacher.shots > 0), so keys
+# from before them stay.
+FEW_SHOT_ONLY = ("shots", "example")
+
+
+def _teacher_settings(teacher) -> dict:
+    """The teacher settings that are stage inputs, but the engine's."""
+    out = {k: v for k, v in asdict(teacher).items() if k not in ENGINE_ONLY}
+    for k in FEW_SHOT_ONLY if not teacher.shots else ():
+        out.pop(k)
+    for k in TRANSFER_ONLY if not teacher.transfer_writer else ():
+        out.pop(k)
+    return out
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -170,9 +183,8 @@ class Run:
     def adaptation_key(self) -> str:
         """The teacher stage's inputs but the settings only the extraction reads: a change of
         those alone re-runs the extraction on the adapted teacher already saved."""
-        adapt = {k: v for k, v in asdict(self.cfg.teacher).items() if k not in EXTRACTION_ONLY + ENGINE_ONLY}
-        for k in TRANSFER_ONLY:
-            adapt.pop(k)
+        adapt = {k: v for k, v in _teacher_settings(self.cfg.teacher).items()
+                 if k not in EXTRACTION_ONLY + TRANSFER_ONLY}
         if adapt["transfer_samples"] and self.cfg.teacher.transfer_writer:
             # A writer writes the transfer set, so the teacher learns nothing for it (no end of
             # sequence): the adaptation is the one without a transfer set.
@@ -183,9 +195,7 @@ class Run:
         c = self.cfg
         task = self._task_key()
         if stage == "teacher":
-            teacher = {k: v for k, v in asdict(c.teacher).items()
-                       if k not in ENGINE_ONLY and (k not in TRANSFER_ONLY or c.teacher.transfer_writer)}
-            return hash_obj([__version__, task, teacher])
+            return hash_obj([__version__, task, _teacher_settings(c.teacher)])
         if stage == "distill":
             # The knowledge's tensors, not its provenance metadata (the teacher folder's hash, which
             # a run name or a thread setting changes): the same numbers train the same student.

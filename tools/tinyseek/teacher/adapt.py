@@ -97,8 +97,32 @@ def _check_settings(dataset, cfg) -> dict | None:
     check_prompt(cfg.prompt)
     if cfg.verbalizer_score not in SCORES:
         raise TeacherError(f"teacher.verbalizer_score {cfg.verbalizer_score!r} is unknown; choose mean or sum")
-    return {"prompt": cfg.prompt, "verbalizers": resolve_verbalizers(list(dataset.labels), cfg.verbalizers),
-            "score": cfg.verbalizer_score}
+    verbalizers = resolve_verbalizers(list(dataset.labels), cfg.verbalizers)
+    out = {"prompt": _with_examples(dataset, cfg, verbalizers), "verbalizers": verbalizers,
+           "score": cfg.verbalizer_score}
+    return out | ({"shots": cfg.shots} if cfg.shots else {})
+
+
+def _with_examples(dataset, cfg, verbalizers: dict) -> str:
+    """teacher.prompt with teacher.shots labelled training examples per class (seeded by
+    teacher.seed, the classes interleaved so none is always nearest the text) at {examples},
+    or before the prompt when it has no {examples}; each is teacher.example with the text and
+    the label's first verbaliser. Zero-shot (shots 0): the prompt, {examples} removed."""
+    if not cfg.shots:
+        return cfg.prompt.replace("{examples}", "")
+    rng = np.random.default_rng(cfg.seed)
+    y = np.asarray(dataset.train.y)
+    picks = []
+    for c, label in enumerate(dataset.labels):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < cfg.shots:
+            raise TeacherError(f"teacher.shots = {cfg.shots}: the training split has {len(rows)} labelled "
+                               f"example(s) of {label!r}; label more of them or lower teacher.shots")
+        picks.append(rng.choice(rows, cfg.shots, replace=False))
+    order = [int(p[k]) for k in range(cfg.shots) for p in rng.permutation(np.array(picks, dtype=object))]
+    examples = "".join(cfg.example.replace("{label}", verbalizers[dataset.labels[y[i]]][0])
+                       .replace("{text}", dataset.train.texts[i]) for i in order)
+    return cfg.prompt.replace("{examples}", examples) if "{examples}" in cfg.prompt else examples + cfg.prompt
 
 
 def _schedule(opt, total_steps: int, steps_per_epoch: int | None = None):
