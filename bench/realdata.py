@@ -10,6 +10,10 @@ bench/results/realdata.json (rows per dataset) and the "Real utterances" section
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --shots 10 30 0   # all 150 intents
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
         --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0   # a pretrained LM
+    # ... with a generated transfer set (a row of its own, "_transfer450")
+    .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
+        --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0 \
+        --set teacher.transfer_samples=450 --set teacher.transfer_writer=PATH/gemma-3-270m-q4_k_m.gguf
 
 Each setting is one `tinyseek build` on JSONL files written under --work: the benchmark's own
 train split (all of it, or `shots` seeded examples per class), its own validation split (for
@@ -202,8 +206,10 @@ def main() -> None:
     teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(args.teacher).stem)
     command = "python bench/realdata.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
+    # A generated transfer set (teacher.transfer_samples) is its own setting, beside the row without.
+    transfer = int(settings.get("teacher.transfer_samples", 0) or 0)
     for k in args.shots:
-        name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}"
+        name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}" + (f"_transfer{transfer}" if transfer else "")
         row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings)
         row["command"] = command
         print(json.dumps(row), flush=True)
