@@ -139,7 +139,8 @@ def section(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--writer", required=True, help="a pretrained LM (folder or .gguf) that writes the transfer set")
+    ap.add_argument("--writer", help="a pretrained LM (folder or .gguf) that writes the transfer set (required "
+                    "unless --md-only)")
     ap.add_argument("--teacher", nargs="+", default=["scratch"],
                     help="scratch (the built-in teacher) and/or pretrained LMs (folder or .gguf), head-only")
     ap.add_argument("--samples", type=int, default=600, help="teacher.transfer_samples")
@@ -155,6 +156,8 @@ def main() -> None:
     if args.md_only:
         replace_section(HEADING, section(json.loads(Path(args.out).read_text())))
         return
+    if not args.writer:
+        ap.error("--writer PATH is required: the pretrained LM that writes the transfer set")
     for path in [args.writer] + [t for t in args.teacher if t != "scratch"]:
         if not Path(path).exists():
             sys.exit(f"{path}: no such file or folder; give a local Hugging Face folder or .gguf file")
