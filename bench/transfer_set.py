@@ -10,8 +10,10 @@ Per teacher: one `tinyseek build` without a transfer set, one with (the same ada
 copied: adding a writer does not change the adaptation), each distilled with every seed
 (distill.seed; the teacher, its knowledge and the transfer set are shared across seeds). A
 pretrained teacher (a folder or .gguf) is used head-only (teacher.adapt = "none": a frozen
-backbone, one pass over the data). Validation (held out by template like the test) chooses
-between with and without; the test split is reported for the chosen variant only.
+backbone, one pass over the data). Runs are named <teacher>_without_s<seed> and
+<teacher>_with<samples>_s<seed>; an invocation with another --samples adds its rows to the
+results file (a run measured again replaces its row). Validation (held out by template like
+the test) chooses the variant per teacher; the test split is reported for the chosen one only.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def measure(teacher: str, args, settings: dict, work: Path) -> list[dict]:
         base.update({"teacher.source": teacher, "teacher.adapt": "none"})
     with_set = {**base, "teacher.transfer_samples": args.samples, "teacher.transfer_writer": args.writer}
     rows = []
-    for variant, overrides in (("without", base), ("with", with_set)):
+    for variant, overrides in (("without", base), (f"with{args.samples}", with_set)):
         first = None
         for seed in args.seeds:
             name = f"{tag}_{variant}_s{seed}"
@@ -94,22 +96,35 @@ def measure(teacher: str, args, settings: dict, work: Path) -> list[dict]:
     return rows
 
 
+def merge(old: dict, new: dict) -> dict:
+    """The results of this invocation added to the earlier ones (a run measured again replaces
+    its row), so invocations with other transfer set sizes build one table."""
+    runs = {r["run"] for r in new["rows"]}
+    rows = [r for r in old.get("rows", []) if r["run"] not in runs] + new["rows"]
+    commands = list(dict.fromkeys(old.get("commands", []) + new["commands"]))
+    return {**old, **new, "rows": rows, "commands": commands, "notes": old.get("notes", []),
+            "summary": summary(rows)}
+
+
+def _size(variant: str) -> int:
+    return 0 if variant == "without" else int(variant[len("with"):])
+
+
 def summary(rows: list[dict]) -> list[dict]:
-    """Per teacher and variant: the mean over seeds; per teacher, the variant validation chooses."""
+    """Per teacher and variant (no transfer set, then by size): the mean over seeds; per
+    teacher, the variant validation chooses."""
     out = []
     for tag in dict.fromkeys(r["teacher"] for r in rows):
         group = []
-        for variant in ("without", "with"):
+        for variant in sorted({r["variant"] for r in rows if r["teacher"] == tag}, key=_size):
             rs = [r for r in rows if r["teacher"] == tag and r["variant"] == variant]
-            if rs:
-                group.append({"teacher": tag, "variant": variant, "seeds": [r["seed"] for r in rs],
-                              "val_int8": [r["val"]["int8"] for r in rs], "val_teacher": rs[0]["val"]["teacher"],
-                              "val_int8_mean": float(np.mean([r["val"]["int8"] for r in rs])),
-                              "test_int8_mean": float(np.mean([r["test"]["int8"] for r in rs])),
-                              "test_teacher": rs[0]["test"]["teacher"],
-                              "transfer_samples": rs[0]["transfer_samples"],
-                              "minutes_first": rs[0]["minutes"],
-                              "host_bitexact": all(r["host_bitexact"] for r in rs)})
+            group.append({"teacher": tag, "variant": variant, "seeds": [r["seed"] for r in rs],
+                          "val_int8": [r["val"]["int8"] for r in rs], "val_teacher": rs[0]["val"]["teacher"],
+                          "val_int8_mean": float(np.mean([r["val"]["int8"] for r in rs])),
+                          "test_int8_mean": float(np.mean([r["test"]["int8"] for r in rs])),
+                          "test_teacher": rs[0]["test"]["teacher"],
+                          "transfer_samples": rs[0]["transfer_samples"],
+                          "host_bitexact": all(r["host_bitexact"] for r in rs)})
         best = max(group, key=lambda g: g["val_int8_mean"])
         for g in group:
             g["chosen"] = g is best
@@ -118,19 +133,20 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def section(result: dict) -> str:
-    lines = [f"{HEADING} (`{result['command']}`)", "",
+    commands = " and ".join(f"`{c}`" for c in result["commands"])
+    lines = [f"{HEADING} ({commands})", "",
              "The built-in task (phrasings held out by template) with and without a transfer set written by "
-             f"{result['writer']} (teacher.transfer_writer, docs/teachers.md): {result['samples']} utterances asked "
+             f"{result['writer']} (teacher.transfer_writer, docs/teachers.md): `--samples` utterances asked "
              "for, kept where the teacher's head gives the class the writer was asked for. Int8 student (integer "
              "reference, bit-exact on the host in every run), mean over the seeds; validation (1,080 samples) chooses "
-             "with or without per teacher, the test (1,800) is shown for the chosen one only.", "",
+             "the variant per teacher, the test (1,800) is shown for the chosen one only.", "",
              "| teacher | transfer set | seeds | int8 validation (per seed) | teacher validation | "
              "int8 test (chosen only) | teacher test |",
              "|---|---|---|---|---|---|---|"]
     for g in result["summary"]:
         per_seed = " / ".join(f"{v:.2%}" for v in g["val_int8"])
         chosen = f"**{g['test_int8_mean']:.2%}**" if g["chosen"] else "not reported"
-        kept = f"{g['transfer_samples']} kept" if g["variant"] == "with" else "none"
+        kept = f"{g['transfer_samples']} kept" if g["variant"] != "without" else "none"
         lines.append(f"| {g['teacher']} | {kept} | {', '.join(map(str, g['seeds']))} | "
                      f"{g['val_int8_mean']:.2%} ({per_seed}) | {g['val_teacher']:.2%} | {chosen} | "
                      f"{g['test_teacher']:.2%} |")
@@ -163,9 +179,10 @@ def main() -> None:
             sys.exit(f"{path}: no such file or folder; give a local Hugging Face folder or .gguf file")
     settings = parse_overrides(args.settings)
     rows = [r for teacher in args.teacher for r in measure(teacher, args, settings, Path(args.work))]
-    result = {"command": "python bench/transfer_set.py " + " ".join(sys.argv[1:]), "writer": Path(args.writer).name,
-              "samples": args.samples, "rows": rows, "summary": summary(rows)}
     out = Path(args.out)
+    result = merge(json.loads(out.read_text()) if out.is_file() else {},
+                   {"commands": ["python bench/transfer_set.py " + " ".join(sys.argv[1:])],
+                    "writer": Path(args.writer).name, "rows": rows})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(section(result))
