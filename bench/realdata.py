@@ -121,6 +121,11 @@ def read_dataset(path: Path, fmt: str, domain: str | None) -> tuple[str, dict]:
     return fmt, (read_hwu64(path, domain) if fmt == "hwu64" else read_clinc(path, domain))
 
 
+def teacher_tag(teacher: str) -> str:
+    """A teacher's name in settings and run names: scratch, or the model file's stem."""
+    return "scratch" if teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(teacher).stem)
+
+
 def per_class(rows: list[tuple[str, str]], k: int, seed: int) -> list[tuple[str, str]]:
     """k seeded examples of every class (all when k is 0), in the file's order."""
     if not k:
@@ -203,13 +208,13 @@ def main() -> None:
     settings = parse_overrides(args.settings)
     fmt, splits = read_dataset(Path(args.dataset), args.format, args.domain)
     tag = f"{fmt}{'_' + args.domain if args.domain else ''}"
-    teacher_tag = "scratch" if args.teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(args.teacher).stem)
     command = "python bench/realdata.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     # A generated transfer set (teacher.transfer_samples) is its own setting, beside the row without.
     transfer = int(settings.get("teacher.transfer_samples", 0) or 0)
     for k in args.shots:
-        name = f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag}" + (f"_transfer{transfer}" if transfer else "")
+        name = (f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag(args.teacher)}"
+                + (f"_transfer{transfer}" if transfer else ""))
         row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings)
         row["command"] = command
         print(json.dumps(row), flush=True)

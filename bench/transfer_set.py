@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -31,16 +30,13 @@ from tinyseek.cli import parse_overrides
 from tinyseek.config import load
 from tinyseek.pipeline import Run
 
+from realdata import teacher_tag
 from results_md import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Generated transfer set"
 # What the seeds share: the adapted teacher, its knowledge and the transfer set.
 SHARED = ("teacher", "knowledge.safetensors", "extraction.json", "stamps.json", "transfer.jsonl")
-
-
-def teacher_tag(teacher: str) -> str:
-    return "scratch" if teacher == "scratch" else re.sub(r"[^\w.-]", "_", Path(teacher).stem)
 
 
 def share(source: Path, dest: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import tomli_w
 
 from . import __version__
-from .config import Config
+from .config import Config, TeacherConfig
 
 STAGES = ("teacher", "distill", "quantize", "codegen", "verify", "report")
 # Teacher settings only the extraction reads (teacher/extract.py).
@@ -42,6 +42,8 @@ def _teacher_settings(teacher) -> dict:
     for k in TRANSFER_ONLY if not teacher.transfer_writer else ():
         out.pop(k)
     return out
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -188,7 +190,9 @@ class Run:
         if adapt["transfer_samples"] and self.cfg.teacher.transfer_writer:
             # A writer writes the transfer set, so the teacher learns nothing for it (no end of
             # sequence): the adaptation is the one without a transfer set.
-            adapt.update(transfer_samples=0, transfer_confidence=0.6, transfer_temperature=1.0)
+            defaults = TeacherConfig()
+            adapt.update({k: getattr(defaults, k) for k in
+                          ("transfer_samples", "transfer_confidence", "transfer_temperature")})
         return hash_obj([__version__, self._task_key(), adapt])
 
     def input_key(self, stage: str) -> str:

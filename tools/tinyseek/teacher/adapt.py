@@ -276,20 +276,30 @@ def _augment(ids: torch.Tensor, mask: torch.Tensor, dropout: float, shuffle: flo
     return out.masked_fill(drop, unk_id)
 
 
+def base_dtype(cfg) -> str:
+    """The dtype the backbone loads in: float32 when its weights train (adapt = "full"), else
+    teacher.dtype ("auto" not yet resolved counts as frozen: a pretrained source gets LoRA)."""
+    return "float32" if cfg.adapt == "full" else cfg.dtype
+
+
+def gguf_base(cfg, run_dir: Path, log=print) -> Path:
+    """The .gguf teacher.source dequantized once into `<run_dir>/base/`, in base_dtype."""
+    return gguf_to_folder(Path(cfg.source).expanduser().resolve(), Path(run_dir) / "base", cfg.tokenizer or None,
+                          base_dtype(cfg), log=log)
+
+
 def _load(dataset, cfg, tmp: str, run_dir: Path):
     """(backbone, tokenizer, base path) of cfg.source; the built-in teacher is built in `tmp`, a
-    .gguf file is dequantized once into `<run_dir>/base/` (gguf_to_folder) and loaded from there.
+    .gguf file is dequantized once into `<run_dir>/base/` (gguf_base) and loaded from there.
     "full" loads float32 on the CPU (its weights train); "lora" and "none" keep the backbone
     frozen, so it loads in cfg.dtype on cfg.device."""
-    frozen = cfg.adapt != "full"
-    kwargs = {"dtype": cfg.dtype, "device": cfg.device} if frozen else {}
+    kwargs = {"dtype": cfg.dtype, "device": cfg.device} if cfg.adapt != "full" else {}
     if cfg.source == "default":
         base = build_default_teacher(dataset, cfg, tmp)
         return (*load_teacher(base, **kwargs), base)
     source, tokenizer = Path(cfg.source).expanduser().resolve(), cfg.tokenizer or None
     if source.suffix.lower() == ".gguf" and source.is_file():
-        source = gguf_to_folder(source, run_dir / "base", tokenizer, cfg.dtype if frozen else "float32")
-        tokenizer = None
+        source, tokenizer = gguf_base(cfg, run_dir), None
     model, tok = load_teacher(source, tokenizer, **kwargs)
     return model, tok, source
 

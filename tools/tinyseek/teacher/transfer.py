@@ -225,10 +225,9 @@ def load_writer(cfg, run_dir: Path, log=print):
                            f"folder or .gguf file of a pretrained language model, or \"\" to let the teacher write")
     dtype = cfg.dtype
     if source.is_file() and source.suffix.lower() == ".gguf":
-        same = cfg.source not in ("", "default") and Path(cfg.source).expanduser().resolve() == source.resolve()
-        if same:  # the teacher's own dequantized copy (adapt.py: float32 when the backbone trains)
-            dtype = "float32" if cfg.adapt == "full" else cfg.dtype
-            source = gguf_to_folder(source, run_dir / "base", cfg.tokenizer or None, dtype, log=log)
+        if cfg.source not in ("", "default") and Path(cfg.source).expanduser().resolve() == source.resolve():
+            from .adapt import base_dtype, gguf_base
+            dtype, source = base_dtype(cfg), gguf_base(cfg, run_dir, log)  # the teacher's own dequantized copy
         else:
             source = gguf_to_folder(source, run_dir / "writer", None, dtype, log=log)
     model, tok = load_teacher(source, None, dtype=dtype, device="cpu")
@@ -249,7 +248,8 @@ def _writer_prompt(cfg, rng: random.Random, examples: list[str]) -> str:
 def write_batch(writer, wtok, prompts: list[str], cfg, stops: list[int], seed: int) -> list[str]:
     """WRITER_SAMPLES lines the writer samples after each prompt (seeded), in prompt order."""
     enc = wtok(prompts, return_tensors="pt", padding=True)
-    longest = max(len(line) for p in prompts for line in wtok(p.split("\n")[1:-1], add_special_tokens=False)["input_ids"])
+    examples = [line for p in prompts for line in p.split("\n")[1:-1]]  # the "- text" lines
+    longest = max(len(ids) for ids in wtok(examples, add_special_tokens=False)["input_ids"])
     torch.manual_seed(seed)
     # top-k, not top-p: top-p sorts the whole vocabulary (262k entries for Gemma 3) at every step.
     ids = writer.generate(**enc, do_sample=True, temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
