@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from ..data.dataset import DataError
 from ..data.intents import generate
 
 SAMPLE_RATE = 16000
-SYNTH_VERSION = 1  # bump when the recipe below changes, so caches are remade
+MAX_LEAD = SAMPLE_RATE // 5  # the latest an utterance starts in its clip
+SYNTH_VERSION = 2  # bump when the recipe below changes, so caches are remade
 APT = "sudo apt-get install -y espeak-ng flite sox"
 
 
@@ -43,18 +46,35 @@ class Voice:
 
 
 _E, _F = "espeak-ng", "flite"
-# Per language and split: disjoint voices. Chinese has one synthesiser (espeak-ng's Mandarin), so
-# its held-out voices differ in variant (formants, pitch range, breathiness) only.
+# Voices are held out by speaker: an espeak-ng variant (formants, pitch range, voice quality) or a
+# flite voice belongs to one split only. Training draws from many variants and accents, so the
+# student meets speaker variety rather than a handful of speakers; validation and test variants
+# are never heard in training, in any accent. Chinese has one synthesiser (espeak-ng's Mandarin),
+# so its held-out voices differ in variant only.
+_HELD_OUT = {"val": ["m5", "f3", "belinda", "edward", "Andy"], "test": ["m2", "f4", "steph", "john", "Mike"]}
+_VARIANTS = ["m1", "m3", "m4", "m6", "m7", "m8", "f1", "f2", "f5", "klatt", "klatt2", "klatt3", "klatt4", "klatt5",
+             "klatt6", "Alex", "Alicia", "Andrea", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2",
+             "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Nguyen", "Storm", "Tweaky", "adam",
+             "anika", "announcer", "antonio", "aunty", "benjamin", "boris", "caleb", "croak", "david", "ed",
+             "edward2", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "kaukovalta", "linda",
+             "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+             "sandro", "shelby", "steph2", "steph3", "travis", "victor", "zac"]
+_ACCENTS = {"en": ["en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-rp"], "zh": ["cmn"]}
+
+
+def _espeak(lang: str, variants: list[str]) -> list[Voice]:
+    return [Voice(_E, f"{accent}+{v}") for v in variants for accent in _ACCENTS[lang]]
+
+
 VOICES: dict[str, dict[str, list[Voice]]] = {
-    "en": {"train": [Voice(_E, "en-us+m1"), Voice(_E, "en-us+f2"), Voice(_E, "en+m3"), Voice(_E, "en+f1"),
-                     Voice(_E, "en-us+klatt"), Voice(_F, "kal16"), Voice(_F, "slt")],
-           "val": [Voice(_E, "en-us+m5"), Voice(_E, "en+f3"), Voice(_F, "awb")],
-           "test": [Voice(_E, "en+m2"), Voice(_E, "en-us+f4"), Voice(_F, "rms")]},
-    "zh": {"train": [Voice(_E, "cmn+m1"), Voice(_E, "cmn+f1"), Voice(_E, "cmn+m3"), Voice(_E, "cmn+f2"),
-                     Voice(_E, "cmn+klatt")],
-           "val": [Voice(_E, "cmn+m5"), Voice(_E, "cmn+f3")],
-           "test": [Voice(_E, "cmn+m2"), Voice(_E, "cmn+f4")]},
+    "en": {"train": _espeak("en", _VARIANTS) + [Voice(_F, "kal16"), Voice(_F, "slt")],
+           "val": _espeak("en", _HELD_OUT["val"]) + [Voice(_F, "awb")],
+           "test": _espeak("en", _HELD_OUT["test"]) + [Voice(_F, "rms")]},
+    "zh": {split: _espeak("zh", _VARIANTS if split == "train" else _HELD_OUT[split])
+           for split in ("train", "val", "test")},
 }
+# espeak-ng's speed in words per minute, per language: its Mandarin is slow at English rates.
+_RATE = {"en": (140, 195), "zh": (200, 260)}
 
 
 @dataclass
@@ -85,7 +105,8 @@ def tool_versions() -> dict[str, str]:
 def speak(text: str, voice: Voice, rng: random.Random) -> bytes:
     """A WAV of `text` in `voice` at a seeded speed and pitch (the synthesiser's own rate)."""
     if voice.engine == _E:
-        proc = subprocess.run(["espeak-ng", "-v", voice.name, "-s", str(rng.randint(135, 185)), "-p",
+        lo, hi = _RATE["zh" if voice.name.startswith("cmn") else "en"]
+        proc = subprocess.run(["espeak-ng", "-v", voice.name, "-s", str(rng.randint(lo, hi)), "-p",
                                str(rng.randint(30, 70)), "--stdout", text], capture_output=True)
         wav = proc.stdout
     else:  # flite seeks in its output: a file, not a pipe
@@ -100,23 +121,32 @@ def speak(text: str, voice: Voice, rng: random.Random) -> bytes:
     return wav
 
 
-def room(wav: bytes, rng: random.Random) -> np.ndarray:
+def room(wav: bytes, rng: random.Random, fit: int | None = None) -> np.ndarray:
     """sox: to 16 kHz mono int16 (no dither, so it is repeatable), peak-normalised, and in two
-    clips of three through a seeded room (reverb: reverberance, HF damping, room scale)."""
+    clips of three through a seeded room (reverb: reverberance, HF damping, room scale). An
+    utterance longer than `fit` samples is sped up to fit (sox tempo keeps the pitch): a clip
+    never loses the end of its command."""
     effects = ["gain", "-n", "-1"]
     if rng.random() < 2 / 3:
         effects += ["reverb", str(rng.randint(10, 60)), "50", str(rng.randint(20, 90)), "gain", "-n", "-1"]
-    proc = subprocess.run(["sox", "-D", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                           "-e", "signed-integer", "-L", "-", *effects], input=wav, capture_output=True)
-    if proc.returncode:
-        raise DataError(f"sox failed: {proc.stderr.decode(errors='replace')[-300:]}")
-    return np.frombuffer(proc.stdout, "<i2").astype(np.int16)
+
+    def sox(*pre: str) -> np.ndarray:
+        proc = subprocess.run(["sox", "-D", "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b",
+                               "16", "-e", "signed-integer", "-L", "-", *pre, *effects], input=wav, capture_output=True)
+        if proc.returncode:
+            raise DataError(f"sox failed: {proc.stderr.decode(errors='replace')[-300:]}")
+        return np.frombuffer(proc.stdout, "<i2").astype(np.int16)
+
+    out = sox()
+    if fit is not None and len(out) > fit:
+        out = sox("tempo", "-s", f"{len(out) / fit * 1.01:.4f}")[:fit]
+    return out
 
 
 def place(speech: np.ndarray, clip_samples: int, rng: np.random.Generator) -> np.ndarray:
     """The utterance at a seeded level and start in a fixed-length clip, with seeded noise (white
     or brown-ish, 5 to 30 dB under the speech) over the whole clip."""
-    lead = int(rng.integers(0, SAMPLE_RATE // 5))
+    lead = int(rng.integers(0, MAX_LEAD))
     speech = speech[:clip_samples - lead].astype(np.float64) * 10 ** (rng.uniform(-18, -1) / 20)
     clip = np.zeros(clip_samples)
     clip[lead:lead + len(speech)] = speech
@@ -136,7 +166,7 @@ def spoken_clip(text: str, split: str, index: int, seed: int, clip_samples: int)
     rng = random.Random(f"tinyseek-speech:{seed}:{split}:{index}")
     pool = VOICES[lang][split]
     voice = pool[rng.randrange(len(pool))]
-    audio = place(room(speak(text, voice, rng), rng), clip_samples,
+    audio = place(room(speak(text, voice, rng), rng, fit=clip_samples - MAX_LEAD), clip_samples,
                   np.random.default_rng([seed, ("train", "val", "test").index(split), index]))
     return audio, voice
 
@@ -165,11 +195,14 @@ def spoken_intents(cache_dir: str | Path | None, languages=("en", "zh"), samples
     for name in ("train", "val", "test"):
         part = getattr(text, name)
         audio, voices = np.zeros((len(part), clip_samples), np.int16), []
-        for i, t in enumerate(part.texts):
-            audio[i], voice = spoken_clip(t, name, i, seed, clip_samples)
-            voices.append(str(voice))
-            if log and (i + 1) % 200 == 0:
-                log(f"speech: {name} {i + 1}/{len(part)} clips")
+        # Each clip is seeded by its own index, so clips are made in parallel (the synthesisers
+        # are separate processes) and come out the same in any order.
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            clips = pool.map(lambda it: spoken_clip(it[1], name, it[0], seed, clip_samples), enumerate(part.texts))
+            for i, (audio[i], voice) in enumerate(clips):
+                voices.append(str(voice))
+                if log and (i + 1) % 200 == 0:
+                    log(f"speech: {name} {i + 1}/{len(part)} clips")
         splits[name] = SpokenSplit(audio, part.y.copy(), list(part.texts), voices)
     if folder is not None:
         tmp = folder.with_name(folder.name + ".partial")
