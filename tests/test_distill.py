@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from tinyseek.config import load
 from tinyseek.data import Dataset, Split
 from tinyseek.distill import DistillError, distill, distill_loss, evaluate, load_knowledge, predict_logits
-from tinyseek.distill.train import cached_layers, drop_tokens
+from tinyseek.distill.train import cached_layers, drop_tokens, fold_input_norm, input_norm, prepare
 from tinyseek.student import load_student
 
 KEYWORDS = [["lamp", "light"], ["song", "music"], ["rain", "sunny"]]
@@ -240,6 +240,33 @@ def test_sequence_distillation_without_feature_matching(tmp_path):
     hist = json.loads((out / "history.json").read_text())
     assert hist["teacher_layer"] is None and hist["epochs"][-1]["loss_feature"] == 0.0
     assert evaluate(model, spec, ds.val) >= 0.85
+
+
+def test_sequence_students_learn_on_z_scores_and_save_a_model_of_the_raw_features(tmp_path):
+    ds = sequence_dataset()
+    shifted = Dataset(ds.name, ds.kind, ds.labels, *(Split(y=s.y, texts=None, x=s.x * 0.01 + 3.0)
+                                                    for s in (ds.train, ds.val, ds.test)))
+    knowledge = write_knowledge(tmp_path / "knowledge.safetensors", shifted, layers=())
+    cfg = small_cfg(**{"distill.beta": 0.0, "distill.epochs": 2})
+    tr = prepare(shifted, knowledge, cfg, progress=False)
+    mean, std = tr.input_norm
+    assert torch.allclose(tr.x.reshape(-1, 3).mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(tr.x.reshape(-1, 3).std(0), torch.ones(3), atol=1e-4)
+    assert torch.allclose(mean, torch.full((3,), 3.0), atol=0.01)
+    raw = torch.as_tensor(shifted.val.x)
+    with torch.no_grad():
+        on_z_scores = tr.model(tr.vx)
+        fold_input_norm(tr.model, tr.input_norm)
+        assert torch.allclose(tr.model(raw), on_z_scores, atol=1e-4)
+    raw_trainer = prepare(shifted, knowledge, cfg, progress=False, standardize=False)  # as QAT trains a saved student
+    assert raw_trainer.input_norm is None and torch.equal(raw_trainer.x, torch.as_tensor(shifted.train.x))
+    # a constant feature divides by the floor, not by zero
+    assert input_norm(torch.ones(2, 4, 3))[1].min() > 0
+    out = distill(shifted, knowledge, small_cfg(**{"distill.beta": 0.0, "distill.epochs": 6}), tmp_path, progress=False)
+    model, spec = load_student(out)
+    assert evaluate(model, spec, shifted.val) >= 0.85  # the saved model reads the raw (shifted, squeezed) features
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["train_accuracy"] == pytest.approx(evaluate(model, spec, shifted.train))
 
 
 def test_cell_penalty_keeps_the_cell_state_small(tmp_path):

@@ -122,7 +122,7 @@ def train_qat(dataset, knowledge_path: str | Path, cfg, student_dir: str | Path,
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     try:
-        tr = prepare(dataset, knowledge_path, cfg, progress=progress)
+        tr = prepare(dataset, knowledge_path, cfg, progress=progress, standardize=False)  # the saved student reads raw features
         if tr.spec != spec:
             raise DistillError(f"{student_dir} holds a student of another shape than cfg.student; re-run "
                                "`tinyseek distill` before quantization-aware training")

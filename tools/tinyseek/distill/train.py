@@ -184,6 +184,22 @@ def _standardize(h: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((h - mean) / np.maximum(std, 1e-6)).float()
 
 
+def input_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of each feature over every sample and step of a sequence split [N, T, F]."""
+    flat = x.reshape(-1, x.shape[-1]).double()
+    return flat.mean(0).float(), flat.std(0).clamp(min=1e-3).float()
+
+
+@torch.no_grad()
+def fold_input_norm(model: TinyLSTM, norm: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Make a student trained on z-scores read the raw features: proj(W, b) on (x - mean) / std
+    is proj(W / std, b - W @ (mean / std)) on x."""
+    mean, std = norm
+    w = model.proj.weight / std
+    model.proj.bias -= w @ mean
+    model.proj.weight.copy_(w)
+
+
 def drop_tokens(ids: torch.Tensor, lengths: torch.Tensor, p: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove each real token with probability p and close the gaps (word dropout): the
     student learns not to hang on any one word, which is what carries it to unseen phrasings."""
@@ -396,11 +412,14 @@ def with_scaled_settings(cfg, dataset):
 
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
-            cell_weight: float = 1.0, progress: bool = True, cached_rows: int | None = None) -> Trainer:
+            cell_weight: float = 1.0, progress: bool = True, cached_rows: int | None = None,
+            standardize: bool = True) -> Trainer:
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
     and its projections; train_student documents the options. cached_rows: the cache's training
-    split has this many rows, of which the dataset's are the first (None: as many)."""
+    split has this many rows, of which the dataset's are the first (None: as many). standardize:
+    a sequence student trains on per-feature z-scores (tr.input_norm; False: on the raw
+    features, as a saved student reads them)."""
     cfg = with_scaled_settings(cfg, dataset)
     d = cfg.distill
     spec = make_spec(dataset, cfg)
@@ -435,13 +454,23 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
     x, lengths = split_inputs(train, spec)
     vx, vlen = split_inputs(val, spec) if len(val.y) else (None, None)
     vy = torch.as_tensor(np.asarray(val.y), dtype=torch.long)
+    norm = None
+    if spec.kind == "sequence" and standardize:
+        # Features of very different offsets and spreads (log-mel channels, sensor axes) train
+        # slowly: the student learns on per-feature z-scores, folded into `proj` at the end
+        # (fold_input_norm), so the saved model reads the raw features.
+        norm = input_norm(x)
+        x = (x - norm[0]) / norm[1]
+        vx = (vx - norm[0]) / norm[1] if vx is not None else None
     torch.manual_seed(d.seed)
     model = TinyLSTM(spec)
     proj = nn.ModuleDict({str(t): nn.Linear(spec.hidden, hidden[t].shape[1]) for t, _ in pairs})
-    return Trainer(model, proj, pairs, (x, lengths, y), (vx, vlen, vy), t_logits,
-                   {t: _standardize(h) for t, h in hidden.items()}, d, weight_decay=weight_decay,
-                   clip_norm=clip_norm, min_lr_ratio=min_lr_ratio, word_dropout=word_dropout,
-                   cell_bound=cell_bound, cell_weight=cell_weight, progress=progress)
+    tr = Trainer(model, proj, pairs, (x, lengths, y), (vx, vlen, vy), t_logits,
+                 {t: _standardize(h) for t, h in hidden.items()}, d, weight_decay=weight_decay,
+                 clip_norm=clip_norm, min_lr_ratio=min_lr_ratio, word_dropout=word_dropout,
+                 cell_bound=cell_bound, cell_weight=cell_weight, progress=progress)
+    tr.input_norm = norm
+    return tr
 
 
 def train_student(dataset, knowledge_path: str | Path, cfg, *,
@@ -484,6 +513,9 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
                 tr.run(stage, torch.from_numpy(labels), w, round_)
             tr.restore_best()
         cells = max_abs_cell(tr.model, tr.x, tr.lengths)
+        train_accuracy = tr.train_accuracy()
+        if tr.input_norm is not None:
+            fold_input_norm(tr.model, tr.input_norm)
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
@@ -496,7 +528,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
         "best_epoch": tr.best_epoch,
         "best_stage": history[tr.best_epoch - 1]["stage"],
         "best_val_accuracy": history[tr.best_epoch - 1].get("val_accuracy"),
-        "train_accuracy": tr.train_accuracy(),
+        "train_accuracy": train_accuracy,
         "max_abs_cell": cells,
         "cell_bound": cell_bound,
         "layer_map": [list(p) for p in pairs],
