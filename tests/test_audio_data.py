@@ -3,6 +3,7 @@ repeatable) and bring-your-own WAV folders and manifests, with their errors."""
 import json
 import subprocess
 import wave
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -58,13 +59,15 @@ def test_folder_per_label_becomes_front_end_sequences(tmp_path):
         for k in range(6):
             _wav(tmp_path / "clips" / label / f"{k}.wav", _tone(6000 + 500 * k, f, k))
     cfg = TaskConfig(kind="audio", train=str(tmp_path / "clips"), clip_seconds=0.5, test_fraction=0.2,
-                     val_fraction=0.2)
+                     val_fraction=0.2, frames_per_step=1)
     labels, splits = load_audio(cfg)
     assert labels == ["off", "on"] and sum(len(s.y) for s in splits.values()) == 12
     ds = load_task(cfg)
     assert ds.kind == "sequence" and ds.train.x.shape[1:] == (25, 40)  # 0.5 s = 25 hops of 20 ms
     clip = splits["train"].audio[0]
     assert np.array_equal(ds.train.x[0] / FEATURE_SCALE, features(clip))  # exactly the int8 frames
+    paired = load_task(replace(cfg, frames_per_step=2))  # two frames a step: 12 steps, the 25th frame dropped
+    assert np.array_equal(paired.train.x[0].reshape(-1, 40) / FEATURE_SCALE, features(clip)[:24])
 
 
 def test_manifest_with_transcripts_and_its_errors(tmp_path):
@@ -109,3 +112,6 @@ def test_spoken_commands_hold_out_voices_and_repeat_byte_for_byte(tmp_path, need
     assert all(np.array_equal(cached[k].audio, splits[k].audio) and cached[k].texts == splits[k].texts for k in splits)
     ds = feature_dataset(labels, splits, split_by="voices")
     assert ds.test.x.shape == (30, 100, 40)
+    stacked = feature_dataset(labels, splits, split_by="voices", frames_per_step=3)  # 33 steps of 3 frames, oldest first
+    assert stacked.test.x.shape == (30, 33, 120)
+    assert np.array_equal(stacked.test.x[:, 5, 40:80], ds.test.x[:, 16]) and np.array_equal(stacked.test.x[:, 32, 80:], ds.test.x[:, 98])

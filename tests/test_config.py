@@ -27,6 +27,7 @@ def test_toml_and_overrides(tmp_path):
     ("run = 'default'\n", "not a keyword"),
     ("run = '9lives'\n", "C identifier"),
     ("[distill]\nalpha = 1.5\n", "distill.alpha"),
+    ("[task]\nkind = 'audio'\nframes_per_step = 0\n", "task.frames_per_step must be in"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, words):

@@ -38,6 +38,10 @@ class TaskConfig:
     # empty) speak clips_per_intent of the intents task's utterances per intent and language.
     clip_seconds: float = 3.0
     clips_per_intent: int = 40
+    # audio: front-end frames (20 ms each) per student step: the LSTM steps once per this many
+    # frames, on their concatenation (fewer, richer steps train far better than 150 thin ones
+    # and cost the device fewer LSTM steps; bench/RESULTS.md, "Spoken commands").
+    frames_per_step: int = 4
 
 
 @dataclass
@@ -343,6 +347,8 @@ def validate(cfg: Config) -> None:
     need(cfg.task.kind in ("intents", "jsonl", "npz", "audio"),
          f"task.kind must be intents, jsonl, npz or audio, not {cfg.task.kind!r}")
     need(0.1 <= cfg.task.clip_seconds <= 60, f"task.clip_seconds must be in [0.1, 60], not {cfg.task.clip_seconds}")
+    need(1 <= cfg.task.frames_per_step <= 50,
+         f"task.frames_per_step must be in [1, 50] (front-end frames per student step), not {cfg.task.frames_per_step}")
     need(cfg.task.clips_per_intent >= 3, f"task.clips_per_intent must be at least 3, not {cfg.task.clips_per_intent}")
     need(cfg.task.kind in ("intents", "audio") or bool(cfg.task.train),
          f"task.kind = {cfg.task.kind!r} needs task.train (a file path)")

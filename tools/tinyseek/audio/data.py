@@ -131,11 +131,22 @@ def load_audio(cfg: TaskConfig, cache_dir: str | Path | None = None) -> tuple[li
                     for s, p in (("train", ds.train), ("val", ds.val), ("test", ds.test))}
 
 
+def stack_frames(frames: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """[N, T, C] frames as [N, T // k, k * C] steps: k consecutive frames side by side, oldest
+    first (a trailing part step is dropped). The device does the same: the LSTM steps once per
+    k frames, on their concatenation."""
+    n, t, c = frames.shape
+    t_k = t // frames_per_step
+    return frames[:, :t_k * frames_per_step].reshape(n, t_k, frames_per_step * c)
+
+
 def feature_dataset(labels: list[str], splits: dict[str, SpokenSplit], fe: FrontendConfig = FrontendConfig(),
-                    name: str = "audio", split_by: str = "samples") -> Dataset:
-    """The sequence task the student trains on: each clip's int8 front-end frames times FEATURE_SCALE."""
+                    name: str = "audio", split_by: str = "samples", frames_per_step: int = 1) -> Dataset:
+    """The sequence task the student trains on: each clip's int8 front-end frames times
+    FEATURE_SCALE, `frames_per_step` frames to a step (stack_frames)."""
     def one(s: SpokenSplit) -> Split:
         x = np.stack([features(a, fe) for a in s.audio]) if len(s.y) else np.zeros((0, 1, fe.channels), np.int8)
+        x = stack_frames(x, frames_per_step)
         return Split(y=s.y, texts=None, x=x.astype(np.float32) * np.float32(FEATURE_SCALE))
     return Dataset(name=name, kind="sequence", labels=list(labels), train=one(splits["train"]), val=one(splits["val"]),
                    test=one(splits["test"]), split_by=split_by)

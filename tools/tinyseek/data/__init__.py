@@ -22,5 +22,6 @@ def load_task(cfg: TaskConfig, cache_dir=None) -> Dataset:
     if cfg.kind == "audio":
         from ..audio.data import feature_dataset, load_audio
         labels, splits = load_audio(cfg, cache_dir)
-        return feature_dataset(labels, splits, split_by="samples" if cfg.train else "voices")
+        return feature_dataset(labels, splits, split_by="samples" if cfg.train else "voices",
+                               frames_per_step=cfg.frames_per_step)
     raise DataError(f"task.kind must be intents, jsonl, npz or audio, not {cfg.kind!r}")
