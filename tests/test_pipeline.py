@@ -201,6 +201,20 @@ def test_the_student_key_counts_subwords_only_when_on(tmp_path):
     assert runs[1].input_key("distill") != before
 
 
+def test_the_task_key_counts_frames_per_step_only_for_audio(tmp_path):
+    """task.frames_per_step is an audio setting: other tasks keep the keys they had before it."""
+    from dataclasses import asdict
+
+    run = Run(load(overrides={"models_dir": str(tmp_path)}))
+    before = {k: v for k, v in asdict(run.cfg.task).items() if k != "frames_per_step"}
+    assert run._task_key()[0] == before
+    assert Run(load(overrides={"models_dir": str(tmp_path), "task.frames_per_step": 2})).input_key("teacher") == \
+        run.input_key("teacher")
+    audio = [Run(load(overrides={"models_dir": str(tmp_path), "task.kind": "audio", "task.frames_per_step": k}))
+             for k in (2, 4)]
+    assert audio[0].input_key("teacher") != audio[1].input_key("teacher")
+
+
 def test_a_transfer_set_writer_keeps_the_adaptation_and_old_keys(tmp_path):
     """A pretrained writer (teacher.transfer_writer) writes the transfer set, so the teacher is
     adapted as without one and is reused; the writer's settings (and the in-context examples'

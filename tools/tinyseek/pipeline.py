@@ -178,9 +178,12 @@ class Run:
 
     def _task_key(self) -> list:
         c = self.cfg
+        task = asdict(c.task)
+        if c.task.kind != "audio":  # an audio-only setting: other tasks keep the keys they had before it
+            del task["frames_per_step"]
         # Your own data counts by content, not only by path: an edited file re-runs the stages.
-        return [asdict(c.task)] + [hash_files(Path(f)) for f in (c.task.train, c.task.test, c.task.val)
-                               if f and Path(f).exists()]
+        return [task] + [hash_files(Path(f)) for f in (c.task.train, c.task.test, c.task.val)
+                         if f and Path(f).exists()]
 
     def adaptation_key(self) -> str:
         """The teacher stage's inputs but the settings only the extraction reads: a change of
