@@ -44,3 +44,50 @@ def test_int8_audio_student_reads_the_front_end_output_unchanged(tmp_path, one_t
     assert staged.input_scale == FEATURE_SCALE
     with pytest.raises(QuantError, match="input_scale must be > 0"):
         quantize(folder, ds.train.x, name="tones", input_scale=0.0)
+
+
+def _manifest(tmp_path, with_text: bool):
+    """Two spoken labels as tones (a low and a high one), with or without transcripts."""
+    import json
+    import wave
+    rows = []
+    for k in range(40):
+        path = tmp_path / "clips" / f"{k}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(_tones(2, k).audio[k % 2][:4800].tobytes())  # label k % 2: high, low
+        rows.append({"audio": f"clips/{k}.wav", "label": ["high", "low"][k % 2]}
+                    | ({"text": ["it is high", "it is low"][k % 2]} if with_text else {}))
+    m = tmp_path / "train.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return m
+
+
+@pytest.mark.parametrize("with_text", [True, False])
+def test_the_teacher_reads_the_transcripts_and_the_student_the_audio(tmp_path, with_text):
+    """Cross-modal distillation in `tinyseek build`: with a transcript for every clip the teacher
+    adapts on and reads the text, clip for clip; without, it reads the front end's features."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from tinyseek.pipeline import Run
+    cfg = load(overrides={"task.kind": "audio", "task.train": str(_manifest(tmp_path, with_text)),
+                          "task.clip_seconds": 0.3, "models_dir": str(tmp_path / "models"),
+                          "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
+                          "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 2, "student.hidden": 8,
+                          "distill.epochs": 2})
+    run = Run(cfg, log=lambda *a: None)
+    run.build(until="distill")
+    meta = json.loads((run.teacher_dir / "teacher.json").read_text())
+    assert meta["kind"] == ("text" if with_text else "sequence")
+    knowledge = load_file(str(run.knowledge))
+    assert knowledge["train.logits"].shape == (len(run.dataset.train.y), 2)
+    assert json.loads((run.student_dir / "student.json").read_text())["kind"] == "sequence"
+    if with_text:
+        assert run.teacher_dataset.train.texts[0] in ("it is high", "it is low")
+        assert np.array_equal(run.teacher_dataset.train.y, run.dataset.train.y)  # clip for clip
+    assert (run.teacher_dataset is run.task_dataset) != with_text

@@ -376,6 +376,9 @@ def validate(cfg: Config) -> None:
     need(cfg.teacher.engine in ("local", "ray") and cfg.teacher.workers >= 0,
          f"teacher.engine must be local or ray (not {cfg.teacher.engine!r}) and teacher.workers >= 0 "
          f"(0: one per GPU, else per CPU), not {cfg.teacher.workers}")
+    need(cfg.task.kind != "audio" or not cfg.teacher.transfer_samples,
+         "teacher.transfer_samples is for text tasks: a written sentence has no audio for an audio student; "
+         "set it to 0 for task.kind = \"audio\"")
     need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
          and cfg.teacher.transfer_temperature > 0,
          "teacher.transfer_samples must be >= 0, transfer_confidence in [0, 1), transfer_temperature > 0")

@@ -92,7 +92,7 @@ class Run:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.log = log
-        self._dataset = self._task_dataset = None
+        self._dataset = self._task_dataset = self._teacher_dataset = None
         self.current: str | None = None  # the stage running now (for the Ctrl-C message)
         self.overwrite = False  # codegen may replace files in the library folder that lack the stamp
         for what, path in (("run folder", self.dir), ("model library", self.lib_dir)):
@@ -128,6 +128,16 @@ class Run:
             from .data import load_task
             self._task_dataset = self._check_test_split(load_task(self.cfg.task, cache_dir=self.dir))
         return self._task_dataset
+
+    @property
+    def teacher_dataset(self):
+        """What the teacher adapts on and reads: the task's data, or an audio task's transcripts
+        where every clip has one (cross-modal distillation: the student learns from the audio
+        what the teacher read in the text, clip for clip)."""
+        if self._teacher_dataset is None:
+            from .data import load_transcripts
+            self._teacher_dataset = load_transcripts(self.cfg.task, cache_dir=self.dir) or self.task_dataset
+        return self._teacher_dataset
 
     @property
     def dataset(self):
@@ -296,14 +306,20 @@ def _teacher(run: Run) -> None:
     if meta.get("adaptation_key") == key:
         run.log("[teacher] adaptation unchanged (only extraction settings differ): extracting with the saved teacher")
     else:
-        adapt(run.task_dataset, run.cfg.teacher, run.dir)
+        if run.teacher_dataset is not run.task_dataset:
+            run.log(f"[teacher] reads the {len(run.teacher_dataset.train.y):,} training clips' transcripts; the "
+                    "student learns its knowledge from the audio")
+        adapt(run.teacher_dataset, run.cfg.teacher, run.dir)
         meta = json.loads(meta_file.read_text())
         if meta.get("val_accuracy") is not None:
-            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.task_dataset.val.y):,} "
-                    f"samples held out by {run.task_dataset.split_by} ({meta['finetune_epochs']} epochs)")
+            run.log(f"[teacher] validation accuracy {meta['val_accuracy']:.4f} on {len(run.teacher_dataset.val.y):,} "
+                    f"samples held out by {run.teacher_dataset.split_by} ({meta['finetune_epochs']} epochs)")
         meta["adaptation_key"] = key
         meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     from .teacher.transfer import write_transfer_set
+    if run.teacher_dataset is not run.task_dataset:
+        extract(run.teacher_dataset, run.cfg.teacher, run.dir, log=run.log)
+        return
     write_transfer_set(run.task_dataset, run.cfg.teacher, run.dir, run.log)
     run._dataset = None  # the training split now holds the transfer set, if one was asked for
     extract(run.dataset, run.cfg.teacher, run.dir, log=run.log)
