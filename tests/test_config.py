@@ -28,6 +28,7 @@ def test_toml_and_overrides(tmp_path):
     ("run = '9lives'\n", "C identifier"),
     ("[distill]\nalpha = 1.5\n", "distill.alpha"),
     ("[task]\nkind = 'audio'\nframes_per_step = 0\n", "task.frames_per_step must be in"),
+    ("[task]\nkind = 'audio'\n[teacher]\ntransfer_samples = 10\n", "teacher.transfer_samples is for text tasks"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, words):
