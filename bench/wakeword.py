@@ -99,27 +99,41 @@ def noise(n: int, rng: np.random.Generator) -> np.ndarray:
 def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, per_clip: int, k: int,
                  near_misses: list[np.ndarray] = ()) -> Split:
     """Keyword windows: the keyword ends in the window's last 400 ms, over a background of other
-    speech (a command window 6 to 30 dB down) or noise; other windows: command windows, noise
-    and near misses placed as the keywords are. k front-end frames to a student step."""
+    speech (a command window 6 to 30 dB down) or noise, or between two commands at their own
+    level as in a stream; other windows: command windows, windows across the boundary of two
+    commands, noise, and near misses placed as the keywords are. k front-end frames to a step."""
     rng = np.random.default_rng([seed, 11])
     n = WINDOW * FE.hop
     backgrounds = windows(commands, rng, 1)
+
+    def pick() -> np.ndarray:
+        return commands[int(rng.integers(len(commands)))].astype(np.float64)
 
     def placed(clips: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for c in clips:
             end = n - int(rng.integers(0, 20)) * FE.hop
-            if rng.random() < 0.5:
-                back = backgrounds[int(rng.integers(len(backgrounds)))] * 10 ** (-rng.uniform(6, 30) / 20)
+            mode = rng.random()
+            if mode < 1 / 3:  # between two commands, back to back, as the streams have it
+                seq = np.concatenate([pick(), c, pick()])
+                at = len(seq) - len(c) - len(commands[0])  # where c starts
+                window = seq[at + len(c) - end:at + len(c) - end + n]
             else:
-                back = noise(n, rng)
-            back[max(0, end - len(c)):end] += c[-end:]
-            out.append(np.clip(np.round(back), -32768, 32767).astype(np.int16))
+                back = (backgrounds[int(rng.integers(len(backgrounds)))] * 10 ** (-rng.uniform(6, 30) / 20)
+                        if mode < 2 / 3 else noise(n, rng))
+                back[max(0, end - len(c)):end] += c[-end:]
+                window = back
+            out.append(np.clip(np.round(window), -32768, 32767).astype(np.int16))
         return out
+
+    def across() -> np.ndarray:  # the end of one command and the start of the next
+        seq = np.concatenate([pick(), pick()])
+        start = len(commands[0]) - int(rng.integers(0, WINDOW)) * FE.hop
+        return np.clip(np.round(seq[start:start + n]), -32768, 32767).astype(np.int16)
 
     pos = placed(keywords)
     neg = windows(commands, rng, per_clip) + [np.round(noise(n, rng)).astype(np.int16) for _ in range(len(keywords))]
-    neg += placed(list(near_misses))
+    neg += [across() for _ in range(len(keywords))] + placed(list(near_misses))
     x = stack_frames(np.stack([features(a, FE) for a in pos + neg]), k).astype(np.float32) * np.float32(FEATURE_SCALE)
     return Split(y=np.array([1] * len(pos) + [0] * len(neg), np.int64), texts=None, x=x)
 
@@ -255,7 +269,8 @@ def main() -> None:
 "{KEYWORD}" (synthetic voices, docs/audio.md), a TinyLSTM (hidden {args.hidden}) over 1 s of the front
 end's frames ({k} frames to a step), run every 200 ms, int8 with the integer reference, hard labels
 only; trained on {out['train_windows']['keyword']} keyword and {out['train_windows']['other']} other windows of training
-voices (the other windows: spoken commands, noise and {args.near_misses} near misses such as
+voices (a third of the keywords between two commands at their level, as in the streams; the other
+windows: spoken commands, windows across two commands, noise and {args.near_misses} near misses such as
 "{NEAR_MISSES[2]}" and "{NEAR_MISSES[3]}").
 The streams are the held-out splits' spoken commands (English and Chinese, {hours['val']:.1f} h and
 {hours['test']:.1f} h without the keyword) with the keywords of held-out voices between them. The window
