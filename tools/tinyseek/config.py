@@ -39,8 +39,8 @@ class TaskConfig:
     clip_seconds: float = 3.0
     clips_per_intent: int = 40
     # audio: front-end frames (20 ms each) per student step: the LSTM steps once per this many
-    # frames, on their concatenation (fewer, richer steps train far better than 150 thin ones
-    # and cost the device fewer LSTM steps; bench/RESULTS.md, "Spoken commands").
+    # frames, on their concatenation (the device runs fewer LSTM steps, and what the student
+    # learns from a command's start has fewer steps to survive; docs/audio.md).
     frames_per_step: int = 4
 
 
