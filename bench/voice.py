@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from tinyseek.audio.data import FEATURE_SCALE, feature_dataset, load_audio  # noqa: E402
+from tinyseek.audio.data import FEATURE_SCALE, feature_dataset, load_audio, transcript_dataset  # noqa: E402
 from tinyseek.config import load  # noqa: E402
-from tinyseek.data.dataset import Dataset, Split  # noqa: E402
+from tinyseek.data.dataset import Dataset  # noqa: E402
 from tinyseek.distill.train import predict_logits, train_student  # noqa: E402
 from tinyseek.quant.quantize import quantize  # noqa: E402
 from tinyseek.quant.reference import infer_sequences  # noqa: E402
@@ -46,12 +46,6 @@ from results_md import replace_section  # noqa: E402
 HEADING = "## Spoken commands: cross-modal distillation (`python bench/voice.py`)"
 RESULTS_JSON = ROOT / "bench" / "results" / "voice.json"
 SPLITS = ("train", "val", "test")
-
-
-def transcripts(labels, splits) -> Dataset:
-    """The clips' transcripts as a text task, in the clips' order: what the teacher reads."""
-    parts = {s: Split(y=splits[s].y, texts=list(splits[s].texts), x=None) for s in SPLITS}
-    return Dataset(name="spoken-transcripts", kind="text", labels=list(labels), **parts)
 
 
 def text_student(run_dir: Path, text: Dataset) -> dict:
@@ -91,7 +85,7 @@ def main() -> None:
     labels, splits = load_audio(cfg.task, cache_dir=args.run)
     t_synth = time.time() - t0
     audio = feature_dataset(labels, splits, split_by="voices", frames_per_step=k)
-    text = transcripts(labels, splits)
+    text = transcript_dataset(labels, splits, "voices")
     teacher_dir = args.run / "teacher"
     if teacher_dir.exists():
         shutil.rmtree(teacher_dir)

@@ -115,9 +115,9 @@ def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, pe
             end = n - int(rng.integers(0, 20)) * FE.hop
             mode = rng.random()
             if mode < 1 / 3:  # between two commands, back to back, as the streams have it
-                seq = np.concatenate([pick(), c, pick()])
-                at = len(seq) - len(c) - len(commands[0])  # where c starts
-                window = seq[at + len(c) - end:at + len(c) - end + n]
+                before = pick()
+                c_end = len(before) + len(c)
+                window = np.concatenate([before, c, pick()])[c_end - end:c_end - end + n]
             else:
                 back = (backgrounds[int(rng.integers(len(backgrounds)))] * 10 ** (-rng.uniform(6, 30) / 20)
                         if mode < 2 / 3 else noise(n, rng))
@@ -127,8 +127,9 @@ def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, pe
         return out
 
     def across() -> np.ndarray:  # the end of one command and the start of the next
-        seq = np.concatenate([pick(), pick()])
-        start = len(commands[0]) - int(rng.integers(0, WINDOW)) * FE.hop
+        first = pick()
+        seq = np.concatenate([first, pick()])
+        start = len(first) - int(rng.integers(0, WINDOW)) * FE.hop
         return np.clip(np.round(seq[start:start + n]), -32768, 32767).astype(np.int16)
 
     pos = placed(keywords)

@@ -92,7 +92,7 @@ class Run:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.log = log
-        self._dataset = self._task_dataset = self._teacher_dataset = None
+        self._dataset = self._task_dataset = self._transcripts = None
         self.current: str | None = None  # the stage running now (for the Ctrl-C message)
         self.overwrite = False  # codegen may replace files in the library folder that lack the stamp
         for what, path in (("run folder", self.dir), ("model library", self.lib_dir)):
@@ -125,8 +125,9 @@ class Run:
     def task_dataset(self):
         """The task's data as configured (what the teacher adapts on)."""
         if self._task_dataset is None:
-            from .data import load_task
-            self._task_dataset = self._check_test_split(load_task(self.cfg.task, cache_dir=self.dir))
+            from .data import load_task_and_transcripts
+            ds, self._transcripts = load_task_and_transcripts(self.cfg.task, cache_dir=self.dir)
+            self._task_dataset = self._check_test_split(ds)
         return self._task_dataset
 
     @property
@@ -134,10 +135,8 @@ class Run:
         """What the teacher adapts on and reads: the task's data, or an audio task's transcripts
         where every clip has one (cross-modal distillation: the student learns from the audio
         what the teacher read in the text, clip for clip)."""
-        if self._teacher_dataset is None:
-            from .data import load_transcripts
-            self._teacher_dataset = load_transcripts(self.cfg.task, cache_dir=self.dir) or self.task_dataset
-        return self._teacher_dataset
+        task = self.task_dataset
+        return task if self._transcripts is None else self._transcripts
 
     @property
     def dataset(self):
@@ -302,11 +301,12 @@ class Run:
 def _teacher(run: Run) -> None:
     from .teacher import adapt, extract
     meta_file, key = run.teacher_dir / "teacher.json", run.adaptation_key()
+    cross_modal = run.teacher_dataset is not run.task_dataset  # an audio task's transcripts
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if meta.get("adaptation_key") == key:
         run.log("[teacher] adaptation unchanged (only extraction settings differ): extracting with the saved teacher")
     else:
-        if run.teacher_dataset is not run.task_dataset:
+        if cross_modal:
             run.log(f"[teacher] reads the {len(run.teacher_dataset.train.y):,} training clips' transcripts; the "
                     "student learns its knowledge from the audio")
         adapt(run.teacher_dataset, run.cfg.teacher, run.dir)
@@ -316,10 +316,10 @@ def _teacher(run: Run) -> None:
                     f"samples held out by {run.teacher_dataset.split_by} ({meta['finetune_epochs']} epochs)")
         meta["adaptation_key"] = key
         meta_file.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    from .teacher.transfer import write_transfer_set
-    if run.teacher_dataset is not run.task_dataset:
+    if cross_modal:
         extract(run.teacher_dataset, run.cfg.teacher, run.dir, log=run.log)
         return
+    from .teacher.transfer import write_transfer_set
     write_transfer_set(run.task_dataset, run.cfg.teacher, run.dir, run.log)
     run._dataset = None  # the training split now holds the transfer set, if one was asked for
     extract(run.dataset, run.cfg.teacher, run.dir, log=run.log)

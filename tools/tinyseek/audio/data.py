@@ -150,3 +150,12 @@ def feature_dataset(labels: list[str], splits: dict[str, SpokenSplit], fe: Front
         return Split(y=s.y, texts=None, x=x.astype(np.float32) * np.float32(FEATURE_SCALE))
     return Dataset(name=name, kind="sequence", labels=list(labels), train=one(splits["train"]), val=one(splits["val"]),
                    test=one(splits["test"]), split_by=split_by)
+
+
+def transcript_dataset(labels: list[str], splits: dict[str, SpokenSplit], split_by: str = "samples") -> Dataset | None:
+    """The clips' transcripts as a text task, clip for clip: what the teacher reads in
+    cross-modal distillation. None where any clip has no transcript."""
+    if not all(t for s in splits.values() for t in s.texts):
+        return None
+    return Dataset(name="transcripts", kind="text", labels=list(labels), split_by=split_by,
+                   **{name: Split(y=s.y, texts=list(s.texts), x=None) for name, s in splits.items()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..config import TaskConfig
 from .dataset import DataError, Dataset, Split
 
-__all__ = ["DataError", "Dataset", "Split", "load_task", "load_transcripts"]
+__all__ = ["DataError", "Dataset", "Split", "load_task", "load_task_and_transcripts"]
 
 
 def load_task(cfg: TaskConfig, cache_dir=None) -> Dataset:
@@ -20,23 +20,18 @@ def load_task(cfg: TaskConfig, cache_dir=None) -> Dataset:
         from .byo import load_npz
         return load_npz(cfg)
     if cfg.kind == "audio":
-        from ..audio.data import feature_dataset, load_audio
-        labels, splits = load_audio(cfg, cache_dir)
-        return feature_dataset(labels, splits, split_by="samples" if cfg.train else "voices",
-                               frames_per_step=cfg.frames_per_step)
+        return load_task_and_transcripts(cfg, cache_dir)[0]
     raise DataError(f"task.kind must be intents, jsonl, npz or audio, not {cfg.kind!r}")
 
 
-def load_transcripts(cfg: TaskConfig, cache_dir=None) -> Dataset | None:
-    """An audio task's transcripts as a text task, clip for clip in load_task's order: what the
-    teacher reads in cross-modal distillation. None where the task is not audio or any clip has
-    no transcript (the teacher then reads the front end's features, like any sequence task)."""
+def load_task_and_transcripts(cfg: TaskConfig, cache_dir=None) -> tuple[Dataset, Dataset | None]:
+    """load_task's Dataset and, for an audio task whose every clip has a transcript, the
+    transcripts as a text task, clip for clip (what the teacher reads in cross-modal
+    distillation); None otherwise. An audio task's clips are read once for both."""
     if cfg.kind != "audio":
-        return None
-    from ..audio.data import load_audio
+        return load_task(cfg, cache_dir), None
+    from ..audio.data import feature_dataset, load_audio, transcript_dataset
     labels, splits = load_audio(cfg, cache_dir)
-    if not all(t for s in splits.values() for t in s.texts):
-        return None
-    parts = {name: Split(y=s.y, texts=list(s.texts), x=None) for name, s in splits.items()}
-    return Dataset(name="transcripts", kind="text", labels=list(labels), split_by="samples" if cfg.train else "voices",
-                   **parts)
+    split_by = "samples" if cfg.train else "voices"
+    return (feature_dataset(labels, splits, split_by=split_by, frames_per_step=cfg.frames_per_step),
+            transcript_dataset(labels, splits, split_by))
