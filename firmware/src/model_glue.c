@@ -20,8 +20,15 @@
 #endif
 
 /* The `db` input buffer holds TINYSEEK_INPUT_STEPS steps: token ids (text models, by default
- * the tokenizer's max_len) or int8 feature vectors (sequence models, by default 128). */
-#if TINYSEEK_MODEL_KIND_TEXT
+ * the tokenizer's max_len) or int8 feature vectors (sequence models, by default 128); for an
+ * audio model TINYSEEK_INPUT_SAMPLES int16 samples (by default one hop of the front end: the
+ * host streams a clip hop by hop, so RAM holds 20 ms of audio, not the clip). */
+#if defined(TINYSEEK_MODEL_FEED_AUDIO)
+#ifndef TINYSEEK_INPUT_SAMPLES
+#define TINYSEEK_INPUT_SAMPLES TINYSEEK_MODEL_HOP
+#endif
+#define TS_INPUT_BYTES (2 * (TINYSEEK_INPUT_SAMPLES))
+#elif TINYSEEK_MODEL_KIND_TEXT
 #ifndef TINYSEEK_INPUT_STEPS
 #define TINYSEEK_INPUT_STEPS TINYSEEK_MODEL_MAX_LEN
 #endif
@@ -43,6 +50,16 @@ static int16_t logits[TINYSEEK_MODEL_NUM_CLASSES];
  * report counts this symbol as the model's RAM, tools/tinyseek/harness/elfmem.py). */
 static TINYSEEK_MODEL_STATE tinyseek_model_state;
 
+#if defined(TINYSEEK_MODEL_FEED_AUDIO)
+static int feed_audio(void *state, const int16_t *pcm, int n) {
+    return TINYSEEK_MODEL_FEED_AUDIO((TINYSEEK_MODEL_STATE *)state, pcm, n);
+}
+#define TS_FEED_AUDIO feed_audio
+#else
+#define TS_FEED_AUDIO NULL
+#endif
+
 const dut_model_t tinyseek_model = {
     &TINYSEEK_MODEL_API, &tinyseek_model_state, input.bytes, input.ids, sizeof input.bytes, logits,
+    TS_FEED_AUDIO,
 };

@@ -51,6 +51,8 @@ static const tinyseek_model_api *A; /* M->api */
 #else
 #define KIND_TEXT (A->kind_text)
 #endif
+/* An audio model: the loaded input is int16 samples, fed through the library's front end. */
+#define KIND_AUDIO (M->feed_audio != NULL)
 
 static char line[DUT_LINE_MAX];
 static size_t line_len;
@@ -405,7 +407,7 @@ static void cmd_db_print(const char *pos, const char *end) {
 }
 
 /* Checks that the loaded bytes form a complete, valid model input; returns the number of
- * steps (token ids or feature vectors), or -1 after printing the error. */
+ * steps (token ids or feature vectors) or of samples (audio), or -1 after printing the error. */
 static long input_steps(const char *what) {
     size_t i, n;
     unsigned long size = (unsigned long)load_size;
@@ -417,7 +419,7 @@ static long input_steps(const char *what) {
         err("%s: input incomplete: %u of %u bytes loaded", what, (unsigned long)load_pos, size);
         return -1;
     }
-    if (!KIND_TEXT) {
+    if (!KIND_TEXT && !KIND_AUDIO) {
         if (load_size % (size_t)A->num_features != 0u) {
             err("%s: %u bytes are not a whole number of int8 steps of %u features", what, size,
                  (unsigned long)A->num_features);
@@ -426,11 +428,12 @@ static long input_steps(const char *what) {
         return (long)(load_size / (size_t)A->num_features);
     }
     if (load_size % 2u != 0u) {
-        err("%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
+        err(KIND_AUDIO ? "%s: samples are int16 little-endian, 2 bytes each; %u bytes is odd"
+                       : "%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
         return -1;
     }
     n = load_size / 2u;
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n && !KIND_AUDIO; i++) {
         uint16_t id = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
         if (id >= (unsigned)A->vocab_size) {
             err("%s: token id %u at position %u is not below the vocabulary size %u", what,
@@ -440,8 +443,8 @@ static long input_steps(const char *what) {
     }
 #if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     /* input_ids is the same memory viewed as uint16: on a little-endian core the bytes
-     * already are the ids; elsewhere decoding in place reads byte pair i before id i
-     * overwrites it. */
+     * already are the ids (or samples); elsewhere decoding in place reads byte pair i before
+     * id i overwrites it. */
     for (i = 0; i < n; i++) {
         M->input_ids[i] = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
     }
@@ -451,7 +454,18 @@ static long input_steps(const char *what) {
 
 /* ---- inference ------------------------------------------------------------------------ */
 
+/* Audio: the library's front end on `n` loaded samples, then the logits. */
+static int feed_samples(long n) {
+    int rc = M->feed_audio(M->state, (const int16_t *)(const void *)M->input_ids, (int)n);
+    if (rc >= 0) A->logits(M->state, M->logits_out);
+    return rc;
+}
+
 static int run_once(long steps) {
+    if (KIND_AUDIO) {
+        A->reset(M->state);
+        return feed_samples(steps);
+    }
     if (KIND_TEXT) return A->infer_tokens(M->state, M->input_ids, (int)steps, M->logits_out);
     return A->infer(M->state, (const int8_t *)M->input, (int)steps, M->logits_out);
 }
@@ -521,11 +535,15 @@ static void cmd_stream(const char *pos, const char *end) {
     if (steps < 0) return;
     dut_port_timer_sync();
     t0 = dut_port_ticks();
-    for (i = 0; i < steps && rc >= 0; i++) {
-        rc = KIND_TEXT ? A->step_token(M->state, M->input_ids[i])
-                          : A->step(M->state, (const int8_t *)M->input + i * A->num_features);
+    if (KIND_AUDIO) {
+        rc = feed_samples(steps);
+    } else {
+        for (i = 0; i < steps && rc >= 0; i++) {
+            rc = KIND_TEXT ? A->step_token(M->state, M->input_ids[i])
+                              : A->step(M->state, (const int8_t *)M->input + i * A->num_features);
+        }
+        if (rc >= 0) A->logits(M->state, M->logits_out);
     }
-    if (rc >= 0) A->logits(M->state, M->logits_out);
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("stream", rc)) return;
     out_run(dt);
@@ -537,7 +555,8 @@ static void cmd_cls(const char *text, const char *end) {
     const char *label;
     while (text < end && is_space(*text)) text++;
     if (!KIND_TEXT) {
-        err("cls: this is a sequence model; load int8 features with db and run infer");
+        err(KIND_AUDIO ? "cls: this is an audio model; load int16 samples with db and run infer or stream"
+                       : "cls: this is a sequence model; load int8 features with db and run infer");
         return;
     }
     dut_port_timer_sync();
@@ -557,7 +576,7 @@ static void cmd_info(void) {
     outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
          "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,"
          "timestamps=" TIMESTAMP_MODE ",buffer=%u,line=%u]\r\n",
-         A->name, A->hash, KIND_TEXT ? "text" : "sequence", (unsigned long)A->num_classes,
+         A->name, A->hash, KIND_TEXT ? "text" : KIND_AUDIO ? "audio" : "sequence", (unsigned long)A->num_classes,
          (unsigned long)A->input_size, (unsigned long)A->num_layers, (unsigned long)A->hidden_size,
          (unsigned long)A->vocab_size, (unsigned long)A->max_len, (unsigned long)A->num_features, A->kernel,
          tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, tg->timer_unit, tg->timer_per_us,

@@ -70,6 +70,9 @@ typedef struct {
     uint16_t *input_ids;
     size_t input_capacity;         /* bytes */
     int16_t *logits_out;           /* api->num_classes entries */
+    /* Audio models: <name>_feed_audio with a generic state, and the loaded input is int16
+     * little-endian samples (the same memory as input_ids); NULL for every other model. */
+    int (*feed_audio)(void *state, const int16_t *pcm, int n);
 } dut_model_t;
 
 /* Start the interpreter and print the boot banner (m-timestamp-mode-..., m-init-done, m-ready). */

@@ -147,7 +147,7 @@ def feature_dataset(labels: list[str], splits: dict[str, SpokenSplit], fe: Front
     def one(s: SpokenSplit) -> Split:
         x = np.stack([features(a, fe) for a in s.audio]) if len(s.y) else np.zeros((0, 1, fe.channels), np.int8)
         x = stack_frames(x, frames_per_step)
-        return Split(y=s.y, texts=None, x=x.astype(np.float32) * np.float32(FEATURE_SCALE))
+        return Split(y=s.y, texts=None, x=x.astype(np.float32) * np.float32(FEATURE_SCALE), audio=s.audio)
     return Dataset(name=name, kind="sequence", labels=list(labels), train=one(splits["train"]), val=one(splits["val"]),
                    test=one(splits["test"]), split_by=split_by)
 

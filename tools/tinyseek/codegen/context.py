@@ -45,7 +45,7 @@ def _array(name: str, suffix: str, ctype: str, values: np.ndarray, doc: str) -> 
     return CArray(prefixed(name, suffix), ctype, v.astype(dtype), doc)
 
 
-def file_names(name: str, kind: str) -> dict[str, str]:
+def file_names(name: str, kind: str, audio: bool = False) -> dict[str, str]:
     """Template -> output file name of one model library."""
     files = {
         "lib/model.h.j2": f"{name}_model.h",
@@ -67,6 +67,9 @@ def file_names(name: str, kind: str) -> dict[str, str]:
     }
     if kind == "text":
         files["lib/tokenizer.c.j2"] = f"{name}_tokenizer.c"
+    if audio:  # the fixed-point front end the library runs on samples (templates/audio/)
+        files["audio/frontend.h.j2"] = f"{name}_frontend.h"
+        files["audio/frontend.c.j2"] = f"{name}_frontend.c"
     return files
 
 
@@ -455,6 +458,21 @@ def neon32_plan(width: str, n: int) -> dict:
             "loops": any(it["loop"] for seg in out for it in seg["items"])}
 
 
+def _audio_context(model: QuantModel) -> dict:
+    """What an audio model's library adds: the front end's template context (cfg, t, fft_bits,
+    digest, as templates/audio/ reads them) and the sizes of the state it keeps per stream."""
+    fe = model.frontend
+    k = model.audio["frames_per_step"]
+    history = max(fe.window - fe.hop, 1)
+    return {
+        "frames_per_step": k, "hop": fe.hop, "channels": fe.channels, "sample_rate": fe.sample_rate,
+        "frontend": {"cfg": fe, "t": fe.tables, "fft_bits": fe.fft.bit_length() - 1, "digest": fe.digest},
+        # int16 history and hop buffer, uint16 fill count; int8 frames of a step, uint8 frame count
+        "state_bytes": 2 * history + 2 * fe.hop + 2 + k * fe.channels + 1,
+        "scratch_bytes": 4 * 2 * fe.fft,  # int32 real and imaginary rows of the FFT
+    }
+
+
 def build_context(model: QuantModel, generator_version: str) -> dict:
     name = check_name(model.name)
     check_model(model)
@@ -522,12 +540,18 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     units = sum(L.hidden for L in model.layers)
     state_bytes = 3 * units + units % 2
     scratch_bytes = max_hidden  # the new h of one layer (every unit reads the old one)
+    audio = _audio_context(model) if model.audio is not None else None
+    if audio:  # the stream's samples and frames beside h and c; the FFT's rows in the scratch
+        state_bytes = audio["state_bytes"] + 3 * units
+        state_bytes += state_bytes % 2
+        scratch_bytes += audio["scratch_bytes"]
     if C > MAX_SOFTMAX_CLASSES:
         raise CodegenError(f"{C} classes: the firmware's class probabilities support at most {MAX_SOFTMAX_CLASSES}")
     return {
         "name": name, "NAME": name.upper(), "kind": model.kind, "text": model.kind == "text",
         "generator": GENERATOR, "version": generator_version, "model_hash": model.model_hash(),
-        "command": REGENERATE, "files": file_names(name, model.kind),
+        "command": REGENERATE, "files": file_names(name, model.kind, audio is not None), "audio": audio,
+        **(audio["frontend"] if audio else {}),
         "labels": list(model.labels), "num_classes": C, "input_size": model.input_size,
         "num_layers": len(model.layers), "hidden_size": Htop, "max_hidden": max_hidden,
         "vocab_size": model.vocab_size, "max_len": model.max_len, "num_features": model.num_features,

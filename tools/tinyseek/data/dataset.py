@@ -18,6 +18,8 @@ class Split:
     # Built-in tasks only: the id of the template each sample was generated from
     # (int64 [N], an index into intents.TEMPLATE_TABLE), so leakage can be checked.
     groups: np.ndarray | None = None
+    # Audio tasks: the int16 clips [N, samples] x was computed from (what a device hears).
+    audio: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -60,6 +62,7 @@ def take(split: Split, idx: np.ndarray) -> Split:
         texts=[split.texts[i] for i in idx] if split.texts is not None else None,
         x=split.x[idx] if split.x is not None else None,
         groups=split.groups[idx] if split.groups is not None else None,
+        audio=split.audio[idx] if split.audio is not None else None,
     )
 
 

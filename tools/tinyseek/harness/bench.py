@@ -118,6 +118,8 @@ def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: fl
     subwords, whole groups of subwords + 1 ids, 0 in unused slots, as the device's tokenizer
     writes them)."""
     kind = info["kind"]
+    if kind == "audio":
+        return _stream_audio(dut, np.asarray(item), info), "audio"
     if kind == "text" and isinstance(item, str):
         if len(item.encode()) <= info["line"] - 4 and not any(c in item for c in "%\r\n"):
             return dut.classify(item), "text"
@@ -130,6 +132,29 @@ def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: fl
         raise ValueError("an empty input cannot be loaded (the protocol needs db load N > 0)")
     dut.load(data)
     return dut.infer(runs, warmups, timeout=timeout), "token_ids" if kind == "text" else "features"
+
+
+def _stream_audio(dut: DutClient, pcm: np.ndarray, info: dict) -> dict:
+    """One clip to an audio model as a microphone would give it: reset, then `db` + `stream`
+    chunk by chunk (a chunk fills the device's buffer, one hop of the front end by default).
+    The result is the logits after the last chunk; its time the sum over the clip, and
+    `chunks` each chunk's time: the last one is the latency from the clip's last sample to
+    the decision."""
+    if pcm.dtype != np.int16 or pcm.ndim != 1 or not len(pcm):
+        raise ValueError(f"an audio input is a non-empty 1-D int16 clip, not {pcm.dtype} {pcm.shape}")
+    per_chunk = info["buffer"] // 2
+    line_bytes = max(2, (info["line"] - 4) // 2)  # `db HEX` must fit the device's command line
+    dut.reset()
+    times = []
+    for i in range(0, len(pcm), per_chunk):
+        dut.load(pcm[i:i + per_chunk].astype("<i2").tobytes(), chunk=line_bytes)
+        result = dut.stream()
+        times.append(result["time"]["total"])
+    result["time"] = {"total": sum(times), "runs": 1, "min": sum(times), "max": sum(times),
+                      "unit": result["time"].get("unit")}
+    result["chunks"] = times
+    result["chunk_samples"] = per_chunk
+    return result
 
 
 def _latency(times: list[dict]) -> dict:
@@ -147,13 +172,14 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
 
     inputs: texts (str, tokenized and classified on the device with `cls`) or token-id lists for
     text models;
-    int8 feature arrays [T, F] (or one [N, T, F] array) for sequence models.
+    int8 feature arrays [T, F] (or one [N, T, F] array) for sequence models;
+    int16 clips [samples] for audio models (streamed chunk by chunk, _stream_audio).
     port: the serial port of a real board (e.g. /dev/ttyUSB0; the board is flashed first);
     emulated environments start QEMU and need none. extra_flags: more compiler flags (e.g.
     -DTINYSEEK_KERNEL_PORTABLE). Returns plain, JSON-ready dicts."""
     profile = load_profile(env)
     check_port(profile, port)
-    steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, list))]
+    steps = [np.asarray(x).shape[0] for x in inputs if not isinstance(x, (str, list)) and np.ndim(x) == 2]
     flags = [f"-DTINYSEEK_INPUT_STEPS={max(steps)}"] if steps and max(steps) > DEFAULT_INPUT_STEPS else []
     flags += list(extra_flags)
 
@@ -213,6 +239,8 @@ def _report(profile: BoardProfile, elf: Path, memory: dict, session: dict, runs:
         "logits": [r["logits"] for r in results],
         "results_text": [r["results_text"] for r in results],
         "predictions": [int(np.argmax(r["logits"])) for r in results],
+        "audio_chunks": [r["chunks"] for r in results if "chunks" in r],
+        "audio_chunk_samples": next((r["chunk_samples"] for r in results if "chunk_samples" in r), None),
         "memory": {"elf": memory, "device": session["device_mem"],
                    "stack_peak": session["device_mem"].get("stack_peak")},
     }

@@ -11,7 +11,7 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     from ..quant.model import QuantModel
     from .bench import check_port, run_device_bench
     from .boards import load_profile
-    from .evaluate import int8_inputs, labeled_accuracy, oracle_logits
+    from .evaluate import device_inputs, device_oracle_logits, labeled_accuracy
 
     from ..data.dataset import stratified_first, take
 
@@ -25,10 +25,10 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     test = take(test, stratified_first(test.y, n))
     run.log(f"[device] {env}: building and sending {n} samples"
             + (f" (of {len(run.dataset.test.y)}, stratified by class)" if n < len(run.dataset.test.y) else ""))
-    result = run_device_bench(env, run.lib_dir, int8_inputs(qm, test), port=port,
+    result = run_device_bench(env, run.lib_dir, device_inputs(qm, test), port=port,
                               subwords=getattr(qm, "subwords", 0))
     logits = np.asarray(result["logits"], dtype=np.int64)
-    expected = oracle_logits(qm, test).astype(np.int64)
+    expected = device_oracle_logits(qm, test).astype(np.int64)
     mismatches = int(np.sum(np.any(logits != expected, axis=1)))
     per = np.asarray(result["latency"]["per_input"], dtype=float)
     profile = load_profile(env)
@@ -48,7 +48,33 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
         "energy_uj_estimate": (result["energy"] or {}).get("per_inference_uj"),
         "kernel": result["model"]["kernel"],
     }
+    if result["audio_chunks"]:
+        device["audio"] = audio_timing(result, [len(a) for a in test.audio], qm.frontend.sample_rate, clock)
     (run.dir / "device.json").write_text(json.dumps(device, indent=2, sort_keys=True) + "\n")
     run.log(f"[device] {env}: bit-exact {device['bitexact']} on {n} samples, median "
             f"{device['latency']['value']:.0f} {device['latency']['unit']} per inference")
+    if "audio" in device:
+        a = device["audio"]
+        run.log(f"[device] {env}: {a['per_second_of_audio']:.0f} {a['unit']} per second of audio "
+                f"({100 * a['share_of_clock']:.1f} % of {clock / 1e6:.0f} MHz), "
+                f"{a['after_last_sample']['ms_at_clock']:.2f} ms from the last sample to the decision")
     return device
+
+
+def audio_timing(result: dict, clip_samples: list[int], sample_rate: int, clock: float) -> dict:
+    """An audio model's figures from the chunk times of run_device_bench: the cost of a second
+    of audio (and the share of the clock it takes), the time from a clip's last sample to its
+    decision (the last chunk: its front-end frame, any LSTM step it completes, the head), and
+    the slowest chunk (a frame that completes an LSTM step). Medians over the clips."""
+    chunks = result["audio_chunks"]
+    per = result["audio_chunk_samples"]
+    seconds = [n / sample_rate for n in clip_samples]
+    per_second = float(np.median([sum(c) / s for c, s in zip(chunks, seconds)]))
+    last = float(np.median([c[-1] for c in chunks]))
+    worst = float(max(max(c) for c in chunks))
+    at_clock = lambda v: v / clock * 1e3  # noqa: E731
+    return {"unit": result["latency"]["unit"], "chunk_samples": per, "clock_hz": clock,
+            "per_second_of_audio": per_second, "share_of_clock": per_second / clock,
+            "after_last_sample": {"value": last, "ms_at_clock": at_clock(last)},
+            "worst_chunk": {"value": worst, "ms_at_clock": at_clock(worst),
+                            "chunk_ms": 1e3 * per / sample_rate}}

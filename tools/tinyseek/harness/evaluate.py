@@ -59,6 +59,22 @@ def int8_inputs(qmodel, split):
     return quantize_inputs(qmodel, split.x)
 
 
+def device_inputs(qmodel, split):
+    """What the device stage sends: an audio model hears the clips' int16 samples (its library
+    runs the front end); every other model gets int8_inputs."""
+    if qmodel.audio is not None and split.audio is not None:
+        return list(split.audio)
+    return int8_inputs(qmodel, split)
+
+
+def device_oracle_logits(qmodel, split) -> np.ndarray:
+    """The integer reference's logits for device_inputs."""
+    from ..quant.reference import infer_audio
+    if qmodel.audio is not None and split.audio is not None:
+        return infer_audio(qmodel, split.audio)
+    return oracle_logits(qmodel, split)
+
+
 def oracle_logits(qmodel, split) -> np.ndarray:
     from ..quant.reference import infer_sequences, infer_tokens
     from ..student.tokenizer import HashTokenizer

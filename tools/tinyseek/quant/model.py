@@ -115,6 +115,18 @@ class QuantModel:
     # Width of the stored embedding; int4 and binary rows are gain[v] * codes, the gains uint8 [V].
     embedding_width: str = "int8"
     embedding_gain: np.ndarray | None = None
+    # Audio models (task.kind = "audio"): {"frontend": FrontendConfig's fields, "frames_per_step": k}.
+    # The device runs the front end on int16 samples and steps the LSTM once per k frames, on
+    # their concatenation (num_features = k * channels); None: int8 feature vectors in.
+    audio: dict | None = None
+
+    @property
+    def frontend(self):
+        """The audio front end's FrontendConfig (audio models only)."""
+        from ..audio.frontend import FrontendConfig
+        if self.audio is None:
+            raise ModelFileError(f"int8 model '{self.name}' takes feature vectors, not audio")
+        return FrontendConfig(**self.audio["frontend"])
 
     @property
     def head_width(self) -> str:
@@ -175,12 +187,15 @@ class QuantModel:
         return {k: np.ascontiguousarray(v) for k, v in sorted(out.items())}
 
     def header(self) -> dict:
-        return {
+        out = {
             "format": FORMAT_VERSION, "name": self.name, "kind": self.kind, "labels": list(self.labels),
             "input_scale": float(self.input_scale), "output_scale": float(self.output_scale),
             "num_features": self.num_features, "vocab_size": self.vocab_size, "max_len": self.max_len,
             "ops": self.ir(), "meta": self.meta,
         }
+        if self.audio is not None:  # only then, so the hash of every other model stays as it was
+            out["audio"] = self.audio
+        return out
 
     def model_hash(self) -> str:
         """sha256 over the header and every array's dtype, shape and bytes (16 hex digits)."""
@@ -256,7 +271,7 @@ class QuantModel:
                 num_features=hdr["num_features"],
                 vocab_size=hdr["vocab_size"], max_len=hdr["max_len"], meta=hdr.get("meta", {}),
                 subwords=next((op.get("subwords", 0) for op in hdr["ops"] if op["op"] == "embedding"), 0),
-                weights=width,
+                weights=width, audio=hdr.get("audio"),
             )
         except KeyError as e:
             raise ModelFileError(f"{folder}: missing entry {e}; the int8 model is incomplete, re-run `tinyseek quantize`") from e
@@ -285,6 +300,8 @@ class QuantModel:
         else:
             need(self.subwords == 0, "a sequence model has no subwords")
             need(self.num_features == self.layers[0].input_size, "num_features differs from the LSTM input")
+            if self.audio is not None:
+                self._validate_audio(need)
         need(self.weights in WEIGHT_WIDTHS, f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, not {self.weights!r}")
         prev = self.layers[0].input_size
         for i, L in enumerate(self.layers):
@@ -310,6 +327,20 @@ class QuantModel:
             need(bool(np.all(np.abs(self.head.w) == 1)), "head.w holds values other than -1 and +1 (a binary model's head)")
         need(len(self.labels) == C, f"{len(self.labels)} labels for {C} outputs")
         need(bool(np.all((self.head.n >= 1) & (self.head.n <= 62))), "head shifts outside 1..62")
+
+    def _validate_audio(self, need) -> None:
+        from ..audio.frontend import FrontendError
+        need(isinstance(self.audio, dict) and set(self.audio) == {"frontend", "frames_per_step"},
+             'audio must be {"frontend": {...}, "frames_per_step": k}')
+        k = self.audio["frames_per_step"]
+        need(isinstance(k, int) and 1 <= k <= 50, f"audio frames_per_step must be 1..50, not {k!r}")
+        try:
+            fe = self.frontend
+            fe.validate()
+        except (TypeError, FrontendError) as e:
+            need(False, f"audio front end {self.audio['frontend']!r} is not valid ({e})")
+        need(self.num_features == k * fe.channels,
+             f"num_features {self.num_features} is not frames_per_step {k} x {fe.channels} front-end channels")
 
     def _validate_low_bit_embedding(self, need) -> None:
         """Every row is its gain times codes of the width (what the stored form can hold)."""

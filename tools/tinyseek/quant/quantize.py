@@ -293,6 +293,12 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         for stale in (ptq_dir, qat_dir):
             if stale.is_dir():
                 shutil.rmtree(stale)
+    if cfg.task.kind == "audio":  # the device takes samples: the library carries the front end
+        from dataclasses import asdict
+
+        from ..audio.frontend import FrontendConfig
+        model.audio = {"frontend": asdict(FrontendConfig()), "frames_per_step": cfg.task.frames_per_step}
+        model.validate()
     model.save(run_dir / "int8")
     return model
 

@@ -316,6 +316,23 @@ def infer_sequences(model: QuantModel, x) -> np.ndarray:
     return _run(model, *_sequence_batch(model, x))
 
 
+def audio_inputs(model: QuantModel, clips) -> list[np.ndarray]:
+    """What an audio model's LSTM steps on for each int16 clip: the front end's frames,
+    frames_per_step to a step (a trailing part step and part hop are not stepped), as the
+    library's feed_audio builds them. One int8 [T_n, F] per clip."""
+    from ..audio.data import stack_frames
+    from ..audio.frontend import features
+    if model.audio is None:
+        raise InputError(f"model '{model.name}' takes feature vectors, not audio")
+    fe, k = model.frontend, model.audio["frames_per_step"]
+    return [stack_frames(features(np.asarray(c), fe)[None], k)[0] for c in clips]
+
+
+def infer_audio(model: QuantModel, clips) -> np.ndarray:
+    """reset, feed each int16 clip's samples, logits: int16 [N, C] (the library's infer_audio)."""
+    return infer_sequences(model, audio_inputs(model, clips))
+
+
 def trace(model: QuantModel, inputs) -> list[dict]:
     """Everything after every step, per sample (token-id lists for text models, int8 sequences
     for sequence models): {"logits": int16 [T_n, C], "h": [int8 [T_n, H_l] per layer],

@@ -1,0 +1,117 @@
+"""An audio model's library: the front end inside it (`<name>_feed_audio` on int16 samples), bit
+for bit against the integer reference (front end, frames stacked k to a step, the LSTM) on the
+host under ASan/UBSan, through the serial interpreter on the host, and in the firmware on the
+emulated boards, the clip streamed chunk by chunk over the serial protocol."""
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_firmware_boards import _need
+from test_firmware_protocol import HostDut, _field, _load_cmds
+from tinyseek.audio.frontend import FrontendConfig
+from tinyseek.codegen.render import render
+from tinyseek.harness.bench import run_device_bench
+from tinyseek.harness.device import audio_timing
+from tinyseek.harness.protocol import parse_ints, parse_kv
+from tinyseek.quant.model import ModelFileError, QuantModel
+from tinyseek.quant.reference import audio_inputs, infer_audio
+from tinyseek.quant.synthetic import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+def audio_model(seed: int, frames_per_step: int = 4, fe: FrontendConfig = FrontendConfig(), name: str = "ears"):
+    m = random_model(seed, kind="sequence", hidden=[16, 12], input_size=frames_per_step * fe.channels,
+                     num_classes=5, name=name)
+    m.audio = {"frontend": asdict(fe), "frames_per_step": frames_per_step}
+    m.validate()
+    return m
+
+
+def clips(seed: int = 0) -> list[np.ndarray]:
+    """Noise, a chirp, full-scale extremes, and lengths that end inside a hop and inside a step."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(16000) / 16000
+    chirp = np.round(20000 * np.sin(2 * np.pi * (100 * t + 3000 * t * t))).astype(np.int16)
+    return [rng.integers(-8000, 8000, 16000).astype(np.int16), chirp,
+            np.where(rng.random(9 * 320 + 5) < 0.5, -32768, 32767).astype(np.int16),
+            rng.integers(-300, 300, 100).astype(np.int16), np.zeros(4 * 320, np.int16)]
+
+
+def test_the_model_file_keeps_the_front_end_and_refuses_a_mismatch(tmp_path):
+    m = audio_model(1)
+    m.save(tmp_path / "m")
+    back = QuantModel.load(tmp_path / "m")
+    assert back.audio == m.audio and back.frontend == FrontendConfig() and back.model_hash() == m.model_hash()
+    m.audio = {"frontend": asdict(FrontendConfig()), "frames_per_step": 3}  # 3 x 40 != 160 features
+    with pytest.raises(ModelFileError, match="num_features 160 is not frames_per_step 3 x 40"):
+        m.validate()
+    m.audio = {"frontend": {**asdict(FrontendConfig()), "fft": 500}, "frames_per_step": 4}
+    with pytest.raises(ModelFileError, match="fft = 500"):
+        m.validate()
+
+
+@pytest.mark.parametrize("k,fe", [(4, FrontendConfig()), (1, FrontendConfig(window=256, hop=256, fft=256,
+                                                                            channels=20, fmin=200, fmax=6000))],
+                         ids=["default", "one-frame-steps-no-history"])
+def test_feed_audio_matches_the_reference_in_any_chunking(tmp_path, k, fe):
+    m = audio_model(3, k, fe)
+    lib = tmp_path / m.name
+    files = {p.name for p in render(m, lib)}
+    assert {"ears_frontend.h", "ears_frontend.c"} <= files
+    exe = tmp_path / "drv"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", *SANITIZE,
+                    f'-DTINYSEEK_MODEL_HEADER="{m.name}_model.h"', "-I", str(lib), *map(str, sorted(lib.glob("*.c"))),
+                    str(ROOT / "tests/audio/model_audio_host.c"), "-o", str(exe)], check=True, capture_output=True)
+    xs = clips()
+    data = b"".join(np.uint32(len(c)).tobytes() + c.astype("<i2").tobytes() for c in xs)
+    out = subprocess.run([str(exe)], input=data, capture_output=True, timeout=120)
+    assert out.returncode == 0 and not out.stderr, out.stderr.decode()[-2000:]
+    rows = [line.split() for line in out.stdout.decode().splitlines()]
+    want = infer_audio(m, xs)
+    assert [int(r[1]) for r in rows if r[0] == "s"] == [len(x) for x in audio_inputs(m, xs)]
+    assert np.array_equal(np.array([r[1:] for r in rows if r[0] == "f"], np.int64), want)  # streamed in pieces
+    assert np.array_equal(np.array([r[1:] for r in rows if r[0] == "w"], np.int64), want)  # one call
+
+
+def test_the_interpreter_streams_samples_and_reports_an_audio_model(tmp_path):
+    m = audio_model(5)
+    dut = HostDut(m, tmp_path)
+    x = clips()[1][:12 * 320]
+    hops = [x[i:i + 320] for i in range(0, len(x), 320)]
+    cmds = ["info"]
+    for hop in hops:
+        cmds += _load_cmds(hop.astype("<i2").tobytes(), 120) + ["stream"]
+    cmds += ["reset"] + _load_cmds(x[:320].astype("<i2").tobytes(), 120) + ["infer 1 0", "db load 641", "db load 3",
+                                                                             "db 010203", "stream", "cls on"]
+    replies = dut.session(*cmds)
+    info = parse_kv(_field(replies[0], "info"))
+    assert info["kind"] == "audio" and info["buffer"] == 640  # one hop of int16 samples
+    streamed = [parse_ints(_field(r, "logits")) for r in replies if any(s.startswith("m-logits") for s in r)]
+    assert streamed[len(hops) - 1] == infer_audio(m, [x])[0].tolist()
+    assert streamed[len(hops)] == infer_audio(m, [x[:320]])[0].tolist()  # infer resets first
+    errors = [line for r in replies[-5:] for line in r if line.startswith("e-[")]
+    assert "exceed the input buffer of 640 bytes" in errors[0]
+    assert "samples are int16 little-endian, 2 bytes each; 3 bytes is odd" in errors[1]
+    assert "this is an audio model; load int16 samples" in errors[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["qemu_m4", "qemu_m7", "qemu_m55", "qemu_stm32f4", "qemu_m0", "qemu_rv32", "qemu_esp8266"])
+def test_firmware_hears_clips_bit_exactly(env, tmp_path):
+    """The PlatformIO firmware with the audio library on an emulated board: each clip streamed
+    hop by hop over the serial line; every logit equals the reference's."""
+    _need(env)
+    m = audio_model(7)
+    render(m, tmp_path / m.name)
+    xs = [c for c in clips(1) if len(c) >= 1280][:3]
+    out = run_device_bench(env, tmp_path / m.name, xs, build_dir=tmp_path / "build")
+    assert out["model"]["kind"] == "audio" and out["input_modes"] == ["audio"]
+    assert out["logits"] == infer_audio(m, xs).tolist()
+    assert [len(c) for c in out["audio_chunks"]] == [-(-len(x) // 320) for x in xs]
+    timing = audio_timing({**out, "latency": out["latency"]}, [len(x) for x in xs], 16000, 160e6)
+    assert 0 < timing["after_last_sample"]["value"] <= timing["worst_chunk"]["value"]
