@@ -115,3 +115,24 @@ def test_firmware_hears_clips_bit_exactly(env, tmp_path):
     assert [len(c) for c in out["audio_chunks"]] == [-(-len(x) // 320) for x in xs]
     timing = audio_timing({**out, "latency": out["latency"]}, [len(x) for x in xs], 16000, 160e6)
     assert 0 < timing["after_last_sample"]["value"] <= timing["worst_chunk"]["value"]
+
+
+def test_audio_timing_and_its_report_rows():
+    """Two clips of 0.1 s streamed in 20 ms chunks: cost per second of audio, the last chunk as
+    the latency after the last sample, the slowest chunk; the report prints them."""
+    from test_report import _report
+    from tinyseek.harness.report import render_markdown
+    result = {"audio_chunks": [[100, 100, 100, 100, 500], [100, 100, 100, 300, 300]], "audio_chunk_samples": 320,
+              "latency": {"unit": "instructions"}}
+    a = audio_timing(result, [1600, 1600], 16000, 1e6)
+    assert a["per_second_of_audio"] == pytest.approx((9000 + 9000) / 2)
+    assert a["after_last_sample"]["value"] == 400 and a["worst_chunk"]["value"] == 500
+    assert a["share_of_clock"] == pytest.approx(0.009) and a["after_last_sample"]["ms_at_clock"] == pytest.approx(0.4)
+    device = {"target": "qemu_m4", "board": "b", "cpu": "c", "emulated": True, "samples": 2, "mismatches": 0,
+              "accuracy": 0.5, "kernel": "dsp", "energy_uj_estimate": 1.0, "audio": a,
+              "latency": {"value": 1, "p99": 1, "unit": "instructions", "timer": "t", "clock_hz": 1e6,
+                          "ms_at_clock": 1, "note": "n"},
+              "memory": {"flash_model": 1, "flash_runtime": 1, "ram_static": 1, "stack_peak": 1}}
+    text = render_markdown({**_report({"samples": 0}), "device": device})
+    assert "| per second of audio (front end + LSTM), share of 1 MHz | 9,000 instructions, 0.9 % |" in text
+    assert "| last sample to decision, median (at 1 MHz) | 400 instructions (0.40 ms) |" in text

@@ -114,6 +114,20 @@ def _widths_note(q: dict) -> str:
     return " (" + ", ".join(f"{k} {w}" for k, w in widths.items() if w) + ")"
 
 
+def _audio_rows(a: dict | None) -> list[str]:
+    """An audio model's device rows: it heard the clips' samples (front end on the device)."""
+    if not a:
+        return []
+    mhz = a["clock_hz"] / 1e6
+    return [f"| audio in: samples per `stream` chunk | {a['chunk_samples']} |",
+            f"| per second of audio (front end + LSTM), share of {mhz:g} MHz | "
+            f"{a['per_second_of_audio']:,.0f} {a['unit']}, {100 * a['share_of_clock']:.1f} % |",
+            f"| last sample to decision, median (at {mhz:g} MHz) | {a['after_last_sample']['value']:,.0f} {a['unit']} "
+            f"({a['after_last_sample']['ms_at_clock']:.2f} ms) |",
+            f"| slowest chunk of {a['worst_chunk']['chunk_ms']:g} ms of audio (at {mhz:g} MHz) | "
+            f"{a['worst_chunk']['value']:,.0f} {a['unit']} ({a['worst_chunk']['ms_at_clock']:.2f} ms) |"]
+
+
 def render_markdown(report: dict) -> str:
     s = report["student"]
     width = (report.get("quantization") or {}).get("weights", "int8")
@@ -163,6 +177,7 @@ def render_markdown(report: dict) -> str:
                      f"{mem['flash_model_data']:,} / {mem['flash_code']:,} B |"] if "flash_code" in mem else []),
                   f"| static RAM / stack peak | {mem['ram_static']:,} / {mem['stack_peak']:,} B |",
                   f"| energy per inference (estimate from a datasheet power figure) | {d['energy_uj_estimate']:.0f} µJ |",
+                  *_audio_rows(d.get("audio")),
                   "", f"Kernel variant: `{d['kernel']}`. {lat['note']}."]
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)
