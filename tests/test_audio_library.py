@@ -2,7 +2,6 @@
 for bit against the integer reference (front end, frames stacked k to a step, the LSTM) on the
 host under ASan/UBSan, through the serial interpreter on the host, and in the firmware on the
 emulated boards, the clip streamed chunk by chunk over the serial protocol."""
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from test_firmware_boards import _need
 from test_firmware_protocol import HostDut, _field, _load_cmds
 from tinyseek.audio.frontend import FrontendConfig
 from tinyseek.codegen.render import render
+from tinyseek.codegen.verify import VerifyError, verify_audio_host
 from tinyseek.harness.bench import run_device_bench
 from tinyseek.harness.device import audio_timing
 from tinyseek.harness.protocol import parse_ints, parse_kv
@@ -63,19 +63,26 @@ def test_feed_audio_matches_the_reference_in_any_chunking(tmp_path, k, fe):
     lib = tmp_path / m.name
     files = {p.name for p in render(m, lib)}
     assert {"ears_frontend.h", "ears_frontend.c"} <= files
-    exe = tmp_path / "drv"
-    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", *SANITIZE,
-                    f'-DTINYSEEK_MODEL_HEADER="{m.name}_model.h"', "-I", str(lib), *map(str, sorted(lib.glob("*.c"))),
-                    str(ROOT / "tests/audio/model_audio_host.c"), "-o", str(exe)], check=True, capture_output=True)
     xs = clips()
-    data = b"".join(np.uint32(len(c)).tobytes() + c.astype("<i2").tobytes() for c in xs)
-    out = subprocess.run([str(exe)], input=data, capture_output=True, timeout=120)
-    assert out.returncode == 0 and not out.stderr, out.stderr.decode()[-2000:]
-    rows = [line.split() for line in out.stdout.decode().splitlines()]
-    want = infer_audio(m, xs)
-    assert [int(r[1]) for r in rows if r[0] == "s"] == [len(x) for x in audio_inputs(m, xs)]
-    assert np.array_equal(np.array([r[1:] for r in rows if r[0] == "f"], np.int64), want)  # streamed in pieces
-    assert np.array_equal(np.array([r[1:] for r in rows if r[0] == "w"], np.int64), want)  # one call
+    result = verify_audio_host(m, lib, xs, cflags=("-g", *SANITIZE))
+    assert result.bitexact and result.samples == len(xs), result.first_mismatch
+    assert np.array_equal(result.logits, infer_audio(m, xs))
+
+
+def test_verify_audio_host_catches_a_wrong_library(tmp_path):
+    """A library from another model is refused by its hash; one whose front end differs (log
+    offset one step off) under the right hash, as a hand edit would leave it, fails the check."""
+    m, other = audio_model(3), audio_model(3)
+    other.audio = {**other.audio, "frontend": {**other.audio["frontend"], "log_offset": 95}}
+    lib = tmp_path / m.name
+    render(other, lib)
+    with pytest.raises(VerifyError, match="generated from model hash"):
+        verify_audio_host(m, lib, clips()[:1])
+    for f in lib.iterdir():
+        f.write_text(f.read_text().replace(other.model_hash(), m.model_hash()))
+    result = verify_audio_host(m, lib, clips()[:2])
+    assert not result.bitexact and result.mismatches >= 1
+    assert result.first_mismatch["path"] == "logits of feed_audio in chunks"
 
 
 def test_the_interpreter_streams_samples_and_reports_an_audio_model(tmp_path):

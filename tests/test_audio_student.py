@@ -40,8 +40,10 @@ def test_int8_audio_student_reads_the_front_end_output_unchanged(tmp_path, one_t
         assert np.array_equal(quantize_inputs(qm, getattr(ds, s).x), frames)
     assert infer_sequences(qm, frames).shape == (6, 2)
     save_student(result.model, result.spec, tmp_path / "run" / "student")  # the quantize stage of an audio task
-    staged = quantize_run(load(overrides={"task.kind": "audio"}), tmp_path / "run", ds)
-    assert staged.input_scale == FEATURE_SCALE
+    with pytest.raises(QuantError, match="reads 40 features a step, not task.frames_per_step = 4 frames of 40"):
+        quantize_run(load(overrides={"task.kind": "audio"}), tmp_path / "run", ds)
+    staged = quantize_run(load(overrides={"task.kind": "audio", "task.frames_per_step": 1}), tmp_path / "run", ds)
+    assert staged.input_scale == FEATURE_SCALE and staged.audio["frames_per_step"] == 1
     with pytest.raises(QuantError, match="input_scale must be > 0"):
         quantize(folder, ds.train.x, name="tones", input_scale=0.0)
 
@@ -79,9 +81,9 @@ def test_the_teacher_reads_the_transcripts_and_the_student_the_audio(tmp_path, w
                           "task.clip_seconds": 0.3, "models_dir": str(tmp_path / "models"),
                           "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
                           "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 2, "student.hidden": 8,
-                          "distill.epochs": 2})
+                          "distill.epochs": 2, "codegen.out_dir": str(tmp_path / "lib")})
     run = Run(cfg, log=lambda *a: None)
-    run.build(until="distill")
+    run.build(until="distill" if not with_text else "report")
     meta = json.loads((run.teacher_dir / "teacher.json").read_text())
     assert meta["kind"] == ("text" if with_text else "sequence")
     knowledge = load_file(str(run.knowledge))
@@ -91,3 +93,10 @@ def test_the_teacher_reads_the_transcripts_and_the_student_the_audio(tmp_path, w
         assert run.teacher_dataset.train.texts[0] in ("it is high", "it is low")
         assert np.array_equal(run.teacher_dataset.train.y, run.dataset.train.y)  # clip for clip
     assert (run.teacher_dataset is run.task_dataset) != with_text
+    if with_text:  # the int8 model carries its front end; the host check heard the clips' samples
+        from tinyseek.quant.model import QuantModel
+        assert QuantModel.load(run.int8_dir).audio["frames_per_step"] == cfg.task.frames_per_step
+        assert (tmp_path / "lib" / f"{cfg.model_name}_frontend.c").is_file()
+        verify = json.loads((run.dir / "verify.json").read_text())
+        assert verify["audio"] == {"samples": len(run.dataset.test.y), "bitexact": True, "mismatches": 0}
+        assert "through the library's front end" in (run.dir / "report.md").read_text()

@@ -228,6 +228,48 @@ class HostDriver:
         return []
 
 
+def verify_audio_host(model: QuantModel, lib_dir: str | Path, clips, *, cc: str = "gcc",
+                      cflags: tuple[str, ...] = (), timeout: float = 600.0) -> VerifyResult:
+    """An audio model's library on int16 clips: each clip streamed through feed_audio in chunks
+    of 1 to 2,048 samples (part hops and part steps across calls) and through infer_audio in
+    one call, both compared with tinyseek.quant.reference.infer_audio; the LSTM steps taken
+    with the reference's."""
+    from ..quant.reference import audio_inputs, infer_audio
+    if model.audio is None:
+        raise VerifyError(f"model '{model.name}' takes feature vectors, not audio: use verify_host")
+    lib_hash, want_hash = _library_hash(Path(lib_dir), model), model.model_hash()
+    if lib_hash != want_hash:
+        raise VerifyError(f"{lib_dir} was generated from model hash {lib_hash}, not {want_hash}: run `tinyseek codegen`")
+    clips = [np.asarray(c) for c in clips]
+    with tempfile.TemporaryDirectory(prefix="tinyseek-verify-audio-") as tmp:
+        source, exe = Path(tmp) / "audio_driver.c", Path(tmp) / "audio_driver"
+        source.write_text(render_template("host/audio_driver.c.j2", build_context(model, __version__)))
+        compiler = compile_library(Path(lib_dir), [source], exe, cc=cc, cflags=cflags)
+        data = b"".join(struct.pack("<I", len(c)) + c.astype("<i2").tobytes() for c in clips)
+        proc = subprocess.run([str(exe)], input=data, capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise VerifyError(f"the audio test driver failed (exit {proc.returncode}):\n{proc.stderr.decode()[-3000:]}")
+    rows = [line.split() for line in proc.stdout.decode().splitlines()]
+    if not rows or rows[0] != ["hash", want_hash] or rows[-1] != ["done"]:
+        raise VerifyError("the audio test driver's output is out of sync (another model's library, or cut short)")
+    per = [rows[1 + 3 * k: 4 + 3 * k] for k in range(len(clips))]
+    want, want_steps = infer_audio(model, clips), [len(x) for x in audio_inputs(model, clips)]
+    logits = np.zeros((len(clips), model.num_classes), np.int16)
+    mismatches, first = 0, None
+    for k, (s, f, w) in enumerate(per):
+        logits[k] = np.array(f[1:], np.int64)
+        problems = ([("LSTM steps", want_steps[k], int(s[1]))] if int(s[1]) != want_steps[k] else [])
+        problems += _diff("logits of feed_audio in chunks", want[k], logits[k])
+        problems += _diff("logits of infer_audio", want[k], np.array(w[1:], np.int64))
+        if problems:
+            mismatches += 1
+            if first is None:
+                what, exp, got = problems[0]
+                first = {"sample": k, "path": what, "expected": exp, "got": got}
+    return VerifyResult(samples=len(clips), bitexact=mismatches == 0, mismatches=mismatches, first_mismatch=first,
+                        logits=logits, compiler=compiler, c_token_ids_match=None)
+
+
 def _flat_ids(steps, subwords: int) -> list[int]:
     try:
         return device_ids(steps, subwords)

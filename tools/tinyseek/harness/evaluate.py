@@ -163,6 +163,12 @@ def evaluate_host(run) -> dict:
     if not np.array_equal(result.logits, int8_logits):
         # verify_host compares with the oracle itself; this guards the two oracles' inputs agree.
         verify["bitexact"] = False
+    if qm.audio is not None and test.audio is not None:  # the device's path: samples through the front end
+        from ..codegen.verify import verify_audio_host
+        a = verify_audio_host(qm, run.lib_dir, test.audio)
+        verify["audio"] = {"samples": a.samples, "bitexact": bool(a.bitexact) and a.samples > 0,
+                           "mismatches": int(a.mismatches)}
+        verify["bitexact"] = verify["bitexact"] and verify["audio"]["bitexact"]
     (run.dir / "verify.json").write_text(json.dumps(verify, indent=2, sort_keys=True) + "\n")
     for w in metrics["warnings"]:
         run.log(f"[verify] WARNING: {w}")

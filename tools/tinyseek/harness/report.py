@@ -161,6 +161,10 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Host C check", "",
                   f"Generated C (`{h['compiler']}`) vs the numpy integer reference on {h['samples']} samples: "
                   + _exactness(h["samples"], h["mismatches"])]
+        if "audio" in h:
+            a = h["audio"]
+            lines += ["", "The same clips as samples through the library's front end (`feed_audio` in chunks of 1 to "
+                      f"2,048 samples, and `infer_audio`): " + _exactness(a["samples"], a["mismatches"])]
     if "device" in report:
         d = report["device"]
         lat, mem = d["latency"], d["memory"]

@@ -297,8 +297,12 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         from dataclasses import asdict
 
         from ..audio.frontend import FrontendConfig
-        model.audio = {"frontend": asdict(FrontendConfig()), "frames_per_step": cfg.task.frames_per_step}
-        model.validate()
+        fe, k = FrontendConfig(), cfg.task.frames_per_step
+        if model.num_features != k * fe.channels:
+            raise QuantError(f"the student reads {model.num_features} features a step, not task.frames_per_step = {k} "
+                             f"frames of {fe.channels}: it was trained with another frames_per_step; rebuild the run "
+                             "with `tinyseek build --force`")
+        model.audio = {"frontend": asdict(fe), "frames_per_step": k}
     model.save(run_dir / "int8")
     return model
 
