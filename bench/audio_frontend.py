@@ -73,8 +73,8 @@ def main() -> None:
                      for e, r in results.items())
     replace_section(HEADING, f"""{HEADING}
 
-The front end of docs/numerics.md (30 ms windows every 20 ms, 512-point radix-2 FFT in int32, 40
-mel channels), plain C, `-O2`, 1 s of a noisy chirp streamed frame by frame, bit-exact against
+The front end of docs/numerics.md (30 ms windows every 20 ms, 512-point radix-2 FFT in int32 computed
+in radix-4 passes, 40 mel channels), plain C, `-O2`, 1 s of a noisy chirp streamed frame by frame, bit-exact against
 the integer reference on every board. QEMU counts instructions, not cycles: "share" is
 instructions per second of audio over a 160 MHz clock, a lower bound on the real load (an
 instruction takes a cycle or more). RAM: 320 B of state kept between frames, 4,096 B of scratch

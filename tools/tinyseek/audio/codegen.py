@@ -19,7 +19,7 @@ def render_frontend(cfg: FrontendConfig, out_dir: str | Path, name: str = "audio
         raise ValueError(f"front-end name {name!r} must be a C identifier")
     cfg.validate()
     env = make_env()
-    ctx = {"cfg": cfg, "t": cfg.tables, "name": name, "NAME": name.upper(), "fft_bits": cfg.fft.bit_length() - 1,
+    ctx = {"cfg": cfg, "t": cfg.tables, "name": name, "NAME": name.upper(),
            "generator": GENERATOR, "version": generator_version, "command": REGENERATE, "digest": cfg.digest}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -459,14 +459,14 @@ def neon32_plan(width: str, n: int) -> dict:
 
 
 def _audio_context(model: QuantModel) -> dict:
-    """What an audio model's library adds: the front end's template context (cfg, t, fft_bits,
+    """What an audio model's library adds: the front end's template context (cfg, t,
     digest, as templates/audio/ reads them) and the sizes of the state it keeps per stream."""
     fe = model.frontend
     k = model.audio["frames_per_step"]
     history = max(fe.window - fe.hop, 1)
     return {
         "frames_per_step": k, "hop": fe.hop, "channels": fe.channels, "sample_rate": fe.sample_rate,
-        "frontend": {"cfg": fe, "t": fe.tables, "fft_bits": fe.fft.bit_length() - 1, "digest": fe.digest},
+        "frontend": {"cfg": fe, "t": fe.tables, "digest": fe.digest},
         # int16 history and hop buffer, uint16 fill count; int8 frames of a step, uint8 frame count
         "state_bytes": 2 * history + 2 * fe.hop + 2 + k * fe.channels + 1,
         "scratch_bytes": 4 * 2 * fe.fft,  # int32 real and imaginary rows of the FFT
