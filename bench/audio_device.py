@@ -32,21 +32,13 @@ from tinyseek.harness.bench import run_device_bench  # noqa: E402
 from tinyseek.harness.boards import load_profile  # noqa: E402
 from tinyseek.harness.device import audio_timing  # noqa: E402
 from tinyseek.quant.reference import infer_audio  # noqa: E402
-from tinyseek.quant.synthetic import random_model  # noqa: E402
+from tinyseek.quant.synthetic import random_audio_model  # noqa: E402
 
 from results_md import replace_section  # noqa: E402
 
 HEADING = "## Audio model on the emulated boards (`python bench/audio_device.py`)"
 RESULTS_JSON = ROOT / "bench" / "results" / "audio_device.json"
 HIDDEN, FRAMES_PER_STEP, CLASSES, CLIP = 64, 4, 15, 48000
-
-
-def audio_model(fe: FrontendConfig):
-    m = random_model(16, kind="sequence", hidden=HIDDEN, input_size=FRAMES_PER_STEP * fe.channels,
-                     num_classes=CLASSES, name="voice")
-    m.audio = {"frontend": asdict(fe), "frames_per_step": FRAMES_PER_STEP}
-    m.validate()
-    return m
 
 
 def test_clips(n: int) -> list[np.ndarray]:
@@ -65,7 +57,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=3)
     args = ap.parse_args()
     fe = FrontendConfig()
-    model = audio_model(fe)
+    model = random_audio_model(16, frames_per_step=FRAMES_PER_STEP, frontend=fe, hidden=HIDDEN,
+                               num_classes=CLASSES, name="voice")
     clips = test_clips(args.clips)
     want = infer_audio(model, clips).tolist()
     results = {}

@@ -18,18 +18,15 @@ from tinyseek.harness.device import audio_timing
 from tinyseek.harness.protocol import parse_ints, parse_kv
 from tinyseek.quant.model import ModelFileError, QuantModel
 from tinyseek.quant.reference import audio_inputs, infer_audio
-from tinyseek.quant.synthetic import random_model
+from tinyseek.quant.synthetic import random_audio_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 
 
-def audio_model(seed: int, frames_per_step: int = 4, fe: FrontendConfig = FrontendConfig(), name: str = "ears"):
-    m = random_model(seed, kind="sequence", hidden=[16, 12], input_size=frames_per_step * fe.channels,
-                     num_classes=5, name=name)
-    m.audio = {"frontend": asdict(fe), "frames_per_step": frames_per_step}
-    m.validate()
-    return m
+def audio_model(seed: int, frames_per_step: int = 4, fe: FrontendConfig = FrontendConfig()):
+    return random_audio_model(seed, frames_per_step=frames_per_step, frontend=fe, hidden=[16, 12], num_classes=5,
+                              name="ears")
 
 
 def clips(seed: int = 0) -> list[np.ndarray]:

@@ -538,13 +538,11 @@ def build_context(model: QuantModel, generator_version: str) -> dict:
     max_hidden = max(L.hidden for L in model.layers)
     # <name>_state: the int16 c of every layer, then the int8 h, padded to the 2-byte alignment
     units = sum(L.hidden for L in model.layers)
-    state_bytes = 3 * units + units % 2
-    scratch_bytes = max_hidden  # the new h of one layer (every unit reads the old one)
+    # (an audio model's stream also keeps samples and frames; its FFT rows join the scratch)
     audio = _audio_context(model) if model.audio is not None else None
-    if audio:  # the stream's samples and frames beside h and c; the FFT's rows in the scratch
-        state_bytes = audio["state_bytes"] + 3 * units
-        state_bytes += state_bytes % 2
-        scratch_bytes += audio["scratch_bytes"]
+    state_bytes = 3 * units + (audio["state_bytes"] if audio else 0)
+    state_bytes += state_bytes % 2
+    scratch_bytes = max_hidden + (audio["scratch_bytes"] if audio else 0)  # max_hidden: the new h of one layer
     if C > MAX_SOFTMAX_CLASSES:
         raise CodegenError(f"{C} classes: the firmware's class probabilities support at most {MAX_SOFTMAX_CLASSES}")
     return {

@@ -53,6 +53,13 @@ def compile_library(lib_dir: Path, sources: list[Path], exe: Path, *, cc: str = 
     return f"{Path(cc).name} {version}".strip()
 
 
+def _check_library(lib_dir: Path, model: QuantModel) -> None:
+    """The library in lib_dir was rendered from `model` (its header's hash), else a VerifyError."""
+    lib_hash, want = _library_hash(lib_dir, model), model.model_hash()
+    if lib_hash != want:
+        raise VerifyError(f"{lib_dir} was generated from model hash {lib_hash}, not {want}: run `tinyseek codegen`")
+
+
 def _library_hash(lib_dir: Path, model: QuantModel) -> str:
     header = lib_dir / f"{model.name}_model.h"
     if not header.is_file():
@@ -118,10 +125,7 @@ class HostDriver:
         if self.runner and shutil.which(self.runner[0]) is None:
             raise VerifyError(f"'{self.runner[0]}' (the runner of the test driver) not found on PATH; install it: "
                               "sudo apt-get install -y qemu-user (or run tools/setup/system-packages.sh)")
-        lib_hash, want = _library_hash(self.lib_dir, model), model.model_hash()
-        if lib_hash != want:
-            raise VerifyError(f"{self.lib_dir} was generated from model hash {lib_hash}, not {want}: "
-                              "run `tinyseek codegen`")
+        _check_library(self.lib_dir, model)
         self.work.mkdir(parents=True, exist_ok=True)
         source = self.work / "verify_driver.c"
         ctx = build_context(model, __version__)
@@ -237,9 +241,8 @@ def verify_audio_host(model: QuantModel, lib_dir: str | Path, clips, *, cc: str 
     from ..quant.reference import audio_inputs, infer_audio
     if model.audio is None:
         raise VerifyError(f"model '{model.name}' takes feature vectors, not audio: use verify_host")
-    lib_hash, want_hash = _library_hash(Path(lib_dir), model), model.model_hash()
-    if lib_hash != want_hash:
-        raise VerifyError(f"{lib_dir} was generated from model hash {lib_hash}, not {want_hash}: run `tinyseek codegen`")
+    _check_library(Path(lib_dir), model)
+    want_hash = model.model_hash()
     clips = [np.asarray(c) for c in clips]
     with tempfile.TemporaryDirectory(prefix="tinyseek-verify-audio-") as tmp:
         source, exe = Path(tmp) / "audio_driver.c", Path(tmp) / "audio_driver"

@@ -123,6 +123,20 @@ def random_model(seed: int, *, kind: str = "sequence", hidden: int | Sequence[in
     return model
 
 
+def random_audio_model(seed: int, *, frames_per_step: int = 4, frontend=None, **kwargs) -> QuantModel:
+    """random_model as an audio model (QuantModel.audio): frames_per_step frames of the front
+    end's channels a step (`frontend`: a FrontendConfig, None: the default); kwargs go to
+    random_model."""
+    from dataclasses import asdict
+
+    from ..audio.frontend import FrontendConfig
+    fe = frontend or FrontendConfig()
+    model = random_model(seed, kind="sequence", input_size=frames_per_step * fe.channels, **kwargs)
+    model.audio = {"frontend": asdict(fe), "frames_per_step": frames_per_step}
+    model.validate()
+    return model
+
+
 def random_token_ids(model: QuantModel, rng: np.random.Generator, n: int, max_steps: int) -> list[list[int]]:
     """n token-id lists of lengths 0..max_steps (the first one empty), ids over the whole vocabulary."""
     lengths = [0] + [int(v) for v in rng.integers(0, max_steps + 1, size=n - 1)] if n else []
