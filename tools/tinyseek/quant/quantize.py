@@ -143,7 +143,7 @@ def quantize_embedding(table: np.ndarray, width: str = "int8") -> tuple[np.ndarr
 
 def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, source: str,
               saturation_warn: float, weights: str = "int8", input_scale: float | None = None,
-              embedding: str | None = None) -> QuantModel:
+              embedding: str | None = None, audio: dict | None = None) -> QuantModel:
     embedding_width = embedding or weights
     for key, value in (("weights", weights), ("embedding", embedding_width)):
         if value not in WEIGHT_WIDTHS:
@@ -194,7 +194,7 @@ def _quantize(fs: FloatStudent, calib_inputs, *, name: str, meta: dict | None, s
         num_features=fs.num_features if fs.kind == "sequence" else None,
         vocab_size=fs.vocab_size if fs.kind == "text" else None,
         max_len=fs.max_len if fs.max_len is not None else max(stats.max_steps, 1), subwords=fs.subwords,
-        meta=_meta(meta, stats, source, fs, layers), weights=weights,
+        meta=_meta(meta, stats, source, fs, layers), weights=weights, audio=audio,
     )
     check_model(model)
     return model
@@ -265,14 +265,23 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
             raise QuantError(f"the training split of '{dataset.name}' has no features x to calibrate on")
         calib = split.x[idx]
     # An audio task's inputs are the front end's int8 frames times FEATURE_SCALE: that scale
-    # exactly, so the device feeds the frames unchanged.
-    input_scale = None
+    # exactly, so the device feeds the frames unchanged; the model records its front end, so
+    # the library carries it and the device takes samples.
+    input_scale = audio = None
     if cfg.task.kind == "audio":
+        from dataclasses import asdict
+
         from ..audio.data import FEATURE_SCALE
-        input_scale = FEATURE_SCALE
+        from ..audio.frontend import FrontendConfig
+        fe, k = FrontendConfig(), cfg.task.frames_per_step
+        if fs.num_features != k * fe.channels:
+            raise QuantError(f"the student reads {fs.num_features} features a step, not task.frames_per_step = {k} "
+                             f"frames of {fe.channels}: it was trained with another frames_per_step; rebuild the run "
+                             "with `tinyseek build --force`")
+        input_scale, audio = FEATURE_SCALE, {"frontend": asdict(fe), "frames_per_step": k}
     model = _quantize(fs, calib, name=cfg.model_name, meta={"task": dataset.name}, source=source_hash(student_dir),
                       saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale,
-                      embedding=cfg.quant.embedding or None)
+                      embedding=cfg.quant.embedding or None, audio=audio)
     ptq_dir, qat_dir = run_dir / "int8_ptq", run_dir / "student_qat"
     if cfg.quant.qat_epochs:
         if knowledge is None:
@@ -288,21 +297,11 @@ def quantize_run(cfg, run_dir: str | Path, dataset, knowledge: str | Path | None
         model = _quantize(FloatStudent.from_folder(qat_dir), calib, name=cfg.model_name,
                           meta={"task": dataset.name, "qat": qat}, source=source_hash(qat_dir),
                           saturation_warn=SATURATION_WARN, weights=cfg.quant.weights, input_scale=input_scale,
-                      embedding=cfg.quant.embedding or None)
+                      embedding=cfg.quant.embedding or None, audio=audio)
     else:
         for stale in (ptq_dir, qat_dir):
             if stale.is_dir():
                 shutil.rmtree(stale)
-    if cfg.task.kind == "audio":  # the device takes samples: the library carries the front end
-        from dataclasses import asdict
-
-        from ..audio.frontend import FrontendConfig
-        fe, k = FrontendConfig(), cfg.task.frames_per_step
-        if model.num_features != k * fe.channels:
-            raise QuantError(f"the student reads {model.num_features} features a step, not task.frames_per_step = {k} "
-                             f"frames of {fe.channels}: it was trained with another frames_per_step; rebuild the run "
-                             "with `tinyseek build --force`")
-        model.audio = {"frontend": asdict(fe), "frames_per_step": k}
     model.save(run_dir / "int8")
     return model
 
