@@ -103,7 +103,8 @@ def test_the_firmware_arduino_port_on_the_standin_core(energy, tmp_path):
     flags = ["-DTINYSEEK_ENERGY_MODE=1", "-DTS_TIMESTAMP_PIN=4"] if energy else []
     inc = ["-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"), "-I", str(lib)]
     objs = []
-    for src in [ROOT / "firmware/lib/harness/dut.c", ROOT / "firmware/src/model_glue.c", *sorted(lib.glob("*.c"))]:
+    for src in [ROOT / "firmware/lib/harness/dut.c", ROOT / "firmware/lib/harness/ts_listen.c",
+                ROOT / "firmware/src/model_glue.c", *sorted(lib.glob("*.c"))]:
         obj = tmp_path / (src.stem + ".o")
         subprocess.run(["gcc", "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", *flags, *inc,
                         '-DTINYSEEK_MODEL_HEADER="ard_model.h"', "-c", str(src), "-o", str(obj)], check=True)

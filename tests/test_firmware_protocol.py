@@ -36,17 +36,21 @@ def _need_gcc():
 class HostDut:
     """The interpreter as a host program: one process per session, bytes in, replies out."""
 
-    def __init__(self, model, folder: Path, flags=(), banner=BANNER):
+    def __init__(self, model, folder: Path, flags=(), banner=BANNER, wake=None):
+        """wake: a wake-word model linked beside (an audio) `model`, for `listen`."""
         _need_gcc()
         self.model, self.banner = model, banner
-        lib = folder / model.name
-        render(model, lib)
+        libs = [folder / m.name for m in (model, wake) if m is not None]
+        for m, lib in zip((model, wake), libs):
+            render(m, lib)
         self.exe = folder / f"dut_{model.name}"
-        sources = [ROOT / "firmware/lib/harness/dut.c", ROOT / "firmware/src/model_glue.c",
-                   ROOT / "tests/firmware/host/host_port.c", *sorted(lib.glob("*.c"))]
+        sources = [ROOT / "firmware/lib/harness/dut.c", ROOT / "firmware/lib/harness/ts_listen.c",
+                   ROOT / "firmware/src/model_glue.c", ROOT / "tests/firmware/host/host_port.c",
+                   *(c for lib in libs for c in sorted(lib.glob("*.c")))]
         cmd = ["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
-               "-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"), "-I", str(lib),
-               f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"', *flags,
+               "-I", str(ROOT / "firmware/lib/harness"), "-I", str(ROOT / "firmware/src"),
+               *(a for lib in libs for a in ("-I", str(lib))), f'-DTINYSEEK_MODEL_HEADER="{model.name}_model.h"',
+               *([f'-DTINYSEEK_WAKE_HEADER="{wake.name}_model.h"'] if wake is not None else []), *flags,
                *map(str, sources), "-o", str(self.exe)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
@@ -332,6 +336,7 @@ def test_class_probabilities_are_bit_exact_on_edge_logits(tmp_path):
     exe = tmp_path / "softmax"
     subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE,
                     "-I", str(ROOT / "firmware/lib/harness"), str(ROOT / "tests/firmware/host/softmax_driver.c"),
+                    str(ROOT / "firmware/lib/harness/ts_listen.c"),
                     "-o", str(exe)], check=True, capture_output=True, text=True)
     rng = np.random.default_rng(9)
     lo, hi = -32768, 32767

@@ -46,6 +46,7 @@ def host(tmp_path_factory):
     (tmp / "inc" / "ota_layout.h").write_text(layout_header(slot_image(old, "c")))
     exe = tmp / "dut_ota"
     sources = [ROOT / "firmware/lib/harness/dut.c", ROOT / "firmware/lib/harness/ota.c",
+               ROOT / "firmware/lib/harness/ts_listen.c",
                ROOT / "firmware/lib/harness/ts_sha256.c", ROOT / "firmware/src/model_glue.c",
                ROOT / "tests/firmware/host/host_port.c", *sorted(lib.glob("*.c"))]
     subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *SANITIZE, "-D_DEFAULT_SOURCE",

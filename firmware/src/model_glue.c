@@ -59,7 +59,83 @@ static int feed_audio(void *state, const int16_t *pcm, int n) {
 #define TS_FEED_AUDIO NULL
 #endif
 
+#ifdef TINYSEEK_WAKE_HEADER
+/* A wake-word model beside the audio model (TINYSEEK_WAKE_MODEL, select_model.py): the
+ * listener runs the audio model's front end once for both, keeps the last frames for the
+ * wake-word model and gives the frames after a wake to the audio model (the command model).
+ * Its buffers: a hop of samples, a frame, TINYSEEK_LISTEN_RING frames, one step of either model
+ * and the logits; the FFT scratch is the command library's own. */
+#include "ts_listen.h"
+#define TINYSEEK_SELECT_WAKE
+#include TINYSEEK_WAKE_HEADER
+
+#if !defined(TINYSEEK_MODEL_FE_FRAME)
+#error "a wake-word model needs an audio command model beside it: TINYSEEK_MODEL_HEADER is not one"
+#endif
+#if !defined(TINYSEEK_WAKE_API)
+#error "TINYSEEK_WAKE_HEADER is not an audio model's header: regenerate the wake-word library with `tinyseek codegen`"
+#endif
+#if TINYSEEK_WAKE_FE_ID != TINYSEEK_MODEL_FE_ID
+#error "the wake-word and command models were trained on different front ends (their _FE_ID differ); one front end feeds both"
+#endif
+#if TINYSEEK_WAKE_NUM_CLASSES != 2
+#error "the wake-word model must have two classes (0 other, 1 the wake word)"
+#endif
+
+/* Defaults of `listen set`, in frames of the front end: a 1 s window checked every 200 ms,
+ * 1 s of rest, 3 s of command after a wake (tools/tinyseek/audio/listen.py: ListenConfig). */
+#ifndef TINYSEEK_LISTEN_RING
+#define TINYSEEK_LISTEN_RING 50
+#endif
+#ifndef TINYSEEK_LISTEN_THRESHOLD
+#define TINYSEEK_LISTEN_THRESHOLD 0
+#endif
+#ifndef TINYSEEK_LISTEN_WINDOW
+#define TINYSEEK_LISTEN_WINDOW TINYSEEK_LISTEN_RING
+#endif
+#ifndef TINYSEEK_LISTEN_STRIDE
+#define TINYSEEK_LISTEN_STRIDE 10
+#endif
+#ifndef TINYSEEK_LISTEN_REST
+#define TINYSEEK_LISTEN_REST 50
+#endif
+#ifndef TINYSEEK_LISTEN_CAPTURE
+#define TINYSEEK_LISTEN_CAPTURE 150
+#endif
+
+#define TS_STEP_BYTES (TINYSEEK_WAKE_NUM_FEATURES > TINYSEEK_MODEL_NUM_FEATURES ? TINYSEEK_WAKE_NUM_FEATURES \
+                                                                                : TINYSEEK_MODEL_NUM_FEATURES)
+#define TS_LOGITS (TINYSEEK_MODEL_NUM_CLASSES > 2 ? TINYSEEK_MODEL_NUM_CLASSES : 2)
+
+static TINYSEEK_WAKE_STATE ts_wake_state;
+static TINYSEEK_MODEL_FE_STATE ts_listen_fe;
+static int16_t ts_listen_pcm[TINYSEEK_MODEL_HOP];
+static int8_t ts_listen_frame[TINYSEEK_MODEL_FE_CHANNELS];
+static int8_t ts_listen_ring[TINYSEEK_LISTEN_RING * TINYSEEK_MODEL_FE_CHANNELS];
+static int8_t ts_listen_step[TS_STEP_BYTES];
+static int16_t ts_listen_logits[TS_LOGITS];
+
+static void ts_fe_frame(void *fe, const int16_t *hop, int8_t *frame, int32_t *scratch) {
+    TINYSEEK_MODEL_FE_FRAME((TINYSEEK_MODEL_FE_STATE *)fe, hop, frame, scratch);
+}
+static void ts_fe_init(void *fe) { TINYSEEK_MODEL_FE_INIT((TINYSEEK_MODEL_FE_STATE *)fe); }
+
+static ts_listener ts_listener_of_firmware = {
+    .wake = &TINYSEEK_WAKE_API, .wake_state = &ts_wake_state,
+    .command = &TINYSEEK_MODEL_API, .command_state = &tinyseek_model_state,
+    .fe_frame = ts_fe_frame, .fe_init = ts_fe_init, .fe_state = &ts_listen_fe, .fe_scratch = TINYSEEK_MODEL_FE_SCRATCH,
+    .hop = TINYSEEK_MODEL_HOP, .channels = TINYSEEK_MODEL_FE_CHANNELS,
+    .pcm = ts_listen_pcm, .frame = ts_listen_frame, .ring = ts_listen_ring, .ring_frames = TINYSEEK_LISTEN_RING,
+    .step = ts_listen_step, .logits = ts_listen_logits,
+    .cfg = {TINYSEEK_LISTEN_THRESHOLD, TINYSEEK_LISTEN_WINDOW, TINYSEEK_LISTEN_STRIDE, TINYSEEK_LISTEN_REST,
+            TINYSEEK_LISTEN_CAPTURE},
+};
+#define TS_LISTENER (&ts_listener_of_firmware)
+#else
+#define TS_LISTENER NULL
+#endif
+
 const dut_model_t tinyseek_model = {
     &TINYSEEK_MODEL_API, &tinyseek_model_state, input.bytes, input.ids, sizeof input.bytes, logits,
-    TS_FEED_AUDIO,
+    TS_FEED_AUDIO, TS_LISTENER,
 };

@@ -15,6 +15,7 @@
 #include <stdarg.h>
 
 #include "dut_port.h"
+#include "ts_listen.h"
 #if TINYSEEK_OTA
 #include "ota.h"
 #endif
@@ -39,6 +40,7 @@
 #define USAGE_DB_PRINT "db print [N [OFFSET]]"
 #define USAGE_INFER "infer [N [W]]"
 #define USAGE_SYNC "sync TOKEN"
+#define USAGE_LISTEN "listen [reset | config | set THRESHOLD WINDOW STRIDE REST CAPTURE]"
 
 static const dut_model_t *M;
 static const tinyseek_model_api *A; /* M->api */
@@ -610,24 +612,24 @@ static void cmd_sync(const char *pos, const char *end) {
 /* Command words, NUL-separated, in the order of the enum; `load` and `print` are the words of
  * `db` subcommands, no commands of their own. */
 static const char words[] =
-    "name\0profile\0help\0timestamp\0db\0infer\0results\0stream\0reset\0cls\0info\0mem\0sync\0quit\0"
+    "name\0profile\0help\0timestamp\0db\0infer\0results\0stream\0reset\0cls\0info\0mem\0sync\0listen\0quit\0"
 #if TINYSEEK_OTA
     "ota\0"
 #endif
-    "load\0print\0";
+    "load\0print\0set\0config\0";
 enum {
     W_NAME, W_PROFILE, W_HELP, W_TIMESTAMP, W_DB, W_INFER, W_RESULTS, W_STREAM, W_RESET, W_CLS, W_INFO,
-    W_MEM, W_SYNC, W_QUIT,
+    W_MEM, W_SYNC, W_LISTEN, W_QUIT,
 #if TINYSEEK_OTA
     W_OTA,
 #endif
-    W_LOAD, W_PRINT
+    W_LOAD, W_PRINT, W_SET, W_CONFIG
 };
 
 /* `help`: the command words, then the usage of those that take arguments. */
 static void cmd_help(void) {
     static const char *const usages[] = {USAGE_DB_LOAD, USAGE_DB_HEX, USAGE_DB_PRINT, USAGE_INFER,
-                                         "cls TEXT", USAGE_SYNC};
+                                         "cls TEXT", USAGE_SYNC, USAGE_LISTEN};
     const char *w = words;
     size_t k;
     out("commands:");
@@ -651,6 +653,120 @@ static int word_index(tok_t t) {
         w += n + 1;
     }
     return -1;
+}
+
+/* ---- wake word and commands (ts_listen.h) ---------------------------------------------- */
+
+/* Events of one `listen`, printed after the timed run so the serial output is not timed; the
+ * logits of the last command are in logits_out (and `results`). */
+#define LISTEN_QUEUE 8
+static ts_listen_event listen_queue[LISTEN_QUEUE];
+static unsigned long listen_count;
+static const char *listen_error; /* the listener's defaults did not fit the models */
+
+static void listen_event(void *ctx, const ts_listen_event *e) {
+    int k;
+    (void)ctx;
+    if (e->kind == TS_LISTEN_COMMAND) {
+        for (k = 0; k < A->num_classes; k++) M->logits_out[k] = e->logits[k];
+        have_results = 1;
+    }
+    if (listen_count < LISTEN_QUEUE) listen_queue[listen_count] = *e;
+    listen_count++;
+}
+
+static void out_listen_config(void) {
+    const ts_listener *l = M->listener;
+    outf("m-listen-config-[wake=%s,threshold=%d,window=%u,stride=%u,rest=%u,capture=%u,ring=%u,hop=%u]\r\n",
+         l->wake->name, (long)l->cfg.threshold, (unsigned long)l->cfg.window, (unsigned long)l->cfg.stride,
+         (unsigned long)l->cfg.rest, (unsigned long)l->cfg.capture, (unsigned long)l->ring_frames,
+         (unsigned long)l->hop);
+}
+
+/* `listen set`: a signed threshold, then four frame counts. */
+static void cmd_listen_set(const char *pos, const char *end) {
+    ts_listen_config c;
+    unsigned long v[5];
+    const char *e;
+    tok_t t = next_tok(&pos, end);
+    int negative = t.n > 1 && t.p[0] == '-', i;
+    if (negative) {
+        t.p++;
+        t.n--;
+    }
+    for (i = 0; i < 5; i++) {
+        if (i > 0) t = next_tok(&pos, end);
+        if (!parse_ulong(t, i == 0 ? 0x7FFFFFFFul + (unsigned long)negative : 65535ul, &v[i])) {
+            err("listen set: %s must be %s; usage: %s", i == 0 ? "THRESHOLD" : "WINDOW, STRIDE, REST and CAPTURE",
+                i == 0 ? "a whole number that fits in int32" : "frame counts from 0 to 65535", USAGE_LISTEN);
+            return;
+        }
+    }
+    if (!no_more(pos, end, USAGE_LISTEN)) return;
+    c.threshold = negative ? (int32_t)(0u - (uint32_t)v[0]) : (int32_t)v[0];
+    c.window = (uint16_t)v[1];
+    c.stride = (uint16_t)v[2];
+    c.rest = (uint16_t)v[3];
+    c.capture = (uint16_t)v[4];
+    e = ts_listen_configure(M->listener, &c);
+    if (e != NULL) {
+        err("listen set: %s; the settings are unchanged", e);
+        return;
+    }
+    listen_error = NULL;
+    out_listen_config();
+}
+
+static void cmd_listen(const char *pos, const char *end) {
+    uint64_t t0, dt;
+    unsigned long k;
+    long n;
+    tok_t sub = next_tok(&pos, end);
+    if (M->listener == NULL) {
+        err("listen: this firmware has no wake-word model; build it beside an audio model with "
+            "TINYSEEK_WAKE_MODEL=<name> or TINYSEEK_WAKE_MODEL_DIR=<folder>");
+        return;
+    }
+    if (sub.n != 0) {
+        int w = word_index(sub);
+        if (w == W_SET) {
+            cmd_listen_set(pos, end);
+        } else if (!no_more(pos, end, USAGE_LISTEN)) {
+        } else if (w == W_RESET) {
+            ts_listen_reset(M->listener);
+            out("m-listen-reset-done\r\n");
+        } else if (w == W_CONFIG) {
+            out_listen_config();
+        } else {
+            err("listen: unknown subcommand %q; usage: %s", sub.p, sub.n, (size_t)16, USAGE_LISTEN);
+        }
+        return;
+    }
+    if (listen_error != NULL) {
+        err("listen: %s; fix it with listen set", listen_error);
+        return;
+    }
+    n = input_steps("listen");
+    if (n < 0) return;
+    listen_count = 0;
+    have_results = 0; /* set again by a command */
+    dut_port_timer_sync();
+    t0 = dut_port_ticks();
+    (void)ts_listen_feed(M->listener, (const int16_t *)(const void *)M->input_ids, (int)n);
+    dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
+    for (k = 0; k < listen_count && k < LISTEN_QUEUE; k++) {
+        const ts_listen_event *e = &listen_queue[k];
+        if (e->kind == TS_LISTEN_WAKE) {
+            outf("m-wake-[frame=%u,margin=%d]\r\n", (unsigned long)e->frame, (long)e->margin);
+        } else {
+            outf("m-command-[frame=%u,class=%u,label=%s]\r\n", (unsigned long)e->frame, (unsigned long)e->cls,
+                 A->labels[e->cls]);
+        }
+    }
+    outf("m-listen-[frames=%u,events=%u,dropped=%u]\r\n", (unsigned long)M->listener->frames, listen_count,
+         listen_count > LISTEN_QUEUE ? listen_count - LISTEN_QUEUE : 0ul);
+    if (have_results) out_results(); /* the last command's m-results and m-logits */
+    out_time(dt, 1, dt, dt);
 }
 
 static void dispatch(const char *start, const char *end) {
@@ -706,6 +822,9 @@ static void dispatch(const char *start, const char *end) {
         case W_SYNC:
             cmd_sync(pos, end);
             break;
+        case W_LISTEN:
+            cmd_listen(pos, end);
+            break;
         case W_QUIT:
             out("m-quit\r\n");
             if (!dut_port_exit(0)) err("quit: this board cannot exit; reset it instead");
@@ -733,6 +852,11 @@ void dut_init(const dut_model_t *model) {
     load_size = load_pos = 0;
     have_results = 0;
     A->reset(M->state);
+    if (M->listener != NULL) {
+        ts_listen_config defaults = M->listener->cfg;
+        M->listener->on_event = listen_event;
+        listen_error = ts_listen_init(M->listener, &defaults);
+    }
     out("m-timestamp-mode-" TIMESTAMP_MODE "\r\nm-init-done\r\nm-ready\r\n");
 }
 

@@ -73,6 +73,9 @@ typedef struct {
     /* Audio models: <name>_feed_audio with a generic state, and the loaded input is int16
      * little-endian samples (the same memory as input_ids); NULL for every other model. */
     int (*feed_audio)(void *state, const int16_t *pcm, int n);
+    /* A wake-word model beside an audio model: the listener (ts_listen.h) that `listen` feeds,
+     * its buffers and models set, on_event left to the interpreter; NULL without one. */
+    struct ts_listener *listener;
 } dut_model_t;
 
 /* Start the interpreter and print the boot banner (m-timestamp-mode-..., m-init-done, m-ready). */

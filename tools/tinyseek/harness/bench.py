@@ -57,26 +57,36 @@ def own_platform_environ(project_dir: str | Path, env: str) -> dict[str, str]:
     return {}
 
 
-def _model_environ(lib: str | Path) -> tuple[str, dict[str, str]]:
+def _model_environ(lib: str | Path, wake: str | Path | None = None) -> tuple[str, dict[str, str]]:
     """(model name, environment variables that make the build link it). `lib` is a library
-    name in firmware/lib or the path of a library folder."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TINYSEEK_MODEL", "TINYSEEK_MODEL_DIR")}
-    if isinstance(lib, Path) or os.sep in lib:
-        path = Path(lib).resolve()
-        env["TINYSEEK_MODEL_DIR"] = str(path)
-        return path.name, env
-    env["TINYSEEK_MODEL"] = lib
-    return lib, env
+    name in firmware/lib or the path of a library folder; `wake` the same for a wake-word model
+    beside it (the firmware's listener)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TINYSEEK_MODEL", "TINYSEEK_MODEL_DIR", "TINYSEEK_WAKE_MODEL", "TINYSEEK_WAKE_MODEL_DIR")}
+    names = []
+    for var, item in (("TINYSEEK_MODEL", lib), ("TINYSEEK_WAKE_MODEL", wake)):
+        if item is None:
+            continue
+        if isinstance(item, Path) or os.sep in item:
+            env[var + "_DIR"] = str(Path(item).resolve())
+            names.append(Path(item).resolve().name)
+        else:
+            env[var] = item
+            names.append(item)
+    return names[0], env
 
 
 def build_firmware(env: str, lib: str | Path, *, project_dir: str | Path = PROJECT_DIR,
                    build_dir: str | Path | None = None, extra_flags: Sequence[str] = (),
-                   upload_port: str | None = None, timeout: float = 600.0) -> Path:
-    """`pio run -e env` for model `lib` (with `-t upload` when upload_port is given); returns
-    the ELF. Each model builds in its own folder, so switching models recompiles nothing."""
+                   upload_port: str | None = None, timeout: float = 600.0, wake: str | Path | None = None) -> Path:
+    """`pio run -e env` for model `lib` (and a wake-word model `wake` beside it; with `-t upload`
+    when upload_port is given); returns the ELF. Each model builds in its own folder, so
+    switching models recompiles nothing."""
     project_dir = Path(project_dir)
     ensure_scons_package(project_dir)
-    name, environ = _model_environ(lib)
+    name, environ = _model_environ(lib, wake)
+    if wake is not None:
+        name += "+" + Path(wake).name
     build_dir = Path(build_dir) if build_dir else project_dir / ".pio" / "models" / name
     environ["PLATFORMIO_BUILD_DIR"] = str(build_dir)
     environ.update(own_platform_environ(project_dir, env))
@@ -193,6 +203,57 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
     else:
         session = _session(port, inputs, runs, warmups, timeout, subwords)
     return _report(profile, elf, memory, session, runs, warmups)
+
+
+def run_device_listen(env: str, lib: str | Path, wake: str | Path, pcm: np.ndarray, cfg, *,
+                      port: str | None = None, project_dir: str | Path = PROJECT_DIR,
+                      build_dir: str | Path | None = None, extra_flags: Sequence[str] = (),
+                      timeout: float = 60.0) -> dict:
+    """Build the firmware with the audio (command) model `lib` and the wake-word model `wake`
+    beside it, set the listener to `cfg` (tools/tinyseek/audio/listen.py: ListenConfig) and
+    stream the int16 samples `pcm` to `listen` chunk by chunk (one hop by default), as a
+    microphone would. Returns the events (as audio.listen gives them, with the device's labels),
+    each chunk's time, the memory of the image and of both libraries, and the device's reports."""
+    pcm = np.asarray(pcm)
+    if pcm.dtype != np.int16 or pcm.ndim != 1 or not len(pcm):
+        raise ValueError(f"the stream is a non-empty 1-D int16 array, not {pcm.dtype} {pcm.shape}")
+    profile = load_profile(env)
+    check_port(profile, port)
+    elf = build_firmware(env, lib, project_dir=project_dir, build_dir=build_dir, extra_flags=list(extra_flags),
+                         upload_port=None if profile.emulated else port, wake=wake)
+    names = {role: Path(item).name for role, item in (("command", lib), ("wake", wake))}
+    memory = {role: memory_report(elf, name, elf.with_name("firmware.map")) for role, name in names.items()}
+
+    def session(url: str) -> dict:
+        with SerialLink(url) as link:
+            dut = DutClient(link, timeout=timeout)
+            dut.sync()
+            info = dut.info()
+            if info["kind"] != "audio":
+                raise ValueError(f"the listener needs an audio command model; {info['model']} is a {info['kind']} model")
+            config = dut.listen_config(cfg)
+            dut.listen_reset()
+            per_chunk = info["buffer"] // 2
+            line_bytes = max(2, (info["line"] - 4) // 2)
+            events, chunks = [], []
+            for i in range(0, len(pcm), per_chunk):
+                dut.load(pcm[i:i + per_chunk].astype("<i2").tobytes(), chunk=line_bytes)
+                reply = dut.listen()
+                events += reply["events"]
+                chunks.append({"time": reply["time"]["total"], "events": [e["event"] for e in reply["events"]]})
+            return {"info": info, "config": config, "events": events, "chunks": chunks, "frames": reply["frames"],
+                    "chunk_samples": per_chunk, "device_mem": dut.mem()}
+
+    if profile.emulated:
+        with QemuProcess(elf, profile.machine()) as qemu:
+            out = session(qemu.url)
+    else:
+        out = session(port)
+    info = out["info"]
+    return {"env": profile.env, "board": info["board"], "cpu": info["cpu"], "emulated": profile.emulated,
+            "elf": str(elf), "unit": info["unit"], "clock_hz": info["clock_hz"], **out,
+            "memory": {"elf": memory["command"], "wake_model": memory["wake"]["flash"]["model"],
+                       "wake_model_ram": memory["wake"]["ram"]["model"], "device": out["device_mem"]}}
 
 
 def _session(url: str, inputs: Sequence, runs: int, warmups: int, timeout: float, subwords: int) -> dict:

@@ -196,6 +196,41 @@ class DutClient:
         out["label"] = reply.field("label")
         return out
 
+    # -- the listener: a wake word gating commands (firmware/lib/harness/ts_listen.h) --------
+    def listen_config(self, cfg=None) -> dict:
+        """`listen set` with a ListenConfig's threshold, window, stride, rest and capture (None:
+        `listen config`); the device's settings as it reports them."""
+        command = ("listen config" if cfg is None else
+                   f"listen set {cfg.threshold} {cfg.window} {cfg.stride} {cfg.rest} {cfg.capture}")
+        return parse_kv(self.command(command).field("listen-config"))
+
+    def listen_reset(self) -> None:
+        if not self.command("listen reset").has("m-listen-reset-done"):
+            raise ProtocolError("listen reset was not confirmed")
+
+    def listen(self) -> dict:
+        """`listen` on the loaded samples: {"events": [...] as tools/tinyseek/audio/listen.py
+        gives them (a command's logits when the reply carries them: its last command's),
+        "frames": heard since the reset, "time": ...}."""
+        reply = self.command("listen")
+        events = []
+        for line in reply.lines:
+            m = _BRACKET.match(line)
+            if m and m.group(1) == "wake":
+                kv = parse_kv(m.group(2))
+                events.append({"event": "wake", "frame": kv["frame"], "margin": kv["margin"]})
+            elif m and m.group(1) == "command":
+                kv = parse_kv(m.group(2))
+                events.append({"event": "command", "frame": kv["frame"], "class": kv["class"], "label": kv["label"]})
+        summary = parse_kv(reply.field("listen"))
+        if summary["dropped"]:
+            raise ProtocolError(f"the device heard {summary['events']} events in one chunk and printed only "
+                                f"{summary['events'] - summary['dropped']}; send shorter chunks")
+        commands = [e for e in events if e["event"] == "command"]
+        if commands:
+            commands[-1]["logits"] = parse_ints(reply.field("logits"))
+        return {"events": events, "frames": summary["frames"], "time": parse_kv(reply.field("time"))}
+
     def quit(self) -> None:
         """End the emulator (semihosting exit); the reply may be cut short by the exit."""
         self.link.write("quit%")
