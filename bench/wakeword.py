@@ -16,7 +16,11 @@ margin is the lowest that keeps the validation stream to that rate (found by bis
 the test stream is read with it. A detection within 1 s
 after a keyword's end (or in its last 100 ms) is a hit; any other is a false accept; after a
 detection the detector rests 1 s. The counts and hours of each stream are reported with its
-false-accept rate, which has the resolution of one accept in that many hours.
+false-accept rate, which has the resolution of one accept in that many hours. The rules are the
+device listener's (tinyseek.audio.listen with no command model), so these are the detections
+the firmware makes; the int8 model and its C library (with the front end) are written to
+<speech>/wakeword/int8 and <speech>/wakeword/wakeword for the firmware (docs/audio.md, "Wake
+word and commands on the device").
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +41,13 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from tinyseek.audio.data import FEATURE_SCALE, load_audio, stack_frames  # noqa: E402
 from tinyseek.audio.frontend import FrontendConfig, features  # noqa: E402
+from tinyseek.audio.listen import ListenConfig, wake_checks, wake_margins, wakes  # noqa: E402
+from tinyseek.codegen.render import render  # noqa: E402
 from tinyseek.audio.synth import SAMPLE_RATE, VOICES, place, room, speak  # noqa: E402
 from tinyseek.config import load  # noqa: E402
 from tinyseek.data.dataset import Dataset, Split  # noqa: E402
 from tinyseek.distill.train import train_student  # noqa: E402
 from tinyseek.quant.quantize import quantize  # noqa: E402
-from tinyseek.quant.reference import infer_sequences  # noqa: E402
 from tinyseek.student.tinylstm import save_student  # noqa: E402
 
 from results_md import replace_section  # noqa: E402
@@ -170,20 +175,20 @@ def stream_features(audio: np.ndarray, chunk_hops: int = 3000) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def margins(qm, feats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frame index of each detector run, int8 logit margin keyword - other) over a stream."""
-    at = np.arange(WINDOW, len(feats) + 1, STRIDE)
-    logits = np.concatenate([infer_sequences(qm, stack_frames(np.stack([feats[a - WINDOW:a] for a in at[i:i + 2048]]), k))
-                             for i in range(0, len(at), 2048)])
-    return at, logits[:, 1].astype(np.int64) - logits[:, 0]
+def listener(threshold: int) -> ListenConfig:
+    """The device's listener (tinyseek.audio.listen, firmware/lib/harness/ts_listen.c) as a wake
+    word alone: the detections below are the ones the firmware makes."""
+    return ListenConfig(threshold=threshold, window=WINDOW, stride=STRIDE, rest=REST, capture=0)
+
+
+def margins(qm, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frame count of each detector run, int8 logit margin keyword - other) over a stream."""
+    at = wake_checks(len(feats), listener(0))
+    return at, wake_margins(qm, feats, at, WINDOW)
 
 
 def detect(at: np.ndarray, margin: np.ndarray, threshold: int, ends: list[int], other_seconds: float) -> dict:
-    fired, rest_until = [], -1
-    for a, m in zip(at.tolist(), margin.tolist()):
-        if a >= rest_until and m >= threshold:
-            fired.append(a)
-            rest_until = a + REST
+    fired = [int(at[i]) for i in wakes(at, margin, listener(threshold))]
     hit = set()
     false = 0
     for f in fired:
@@ -227,7 +232,10 @@ def main() -> None:
                 seed=args.seed, feedback_rounds=0)
     result = train_student(ds, knowledge, replace(cfg, distill=d), progress=False)
     folder = save_student(result.model, result.spec, work / "student")
-    qm = quantize(folder, train.x[:512], name="wakeword", input_scale=FEATURE_SCALE)
+    qm = quantize(folder, train.x[:512], name="wakeword", input_scale=FEATURE_SCALE,
+                  audio={"frontend": asdict(FE), "frames_per_step": k})
+    qm.save(work / "int8")
+    render(qm, work / "wakeword")  # the C library for the firmware's listener (docs/audio.md)
     out = {"keyword": KEYWORD, "train_windows": {"keyword": int(train.y.sum()), "other": int((train.y == 0).sum())},
            "student_hidden": args.hidden, "epochs": args.epochs, "best_epoch": result.summary["best_epoch"],
            "window_val_accuracy": result.summary["best_val_accuracy"]}
@@ -235,7 +243,7 @@ def main() -> None:
     for s in ("val", "test"):
         audio, ends = stream(speech[s].audio, kws[s], args.seed)
         other = (len(audio) - sum(len(k) for k in kws[s])) / SAMPLE_RATE
-        runs[s] = (*margins(qm, stream_features(audio), k), ends, other)
+        runs[s] = (*margins(qm, stream_features(audio)), ends, other)
     at, m, ends, other = runs["val"]
     t_at, t_m, t_ends, t_other = runs["test"]
     candidates = sorted(set(m.tolist())) + [int(m.max()) + 1]

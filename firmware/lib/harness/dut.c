@@ -16,6 +16,15 @@
 
 #include "dut_port.h"
 #include "ts_listen.h"
+
+/* The listener's code only where the build has a wake-word model (select_model.py passes its
+ * header), or in host builds, which compile every path; other firmware answers `listen` with
+ * an error and links none of ts_listen.c. */
+#if defined(TINYSEEK_WAKE_HEADER) || !defined(DUT_MODEL_KIND_TEXT)
+#define DUT_LISTEN 1
+#else
+#define DUT_LISTEN 0
+#endif
 #if TINYSEEK_OTA
 #include "ota.h"
 #endif
@@ -657,6 +666,7 @@ static int word_index(tok_t t) {
 
 /* ---- wake word and commands (ts_listen.h) ---------------------------------------------- */
 
+#if DUT_LISTEN
 /* Events of one `listen`, printed after the timed run so the serial output is not timed; the
  * logits of the last command are in logits_out (and `results`). */
 #define LISTEN_QUEUE 8
@@ -717,16 +727,21 @@ static void cmd_listen_set(const char *pos, const char *end) {
     out_listen_config();
 }
 
+#endif
+
 static void cmd_listen(const char *pos, const char *end) {
+#if DUT_LISTEN
     uint64_t t0, dt;
     unsigned long k;
     long n;
     tok_t sub = next_tok(&pos, end);
+#endif
     if (M->listener == NULL) {
         err("listen: this firmware has no wake-word model; build it beside an audio model with "
             "TINYSEEK_WAKE_MODEL=<name> or TINYSEEK_WAKE_MODEL_DIR=<folder>");
         return;
     }
+#if DUT_LISTEN
     if (sub.n != 0) {
         int w = word_index(sub);
         if (w == W_SET) {
@@ -767,6 +782,10 @@ static void cmd_listen(const char *pos, const char *end) {
          listen_count > LISTEN_QUEUE ? listen_count - LISTEN_QUEUE : 0ul);
     if (have_results) out_results(); /* the last command's m-results and m-logits */
     out_time(dt, 1, dt, dt);
+#else
+    (void)pos;
+    (void)end;
+#endif
 }
 
 static void dispatch(const char *start, const char *end) {
@@ -852,11 +871,13 @@ void dut_init(const dut_model_t *model) {
     load_size = load_pos = 0;
     have_results = 0;
     A->reset(M->state);
+#if DUT_LISTEN
     if (M->listener != NULL) {
         ts_listen_config defaults = M->listener->cfg;
         M->listener->on_event = listen_event;
         listen_error = ts_listen_init(M->listener, &defaults);
     }
+#endif
     out("m-timestamp-mode-" TIMESTAMP_MODE "\r\nm-init-done\r\nm-ready\r\n");
 }
 

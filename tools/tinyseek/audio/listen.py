@@ -85,6 +85,18 @@ def wake_margins(wake: QuantModel, feats: np.ndarray, at: np.ndarray, window: in
     return np.concatenate(out)
 
 
+def wakes(at: np.ndarray, margins: np.ndarray, cfg: ListenConfig) -> list[int]:
+    """Indices into `at` (wake_checks) of the checks that wake: margin >= threshold, and
+    max(rest, capture) frames after the last wake."""
+    quiet = max(cfg.rest, cfg.capture)
+    out, until = [], 0
+    for i, (a, margin) in enumerate(zip(at.tolist(), np.asarray(margins).tolist())):
+        if a >= until and margin >= cfg.threshold:
+            out.append(i)
+            until = a + quiet
+    return out
+
+
 def listen_frames(wake: QuantModel, command: QuantModel | None, feats: np.ndarray, cfg: ListenConfig,
                   margins: np.ndarray | None = None) -> list[dict]:
     """The events on int8 front-end frames [N, channels], in order: {"event": "wake", "frame",
@@ -94,14 +106,12 @@ def listen_frames(wake: QuantModel, command: QuantModel | None, feats: np.ndarra
     feats = np.asarray(feats, np.int8)
     at = wake_checks(len(feats), cfg)
     m = wake_margins(wake, feats, at, cfg.window) if margins is None else np.asarray(margins, np.int64)
-    quiet = max(cfg.rest, cfg.capture)  # capture is 0 without a command model
-    events, captures, until = [], [], 0
-    for a, margin in zip(at.tolist(), m.tolist()):
-        if a >= until and margin >= cfg.threshold:
-            events.append({"event": "wake", "frame": a, "margin": int(margin)})
-            until = a + quiet
-            if cfg.capture and a + cfg.capture <= len(feats):
-                captures.append((len(events), a))
+    events, captures = [], []
+    for i in wakes(at, m, cfg):
+        a = int(at[i])
+        events.append({"event": "wake", "frame": a, "margin": int(m[i])})
+        if cfg.capture and a + cfg.capture <= len(feats):
+            captures.append((len(events), a))
     if captures:
         k = command.audio["frames_per_step"]
         x = stack_frames(np.stack([feats[a:a + cfg.capture] for _, a in captures]), k)

@@ -93,7 +93,7 @@ def source_hash(student_dir: str | Path) -> str:
 
 def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | None = None,
              saturation_warn: float = SATURATION_WARN, weights: str = "int8",
-             input_scale: float | None = None, embedding: str | None = None) -> QuantModel:
+             input_scale: float | None = None, embedding: str | None = None, audio: dict | None = None) -> QuantModel:
     """Quantize the float student in `student_dir` (student.safetensors + student.json).
 
     calib_inputs: token-id lists (text students) or float features [N, T, F] / a list of
@@ -105,12 +105,13 @@ def quantize(student_dir: str | Path, calib_inputs, *, name: str, meta: dict | N
     same as `weights`); the head is int8, binary in a binary model.
     `input_scale` (sequence students) fixes s_x instead of max|x| / 127: for inputs that are
     int8 already times a known scale (the audio front end's frames times 1/64), so the device
-    feeds them unchanged.
+    feeds them unchanged. `audio`: the front end and frames_per_step of an audio student
+    (QuantModel.audio), so its library carries the front end.
     """
     student = FloatStudent.from_folder(student_dir)
     return _quantize(student, calib_inputs, name=name, meta=meta, source=source_hash(student_dir),
                      saturation_warn=saturation_warn, weights=weights, input_scale=input_scale,
-                     embedding=embedding)
+                     embedding=embedding, audio=audio)
 
 
 def quantize_embedding(table: np.ndarray, width: str = "int8") -> tuple[np.ndarray, np.ndarray | None, float]:
