@@ -59,6 +59,8 @@ def test_the_rules_on_given_margins():
                           margins=np.full(len(at), 5))
     assert [e["frame"] for e in alone] == list(range(8, 61, 6))  # no command: rest alone keeps checks away
     assert listen_frames(wake, command, feats, ListenConfig(threshold=6, **SMALL), margins=np.full(len(at), 5)) == []
+    with pytest.raises(ListenError, match="3 margins for 27 wake checks"):
+        listen_frames(wake, command, feats, ListenConfig(**SMALL), margins=np.zeros(3))
 
 
 @pytest.mark.parametrize("change,message", [

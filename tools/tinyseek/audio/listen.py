@@ -106,6 +106,8 @@ def listen_frames(wake: QuantModel, command: QuantModel | None, feats: np.ndarra
     feats = np.asarray(feats, np.int8)
     at = wake_checks(len(feats), cfg)
     m = wake_margins(wake, feats, at, cfg.window) if margins is None else np.asarray(margins, np.int64)
+    if m.shape != at.shape:
+        raise ListenError(f"{m.size} margins for {at.size} wake checks: pass wake_margins at wake_checks(frames, cfg)")
     events, captures = [], []
     for i in wakes(at, m, cfg):
         a = int(at[i])
