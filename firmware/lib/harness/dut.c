@@ -50,6 +50,9 @@
 #define USAGE_INFER "infer [N [W]]"
 #define USAGE_SYNC "sync TOKEN"
 #define USAGE_LISTEN "listen [reset | config | set THRESHOLD WINDOW STRIDE REST CAPTURE]"
+#define NO_LISTENER                                                                                  \
+    "listen: this firmware has no wake-word model; build it beside an audio model with "           \
+    "TINYSEEK_WAKE_MODEL=<name> or TINYSEEK_WAKE_MODEL_DIR=<folder>"
 
 static const dut_model_t *M;
 static const tinyseek_model_api *A; /* M->api */
@@ -727,21 +730,15 @@ static void cmd_listen_set(const char *pos, const char *end) {
     out_listen_config();
 }
 
-#endif
-
 static void cmd_listen(const char *pos, const char *end) {
-#if DUT_LISTEN
     uint64_t t0, dt;
     unsigned long k;
     long n;
     tok_t sub = next_tok(&pos, end);
-#endif
     if (M->listener == NULL) {
-        err("listen: this firmware has no wake-word model; build it beside an audio model with "
-            "TINYSEEK_WAKE_MODEL=<name> or TINYSEEK_WAKE_MODEL_DIR=<folder>");
+        err(NO_LISTENER);
         return;
     }
-#if DUT_LISTEN
     if (sub.n != 0) {
         int w = word_index(sub);
         if (w == W_SET) {
@@ -782,11 +779,14 @@ static void cmd_listen(const char *pos, const char *end) {
          listen_count > LISTEN_QUEUE ? listen_count - LISTEN_QUEUE : 0ul);
     if (have_results) out_results(); /* the last command's m-results and m-logits */
     out_time(dt, 1, dt, dt);
+}
 #else
+static void cmd_listen(const char *pos, const char *end) {
     (void)pos;
     (void)end;
-#endif
+    err(NO_LISTENER);
 }
+#endif
 
 static void dispatch(const char *start, const char *end) {
     const char *pos = start;

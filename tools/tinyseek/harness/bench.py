@@ -144,26 +144,38 @@ def _send(dut: DutClient, item, info: dict, runs: int, warmups: int, timeout: fl
     return dut.infer(runs, warmups, timeout=timeout), "token_ids" if kind == "text" else "features"
 
 
-def _stream_audio(dut: DutClient, pcm: np.ndarray, info: dict) -> dict:
-    """One clip to an audio model as a microphone would give it: reset, then `db` + `stream`
-    chunk by chunk (a chunk fills the device's buffer, one hop of the front end by default).
-    The result is the logits after the last chunk; its time the sum over the clip, and
-    `chunks` each chunk's time: the last one is the latency from the clip's last sample to
-    the decision."""
+def _check_pcm(pcm: np.ndarray, rule: str) -> None:
+    """ValueError `rule`, and what pcm is, unless it is a non-empty 1-D int16 array."""
     if pcm.dtype != np.int16 or pcm.ndim != 1 or not len(pcm):
-        raise ValueError(f"an audio input is a non-empty 1-D int16 clip, not {pcm.dtype} {pcm.shape}")
+        raise ValueError(f"{rule}, not {pcm.dtype} {pcm.shape}")
+
+
+def _load_chunks(dut: DutClient, pcm: np.ndarray, info: dict):
+    """Loads the int16 samples into the device's buffer a chunk at a time (a chunk fills it:
+    one hop of the front end by default), as a microphone's DMA would hand them over; yields
+    after each, for the command that consumes it."""
     per_chunk = info["buffer"] // 2
     line_bytes = max(2, (info["line"] - 4) // 2)  # `db HEX` must fit the device's command line
-    dut.reset()
-    times = []
     for i in range(0, len(pcm), per_chunk):
         dut.load(pcm[i:i + per_chunk].astype("<i2").tobytes(), chunk=line_bytes)
+        yield
+
+
+def _stream_audio(dut: DutClient, pcm: np.ndarray, info: dict) -> dict:
+    """One clip to an audio model as a microphone would give it: reset, then `db` + `stream`
+    chunk by chunk (_load_chunks). The result is the logits after the last chunk; its time the
+    sum over the clip, and `chunks` each chunk's time: the last one is the latency from the
+    clip's last sample to the decision."""
+    _check_pcm(pcm, "an audio input is a non-empty 1-D int16 clip")
+    dut.reset()
+    times = []
+    for _ in _load_chunks(dut, pcm, info):
         result = dut.stream()
         times.append(result["time"]["total"])
     result["time"] = {"total": sum(times), "runs": 1, "min": sum(times), "max": sum(times),
                       "unit": result["time"].get("unit")}
     result["chunks"] = times
-    result["chunk_samples"] = per_chunk
+    result["chunk_samples"] = info["buffer"] // 2
     return result
 
 
@@ -215,8 +227,7 @@ def run_device_listen(env: str, lib: str | Path, wake: str | Path, pcm: np.ndarr
     microphone would. Returns the events (as audio.listen gives them, with the device's labels),
     each chunk's time, the memory of the image and of both libraries, and the device's reports."""
     pcm = np.asarray(pcm)
-    if pcm.dtype != np.int16 or pcm.ndim != 1 or not len(pcm):
-        raise ValueError(f"the stream is a non-empty 1-D int16 array, not {pcm.dtype} {pcm.shape}")
+    _check_pcm(pcm, "the stream is a non-empty 1-D int16 array")
     profile = load_profile(env)
     check_port(profile, port)
     elf = build_firmware(env, lib, project_dir=project_dir, build_dir=build_dir, extra_flags=list(extra_flags),
@@ -233,16 +244,13 @@ def run_device_listen(env: str, lib: str | Path, wake: str | Path, pcm: np.ndarr
                 raise ValueError(f"the listener needs an audio command model; {info['model']} is a {info['kind']} model")
             config = dut.listen_config(cfg)
             dut.listen_reset()
-            per_chunk = info["buffer"] // 2
-            line_bytes = max(2, (info["line"] - 4) // 2)
             events, chunks = [], []
-            for i in range(0, len(pcm), per_chunk):
-                dut.load(pcm[i:i + per_chunk].astype("<i2").tobytes(), chunk=line_bytes)
+            for _ in _load_chunks(dut, pcm, info):
                 reply = dut.listen()
                 events += reply["events"]
                 chunks.append({"time": reply["time"]["total"], "events": [e["event"] for e in reply["events"]]})
             return {"info": info, "config": config, "events": events, "chunks": chunks, "frames": reply["frames"],
-                    "chunk_samples": per_chunk, "device_mem": dut.mem()}
+                    "chunk_samples": info["buffer"] // 2, "device_mem": dut.mem()}
 
     if profile.emulated:
         with QemuProcess(elf, profile.machine()) as qemu:
