@@ -82,25 +82,43 @@ static int feed_audio(void *state, const int16_t *pcm, int n) {
 #error "the wake-word model must have two classes (0 other, 1 the wake word)"
 #endif
 
-/* Defaults of `listen set`, in frames of the front end: a 1 s window checked every 200 ms,
- * 1 s of rest, 3 s of command after a wake (tools/tinyseek/audio/listen.py: ListenConfig). */
-#ifndef TINYSEEK_LISTEN_RING
-#define TINYSEEK_LISTEN_RING 50
-#endif
+/* Defaults of `listen set`, in frames of the front end: the wake model's own where its header
+ * records them (TINYSEEK_WAKE_*: the settings `tinyseek build` measured it with), else a 1 s
+ * window checked every 200 ms, 1 s of rest; 3 s of command after a wake
+ * (tools/tinyseek/audio/listen.py: ListenConfig). A -D flag overrides either. */
 #ifndef TINYSEEK_LISTEN_THRESHOLD
+#ifdef TINYSEEK_WAKE_THRESHOLD
+#define TINYSEEK_LISTEN_THRESHOLD TINYSEEK_WAKE_THRESHOLD
+#else
 #define TINYSEEK_LISTEN_THRESHOLD 0
 #endif
+#endif
 #ifndef TINYSEEK_LISTEN_WINDOW
-#define TINYSEEK_LISTEN_WINDOW TINYSEEK_LISTEN_RING
+#ifdef TINYSEEK_WAKE_WINDOW
+#define TINYSEEK_LISTEN_WINDOW TINYSEEK_WAKE_WINDOW
+#else
+#define TINYSEEK_LISTEN_WINDOW 50
+#endif
 #endif
 #ifndef TINYSEEK_LISTEN_STRIDE
+#ifdef TINYSEEK_WAKE_STRIDE
+#define TINYSEEK_LISTEN_STRIDE TINYSEEK_WAKE_STRIDE
+#else
 #define TINYSEEK_LISTEN_STRIDE 10
 #endif
+#endif
 #ifndef TINYSEEK_LISTEN_REST
+#ifdef TINYSEEK_WAKE_REST
+#define TINYSEEK_LISTEN_REST TINYSEEK_WAKE_REST
+#else
 #define TINYSEEK_LISTEN_REST 50
+#endif
 #endif
 #ifndef TINYSEEK_LISTEN_CAPTURE
 #define TINYSEEK_LISTEN_CAPTURE 150
+#endif
+#ifndef TINYSEEK_LISTEN_RING /* frames kept: the longest window `listen set` can ask for */
+#define TINYSEEK_LISTEN_RING TINYSEEK_LISTEN_WINDOW
 #endif
 
 #define TS_STEP_BYTES (TINYSEEK_WAKE_NUM_FEATURES > TINYSEEK_MODEL_NUM_FEATURES ? TINYSEEK_WAKE_NUM_FEATURES \

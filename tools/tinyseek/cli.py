@@ -15,6 +15,8 @@ _STAGE_HELP = {
     "distill": "train the TinyLSTM student from the knowledge cache",
     "quantize": "quantize the float student to the int8 model",
     "codegen": "render the int8 model as C into firmware/lib/<name>/",
+    "wakeword": "audio tasks with wake.keyword: train the wake word, choose its threshold, render it into "
+                "firmware/lib/<name>_wake/",
     "verify": "measure accuracy and check the generated C bit-exactly against the integer reference",
     "report": "write report.json, report.md and the confusion-matrix plot",
 }

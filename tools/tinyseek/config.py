@@ -267,6 +267,25 @@ class SearchConfig:
 
 
 @dataclass
+class WakeConfig:
+    """A wake word beside an audio task's command model (docs/audio.md, "A wake word in `tinyseek
+    build`"): trained on the built-in synthesisers' voices saying `keyword`, against the task's
+    own clips as other speech, hard labels only (tinyseek.audio.wakeword)."""
+    keyword: str = ""  # empty: no wake word; e.g. "hey tiny" (audio tasks only)
+    keywords: int = 3000  # training utterances of the keyword
+    near_misses: int = 1500  # training utterances of words that share a part of it ("hey tony")
+    mining_keywords: int = 1500  # keywords in the hard-negative mining stream (0: no mining)
+    hard_negatives: int = 6000  # mined windows of highest margin added as other
+    val_keywords: int = 100  # validation voices' keywords: the validation stream and windows
+    test_keywords: int = 150  # test voices' keywords: the report's stream
+    false_accepts_per_hour: float = 1.0  # the threshold keeps the validation stream to this rate
+    frames_per_step: int = 2
+    hidden: int = 32
+    epochs: int = 20
+    seed: int = 0
+
+
+@dataclass
 class Config:
     run: str = "intents"
     models_dir: str = "models"
@@ -279,6 +298,7 @@ class Config:
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -379,6 +399,17 @@ def validate(cfg: Config) -> None:
     need(cfg.task.kind != "audio" or not cfg.teacher.transfer_samples,
          "teacher.transfer_samples is for text tasks: a written sentence has no audio for an audio student; "
          "set it to 0 for task.kind = \"audio\"")
+    w = cfg.wake
+    need(not w.keyword or cfg.task.kind == "audio",
+         f"wake.keyword ({w.keyword!r}) is for audio tasks: set task.kind = \"audio\" or leave wake.keyword empty")
+    need(not w.keyword or bool(re.fullmatch(r"[a-z' ]+", w.keyword.strip())),
+         f"wake.keyword must be English words (a-z, spaces), not {w.keyword!r}: the English voices speak it")
+    need(min(w.keywords, w.val_keywords, w.test_keywords, w.epochs, w.hidden, w.frames_per_step) >= 1
+         and min(w.near_misses, w.mining_keywords, w.hard_negatives) >= 0 and w.false_accepts_per_hour >= 0
+         and 50 % w.frames_per_step == 0,
+         "wake.keywords, val_keywords, test_keywords, epochs and hidden must be >= 1, near_misses, "
+         "mining_keywords, hard_negatives and false_accepts_per_hour >= 0, and wake.frames_per_step must "
+         f"divide the 50-frame window (1, 2, 5, 10, 25, 50), not {w.frames_per_step}")
     need(cfg.teacher.transfer_samples >= 0 and 0.0 <= cfg.teacher.transfer_confidence < 1.0
          and cfg.teacher.transfer_temperature > 0,
          "teacher.transfer_samples must be >= 0, transfer_confidence in [0, 1), transfer_temperature > 0")

@@ -20,7 +20,7 @@ import tomli_w
 from . import __version__
 from .config import Config, TeacherConfig
 
-STAGES = ("teacher", "distill", "quantize", "codegen", "verify", "report")
+STAGES = ("teacher", "distill", "quantize", "codegen", "wakeword", "verify", "report")
 # Teacher settings only the extraction reads (teacher/extract.py).
 EXTRACTION_ONLY = ("layers", "attentions", "shard_size")
 # Where the extraction runs: the same knowledge whatever they are (the shard stamps hold the
@@ -120,6 +120,19 @@ class Run:
     def lib_dir(self) -> Path:
         out = self.cfg.codegen.out_dir
         return Path(out) if out else REPO_ROOT / "firmware" / "lib" / self.cfg.model_name
+
+    @property
+    def wake_dir(self) -> Path:
+        return self.dir / "wakeword"
+
+    @property
+    def wake_lib_dir(self) -> Path:
+        """The wake word's library, beside the command model's: <library>_wake."""
+        return self.lib_dir.with_name(self.lib_dir.name + "_wake")
+
+    def stages(self) -> tuple[str, ...]:
+        """The stages a build runs: the wake word only where one is asked for (wake.keyword)."""
+        return tuple(s for s in STAGES if s != "wakeword" or self.cfg.wake.keyword)
 
     @property
     def task_dataset(self):
@@ -233,6 +246,8 @@ class Run:
             return hash_obj([__version__, task, quant, c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":
             return hash_obj([__version__, hash_files(self.int8_dir), hash_files(REPO_ROOT / "templates")])
+        if stage == "wakeword":
+            return hash_obj([__version__, task, asdict(c.wake), c.model_name, hash_files(REPO_ROOT / "templates")])
         if stage == "verify":
             return hash_obj([__version__, task, hash_files(self.int8_dir), hash_files(self.lib_dir)])
         if stage == "report":
@@ -240,7 +255,7 @@ class Run:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
     def _report_inputs(self) -> list[Path]:
-        names = ("metrics.json", "verify.json", "device.json", "tflite/metrics.json")
+        names = ("metrics.json", "verify.json", "device.json", "tflite/metrics.json", "wakeword/wakeword.json")
         return [p for p in (self.dir / n for n in names) if p.exists()]
 
     def outputs(self, stage: str) -> list[Path]:
@@ -249,6 +264,8 @@ class Run:
             "distill": [self.student_dir / "student.safetensors", self.student_dir / "student.json"],
             "quantize": [self.int8_dir / "model.json", self.int8_dir / "params.safetensors"],
             "codegen": [self.lib_dir / "library.json"],
+            "wakeword": [self.wake_dir / "wakeword.json", self.wake_dir / "int8" / "model.json",
+                         self.wake_lib_dir / "library.json"],
             "verify": [self.dir / "verify.json", self.dir / "metrics.json"],
             "report": [self.dir / "report.json", self.dir / "report.md"],
         }[stage]
@@ -293,7 +310,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.toml").write_text(tomli_w.dumps(self.cfg.to_dict()))
         for name in STAGES[: STAGES.index(until) + 1]:
-            self.stage(name, force=force)
+            if name in self.stages():
+                self.stage(name, force=force)
 
 
 # -- the stages -----------------------------------------------------------------------------
@@ -351,6 +369,16 @@ def _codegen(run: Run) -> None:
     run.log(f"[codegen] {len(files)} files in {run.lib_dir}")
 
 
+def _wakeword(run: Run) -> None:
+    if not run.cfg.wake.keyword:
+        raise ValueError("no wake word to train: set wake.keyword (e.g. --set 'wake.keyword=hey tiny') "
+                         "for an audio task (task.kind = \"audio\")")
+    from .audio.wakeword import build_wakeword
+    build_wakeword(run.cfg, run.task_dataset, run.wake_dir, run.wake_lib_dir, run.log)
+    run.log(f"[wakeword] {run.wake_lib_dir}: build the firmware with it beside the command model: "
+            f"TINYSEEK_WAKE_MODEL={run.wake_lib_dir.name} (docs/audio.md)")
+
+
 def _verify(run: Run) -> None:
     from .harness.evaluate import evaluate_host
     evaluate_host(run)
@@ -364,5 +392,5 @@ def _report(run: Run) -> None:
 
 STAGE_FUNCS: dict[str, Callable[[Run], None]] = {
     "teacher": _teacher, "distill": _distill, "quantize": _quantize,
-    "codegen": _codegen, "verify": _verify, "report": _report,
+    "codegen": _codegen, "wakeword": _wakeword, "verify": _verify, "report": _report,
 }

@@ -36,6 +36,12 @@ class ListenConfig:
     rest: int = 50       # frames after a wake with no check
     capture: int = 150   # frames the command model hears after a wake (3 s); 0: no command
 
+    @classmethod
+    def of(cls, wake: QuantModel, capture: int = 150) -> "ListenConfig":
+        """The settings a wake model was measured with (its audio["wake"], as `tinyseek build`
+        records them and the firmware takes as its defaults), else the defaults above."""
+        return cls(**(wake.audio or {}).get("wake", {}), capture=capture)
+
     def check(self, wake: QuantModel, command: QuantModel | None) -> None:
         """ListenError naming the problem unless the two models and these settings fit together."""
         if wake.audio is None:

@@ -470,6 +470,7 @@ def _audio_context(model: QuantModel) -> dict:
         # int16 history and hop buffer, uint16 fill count; int8 frames of a step, uint8 frame count
         "state_bytes": 2 * history + 2 * fe.hop + 2 + k * fe.channels + 1,
         "scratch_bytes": 4 * 2 * fe.fft,  # int32 real and imaginary rows of the FFT
+        "wake": model.audio.get("wake"),  # a wake word's listener settings, or None
     }
 
 

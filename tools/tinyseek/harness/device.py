@@ -50,6 +50,8 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
     }
     if result["audio_chunks"]:
         device["audio"] = audio_timing(result, [len(a) for a in test.audio], qm.frontend.sample_rate, clock)
+    if run.cfg.wake.keyword:
+        device["listen"] = listen_on_device(run, env, port, test, clock)
     (run.dir / "device.json").write_text(json.dumps(device, indent=2, sort_keys=True) + "\n")
     run.log(f"[device] {env}: bit-exact {device['bitexact']} on {n} samples, median "
             f"{device['latency']['value']:.0f} {device['latency']['unit']} per inference")
@@ -59,6 +61,53 @@ def run_on_device(run, env: str, port: str | None = None, limit: int = 0) -> dic
                 f"({100 * a['share_of_clock']:.1f} % of {clock / 1e6:.0f} MHz), "
                 f"{a['after_last_sample']['ms_at_clock']:.2f} ms from the last sample to the decision")
     return device
+
+
+def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dict:
+    """The wake word and the command model on the device at once: the test clips sent (at most
+    the first 30) one after another with a test voice's keyword before every third, streamed hop
+    by hop to the listener; every event checked against the integer reference
+    (tinyseek.audio.listen), the keywords it wakes on, the commands it then hears, the response
+    (the hop that decides a command, from its last sample) and the cost per second of audio."""
+    from ..audio.listen import ListenConfig, listen
+    from ..audio.wakeword import HIT_AFTER, HIT_BEFORE, keyword_clips, stream
+    from ..quant.model import QuantModel
+    from .bench import run_device_listen
+
+    wake, command = QuantModel.load(run.wake_dir / "int8"), QuantModel.load(run.int8_dir)
+    clips = test.audio[:30]
+    kws = keyword_clips("test", max(1, len(clips) // 3), run.cfg.wake.seed, (run.cfg.wake.keyword,),
+                        run.cfg.wake.keyword)
+    pcm, ends, before = stream(clips, kws, run.cfg.wake.seed)
+    fe = command.frontend
+    cfg = ListenConfig.of(wake, capture=len(clips[0]) // fe.hop)  # the command model hears a clip's length
+    want = listen(wake, command, pcm, cfg)
+    run.log(f"[device] {env}: the listener on {len(pcm) / fe.sample_rate:.0f} s of test clips with "
+            f"{len(kws)} keywords ({len(pcm) // fe.hop:,} hops)")
+    out = run_device_listen(env, run.lib_dir, run.wake_lib_dir, pcm, cfg, port=port)
+    keys = ("event", "frame", "margin", "class", "logits")
+    got = [{k: e[k] for k in keys if k in e} for e in out["events"]]
+    mismatches = sum(g != {k: r[k] for k in keys if k in r} for g, r in zip(got, want)) + abs(len(got) - len(want))
+    wakes = [e["frame"] for e in want if e["event"] == "wake"]
+    heard = {}  # keyword -> the command decided after its wake
+    for j, e in enumerate(ends):
+        hit = next((w for w in wakes if e - HIT_BEFORE <= w <= e + HIT_AFTER), None)
+        if hit is not None:
+            heard[j] = next((c["class"] for c in want if c["event"] == "command" and c["frame"] > hit), None)
+    right = sum(before[j] < len(clips) and c == int(test.y[before[j]]) for j, c in heard.items())
+    times = [c["time"] for c in out["chunks"]]
+    decisions = [c["time"] for c in out["chunks"] if "command" in c["events"]]
+    elf = out["memory"]["elf"]
+    seconds = len(times) * fe.hop / fe.sample_rate
+    return {"keyword": run.cfg.wake.keyword, "config": {k: getattr(cfg, k) for k in
+                                                        ("threshold", "window", "stride", "rest", "capture")},
+            "seconds": seconds, "keywords": len(kws), "events": len(want), "mismatches": mismatches,
+            "bitexact": mismatches == 0 and len(want) > 0, "wakes": len(wakes), "keywords_detected": len(heard),
+            "false_wakes": sum(not any(e - HIT_BEFORE <= w <= e + HIT_AFTER for e in ends) for w in wakes), "commands_right": int(right), "unit": out["unit"],
+            "per_second_of_audio": sum(times) / seconds, "share_of_clock": sum(times) / seconds / clock,
+            "response": None if not decisions else {"max": max(decisions), "ms_at_clock": max(decisions) / clock * 1e3},
+            "flash_total": elf["flash"]["total"], "flash_wake_model": out["memory"]["wake_model"],
+            "ram_static": elf["ram"]["static"], "stack_peak": out["device_mem"].get("stack_peak")}
 
 
 def audio_timing(result: dict, clip_samples: list[int], sample_rate: int, clock: float) -> dict:

@@ -40,6 +40,9 @@ def build_report(run_dir: Path) -> dict:
         report["host"] = verify
     if device:
         report["device"] = device
+    wake = _read(run_dir / "wakeword" / "wakeword.json")  # the wakeword stage (wake.keyword)
+    if wake:
+        report["wake"] = wake
     tflite = _read(run_dir / "tflite" / "metrics.json")  # `tinyseek export --format tflite`
     if tflite and tflite.get("model_hash") != metrics["model"]["hash"]:
         # An export of an earlier model (or from before the export recorded the hash): not this model's row.
@@ -128,6 +131,41 @@ def _audio_rows(a: dict | None) -> list[str]:
             f"{a['worst_chunk']['value']:,.0f} {a['unit']} ({a['worst_chunk']['ms_at_clock']:.2f} ms) |"]
 
 
+def _wake_lines(w: dict) -> list[str]:
+    """The wake word beside the command model: detections on the held-out streams."""
+    def row(split: str) -> str:
+        r = w[split]
+        span = f"{r['hours']:.2f} h" if r["hours"] >= 1 else f"{60 * r['hours']:.1f} min"
+        return (f"| {split} | {r['detected']} / {r['keywords']} ({_pct(r['detection_rate'])}) | {r['false_accepts']} in "
+                f"{span} of other audio ({r['false_accepts_per_hour']:.1f} per hour) |")
+    return ["", f"## Wake word \"{w['keyword']}\"", "",
+            f"Library `{w['library']}`; a check of the last {w['window']} frames every {w['stride']} frames, "
+            f"threshold {w['threshold']} (the lowest that keeps the validation stream to "
+            f"{w['false_accepts_per_hour_allowed']:g} false accepts per hour), {w['rest']} frames of rest after a wake. "
+            "Streams: the split's clips one after another with keywords of its voices between them.", "",
+            "| stream | keywords detected | false accepts |", "|---|---|---|", row("val"), row("test"), "",
+            f"Host C check of the wake-word library on {w['host_check']['clips']} keyword clips: bit-exact."]
+
+
+def _listen_rows(li: dict | None, clock: float) -> list[str]:
+    """The wake word and the command model on the device at once (the listener)."""
+    if not li:
+        return []
+    resp = li["response"]
+    exact = ("**not measured** (no events)" if not li["events"] else f"**NOT bit-exact** ({li['mismatches']} of "
+             f"{li['events']} events differ)" if li["mismatches"] else f"**bit-exact** (all {li['events']} events)")
+    return [f"| listener: {li['seconds']:.0f} s of test clips with {li['keywords']} keywords, events vs the reference | "
+            f"{exact} |",
+            f"| listener: keywords woken on / false wakes / commands then right | {li['keywords_detected']} of "
+            f"{li['keywords']} / {li['false_wakes']} / {li['commands_right']} |",
+            f"| listener: per second of audio, share of {clock / 1e6:g} MHz | {li['per_second_of_audio']:,.0f} "
+            f"{li['unit']}, {100 * li['share_of_clock']:.1f} % |",
+            *([f"| listener: response after a command's last sample, slowest | {resp['max']:,.0f} {li['unit']} "
+               f"({resp['ms_at_clock']:.2f} ms) |"] if resp else []),
+            f"| listener: flash (image, of it the wake model) / static RAM / stack | {li['flash_total']:,} "
+            f"({li['flash_wake_model']:,}) / {li['ram_static']:,} / {li['stack_peak']:,} B |"]
+
+
 def render_markdown(report: dict) -> str:
     s = report["student"]
     width = (report.get("quantization") or {}).get("weights", "int8")
@@ -165,6 +203,8 @@ def render_markdown(report: dict) -> str:
             a = h["audio"]
             lines += ["", "The same clips as samples through the library's front end (`feed_audio` in chunks of 1 to "
                       f"2,048 samples, and `infer_audio`): " + _exactness(a["samples"], a["mismatches"])]
+    if "wake" in report:
+        lines += _wake_lines(report["wake"])
     if "device" in report:
         d = report["device"]
         lat, mem = d["latency"], d["memory"]
@@ -182,6 +222,7 @@ def render_markdown(report: dict) -> str:
                   f"| static RAM / stack peak | {mem['ram_static']:,} / {mem['stack_peak']:,} B |",
                   f"| energy per inference (estimate from a datasheet power figure) | {d['energy_uj_estimate']:.0f} µJ |",
                   *_audio_rows(d.get("audio")),
+                  *_listen_rows(d.get("listen"), lat["clock_hz"]),
                   "", f"Kernel variant: `{d['kernel']}`. {lat['note']}."]
     lines += ["", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)

@@ -117,7 +117,9 @@ class QuantModel:
     embedding_gain: np.ndarray | None = None
     # Audio models (task.kind = "audio"): {"frontend": FrontendConfig's fields, "frames_per_step": k}.
     # The device runs the front end on int16 samples and steps the LSTM once per k frames, on
-    # their concatenation (num_features = k * channels); None: int8 feature vectors in.
+    # their concatenation (num_features = k * channels); None: int8 feature vectors in. A wake
+    # word also records the listener settings it was measured with (tinyseek.audio.listen):
+    # "wake": {"threshold", "window", "stride", "rest"}, the firmware's defaults for it.
     audio: dict | None = None
 
     @property
@@ -330,10 +332,19 @@ class QuantModel:
 
     def _validate_audio(self, need) -> None:
         from ..audio.frontend import FrontendError
-        need(isinstance(self.audio, dict) and set(self.audio) == {"frontend", "frames_per_step"},
-             'audio must be {"frontend": {...}, "frames_per_step": k}')
+        need(isinstance(self.audio, dict) and set(self.audio) - {"wake"} == {"frontend", "frames_per_step"},
+             'audio must be {"frontend": {...}, "frames_per_step": k} (and "wake": {...} for a wake word)')
         k = self.audio["frames_per_step"]
         need(isinstance(k, int) and 1 <= k <= 50, f"audio frames_per_step must be 1..50, not {k!r}")
+        if "wake" in self.audio:
+            w = self.audio["wake"]
+            need(isinstance(w, dict) and set(w) == {"threshold", "window", "stride", "rest"}
+                 and all(isinstance(v, int) and not isinstance(v, bool) for v in w.values()),
+                 'audio.wake must be {"threshold", "window", "stride", "rest"}, integers')
+            need(-2**31 <= w["threshold"] < 2**31 and all(0 <= w[f] <= 65535 for f in ("window", "stride", "rest"))
+                 and w["window"] >= k and w["window"] % k == 0 and w["stride"] >= 1,
+                 f"audio.wake {w} out of range: threshold int32, window a multiple of {k} frames, stride >= 1")
+            need(self.num_classes == 2, f"a wake word has 2 classes (other, the word), not {self.num_classes}")
         try:
             fe = self.frontend
             fe.validate()

@@ -1,0 +1,323 @@
+"""A streaming wake word ("hey tiny") for the device's listener (tinyseek.audio.listen): its
+training windows, hard-negative mining on a stream, training (a TinyLSTM on hard labels), int8,
+and its false rejects and false accepts on continuous audio.
+
+Data (synthetic, docs/audio.md): the keyword spoken by a split's English voices (espeak-ng and
+flite, seeded speed, pitch, room, level and noise as the spoken commands), over other speech
+(a command window 6-30 dB down), over noise or between two commands as in a stream; other
+windows are 1 s of the commands (any language), across two commands, of noise alone and of near
+misses ("hey tony"). A first model then reads a stream of training voices (commands with
+keywords between them), and the windows it gets wrong are added (hard-negative mining) for the
+model that is kept. Streams of the held-out splits measure it under the listener's rules.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import WakeConfig
+from ..data.dataset import Dataset, Split
+from .data import FEATURE_SCALE, stack_frames
+from .frontend import FrontendConfig, features
+from .listen import ListenConfig, wake_checks, wake_margins, wakes
+from .synth import SAMPLE_RATE, VOICES, place, room, speak
+
+# Near misses, spoken by training voices and trained on as "other": words that share a part of
+# the keyword, so the detector learns the whole of it rather than "hey" or a vowel.
+NEAR_MISSES = ("hey", "tiny", "hey tony", "hi tina", "hey timmy", "a tiny one", "hey there", "say tiny",
+               "hey time", "heighten me")
+SPLITS = ("train", "val", "test")
+FE = FrontendConfig()
+WINDOW = 50    # frames: 1 s
+STRIDE = 10    # frames between detector runs: 200 ms
+REST = 50      # frames the detector rests after a detection
+HIT_BEFORE, HIT_AFTER = 5, 50  # a detection from 100 ms before a keyword's end to 1 s after it is a hit
+KEYWORD_END = 19  # a training window is the keyword when it ends 0-19 frames after the keyword does
+
+
+def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword: str) -> list[np.ndarray]:
+    """n utterances of `texts` in turn by `split`'s English voices, each trimmed to its speech
+    (at most 1 s with its 100 ms of padding)."""
+    out = []
+    for i in range(n):
+        text = texts[i % len(texts)]
+        tag = "" if text == keyword else f"{text}:"  # the keyword's own clips keep their seeds
+        rng = random.Random(f"tinyseek-wakeword:{tag}{seed}:{split}:{i}")
+        pool = VOICES["en"][split]
+        voice = pool[rng.randrange(len(pool))]
+        speech = room(speak(text, voice, rng), rng)
+        loud = np.flatnonzero(np.abs(speech) > 0.05 * np.abs(speech).max())
+        speech = speech[loud[0]:loud[-1] + 1][:SAMPLE_RATE - 800]
+        out.append(place(speech, len(speech) + 1600, np.random.default_rng([seed, 7, SPLITS.index(split), i])))
+    return out
+
+
+def windows(clips: np.ndarray, rng: np.random.Generator, per_clip: int) -> list[np.ndarray]:
+    """Random hop-aligned 1 s windows of the clips."""
+    n = WINDOW * FE.hop
+    out = []
+    for clip in clips:
+        for _ in range(per_clip):
+            start = int(rng.integers(0, (len(clip) - n) // FE.hop + 1)) * FE.hop
+            out.append(clip[start:start + n])
+    return out
+
+
+def noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """White noise at a seeded level (amplitude 10 to 1000, i.e. -70 to -30 dB of full scale)."""
+    return rng.standard_normal(n) * 10 ** rng.uniform(1, 3)
+
+
+def as_steps(frames: np.ndarray, k: int) -> np.ndarray:
+    """[N, WINDOW, C] int8 frames as the student's float input: k frames a step, times FEATURE_SCALE."""
+    return stack_frames(frames, k).astype(np.float32) * np.float32(FEATURE_SCALE)
+
+
+def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, k: int,
+                 near_misses: list[np.ndarray] = ()) -> Split:
+    """Keyword windows: the keyword ends in the window's last 400 ms, over a background of other
+    speech (a command window 6 to 30 dB down) or noise, or between two commands at their own
+    level as in a stream; other windows: a window of each command clip, windows across the
+    boundary of two commands, noise, and near misses placed as the keywords are."""
+    rng = np.random.default_rng([seed, 11])
+    n = WINDOW * FE.hop
+    backgrounds = windows(commands, rng, 1)
+
+    def pick() -> np.ndarray:
+        return commands[int(rng.integers(len(commands)))].astype(np.float64)
+
+    def placed(clips: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for c in clips:
+            end = n - int(rng.integers(0, 20)) * FE.hop
+            mode = rng.random()
+            if mode < 1 / 3:  # between two commands, back to back, as the streams have it
+                before = pick()
+                c_end = len(before) + len(c)
+                window = np.concatenate([before, c, pick()])[c_end - end:c_end - end + n]
+            else:
+                back = (backgrounds[int(rng.integers(len(backgrounds)))] * 10 ** (-rng.uniform(6, 30) / 20)
+                        if mode < 2 / 3 else noise(n, rng))
+                back[max(0, end - len(c)):end] += c[-end:]
+                window = back
+            out.append(np.clip(np.round(window), -32768, 32767).astype(np.int16))
+        return out
+
+    def across() -> np.ndarray:  # the end of one command and the start of the next
+        first = pick()
+        seq = np.concatenate([first, pick()])
+        start = len(first) - int(rng.integers(0, WINDOW)) * FE.hop
+        return np.clip(np.round(seq[start:start + n]), -32768, 32767).astype(np.int16)
+
+    pos = placed(keywords)
+    neg = windows(commands, rng, 1) + [np.round(noise(n, rng)).astype(np.int16) for _ in range(len(keywords))]
+    neg += [across() for _ in range(len(keywords))] + placed(list(near_misses))
+    x = as_steps(np.stack([features(a, FE) for a in pos + neg]), k)
+    return Split(y=np.array([1] * len(pos) + [0] * len(neg), np.int64), texts=None, x=x)
+
+
+def stream(commands: np.ndarray, keywords: list[np.ndarray], seed: int) -> tuple[np.ndarray, list[int], list[int]]:
+    """The command clips one after another with the keywords between them at random places;
+    returns (samples, the frame count at which each keyword ends, the index of the command that
+    follows each keyword: len(commands) after the last one)."""
+    rng = np.random.default_rng([seed, 13])
+    slots = sorted(rng.choice(len(commands) + 1, size=len(keywords), replace=False).tolist())
+    parts, ends, at, k = [], [], 0, 0
+    for i in range(len(commands) + 1):
+        while k < len(slots) and slots[k] == i:
+            parts.append(keywords[k])
+            at += len(keywords[k])
+            ends.append(at // FE.hop)
+            k += 1
+        if i < len(commands):
+            parts.append(commands[i])
+            at += len(commands[i])
+    return np.concatenate(parts), ends, slots
+
+
+def stream_features(audio: np.ndarray, chunk_hops: int = 3000) -> np.ndarray:
+    """features() of a long stream a minute at a time (hours at once do not fit in memory): each
+    chunk starts one hop early and drops that frame, so every frame sees the samples before it
+    exactly as in one pass."""
+    hop = FE.hop
+    count = len(audio) // hop
+    parts = [features(audio[:min(count, chunk_hops) * hop], FE)]
+    for start in range(chunk_hops, count, chunk_hops):
+        stop = min(count, start + chunk_hops)
+        parts.append(features(audio[(start - 1) * hop:stop * hop], FE)[1:])
+    return np.concatenate(parts)
+
+
+def listener(threshold: int) -> ListenConfig:
+    """The device's listener (firmware/lib/harness/ts_listen.c) as a wake word alone: the
+    detections measured here are the ones the firmware makes."""
+    return ListenConfig(threshold=threshold, window=WINDOW, stride=STRIDE, rest=REST, capture=0)
+
+
+def margins(qm, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frame count of each detector run, int8 logit margin keyword - other) over a stream."""
+    at = wake_checks(len(feats), listener(0))
+    return at, wake_margins(qm, feats, at, WINDOW)
+
+
+def mined(qm, commands: np.ndarray, keywords: list[np.ndarray], seed: int, k: int, hard: int) -> Split:
+    """The windows a first model gets wrong where it counts: a stream of training voices (built
+    as the held-out streams are) is read at every check; every window that ends 0 to 19 frames
+    after a keyword ends is a keyword, and the `hard` windows of highest margin that hold no
+    part of a keyword are other. Hard-negative mining, as wake-word trainers do: most of the
+    first training set's other windows are easy."""
+    audio, ends, _ = stream(commands, keywords, seed)
+    feats = stream_features(audio)
+    at, m = margins(qm, feats)
+    end = np.array(ends)
+    start = end - np.array([len(c) for c in keywords]) // FE.hop  # a keyword's first frame (with its padding)
+    j = np.searchsorted(end, at, side="right") - 1  # the last keyword to end at or before each check
+    since = np.where(j >= 0, at - end[np.maximum(j, 0)], 1 << 30)
+    upcoming = np.where(j + 1 < len(end), start[np.minimum(j + 1, len(end) - 1)], 1 << 30)
+    keyword = np.flatnonzero(since <= KEYWORD_END)
+    other = np.flatnonzero((since > WINDOW) & (at <= upcoming))  # the window holds no keyword at all
+    other = other[np.argsort(-m[other], kind="stable")[:hard]]
+    x = as_steps(np.stack([feats[a - WINDOW:a] for a in at[np.concatenate([keyword, other])]]), k)
+    return Split(y=np.array([1] * len(keyword) + [0] * len(other), np.int64), texts=None, x=x)
+
+
+def joined(a: Split, b: Split) -> Split:
+    return Split(y=np.concatenate([a.y, b.y]), texts=None, x=np.concatenate([a.x, b.x]))
+
+
+def detect(at: np.ndarray, margin: np.ndarray, threshold: int, ends: list[int], other_seconds: float) -> dict:
+    """The listener's detections at `threshold` on a stream whose keywords end at `ends`: a
+    detection from HIT_BEFORE frames before a keyword's end to HIT_AFTER after it is a hit, any
+    other a false accept; rates per hour of the audio that holds no keyword."""
+    fired = [int(at[i]) for i in wakes(at, margin, listener(threshold))]
+    hit = set()
+    false = 0
+    for f in fired:
+        match = [j for j, e in enumerate(ends) if e - HIT_BEFORE <= f <= e + HIT_AFTER and j not in hit]
+        if match:
+            hit.add(match[0])
+        else:
+            false += 1
+    hours = other_seconds / 3600
+    return {"threshold": threshold, "keywords": len(ends), "detected": len(hit), "false_accepts": false,
+            "hours": hours, "detection_rate": len(hit) / len(ends), "false_accepts_per_hour": false / hours}
+
+
+@dataclass
+class Measured:
+    """A held-out stream read by a model: check counts, margins, keyword ends, other seconds."""
+    at: np.ndarray
+    margin: np.ndarray
+    ends: list[int]
+    other_seconds: float
+
+    def detect(self, threshold: int) -> dict:
+        return detect(self.at, self.margin, threshold, self.ends, self.other_seconds)
+
+
+def measure(qm, commands: np.ndarray, keywords: list[np.ndarray], seed: int) -> Measured:
+    audio, ends, _ = stream(commands, keywords, seed)
+    other = (len(audio) - sum(len(c) for c in keywords)) / SAMPLE_RATE
+    return Measured(*margins(qm, stream_features(audio)), ends, other)
+
+
+def threshold_for(val: Measured, per_hour: float) -> int:
+    """The lowest threshold that keeps the validation stream to `per_hour` false accepts an
+    hour (bisection: false accepts fall as the threshold rises)."""
+    candidates = sorted(set(val.margin.tolist())) + [int(val.margin.max()) + 1]
+    allowed = per_hour * val.other_seconds / 3600
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if val.detect(candidates[mid])["false_accepts"] <= allowed:
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo]
+
+
+def train_wakeword(commands: dict[str, np.ndarray], val_keywords: list[np.ndarray], settings: WakeConfig, cfg,
+                   work: Path, log=print):
+    """Train the wake word on training voices against `commands` ({"train", "val": int16 clips});
+    the validation windows (which pick the best epoch) hold `val_keywords`. Returns (the int8
+    QuantModel, a summary). The float student goes to work/student."""
+    from safetensors.numpy import save_file
+
+    from ..distill.train import train_student
+    from ..quant.quantize import quantize
+    from ..student.tinylstm import save_student
+
+    s, k = settings, settings.frames_per_step
+    kws = keyword_clips("train", s.keywords, s.seed, (s.keyword,), s.keyword)
+    near = keyword_clips("train", s.near_misses, s.seed, NEAR_MISSES, s.keyword)
+    train = training_set(kws, commands["train"], s.seed, k, near)
+    val = training_set(val_keywords, commands["val"], s.seed + 1, k)
+    ds = Dataset(name="wakeword", kind="sequence", labels=["other", s.keyword.replace(" ", "_")], train=train,
+                 val=val, test=val, split_by="voices")
+    cfg = replace(cfg, student=replace(cfg.student, hidden=s.hidden),
+                  distill=replace(cfg.distill, schedule="joint", alpha=0.0, beta=0.0, epochs=s.epochs,
+                                  noise_copies=0, seed=s.seed, feedback_rounds=0))
+    work.mkdir(parents=True, exist_ok=True)
+
+    def trained(ds: Dataset):
+        knowledge = work / "no-teacher.safetensors"  # hard labels only: the cache's logits are never read (alpha 0)
+        save_file({f"{p}.logits": np.zeros((len(getattr(ds, p).y), 2), np.float32) for p in SPLITS}, str(knowledge))
+        result = train_student(ds, knowledge, cfg, progress=False)
+        folder = save_student(result.model, result.spec, work / "student")
+        return result, quantize(folder, ds.train.x[:512], name="wakeword", input_scale=FEATURE_SCALE,
+                                audio={"frontend": asdict(FE), "frames_per_step": k})
+
+    log(f"[wakeword] {len(kws):,} keywords and {len(near):,} near misses of training voices; "
+        f"{len(train.y):,} training windows")
+    result, qm = trained(ds)
+    summary = {"keyword": s.keyword, "train_windows": {"keyword": int(train.y.sum()), "other": int((train.y == 0).sum())},
+               "first_window_val_accuracy": result.summary["best_val_accuracy"], "mined_windows": None}
+    if s.mining_keywords:
+        extra = keyword_clips("train", s.mining_keywords, s.seed + 1, (s.keyword,), s.keyword)
+        hard = mined(qm, commands["train"], extra, s.seed + 1, k, s.hard_negatives)
+        log(f"[wakeword] mined {int(hard.y.sum()):,} keyword and {int((hard.y == 0).sum()):,} hard other windows "
+            "from a stream of training voices; training again")
+        summary["mined_windows"] = {"keyword": int(hard.y.sum()), "other": int((hard.y == 0).sum())}
+        result, qm = trained(replace(ds, train=joined(train, hard)))
+    summary.update(best_epoch=result.summary["best_epoch"], window_val_accuracy=result.summary["best_val_accuracy"])
+    return qm, summary
+
+
+def build_wakeword(cfg, ds: Dataset, work: Path, lib_dir: Path, log=print) -> dict:
+    """`tinyseek build`'s wakeword stage: train cfg.wake.keyword against the task's clips, choose
+    the threshold on the validation stream (cfg.wake.false_accepts_per_hour), measure the test
+    stream with it, write the int8 model (its listener settings recorded) to work/int8 and its
+    library to lib_dir, check the library bit for bit on the host; returns what it writes to
+    work/wakeword.json."""
+    import json
+
+    from ..codegen.render import render
+    from ..codegen.verify import VerifyError, verify_audio_host
+
+    w = cfg.wake
+    kws = {s: keyword_clips(s, n, w.seed, (w.keyword,), w.keyword)
+           for s, n in (("val", w.val_keywords), ("test", w.test_keywords))}
+    qm, out = train_wakeword({"train": ds.train.audio, "val": ds.val.audio}, kws["val"], w, cfg, work, log)
+    val = measure(qm, ds.val.audio, kws["val"], w.seed)
+    threshold = threshold_for(val, w.false_accepts_per_hour)
+    qm = replace(qm, name=f"{cfg.model_name}_wake",
+                 audio={**qm.audio, "wake": {"threshold": threshold, "window": WINDOW, "stride": STRIDE, "rest": REST}})
+    qm.save(work / "int8")
+    render(qm, lib_dir)
+    checked = verify_audio_host(qm, lib_dir, kws["test"][:16])
+    if not checked.bitexact:
+        raise VerifyError(f"the wake-word library {lib_dir} differs from the integer reference on "
+                          f"{checked.mismatches} of {checked.samples} clips ({checked.first_mismatch})")
+    test = measure(qm, ds.test.audio, kws["test"], w.seed)  # the test stream: read once, for the report
+    out.update(threshold=threshold, false_accepts_per_hour_allowed=w.false_accepts_per_hour, window=WINDOW,
+               stride=STRIDE, rest=REST, val=val.detect(threshold), test=test.detect(threshold),
+               library=str(lib_dir), host_check={"clips": checked.samples, "compiler": checked.compiler, "bitexact": True})
+    (work / "wakeword.json").write_text(json.dumps(out, indent=2) + "\n")
+    for s in ("val", "test"):
+        r = out[s]
+        log(f"[wakeword] {s}: {r['detected']} of {r['keywords']} keywords detected, {r['false_accepts']} false "
+            f"accepts in {r['hours']:.2f} h of other audio (threshold {threshold})")
+    return out
