@@ -140,3 +140,47 @@ def test_audio_timing_and_its_report_rows():
     text = render_markdown({**_report({"samples": 0}), "device": device})
     assert "| per second of audio (front end + LSTM), share of 1 MHz | 9,000 instructions, 0.9 % |" in text
     assert "| last sample to decision, median (at 1 MHz) | 400 instructions (0.40 ms) |" in text
+
+
+def _wav(path: Path, samples: np.ndarray, rate: int = 16000, channels: int = 1, width: int = 2) -> Path:
+    import wave
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def test_the_linux_runtime_classifies_wav_files_like_the_reference(tmp_path):
+    """runtime/linux's classify on an audio model: WAV files (and raw samples on stdin) through
+    feed_audio, logits equal to the integer reference; a clip in another format is refused with
+    the sox conversion, and the other files are still classified."""
+    import subprocess
+    import shutil
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("gcc and make are needed")
+    model = audio_model(5)
+    render(model, tmp_path / "lib")
+    subprocess.run(["make", "-s", "-C", str(Path(__file__).resolve().parents[1] / "runtime" / "linux"),
+                    f"MODEL_DIR={tmp_path / 'lib'}", f"BUILD={tmp_path / 'build'}", "CC=gcc",
+                    "CFLAGS=-O1 -Werror"], check=True, capture_output=True, text=True)
+    exe = str(tmp_path / "build" / "classify")
+    some = clips(3)[:3]
+    files = [str(_wav(tmp_path / f"{k}.wav", c)) for k, c in enumerate(some)]
+    out = subprocess.run([exe, *files], capture_output=True, text=True, check=True).stdout
+    want = infer_audio(model, some)
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [[int(v) for v in r[2].split()] for r in rows] == want.tolist()
+    assert [int(r[1]) for r in rows] == np.argmax(want, axis=1).tolist()
+    raw = subprocess.run([exe, "-"], input=some[0].astype("<i2").tobytes(), capture_output=True, check=True).stdout
+    assert [int(v) for v in raw.decode().split("\t")[2].split()] == want[0].tolist()
+    stereo = _wav(tmp_path / "stereo.wav", np.repeat(some[0], 2), channels=2)
+    slow = _wav(tmp_path / "8k.wav", some[0], rate=8000)
+    (tmp_path / "not.wav").write_bytes(b"hello")
+    bad = subprocess.run([exe, str(stereo), files[1], str(slow), str(tmp_path / "not.wav")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2
+    assert [int(v) for v in bad.stdout.split("\t")[2].split()] == want[1].tolist()  # the good clip still counts
+    assert "2-channel" in bad.stderr and "8000 Hz" in bad.stderr and "sox IN.wav -r 16000 -c 1" in bad.stderr
+    assert "not.wav is not a WAV file" in bad.stderr
