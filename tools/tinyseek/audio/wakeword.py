@@ -12,7 +12,9 @@ model that is kept. Streams of the held-out splits measure it under the listener
 """
 from __future__ import annotations
 
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -40,9 +42,9 @@ KEYWORD_END = 19  # a training window is the keyword when it ends 0-19 frames af
 
 def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword: str) -> list[np.ndarray]:
     """n utterances of `texts` in turn by `split`'s English voices, each trimmed to its speech
-    (at most 1 s with its 100 ms of padding)."""
-    out = []
-    for i in range(n):
+    (at most 1 s with its 100 ms of padding). Each is seeded by its index, so they are made in
+    parallel (the synthesisers are separate processes) and come out the same in any order."""
+    def one(i: int) -> np.ndarray:
         text = texts[i % len(texts)]
         tag = "" if text == keyword else f"{text}:"  # the keyword's own clips keep their seeds
         rng = random.Random(f"tinyseek-wakeword:{tag}{seed}:{split}:{i}")
@@ -51,8 +53,10 @@ def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword
         speech = room(speak(text, voice, rng), rng)
         loud = np.flatnonzero(np.abs(speech) > 0.05 * np.abs(speech).max())
         speech = speech[loud[0]:loud[-1] + 1][:SAMPLE_RATE - 800]
-        out.append(place(speech, len(speech) + 1600, np.random.default_rng([seed, 7, SPLITS.index(split), i])))
-    return out
+        return place(speech, len(speech) + 1600, np.random.default_rng([seed, 7, SPLITS.index(split), i]))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(one, range(n)))
 
 
 def windows(clips: np.ndarray, rng: np.random.Generator, per_clip: int) -> list[np.ndarray]:
