@@ -184,3 +184,11 @@ def test_build_and_bench_put_both_models_on_the_emulated_board(tmp_path):
     assert listen["per_second_of_audio"] > 0 and listen["flash_wake_model"] > 0
     text = (run / "report.md").read_text()
     assert 'Wake word "hey tiny"' in text and "listener: per second of audio" in text
+
+
+def test_a_stream_takes_more_keywords_than_it_has_gaps():
+    commands = [np.full(16000, k, np.int16) for k in range(3)]
+    keywords = [np.full(4000 + 320 * k, 100 + k, np.int16) for k in range(9)]
+    audio, ends, before = wakeword.stream(commands, keywords, seed=0)
+    assert len(audio) == 3 * 16000 + sum(len(k) for k in keywords)
+    assert len(ends) == 9 and ends == sorted(ends) and sorted(before) == before and max(before) <= 3

@@ -124,11 +124,13 @@ def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, k:
 
 
 def stream(commands: np.ndarray, keywords: list[np.ndarray], seed: int) -> tuple[np.ndarray, list[int], list[int]]:
-    """The command clips one after another with the keywords between them at random places;
+    """The command clips one after another with the keywords between them at random places (in
+    the same gap, one after another, when there are more keywords than gaps);
     returns (samples, the frame count at which each keyword ends, the index of the command that
     follows each keyword: len(commands) after the last one)."""
     rng = np.random.default_rng([seed, 13])
-    slots = sorted(rng.choice(len(commands) + 1, size=len(keywords), replace=False).tolist())
+    # One keyword to a gap between commands while there are gaps enough; else some share one.
+    slots = sorted(rng.choice(len(commands) + 1, size=len(keywords), replace=len(keywords) > len(commands) + 1).tolist())
     parts, ends, at, k = [], [], 0, 0
     for i in range(len(commands) + 1):
         while k < len(slots) and slots[k] == i:
