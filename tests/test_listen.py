@@ -9,7 +9,8 @@ import pytest
 from test_firmware_boards import _need
 from test_firmware_protocol import HostDut, _field, _load_cmds
 from tinyseek.audio.frontend import FrontendConfig, features
-from tinyseek.audio.listen import ListenConfig, ListenError, listen, listen_frames, wake_checks, wake_margins
+from tinyseek.audio.listen import (ListenConfig, ListenError, event_mismatches, listen, listen_frames, wake_checks,
+                                   wake_margins)
 from tinyseek.codegen.render import render
 from tinyseek.harness.bench import run_device_listen
 from tinyseek.harness.protocol import parse_kv
@@ -117,11 +118,7 @@ def _listen_session(dut: HostDut, pcm: np.ndarray, cfg: ListenConfig, sizes) -> 
 
 
 def _same(device: list[dict], reference: list[dict]) -> None:
-    assert [{k: e[k] for k in ("event", "frame", "margin", "class") if k in e} for e in device] == \
-           [{k: e[k] for k in ("event", "frame", "margin", "class") if k in e} for e in reference]
-    for d, r in zip(device, reference):
-        if "logits" in d:
-            assert d["logits"] == r["logits"]
+    assert event_mismatches(device, reference) == 0, (device, reference)
 
 
 def test_the_interpreter_listens_as_the_reference_in_any_chunking(tmp_path):
@@ -190,3 +187,13 @@ def test_firmware_listens_bit_exactly(env, tmp_path):
     assert out["frames"] == len(pcm) // 320 and out["config"]["wake"] == "wake"
     assert len(out["chunks"]) == -(-len(pcm) // 320) and all(c["time"] > 0 for c in out["chunks"])
     assert out["memory"]["wake_model"] > 0 and out["memory"]["elf"]["flash"]["model"] > 0
+
+
+def test_event_mismatches_counts_every_differing_field_and_the_count():
+    ref = [{"event": "wake", "frame": 60, "margin": 131},
+           {"event": "command", "frame": 210, "class": 4, "logits": np.array([1, 2, 9], np.int16)}]
+    dev = [dict(ref[0]), {**ref[1], "logits": [1, 2, 9], "label": "lights_on"}]  # the device's label is extra
+    assert event_mismatches(dev, ref) == 0
+    assert event_mismatches([dev[0], {**dev[1], "logits": [1, 3, 9]}], ref) == 1
+    assert event_mismatches([{**dev[0], "margin": 130}, dev[1]], ref) == 1
+    assert event_mismatches(dev[:1], ref) == 1 and event_mismatches(dev + dev[:1], ref) == 1

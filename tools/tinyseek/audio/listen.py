@@ -134,3 +134,16 @@ def listen(wake: QuantModel, command: QuantModel | None, pcm, cfg: ListenConfig)
     """listen_frames on the frames of int16 samples (a trailing part hop makes no frame)."""
     cfg.check(wake, command)
     return listen_frames(wake, command, features(np.asarray(pcm, np.int16), wake.frontend), cfg)
+
+
+EVENT_FIELDS = ("event", "frame", "margin", "class", "logits")
+
+
+def event_mismatches(device: list[dict], reference: list[dict]) -> int:
+    """Events of the device that differ from the reference's in any field (event, frame,
+    margin, class, logits; a device's extra fields such as its label are not compared), plus
+    the difference in count."""
+    def fields(e: dict) -> dict:
+        return {k: (list(map(int, e[k])) if k == "logits" else e[k]) for k in EVENT_FIELDS if k in e}
+    return sum(fields(d) != fields(r) for d, r in zip(device, reference)) + abs(len(device) - len(reference))
+

@@ -69,7 +69,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     by hop to the listener; every event checked against the integer reference
     (tinyseek.audio.listen), the keywords it wakes on, the commands it then hears, the response
     (the hop that decides a command, from its last sample) and the cost per second of audio."""
-    from ..audio.listen import ListenConfig, listen
+    from ..audio.listen import ListenConfig, event_mismatches, listen
     from ..audio.wakeword import HIT_AFTER, HIT_BEFORE, keyword_clips, stream
     from ..quant.model import QuantModel
     from .bench import run_device_listen
@@ -85,9 +85,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     run.log(f"[device] {env}: the listener on {len(pcm) / fe.sample_rate:.0f} s of test clips with "
             f"{len(kws)} keywords ({len(pcm) // fe.hop:,} hops)")
     out = run_device_listen(env, run.lib_dir, run.wake_lib_dir, pcm, cfg, port=port)
-    keys = ("event", "frame", "margin", "class", "logits")
-    got = [{k: e[k] for k in keys if k in e} for e in out["events"]]
-    mismatches = sum(g != {k: r[k] for k in keys if k in r} for g, r in zip(got, want)) + abs(len(got) - len(want))
+    mismatches = event_mismatches(out["events"], want)
     wakes = [e["frame"] for e in want if e["event"] == "wake"]
     heard = {}  # keyword -> the command decided after its wake
     for j, e in enumerate(ends):
