@@ -95,9 +95,11 @@ def test_mining_keeps_the_keyword_windows_and_the_hardest_others(monkeypatch):
 
 
 def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
-    cfg = load(overrides={"task.kind": "audio", "task.train": str(_clips(tmp_path)), "task.clip_seconds": 1.2,
-                          "models_dir": str(tmp_path / "models"), "codegen.out_dir": str(tmp_path / "lib" / "ears"),
-                          "run": "ears", **SMALL})
+    cfg_overrides = {"task.kind": "audio", "task.train": str(_clips(tmp_path)), "task.clip_seconds": 1.2,
+                     "models_dir": str(tmp_path / "models"), "codegen.out_dir": str(tmp_path / "lib" / "ears"),
+                     "run": "ears", "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
+                     "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 1, **SMALL}
+    cfg = load(overrides=cfg_overrides)
     run = Run(cfg, log=lambda *a: None)
     assert run.stage("wakeword")
     out = json.loads((run.wake_dir / "wakeword.json").read_text())
@@ -115,6 +117,10 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
     from tinyseek.harness.report import _wake_lines
     text = "\n".join(_wake_lines(out))
     assert 'Wake word "hey tiny"' in text and f"threshold {out['threshold']}" in text
+    # Without the keyword the build drops the measurement, so the report shows no stale wake word.
+    Run(load(overrides={k: v for k, v in cfg_overrides.items() if not k.startswith("wake.")}),
+        log=lambda *a: None).build(until="teacher")
+    assert not (run.wake_dir / "wakeword.json").exists() and (run.wake_dir / "int8" / "model.json").exists()
 
 
 def test_a_wake_model_records_its_listener_settings_and_the_firmware_takes_them(tmp_path):

@@ -309,6 +309,9 @@ class Run:
     def build(self, force: bool = False, until: str = "report") -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.toml").write_text(tomli_w.dumps(self.cfg.to_dict()))
+        if not self.cfg.wake.keyword and (self.wake_dir / "wakeword.json").exists():
+            # The report shows no wake word that the settings no longer ask for.
+            (self.wake_dir / "wakeword.json").unlink()
         for name in STAGES[: STAGES.index(until) + 1]:
             if name in self.stages():
                 self.stage(name, force=force)
