@@ -99,17 +99,20 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
                      "models_dir": str(tmp_path / "models"), "codegen.out_dir": str(tmp_path / "lib" / "ears"),
                      "run": "ears", "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
                      "teacher.pretrain_epochs": 1, "teacher.finetune_epochs": 1, **SMALL}
-    cfg = load(overrides=cfg_overrides)
+    _recordings(tmp_path / "takes", 5)
+    cfg = load(overrides={**cfg_overrides, "wake.recordings": str(tmp_path / "takes")})
     run = Run(cfg, log=lambda *a: None)
     assert run.stage("wakeword")
     out = json.loads((run.wake_dir / "wakeword.json").read_text())
     qm = QuantModel.load(run.wake_dir / "int8")
     assert qm.name == "ears_wake" and qm.num_classes == 2
     assert qm.audio["wake"] == {"threshold": out["threshold"], "window": 50, "stride": 10, "rest": 50}
-    assert out["train_windows"]["keyword"] == 12 and out["mined_windows"]["keyword"] > 0
-    for split, n in (("val", 4), ("test", 4)):
+    # 5 recordings: 3 train (10 placements each), 1 val, 1 test beside the synthesised ones.
+    assert out["recordings"] == {"train": 3, "val": 1, "test": 1}
+    assert out["train_windows"]["keyword"] == 12 + 30 and out["mined_windows"]["keyword"] > 0
+    for split, n in (("val", 5), ("test", 5)):
         assert out[split]["keywords"] == n and out[split]["threshold"] == out["threshold"]
-    assert out["host_check"]["bitexact"] and out["host_check"]["clips"] == 4
+    assert out["host_check"]["bitexact"] and out["host_check"]["clips"] == 5
     header = (tmp_path / "lib" / "ears_wake" / "ears_wake_model.h").read_text()
     assert f"#define EARS_WAKE_WAKE_THRESHOLD {out['threshold']}" in header
     assert "#define TINYSEEK_WAKE_THRESHOLD EARS_WAKE_WAKE_THRESHOLD" in header
@@ -117,6 +120,7 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
     from tinyseek.harness.report import _wake_lines
     text = "\n".join(_wake_lines(out))
     assert 'Wake word "hey tiny"' in text and f"threshold {out['threshold']}" in text
+    assert "Your recordings of the keyword (wake.recordings): 3 in training, 1 and 1" in text
     # Without the keyword the build drops the measurement, so the report shows no stale wake word.
     Run(load(overrides={k: v for k, v in cfg_overrides.items() if not k.startswith("wake.")}),
         log=lambda *a: None).build(until="teacher")
@@ -198,3 +202,46 @@ def test_a_stream_takes_more_keywords_than_it_has_gaps():
     audio, ends, before = wakeword.stream(commands, keywords, seed=0)
     assert len(audio) == 3 * 16000 + sum(len(k) for k in keywords)
     assert len(ends) == 9 and ends == sorted(ends) and sorted(before) == before and max(before) <= 3
+
+
+def _recordings(folder, n: int, seconds: float = 0.6):
+    """Stand-ins for your recordings of the keyword: chirps with silence around them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * 16000)) / 16000
+    for k in range(n):
+        x = np.zeros(int((seconds + 0.4) * 16000))
+        x[3200:3200 + len(t)] = 9000 * np.sin(2 * np.pi * (300 + 40 * k + 800 * t) * t)
+        with wave.open(str(folder / f"take{k}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(np.round(x).astype(np.int16).tobytes())
+
+
+def test_your_recordings_join_the_keywords_of_their_split(tmp_path):
+    _recordings(tmp_path / "flat", 10)
+    split = wakeword.keyword_recordings(tmp_path / "flat", seed=0, val_fraction=0.2, test_fraction=0.2)
+    assert {s: len(v) for s, v in split.items()} == {"train": 6, "val": 2, "test": 2}
+    assert all(len(x) < 0.6 * 16000 + 10 for x in split["train"])  # trimmed to the speech
+    placed = wakeword.placed_recordings(split["train"], "train", 0, wakeword.RECORDING_COPIES)
+    assert len(placed) == 60 and not np.array_equal(placed[0], placed[1])  # each copy placed anew
+    for s, n in (("train", 3), ("val", 1), ("test", 1)):
+        _recordings(tmp_path / "split" / s, n)
+    assert {s: len(v) for s, v in wakeword.keyword_recordings(tmp_path / "split", 0, 0.2, 0.2).items()} == \
+           {"train": 3, "val": 1, "test": 1}
+    _recordings(tmp_path / "long", 3, seconds=1.5)
+    with pytest.warns(UserWarning, match="cut to 0.95 s"):
+        wakeword.keyword_recordings(tmp_path / "long", 0, 0.2, 0.2)
+    from tinyseek.audio.data import DataError
+    with pytest.raises(DataError, match="no such folder"):
+        wakeword.keyword_recordings(tmp_path / "nowhere", 0, 0.2, 0.2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .wav recordings to train on"):
+        wakeword.keyword_recordings(tmp_path / "empty", 0, 0.2, 0.2)
+    with wave.open(str(tmp_path / "flat" / "stereo.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.ones(3200, np.int16).tobytes())
+    with pytest.raises(DataError, match="2 channels"):
+        wakeword.keyword_recordings(tmp_path / "flat", 0, 0.2, 0.2)

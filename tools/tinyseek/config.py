@@ -272,6 +272,9 @@ class WakeConfig:
     build`"): trained on the built-in synthesisers' voices saying `keyword`, against the task's
     own clips as other speech, hard labels only (tinyseek.audio.wakeword)."""
     keyword: str = ""  # empty: no wake word; e.g. "hey tiny" (audio tasks only)
+    # Your recordings of the keyword: a folder of 16 kHz mono WAVs, or of train/ val/ test/ folders
+    # of them; they join the synthesised keywords in training and in their split's stream.
+    recordings: str = ""
     keywords: int = 3000  # training utterances of the keyword
     near_misses: int = 1500  # training utterances of words that share a part of it ("hey tony")
     mining_keywords: int = 1500  # keywords in the hard-negative mining stream (0: no mining)

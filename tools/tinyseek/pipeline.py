@@ -247,7 +247,10 @@ class Run:
         if stage == "codegen":
             return hash_obj([__version__, hash_files(self.int8_dir), hash_files(REPO_ROOT / "templates")])
         if stage == "wakeword":
-            return hash_obj([__version__, task, asdict(c.wake), c.model_name, hash_files(REPO_ROOT / "templates")])
+            # Your recordings count by content, as the task's own data does.
+            recordings = [hash_files(Path(c.wake.recordings))] if c.wake.recordings else []
+            return hash_obj([__version__, task, asdict(c.wake), c.model_name, hash_files(REPO_ROOT / "templates"),
+                             *recordings])
         if stage == "verify":
             return hash_obj([__version__, task, hash_files(self.int8_dir), hash_files(self.lib_dir)])
         if stage == "report":

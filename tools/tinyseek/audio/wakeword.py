@@ -59,6 +59,56 @@ def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword
         return list(pool.map(one, range(n)))
 
 
+RECORDING_COPIES = 10  # placements of each training recording (level, noise), so a few dozen are heard
+
+
+def keyword_recordings(folder: str | Path, seed: int, val_fraction: float, test_fraction: float
+                       ) -> dict[str, list[np.ndarray]]:
+    """Your own recordings of the keyword (wake.recordings): <folder>/{train,val,test}/*.wav
+    where those subfolders exist (split by speaker, as you know them), else <folder>/*.wav split
+    by file (seeded; val_fraction and test_fraction of them, at least one each when there are
+    three or more). 16 kHz mono 16-bit PCM; each is trimmed to its speech like the synthesised
+    keywords and cut to 950 ms with a warning."""
+    import warnings
+
+    from .data import DataError, read_wav
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"wake.recordings = {root}: no such folder; it holds <name>.wav recordings of the keyword "
+                        "(or train/, val/ and test/ folders of them)")
+
+    def one(path: Path) -> np.ndarray:
+        x = read_wav(path)
+        if not np.any(x):
+            raise DataError(f"{path}: the recording is silent (all samples 0); remove it")
+        loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 0.05 * np.abs(x.astype(np.int32)).max())
+        speech = x[loud[0]:loud[-1] + 1]
+        if len(speech) > SAMPLE_RATE - 800:
+            warnings.warn(f"{path}: {len(speech) / SAMPLE_RATE:.2f} s of speech; the detector hears 1 s, so it is "
+                          "cut to 0.95 s", stacklevel=3)
+        return speech[:SAMPLE_RATE - 800]
+
+    if any((root / s).is_dir() for s in SPLITS):
+        out = {s: [one(p) for p in sorted((root / s).glob("*.wav"))] for s in SPLITS}
+    else:
+        files = sorted(root.glob("*.wav"))
+        order = np.random.default_rng([seed, 17]).permutation(len(files))
+        n_test = max(int(round(test_fraction * len(files))), 1 if len(files) >= 3 else 0)
+        n_val = max(int(round(val_fraction * len(files))), 1 if len(files) >= 3 else 0)
+        picks = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+        out = {s: [one(files[i]) for i in sorted(picks[s])] for s in SPLITS}
+    if not out["train"]:
+        raise DataError(f"wake.recordings = {root}: no .wav recordings to train on")
+    return out
+
+
+def placed_recordings(speech: list[np.ndarray], split: str, seed: int, copies: int) -> list[np.ndarray]:
+    """Recordings as the synthesised keywords are made: 50 ms before and after, a seeded level
+    and noise (tinyseek.audio.synth.place); `copies` placements of each."""
+    return [place(x, len(x) + 1600, np.random.default_rng([seed, 19, SPLITS.index(split), i, c]))
+            for i, x in enumerate(speech) for c in range(copies)]
+
+
 def windows(clips: np.ndarray, rng: np.random.Generator, per_clip: int) -> list[np.ndarray]:
     """Random hop-aligned 1 s windows of the clips."""
     n = WINDOW * FE.hop
@@ -246,10 +296,11 @@ def threshold_for(val: Measured, per_hour: float) -> int:
 
 
 def train_wakeword(commands: dict[str, np.ndarray], val_keywords: list[np.ndarray], settings: WakeConfig, cfg,
-                   work: Path, log=print):
-    """Train the wake word on training voices against `commands` ({"train", "val": int16 clips});
-    the validation windows (which pick the best epoch) hold `val_keywords`. Returns (the int8
-    QuantModel, a summary). The float student goes to work/student."""
+                   work: Path, log=print, recorded: list[np.ndarray] = ()):
+    """Train the wake word on training voices against `commands` ({"train", "val": int16 clips}),
+    and on `recorded` keywords (your recordings, placed); the validation windows (which pick the
+    best epoch) hold `val_keywords`. Returns (the int8 QuantModel, a summary). The float student
+    goes to work/student."""
     from safetensors.numpy import save_file
 
     from ..distill.train import train_student
@@ -257,7 +308,7 @@ def train_wakeword(commands: dict[str, np.ndarray], val_keywords: list[np.ndarra
     from ..student.tinylstm import save_student
 
     s, k = settings, settings.frames_per_step
-    kws = keyword_clips("train", s.keywords, s.seed, (s.keyword,), s.keyword)
+    kws = keyword_clips("train", s.keywords, s.seed, (s.keyword,), s.keyword) + list(recorded)
     near = keyword_clips("train", s.near_misses, s.seed, NEAR_MISSES, s.keyword)
     train = training_set(kws, commands["train"], s.seed, k, near)
     val = training_set(val_keywords, commands["val"], s.seed + 1, k)
@@ -276,8 +327,8 @@ def train_wakeword(commands: dict[str, np.ndarray], val_keywords: list[np.ndarra
         return result, quantize(folder, ds.train.x[:512], name="wakeword", input_scale=FEATURE_SCALE,
                                 audio={"frontend": asdict(FE), "frames_per_step": k})
 
-    log(f"[wakeword] {len(kws):,} keywords and {len(near):,} near misses of training voices; "
-        f"{len(train.y):,} training windows")
+    log(f"[wakeword] {len(kws):,} keywords ({len(recorded):,} of them your recordings) and {len(near):,} near "
+        f"misses; {len(train.y):,} training windows")
     result, qm = trained(ds)
     summary = {"keyword": s.keyword, "train_windows": {"keyword": int(train.y.sum()), "other": int((train.y == 0).sum())},
                "first_window_val_accuracy": result.summary["best_val_accuracy"], "mined_windows": None}
@@ -306,7 +357,14 @@ def build_wakeword(cfg, ds: Dataset, work: Path, lib_dir: Path, log=print) -> di
     w = cfg.wake
     kws = {s: keyword_clips(s, n, w.seed, (w.keyword,), w.keyword)
            for s, n in (("val", w.val_keywords), ("test", w.test_keywords))}
-    qm, out = train_wakeword({"train": ds.train.audio, "val": ds.val.audio}, kws["val"], w, cfg, work, log)
+    recorded, mine = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
+    if w.recordings:  # your own recordings of the keyword: in training, and in the streams of their split
+        mine = keyword_recordings(w.recordings, w.seed, cfg.task.val_fraction, cfg.task.test_fraction)
+        recorded = {s: placed_recordings(mine[s], s, w.seed, RECORDING_COPIES if s == "train" else 1) for s in SPLITS}
+        kws = {s: kws[s] + recorded[s] for s in kws}
+        log(f"[wakeword] your recordings: {', '.join(f'{len(mine[s])} {s}' for s in SPLITS)}")
+    qm, out = train_wakeword({"train": ds.train.audio, "val": ds.val.audio}, kws["val"], w, cfg, work, log,
+                             recorded["train"])
     val = measure(qm, ds.val.audio, kws["val"], w.seed)
     threshold = threshold_for(val, w.false_accepts_per_hour)
     qm = replace(qm, name=f"{cfg.model_name}_wake",
@@ -318,7 +376,8 @@ def build_wakeword(cfg, ds: Dataset, work: Path, lib_dir: Path, log=print) -> di
         raise VerifyError(f"the wake-word library {lib_dir} differs from the integer reference on "
                           f"{checked.mismatches} of {checked.samples} clips ({checked.first_mismatch})")
     test = measure(qm, ds.test.audio, kws["test"], w.seed)  # the test stream: read once, for the report
-    out.update(threshold=threshold, false_accepts_per_hour_allowed=w.false_accepts_per_hour, window=WINDOW,
+    out.update(recordings={s: len(mine[s]) for s in SPLITS},
+               threshold=threshold, false_accepts_per_hour_allowed=w.false_accepts_per_hour, window=WINDOW,
                stride=STRIDE, rest=REST, val=val.detect(threshold), test=test.detect(threshold),
                library=str(lib_dir), host_check={"clips": checked.samples, "compiler": checked.compiler, "bitexact": True})
     (work / "wakeword.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -144,7 +144,10 @@ def _wake_lines(w: dict) -> list[str]:
             f"{w['false_accepts_per_hour_allowed']:g} false accepts per hour), {w['rest']} frames of rest after a wake. "
             "Streams: the split's clips one after another with keywords of its voices between them.", "",
             "| stream | keywords detected | false accepts |", "|---|---|---|", row("val"), row("test"), "",
-            f"Host C check of the wake-word library on {w['host_check']['clips']} keyword clips: bit-exact."]
+            f"Host C check of the wake-word library on {w['host_check']['clips']} keyword clips: bit-exact.",
+            *([f"Your recordings of the keyword (wake.recordings): {rec['train']} in training, {rec['val']} and "
+               f"{rec['test']} among the validation and test keywords."] if any((rec := w.get("recordings") or {}).values())
+              else [])]
 
 
 def _listen_rows(li: dict | None, clock: float) -> list[str]:
