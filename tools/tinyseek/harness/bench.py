@@ -209,12 +209,16 @@ def run_device_bench(env: str, lib_name: str | Path, inputs: Sequence, *, runs: 
                          upload_port=None if profile.emulated else port)
     name = _model_environ(lib_name)[0]
     memory = memory_report(elf, name, elf.with_name("firmware.map"))
+    session = _on_board(profile, elf, port, lambda url: _session(url, inputs, runs, warmups, timeout, subwords))
+    return _report(profile, elf, memory, session, runs, warmups)
+
+
+def _on_board(profile: BoardProfile, elf: Path, port: str | None, session):
+    """session(url) on the board: QEMU started for the emulated ones, the serial port otherwise."""
     if profile.emulated:
         with QemuProcess(elf, profile.machine()) as qemu:
-            session = _session(qemu.url, inputs, runs, warmups, timeout, subwords)
-    else:
-        session = _session(port, inputs, runs, warmups, timeout, subwords)
-    return _report(profile, elf, memory, session, runs, warmups)
+            return session(qemu.url)
+    return session(port)
 
 
 def run_device_listen(env: str, lib: str | Path, wake: str | Path, pcm: np.ndarray, cfg, *,
@@ -252,11 +256,7 @@ def run_device_listen(env: str, lib: str | Path, wake: str | Path, pcm: np.ndarr
             return {"info": info, "config": config, "events": events, "chunks": chunks, "frames": reply["frames"],
                     "chunk_samples": info["buffer"] // 2, "device_mem": dut.mem()}
 
-    if profile.emulated:
-        with QemuProcess(elf, profile.machine()) as qemu:
-            out = session(qemu.url)
-    else:
-        out = session(port)
+    out = _on_board(profile, elf, port, session)
     info = out["info"]
     return {"env": profile.env, "board": info["board"], "cpu": info["cpu"], "emulated": profile.emulated,
             "elf": str(elf), "unit": info["unit"], "clock_hz": info["clock_hz"], **out,
