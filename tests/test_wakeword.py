@@ -245,3 +245,12 @@ def test_your_recordings_join_the_keywords_of_their_split(tmp_path):
         w.writeframes(np.ones(3200, np.int16).tobytes())
     with pytest.raises(DataError, match="2 channels"):
         wakeword.keyword_recordings(tmp_path / "flat", 0, 0.2, 0.2)
+
+
+def test_each_detection_finds_at_most_one_keyword():
+    """In order, a detection finds the first keyword not yet found within its reach; a second
+    detection near a found keyword is a false accept, as is one far from every keyword."""
+    ends = [300, 330, 900]
+    assert wakeword.hits([300, 320, 340, 600], ends) == {0: 300, 1: 340}  # 320: keyword 0 is found, 1 not yet in reach
+    assert wakeword.hits([294, 951], ends) == {}  # 6 frames early, 51 late: out of reach
+    assert wakeword.hits([295, 950], ends) == {0: 295, 2: 950}

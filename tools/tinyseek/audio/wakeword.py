@@ -38,6 +38,15 @@ STRIDE = 10    # frames between detector runs: 200 ms
 REST = 50      # frames the detector rests after a detection
 HIT_BEFORE, HIT_AFTER = 5, 50  # a detection from 100 ms before a keyword's end to 1 s after it is a hit
 KEYWORD_END = 19  # a training window is the keyword when it ends 0-19 frames after the keyword does
+KEYWORD_SAMPLES = SAMPLE_RATE - 800  # the longest keyword kept: 950 ms, so with its padding it fits the window
+
+
+def _speech(x: np.ndarray) -> np.ndarray:
+    """x from its first to its last sample above 5 % of its peak: the utterance, without the
+    silence around it."""
+    level = np.abs(x.astype(np.int32))
+    loud = np.flatnonzero(level > 0.05 * level.max())
+    return x[loud[0]:loud[-1] + 1]
 
 
 def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword: str) -> list[np.ndarray]:
@@ -50,9 +59,7 @@ def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword
         rng = random.Random(f"tinyseek-wakeword:{tag}{seed}:{split}:{i}")
         pool = VOICES["en"][split]
         voice = pool[rng.randrange(len(pool))]
-        speech = room(speak(text, voice, rng), rng)
-        loud = np.flatnonzero(np.abs(speech) > 0.05 * np.abs(speech).max())
-        speech = speech[loud[0]:loud[-1] + 1][:SAMPLE_RATE - 800]
+        speech = _speech(room(speak(text, voice, rng), rng))[:KEYWORD_SAMPLES]
         return place(speech, len(speech) + 1600, np.random.default_rng([seed, 7, SPLITS.index(split), i]))
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -81,12 +88,11 @@ def keyword_recordings(folder: str | Path, seed: int, val_fraction: float, test_
         x = read_wav(path)
         if not np.any(x):
             raise DataError(f"{path}: the recording is silent (all samples 0); remove it")
-        loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 0.05 * np.abs(x.astype(np.int32)).max())
-        speech = x[loud[0]:loud[-1] + 1]
-        if len(speech) > SAMPLE_RATE - 800:
+        speech = _speech(x)
+        if len(speech) > KEYWORD_SAMPLES:
             warnings.warn(f"{path}: {len(speech) / SAMPLE_RATE:.2f} s of speech; the detector hears 1 s, so it is "
                           "cut to 0.95 s", stacklevel=3)
-        return speech[:SAMPLE_RATE - 800]
+        return speech[:KEYWORD_SAMPLES]
 
     if any((root / s).is_dir() for s in SPLITS):
         out = {s: [one(p) for p in sorted((root / s).glob("*.wav"))] for s in SPLITS}
@@ -244,19 +250,25 @@ def joined(a: Split, b: Split) -> Split:
     return Split(y=np.concatenate([a.y, b.y]), texts=None, x=np.concatenate([a.x, b.x]))
 
 
+def hits(fired: list[int], ends: list[int]) -> dict[int, int]:
+    """{keyword index: the detection that found it}: in order, each detection (a frame count)
+    finds the first keyword not yet found whose end is at most HIT_BEFORE frames after it and
+    at most HIT_AFTER before it; a detection that finds none is a false accept."""
+    found: dict[int, int] = {}
+    for f in fired:
+        j = next((j for j, e in enumerate(ends) if e - HIT_BEFORE <= f <= e + HIT_AFTER and j not in found), None)
+        if j is not None:
+            found[j] = f
+    return found
+
+
 def detect(at: np.ndarray, margin: np.ndarray, threshold: int, ends: list[int], other_seconds: float) -> dict:
     """The listener's detections at `threshold` on a stream whose keywords end at `ends`: a
     detection from HIT_BEFORE frames before a keyword's end to HIT_AFTER after it is a hit, any
     other a false accept; rates per hour of the audio that holds no keyword."""
     fired = [int(at[i]) for i in wakes(at, margin, listener(threshold))]
-    hit = set()
-    false = 0
-    for f in fired:
-        match = [j for j, e in enumerate(ends) if e - HIT_BEFORE <= f <= e + HIT_AFTER and j not in hit]
-        if match:
-            hit.add(match[0])
-        else:
-            false += 1
+    hit = hits(fired, ends)
+    false = len(fired) - len(hit)
     hours = other_seconds / 3600
     return {"threshold": threshold, "keywords": len(ends), "detected": len(hit), "false_accepts": false,
             "hours": hours, "detection_rate": len(hit) / len(ends), "false_accepts_per_hour": false / hours}

@@ -70,7 +70,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     (tinyseek.audio.listen), the keywords it wakes on, the commands it then hears, the response
     (the hop that decides a command, from its last sample) and the cost per second of audio."""
     from ..audio.listen import ListenConfig, event_mismatches, listen
-    from ..audio.wakeword import HIT_AFTER, HIT_BEFORE, keyword_clips, stream
+    from ..audio.wakeword import hits, keyword_clips, stream
     from ..quant.model import QuantModel
     from .bench import run_device_listen
 
@@ -87,11 +87,9 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     out = run_device_listen(env, run.lib_dir, run.wake_lib_dir, pcm, cfg, port=port)
     mismatches = event_mismatches(out["events"], want)
     wakes = [e["frame"] for e in want if e["event"] == "wake"]
-    heard = {}  # keyword -> the command decided after its wake
-    for j, e in enumerate(ends):
-        hit = next((w for w in wakes if e - HIT_BEFORE <= w <= e + HIT_AFTER), None)
-        if hit is not None:
-            heard[j] = next((c["class"] for c in want if c["event"] == "command" and c["frame"] > hit), None)
+    found = hits(wakes, ends)  # the bench's rule (tinyseek.audio.wakeword.detect)
+    heard = {j: next((c["class"] for c in want if c["event"] == "command" and c["frame"] > w), None)
+             for j, w in found.items()}  # keyword -> the command decided after its wake
     right = sum(before[j] < len(clips) and c == int(test.y[before[j]]) for j, c in heard.items())
     times = [c["time"] for c in out["chunks"]]
     decisions = [c["time"] for c in out["chunks"] if "command" in c["events"]]
@@ -101,7 +99,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
                                                         ("threshold", "window", "stride", "rest", "capture")},
             "seconds": seconds, "keywords": len(kws), "events": len(want), "mismatches": mismatches,
             "bitexact": mismatches == 0 and len(want) > 0, "wakes": len(wakes), "keywords_detected": len(heard),
-            "false_wakes": sum(not any(e - HIT_BEFORE <= w <= e + HIT_AFTER for e in ends) for w in wakes), "commands_right": int(right), "unit": out["unit"],
+            "false_wakes": len(wakes) - len(found), "commands_right": int(right), "unit": out["unit"],
             "per_second_of_audio": sum(times) / seconds, "share_of_clock": sum(times) / seconds / clock,
             "response": None if not decisions else {"max": max(decisions), "ms_at_clock": max(decisions) / clock * 1e3},
             "flash_total": elf["flash"]["total"], "flash_wake_model": out["memory"]["wake_model"],
