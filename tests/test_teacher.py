@@ -508,6 +508,26 @@ def test_a_pretrained_writer_writes_the_transfer_set_the_teacher_labels(adapted_
                          asked) == keeps
         assert sorted(c for c in kept for _ in kept[c]) == (sorted(heads) if keeps else [])
 
+    # One read of each prompt, its cache shared by the samples: the texts generate() writes when
+    # it reads every prompt once per sample (prompts of different lengths: left padding).
+    from tinyseek.teacher.transfer import WRITER_SAMPLES, load_writer, write_batch
+    writer, wtok = load_writer(replace(cfg, transfer_writer=str(tmp_path / "llama"), dtype="float32"), run)
+    prompts = [_writer_prompt(cfg, random.Random(k), [t for t in text_task.train.texts[:40]]) for k in range(3)]
+    enc = wtok(prompts, return_tensors="pt", padding=True)
+    assert len({int(m.sum()) for m in enc["attention_mask"]}) > 1
+    stops = [wtok.eos_token_id]
+    with torch.no_grad():
+        shared = write_batch(writer, wtok, prompts, replace(cfg, max_tokens=12), stops, 5)
+        torch.manual_seed(5)
+        examples = [line for p in prompts for line in p.split("\n")[1:-1]]
+        longest = max(len(ids) for ids in wtok(examples, add_special_tokens=False)["input_ids"])
+        ids = writer.generate(**enc, do_sample=True, temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
+                              max_new_tokens=min(12, longest * 3 // 2 + 2), num_return_sequences=WRITER_SAMPLES,
+                              eos_token_id=stops, pad_token_id=wtok.pad_token_id)
+    plain = [line.split("\n")[0].strip().lstrip("-").strip()
+             for line in wtok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    assert len(shared) == len(prompts) * WRITER_SAMPLES and shared == plain and len(set(shared)) > 1
+
     # The whole path, seeded: the same writer and teacher write the same set.
     wcfg = replace(cfg, transfer_samples=6, transfer_confidence=0.0, transfer_writer=str(tmp_path / "llama"),
                    max_tokens=12)

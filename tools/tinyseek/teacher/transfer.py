@@ -26,6 +26,7 @@ write the batches while this process labels and keeps them in the same order.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import random
 import re
@@ -174,8 +175,7 @@ def read_transfer_set(path: Path, labels: list[str]) -> tuple[list[str], np.ndar
 
 # -- a pretrained writer (teacher.transfer_writer) ----------------------------------------------
 
-# The prompt is most of a writer's cost (generate() reads it once per sampled item): a few
-# examples, a few items after each.
+# A few examples per prompt, a few items sampled after each (the prompt's cache shared by them).
 WRITER_EXAMPLES = 5  # training examples listed in each prompt
 WRITER_SAMPLES = 4  # items sampled after each prompt
 WRITER_PROMPTS = 12  # prompts per batch: 48 sequences generated together
@@ -245,15 +245,28 @@ def _writer_prompt(cfg, rng: random.Random, examples: list[str]) -> str:
     return cfg.transfer_prompt + "".join(f"- {t}\n" for t in chosen) + "-"
 
 
+@torch.no_grad()
 def write_batch(writer, wtok, prompts: list[str], cfg, stops: list[int], seed: int) -> list[str]:
     """WRITER_SAMPLES lines the writer samples after each prompt (seeded), in prompt order."""
     enc = wtok(prompts, return_tensors="pt", padding=True)
     examples = [line for p in prompts for line in p.split("\n")[1:-1]]  # the "- text" lines
     longest = max(len(ids) for ids in wtok(examples, add_special_tokens=False)["input_ids"])
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    # Read each prompt once (all but its last token, whose logits generate() needs) and give
+    # every sample a copy of its cache, instead of generate() reading it WRITER_SAMPLES times:
+    # the same texts, about 10 % less time with Gemma 3 270M (the decoding steps, each through
+    # its 262k-entry output layer, are the rest).
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every prompt's tokens from 0
+    read = writer(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)
+    cache_arg = "cache" if "cache" in inspect.signature(writer.forward).parameters else "past_key_values"  # 5.x renamed it
+    cache = getattr(read, cache_arg)
+    cache.batch_repeat_interleave(WRITER_SAMPLES)
+    ids, mask = ids.repeat_interleave(WRITER_SAMPLES, 0), mask.repeat_interleave(WRITER_SAMPLES, 0)
     torch.manual_seed(seed)
     # top-k, not top-p: top-p sorts the whole vocabulary (262k entries for Gemma 3) at every step.
-    ids = writer.generate(**enc, do_sample=True, temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
-                          max_new_tokens=min(cfg.max_tokens, longest * 3 // 2 + 2), num_return_sequences=WRITER_SAMPLES,
-                          eos_token_id=stops or None, pad_token_id=wtok.pad_token_id)
-    lines = wtok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = writer.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                          temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
+                          max_new_tokens=min(cfg.max_tokens, longest * 3 // 2 + 2),
+                          eos_token_id=stops or None, pad_token_id=wtok.pad_token_id, **{cache_arg: cache})
+    lines = wtok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [line.split("\n")[0].strip().lstrip("-").strip() for line in lines]
