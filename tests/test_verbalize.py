@@ -110,6 +110,27 @@ def test_scores_equal_hand_computed_token_log_probs(answering_lm):
     assert len(conts[0][2]) > 1
 
 
+def test_a_few_shot_prompt_is_read_once_for_all_texts(answering_lm, monkeypatch):
+    """The prompt's lines before the text (here labelled examples) are read once; every pass
+    starts from their cache and reads only the text's own tokens, with the same scores as
+    reading each prompt whole (multi-token verbalisers, several batches)."""
+    model, tok, _ = answering_lm
+    texts, _ = _texts(1, 3)
+    examples = "".join(f"text: {t}\nlabel: {default_verbalizer(LABELS[c])}\n" for t, c in zip(*_texts(2, 1)))
+    prompt = "Label each text.\n" + examples + PROMPT
+    verbs = {"ask_time": ["ask time", "time"]}
+    whole = zero_shot_logits(model, tok, texts, LABELS, verbs, prompt, 4, share_prefix=False)
+    widths = []
+    forward = model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape[1]) or forward(*a, **k))
+    shared = zero_shot_logits(model, tok, texts, LABELS, verbs, prompt, 4)
+    assert np.allclose(shared, whole, atol=1e-5)
+    assert (np.argmax(shared, 1) == np.argmax(whole, 1)).all()
+    lines = len(tok("Label each text.\n" + examples)["input_ids"])
+    longest = max(len(tok(prompt.replace("{text}", t))["input_ids"]) for t in texts)
+    assert widths[0] == lines and 1 < len(widths) and max(widths[1:]) <= longest - lines + 1  # + a verbaliser token
+
+
 def test_prompt_boundary_and_text_cut(answering_lm):
     _, tok, _ = answering_lm
     assert _join("label:", "on") == ("label:", " on")

@@ -17,6 +17,7 @@ memory-mapped safetensors, so loading never holds a second full copy of the weig
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -130,6 +131,17 @@ def use_threads(threads: int) -> int:
     n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def cache_arg(model) -> str:
+    """The keyword a model's forward takes its key/value cache by (transformers 5 renames
+    `past_key_values` to `cache`, model by model)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output):
+    """The key/value cache a forward pass returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def count_parameters(config) -> int:

@@ -26,7 +26,6 @@ write the batches while this process labels and keeps them in the same order.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import random
 import re
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from .classifier import load_adapted, tokenize
-from .load import TeacherError
+from .load import TeacherError, cache_arg, cache_of
 
 TRANSFER_FILE = "transfer.jsonl"
 MAX_ROUNDS = 8  # prompting rounds before giving up on classes the teacher rarely writes
@@ -258,8 +257,7 @@ def write_batch(writer, wtok, prompts: list[str], cfg, stops: list[int], seed: i
     # its 262k-entry output layer, are the rest).
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every prompt's tokens from 0
     read = writer(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)
-    cache_arg = "cache" if "cache" in inspect.signature(writer.forward).parameters else "past_key_values"  # 5.x renamed it
-    cache = getattr(read, cache_arg)
+    cache = cache_of(read)
     cache.batch_repeat_interleave(WRITER_SAMPLES)
     ids, mask = ids.repeat_interleave(WRITER_SAMPLES, 0), mask.repeat_interleave(WRITER_SAMPLES, 0)
     torch.manual_seed(seed)
@@ -267,6 +265,6 @@ def write_batch(writer, wtok, prompts: list[str], cfg, stops: list[int], seed: i
     out = writer.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                           temperature=cfg.transfer_temperature, top_k=40, top_p=1.0,
                           max_new_tokens=min(cfg.max_tokens, longest * 3 // 2 + 2),
-                          eos_token_id=stops or None, pad_token_id=wtok.pad_token_id, **{cache_arg: cache})
+                          eos_token_id=stops or None, pad_token_id=wtok.pad_token_id, **{cache_arg(writer): cache})
     lines = wtok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [line.split("\n")[0].strip().lstrip("-").strip() for line in lines]

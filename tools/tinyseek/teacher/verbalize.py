@@ -18,14 +18,19 @@ be an unusual tokenization); a prompt ending in another whitespace (a newline) i
 directly; otherwise one space is put between them, unless either side is a CJK character.
 
 Cost: one forward pass per text gives every verbaliser's first token; each verbaliser of
-more than one token adds one forward pass over the prompt and that verbaliser.
+more than one token adds one forward pass over the prompt and that verbaliser. The prompt's
+lines before the text's (the labelled examples of few-shot labels, the instructions) are the
+same for every text: they are read once, and every pass starts from their key/value cache,
+so a long few-shot prompt costs each text only its own tokens.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 
-from .load import TeacherError
+from .load import TeacherError, cache_arg, cache_of
 
 DEFAULT_PROMPT = "Classify the text into one of these categories: {labels}.\nText: {text}\nCategory:"
 SCORES = ("mean", "sum")
@@ -136,9 +141,10 @@ def _causal_lm(model):
 
 @torch.inference_mode()
 def _log_probs_at(lm, seqs: list[list[int]], positions: list[list[int]], targets: list[list[int]],
-                  pad_id: int) -> list[torch.Tensor]:
+                  pad_id: int, prefix: "_Prefix | None" = None) -> list[torch.Tensor]:
     """For each sequence, log p(targets[j] | seq[:positions[j] + 1]): one forward pass over the
-    right-padded batch, the LM head applied only at the positions asked for."""
+    right-padded batch, the LM head applied only at the positions asked for. With `prefix`,
+    every sequence continues its tokens (read from its cache; positions count after it)."""
     device = lm.device
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -146,7 +152,15 @@ def _log_probs_at(lm, seqs: list[list[int]], positions: list[list[int]], targets
     for r, s in enumerate(seqs):
         ids[r, :len(s)] = torch.tensor(s)
         mask[r, :len(s)] = 1
-    hidden = lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    extra = {"use_cache": False}
+    if prefix is not None:
+        cache = copy.deepcopy(prefix.cache)  # the pass appends to it
+        cache.batch_repeat_interleave(len(seqs))
+        p = len(prefix.ids)
+        extra = {cache_arg(lm.base_model): cache, "use_cache": True,
+                 "position_ids": (p + torch.arange(width)).expand(len(seqs), width).to(device)}
+        mask = torch.cat([torch.ones(len(seqs), p, dtype=mask.dtype), mask], 1)
+    hidden = lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).last_hidden_state
     rows = torch.tensor([r for r, pos in enumerate(positions) for _ in pos], device=device)
     cols = torch.tensor([p for pos in positions for p in pos], device=device)
     logp = lm.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
@@ -154,9 +168,34 @@ def _log_probs_at(lm, seqs: list[list[int]], positions: list[list[int]], targets
     return list(picked.cpu().split([len(p) for p in positions]))
 
 
+class _Prefix:
+    """The prompt's lines before the text's, read once: their token ids (the tokenizer's leading
+    special tokens included) and the language model's key/value cache after them."""
+
+    def __init__(self, lm, ids: list[int]):
+        self.ids = ids
+        with torch.no_grad():
+            self.cache = cache_of(lm.base_model(input_ids=torch.tensor([ids], device=lm.device), use_cache=True))
+
+    @classmethod
+    def of(cls, lm, tokenizer, head: str) -> "_Prefix | None":
+        """The shared lines of `head` (the prompt, labels filled in) up to the last line break
+        before {text}: a token boundary in every tokenizer, so each text's prompt starts with
+        exactly these ids. None where the prompt has no line before the text's."""
+        before = head.split("{text}")[0]
+        if "\n" not in before:
+            return None
+        ids = _lead_ids(tokenizer) + tokenizer(before[:before.rindex("\n") + 1], add_special_tokens=False)["input_ids"]
+        return cls(lm, ids) if len(ids) > 1 else None
+
+    def covers(self, contexts: list[list[int]]) -> bool:
+        p = len(self.ids)
+        return all(len(c) > p and c[:p] == self.ids for c in contexts)
+
+
 def zero_shot_logits(model, tokenizer, texts: list[str], labels: list[str], verbalizers: dict | None = None,
                      prompt: str = DEFAULT_PROMPT, batch_size: int = 16, score: str = "mean",
-                     max_tokens: int | None = None) -> np.ndarray:
+                     max_tokens: int | None = None, share_prefix: bool = True) -> np.ndarray:
     """The teacher's zero-shot distribution over `labels` for each text, as log-probabilities,
     float32 [N, C] (each row's exp sums to 1); see the module docstring for the scoring.
 
@@ -165,6 +204,8 @@ def zero_shot_logits(model, tokenizer, texts: list[str], labels: list[str], verb
     with underscores as spaces); `prompt` holds `{text}` (and optionally `{labels}`);
     `score` is "mean" or "sum" over a multi-token verbaliser's tokens; `max_tokens` cuts each
     text after that many tokens before it goes into the prompt. Batches of `batch_size`.
+    `share_prefix`: read the prompt's lines before the text's once (module docstring); a batch
+    whose prompts do not all start with their tokens is read whole.
     """
     check_prompt(prompt)
     if score not in SCORES:
@@ -182,20 +223,24 @@ def zero_shot_logits(model, tokenizer, texts: list[str], labels: list[str], verb
     texts = _cut(tokenizer, list(texts), max_tokens) if max_tokens else list(texts)
     # {labels} first: a text that happens to contain "{labels}" stays as it is.
     head = prompt.replace("{labels}", ", ".join(verbs[label][0] for label in labels))
+    shared = _Prefix.of(lm, tokenizer, head) if share_prefix else None
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         contexts, conts = _encode_pairs(tokenizer, [head.replace("{text}", t) for t in batch], words)
+        prefix = shared if shared is not None and shared.covers(contexts) else None
+        skip = len(prefix.ids) if prefix is not None else 0  # tokens read from the cache
         # First tokens of every verbaliser: one pass over the prompts.
-        first = _log_probs_at(lm, contexts, [[len(c) - 1] * len(words) for c in contexts],
-                              [[ids[0] for ids in row] for row in conts], pad)
+        first = _log_probs_at(lm, [c[skip:] for c in contexts], [[len(c) - 1 - skip] * len(words) for c in contexts],
+                              [[ids[0] for ids in row] for row in conts], pad, prefix)
         word_lp = [[[float(first[i][w])] for w in range(len(words))] for i in range(len(batch))]
         # The remaining tokens of longer verbalisers: one pass per (prompt, verbaliser).
         longer = [(i, w) for i in range(len(batch)) for w in range(len(words)) if len(conts[i][w]) > 1]
         for s in range(0, len(longer), batch_size):
             chunk = longer[s:s + batch_size]
-            seqs = [contexts[i] + conts[i][w][:-1] for i, w in chunk]
-            positions = [list(range(len(contexts[i]), len(contexts[i]) + len(conts[i][w]) - 1)) for i, w in chunk]
-            rest = _log_probs_at(lm, seqs, positions, [conts[i][w][1:] for i, w in chunk], pad)
+            seqs = [contexts[i][skip:] + conts[i][w][:-1] for i, w in chunk]
+            positions = [list(range(len(contexts[i]) - skip, len(contexts[i]) - skip + len(conts[i][w]) - 1))
+                         for i, w in chunk]
+            rest = _log_probs_at(lm, seqs, positions, [conts[i][w][1:] for i, w in chunk], pad, prefix)
             for (i, w), lp in zip(chunk, rest):
                 word_lp[i][w].extend(lp.tolist())
         word_scores = torch.tensor([[sum(t) / (len(t) if score == "mean" else 1) for t in row] for row in word_lp],
