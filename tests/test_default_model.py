@@ -31,6 +31,16 @@ def test_committed_report_describes_the_committed_model():
     assert model.model_hash() in (LIB / "intents_model.h").read_text()
 
 
+def test_committed_run_records_the_default_settings():
+    """models/intents/config.toml is what `tinyseek build` writes for the defaults: a setting
+    added or changed since leaves it stale (write it again with the committed model rebuilt)."""
+    import tomllib
+
+    from tinyseek.config import load
+    committed = tomllib.loads((ROOT / "models" / "intents" / "config.toml").read_text())
+    assert committed == load(None).to_dict()
+
+
 # The committed `tinyseek export --format tflite` of the default (models/intents/tflite/): what the
 # report's TFLite Micro row is read from.
 TFLITE = ROOT / "models" / "intents" / "tflite"
