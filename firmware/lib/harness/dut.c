@@ -25,9 +25,7 @@
 #else
 #define DUT_LISTEN 0
 #endif
-#if TINYSEEK_OTA
-#include "ota.h"
-#endif
+#include "ota.h" /* dut_outf and dut_err's prototypes; the rest only in update-enabled builds */
 
 #define FW_VERSION "tinyseek DUT firmware 1.0"
 
@@ -168,27 +166,7 @@ static void voutf(const char *f, va_list ap) {
     }
 }
 
-static void outf(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    voutf(f, ap);
-    va_end(ap);
-}
-
-/* An error reply: e-[ the formatted message ]. */
-static void err(const char *f, ...) {
-    va_list ap;
-    out("e-[");
-    va_start(ap, f);
-    voutf(f, ap);
-    va_end(ap);
-    out("]\r\n");
-}
-
-
-
-#if TINYSEEK_OTA
-/* The update commands (ota.c) reply and parse with the interpreter's own helpers. */
+/* A formatted reply; also what ota.c replies with (ota.h). */
 void dut_outf(const char *f, ...) {
     va_list ap;
     va_start(ap, f);
@@ -196,6 +174,7 @@ void dut_outf(const char *f, ...) {
     va_end(ap);
 }
 
+/* An error reply: e-[ the formatted message ]. */
 void dut_err(const char *f, ...) {
     va_list ap;
     out("e-[");
@@ -204,7 +183,9 @@ void dut_err(const char *f, ...) {
     va_end(ap);
     out("]\r\n");
 }
-#endif
+
+
+
 
 /* 2^(-j/32) in Q0.15, j = 0..32. */
 static const uint16_t exp2_q15[33] = {
@@ -243,8 +224,8 @@ static void out_results(void) {
 }
 
 static void out_time(uint64_t total, unsigned long runs, uint64_t lo, uint64_t hi) {
-    outf("m-time-[total=%U,runs=%u,min=%U,max=%U,unit=%s]\r\n", total, runs, lo, hi,
-         dut_port_target()->timer_unit);
+    dut_outf("m-time-[total=%U,runs=%u,min=%U,max=%U,unit=%s]\r\n", total, runs, lo, hi,
+             dut_port_target()->timer_unit);
 }
 
 /* th_timestamp() of the reference firmware: the two of `infer` bracket the measured runs. */
@@ -255,7 +236,7 @@ static void timestamp(void) {
     unsigned long per_us = dut_port_target()->timer_per_us;
     uint64_t t = dut_port_ticks_to_units(dut_port_ticks());
     divmod(&t, per_us ? (uint32_t)per_us : 1u);
-    outf("m-lap-us-%U\r\n", t);
+    dut_outf("m-lap-us-%U\r\n", t);
 #endif
 }
 
@@ -330,7 +311,7 @@ int dut_hex_digit(char c) { return hex_value(c); }
 static int no_more(const char *pos, const char *end, const char *usage) {
     const char *p = pos;
     if (next_tok(&p, end).n == 0) return 1;
-    err("too many arguments; usage: %s", usage);
+    dut_err("too many arguments; usage: %s", usage);
     return 0;
 }
 
@@ -351,19 +332,19 @@ static void cmd_db_load(const char *pos, const char *end) {
     tok_t t = next_tok(&pos, end);
     drop_input();
     if (t.n == 0) {
-        err("db load needs a byte count; usage: %s", USAGE_DB_LOAD);
+        dut_err("db load needs a byte count; usage: %s", USAGE_DB_LOAD);
     } else if (!parse_ulong(t, 0xFFFFFFFFUL, &n)) {
-        err("db load: '%q' is not a byte count", t.p, t.n, (size_t)16);
+        dut_err("db load: '%q' is not a byte count", t.p, t.n, (size_t)16);
     } else if (no_more(pos, end, USAGE_DB_LOAD)) {
         if (n == 0) {
-            err("db load: the size must be > 0 bytes");
+            dut_err("db load: the size must be > 0 bytes");
         } else if (n > M->input_capacity) {
-            err("db load: %u bytes exceed the input buffer of %u bytes", n,
-                 (unsigned long)M->input_capacity);
+            dut_err("db load: %u bytes exceed the input buffer of %u bytes", n,
+                     (unsigned long)M->input_capacity);
         } else {
             load_size = n;
             load_pos = 0;
-            outf("m-[Expecting %u bytes]\r\n", n);
+            dut_outf("m-[Expecting %u bytes]\r\n", n);
         }
     }
 }
@@ -373,19 +354,20 @@ static void cmd_db_load(const char *pos, const char *end) {
 static void cmd_db_hex(tok_t t, const char *pos, const char *end) {
     size_t i, bytes = t.n / 2u;
     if (load_size == 0) {
-        err("db: no buffer; send db load N first");
+        dut_err("db: no buffer; send db load N first");
         return;
     }
     for (i = 0; i < t.n && hex_value(t.p[i]) >= 0; i++) {
     }
     if (!no_more(pos, end, USAGE_DB_HEX)) {
     } else if (t.n % 2u != 0u) {
-        err("db: odd number of hex digits (%u)%s", (unsigned long)t.n, DROPPED);
+        dut_err("db: odd number of hex digits (%u)%s", (unsigned long)t.n, DROPPED);
     } else if (i < t.n) {
-        err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i, DROPPED);
+        dut_err("db: invalid hex digit '%q' at position %u%s", t.p + i, (size_t)1, (size_t)1, (unsigned long)i,
+                DROPPED);
     } else if (bytes > load_size - load_pos) {
-        err("db: %u bytes but only %u of the %u announced remain%s", (unsigned long)bytes,
-            (unsigned long)(load_size - load_pos), (unsigned long)load_size, DROPPED);
+        dut_err("db: %u bytes but only %u of the %u announced remain%s", (unsigned long)bytes,
+                (unsigned long)(load_size - load_pos), (unsigned long)load_size, DROPPED);
     } else {
         for (i = 0; i < t.n; i++) { /* two digits a byte: the second shifts the first up */
             uint8_t *b = &M->input[load_pos + i / 2u];
@@ -403,7 +385,7 @@ static void cmd_db_print(const char *pos, const char *end) {
     unsigned long count = load_pos, offset = 0;
     size_t i;
     if (!parse_opt(&pos, end, 0xFFFFFFFFUL, &count) || !parse_opt(&pos, end, 0xFFFFFFFFUL, &offset)) {
-        err("db print: N and OFFSET are byte counts; usage: %s", USAGE_DB_PRINT);
+        dut_err("db print: N and OFFSET are byte counts; usage: %s", USAGE_DB_PRINT);
         return;
     }
     if (!no_more(pos, end, USAGE_DB_PRINT)) return;
@@ -426,32 +408,32 @@ static long input_steps(const char *what) {
     size_t i, n;
     unsigned long size = (unsigned long)load_size;
     if (load_size == 0) {
-        err("%s: no input loaded; send db load N and db HEX first", what);
+        dut_err("%s: no input loaded; send db load N and db HEX first", what);
         return -1;
     }
     if (load_pos != load_size) {
-        err("%s: input incomplete: %u of %u bytes loaded", what, (unsigned long)load_pos, size);
+        dut_err("%s: input incomplete: %u of %u bytes loaded", what, (unsigned long)load_pos, size);
         return -1;
     }
     if (!KIND_TEXT && !KIND_AUDIO) {
         if (load_size % (size_t)A->num_features != 0u) {
-            err("%s: %u bytes are not a whole number of int8 steps of %u features", what, size,
-                 (unsigned long)A->num_features);
+            dut_err("%s: %u bytes are not a whole number of int8 steps of %u features", what, size,
+                     (unsigned long)A->num_features);
             return -1;
         }
         return (long)(load_size / (size_t)A->num_features);
     }
     if (load_size % 2u != 0u) {
-        err(KIND_AUDIO ? "%s: samples are int16 little-endian, 2 bytes each; %u bytes is odd"
-                       : "%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
+        dut_err(KIND_AUDIO ? "%s: samples are int16 little-endian, 2 bytes each; %u bytes is odd"
+                           : "%s: token ids are uint16 little-endian, 2 bytes each; %u bytes is odd", what, size);
         return -1;
     }
     n = load_size / 2u;
     for (i = 0; i < n && !KIND_AUDIO; i++) {
         uint16_t id = (uint16_t)(M->input[2 * i] | (uint16_t)M->input[2 * i + 1] << 8);
         if (id >= (unsigned)A->vocab_size) {
-            err("%s: token id %u at position %u is not below the vocabulary size %u", what,
-                 (unsigned long)id, (unsigned long)i, (unsigned long)A->vocab_size);
+            dut_err("%s: token id %u at position %u is not below the vocabulary size %u", what,
+                     (unsigned long)id, (unsigned long)i, (unsigned long)A->vocab_size);
             return -1;
         }
     }
@@ -487,7 +469,7 @@ static int run_once(long steps) {
 static int model_failed(const char *what, int rc) {
     if (rc >= 0) return 0;
     have_results = 0;
-    err("%s: the model returned error %d", what, (long)rc);
+    dut_err("%s: the model returned error %d", what, (long)rc);
     return 1;
 }
 
@@ -503,22 +485,22 @@ static void cmd_infer(const char *pos, const char *end) {
     uint64_t total = 0, lo = UINT64_MAX, hi = 0;
     long steps;
     if (!parse_opt(&pos, end, DUT_MAX_RUNS, &runs) || runs == 0) {
-        err("infer: N must be a number from 1 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
+        dut_err("infer: N must be a number from 1 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
         return;
     }
     if (!parse_opt(&pos, end, DUT_MAX_RUNS, &warmups)) {
-        err("infer: W must be a number from 0 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
+        dut_err("infer: W must be a number from 0 to %u; usage: %s", DUT_MAX_RUNS, USAGE_INFER);
         return;
     }
     if (!no_more(pos, end, USAGE_INFER)) return;
     steps = input_steps("infer");
     if (steps < 0) return;
 
-    outf("m-warmup-start-%u\r\n", warmups);
+    dut_outf("m-warmup-start-%u\r\n", warmups);
     for (r = 0; r < warmups; r++) {
         if (model_failed("infer", run_once(steps))) return;
     }
-    outf("m-warmup-done\r\nm-infer-start-%u\r\n", runs);
+    dut_outf("m-warmup-done\r\nm-infer-start-%u\r\n", runs);
     timestamp();
     for (r = 0; r < runs; r++) {
         uint64_t t0, dt;
@@ -569,8 +551,8 @@ static void cmd_cls(const char *text, const char *end) {
     const char *label;
     while (text < end && is_space(*text)) text++;
     if (!KIND_TEXT) {
-        err(KIND_AUDIO ? "cls: this is an audio model; load int16 samples with db and run infer or stream"
-                       : "cls: this is a sequence model; load int8 features with db and run infer");
+        dut_err(KIND_AUDIO ? "cls: this is an audio model; load int16 samples with db and run infer or stream"
+                           : "cls: this is a sequence model; load int8 features with db and run infer");
         return;
     }
     dut_port_timer_sync();
@@ -579,7 +561,7 @@ static void cmd_cls(const char *text, const char *end) {
     dt = dut_port_ticks_to_units(dut_port_ticks() - t0);
     if (model_failed("cls", rc)) return;
     label = A->labels[rc]; /* rc: the class, the first of the largest logits */
-    outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)rc, label, str_len(label), (size_t)64);
+    dut_outf("m-class-[%u]\r\nm-label-[%q]\r\n", (unsigned long)rc, label, str_len(label), (size_t)64);
     out_run(dt);
 }
 
@@ -587,36 +569,36 @@ static void cmd_cls(const char *text, const char *end) {
 
 static void cmd_info(void) {
     const dut_target_t *tg = dut_port_target();
-    outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
-         "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,"
-         "timestamps=" TIMESTAMP_MODE ",buffer=%u,line=%u]\r\n",
-         A->name, A->hash, KIND_TEXT ? "text" : KIND_AUDIO ? "audio" : "sequence", (unsigned long)A->num_classes,
-         (unsigned long)A->input_size, (unsigned long)A->num_layers, (unsigned long)A->hidden_size,
-         (unsigned long)A->vocab_size, (unsigned long)A->max_len, (unsigned long)A->num_features, A->kernel,
-         tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, tg->timer_unit, tg->timer_per_us,
-         (unsigned long)M->input_capacity,
-         (unsigned long)DUT_LINE_MAX);
+    dut_outf("m-info-[model=%s,hash=%s,kind=%s,classes=%u,input=%u,layers=%u,hidden=%u,vocab=%u,max_len=%u,"
+             "features=%u,kernel=%s,board=%s,cpu=%s,clock_hz=%u,timer=%s,unit=%s,lap_us=%s/%u,"
+             "timestamps=" TIMESTAMP_MODE ",buffer=%u,line=%u]\r\n",
+             A->name, A->hash, KIND_TEXT ? "text" : KIND_AUDIO ? "audio" : "sequence", (unsigned long)A->num_classes,
+             (unsigned long)A->input_size, (unsigned long)A->num_layers, (unsigned long)A->hidden_size,
+             (unsigned long)A->vocab_size, (unsigned long)A->max_len, (unsigned long)A->num_features, A->kernel,
+             tg->board, tg->cpu, tg->clock_hz, tg->timer, tg->timer_unit, tg->timer_unit, tg->timer_per_us,
+             (unsigned long)M->input_capacity,
+             (unsigned long)DUT_LINE_MAX);
 }
 
 static void cmd_mem(void) {
     dut_mem_t mem;
     mem.flash_used = mem.ram_static = mem.stack_size = mem.stack_peak = -1;
     dut_port_mem(&mem);
-    outf("m-mem-[model_flash=%u,model_ram=%u,input_buffer=%u,flash_used=%m,ram_static=%m,stack_size=%m,"
-         "stack_peak=%m]\r\n",
-         (unsigned long)A->weight_bytes, (unsigned long)(A->state_bytes + A->scratch_bytes),
-         (unsigned long)M->input_capacity, mem.flash_used, mem.ram_static,
-         mem.stack_size, mem.stack_peak);
+    dut_outf("m-mem-[model_flash=%u,model_ram=%u,input_buffer=%u,flash_used=%m,ram_static=%m,stack_size=%m,"
+             "stack_peak=%m]\r\n",
+             (unsigned long)A->weight_bytes, (unsigned long)(A->state_bytes + A->scratch_bytes),
+             (unsigned long)M->input_capacity, mem.flash_used, mem.ram_static,
+             mem.stack_size, mem.stack_peak);
 }
 
 static void cmd_sync(const char *pos, const char *end) {
     tok_t t = next_tok(&pos, end);
     if (t.n == 0 || t.n > 64) {
-        err("sync needs a token of 1 to 64 characters; usage: %s", USAGE_SYNC);
+        dut_err("sync needs a token of 1 to 64 characters; usage: %s", USAGE_SYNC);
         return;
     }
     if (!no_more(pos, end, USAGE_SYNC)) return;
-    outf("m-sync-[%q]\r\n", t.p, t.n, (size_t)64);
+    dut_outf("m-sync-[%q]\r\n", t.p, t.n, (size_t)64);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -646,11 +628,11 @@ static void cmd_help(void) {
     size_t k;
     out("commands:");
     for (k = 0; k < W_LOAD; k++) {
-        outf(" %s", w);
+        dut_outf(" %s", w);
         w += str_len(w) + 1;
     }
     out("\r\n");
-    for (k = 0; k < sizeof usages / sizeof usages[0]; k++) outf("  %s\r\n", usages[k]);
+    for (k = 0; k < sizeof usages / sizeof usages[0]; k++) dut_outf("  %s\r\n", usages[k]);
 }
 
 /* The index of t in `words`, or -1. */
@@ -690,10 +672,10 @@ static void listen_event(void *ctx, const ts_listen_event *e) {
 
 static void out_listen_config(void) {
     const ts_listener *l = M->listener;
-    outf("m-listen-config-[wake=%s,threshold=%d,window=%u,stride=%u,rest=%u,capture=%u,ring=%u,hop=%u]\r\n",
-         l->wake->name, (long)l->cfg.threshold, (unsigned long)l->cfg.window, (unsigned long)l->cfg.stride,
-         (unsigned long)l->cfg.rest, (unsigned long)l->cfg.capture, (unsigned long)l->ring_frames,
-         (unsigned long)l->hop);
+    dut_outf("m-listen-config-[wake=%s,threshold=%d,window=%u,stride=%u,rest=%u,capture=%u,ring=%u,hop=%u]\r\n",
+             l->wake->name, (long)l->cfg.threshold, (unsigned long)l->cfg.window, (unsigned long)l->cfg.stride,
+             (unsigned long)l->cfg.rest, (unsigned long)l->cfg.capture, (unsigned long)l->ring_frames,
+             (unsigned long)l->hop);
 }
 
 /* `listen set`: a signed threshold, then four frame counts. */
@@ -710,8 +692,8 @@ static void cmd_listen_set(const char *pos, const char *end) {
     for (i = 0; i < 5; i++) {
         if (i > 0) t = next_tok(&pos, end);
         if (!parse_ulong(t, i == 0 ? 0x7FFFFFFFul + (unsigned long)negative : 65535ul, &v[i])) {
-            err("listen set: %s must be %s; usage: %s", i == 0 ? "THRESHOLD" : "WINDOW, STRIDE, REST and CAPTURE",
-                i == 0 ? "a whole number that fits in int32" : "frame counts from 0 to 65535", USAGE_LISTEN);
+            dut_err("listen set: %s must be %s; usage: %s", i == 0 ? "THRESHOLD" : "WINDOW, STRIDE, REST and CAPTURE",
+                    i == 0 ? "a whole number that fits in int32" : "frame counts from 0 to 65535", USAGE_LISTEN);
             return;
         }
     }
@@ -723,7 +705,7 @@ static void cmd_listen_set(const char *pos, const char *end) {
     c.capture = (uint16_t)v[4];
     e = ts_listen_configure(M->listener, &c);
     if (e != NULL) {
-        err("listen set: %s; the settings are unchanged", e);
+        dut_err("listen set: %s; the settings are unchanged", e);
         return;
     }
     listen_error = NULL;
@@ -736,7 +718,7 @@ static void cmd_listen(const char *pos, const char *end) {
     long n;
     tok_t sub = next_tok(&pos, end);
     if (M->listener == NULL) {
-        err(NO_LISTENER);
+        dut_err(NO_LISTENER);
         return;
     }
     if (sub.n != 0) {
@@ -750,12 +732,12 @@ static void cmd_listen(const char *pos, const char *end) {
         } else if (w == W_CONFIG) {
             out_listen_config();
         } else {
-            err("listen: unknown subcommand %q; usage: %s", sub.p, sub.n, (size_t)16, USAGE_LISTEN);
+            dut_err("listen: unknown subcommand %q; usage: %s", sub.p, sub.n, (size_t)16, USAGE_LISTEN);
         }
         return;
     }
     if (listen_error != NULL) {
-        err("listen: %s; fix it with listen set", listen_error);
+        dut_err("listen: %s; fix it with listen set", listen_error);
         return;
     }
     n = input_steps("listen");
@@ -769,14 +751,14 @@ static void cmd_listen(const char *pos, const char *end) {
     for (k = 0; k < listen_count && k < LISTEN_QUEUE; k++) {
         const ts_listen_event *e = &listen_queue[k];
         if (e->kind == TS_LISTEN_WAKE) {
-            outf("m-wake-[frame=%u,margin=%d]\r\n", (unsigned long)e->frame, (long)e->margin);
+            dut_outf("m-wake-[frame=%u,margin=%d]\r\n", (unsigned long)e->frame, (long)e->margin);
         } else {
-            outf("m-command-[frame=%u,class=%u,label=%s]\r\n", (unsigned long)e->frame, (unsigned long)e->cls,
-                 A->labels[e->cls]);
+            dut_outf("m-command-[frame=%u,class=%u,label=%s]\r\n", (unsigned long)e->frame, (unsigned long)e->cls,
+                     A->labels[e->cls]);
         }
     }
-    outf("m-listen-[frames=%u,events=%u,dropped=%u]\r\n", (unsigned long)M->listener->frames, listen_count,
-         listen_count > LISTEN_QUEUE ? listen_count - LISTEN_QUEUE : 0ul);
+    dut_outf("m-listen-[frames=%u,events=%u,dropped=%u]\r\n", (unsigned long)M->listener->frames, listen_count,
+             listen_count > LISTEN_QUEUE ? listen_count - LISTEN_QUEUE : 0ul);
     if (have_results) out_results(); /* the last command's m-results and m-logits */
     out_time(dt, 1, dt, dt);
 }
@@ -784,7 +766,7 @@ static void cmd_listen(const char *pos, const char *end) {
 static void cmd_listen(const char *pos, const char *end) {
     (void)pos;
     (void)end;
-    err(NO_LISTENER);
+    dut_err(NO_LISTENER);
 }
 #endif
 
@@ -793,14 +775,14 @@ static void dispatch(const char *start, const char *end) {
     tok_t cmd = next_tok(&pos, end), sub;
 
     if (cmd.n == 0) {
-        err("empty command");
+        dut_err("empty command");
     } else {
         switch (word_index(cmd)) {
         case W_NAME:
             out("m-name-dut-[tinyseek]\r\n");
             break;
         case W_PROFILE:
-            outf("m-profile-[" FW_VERSION "]\r\nm-model-[%s-%s]\r\n", A->name, A->hash);
+            dut_outf("m-profile-[" FW_VERSION "]\r\nm-model-[%s-%s]\r\n", A->name, A->hash);
             break;
         case W_HELP:
             cmd_help();
@@ -810,7 +792,7 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_DB:
             sub = next_tok(&pos, end);
-            if (sub.n == 0) err("db needs a subcommand: db load N, db HEX or db print");
+            if (sub.n == 0) dut_err("db needs a subcommand: db load N, db HEX or db print");
             else if (word_index(sub) == W_LOAD) cmd_db_load(pos, end);
             else if (word_index(sub) == W_PRINT) cmd_db_print(pos, end);
             else cmd_db_hex(sub, pos, end);
@@ -820,7 +802,7 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_RESULTS:
             if (have_results) out_results();
-            else err("results: no inference yet");
+            else dut_err("results: no inference yet");
             break;
         case W_STREAM:
             cmd_stream(pos, end);
@@ -846,7 +828,7 @@ static void dispatch(const char *start, const char *end) {
             break;
         case W_QUIT:
             out("m-quit\r\n");
-            if (!dut_port_exit(0)) err("quit: this board cannot exit; reset it instead");
+            if (!dut_port_exit(0)) dut_err("quit: this board cannot exit; reset it instead");
             break;
 #if TINYSEEK_OTA
         case W_OTA:
@@ -854,7 +836,7 @@ static void dispatch(const char *start, const char *end) {
             break;
 #endif
         default:
-            err("Unknown command: %q", cmd.p, cmd.n, (size_t)32);
+            dut_err("Unknown command: %q", cmd.p, cmd.n, (size_t)32);
         }
     }
     out("m-ready\r\n");
@@ -884,7 +866,7 @@ void dut_init(const dut_model_t *model) {
 void dut_feed(uint8_t c) {
     if (c == '%') {
         if (line_overflow) {
-            err("command too long: more than %u bytes before '%%'", (unsigned long)DUT_LINE_MAX);
+            dut_err("command too long: more than %u bytes before '%%'", (unsigned long)DUT_LINE_MAX);
             out("m-ready\r\n");
         } else {
             dispatch(line, line + line_len);
