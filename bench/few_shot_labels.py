@@ -25,7 +25,7 @@ import numpy as np
 
 from tinyseek.config import load
 from tinyseek.data import load_task
-from tinyseek.teacher.adapt import _with_examples
+from tinyseek.teacher.adapt import prompt_with_examples
 from tinyseek.teacher.load import gguf_to_folder, load_teacher, use_threads
 from tinyseek.teacher.verbalize import resolve_verbalizers, zero_shot_logits
 
@@ -99,7 +99,7 @@ def main() -> None:
     rows = []
     for k in args.shots:
         cfg = replace(base.teacher, labels="zero-shot", shots=k)
-        prompt = _with_examples(dataset, cfg, verbs)
+        prompt = prompt_with_examples(dataset, cfg, verbs)
         acc, pred, per_text = score(model, tok, dataset.val, val_rows, labels, verbs, prompt, cfg)
         few = val_rows[:args.compare]
         _, whole_pred, whole = score(model, tok, dataset.val, few, labels, verbs, prompt, cfg, share=False)
@@ -111,7 +111,7 @@ def main() -> None:
     chosen = max(rows, key=lambda r: r["val_accuracy"])["shots"]
     cfg = replace(base.teacher, labels="zero-shot", shots=chosen)
     test_acc, _, _ = score(model, tok, dataset.test, stratified(dataset.test, args.per_class, 0), labels, verbs,
-                           _with_examples(dataset, cfg, verbs), cfg)
+                           prompt_with_examples(dataset, cfg, verbs), cfg)
     result = {"command": "python bench/few_shot_labels.py " + " ".join(sys.argv[1:]), "teacher": source.name,
               "dtype": str(model.dtype).replace("torch.", ""), "threads": args.threads, "per_class": args.per_class,
               "compare": args.compare, "rows": rows, "chosen_shots": chosen, "test_accuracy": test_acc}

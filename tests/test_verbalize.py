@@ -122,7 +122,8 @@ def test_a_few_shot_prompt_is_read_once_for_all_texts(answering_lm, monkeypatch)
     whole = zero_shot_logits(model, tok, texts, LABELS, verbs, prompt, 4, share_prefix=False)
     widths = []
     forward = model.model.forward
-    monkeypatch.setattr(model.model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape[1]) or forward(*a, **k))
+    monkeypatch.setattr(model.model, "forward", functools.wraps(forward)(
+        lambda *a, **k: widths.append(k["input_ids"].shape[1]) or forward(*a, **k)))
     shared = zero_shot_logits(model, tok, texts, LABELS, verbs, prompt, 4)
     assert np.allclose(shared, whole, atol=1e-5)
     assert (np.argmax(shared, 1) == np.argmax(whole, 1)).all()

@@ -98,12 +98,12 @@ def _check_settings(dataset, cfg) -> dict | None:
     if cfg.verbalizer_score not in SCORES:
         raise TeacherError(f"teacher.verbalizer_score {cfg.verbalizer_score!r} is unknown; choose mean or sum")
     verbalizers = resolve_verbalizers(list(dataset.labels), cfg.verbalizers)
-    out = {"prompt": _with_examples(dataset, cfg, verbalizers), "verbalizers": verbalizers,
+    out = {"prompt": prompt_with_examples(dataset, cfg, verbalizers), "verbalizers": verbalizers,
            "score": cfg.verbalizer_score}
     return out | ({"shots": cfg.shots} if cfg.shots else {})
 
 
-def _with_examples(dataset, cfg, verbalizers: dict) -> str:
+def prompt_with_examples(dataset, cfg, verbalizers: dict) -> str:
     """teacher.prompt with teacher.shots labelled training examples per class (seeded by
     teacher.seed, the classes interleaved so none is always nearest the text) at {examples},
     or before the prompt when it has no {examples}; each is teacher.example with the text and
