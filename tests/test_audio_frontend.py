@@ -119,14 +119,50 @@ def test_host_c_is_bit_exact(cfg, tmp_path, need_tools):
         assert np.array_equal(got, features(x, cfg)), name
 
 
+# The NEON FFT on Linux-class Arm cores, under qemu-user: (compiler, its flags, qemu, an instruction
+# only the NEON variant has, the objdump that reads it).
+NEON_TARGETS = {
+    "aarch64": ("aarch64-linux-gnu-gcc", ["-march=armv8-a"], "qemu-aarch64", "ld4", "aarch64-linux-gnu-objdump"),
+    "armv7": ("arm-linux-gnueabihf-gcc", ["-march=armv7-a", "-mfpu=neon", "-mfloat-abi=hard"], "qemu-arm", "vld4.32",
+              "arm-linux-gnueabihf-objdump"),
+}
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "25ms", "nohistory"])
+@pytest.mark.parametrize("target", sorted(NEON_TARGETS))
+def test_neon_c_is_bit_exact(target, cfg, tmp_path, need_tools):
+    cc, flags, qemu, mark, objdump = NEON_TARGETS[target]
+    need_tools({cc: "sudo apt-get install -y gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf",
+                qemu: "sudo apt-get install -y qemu-user"}, pio=False)
+    render_frontend(cfg, tmp_path)
+    exe = tmp_path / "fe"
+    subprocess.run([cc, *flags, "-static", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(tmp_path),
+                    str(tmp_path / "audio_frontend.c"), str(DRIVERS / "frontend_host.c"), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    assert mark in subprocess.run([objdump, "-d", str(exe)], capture_output=True, text=True, check=True).stdout
+    for name, x in _signals().items():
+        proc = subprocess.run([qemu, str(exe)], input=x.astype("<i2").tobytes(), capture_output=True, check=True)
+        got = np.frombuffer(proc.stdout, np.int8).reshape(-1, cfg.channels)
+        assert np.array_equal(got, features(x, cfg)), name
+
+
+# The FFT variant each board builds, by an instruction only that variant has (and objdump's
+# architecture option that decodes it).
+VARIANT_MARK = {"qemu_m4": ("smusd", []), "qemu_m7": ("smusd", []), "qemu_m55": ("vld40.32", ["-marmv8.1-m.main"])}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "25ms", "nohistory"])
 @pytest.mark.parametrize("env", sorted(ARM_BOARDS))
-def test_c_is_bit_exact_on_the_emulated_arm_boards(env, tmp_path, need_tools):
+def test_c_is_bit_exact_on_the_emulated_arm_boards(env, cfg, tmp_path, need_tools):
     need_tools({"arm-none-eabi-gcc": "sudo apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi",
                 "qemu-system-arm": "sudo apt-get install -y qemu-system-arm"}, pio=False)
-    sig = _signals()
-    x = np.concatenate([sig[k][:8 * 320] for k in ("silence", "sine 1 kHz full scale", "clipped (4x full scale)",
-                                                    "white noise full scale", "chirp", "white noise quiet")])
-    got, ticks = mcu.run(env, mcu.build(env, x, tmp_path))
-    assert len(ticks) == 48 and min(ticks) > 0
-    assert np.array_equal(got, features(x, FrontendConfig()))
+    x = np.concatenate([s[:8 * cfg.hop] for s in _signals().values()])
+    elf = mcu.build(env, x, tmp_path, cfg)
+    mark, arch = VARIANT_MARK[env]
+    code = subprocess.run(["arm-none-eabi-objdump", "-d", *arch, str(elf)], capture_output=True, text=True,
+                          check=True).stdout
+    assert mark in code
+    got, ticks = mcu.run(env, elf)
+    assert len(ticks) == len(x) // cfg.hop and min(ticks) > 0
+    assert np.array_equal(got, features(x, cfg))

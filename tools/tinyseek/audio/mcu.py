@@ -23,8 +23,10 @@ def board(env: str) -> dict:
     return json.loads((PLATFORM / "boards" / f"{ARM_BOARDS[env]}.json").read_text())["build"]
 
 
-def build(env: str, samples: np.ndarray, work: Path, cfg: FrontendConfig = FrontendConfig()) -> Path:
-    """The driver and the front end, with `samples` compiled in, as an ELF for `env`."""
+def build(env: str, samples: np.ndarray, work: Path, cfg: FrontendConfig = FrontendConfig(),
+          defines: tuple[str, ...] = ()) -> Path:
+    """The driver and the front end, with `samples` compiled in, as an ELF for `env`; `defines`
+    are passed as -D (TINYSEEK_KERNEL_PORTABLE builds the portable C FFT)."""
     b = board(env)
     work.mkdir(parents=True, exist_ok=True)
     render_frontend(cfg, work)
@@ -34,7 +36,7 @@ def build(env: str, samples: np.ndarray, work: Path, cfg: FrontendConfig = Front
         f"static const int16_t samples[NUM_SAMPLES] = {{{','.join(map(str, np.asarray(samples).tolist()))}}};\n")
     elf, obj = work / "frontend.elf", work / "audio_frontend.o"
     flags = [*b["cpu_flags"], "--specs=nano.specs", "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror",
-             "-ffunction-sections", "-fdata-sections", "-I", str(work)]
+             "-ffunction-sections", "-fdata-sections", *(f"-D{d}" for d in defines), "-I", str(work)]
     for cmd in (["arm-none-eabi-gcc", *flags, "-c", str(work / "audio_frontend.c"), "-o", str(obj)],
                 ["arm-none-eabi-gcc", *flags, "--specs=nosys.specs", "-nostartfiles", "-Wl,--gc-sections",
                  f"-L{PLATFORM / 'ldscripts'}", "-T", b["ldscript"], f"-Wl,-Map={work / 'frontend.map'}", str(obj),
