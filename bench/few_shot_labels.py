@@ -15,7 +15,6 @@ class) is read once, with the chosen k. --compare texts are also scored with sha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -29,7 +28,7 @@ from tinyseek.teacher.adapt import prompt_with_examples
 from tinyseek.teacher.load import gguf_to_folder, load_teacher, use_threads
 from tinyseek.teacher.verbalize import resolve_verbalizers, zero_shot_logits
 
-from results_md import replace_section
+from results_md import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Few-shot labels"
@@ -115,12 +114,7 @@ def main() -> None:
     result = {"command": "python bench/few_shot_labels.py " + " ".join(sys.argv[1:]), "teacher": source.name,
               "dtype": str(model.dtype).replace("torch.", ""), "threads": args.threads, "per_class": args.per_class,
               "compare": args.compare, "rows": rows, "chosen_shots": chosen, "test_accuracy": test_acc}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(section(result))
-    if not args.no_md:
-        replace_section(HEADING, section(result))
+    publish(Path(args.out), result, HEADING, section(result), markdown=not args.no_md)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Each bench script owns one '## ' section of bench/RESULTS.md; replace_section swaps it in."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,3 +20,13 @@ def replace_section(heading: str, section: str, path: Path = RESULTS) -> None:
         rest = text[nxt + 1:] if nxt >= 0 else ""
         text = text[:found.start()] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     path.write_text(text)
+
+
+def publish(out: Path, result: dict, heading: str, section: str, markdown: bool = True) -> None:
+    """Write a bench's JSON to `out`, print its section and, unless `markdown` is False, swap it
+    into RESULTS.md under `heading`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(section)
+    if markdown:
+        replace_section(heading, section)

@@ -31,7 +31,7 @@ from tinyseek.config import load
 from tinyseek.pipeline import Run
 
 from realdata import teacher_tag
-from results_md import replace_section
+from results_md import publish, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Generated transfer set"
@@ -179,11 +179,7 @@ def main() -> None:
     result = merge(json.loads(out.read_text()) if out.is_file() else {},
                    {"commands": ["python bench/transfer_set.py " + " ".join(sys.argv[1:])],
                     "writer": Path(args.writer).name, "rows": rows})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(section(result))
-    if not args.no_md:
-        replace_section(HEADING, section(result))
+    publish(out, result, HEADING, section(result), markdown=not args.no_md)
 
 
 if __name__ == "__main__":
