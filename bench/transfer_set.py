@@ -29,6 +29,7 @@ import numpy as np
 from tinyseek.cli import parse_overrides
 from tinyseek.config import load
 from tinyseek.pipeline import Run
+from tinyseek.teacher.transfer import RECOMBINE
 
 from realdata import teacher_tag
 from results_md import publish, replace_section
@@ -79,7 +80,8 @@ def measure(teacher: str, args, settings: dict, work: Path) -> list[dict]:
         base.update({"teacher.source": teacher, "teacher.adapt": "none"})
     with_set = {**base, "teacher.transfer_samples": args.samples, "teacher.transfer_writer": args.writer}
     rows = []
-    for variant, overrides in (("without", base), (f"with{args.samples}", with_set)):
+    kind = "recombined" if args.writer == RECOMBINE else "with"
+    for variant, overrides in (("without", base), (f"{kind}{args.samples}", with_set)):
         first = None
         for seed in args.seeds:
             name = f"{tag}_{variant}_s{seed}"
@@ -102,8 +104,9 @@ def merge(old: dict, new: dict) -> dict:
             "summary": summary(rows)}
 
 
-def _size(variant: str) -> int:
-    return 0 if variant == "without" else int(variant[len("with"):])
+def _size(variant: str) -> tuple[int, str]:
+    """Sort key of a variant: without, then by size (an LM's set before a recombined one)."""
+    return (0, "") if variant == "without" else (int(variant.lstrip("abcdefghijklmnopqrstuvwxyz")), variant[::-1])
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -113,7 +116,7 @@ def summary(rows: list[dict]) -> list[dict]:
     for tag in dict.fromkeys(r["teacher"] for r in rows):
         group = []
         for variant in sorted({r["variant"] for r in rows if r["teacher"] == tag}, key=_size):
-            rs = [r for r in rows if r["teacher"] == tag and r["variant"] == variant]
+            rs = sorted((r for r in rows if r["teacher"] == tag and r["variant"] == variant), key=lambda r: r["seed"])
             group.append({"teacher": tag, "variant": variant, "seeds": [r["seed"] for r in rs],
                           "val_int8": [r["val"]["int8"] for r in rs], "val_teacher": rs[0]["val"]["teacher"],
                           "val_int8_mean": float(np.mean([r["val"]["int8"] for r in rs])),
@@ -132,7 +135,8 @@ def section(result: dict) -> str:
     commands = " and ".join(f"`{c}`" for c in result["commands"])
     lines = [f"{HEADING} ({commands})", "",
              "The built-in task (phrasings held out by template) with and without a transfer set written by "
-             f"{result['writer']} (teacher.transfer_writer, docs/teachers.md): `--samples` utterances asked "
+             f"{result['writer']} or recombined from the training texts (teacher.transfer_writer = "
+             "\"recombine\", docs/teachers.md): `--samples` utterances asked "
              "for, kept where the teacher's head gives the class the writer was asked for. Int8 student (integer "
              "reference, bit-exact on the host in every run), mean over the seeds; validation (1,080 samples) chooses "
              "the variant per teacher, the test (1,800) is shown for the chosen one only.", "",
@@ -142,7 +146,8 @@ def section(result: dict) -> str:
     for g in result["summary"]:
         per_seed = " / ".join(f"{v:.2%}" for v in g["val_int8"])
         chosen = f"**{g['test_int8_mean']:.2%}**" if g["chosen"] else "not reported"
-        kept = f"{g['transfer_samples']} kept" if g["variant"] != "without" else "none"
+        kept = "none" if g["variant"] == "without" else f"{g['transfer_samples']} kept" + (
+            ", recombined" if g["variant"].startswith("recombined") else f", written by {result['writer']}")
         lines.append(f"| {g['teacher']} | {kept} | {', '.join(map(str, g['seeds']))} | "
                      f"{g['val_int8_mean']:.2%} ({per_seed}) | {g['val_teacher']:.2%} | {chosen} | "
                      f"{g['test_teacher']:.2%} |")
@@ -151,8 +156,8 @@ def section(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--writer", help="a pretrained LM (folder or .gguf) that writes the transfer set (required "
-                    "unless --md-only)")
+    ap.add_argument("--writer", help="a pretrained LM (folder or .gguf) that writes the transfer set, or "
+                    f"{RECOMBINE!r} for recombined training texts (required unless --md-only)")
     ap.add_argument("--teacher", nargs="+", default=["scratch"],
                     help="scratch (the built-in teacher) and/or pretrained LMs (folder or .gguf), head-only")
     ap.add_argument("--samples", type=int, default=600, help="teacher.transfer_samples")
@@ -169,16 +174,17 @@ def main() -> None:
         replace_section(HEADING, section(json.loads(Path(args.out).read_text())))
         return
     if not args.writer:
-        ap.error("--writer PATH is required: the pretrained LM that writes the transfer set")
-    for path in [args.writer] + [t for t in args.teacher if t != "scratch"]:
+        ap.error(f"--writer is required: the pretrained LM that writes the transfer set, or {RECOMBINE!r}")
+    for path in [w for w in [args.writer] if w != RECOMBINE] + [t for t in args.teacher if t != "scratch"]:
         if not Path(path).exists():
             sys.exit(f"{path}: no such file or folder; give a local Hugging Face folder or .gguf file")
     settings = parse_overrides(args.settings)
     rows = [r for teacher in args.teacher for r in measure(teacher, args, settings, Path(args.work))]
     out = Path(args.out)
-    result = merge(json.loads(out.read_text()) if out.is_file() else {},
-                   {"commands": ["python bench/transfer_set.py " + " ".join(sys.argv[1:])],
-                    "writer": Path(args.writer).name, "rows": rows})
+    new = {"commands": ["python bench/transfer_set.py " + " ".join(sys.argv[1:])], "rows": rows}
+    if args.writer != RECOMBINE:
+        new["writer"] = Path(args.writer).name
+    result = merge(json.loads(out.read_text()) if out.is_file() else {}, new)
     publish(out, result, HEADING, section(result), markdown=not args.no_md)
 
 

@@ -472,6 +472,40 @@ def test_the_adapted_teacher_writes_a_labelled_transfer_set(text_task, tmp_path)
     assert not path.exists()
 
 
+def test_recombined_training_texts_make_a_transfer_set_without_a_language_model(adapted_text, text_task, tmp_path):
+    """teacher.transfer_writer = "recombine": pairs of a class's training texts spliced, a piece
+    swapped, inserted or left out (words; single characters in Chinese), kept where the head
+    gives the class they came from; seeded."""
+    import random
+
+    from tinyseek.teacher.transfer import RECOMBINE, _join, _pieces, recombine, write_transfer_set
+    assert _pieces("把灯 打开 now, please") == ["把", "灯", "打", "开", "now,", "please"]
+    assert _join(_pieces("turn  the light on")) == "turn the light on" and _join(["把", "灯", "on"]) == "把灯on"
+    a, b = "turn the kitchen light on", "switch on the lamp please"
+    outs = {recombine(a, b, random.Random(k)) for k in range(200)}
+    pa, pb = set(a.split()), set(b.split())
+    assert len(outs) > 20 and all(set(o.split()) <= pa | pb for o in outs)
+    assert {o for o in outs if len(o.split()) == 4 and set(o.split()) <= pa}  # a piece left out
+    assert {o for o in outs if o.startswith("turn") and o.endswith("please")}  # spliced
+    chinese = {recombine("把灯打开", "请开灯", random.Random(k)) for k in range(50)}
+    assert all(" " not in o and set(o) <= set("把灯打开请") for o in chinese)
+
+    run, cfg = adapted_text
+    rcfg = replace(cfg, transfer_samples=9, transfer_confidence=0.0, transfer_writer=RECOMBINE)
+    logs = []
+    path = write_transfer_set(text_task, rcfg, run, log=logs.append)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    known = set(text_task.train.texts) | set(text_task.val.texts) | set(text_task.test.texts)
+    assert rows and all(r["text"] and r["text"] not in known for r in rows)
+    # Every kept text is made of pieces of its own class's training texts.
+    for r in rows:
+        c = text_task.labels.index(r["label"])
+        pieces = {p for t, y in zip(text_task.train.texts, text_task.train.y) if y == c for p in _pieces(t)}
+        assert set(_pieces(r["text"])) <= pieces, r
+    assert any("recombined texts" in line for line in logs)
+    assert write_transfer_set(text_task, rcfg, run, log=logs.append).read_text() == path.read_text()
+
+
 def test_a_pretrained_writer_writes_the_transfer_set_the_teacher_labels(adapted_text, text_task, tmp_path):
     """teacher.transfer_writer: a pretrained LM (here a tiny random llama) continues lists of a
     class's training examples; what it writes is kept only where the teacher's head gives the

@@ -113,7 +113,9 @@ class TeacherConfig:
     transfer_samples: int = 0
     transfer_confidence: float = 0.6
     transfer_temperature: float = 1.0
-    transfer_writer: str = ""  # a pretrained LM (local folder or .gguf) that writes instead of the teacher
+    # A pretrained LM (local folder or .gguf) that writes instead of the teacher, or "recombine":
+    # pieces of a class's training texts recombined, no language model writing.
+    transfer_writer: str = ""
     transfer_prompt: str = "Sentences with the same meaning:\n"
     seed: int = 0
 

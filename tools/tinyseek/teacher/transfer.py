@@ -40,6 +40,7 @@ from .classifier import load_adapted, tokenize
 from .load import TeacherError, cache_arg, cache_of
 
 TRANSFER_FILE = "transfer.jsonl"
+RECOMBINE = "recombine"  # teacher.transfer_writer: recombined training texts instead of a language model
 MAX_ROUNDS = 8  # prompting rounds before giving up on classes the teacher rarely writes
 
 
@@ -65,7 +66,9 @@ def write_transfer_set(dataset, cfg, run_dir: str | Path, log=print) -> Path | N
     rng = random.Random(f"tinyseek-transfer:{cfg.seed}")
     kept: dict[int, list[tuple[str, float]]] = {c: [] for c in range(num_classes)}
     written = 0
-    if cfg.transfer_writer:
+    if cfg.transfer_writer == RECOMBINE:
+        written = _write_recombined(cfg, model, tokenizer, by_class, known, kept, quota, rng, log)
+    elif cfg.transfer_writer:
         written = _write_with_writer(cfg, Path(run_dir), model, tokenizer, by_class, known, kept, quota, rng, log)
     else:
         written = _write_with_teacher(cfg, run_dir, model, tokenizer, by_class, known, kept, quota, rng, log)
@@ -98,6 +101,67 @@ def _write_with_teacher(cfg, run_dir, model, tokenizer, by_class, known, kept, q
                 batches = [(prompts[i:i + 64], _batch_seed(cfg.seed, r, words, i)) for i in range(0, len(prompts), 64)]
                 written += _keep(model, tokenizer, cfg, [t for texts in generate(batches) for t in texts], known,
                                  kept, quota)
+    return written
+
+
+# A word, or one CJK character (Chinese has no spaces between words).
+_PIECE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|[^\\s\u3400-\u4dbf"
+                    "\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
+
+
+def _pieces(text: str) -> list[str]:
+    return _PIECE.findall(text)
+
+
+def _join(pieces: list[str]) -> str:
+    """Pieces back into text: a space between two that are not CJK, none next to a CJK one."""
+    out = ""
+    for p in pieces:
+        if out and not _CJK.match(p) and not _CJK.match(out[-1]):
+            out += " "
+        out += p
+    return out
+
+
+def recombine(a: str, b: str, rng: random.Random) -> str:
+    """A new text from two training texts of one class: a's start and b's end (spliced), a with
+    one piece swapped for one of b's, a with one of b's pieces inserted, or a with one piece left
+    out (the data augmentation of Tang et al., 2019, without a part-of-speech tagger)."""
+    pa, pb = _pieces(a), _pieces(b)
+    op = rng.randrange(4)
+    if op == 0 and len(pa) > 1 and len(pb) > 1:
+        return _join(pa[:rng.randrange(1, len(pa))] + pb[rng.randrange(1, len(pb)):])
+    if op == 1 and pa and pb:
+        i = rng.randrange(len(pa))
+        return _join(pa[:i] + [rng.choice(pb)] + pa[i + 1:])
+    if op == 2 and pb:
+        i = rng.randrange(len(pa) + 1)
+        return _join(pa[:i] + [rng.choice(pb)] + pa[i:])
+    if len(pa) > 2:
+        i = rng.randrange(len(pa))
+        return _join(pa[:i] + pa[i + 1:])
+    return a
+
+
+def _write_recombined(cfg, model, tokenizer, by_class, known, kept, quota, rng, log) -> int:
+    """Recombined pairs of a class's training texts (recombine), in the script of the first;
+    each is a candidate for that class. No language model writes: the teacher's head alone
+    decides what is kept, so this costs the head's passes only."""
+    written = 0
+    for r in range(MAX_ROUNDS):
+        open_classes = [c for c in range(len(kept)) if len(kept[c]) < quota and by_class[c]]
+        if not open_classes:
+            break
+        texts, asked = [], []
+        for c in open_classes:
+            for _ in range(2 * (quota - len(kept[c]))):  # enough if half are kept
+                a = rng.choice(by_class[c])
+                same = [t for t in by_class[c] if bool(_CJK.search(t)) == bool(_CJK.search(a))]
+                texts.append(recombine(a, rng.choice(same), rng))
+                asked.append(c)
+        written += _keep(model, tokenizer, cfg, texts, known, kept, quota, asked)
+        log(f"[teacher] transfer set, round {r + 1}: {len(texts):,} recombined texts, "
+            f"{sum(len(k) for k in kept.values()):,} kept so far")
     return written
 
 
