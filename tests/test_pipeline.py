@@ -195,10 +195,26 @@ def test_the_student_key_counts_subwords_only_when_on(tmp_path):
         save_file({"a": np.zeros(3, np.float32)}, str(run.knowledge))
     c = runs[0].cfg
     old_student = {k: v for k, v in asdict(c.student).items() if k != "subwords"}
-    before = hash_obj([__version__, runs[0]._task_key(), old_student, asdict(c.distill),
+    old_distill = {k: v for k, v in asdict(c.distill).items() if not k.startswith("spec_")}
+    before = hash_obj([__version__, runs[0]._task_key(), old_student, old_distill,
                        hash_safetensors(runs[0].knowledge, metadata=False)])
     assert runs[0].input_key("distill") == before
     assert runs[1].input_key("distill") != before
+
+
+def test_the_distill_key_counts_spec_augment_only_for_audio(tmp_path):
+    """distill.spec_* change audio students only: other tasks keep the distill key they had
+    before the settings existed, so committed text runs are not re-distilled."""
+    from safetensors.numpy import save_file
+
+    def key(name, **o):
+        run = Run(load(overrides={"models_dir": str(tmp_path / name), **o}))
+        run.dir.mkdir(parents=True)
+        save_file({"a": np.zeros(3, np.float32)}, str(run.knowledge))
+        return run.input_key("distill")
+
+    assert key("a") == key("b", **{"distill.spec_shift_frames": 0, "distill.spec_time_masks": 3})
+    assert key("c", **{"task.kind": "audio"}) != key("d", **{"task.kind": "audio", "distill.spec_shift_frames": 0})
 
 
 def test_the_task_key_counts_frames_per_step_only_for_audio(tmp_path):

@@ -94,7 +94,11 @@ def test_mining_keeps_the_keyword_windows_and_the_hardest_others(monkeypatch):
     assert sorted(others.tolist()) == sorted(m[np.flatnonzero(clear)][np.argsort(-m[clear], kind="stable")[:15]].tolist())
 
 
-def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
+def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
+    import tinyseek.distill.train as distill_train
+    trained, real = [], distill_train.train_student
+    monkeypatch.setattr(distill_train, "train_student",
+                        lambda ds, k, cfg, **kw: trained.append((ds.name, cfg.distill)) or real(ds, k, cfg, **kw))
     cfg_overrides = {"task.kind": "audio", "task.train": str(_clips(tmp_path)), "task.clip_seconds": 1.2,
                      "models_dir": str(tmp_path / "models"), "codegen.out_dir": str(tmp_path / "lib" / "ears"),
                      "run": "ears", "teacher.hidden_size": 32, "teacher.num_layers": 2, "teacher.num_heads": 2,
@@ -117,6 +121,9 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path):
     assert f"#define EARS_WAKE_WAKE_THRESHOLD {out['threshold']}" in header
     assert "#define TINYSEEK_WAKE_THRESHOLD EARS_WAKE_WAKE_THRESHOLD" in header
     assert not run.stage("wakeword")  # unchanged inputs: skipped
+    # The command model's SpecAugment is not the wake word's: a shift would move its keyword out.
+    wake = [d for name, d in trained if name == "wakeword"]
+    assert len(wake) == 2 and all(d.spec_shift_frames == d.spec_time_masks == d.spec_freq_masks == 0 for d in wake)
     from tinyseek.harness.report import _wake_lines
     text = "\n".join(_wake_lines(out))
     assert 'Wake word "hey tiny"' in text and f"threshold {out['threshold']}" in text

@@ -174,6 +174,17 @@ class DistillConfig:
     # split's size (scaled_settings), 6 on the built-in task.
     noise_copies: int = -1
     noise: str = ""
+    # Audio tasks (task.kind = "audio"): SpecAugment of every training batch, drawn anew each
+    # epoch and never applied to validation: a shift of up to spec_shift_frames front-end frames
+    # (the edge frames repeated), then spec_time_masks stretches of up to spec_time_frames frames
+    # and spec_freq_masks bands of up to spec_freq_channels mel channels set to their training
+    # mean. 0 turns each off. Chosen on the built-in spoken commands' validation voices: a shift
+    # of up to 32 frames (640 ms); the masks did not help there (docs/audio.md, "SpecAugment").
+    spec_shift_frames: int = 32
+    spec_time_masks: int = 0
+    spec_time_frames: int = 0
+    spec_freq_masks: int = 0
+    spec_freq_channels: int = 0
     lr: float = 3e-3
     batch_size: int = 64
     # Also train the same student on the hard labels alone (no teacher), the bar a teacher must
@@ -463,6 +474,10 @@ def validate(cfg: Config) -> None:
     need(-1 <= cfg.teacher.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, cfg.teacher.noise)),
          f"teacher.noise_copies must be -1 (auto) or 0..16 and teacher.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
          f"(or empty), not {cfg.teacher.noise_copies} and {cfg.teacher.noise!r}")
+    need(min(d.spec_shift_frames, d.spec_time_masks, d.spec_time_frames, d.spec_freq_masks, d.spec_freq_channels) >= 0,
+         "distill.spec_shift_frames, spec_time_masks, spec_time_frames, spec_freq_masks and spec_freq_channels must be "
+         f"0 or more, not {d.spec_shift_frames}, {d.spec_time_masks}, {d.spec_time_frames}, {d.spec_freq_masks} and "
+         f"{d.spec_freq_channels}")
     need(-1 <= d.noise_copies <= 16 and bool(re.fullmatch(noise_pairs, d.noise)),
          f"distill.noise_copies must be -1 (auto) or 0..16 and distill.noise \"kind:level\" pairs like \"asr:0.1, typo:0.02\" "
          f"(or empty), not {d.noise_copies} and {d.noise!r}")

@@ -85,6 +85,15 @@ def hash_obj(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _distill_settings(c) -> dict:
+    """The distillation settings of a stage key. The SpecAugment settings (distill.spec_*) change
+    audio students only, so they count for audio tasks alone: other runs keep their key."""
+    d = asdict(c.distill)
+    if c.task.kind != "audio":
+        d = {k: v for k, v in d.items() if not k.startswith("spec_")}
+    return d
+
+
 class Run:
     """One run folder and what the stages need to know about it."""
 
@@ -230,7 +239,7 @@ class Run:
             # a run name or a thread setting changes): the same numbers train the same student.
             # subwords = 0 (the default) is left out, so runs from before the setting keep their key.
             student = {k: v for k, v in asdict(c.student).items() if k != "subwords" or v}
-            return hash_obj([__version__, task, student, asdict(c.distill),
+            return hash_obj([__version__, task, student, _distill_settings(c),
                              hash_safetensors(self.knowledge, metadata=False)])
         if stage == "quantize":
             # The low-bit settings count only where used, so runs from before them keep their key;
@@ -241,7 +250,7 @@ class Run:
             if (c.quant.embedding or c.quant.weights) != "int8":
                 quant["embedding"] = c.quant.embedding or c.quant.weights
             if c.quant.qat_epochs:
-                quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_peak_lr, distill=asdict(c.distill),
+                quant.update(qat_epochs=c.quant.qat_epochs, qat_lr=c.quant.qat_peak_lr, distill=_distill_settings(c),
                              knowledge=hash_safetensors(self.knowledge, metadata=False))
             return hash_obj([__version__, task, quant, c.model_name, hash_files(self.student_dir)])
         if stage == "codegen":

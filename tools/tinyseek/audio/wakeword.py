@@ -328,7 +328,10 @@ def train_wakeword(commands: dict[str, np.ndarray], val_keywords: list[np.ndarra
                  val=val, test=val, split_by="voices")
     cfg = replace(cfg, student=replace(cfg.student, hidden=s.hidden),
                   distill=replace(cfg.distill, schedule="joint", alpha=0.0, beta=0.0, epochs=s.epochs,
-                                  noise_copies=0, seed=s.seed, feedback_rounds=0))
+                                  noise_copies=0, seed=s.seed, feedback_rounds=0,
+                                  # the command model's SpecAugment is not the wake word's: its
+                                  # windows end at the keyword, and a shift would move it out
+                                  spec_shift_frames=0, spec_time_masks=0, spec_freq_masks=0))
     work.mkdir(parents=True, exist_ok=True)
 
     def trained(ds: Dataset):

@@ -14,7 +14,8 @@ clipping, and a small penalty on the cell state beyond `cell_bound`; the largest
 student reaches on the training data is written to history.json for the quantizer to check.
 
 The built-in task tests on phrasings never seen in training, so text training also drops
-words at random (word dropout), which makes the student lean on several words, not one.
+words at random (word dropout), which makes the student lean on several words, not one; an
+audio student trains on shifted (and optionally masked) frames, SpecAugment (distill.spec_*).
 """
 from __future__ import annotations
 
@@ -213,6 +214,59 @@ def drop_tokens(ids: torch.Tensor, lengths: torch.Tensor, p: float, gen: torch.G
     return out, keep.sum(1)
 
 
+def spec_augment(x: torch.Tensor, frames_per_step: int, gen: torch.Generator, shift_frames: int = 0,
+                 time_masks: int = 0, time_frames: int = 0, freq_masks: int = 0, freq_channels: int = 0,
+                 fill: torch.Tensor | None = None) -> torch.Tensor:
+    """SpecAugment of a batch of audio steps [B, T, frames_per_step * channels] (front-end frames
+    stacked oldest first, standardized, so 0 is each feature's training mean): each sample is
+    shifted by a whole number of frames in [-shift_frames, shift_frames] (the first or last
+    frame repeated into the gap), then gets time_masks stretches of 0 to time_frames frames and
+    freq_masks bands of 0 to freq_channels channels set to 0 (or, for raw features, to `fill`,
+    each step feature's training mean), each drawn from `gen`. A new tensor; x is not changed."""
+    b, steps, width = x.shape
+    k = frames_per_step
+    if width % k:
+        raise DistillError(f"a step of {width} features does not hold {k} frames")
+    n, c = steps * k, width // k
+    f = x.reshape(b, n, c)
+    if shift_frames:
+        s = torch.randint(-shift_frames, shift_frames + 1, (b, 1), generator=gen)
+        src = (torch.arange(n)[None, :] - s).clamp(0, n - 1)
+        f = f.gather(1, src.unsqueeze(2).expand(b, n, c))
+    else:
+        f = f.clone()
+
+    def bands(count: int, widest: int, size: int) -> torch.Tensor:
+        hit = torch.zeros(b, size, dtype=torch.bool)
+        pos = torch.arange(size)[None, :]
+        for _ in range(count):
+            w = torch.randint(0, min(widest, size) + 1, (b, 1), generator=gen)
+            start = (torch.rand(b, 1, generator=gen) * (size - w + 1)).long()
+            hit |= (pos >= start) & (pos < start + w)
+        return hit
+
+    value = torch.zeros(()) if fill is None else fill.reshape(k, c).repeat(steps, 1)  # [n, c] in frame space
+    if time_masks and time_frames:
+        f = torch.where(bands(time_masks, time_frames, n).unsqueeze(2), value, f)
+    if freq_masks and freq_channels:
+        f = torch.where(bands(freq_masks, freq_channels, c).unsqueeze(1), value, f)
+    return f.reshape(b, steps, width)
+
+
+def audio_augment(cfg, spec: StudentSpec) -> dict | None:
+    """spec_augment's settings for a student of an audio task from distill.spec_* (None: no
+    augmentation: another kind of task, or every setting 0)."""
+    task, d = getattr(cfg, "task", None), cfg.distill
+    if task is None or task.kind != "audio" or spec.kind != "sequence":
+        return None
+    out = {"shift_frames": d.spec_shift_frames, "time_masks": d.spec_time_masks, "time_frames": d.spec_time_frames,
+           "freq_masks": d.spec_freq_masks, "freq_channels": d.spec_freq_channels}
+    if not (out["shift_frames"] or (out["time_masks"] and out["time_frames"])
+            or (out["freq_masks"] and out["freq_channels"])):
+        return None
+    return {"frames_per_step": task.frames_per_step, **out}
+
+
 def layer_states(model: TinyLSTM, x: torch.Tensor, lengths: torch.Tensor,
                  cells: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(h, c): every LSTM layer's hidden state at each sample's last real step, [layers, N, H]
@@ -271,6 +325,7 @@ class Trainer:
         self.weight_decay, self.clip_norm, self.min_lr_ratio = weight_decay, clip_norm, min_lr_ratio
         self.word_dropout, self.cell_bound, self.cell_weight = word_dropout, cell_bound, cell_weight
         self.progress = Progress("distill", 0, print if progress else None, units="batches")
+        self.augment: dict | None = None  # spec_augment's settings (audio_augment), set by prepare
         self.history: list[dict] = []
         self.best_key, self.best_state, self.best_epoch = None, None, 0
 
@@ -312,6 +367,8 @@ class Trainer:
                 xb, lb = self.x[idx], self.lengths[idx]
                 if self.word_dropout and spec.kind == "text":
                     xb, lb = drop_tokens(xb, lb, self.word_dropout, self.gen)
+                if self.augment is not None:
+                    xb = spec_augment(xb, gen=self.gen, **self.augment)
                 if self.cell_weight or stage.feature:
                     h, cells = layer_states(model, xb, lb, cells=bool(self.cell_weight))
                     last = h[-1]
@@ -470,6 +527,9 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
                  clip_norm=clip_norm, min_lr_ratio=min_lr_ratio, word_dropout=word_dropout,
                  cell_bound=cell_bound, cell_weight=cell_weight, progress=progress)
     tr.input_norm = norm
+    tr.augment = audio_augment(cfg, spec)
+    if tr.augment is not None and norm is None:  # raw features (quantization-aware training): masks take the mean
+        tr.augment["fill"] = input_norm(x)[0]
     return tr
 
 
