@@ -140,6 +140,31 @@ def test_your_own_data_runs_through_the_whole_pipeline(tmp_path, kind):
     assert report["student"]["int8_accuracy"] > 0.6  # three well-separated classes; chance is 1/3
 
 
+@pytest.mark.slow
+def test_a_few_labels_and_many_unlabeled_texts_run_through_the_whole_pipeline(tmp_path):
+    """Semi-supervised: the teacher's head learns from the labelled lines, labels the others,
+    and the student distills on all of them; the hard-label student has the labelled ones only."""
+    data = tmp_path / "all.jsonl"
+    _write_jsonl(data)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    train = [r if i % 4 == 0 else {"text": r["text"]} for i, r in enumerate(rows[:90])]
+    files = {}
+    for name, part in (("train", train), ("val", rows[90:105]), ("test", rows[105:])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in part))
+    extra = {"task.kind": "jsonl", "task.labels": ["off", "on", "time"], "run": "few", "distill.epochs": 15,
+             "distill.hard_label_baseline": True, **{f"task.{k}": str(v) for k, v in files.items()},
+             "codegen.out_dir": str(tmp_path / "lib" / "few")}
+    assert main(["build", *_args(tmp_path, extra)]) == 0
+    run_dir = tmp_path / "models" / "few"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["task"]["train_unlabeled"] == 67 and report["task"]["train_samples"] == 90
+    assert json.loads((run_dir / "teacher" / "teacher.json").read_text())["unlabeled_samples"] == 67
+    assert report["host"]["bitexact"] is True and report["student"]["int8_accuracy"] > 0.6
+    assert report["baseline"]["test_accuracy"] is not None
+    assert "67 training samples have no label: the teacher labelled them" in (run_dir / "report.md").read_text()
+
+
 def test_safetensors_hash_ignores_metadata_order(tmp_path):
     from safetensors.numpy import save_file
 
@@ -273,3 +298,38 @@ def test_the_hard_label_baseline_leaves_the_transfer_set_out(tmp_path):
     assert 0.0 <= result["val_accuracy"] <= 1.0 and result["epochs"] == 1
     with pytest.raises(DistillError, match="train.logits"):
         hard_label_baseline(ds, cache, cfg)  # without saying so, a longer cache is another task's
+
+
+def test_the_hard_label_baseline_leaves_unlabeled_samples_out(tmp_path, monkeypatch):
+    """Samples without a label get the teacher's in distillation; the baseline trains on the
+    labelled ones only, with their own rows of the cache, and refuses a task without labels."""
+    from dataclasses import replace
+
+    from safetensors.numpy import save_file
+
+    import tinyseek.distill.train as train
+    cfg = load(overrides={"models_dir": str(tmp_path), "task.samples_per_intent": 8, "distill.epochs": 1,
+                          "distill.noise_copies": 0})
+    ds = Run(cfg).task_dataset
+    n = len(ds.train)
+    y = np.asarray(ds.train.y).copy()
+    y[::2] = -1
+    ds = replace(ds, train=replace(ds.train, y=y))
+    cache = tmp_path / "knowledge.safetensors"
+    logits = np.zeros((n, len(ds.labels)), np.float32)
+    logits[np.arange(n), np.asarray(Run(cfg).task_dataset.train.y)] = 5.0
+    save_file({"train.logits": logits, "val.logits": np.zeros((len(ds.val), len(ds.labels)), np.float32),
+               "test.logits": np.zeros((len(ds.test), len(ds.labels)), np.float32)}, str(cache))
+    seen = {}
+    real = train.train_student
+
+    def spy(dataset, knowledge_path, cfg, **kw):
+        seen.update(y=np.asarray(dataset.train.y), texts=list(dataset.train.texts), rows=kw.get("rows"))
+        return real(dataset, knowledge_path, cfg, **kw)
+    monkeypatch.setattr(train, "train_student", spy)
+    result = train.hard_label_baseline(ds, cache, cfg)
+    assert result["epochs"] == 1 and (seen["y"] >= 0).all() and len(seen["y"]) == n // 2
+    assert seen["rows"].tolist() == list(range(1, n, 2))
+    assert seen["texts"] == [ds.train.texts[i] for i in range(1, n, 2)]
+    with pytest.raises(train.DistillError, match="no training sample has a label"):
+        train.hard_label_baseline(replace(ds, train=replace(ds.train, y=np.full(n, -1))), cache, cfg)

@@ -273,14 +273,38 @@ def test_a_head_needs_labels_and_zero_shot_needs_text(answering_lm, tmp_path):
     _, _, folder = answering_lm
     task, _ = _unlabeled_task()
     cfg = TeacherConfig(source=str(folder), adapt="none", prompt=PROMPT, dtype="float32", device="cpu")
-    with pytest.raises(TeacherError, match=r"train samples have no label.*teacher.labels = \"zero-shot\""):
+    with pytest.raises(TeacherError, match=r"none of the 24 training samples has a label.*teacher.labels = \"zero-shot\""):
         adapt(task, cfg, tmp_path)
+    # A head labels unlabeled training samples, but validation and test measure against labels.
+    ty = np.asarray(task.train.y).copy()
+    ty[:6] = [0, 1, 2, 0, 1, 2]
+    with pytest.raises(TeacherError, match=r"6 test samples have no label.*training split only.*labelled task.val"):
+        adapt(replace(task, train=replace(task.train, y=ty)), cfg, tmp_path)
     seq = Split(y=np.zeros(4, np.int64), texts=None, x=np.zeros((4, 3, 2), np.float32))
     with pytest.raises(TeacherError, match="is a sequence task"):
         adapt(Dataset("s", "sequence", ["a", "b"], seq, seq, seq), replace(cfg, labels="zero-shot"), tmp_path)
     with pytest.raises(VerbalizerError, match="does not have"):
         adapt(task, replace(cfg, labels="zero-shot", verbalizers={"lamp": ["lamp"]}), tmp_path)
     assert not (tmp_path / "teacher").exists()
+
+
+def test_a_head_learns_from_the_labelled_samples_and_labels_the_rest(answering_lm, tmp_path):
+    """Semi-supervised: training samples without a label are left out of the head's training
+    and get the head's logits in the cache; teacher.json counts them."""
+    _, _, folder = answering_lm
+    texts, y = _texts(0)
+    ty = y.copy()
+    ty[1::2] = UNLABELED
+    labelled_test = Split(y=y[::4], texts=texts[::4], x=None)
+    task = Dataset(name="few", kind="text", labels=LABELS, train=Split(y=ty, texts=texts, x=None),
+                   val=Split(y=y[::3], texts=texts[::3], x=None), test=labelled_test)
+    cfg = TeacherConfig(source=str(folder), adapt="none", dtype="float32", device="cpu", head_epochs=40)
+    meta = json.loads((adapt(task, cfg, tmp_path / "run") / "teacher.json").read_text())
+    assert meta["unlabeled_samples"] == len(texts) // 2
+    cache = load_file(str(extract(task, cfg, tmp_path / "run")))
+    assert cache["train.logits"].shape == (len(texts), len(LABELS))
+    # The samples it never saw a label of get mostly their true class (chance is 1/3).
+    assert float(np.mean(cache["train.logits"][1::2].argmax(1) == y[1::2])) >= 0.75
 
 
 def test_few_shot_labels_put_labelled_examples_into_the_prompt(answering_lm, tmp_path):

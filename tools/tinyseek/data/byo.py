@@ -20,8 +20,9 @@ from .dataset import DataError, Dataset, Split, group_holdout, stratified_holdou
 
 _JSONL_EXAMPLE = '{"text": "turn on the lights", "label": "lights_on"}'
 UNLABELED = -1  # y of a sample without a label (JSONL with task.labels); its label comes from the teacher
-_UNLABELED_HINT = ('or, to let the teacher label the texts, list the classes in task.labels and set '
-                   'teacher.labels = "zero-shot" (docs/datasets.md)')
+_UNLABELED_HINT = ('or, to let the teacher label the texts, list the classes in task.labels: the teacher\'s '
+                   'head learns from the labelled lines and labels the rest, or teacher.labels = "zero-shot" '
+                   'labels them all (docs/datasets.md)')
 
 
 def _existing(path: str, setting: str, what: str) -> Path:

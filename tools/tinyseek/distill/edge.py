@@ -244,6 +244,13 @@ class _Threads:
         torch.use_deterministic_algorithms(self.prev[1])
 
 
+def _labelled(dataset, knowledge_path, teacher_logits: np.ndarray):
+    """The dataset, checked against the cache, with the teacher's labels where a sample has none."""
+    from .train import teacher_labels_where_missing
+    _check_dataset(dataset, teacher_logits)
+    return teacher_labels_where_missing(dataset, knowledge_path)
+
+
 def _check_dataset(dataset, teacher_logits: np.ndarray) -> None:
     if dataset.kind != "text":
         raise EdgeError(f"the edge students read text; task {dataset.name!r} is a {dataset.kind} task "
@@ -278,7 +285,7 @@ def train_tinybert(dataset, knowledge_path: str | Path, cfg, teacher_dir: str | 
     e = cfg.edge
     attention = e.attention_weight > 0
     t_logits, maps = read_cache(knowledge_path, "train", attention)
-    _check_dataset(dataset, t_logits)
+    dataset = _labelled(dataset, knowledge_path, t_logits)
     spec = tinybert_spec(dataset, cfg)
     texts = list(dataset.train.texts)
     ids, mask = encode(texts, spec)
@@ -319,7 +326,7 @@ def train_truncated(dataset, knowledge_path: str | Path, cfg, teacher_dir: str |
 
     e = cfg.edge
     t_logits, _ = read_cache(knowledge_path, "train")
-    _check_dataset(dataset, t_logits)
+    dataset = _labelled(dataset, knowledge_path, t_logits)
     teacher, tokenizer, meta = load_adapted(Path(teacher_dir))
     model = TruncatedTeacher(teacher, e.truncated_layers if layers is None else layers, len(dataset.labels))
     del teacher  # the layers beyond N and the LM head are freed once the model holds what it keeps

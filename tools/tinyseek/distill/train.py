@@ -470,11 +470,12 @@ def with_scaled_settings(cfg, dataset):
 def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1e-2, clip_norm: float = 1.0,
             min_lr_ratio: float = 0.05, word_dropout: float = 0.2, cell_bound: float = 4.0,
             cell_weight: float = 1.0, progress: bool = True, cached_rows: int | None = None,
-            standardize: bool = True) -> Trainer:
+            rows: np.ndarray | None = None, standardize: bool = True) -> Trainer:
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
     and its projections; train_student documents the options. cached_rows: the cache's training
-    split has this many rows, of which the dataset's are the first (None: as many). standardize:
+    split has this many rows, of which the dataset's are the first (None: as many); rows: the
+    cache's training rows the dataset's are, in order (None: the first ones). standardize:
     a sequence student trains on per-feature z-scores (tr.input_norm; False: on the raw
     features, as a saved student reads them)."""
     cfg = with_scaled_settings(cfg, dataset)
@@ -496,7 +497,9 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
         t_logits, pairs, hidden = load_features(knowledge_path, "train", d.layer_map, spec.layers)
     else:
         t_logits, pairs, hidden = load_knowledge(knowledge_path, "train", None)[0], [], {}
-    if cached_rows is not None and t_logits.shape[0] == cached_rows >= n:
+    if rows is not None and (cached_rows is None or t_logits.shape[0] == cached_rows) and len(rows) == n:
+        t_logits, hidden = t_logits[rows], {t: h[rows] for t, h in hidden.items()}
+    elif cached_rows is not None and t_logits.shape[0] == cached_rows >= n:
         t_logits, hidden = t_logits[:n], {t: h[:n] for t, h in hidden.items()}
     if t_logits.shape != (n, spec.num_classes):
         raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
@@ -536,7 +539,8 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
 def train_student(dataset, knowledge_path: str | Path, cfg, *,
                   weight_decay: float = 1e-2, clip_norm: float = 1.0, min_lr_ratio: float = 0.05,
                   word_dropout: float = 0.2, cell_bound: float = 4.0, cell_weight: float = 1.0,
-                  progress: bool = True, cached_rows: int | None = None) -> Distilled:
+                  progress: bool = True, cached_rows: int | None = None,
+                  rows: np.ndarray | None = None) -> Distilled:
     """Train the student of cfg.student from the knowledge cache with the schedule of
     cfg.distill; no files written. The returned model is the epoch of best validation accuracy
     among the stages that train the classifier (every round's).
@@ -557,7 +561,7 @@ def train_student(dataset, knowledge_path: str | Path, cfg, *,
     try:
         tr = prepare(dataset, knowledge_path, cfg, weight_decay=weight_decay, clip_norm=clip_norm,
                      min_lr_ratio=min_lr_ratio, word_dropout=word_dropout, cell_bound=cell_bound,
-                     cell_weight=cell_weight, progress=progress, cached_rows=cached_rows)
+                     cell_weight=cell_weight, progress=progress, cached_rows=cached_rows, rows=rows)
         labels, weights = tr.y.numpy(), np.ones(len(tr.y), np.float32)
         feedback = []
         for round_ in range(d.feedback_rounds + 1):
@@ -614,11 +618,23 @@ def hard_label_baseline(dataset, knowledge_path: str | Path, cfg, cached_rows: i
     """The same student and schedule trained on the hard labels alone (no KL, no features): what
     the task's labels give without a teacher. `dataset` is the task's own (no generated transfer
     set: its labels come from the teacher); cached_rows as in prepare, when the cache also holds
-    a transfer set. Returns its float accuracies on validation (chosen on) and test (reported)."""
+    a transfer set. Training samples without a label (a head's teacher labels them) are left
+    out: their labels would be the teacher's. Returns its float accuracies on validation (chosen
+    on) and test (reported)."""
     from dataclasses import replace as dc_replace
+
+    from ..data.dataset import take
     d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
+    rows = np.flatnonzero(np.asarray(dataset.train.y) >= 0)
+    if len(rows) == len(dataset.train.y):
+        rows = None
+    elif not len(rows):
+        raise DistillError("distill.hard_label_baseline: no training sample has a label, so there is no "
+                           "hard-label student to compare with; set it to false")
+    else:
+        dataset = dc_replace(dataset, train=take(dataset.train, rows))
     result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False,
-                           cached_rows=cached_rows)
+                           cached_rows=cached_rows, rows=rows)
 
     def accuracy(split) -> float | None:  # over the labeled samples, as the report counts
         y = np.asarray(split.y)

@@ -141,7 +141,9 @@ def evaluate_host(run) -> dict:
         "model": {"name": qm.name, "hash": qm.model_hash()},
         "task": {"name": ds.name, "kind": ds.kind, "labels": list(ds.labels),
                  "train_samples": len(ds.train.y), "test_samples": len(y), "split_by": ds.split_by,
-                 "test_labeled": int(np.sum(np.asarray(y) >= 0))},
+                 "test_labeled": int(np.sum(np.asarray(y) >= 0)),
+                 # Training samples without a label, which the teacher labelled (only where there are).
+                 **({"train_unlabeled": n} if (n := int(np.sum(np.asarray(run.task_dataset.train.y) < 0))) else {})},
         "teacher": {"accuracy": teacher_acc, "source": run.cfg.teacher.source, **_extraction(run.dir)},
         "student": {"float_accuracy": labeled_accuracy(float_pred, y), "int8_accuracy": int8_acc,
                     "params": qm.params(), "weight_bytes": qm.weight_bytes()},

@@ -187,6 +187,9 @@ def render_markdown(report: dict) -> str:
            f"the accuracies count the {report['task']['test_labeled']:,} labeled ones; the int8 student agrees with the "
            f"teacher on {_pct(report['agreement_int8_teacher'])} of all"]
           if report["task"].get("test_labeled", report["task"]["test_samples"]) < report["task"]["test_samples"] else []),
+        *([f"- {report['task']['train_unlabeled']:,} training samples have no label: the teacher labelled them "
+           "for the student, and the hard-label student leaves them out"] if report["task"].get("train_unlabeled")
+          else []),
         f"- student: {s['params']:,} parameters, {s['weight_bytes']:,} bytes of {width} weights and tables"
         + _widths_note(report.get("quantization") or {}),
         *([_extraction_line(report["teacher"]["extraction"])] if "extraction" in report["teacher"] else []),
@@ -205,7 +208,7 @@ def render_markdown(report: dict) -> str:
         if "audio" in h:
             a = h["audio"]
             lines += ["", "The same clips as samples through the library's front end (`feed_audio` in chunks of 1 to "
-                      f"2,048 samples, and `infer_audio`): " + _exactness(a["samples"], a["mismatches"])]
+                      "2,048 samples, and `infer_audio`): " + _exactness(a["samples"], a["mismatches"])]
     if "wake" in report:
         lines += _wake_lines(report["wake"])
     if "device" in report:

@@ -20,9 +20,11 @@ scratch, "lora" for a pretrained model loaded from a folder or a GGUF file):
 - "none": the backbone as it is (no continued pretraining); only the head (+ projection) trains.
 Set pretrain_epochs = 0 to skip continued pretraining.
 
-Labels, by cfg.labels: "head" trains the head on the task's labels; "zero-shot" trains no head:
-the extraction scores the label words after a prompt (verbalize.py), so the training texts
-need no labels. The prompt and verbalisers are checked here and recorded in teacher.json.
+Labels, by cfg.labels: "head" trains the head on the task's labels (training samples without
+one are read by the continued pretraining only, and labelled by the head at extraction);
+"zero-shot" trains no head: the extraction scores the label words after a prompt
+(verbalize.py), so the training texts need no labels. The prompt and verbalisers are checked
+here and recorded in teacher.json.
 
 When the backbone (or its adapters) trains on a text task, its training texts are noised
 (`_augment`: half of them with their words shuffled, then 30% of the tokens replaced by unk),
@@ -55,19 +57,27 @@ LABEL_SOURCES = ("head", "zero-shot")
 
 
 def _check_dataset(dataset, labelled: bool = True) -> None:
-    """Labels in 0..C-1 (or -1, no label, when the teacher labels the texts itself:
-    `labelled` False) and inputs that fit the task's kind."""
+    """Labels in 0..C-1, or -1 (no label) where the teacher labels the sample itself: anywhere
+    for a zero-shot teacher (`labelled` False); in the training split only for a head, which
+    trains on the labelled samples and labels the others (validation and test measure against
+    labels). Inputs that fit the task's kind."""
     c = len(dataset.labels)
     if c < 2:
         raise TeacherError(f"task {dataset.name!r} has {c} label(s); a classifier needs at least 2")
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)
         y = np.asarray(split.y)
-        if len(y) and labelled and y.min() < 0:
+        if len(y) and labelled and name == "train" and not (y >= 0).any():
             raise TeacherError(
-                f"task {dataset.name!r}: {int((y < 0).sum())} {name} samples have no label; a classification head "
-                f"(teacher.labels = \"head\") needs a label on every sample: label them, or let the teacher label "
-                f"the texts with teacher.labels = \"zero-shot\" (docs/teachers.md)")
+                f"task {dataset.name!r}: none of the {len(y):,} training samples has a label; a classification head "
+                f"(teacher.labels = \"head\") learns from the labelled ones: label some of them, or let the teacher "
+                f"label the texts with teacher.labels = \"zero-shot\" (docs/teachers.md)")
+        if len(y) and labelled and name != "train" and y.min() < 0:
+            raise TeacherError(
+                f"task {dataset.name!r}: {int((y < 0).sum())} {name} samples have no label; with a classification "
+                f"head (teacher.labels = \"head\") unlabeled samples belong in the training split only, where the "
+                f"head labels them: give labelled task.val and task.test files (otherwise they are held out of "
+                f"task.train with the unlabeled lines), or label those samples")
         if len(y) and (y.min() < -1 or y.max() >= c):
             raise TeacherError(f"task {dataset.name!r}: {name} labels must be in 0..{c - 1}, found {y.min()}..{y.max()}")
         if dataset.kind == "text" and (split.texts is None or len(split.texts) != len(y)):
@@ -325,6 +335,7 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
     if cfg.adapt == "auto":  # a pretrained model keeps its knowledge best under low-rank adapters
         cfg = replace(cfg, adapt="full" if cfg.source == "default" else "lora")
     zero_shot = _check_settings(dataset, cfg)
+    unlabeled = 0 if zero_shot else int((np.asarray(dataset.train.y) < 0).sum())  # the head labels them
     if cfg.noise_copies:
         from ..data.noise import augment_split, parse_recipe
 
@@ -359,6 +370,11 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
             # A teacher that writes a transfer set must learn where texts end.
             writes = cfg.transfer_samples and not cfg.transfer_writer
             _pretrain(backbone, inputs, mask, cfg, gen, tokenizer.eos_token_id if writes else None)
+        # Continued pretraining reads every text; the head learns from the labelled ones only and
+        # labels the others at extraction (semi-supervised: a few labels, many unlabeled texts).
+        if unlabeled:
+            labelled = y >= 0
+            inputs, mask, y = inputs[labelled], mask[labelled], y[labelled]
 
         if zero_shot:
             val_acc, epochs_run = -1.0, 0  # no head to train: the extraction scores the verbalisers (verbalize.py)
@@ -405,6 +421,8 @@ def adapt(dataset, cfg, run_dir: str | Path, train_backbone: bool | None = None,
             "val_accuracy": val_acc if val_acc >= 0 else None, "seed": cfg.seed,
             "train_samples": len(dataset.train.y), "noise_copies": cfg.noise_copies, "noise": cfg.noise,
         }
+        if unlabeled:
+            meta["unlabeled_samples"] = unlabeled  # of the task's training samples; the head's labels are their targets
         if cfg.adapt != "full":
             meta["base"] = BASE_DIR if cfg.source == "default" else _base_path(Path(base), out, Path(run_dir))
             meta["base_fingerprint"] = base_fingerprint(base)
