@@ -10,6 +10,9 @@ bench/results/realdata.json (rows per dataset) and the "Real utterances" section
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --shots 10 30 0   # all 150 intents
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
         --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0   # a pretrained LM
+    # ... with the rest of the training split unlabeled, for the teacher to label ("_unlabeled")
+    .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 --unlabeled \
+        --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0
     # ... with a generated transfer set (a row of its own, "_transfer450")
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
         --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0 \
@@ -128,25 +131,44 @@ def teacher_tag(teacher: str) -> str:
 
 def per_class(rows: list[tuple[str, str]], k: int, seed: int) -> list[tuple[str, str]]:
     """k seeded examples of every class (all when k is 0), in the file's order."""
+    return [rows[i] for i in per_class_index(rows, k, seed)]
+
+
+def per_class_index(rows: list[tuple[str, str]], k: int, seed: int) -> list[int]:
+    """The indices of per_class's choice, sorted."""
     if not k:
-        return list(rows)
+        return list(range(len(rows)))
     by: dict[str, list[int]] = defaultdict(list)
     for i, (_, y) in enumerate(rows):
         by[y].append(i)
     rng = random.Random(f"realdata:{seed}")
-    chosen = sorted(i for idx in by.values() for i in rng.sample(idx, min(k, len(idx))))
-    return [rows[i] for i in chosen]
+    return sorted(i for idx in by.values() for i in rng.sample(idx, min(k, len(idx))))
 
 
-def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> str:
+def write_jsonl(path: Path, rows: list[tuple[str, str | None]]) -> str:
+    """One line per (text, label); a label of None is written without one (an unlabeled line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n" for t, y in rows))
+    path.write_text("".join(json.dumps({"text": t} if y is None else {"text": t, "label": y}, ensure_ascii=False)
+                            + "\n" for t, y in rows))
     return str(path)
 
 
-def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, seed: int, settings: dict) -> dict:
+def few_shot_train(rows: list[tuple[str, str]], shots: int, seed: int, unlabeled: bool) -> list[tuple[str, str | None]]:
+    """The training lines: `shots` labelled examples per class (all with 0); with `unlabeled`,
+    the rest of the benchmark's training split follows without its labels, for the teacher to
+    label (a user with a few labels and a log of unlabeled utterances)."""
+    chosen = per_class_index(rows, shots, seed)
+    train: list[tuple[str, str | None]] = [rows[i] for i in chosen]
+    if unlabeled:
+        keep = set(chosen)
+        train += [(t, None) for i, (t, _) in enumerate(rows) if i not in keep]
+    return train
+
+
+def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, seed: int, settings: dict,
+                unlabeled: bool = False) -> dict:
     folder = work / name
-    train = per_class(splits["train"], shots, seed)
+    train = few_shot_train(splits["train"], shots, seed, unlabeled)
     val = per_class(splits["val"], max(1, shots // 2) if shots else 0, seed + 1)
     overrides = {
         # Every setting has its own library folder, so one C name fits all (a run name may be longer).
@@ -157,6 +179,8 @@ def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, s
         "task.test": write_jsonl(folder / "test.jsonl", splits["test"]),
         "distill.hard_label_baseline": True, "teacher.seed": seed, "distill.seed": seed,
     }
+    if unlabeled:  # lines without a label need the classes named (docs/datasets.md)
+        overrides["task.labels"] = sorted({y for _, y in splits["train"]})
     if teacher != "scratch":
         overrides.update({"teacher.source": teacher, "teacher.adapt": "lora"})
     overrides.update(settings)
@@ -165,7 +189,8 @@ def run_setting(name: str, splits: dict, shots: int, teacher: str, work: Path, s
     run.build()
     report = json.loads((run.dir / "report.json").read_text())
     v, b = report["validation"], report["baseline"]
-    return {"setting": name, "shots": shots, "teacher": teacher, "train_samples": len(train),
+    return {"setting": name, "shots": shots, "teacher": teacher, "train_samples": sum(y is not None for _, y in train),
+            **({"unlabeled_samples": sum(y is None for _, y in train)} if unlabeled else {}),
             "val_samples": len(val), "test_samples": report["task"]["test_samples"],
             "classes": len(report["task"]["labels"]),
             "test": {"teacher": report["teacher"]["accuracy"], "float": report["student"]["float_accuracy"],
@@ -181,7 +206,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, v = r["test"], r["val"]
-        lines.append(f"| {r['setting']} | {r['train_samples']:,} / {r['val_samples']:,} / {r['test_samples']:,} | "
+        unlabeled = f" + {r['unlabeled_samples']:,} unlabeled" if r.get("unlabeled_samples") else ""
+        lines.append(f"| {r['setting']} | {r['train_samples']:,}{unlabeled} / {r['val_samples']:,} / {r['test_samples']:,} | "
                      f"{t['teacher']:.2%} | {t['int8']:.2%} | {t['hard_labels']:.2%} | "
                      f"{100 * (t['int8'] - t['hard_labels']):+.1f} pp | {v['teacher']:.2%} / {v['int8']:.2%} / "
                      f"{v['hard_labels']:.2%} | {r['minutes']} |")
@@ -198,6 +224,9 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 30, 10],
                     help="labelled examples per class (0: the whole train split)")
     ap.add_argument("--teacher", default="scratch", help="scratch (the built-in teacher) or a folder / .gguf file")
+    ap.add_argument("--unlabeled", action="store_true",
+                    help="few-shot settings: the rest of the training split joins without its labels, which the "
+                    "teacher gives (a row of its own, \"_unlabeled\"); the hard-label student leaves it out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for every run, as in `tinyseek build --set` (e.g. teacher.pretrain_epochs=0)")
@@ -214,8 +243,8 @@ def main() -> None:
     transfer = int(settings.get("teacher.transfer_samples", 0) or 0)
     for k in args.shots:
         name = (f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag(args.teacher)}"
-                + (f"_transfer{transfer}" if transfer else ""))
-        row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings)
+                + (f"_transfer{transfer}" if transfer else "") + ("_unlabeled" if args.unlabeled and k else ""))
+        row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings, args.unlabeled and k > 0)
         row["command"] = command
         print(json.dumps(row), flush=True)
         # Saved after every setting, so a long invocation cut short keeps what it measured.

@@ -76,3 +76,19 @@ def test_results_file_keeps_rows_per_dataset(tmp_path: Path) -> None:
     assert [r["setting"] for r in res["clinc150_home"]["rows"]] == ["clinc150_home_full_scratch"]
     assert res["clinc150_home"]["format"] == "clinc150"
     assert res["hwu64_iot"]["rows"] == [new]  # measured again: replaced, not repeated
+
+
+def test_few_shot_training_lines_with_the_rest_unlabeled(tmp_path: Path) -> None:
+    rows = [(f"text {i}", "a" if i % 3 else "b") for i in range(30)]
+    labelled = realdata.few_shot_train(rows, 4, 0, unlabeled=False)
+    assert labelled == realdata.per_class(rows, 4, 0) and len(labelled) == 8
+    both = realdata.few_shot_train(rows, 4, 0, unlabeled=True)
+    assert both[:8] == labelled  # the same labelled examples, then every other line without its label
+    assert [t for t, y in both[8:]] == [t for t, _ in rows if (t, "a") not in labelled and (t, "b") not in labelled]
+    assert all(y is None for _, y in both[8:]) and len(both) == 30
+    lines = Path(realdata.write_jsonl(tmp_path / "train.jsonl", both)).read_text().splitlines()
+    assert json.loads(lines[0]).keys() == {"text", "label"} and json.loads(lines[-1]) == {"text": both[-1][0]}
+    row = {"setting": "s", "train_samples": 8, "unlabeled_samples": 22, "val_samples": 4, "test_samples": 9,
+           "test": {"teacher": 0.9, "int8": 0.8, "hard_labels": 0.7}, "val": {"teacher": 0.9, "int8": 0.8,
+                                                                             "hard_labels": 0.7}, "minutes": 1.0}
+    assert "| s | 8 + 22 unlabeled / 4 / 9 |" in realdata.table([row])
