@@ -59,6 +59,16 @@ def text_student(run_dir: Path, text: Dataset) -> dict:
             for s in ("val", "test")}
 
 
+def augment_text(aug: dict) -> str:
+    """The SpecAugment settings in use, in words (those set to 0 are off and not named)."""
+    parts = [f"a shift of up to {aug['spec_shift_frames']} frames" if aug["spec_shift_frames"] else "",
+             f"{aug['spec_time_masks']} time masks of up to {aug['spec_time_frames']} frames"
+             if aug["spec_time_masks"] and aug["spec_time_frames"] else "",
+             f"{aug['spec_freq_masks']} frequency masks of up to {aug['spec_freq_channels']} channels"
+             if aug["spec_freq_masks"] and aug["spec_freq_channels"] else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.asarray(logits).argmax(1) == y))
 
@@ -73,7 +83,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from "
+                    "bench/results/voice.json (the settings it records, else these arguments)")
     args = ap.parse_args()
+    if args.md_only:
+        out = json.loads(RESULTS_JSON.read_text())
+        for key, value in out.get("settings", {}).items():
+            setattr(args, key, value)
+        write_section(out, args)
+        return
     if not (args.teacher / "teacher.json").is_file():
         raise SystemExit(f"{args.teacher} holds no adapted teacher: run `tinyseek build` (or `make demo`) first, "
                          "or pass --teacher models/<run>/teacher")
@@ -95,7 +113,8 @@ def main() -> None:
     shutil.copytree(args.teacher, teacher_dir)
     knowledge = extract(text, cfg.teacher, args.run)
     teacher = teacher_accuracy(knowledge, text)
-    out = {"clips": {s: len(splits[s].y) for s in SPLITS}, "steps": int(audio.train.x.shape[1]), "frames_per_step": k,
+    out = {"settings": {k: getattr(args, k) for k in ("clips_per_intent", "epochs", "hidden", "seed")},
+           "clips": {s: len(splits[s].y) for s in SPLITS}, "steps": int(audio.train.x.shape[1]), "frames_per_step": k,
            "voices_heard": {s: len(set(splits[s].voices)) for s in SPLITS},
            "held_out_voices": {s: sorted(set(splits[s].voices)) for s in ("val", "test")}, "synthesis_s": round(t_synth, 1),
            "teacher": {s: teacher[s] for s in ("val", "test")},
@@ -125,7 +144,12 @@ def main() -> None:
         print(name, json.dumps(row))
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    write_section(out, args)
+
+
+def write_section(out: dict, args) -> None:
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    aug, k = out["augment"], out["frames_per_step"]
     rows = "\n".join(
         f"| {n} | {pct(r['train_accuracy'])} | {pct(r['val_float'])} | {pct(r['val_int8'])} | {pct(r['test_float'])} | "
         f"{pct(r['test_int8'])} | "
@@ -138,9 +162,7 @@ def main() -> None:
     plain = out["students"].get("hard, no augmentation")
     augmented = ("" if plain is None else
                  f"Every student but \"hard, no augmentation\" trains on SpecAugmented batches, drawn anew each epoch "
-                 f"(distill.spec_*: a shift of up to {aug['spec_shift_frames']} frames, {aug['spec_time_masks']} time masks of up to "
-                 f"{aug['spec_time_frames']} frames, {aug['spec_freq_masks']} frequency masks of up to {aug['spec_freq_channels']} "
-                 f"channels); it moves the hard-label student's validation by "
+                 f"(distill.spec_*: {augment_text(aug)}); it moves the hard-label student's validation by "
                  f"{100 * (h['val_int8'] - plain['val_int8']):+.1f} points. ")
     replace_section(HEADING, f"""{HEADING}
 
