@@ -8,6 +8,8 @@ bench/results/realdata.json (rows per dataset) and the "Real utterances" section
     # CrossValidation/autoGeneFromRealAnno/autoGene_2018_03_22-13_01_25_169/CrossValidation/KFold_1
     .venv/bin/python bench/realdata.py --dataset PATH/KFold_1 --domain iot --shots 0 30
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --shots 10 30 0   # all 150 intents
+    # SNIPS in Goo et al.'s split (github.com/MiuLab/SlotGated-SLU, the folder data/snips)
+    .venv/bin/python bench/realdata.py --dataset PATH/snips --shots 0
     .venv/bin/python bench/realdata.py --dataset PATH/data_full.json --domain home --shots 30 \
         --teacher PATH/gemma-3-270m-q4_k_m.gguf --set teacher.pretrain_epochs=0   # a pretrained LM
     # ... with the rest of the training split unlabeled, for the teacher to label ("_unlabeled")
@@ -54,7 +56,12 @@ HEADING = "## Real utterances"
 # Dataset for Intent Classification and Out-of-Scope Prediction", EMNLP, table 2, oos-train: those
 # models also learned an out-of-scope class; "Small", 50 per intent: BERT 96.4, MLP 91.5).
 PUBLISHED = {"clinc150": [("BERT", 0.969), ("MLP", 0.935), ("DialogFlow", 0.917), ("SVM", 0.910),
-                          ("FastText", 0.890)]}
+                          ("FastText", 0.890)],
+             # SNIPS, Goo et al. (2018)'s split, intent accuracy of joint intent + slot models: Stack-
+             # Propagation with BERT and without (Qin et al., 2019, EMNLP), Joint BERT (Chen et al.,
+             # 2019, arXiv:1902.10909), Slot-Gated full attention (Goo et al., 2018, NAACL).
+             "snips": [("Stack-Propagation + BERT", 0.990), ("Joint BERT", 0.986), ("Stack-Propagation", 0.980),
+                       ("Slot-Gated", 0.970)]}
 HWU64_VAL_FRACTION = 0.1
 # HWU64, all 64 intents: Liu et al. (2019) report F1 per commercial service over the 10 folds and
 # Casanueva et al. (2020) accuracy on another split (DialoGLUE's); neither figure is quoted yet.
@@ -115,13 +122,36 @@ def read_hwu64(folder: Path, domain: str | None, seed: int = 0) -> dict[str, lis
             "val": [r for i, r in enumerate(train_all) if i in held], "test": pick(test)}
 
 
+def read_snips(folder: Path, domain: str | None) -> dict[str, list[tuple[str, str]]]:
+    """SNIPS in the split of Goo et al. (2018): train/, valid/ and test/, each with seq.in (one
+    utterance a line, lowercased and tokenised) and label (its intent, line for line)."""
+    if domain:
+        sys.exit("SNIPS has 7 intents and no domains; leave --domain out")
+    out = {}
+    for name, sub in (("train", "train"), ("val", "valid"), ("test", "test")):
+        texts_file, labels_file = folder / sub / "seq.in", folder / sub / "label"
+        if not texts_file.is_file() or not labels_file.is_file():
+            sys.exit(f"{folder / sub}: no seq.in and label; give the snips folder of Goo et al.'s split "
+                     "(github.com/MiuLab/SlotGated-SLU, data/snips)")
+        texts = texts_file.read_text(encoding="utf-8").splitlines()
+        labels = labels_file.read_text(encoding="utf-8").splitlines()
+        if len(texts) != len(labels):
+            sys.exit(f"{folder / sub}: {len(texts)} utterances in seq.in but {len(labels)} lines in label")
+        out[name] = [(t.strip(), y.strip()) for t, y in zip(texts, labels) if t.strip()]
+    return out
+
+
 def read_dataset(path: Path, fmt: str, domain: str | None) -> tuple[str, dict]:
-    """(format, splits): a .json file is CLINC150, a folder HWU64 (or as --format says)."""
+    """(format, splits): a .json file is CLINC150, a folder with train/seq.in SNIPS, another
+    folder HWU64 (or as --format says)."""
     if not path.exists():
-        sys.exit(f"{path}: no such file or folder; give CLINC150's data_full.json or HWU64's KFold_N folder")
+        sys.exit(f"{path}: no such file or folder; give CLINC150's data_full.json, HWU64's KFold_N folder "
+                 "or SNIPS's folder")
     if fmt == "auto":
-        fmt = "hwu64" if path.is_dir() else "clinc150"
-    return fmt, (read_hwu64(path, domain) if fmt == "hwu64" else read_clinc(path, domain))
+        fmt = ("snips" if (path / "train" / "seq.in").is_file() else "hwu64") if path.is_dir() else "clinc150"
+    readers = {"hwu64": lambda: read_hwu64(path, domain), "snips": lambda: read_snips(path, domain),
+               "clinc150": lambda: read_clinc(path, domain)}
+    return fmt, readers[fmt]()
 
 
 def teacher_tag(teacher: str) -> str:
@@ -216,9 +246,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, help="CLINC150's data_full.json or HWU64's KFold_N folder")
-    ap.add_argument("--format", choices=["auto", "clinc150", "hwu64"], default="auto",
-                    help="auto: a folder is HWU64, a file CLINC150")
+    ap.add_argument("--dataset", help="CLINC150's data_full.json or HWU64's KFold_N folder")
+    ap.add_argument("--format", choices=["auto", "clinc150", "hwu64", "snips"], default="auto",
+                    help="auto: a file is CLINC150, a folder with train/seq.in SNIPS, another folder HWU64")
     ap.add_argument("--domain", help="one domain only: a CLINC150 domain (home: smart home, music, lists) "
                     "or an HWU64 scenario (iot: lights, plugs, coffee, cleaning)")
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 30, 10],
@@ -233,11 +263,17 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "build" / "realdata"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "realdata.json"))
     ap.add_argument("--no-md", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from --out")
     args = ap.parse_args()
+    if args.md_only:
+        replace_section(HEADING, section(load_results(Path(args.out))))
+        return
+    if not args.dataset:
+        ap.error("--dataset is required (CLINC150's data_full.json or HWU64's KFold_N folder)")
     settings = parse_overrides(args.settings)
     fmt, splits = read_dataset(Path(args.dataset), args.format, args.domain)
     tag = f"{fmt}{'_' + args.domain if args.domain else ''}"
-    command = "python bench/realdata.py " + " ".join(sys.argv[1:])
+    command = shown_command(sys.argv[1:])
     out = Path(args.out)
     # A generated transfer set (teacher.transfer_samples) is its own setting, beside the row without.
     transfer = int(settings.get("teacher.transfer_samples", 0) or 0)
@@ -252,6 +288,26 @@ def main() -> None:
     print(table(results[tag]["rows"]))
     if not args.no_md:
         replace_section(HEADING, section(results))
+
+
+def shown_command(argv: list[str]) -> str:
+    """The invocation as the results show it: where the results went left out (--out, --work,
+    --no-md) and a path on this machine as PATH/<its name>, so a reader can run it on theirs."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--out", "--work"):
+            skip = True
+            continue
+        if a == "--no-md" or a.startswith(("--out=", "--work=")):
+            continue
+        key, eq, value = a.rpartition("=") if "=" in a and not a.startswith("-") else ("", "", a)
+        if "/" in value and Path(value).is_absolute():
+            value = f"PATH/{Path(value).name}"
+        shown.append(key + eq + value)
+    return "python bench/realdata.py " + " ".join(shown)
 
 
 def load_results(out: Path) -> dict:
@@ -284,6 +340,11 @@ def dataset_text(tag: str, fmt: str, rows: list[dict]) -> str:
                 "tenth of each intent's train set), annotators' normalised text, accuracy")
         scope = (f"the {domain!r} scenario's {classes} intents (no published figures for one scenario)" if domain
                  else f"all {classes} intents ({PUBLISHED_HWU64})")
+    elif fmt == "snips":
+        what = ("SNIPS's crowd-sourced voice-assistant queries (Coucke et al., 2018) in the split of Goo et al. "
+                "(2018) (github.com/MiuLab/SlotGated-SLU, data/snips: 13,084 / 700 / 700), intent accuracy")
+        published = "; ".join(f"{n} {a:.1%}" for n, a in PUBLISHED["snips"])
+        scope = f"all {classes} intents; published on the same split: {published}"
     else:
         what = "CLINC150's crowd-sourced commands, official train / validation / test split, in-scope accuracy"
         published = "; ".join(f"{n} {a:.1%}" for n, a in PUBLISHED["clinc150"])

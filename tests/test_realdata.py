@@ -92,3 +92,31 @@ def test_few_shot_training_lines_with_the_rest_unlabeled(tmp_path: Path) -> None
            "test": {"teacher": 0.9, "int8": 0.8, "hard_labels": 0.7}, "val": {"teacher": 0.9, "int8": 0.8,
                                                                              "hard_labels": 0.7}, "minutes": 1.0}
     assert "| s | 8 + 22 unlabeled / 4 / 9 |" in realdata.table([row])
+
+
+def test_the_shown_command_leaves_this_machines_paths_out() -> None:
+    argv = ["--dataset", "/data/clinc/data_full.json", "--domain", "home", "--teacher", "/m/g.gguf", "--set",
+            "teacher.transfer_writer=/m/g.gguf", "--out", "/tmp/r.json", "--work", "/tmp/w", "--no-md", "--unlabeled"]
+    assert realdata.shown_command(argv) == ("python bench/realdata.py --dataset PATH/data_full.json --domain home "
+                                            "--teacher PATH/g.gguf --set teacher.transfer_writer=PATH/g.gguf "
+                                            "--unlabeled")
+
+
+def test_snips_reader_reads_goo_et_al_split(tmp_path: Path) -> None:
+    folder = tmp_path / "snips"
+    for sub, rows in (("train", [("play some jazz", "PlayMusic"), ("rain tomorrow", "GetWeather")]),
+                      ("valid", [("weather in paris", "GetWeather")]), ("test", [("play abba", "PlayMusic")])):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "seq.in").write_text("".join(t + " \n" for t, _ in rows))
+        (folder / sub / "label").write_text("".join(y + "\n" for _, y in rows))
+    fmt, s = realdata.read_dataset(folder, "auto", None)
+    assert fmt == "snips" and s["train"] == [("play some jazz", "PlayMusic"), ("rain tomorrow", "GetWeather")]
+    assert s["val"] == [("weather in paris", "GetWeather")] and s["test"] == [("play abba", "PlayMusic")]
+    with pytest.raises(SystemExit, match="no domains"):
+        realdata.read_dataset(folder, "snips", "home")
+    (folder / "test" / "label").write_text("PlayMusic\nGetWeather\n")
+    with pytest.raises(SystemExit, match="1 utterances in seq.in but 2 lines in label"):
+        realdata.read_dataset(folder, "auto", None)
+    (folder / "valid" / "label").unlink()
+    with pytest.raises(SystemExit, match="no seq.in and label"):
+        realdata.read_dataset(folder, "snips", None)
