@@ -257,6 +257,8 @@ def main() -> None:
     ap.add_argument("--unlabeled", action="store_true",
                     help="few-shot settings: the rest of the training split joins without its labels, which the "
                     "teacher gives (a row of its own, \"_unlabeled\"); the hard-label student leaves it out")
+    ap.add_argument("--variant", default="", help="a name appended to every setting's, so a run with other "
+                    "--set values gets rows of its own (e.g. --variant joint --set distill.schedule=joint)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for every run, as in `tinyseek build --set` (e.g. teacher.pretrain_epochs=0)")
@@ -279,7 +281,8 @@ def main() -> None:
     transfer = int(settings.get("teacher.transfer_samples", 0) or 0)
     for k in args.shots:
         name = (f"{tag}_{'full' if not k else f'{k}shot'}_{teacher_tag(args.teacher)}"
-                + (f"_transfer{transfer}" if transfer else "") + ("_unlabeled" if args.unlabeled and k else ""))
+                + (f"_transfer{transfer}" if transfer else "") + ("_unlabeled" if args.unlabeled and k else "")
+                + (f"_{args.variant}" if args.variant else ""))
         row = run_setting(name, splits, k, args.teacher, Path(args.work), args.seed, settings, args.unlabeled and k > 0)
         row["command"] = command
         print(json.dumps(row), flush=True)
