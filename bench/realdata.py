@@ -246,7 +246,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", help="CLINC150's data_full.json or HWU64's KFold_N folder")
+    ap.add_argument("--dataset", help="CLINC150's data_full.json, HWU64's KFold_N folder or SNIPS's folder")
     ap.add_argument("--format", choices=["auto", "clinc150", "hwu64", "snips"], default="auto",
                     help="auto: a file is CLINC150, a folder with train/seq.in SNIPS, another folder HWU64")
     ap.add_argument("--domain", help="one domain only: a CLINC150 domain (home: smart home, music, lists) "
@@ -271,7 +271,7 @@ def main() -> None:
         replace_section(HEADING, section(load_results(Path(args.out))))
         return
     if not args.dataset:
-        ap.error("--dataset is required (CLINC150's data_full.json or HWU64's KFold_N folder)")
+        ap.error("--dataset is required (CLINC150's data_full.json, HWU64's KFold_N folder or SNIPS's folder)")
     settings = parse_overrides(args.settings)
     fmt, splits = read_dataset(Path(args.dataset), args.format, args.domain)
     tag = f"{fmt}{'_' + args.domain if args.domain else ''}"

@@ -113,7 +113,7 @@ def main() -> None:
     shutil.copytree(args.teacher, teacher_dir)
     knowledge = extract(text, cfg.teacher, args.run)
     teacher = teacher_accuracy(knowledge, text)
-    out = {"settings": {k: getattr(args, k) for k in ("clips_per_intent", "epochs", "hidden", "seed")},
+    out = {"settings": {name: getattr(args, name) for name in ("clips_per_intent", "epochs", "hidden", "seed")},
            "clips": {s: len(splits[s].y) for s in SPLITS}, "steps": int(audio.train.x.shape[1]), "frames_per_step": k,
            "voices_heard": {s: len(set(splits[s].voices)) for s in SPLITS},
            "held_out_voices": {s: sorted(set(splits[s].voices)) for s in ("val", "test")}, "synthesis_s": round(t_synth, 1),

@@ -474,8 +474,8 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
     """Check the settings against the dataset and the cache, read the teacher's train-split
     knowledge (the hidden states only if a stage matches features) and make the seeded student
     and its projections; train_student documents the options. cached_rows: the cache's training
-    split has this many rows, of which the dataset's are the first (None: as many); rows: the
-    cache's training rows the dataset's are, in order (None: the first ones). standardize:
+    split has this many rows, of which the dataset's are the first (None: as many) or, given
+    `rows`, those rows in that order. standardize:
     a sequence student trains on per-feature z-scores (tr.input_norm; False: on the raw
     features, as a saved student reads them)."""
     cfg = with_scaled_settings(cfg, dataset)
@@ -497,10 +497,9 @@ def prepare(dataset, knowledge_path: str | Path, cfg, *, weight_decay: float = 1
         t_logits, pairs, hidden = load_features(knowledge_path, "train", d.layer_map, spec.layers)
     else:
         t_logits, pairs, hidden = load_knowledge(knowledge_path, "train", None)[0], [], {}
-    if rows is not None and (cached_rows is None or t_logits.shape[0] == cached_rows) and len(rows) == n:
-        t_logits, hidden = t_logits[rows], {t: h[rows] for t, h in hidden.items()}
-    elif cached_rows is not None and t_logits.shape[0] == cached_rows >= n:
-        t_logits, hidden = t_logits[:n], {t: h[:n] for t, h in hidden.items()}
+    if cached_rows is not None and t_logits.shape[0] == cached_rows >= n:
+        keep = np.arange(n) if rows is None else rows
+        t_logits, hidden = t_logits[keep], {t: h[keep] for t, h in hidden.items()}
     if t_logits.shape != (n, spec.num_classes):
         raise DistillError(f"{knowledge_path}: 'train.logits' has shape {list(t_logits.shape)}, expected "
                            f"[{n}, {spec.num_classes}] for this dataset; the cache is from another task or "
@@ -626,15 +625,12 @@ def hard_label_baseline(dataset, knowledge_path: str | Path, cfg, cached_rows: i
     from ..data.dataset import take
     d = dc_replace(cfg.distill, alpha=0.0, beta=0.0, schedule="joint", feedback_rounds=0)
     rows = np.flatnonzero(np.asarray(dataset.train.y) >= 0)
-    if len(rows) == len(dataset.train.y):
-        rows = None
-    elif not len(rows):
+    if not len(rows):
         raise DistillError("distill.hard_label_baseline: no training sample has a label, so there is no "
                            "hard-label student to compare with; set it to false")
-    else:
-        dataset = dc_replace(dataset, train=take(dataset.train, rows))
-    result = train_student(dataset, knowledge_path, dc_replace(cfg, distill=d), progress=False,
-                           cached_rows=cached_rows, rows=rows)
+    cached_rows = cached_rows or len(dataset.train.y)
+    result = train_student(dc_replace(dataset, train=take(dataset.train, rows)), knowledge_path,
+                           dc_replace(cfg, distill=d), progress=False, cached_rows=cached_rows, rows=rows)
 
     def accuracy(split) -> float | None:  # over the labeled samples, as the report counts
         y = np.asarray(split.y)
