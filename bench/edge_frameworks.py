@@ -114,11 +114,15 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
     for r in results:
         s = r["settings"]
         int8 = f"per-{'channel' if s['int8']['per_channel'] else 'tensor'}"
+        lstm = s["int4"].get("lstm_int4_tensors", 0)
         int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']} ({s['int4']['matmuls_gptq']} "
-                f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN)")
+                f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN"
+                + (f"; {lstm} LSTM weight tensors int4 by RTN" if lstm else "") + ")")
         gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
+        own = r.get("env")
         lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
                   f"accuracy {r['float_accuracy']:.4f}", "",
+                  *([f"Measured again alone: `{own['command']}` (load average {own['load']}).", ""] if own else []),
                   f"Chosen on validation (the smallest file within {r.get('tolerance', 0):g} points of the most "
                   f"accurate setting, `edge.quant_tolerance`): int8 {int8} (tried: "
                   + ", ".join(f"per-{'channel' if t['per_channel'] else 'tensor'}: {t['val_accuracy']:.4f}"
@@ -163,8 +167,9 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
               "biases, quantization scales), the graph itself (nodes and their names, which the quantizers "
               "add to: int8 dynamic puts DynamicQuantizeLinear, MatMulInteger, Cast and two Mul nodes where "
               "one MatMul was) and each format's own overhead. onnxruntime's 4-bit graphs hold every MatMul "
-              "and Gemm weight (the heads in MatMul form) and the embeddings in 4 bits and TinyLSTM's LSTM "
-              "weights in int8 (no 4-bit operator reads an LSTM). TVM's files are compiled code with the "
+              "and Gemm weight (the heads in MatMul form) and the embeddings in 4 bits, and TinyLSTM's LSTM "
+              "weights stored as int4 blocks read through DequantizeLinear (no 4-bit operator computes an LSTM: "
+              "it computes in float; earlier files kept them int8). TVM's files are compiled code with the "
               "weights inside.", ""]
     return "\n".join(lines)
 
@@ -172,7 +177,8 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="scratch_edge")
-    ap.add_argument("--students", default="tinybert,truncated,tinylstm")
+    ap.add_argument("--students", default="tinybert,truncated,tinylstm",
+                    help="comma-separated; a subset keeps the other students' rows of --json")
     ap.add_argument("--latency-samples", type=int, default=200)
     ap.add_argument("--aarch64-samples", type=int, default=100,
                     help="test samples TVM's aarch64 build runs under qemu-aarch64 (0: none)")
@@ -180,8 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args(argv)
     run = Run(load(overrides={"run": args.run, "teacher.attentions": True, "codegen.out_dir": f"models/{args.run}/lib"}))
+    names = args.students.split(",")
+    unknown = set(names) - set(NAMES)
+    if unknown:
+        raise SystemExit(f"unknown student(s) {', '.join(sorted(unknown))}; choose from {', '.join(NAMES)}")
     results = []
-    for name in args.students.split(","):
+    for name in names:
         if name != "tinylstm" and not (run.dir / "edge" / name / "student.safetensors").is_file():
             raise SystemExit(f"{run.dir / 'edge' / name} has no trained student: run "
                              "`python bench/edge_students.py --seed-from intents` first")
@@ -194,6 +204,13 @@ def main(argv=None) -> int:
            "aarch64_samples": args.aarch64_samples,
            **{p: _version(p) for p in ("onnxruntime", "mnn", "apache-tvm", "coremltools", "torch")}}
     command = "python bench/edge_frameworks.py" + (f" --run {args.run}" if args.run != "scratch_edge" else "")
+    old = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    kept = [r for r in old.get("students", []) if r["student"] not in names]
+    if kept:  # a subset measured again: the others' rows stay, each rerun row says how it was measured
+        shown = command + f" --students {args.students}"
+        results = [r | {"env": env | {"command": shown}} for r in results]
+        env, command = old["env"], old["command"]
+    results = sorted(kept + results, key=lambda r: list(NAMES).index(r["student"]))
     Path(args.json).write_text(json.dumps({"env": env, "command": command, "students": results}, indent=2) + "\n")
     text = markdown(results, env, command)
     replace_section(HEADING, text, Path(args.results))

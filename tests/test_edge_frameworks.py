@@ -77,7 +77,7 @@ def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student
 def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp_path):
     _, path, ids, mask = student
     q, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": _weights(path)}
+    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": _weights(path), "lstm_int4_tensors": 0}
     ops = edge_quant.op_counts(q)
     assert ops.get("MatMulNBits", 0) == _weights(path) and "Gemm" not in ops  # the head too
     assert ops.get("GatherBlockQuantized", 0) == 2  # the token and the position embedding tables
@@ -118,7 +118,7 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
               "attention_mask": mask[n:n + 1, :max(1, int(mask[n].sum()))]} for n in range(len(ids))]
     gptq, counts = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
     rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0}
+    assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0, "lstm_int4_tensors": 0}
     assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
     def packed(p):  # the MatMulNBits weights, in graph order
         graph = onnx.load(str(p)).graph
@@ -131,7 +131,7 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
     odd = edge_quant.odd_block_counts(path, 32)
     assert 0 < len(odd) < _weights(path)
     mixed, counts = edge_quant.quantize_int4(path, tmp_path / "mixed.onnx", "gptq", 32, calib)
-    assert counts == {"matmuls_gptq": _weights(path) - len(odd), "matmuls_rtn": len(odd)}
+    assert counts == {"matmuls_gptq": _weights(path) - len(odd), "matmuls_rtn": len(odd), "lstm_int4_tensors": 0}
     assert edge_quant.op_counts(mixed)["MatMulNBits"] == _weights(path)
     ref, got = _ort(path, ids, mask), _ort(mixed, ids, mask)
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
@@ -172,17 +172,58 @@ def test_quantized_graphs_keep_no_float_weight_and_no_inferred_shapes(student, l
             assert sum(b.values()) == q.stat().st_size
             assert "float weight" not in b, (name, q.name, b)
             assert b["value_info"] == 0
-            assert not {"Gemm", "LSTM"} & set(edge_quant.op_counts(q)) and not _const_matmuls(q)
+            assert "Gemm" not in edge_quant.op_counts(q) and not _const_matmuls(q)
             ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
             assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
-        # int8 weights: a quarter of the float bytes (plus their names)
+        # int8 weights: a quarter of the float bytes (plus their names); 4 bits: an eighth
         assert b8["integer weight"] < 0.27 * float_bytes["float weight"]
-        if name == "tinybert":  # 4 bits: an eighth
-            assert b4["integer weight"] < 0.14 * float_bytes["float weight"]
-        else:  # the LSTM's weights int8 (DynamicQuantizeLSTM), the embedding and the head 4-bit
+        assert b4["integer weight"] < 0.14 * float_bytes["float weight"]
+        if name == "tinylstm":  # int8: DynamicQuantizeLSTM; 4-bit: W and R stored as int4, read through DequantizeLinear
+            assert "LSTM" not in edge_quant.op_counts(q8)
             ops = edge_quant.op_counts(q4)
-            assert ops["DynamicQuantizeLSTM"] == 1 and ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
-            assert b4["integer weight"] < b8["integer weight"]
+            assert ops["DequantizeLinear"] == 2 and ops["MatMulNBits"] == 1 and ops["GatherBlockQuantized"] == 1
+
+
+def test_int4_lstm_weights_dequantize_to_their_rounded_blocks(lstm, tmp_path):
+    """The 4-bit TinyLSTM's LSTM computes with exactly the round-to-nearest blocks of its float
+    weights (`int4_blocks`), stored two per byte: onnxruntime's DequantizeLinear reads them back
+    bit for bit. A wrong nibble order or block layout would not."""
+    path, ids, mask = lstm
+    q4, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
+    assert counts["lstm_int4_tensors"] == 2
+    model = onnx.load(str(q4))
+    assert {o.domain: o.version for o in model.opset_import}.get("", 0) >= edge_quant.INT4_OPSET
+    dq_inputs = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    packed = [t for t in model.graph.initializer if t.name in dq_inputs]
+    assert len(packed) == 2 and all(t.data_type == onnx.TensorProto.INT4 for t in packed)
+    assert all(len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2 for t in packed)  # two per byte
+    # onnxruntime's DequantizeLinear on the file's own int4 tensors gives q * scale of the float
+    # weights, bit for bit.
+    import onnxruntime as ort
+    inits = {t.name: t for t in model.graph.initializer}
+    floats = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    float_lstm = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "LSTM")
+    int4_lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    dq_nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert sorted(list(int4_lstm.input).index(n.output[0]) for n in dq_nodes) == [1, 2]  # W and R
+    for node in dq_nodes:
+        w = floats[float_lstm.input[list(int4_lstm.input).index(node.output[0])]]
+        graph = onnx.helper.make_graph([node], "dq", [], [onnx.helper.make_tensor_value_info(
+            node.output[0], onnx.TensorProto.FLOAT, None)], [inits[x] for x in node.input])
+        one = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", edge_quant.INT4_OPSET)])
+        got = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+        q, scale = edge_quant.int4_blocks(w.astype(np.float32), 16)
+        assert q.min() >= -8 and q.max() <= 7 and scale.shape == w.shape[:-1] + (-(-w.shape[-1] // 16),)
+        want = q.astype(np.float32) * np.repeat(scale, 16, axis=-1)[..., :w.shape[-1]]
+        assert np.array_equal(got, want)
+        assert np.abs(want - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
+    # The edge sessions fold them into float constants at load: no DequantizeLinear runs per call.
+    import onnxruntime as ort
+    from tinyseek.distill.edge import session_options
+    opts = session_options()
+    opts.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(q4), opts, providers=["CPUExecutionProvider"])
+    assert "DequantizeLinear" not in edge_quant.op_counts(tmp_path / "loaded.onnx")
 
 
 def test_graphs_carry_short_names_and_compute_the_same(student, tmp_path):

@@ -15,8 +15,9 @@
   round-to-nearest in the same blocks (GatherBlockQuantized). MatMulNBits covers MatMul only:
   a Gemm (the heads on 2-D inputs) is first rewritten as MatMul + Add by onnxruntime's own
   `ONNXModel.replace_gemm_with_matmul` (what its static quantizer does for Gemm), so the heads
-  are 4-bit too; an LSTM's weights, which no 4-bit operator reads, are quantized to int8 by
-  `quantize_dynamic` restricted to the LSTM (DynamicQuantizeLSTM), as in the int8 graph.
+  are 4-bit too. No 4-bit operator computes an LSTM: its weights are stored as int4 in the
+  same blocks by round-to-nearest and read through DequantizeLinear (ONNX opset 21's blocked
+  int4), so the file holds 4 bits per weight and the LSTM computes in float.
   LayerNorm gains and biases stay float.
 
 Both read the float graph and write a new .onnx without the intermediate tensors' inferred
@@ -142,24 +143,67 @@ def matmul_form(model):
     return wrapped.model
 
 
-def _lstm_int8(model, tmp: Path):
-    """The LSTMs' weights as int8 (DynamicQuantizeLSTM), by quantize_dynamic restricted to
-    LSTM; the rest of the graph unchanged. Done on the float graph: its type inference cannot
-    see through the 4-bit contrib operators."""
-    import onnx
-    quantize_dynamic, QuantType, _ = _quantizers()
-    quantize_dynamic(model, str(tmp), op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
-    model = onnx.load(str(tmp))
-    tmp.unlink()
-    return model
+INT4_OPSET = 21  # DequantizeLinear with int4 and block_size
+
+
+def _pack_int4(q: np.ndarray) -> bytes:
+    """Signed 4-bit values two per byte, the first in the low nibble (ONNX's INT4 layout)."""
+    flat = (q.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
+    if len(flat) % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
+
+
+def int4_blocks(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric round-to-nearest int4 in blocks of `block_size` along the last axis:
+    (q in [-8, 7] with w's shape, scales [..., ceil(K / block_size)]), w ~ q * scale."""
+    k = w.shape[-1]
+    nb = -(-k // block_size)
+    padded = np.zeros(w.shape[:-1] + (nb * block_size,), np.float32)
+    padded[..., :k] = w
+    blocks = padded.reshape(w.shape[:-1] + (nb, block_size))
+    scale = (np.abs(blocks).max(-1) / 7.0).astype(np.float32)
+    scale[scale == 0] = 1.0  # an all-zero block: any scale dequantizes it to zeros
+    q = np.clip(np.rint(blocks / scale[..., None]), -8, 7).reshape(padded.shape)[..., :k].astype(np.int8)
+    return q, scale
+
+
+def _lstm_int4(model, block_size: int) -> int:
+    """Each LSTM's input and recurrent weights (inputs W, R) stored as int4 blocks read through
+    DequantizeLinear, in place; the model's ONNX opset raised to 21 for that. Returns how many
+    tensors were converted."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    converted = 0
+    for node in [n for n in graph.node if n.op_type == "LSTM"]:
+        for name in node.input[1:3]:
+            if name not in inits:
+                raise QuantizeError(f"LSTM node {node.name}'s weight {name} is not a constant: it cannot be stored "
+                                    "in 4 bits")
+            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+            q, scale = int4_blocks(w, block_size)
+            q_t = helper.make_tensor(name + "_q4", TensorProto.INT4, list(w.shape), _pack_int4(q), raw=True)
+            s_t = numpy_helper.from_array(scale, name + "_scale")
+            graph.initializer.remove(inits[name])
+            graph.initializer.extend([q_t, s_t])
+            graph.node.insert(0, helper.make_node("DequantizeLinear", [q_t.name, s_t.name], [name],
+                                                  axis=w.ndim - 1, block_size=block_size))
+            converted += 1
+    if converted:
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = max(o.version, INT4_OPSET)
+    return converted
 
 
 def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
                   calibration: list[dict] | None = None) -> tuple[Path, dict]:
     """4-bit weights: MatMul (Gemm in MatMul form) by `algorithm` ("gptq" needs `calibration`,
     a list of input feeds from the training split; "rtn"), then the embedding Gathers by
-    round-to-nearest; LSTM weights int8. Returns the path and how many MatMuls each algorithm
-    quantized: onnxruntime's GPTQ cannot take a MatMul whose input dimension holds an odd
+    round-to-nearest, and LSTM weights stored as int4 by round-to-nearest (`_lstm_int4`).
+    Returns the path, how many MatMuls each algorithm quantized and how many LSTM weight
+    tensors were stored in 4 bits: onnxruntime's GPTQ cannot take a MatMul whose input dimension holds an odd
     number of blocks (`odd_block_counts`), so with "gptq" those are rounded to nearest
     instead, and counted as such."""
     import onnx
@@ -175,8 +219,6 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
     gptq_nodes = [n for n in matmuls if n not in odd] if algorithm == "gptq" else []
     try:
         with _quiet():
-            if any(n.op_type == "LSTM" for n in model.graph.node):
-                model = _lstm_int8(model, out_path.with_suffix(".lstm.onnx"))
             if gptq_nodes:
                 from onnxruntime.quantization.neural_compressor import gptq_quantize
                 # What MatMulNBitsQuantizer's GPTQ path passes, with the odd-block MatMuls left float
@@ -198,8 +240,11 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
             gather.process()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
-    _save(gather.model.model, out_path)
-    return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
+    model = gather.model.model
+    lstm_tensors = _lstm_int4(model, block_size)
+    _save(model, out_path)
+    return out_path, {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes),
+                      "lstm_int4_tensors": lstm_tensors}
 
 
 def matmul_blocks(model, block_size: int) -> dict[str, int]:
@@ -274,7 +319,8 @@ def agreement(ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict:
 # What each input of an operator holds, for size_breakdown: (op type, input index) -> role.
 # Anything not listed is "other" (shape constants, attention masks' fill values, ...).
 _WEIGHT = {("MatMul", 1), ("Gemm", 1), ("Gather", 0), ("LSTM", 1), ("LSTM", 2), ("MatMulInteger", 1),
-           ("MatMulNBits", 1), ("GatherBlockQuantized", 0), ("DynamicQuantizeLSTM", 1), ("DynamicQuantizeLSTM", 2)}
+           ("MatMulNBits", 1), ("GatherBlockQuantized", 0), ("DynamicQuantizeLSTM", 1), ("DynamicQuantizeLSTM", 2),
+           ("DequantizeLinear", 0)}
 _SCALE = {("MatMulNBits", 2), ("MatMulNBits", 3), ("GatherBlockQuantized", 2), ("GatherBlockQuantized", 3),
           ("MatMulInteger", 2), ("MatMulInteger", 3), ("DequantizeLinear", 1), ("DequantizeLinear", 2),
           *(("DynamicQuantizeLSTM", i) for i in range(8, 12))}
