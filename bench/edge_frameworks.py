@@ -96,6 +96,11 @@ def size_text(r: dict) -> str:
     return "; ".join(text) + "."
 
 
+def _axis(setting: dict) -> str:
+    """The embedding tables' block axis of a 4-bit setting ("/v": along the vocabulary)."""
+    return "/v" if setting.get("table_axis", 1) == 0 else ""
+
+
 def markdown(results: list[dict], env: dict, command: str) -> str:
     lines = [HEADING, "",
              f"`{command}` on the scratch run `{env['run']}` (the default intents task), {env['cpu']}; "
@@ -107,7 +112,9 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
              "Accuracy and agreement (same predicted class as onnxruntime's float model) are on the whole "
              "test split; \"loss\" is float accuracy minus this one, in points. 4-bit: onnxruntime's GPTQ "
              "cannot pack a MatMul whose input dimension holds an odd number of blocks; those are rounded to "
-             "nearest (RTN) in a GPTQ setting, and counted. onnxruntime and TVM run "
+             "nearest (RTN) in a GPTQ setting, and counted. A block size with \"/v\" blocks the embedding "
+             "tables along the vocabulary (a scale per block of tokens and column) instead of along each "
+             "token's vector. onnxruntime and TVM run "
              "onnxruntime's quantized graphs; MNN and Core ML quantize with their own converters (weights "
              "only, the 4-bit block size chosen for onnxruntime). Core ML is converted and its spec checked, "
              "not run: its predictions need macOS.", ""]
@@ -115,20 +122,21 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
         s = r["settings"]
         int8 = f"per-{'channel' if s['int8']['per_channel'] else 'tensor'}"
         lstm = s["int4"].get("lstm_int4_tensors", 0)
-        int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']} ({s['int4']['matmuls_gptq']} "
+        int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']}{_axis(s['int4'])} "
+                f"({s['int4']['matmuls_gptq']} "
                 f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN"
                 + (f"; {lstm} LSTM weight tensors int4 by RTN" if lstm else "") + ")")
         gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
         own = r.get("env")
         lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
                   f"accuracy {r['float_accuracy']:.4f}", "",
-                  *([f"Measured again alone: `{own['command']}` (load average {own['load']}).", ""] if own else []),
+                  *([f"This student's rows come from a later run: `{own['command']}` (load average {own['load']}).", ""] if own else []),
                   f"Chosen on validation (the smallest file within {r.get('tolerance', 0):g} points of the most "
                   f"accurate setting, `edge.quant_tolerance`): int8 {int8} (tried: "
                   + ", ".join(f"per-{'channel' if t['per_channel'] else 'tensor'}: {t['val_accuracy']:.4f}"
                               + (f", {t['bytes']:,} B" if "bytes" in t else "") for t in s["int8"]["tried"])
                   + f"); 4-bit {int4} (tried: "
-                  + ", ".join(f"{t['algorithm']} {t['block_size']}: "
+                  + ", ".join(f"{t['algorithm']} {t['block_size']}{_axis(t)}: "
                               + (f"{t['val_accuracy']:.4f}, {t['bytes']:,} B" if "val_accuracy" in t else "failed")
                               + (f" ({t['matmuls_gptq']} GPTQ / {t['matmuls_rtn']} RTN)"
                                  if t["algorithm"] == "gptq" and "val_accuracy" in t else "")

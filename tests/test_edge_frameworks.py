@@ -89,6 +89,27 @@ def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
 
 
+def test_int4_tables_blocked_along_the_vocabulary_store_fewer_scales(lstm, tmp_path):
+    """table_axis=0 blocks the embedding table along the vocabulary: a scale per block of tokens
+    and column. The fixture's 16-wide vectors hold one block per row along axis 1 (128 scales);
+    along the vocabulary, blocks of 64 need 2 x 16. The logits stay near the float graph's."""
+    path, ids, mask = lstm
+    files = {axis: edge_quant.quantize_int4(path, tmp_path / f"int4_{axis}.onnx", "rtn", 64, table_axis=axis)[0]
+             for axis in (1, 0)}
+    shapes = {}
+    for axis, q in files.items():
+        model = onnx.load(str(q))
+        node = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+        assert {a.name: a.i for a in node.attribute}.get("quantize_axis", 1) == axis
+        shapes[axis] = next(list(t.dims) for t in model.graph.initializer if t.name == node.input[2])
+        ref, got = _ort(path, ids, mask), _ort(q, ids, mask)
+        assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+    assert shapes == {1: [128, 1], 0: [2, 16]}
+    assert files[0].stat().st_size < files[1].stat().st_size
+    with pytest.raises(edge_quant.QuantizeError, match="table_axis"):
+        edge_quant.quantize_int4(path, tmp_path / "bad.onnx", "rtn", 64, table_axis=2)
+
+
 def test_int4_blocks_are_no_wider_than_the_weights_they_cover(student, tmp_path):
     """A block beyond a weight's input dimension K (rounded up to a power of two) would hold
     only MatMulNBits' zero padding: with block 128, the fixture's 32- and 64-wide weights get

@@ -44,6 +44,11 @@ QUANTS = ("float", "int8", "int4")
 FRAMEWORK_STUDENTS = (*STUDENTS, "tinylstm")
 CALIBRATION = 256  # training samples GPTQ collects its Hessians from
 BLOCKS = (16, 32, 64, 128)
+# The 4-bit embedding tables' blocks: along each token's vector (1) or along the vocabulary (0,
+# one scale per block of tokens and column). TinyLSTM's 32-wide vectors hold one block whatever
+# its size: along the vocabulary, blocks of 128 store 64 scales per column in place of 1,024 per
+# row (6.4x smaller than float instead of 5.9x) and lost less on validation.
+TABLE_AXES = (1, 0)
 OUT_DIR, RESULT_FILE = "frameworks", "frameworks.json"
 
 
@@ -188,14 +193,17 @@ def choose_int4(st: Student, out: Path, tolerance: float) -> tuple[Path, dict]:
     tried = []
     for algorithm in ("gptq", "rtn"):
         for block in BLOCKS:
-            try:
-                path, counts = edge_quant.quantize_int4(st.onnx, out / f"int4_{algorithm}_{block}.onnx", algorithm,
-                                                        block, calibration if algorithm == "gptq" else None)
-            except edge_quant.QuantizeError as e:  # one setting failing leaves the others
-                tried.append({"algorithm": algorithm, "block_size": block, "error": str(e)})
-                continue
-            tried.append({"algorithm": algorithm, "block_size": block, "path": path, "bytes": path.stat().st_size,
-                          **counts, "val_accuracy": _accuracy(ort_runner(path), st.splits["val"])})
+            for axis in TABLE_AXES:
+                setting = {"algorithm": algorithm, "block_size": block, "table_axis": axis}
+                try:
+                    path, counts = edge_quant.quantize_int4(
+                        st.onnx, out / f"int4_{algorithm}_{block}_{axis}.onnx", algorithm, block,
+                        calibration if algorithm == "gptq" else None, table_axis=axis)
+                except edge_quant.QuantizeError as e:  # one setting failing leaves the others
+                    tried.append(setting | {"error": str(e)})
+                    continue
+                tried.append(setting | {"path": path, "bytes": path.stat().st_size, **counts,
+                                        "val_accuracy": _accuracy(ort_runner(path), st.splits["val"])})
     done = [t for t in tried if "path" in t]
     if not done:
         raise edge_quant.QuantizeError("every 4-bit setting failed: " + "; ".join(t["error"] for t in tried))
@@ -306,7 +314,8 @@ def evaluate(run, name: str, runtimes=RUNTIMES, quants=QUANTS, latency_samples: 
         say(f"[{name}] int8 dynamic: per-channel {settings['int8']['per_channel']} (validation)", flush=True)
     if "int4" in quants:
         graphs["int4"], settings["int4"] = choose_int4(st, out, tolerance)
-        say(f"[{name}] int4: {settings['int4']['algorithm']}, block {settings['int4']['block_size']} (validation)",
+        say(f"[{name}] int4: {settings['int4']['algorithm']}, block {settings['int4']['block_size']}, tables "
+            f"along {'the vocabulary' if settings['int4']['table_axis'] == 0 else 'each vector'} (validation)",
             flush=True)
     ids, mask, y = st.splits["test"]
     reference = run_all(ort_runner(st.onnx), ids, mask)

@@ -198,10 +198,12 @@ def _lstm_int4(model, block_size: int) -> int:
 
 
 def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: int,
-                  calibration: list[dict] | None = None) -> tuple[Path, dict]:
+                  calibration: list[dict] | None = None, table_axis: int = 1) -> tuple[Path, dict]:
     """4-bit weights: MatMul (Gemm in MatMul form) by `algorithm` ("gptq" needs `calibration`,
     a list of input feeds from the training split; "rtn"), then the embedding Gathers by
-    round-to-nearest, and LSTM weights stored as int4 by round-to-nearest (`_lstm_int4`).
+    round-to-nearest in blocks along `table_axis` (1: along each token's vector; 0: along the
+    vocabulary, one scale per block of tokens and column: fewer scales when a vector is narrower
+    than a block), and LSTM weights stored as int4 by round-to-nearest (`_lstm_int4`).
     Returns the path, how many MatMuls each algorithm quantized and how many LSTM weight
     tensors were stored in 4 bits: onnxruntime's GPTQ cannot take a MatMul whose input dimension holds an odd
     number of blocks (`odd_block_counts`), so with "gptq" those are rounded to nearest
@@ -210,6 +212,9 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
     _, _, nbits = _quantizers()
     if algorithm not in ("gptq", "rtn"):
         raise QuantizeError(f"unknown 4-bit algorithm {algorithm!r}; choose gptq or rtn")
+    if table_axis not in (0, 1):
+        raise QuantizeError(f"table_axis must be 0 (blocks along the vocabulary) or 1 (along each vector), not "
+                            f"{table_axis}")
     if algorithm == "gptq" and not calibration:
         raise QuantizeError("GPTQ needs calibration inputs (the training split)")
     model = matmul_form(onnx.load(str(float_path)))
@@ -236,7 +241,7 @@ def quantize_int4(float_path: Path, out_path: Path, algorithm: str, block_size: 
                 copy.deepcopy(q.model.model), block_size=block_size, is_symmetric=True,
                 algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
                                                                op_types_to_quantize=("Gather",),
-                                                               quant_axes=(("Gather", 1),)))
+                                                               quant_axes=(("Gather", table_axis),)))
             gather.process()
     except Exception as e:
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
