@@ -222,8 +222,9 @@ def test_int4_lstm_weights_dequantize_to_their_rounded_blocks(lstm, tmp_path):
     # weights, bit for bit.
     import onnxruntime as ort
     inits = {t.name: t for t in model.graph.initializer}
-    floats = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
-    float_lstm = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "LSTM")
+    float_model = onnx.load(str(path))
+    floats = {t.name: onnx.numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    float_lstm = next(n for n in float_model.graph.node if n.op_type == "LSTM")
     int4_lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     dq_nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert sorted(list(int4_lstm.input).index(n.output[0]) for n in dq_nodes) == [1, 2]  # W and R
@@ -239,7 +240,6 @@ def test_int4_lstm_weights_dequantize_to_their_rounded_blocks(lstm, tmp_path):
         assert np.array_equal(got, want)
         assert np.abs(want - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
     # The edge sessions fold them into float constants at load: no DequantizeLinear runs per call.
-    import onnxruntime as ort
     from tinyseek.distill.edge import session_options
     opts = session_options()
     opts.optimized_model_filepath = str(tmp_path / "loaded.onnx")

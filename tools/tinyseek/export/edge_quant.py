@@ -146,14 +146,6 @@ def matmul_form(model):
 INT4_OPSET = 21  # DequantizeLinear with int4 and block_size
 
 
-def _pack_int4(q: np.ndarray) -> bytes:
-    """Signed 4-bit values two per byte, the first in the low nibble (ONNX's INT4 layout)."""
-    flat = (q.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
-    if len(flat) % 2:
-        flat = np.append(flat, np.uint8(0))
-    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
-
-
 def int4_blocks(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric round-to-nearest int4 in blocks of `block_size` along the last axis:
     (q in [-8, 7] with w's shape, scales [..., ceil(K / block_size)]), w ~ q * scale."""
@@ -172,7 +164,8 @@ def _lstm_int4(model, block_size: int) -> int:
     """Each LSTM's input and recurrent weights (inputs W, R) stored as int4 blocks read through
     DequantizeLinear, in place; the model's ONNX opset raised to 21 for that. Returns how many
     tensors were converted."""
-    from onnx import TensorProto, helper, numpy_helper
+    import ml_dtypes  # onnx's own dependency: numpy_helper packs its int4 two per byte
+    from onnx import helper, numpy_helper
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     converted = 0
@@ -183,7 +176,7 @@ def _lstm_int4(model, block_size: int) -> int:
                                     "in 4 bits")
             w = numpy_helper.to_array(inits[name]).astype(np.float32)
             q, scale = int4_blocks(w, block_size)
-            q_t = helper.make_tensor(name + "_q4", TensorProto.INT4, list(w.shape), _pack_int4(q), raw=True)
+            q_t = numpy_helper.from_array(q.astype(ml_dtypes.int4), name + "_q4")
             s_t = numpy_helper.from_array(scale, name + "_scale")
             graph.initializer.remove(inits[name])
             graph.initializer.extend([q_t, s_t])
