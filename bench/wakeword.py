@@ -11,9 +11,9 @@ training voices). Streams: the validation (test) split's command clips one
 after another with the validation (test) voices' keywords put between them at random. For each
 operating point (0, 1 and 10 false accepts per hour) the threshold on the int8 model's logit
 margin is the lowest that keeps the validation stream to that rate (found by bisection), and
-the test stream is read with it. A detection within 1 s
-after a keyword's end (or in its last 100 ms) is a hit; any other is a false accept; after a
-detection the detector rests 1 s. The counts and hours of each stream are reported with its
+the test stream is read with it. Detections are scored as MLPerf Tiny's streaming wake word
+scores them: one from a keyword's start to 0.5 s after its end is a hit, a second one up to 1 s
+after its end is neither, any other is a false accept; after a detection the detector rests 1 s. The counts and hours of each stream are reported with its
 false-accept rate, which has the resolution of one accept in that many hours. The rules are the
 device listener's (tinyseek.audio.listen with no command model), so these are the detections
 the firmware makes; the int8 model and its C library (with the front end) are written to
@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from tinyseek.audio.data import load_audio  # noqa: E402
-from tinyseek.audio.synth import SAMPLE_RATE  # noqa: E402
 from tinyseek.audio.wakeword import NEAR_MISSES, keyword_clips, measure, threshold_for, train_wakeword  # noqa: E402
 from tinyseek.codegen.render import render  # noqa: E402
 from tinyseek.config import WakeConfig, load  # noqa: E402
@@ -57,7 +56,15 @@ def main() -> None:
     ap.add_argument("--hard-negatives", type=int, default=6000, help="mined windows of highest margin kept as other")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from "
+                    "bench/results/wakeword.json (the settings it records, else these arguments)")
     args = ap.parse_args()
+    if args.md_only:
+        out = json.loads(RESULTS_JSON.read_text())
+        for key, value in out.get("settings", {}).items():
+            setattr(args, key, value)
+        write_section(out, args)
+        return
     cfg = load(overrides={"task.kind": "audio", "task.clips_per_intent": args.clips_per_intent})
     _, speech = load_audio(cfg.task, cache_dir=args.speech)
     counts = dict(zip(("train", "val", "test"), map(int, args.keywords.split(","))))
@@ -72,6 +79,9 @@ def main() -> None:
     qm.save(work / "int8")
     render(qm, work / "wakeword")  # the C library for the firmware's listener (docs/audio.md)
     out.update(student_hidden=args.hidden, epochs=args.epochs)
+    out["settings"] = {name: getattr(args, name) for name in ("keywords", "near_misses", "frames_per_step",
+                                                               "clips_per_intent", "epochs", "mining_keywords",
+                                                               "hard_negatives", "hidden", "seed")}
     runs = {s: measure(qm, speech[s].audio, kws[s], args.seed) for s in ("val", "test")}
     out["operating_points"] = []
     for per_hour in RATES:
@@ -81,6 +91,11 @@ def main() -> None:
     print(json.dumps(out, indent=1))
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(out, indent=2) + "\n")
+    write_section(out, args)
+
+
+def write_section(out: dict, args) -> None:
+    kw = out["keyword"]
     cell = lambda r: (f"{r['detected']} / {r['keywords']} ({100 * r['detection_rate']:.1f} %) | "  # noqa: E731
                       f"{r['false_accepts']} ({r['false_accepts_per_hour']:.1f} per hour)")
     rows = "\n".join(f"| {p['val_false_accepts_per_hour_at_most']} | {p['threshold']} | {cell(p['val'])} | {cell(p['test'])} |"
@@ -89,7 +104,7 @@ def main() -> None:
     bar = one["detection_rate"] >= 0.98 and one["false_accepts_per_hour"] <= 1
     verdict = ("The issue's bar (98 % detection at no more than 1 false accept per hour) is "
                f"{'met' if bar else 'not met'} on the test stream.")
-    hours = {s: runs[s].other_seconds / 3600 for s in ("val", "test")}
+    hours = {s: out["operating_points"][0][s]["hours"] for s in ("val", "test")}
     mined = out["mined_windows"]
     mining = ("" if mined is None else
               f"; then, hard-negative mining: that model read a {args.mining_keywords}-keyword stream of training voices "
@@ -108,8 +123,9 @@ The streams are the held-out splits' spoken commands (English and Chinese, {hour
 {hours['test']:.1f} h without the keyword) with the keywords of held-out voices between them. The window
 classifier's validation accuracy: {100 * out['window_val_accuracy']:.1f} %. Each operating point's threshold
 (margin of the int8 model's int16 logits) is the lowest that keeps the validation stream to
-that many false accepts per hour; the test stream is read with it. Synthetic speech is a proxy,
-not people.
+that many false accepts per hour; the test stream is read with it. A detection from a keyword's
+start to 0.5 s after its end finds it, and one up to 1 s after its end is never a false accept (MLPerf
+Tiny's streaming wake word rule). Synthetic speech is a proxy, not people.
 
 | false accepts per hour allowed on validation | threshold | val: keywords detected | val: false accepts | test: keywords detected | test: false accepts |
 |---|---|---|---|---|---|
