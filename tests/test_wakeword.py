@@ -81,8 +81,7 @@ def test_mining_keeps_the_keyword_windows_and_the_hardest_others(monkeypatch):
         return at, seen["m"]
     monkeypatch.setattr(wakeword, "margins", margins)
     split = wakeword.mined(None, commands, keywords, seed=3, k=2, hard=15)
-    _, ends, _ = wakeword.stream(commands, keywords, seed=3)
-    spans = [(e - len(c) // hop, e) for e, c in zip(ends, keywords)]
+    _, spans, _ = wakeword.stream(commands, keywords, seed=3)
     at, m = seen["at"], seen["m"]
     is_kw = np.array([any(0 <= a - e <= wakeword.KEYWORD_END for _, e in spans) for a in at])
     clear = np.array([all(a <= s or a - wakeword.WINDOW > e for s, e in spans) for a in at])
@@ -176,7 +175,7 @@ def test_detection_counts_hits_false_accepts_and_rests() -> None:
     margin = np.zeros(len(at), np.int64)
     margin[at == 300] = margin[at == 310] = 9  # one keyword ending at frame 300: the second run rests
     margin[at == 700] = 9                      # no keyword near frame 700: a false accept
-    got = wakeword.detect(at, margin, 5, ends=[300, 900], other_seconds=3600)
+    got = wakeword.detect(at, margin, 5, spans=[(260, 300), (860, 900)], other_seconds=3600)
     assert (got["detected"], got["false_accepts"], got["keywords"], got["false_accepts_per_hour"]) == (1, 1, 2, 1.0)
 
 
@@ -206,9 +205,12 @@ def test_build_and_bench_put_both_models_on_the_emulated_board(tmp_path):
 def test_a_stream_takes_more_keywords_than_it_has_gaps():
     commands = [np.full(16000, k, np.int16) for k in range(3)]
     keywords = [np.full(4000 + 320 * k, 100 + k, np.int16) for k in range(9)]
-    audio, ends, before = wakeword.stream(commands, keywords, seed=0)
+    audio, spans, before = wakeword.stream(commands, keywords, seed=0)
     assert len(audio) == 3 * 16000 + sum(len(k) for k in keywords)
-    assert len(ends) == 9 and ends == sorted(ends) and sorted(before) == before and max(before) <= 3
+    assert len(spans) == 9 and spans == sorted(spans) and sorted(before) == before and max(before) <= 3
+    for j, (s, e) in enumerate(spans):  # keyword j's samples are 100 + j: its span is the frames they fall in
+        first = int(np.flatnonzero(audio == 100 + j)[0])
+        assert (s, e) == (first // 320, (first + len(keywords[j])) // 320)
 
 
 def _recordings(folder, n: int, seconds: float = 0.6):
@@ -254,10 +256,13 @@ def test_your_recordings_join_the_keywords_of_their_split(tmp_path):
         wakeword.keyword_recordings(tmp_path / "flat", 0, 0.2, 0.2)
 
 
-def test_each_detection_finds_at_most_one_keyword():
-    """In order, a detection finds the first keyword not yet found within its reach; a second
-    detection near a found keyword is a false accept, as is one far from every keyword."""
-    ends = [300, 330, 900]
-    assert wakeword.hits([300, 320, 340, 600], ends) == {0: 300, 1: 340}  # 320: keyword 0 is found, 1 not yet in reach
-    assert wakeword.hits([294, 951], ends) == {}  # 6 frames early, 51 late: out of reach
-    assert wakeword.hits([295, 950], ends) == {0: 295, 2: 950}
+def test_detections_are_scored_as_mlperf_tiny_scores_them():
+    """A wake after a keyword's start and at most 0.5 s (25 frames) after its end finds it (the
+    first keyword in reach not yet found); another wake up to 1 s (50 frames) after its end is
+    neither a hit nor a false accept; any other wake is a false accept."""
+    spans = [(260, 300), (300, 330), (860, 900)]
+    # 270: mid-keyword, finds it; 280: keyword 0 is found and 1 has not begun; 320 finds 1
+    assert wakeword.score([270, 280, 320, 600], spans) == ({0: 270, 1: 320}, [600])
+    assert wakeword.score([260, 926], spans) == ({}, [260])  # at the start frame: nothing heard yet; 26 late
+    assert wakeword.score([261, 925], spans) == ({0: 261, 2: 925}, [])
+    assert wakeword.score([925, 950, 951], spans) == ({2: 925}, [951])  # 950: masked, 951: past the mask

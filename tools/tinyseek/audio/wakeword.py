@@ -36,7 +36,10 @@ FE = FrontendConfig()
 WINDOW = 50    # frames: 1 s
 STRIDE = 10    # frames between detector runs: 200 ms
 REST = 50      # frames the detector rests after a detection
-HIT_BEFORE, HIT_AFTER = 5, 50  # a detection from 100 ms before a keyword's end to 1 s after it is a hit
+# Scoring on a stream, as MLPerf Tiny's streaming wake word does (str_ww_util.py's
+# get_true_and_false_detections): a wake from a keyword's start to 0.5 s after its end finds it;
+# a wake from its start to 1 s after its end is never a false accept.
+HIT_AFTER, MASK_AFTER = 25, 50
 KEYWORD_END = 19  # a training window is the keyword when it ends 0-19 frames after the keyword does
 KEYWORD_SAMPLES = SAMPLE_RATE - 800  # the longest keyword kept: 950 ms, so with its padding it fits the window
 
@@ -182,22 +185,23 @@ def training_set(keywords: list[np.ndarray], commands: np.ndarray, seed: int, k:
 def stream(commands: np.ndarray, keywords: list[np.ndarray], seed: int) -> tuple[np.ndarray, list[int], list[int]]:
     """The command clips one after another with the keywords between them at random places (in
     the same gap, one after another, when there are more keywords than gaps);
-    returns (samples, the frame count at which each keyword ends, the index of the command that
-    follows each keyword: len(commands) after the last one)."""
+    returns (samples, each keyword's (start, end) as frame counts (the frames heard when it
+    begins and when it ends, its clip's padding included), the index of the command that follows
+    each keyword: len(commands) after the last one)."""
     rng = np.random.default_rng([seed, 13])
     # One keyword to a gap between commands while there are gaps enough; else some share one.
     slots = sorted(rng.choice(len(commands) + 1, size=len(keywords), replace=len(keywords) > len(commands) + 1).tolist())
-    parts, ends, at, k = [], [], 0, 0
+    parts, spans, at, k = [], [], 0, 0
     for i in range(len(commands) + 1):
         while k < len(slots) and slots[k] == i:
             parts.append(keywords[k])
+            spans.append((at // FE.hop, (at + len(keywords[k])) // FE.hop))
             at += len(keywords[k])
-            ends.append(at // FE.hop)
             k += 1
         if i < len(commands):
             parts.append(commands[i])
             at += len(commands[i])
-    return np.concatenate(parts), ends, slots
+    return np.concatenate(parts), spans, slots
 
 
 def stream_features(audio: np.ndarray, chunk_hops: int = 3000) -> np.ndarray:
@@ -231,11 +235,10 @@ def mined(qm, commands: np.ndarray, keywords: list[np.ndarray], seed: int, k: in
     after a keyword ends is a keyword, and the `hard` windows of highest margin that hold no
     part of a keyword are other. Hard-negative mining, as wake-word trainers do: most of the
     first training set's other windows are easy."""
-    audio, ends, _ = stream(commands, keywords, seed)
+    audio, spans, _ = stream(commands, keywords, seed)
     feats = stream_features(audio)
     at, m = margins(qm, feats)
-    end = np.array(ends)
-    start = end - np.array([len(c) for c in keywords]) // FE.hop  # a keyword's first frame (with its padding)
+    start, end = np.array(spans).T
     j = np.searchsorted(end, at, side="right") - 1  # the last keyword to end at or before each check
     since = np.where(j >= 0, at - end[np.maximum(j, 0)], 1 << 30)
     upcoming = np.where(j + 1 < len(end), start[np.minimum(j + 1, len(end) - 1)], 1 << 30)
@@ -250,46 +253,50 @@ def joined(a: Split, b: Split) -> Split:
     return Split(y=np.concatenate([a.y, b.y]), texts=None, x=np.concatenate([a.x, b.x]))
 
 
-def hits(fired: list[int], ends: list[int]) -> dict[int, int]:
-    """{keyword index: the detection that found it}: in order, each detection (a frame count)
-    finds the first keyword not yet found whose end is at most HIT_BEFORE frames after it and
-    at most HIT_AFTER before it; a detection that finds none is a false accept."""
+def score(fired: list[int], spans: list[tuple[int, int]]) -> tuple[dict[int, int], list[int]]:
+    """({keyword index: the first wake that found it}, the false accepts) of wakes (frame counts)
+    on a stream whose keywords span `spans`: a wake after a keyword's start and at most HIT_AFTER
+    frames after its end finds it; a wake after its start and at most MASK_AFTER after its end
+    that finds nothing (a second one) is not a false accept; any other wake is."""
     found: dict[int, int] = {}
+    false = []
     for f in fired:
-        j = next((j for j, e in enumerate(ends) if e - HIT_BEFORE <= f <= e + HIT_AFTER and j not in found), None)
-        if j is not None:
-            found[j] = f
-    return found
+        near = [j for j, (s, e) in enumerate(spans) if s < f <= e + MASK_AFTER]
+        hit = next((j for j in near if f <= spans[j][1] + HIT_AFTER and j not in found), None)
+        if hit is not None:
+            found[hit] = f
+        elif not near:
+            false.append(f)
+    return found, false
 
 
-def detect(at: np.ndarray, margin: np.ndarray, threshold: int, ends: list[int], other_seconds: float) -> dict:
-    """The listener's detections at `threshold` on a stream whose keywords end at `ends`: a
-    detection from HIT_BEFORE frames before a keyword's end to HIT_AFTER after it is a hit, any
-    other a false accept; rates per hour of the audio that holds no keyword."""
+def detect(at: np.ndarray, margin: np.ndarray, threshold: int, spans: list[tuple[int, int]],
+           other_seconds: float) -> dict:
+    """The listener's detections at `threshold` on a stream whose keywords span `spans`, scored
+    by `score`; rates per hour of the audio that holds no keyword."""
     fired = [int(at[i]) for i in wakes(at, margin, listener(threshold))]
-    hit = hits(fired, ends)
-    false = len(fired) - len(hit)
+    hit, false = score(fired, spans)
     hours = other_seconds / 3600
-    return {"threshold": threshold, "keywords": len(ends), "detected": len(hit), "false_accepts": false,
-            "hours": hours, "detection_rate": len(hit) / len(ends), "false_accepts_per_hour": false / hours}
+    return {"threshold": threshold, "keywords": len(spans), "detected": len(hit), "false_accepts": len(false),
+            "hours": hours, "detection_rate": len(hit) / len(spans), "false_accepts_per_hour": len(false) / hours}
 
 
 @dataclass
 class Measured:
-    """A held-out stream read by a model: check counts, margins, keyword ends, other seconds."""
+    """A held-out stream read by a model: check counts, margins, keyword spans, other seconds."""
     at: np.ndarray
     margin: np.ndarray
-    ends: list[int]
+    spans: list[tuple[int, int]]
     other_seconds: float
 
     def detect(self, threshold: int) -> dict:
-        return detect(self.at, self.margin, threshold, self.ends, self.other_seconds)
+        return detect(self.at, self.margin, threshold, self.spans, self.other_seconds)
 
 
 def measure(qm, commands: np.ndarray, keywords: list[np.ndarray], seed: int) -> Measured:
-    audio, ends, _ = stream(commands, keywords, seed)
+    audio, spans, _ = stream(commands, keywords, seed)
     other = (len(audio) - sum(len(c) for c in keywords)) / SAMPLE_RATE
-    return Measured(*margins(qm, stream_features(audio)), ends, other)
+    return Measured(*margins(qm, stream_features(audio)), spans, other)
 
 
 def threshold_for(val: Measured, per_hour: float) -> int:

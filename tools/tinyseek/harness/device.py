@@ -70,7 +70,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     (tinyseek.audio.listen), the keywords it wakes on, the commands it then hears, the response
     (the hop that decides a command, from its last sample) and the cost per second of audio."""
     from ..audio.listen import ListenConfig, event_mismatches, listen
-    from ..audio.wakeword import hits, keyword_clips, stream
+    from ..audio.wakeword import keyword_clips, score, stream
     from ..quant.model import QuantModel
     from .bench import run_device_listen
 
@@ -78,7 +78,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     clips = test.audio[:30]
     kws = keyword_clips("test", max(1, len(clips) // 3), run.cfg.wake.seed, (run.cfg.wake.keyword,),
                         run.cfg.wake.keyword)
-    pcm, ends, before = stream(clips, kws, run.cfg.wake.seed)
+    pcm, spans, before = stream(clips, kws, run.cfg.wake.seed)
     fe = command.frontend
     cfg = ListenConfig.of(wake, capture=len(clips[0]) // fe.hop)  # the command model hears a clip's length
     want = listen(wake, command, pcm, cfg)
@@ -87,7 +87,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     out = run_device_listen(env, run.lib_dir, run.wake_lib_dir, pcm, cfg, port=port)
     mismatches = event_mismatches(out["events"], want)
     wakes = [e["frame"] for e in want if e["event"] == "wake"]
-    found = hits(wakes, ends)  # the bench's rule (tinyseek.audio.wakeword.detect)
+    found, false = score(wakes, spans)  # the bench's rule (tinyseek.audio.wakeword.detect)
     heard = {j: next((c["class"] for c in want if c["event"] == "command" and c["frame"] > w), None)
              for j, w in found.items()}  # keyword -> the command decided after its wake
     right = sum(before[j] < len(clips) and c == int(test.y[before[j]]) for j, c in heard.items())
@@ -99,7 +99,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
                                                         ("threshold", "window", "stride", "rest", "capture")},
             "seconds": seconds, "keywords": len(kws), "events": len(want), "mismatches": mismatches,
             "bitexact": mismatches == 0 and len(want) > 0, "wakes": len(wakes), "keywords_detected": len(heard),
-            "false_wakes": len(wakes) - len(found), "commands_right": int(right), "unit": out["unit"],
+            "false_wakes": len(false), "commands_right": int(right), "unit": out["unit"],
             "per_second_of_audio": sum(times) / seconds, "share_of_clock": sum(times) / seconds / clock,
             "response": None if not decisions else {"max": max(decisions), "ms_at_clock": max(decisions) / clock * 1e3},
             "flash_total": elf["flash"]["total"], "flash_wake_model": out["memory"]["wake_model"],

@@ -142,7 +142,9 @@ def _wake_lines(w: dict) -> list[str]:
             f"Library `{w['library']}`; a check of the last {w['window']} frames every {w['stride']} frames, "
             f"threshold {w['threshold']} (the lowest that keeps the validation stream to "
             f"{w['false_accepts_per_hour_allowed']:g} false accepts per hour), {w['rest']} frames of rest after a wake. "
-            "Streams: the split's clips one after another with keywords of its voices between them.", "",
+            "Streams: the split's clips one after another with keywords of its voices between them; a wake from a "
+            "keyword's start to 0.5 s after its end finds it, one up to 1 s after its end is no false accept "
+            "(MLPerf Tiny's streaming wake word scoring).", "",
             "| stream | keywords detected | false accepts |", "|---|---|---|", row("val"), row("test"), "",
             f"Host C check of the wake-word library on {w['host_check']['clips']} keyword clips: bit-exact.",
             *([f"Your recordings of the keyword (wake.recordings): {rec['train']} in training, {rec['val']} and "
