@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--mining-keywords", type=int, default=1500,
                     help="keywords of training voices in the mining stream (0: no hard-negative mining)")
     ap.add_argument("--hard-negatives", type=int, default=6000, help="mined windows of highest margin kept as other")
-    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=48)  # wake.hidden
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from "
                     "bench/results/wakeword.json (the settings it records, else these arguments)")

@@ -296,7 +296,8 @@ class WakeConfig:
     test_keywords: int = 150  # test voices' keywords: the report's stream
     false_accepts_per_hour: float = 1.0  # the threshold keeps the validation stream to this rate
     frames_per_step: int = 2
-    hidden: int = 32
+    # 48: on bench/wakeword.py's validation stream 93 % of keywords at 1 false accept an hour, 32: 89 %
+    hidden: int = 48
     epochs: int = 20
     seed: int = 0
 
