@@ -30,3 +30,12 @@ def publish(out: Path, result: dict, heading: str, section: str, markdown: bool 
     print(section)
     if markdown:
         replace_section(heading, section)
+
+
+def rewrite_from_json(results_json: Path, args, write_section) -> None:
+    """`--md-only`: the bench's section written again from its JSON, with the settings the JSON
+    records (else the command line's) as `args`."""
+    out = json.loads(results_json.read_text())
+    for key, value in out.get("settings", {}).items():
+        setattr(args, key, value)
+    write_section(out, args)

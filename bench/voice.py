@@ -43,7 +43,7 @@ from tinyseek.quant.reference import infer_sequences  # noqa: E402
 from tinyseek.student.tinylstm import save_student  # noqa: E402
 from tinyseek.teacher.extract import extract, teacher_accuracy  # noqa: E402
 
-from results_md import replace_section  # noqa: E402
+from results_md import replace_section, rewrite_from_json  # noqa: E402
 
 HEADING = "## Spoken commands: cross-modal distillation (`python bench/voice.py`)"
 RESULTS_JSON = ROOT / "bench" / "results" / "voice.json"
@@ -87,10 +87,7 @@ def main() -> None:
                     "bench/results/voice.json (the settings it records, else these arguments)")
     args = ap.parse_args()
     if args.md_only:
-        out = json.loads(RESULTS_JSON.read_text())
-        for key, value in out.get("settings", {}).items():
-            setattr(args, key, value)
-        write_section(out, args)
+        rewrite_from_json(RESULTS_JSON, args, write_section)
         return
     if not (args.teacher / "teacher.json").is_file():
         raise SystemExit(f"{args.teacher} holds no adapted teacher: run `tinyseek build` (or `make demo`) first, "

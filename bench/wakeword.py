@@ -36,7 +36,7 @@ from tinyseek.audio.wakeword import NEAR_MISSES, keyword_clips, measure, thresho
 from tinyseek.codegen.render import render  # noqa: E402
 from tinyseek.config import WakeConfig, load  # noqa: E402
 
-from results_md import replace_section  # noqa: E402
+from results_md import replace_section, rewrite_from_json  # noqa: E402
 
 HEADING = "## Wake word on continuous audio (`python bench/wakeword.py`)"
 RESULTS_JSON = ROOT / "bench" / "results" / "wakeword.json"
@@ -60,10 +60,7 @@ def main() -> None:
                     "bench/results/wakeword.json (the settings it records, else these arguments)")
     args = ap.parse_args()
     if args.md_only:
-        out = json.loads(RESULTS_JSON.read_text())
-        for key, value in out.get("settings", {}).items():
-            setattr(args, key, value)
-        write_section(out, args)
+        rewrite_from_json(RESULTS_JSON, args, write_section)
         return
     cfg = load(overrides={"task.kind": "audio", "task.clips_per_intent": args.clips_per_intent})
     _, speech = load_audio(cfg.task, cache_dir=args.speech)
