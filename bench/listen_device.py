@@ -35,6 +35,7 @@ from tinyseek.audio.frontend import FrontendConfig, features  # noqa: E402
 from tinyseek.audio.listen import (ListenConfig, event_mismatches, listen_frames, wake_checks,  # noqa: E402
                                    wake_margins)
 from tinyseek.codegen.render import render  # noqa: E402
+from tinyseek.config import WakeConfig  # noqa: E402
 from tinyseek.harness.bench import run_device_listen  # noqa: E402
 from tinyseek.harness.boards import load_profile  # noqa: E402
 from tinyseek.quant.synthetic import random_audio_model  # noqa: E402
@@ -62,7 +63,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
     fe = FrontendConfig()
-    wake = random_audio_model(21, frames_per_step=2, frontend=fe, hidden=48, num_classes=2, name="wake")
+    shape = {"hidden": WakeConfig.hidden, "frames_per_step": WakeConfig.frames_per_step}  # the wakeword stage's
+    wake = random_audio_model(21, frontend=fe, num_classes=2, name="wake", **shape)
     command = random_audio_model(16, frames_per_step=4, frontend=fe, hidden=64, num_classes=15, name="voice")
     pcm = test_stream(args.seconds)
     feats = features(pcm, fe)
@@ -108,7 +110,7 @@ def main() -> None:
             print(env, json.dumps(results[env]))
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps({"frontend": asdict(fe), "listen": asdict(cfg), "seconds": seconds,
-                                        "wake": {"hidden": 48, "frames_per_step": 2},
+                                        "wake": shape,
                                         "command": {"hidden": 64, "frames_per_step": 4, "classes": 15},
                                         "goals": GOALS, "envs": results}, indent=2) + "\n")
     rows = "\n".join(
@@ -128,7 +130,7 @@ def main() -> None:
     replace_section(HEADING, f"""{HEADING}
 
 The firmware with two libraries and the listener (docs/audio.md, "Wake word and commands on the
-device"): one front end; a wake-word model (hidden 48, 2 frames a step) re-run on the last
+device"): one front end; a wake-word model (hidden {shape['hidden']}, {shape['frames_per_step']} frames a step) re-run on the last
 {cfg.window} frames every {cfg.stride} frames; after a wake a command model (hidden 64, 4 frames a step,
 15 classes) hears the next {cfg.capture} frames. Seeded random weights (the cost depends on the shapes),
 {seconds:.0f} s of synthetic sound streamed hop by hop (320 samples a `listen`), the threshold at the 80th

@@ -48,13 +48,14 @@ def main() -> None:
     ap.add_argument("--speech", type=Path, default=ROOT / "build" / "voice", help="bench/voice.py's work folder")
     ap.add_argument("--keywords", default="3000,100,150", help="keyword clips for train,val,test")
     ap.add_argument("--near-misses", type=int, default=1500, help="near-miss clips (training voices)")
-    ap.add_argument("--frames-per-step", type=int, default=2, help="front-end frames per student step")
+    ap.add_argument("--frames-per-step", type=int, default=WakeConfig.frames_per_step,
+                    help="front-end frames per student step")
     ap.add_argument("--clips-per-intent", type=int, default=800, help="as bench/voice.py was run with")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--mining-keywords", type=int, default=1500,
                     help="keywords of training voices in the mining stream (0: no hard-negative mining)")
     ap.add_argument("--hard-negatives", type=int, default=6000, help="mined windows of highest margin kept as other")
-    ap.add_argument("--hidden", type=int, default=48)  # wake.hidden
+    ap.add_argument("--hidden", type=int, default=WakeConfig.hidden)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--md-only", action="store_true", help="rewrite the RESULTS.md section from "
                     "bench/results/wakeword.json (the settings it records, else these arguments)")
