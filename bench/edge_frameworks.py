@@ -96,9 +96,11 @@ def size_text(r: dict) -> str:
     return "; ".join(text) + "."
 
 
-def _axis(setting: dict) -> str:
-    """The embedding tables' block axis of a 4-bit setting ("/v": along the vocabulary)."""
-    return "/v" if setting.get("table_axis", 1) == 0 else ""
+def _int4(t: dict) -> str:
+    """A 4-bit setting in short: "gptq 32, tables 128/v" ("/v": the tables' blocks along the
+    vocabulary)."""
+    return (f"{t['algorithm']} {t['block_size']}, tables {t.get('table_block', t['block_size'])}"
+            + ("/v" if t.get("table_axis", 1) == 0 else ""))
 
 
 def markdown(results: list[dict], env: dict, command: str) -> str:
@@ -112,9 +114,10 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
              "Accuracy and agreement (same predicted class as onnxruntime's float model) are on the whole "
              "test split; \"loss\" is float accuracy minus this one, in points. 4-bit: onnxruntime's GPTQ "
              "cannot pack a MatMul whose input dimension holds an odd number of blocks; those are rounded to "
-             "nearest (RTN) in a GPTQ setting, and counted. A block size with \"/v\" blocks the embedding "
-             "tables along the vocabulary (a scale per block of tokens and column) instead of along each "
-             "token's vector. onnxruntime and TVM run "
+             "nearest (RTN) in a GPTQ setting, and counted. The embedding tables' blocks are chosen apart from "
+             "the MatMuls' (\"tables 128/v\": blocks of 128 along the vocabulary, a scale per block of tokens "
+             "and column; without \"/v\", along each token's vector); every setting tried, with its "
+             "validation accuracy and bytes, is in bench/edge_frameworks.json. onnxruntime and TVM run "
              "onnxruntime's quantized graphs; MNN and Core ML quantize with their own converters (weights "
              "only, the 4-bit block size chosen for onnxruntime). Core ML is converted and its spec checked, "
              "not run: its predictions need macOS.", ""]
@@ -122,11 +125,12 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
         s = r["settings"]
         int8 = f"per-{'channel' if s['int8']['per_channel'] else 'tensor'}"
         lstm = s["int4"].get("lstm_int4_tensors", 0)
-        int4 = (f"{s['int4']['algorithm'].upper()}, block {s['int4']['block_size']}{_axis(s['int4'])} "
-                f"({s['int4']['matmuls_gptq']} "
+        int4 = (f"{_int4(s['int4'])} ({s['int4']['matmuls_gptq']} "
                 f"MatMuls by GPTQ, {s['int4']['matmuls_rtn']} by RTN"
                 + (f"; {lstm} LSTM weight tensors int4 by RTN" if lstm else "") + ")")
         gptq = [t for t in s["int4"]["tried"] if t["algorithm"] == "gptq"]
+        done = [t for t in s["int4"]["tried"] if "val_accuracy" in t]
+        top = max(done, key=lambda t: t["val_accuracy"])
         own = r.get("env")
         lines += [f"### {NAMES[r['student']]}: float ONNX {r['float_onnx_bytes']:,} bytes, onnxruntime float "
                   f"accuracy {r['float_accuracy']:.4f}", "",
@@ -135,13 +139,11 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
                   f"accurate setting, `edge.quant_tolerance`): int8 {int8} (tried: "
                   + ", ".join(f"per-{'channel' if t['per_channel'] else 'tensor'}: {t['val_accuracy']:.4f}"
                               + (f", {t['bytes']:,} B" if "bytes" in t else "") for t in s["int8"]["tried"])
-                  + f"); 4-bit {int4} (tried: "
-                  + ", ".join(f"{t['algorithm']} {t['block_size']}{_axis(t)}: "
-                              + (f"{t['val_accuracy']:.4f}, {t['bytes']:,} B" if "val_accuracy" in t else "failed")
-                              + (f" ({t['matmuls_gptq']} GPTQ / {t['matmuls_rtn']} RTN)"
-                                 if t["algorithm"] == "gptq" and "val_accuracy" in t else "")
-                              for t in s["int4"]["tried"])
-                  + f"; GPTQ calibrated on {s['int4']['calibration_samples']} training samples)."
+                  + f"); 4-bit {int4}: {s['int4']['val_accuracy']:.4f}, {s['int4']['bytes']:,} B, of {len(done)} "
+                  f"settings tried (MatMuls by GPTQ and RTN in blocks of {', '.join(str(b) for b in sorted({t['block_size'] for t in done}))}, "
+                  f"tables in blocks along each vector and along the vocabulary), the most accurate {_int4(top)}: "
+                  f"{top['val_accuracy']:.4f}, {top['bytes']:,} B"
+                  + f". GPTQ calibrated on {s['int4']['calibration_samples']} training samples."
                   + (" GPTQ failed at every block size." if gptq and all("error" in t for t in gptq) else ""), "",
                   "| runtime | weights | test accuracy | loss (points) | agreement with onnxruntime float | max logit diff | file bytes | x smaller | ms / sample (median, p90) |",
                   "|---|---|---|---|---|---|---|---|---|"]

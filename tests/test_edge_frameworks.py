@@ -274,6 +274,70 @@ def test_graphs_carry_short_names_and_compute_the_same(student, tmp_path):
     assert b8.get("float scale", 0) > matmuls * 4 and "float other" not in b8, b8  # a float scale per weight
 
 
+def test_repeated_nodes_are_merged_and_compute_the_same(student, tmp_path):
+    """merge_duplicates keeps the first of the nodes that compute the same thing (the
+    exporter's repeated Constant nodes and shape arithmetic): the exported graph holds no two
+    such nodes and gives the same logits, bit for bit, as the exporter's own graph. Random
+    operators and a node that writes a graph output are never merged."""
+    model_t, path, ids, mask = student
+    raw = tmp_path / "raw.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model_t, (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), str(raw),
+                          input_names=NAMES, output_names=["logits"], opset_version=18, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "logits": {0: "b"}})
+    raw_model = onnx.load(str(raw))
+    merged = onnx.load(str(raw))
+    dropped = edge_quant.merge_duplicates(merged)
+    assert dropped > 0 and len(merged.graph.node) == len(raw_model.graph.node) - dropped
+    assert edge_quant.merge_duplicates(merged) == 0  # nothing left to merge
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(tmp_path / "merged.onnx"))
+    assert np.array_equal(_ort(raw, ids, mask), _ort(tmp_path / "merged.onnx", ids, mask))
+    assert len(onnx.load(str(path)).graph.node) == len(merged.graph.node)  # export_onnx merges too
+
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    one = lambda out: helper.make_node("Constant", [], [out], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    nodes = [one("c1"), one("c2"), helper.make_node("Add", ["x", "c1"], ["a1"]),
+             helper.make_node("Add", ["x", "c2"], ["a2"]),  # the same as a1 once c2 is c1
+             helper.make_node("RandomUniformLike", ["x"], ["r1"]), helper.make_node("RandomUniformLike", ["x"], ["r2"]),
+             helper.make_node("Mul", ["a1", "a2"], ["m"]), helper.make_node("Add", ["r1", "r2"], ["r"]),
+             helper.make_node("Add", ["x", "c2"], ["y"])]  # writes a graph output: kept
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("m", "r", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
+    assert edge_quant.merge_duplicates(model) == 2
+    kept = [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    assert ("Mul", ["a1", "a1"], ["m"]) in kept and ("Add", ["x", "c1"], ["y"]) in kept
+    assert sum(op == "RandomUniformLike" for op, _, _ in kept) == 2
+
+
+def test_int4_table_settings_share_one_quantization_of_the_matmuls(student, tmp_path):
+    """int4_variants quantizes the MatMuls once and the embedding tables once per (axis, block):
+    the variants' MatMulNBits weights are identical, their table scales are not; quantize_int4
+    with the same table setting writes the same graph. A table block onnxruntime cannot take
+    is named."""
+    _, path, ids, mask = student
+    variants = edge_quant.int4_variants(path, "rtn", 16, None, [(1, 16), (0, 64)])
+    assert list(variants) == [(1, 16), (0, 64)]
+
+    def parts(model):
+        inits = {t.name: t for t in model.graph.initializer}
+        get = lambda op, k: [onnx.numpy_helper.to_array(inits[n.input[k]]) for n in model.graph.node if n.op_type == op]
+        return get("MatMulNBits", 1), get("GatherBlockQuantized", 2)
+
+    (w1, s1), (w0, s0) = (parts(variants[t][0]) for t in ((1, 16), (0, 64)))
+    assert len(w1) == _weights(path) and all(np.array_equal(a, b) for a, b in zip(w1, w0))
+    assert [s.shape for s in s1] != [s.shape for s in s0]
+    q, counts = edge_quant.quantize_int4(path, tmp_path / "one.onnx", "rtn", 16, table_axis=0, table_block=64)
+    assert counts == variants[(0, 64)][1]
+    edge_quant.save(variants[(0, 64)][0], tmp_path / "variant.onnx")
+    assert q.read_bytes() == (tmp_path / "variant.onnx").read_bytes()
+    with pytest.raises(edge_quant.QuantizeError, match="table block 48"):
+        edge_quant.int4_variants(path, "rtn", 16, None, [(0, 48)])
+
+
 # -- MNN --------------------------------------------------------------------------------------
 
 def test_mnn_runs_the_converted_graph_like_onnxruntime(student, tmp_path):

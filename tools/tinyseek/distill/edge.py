@@ -368,12 +368,14 @@ def export_onnx(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, p
         torch.onnx.export(_Logits(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=["logits"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}})
-    # Short names: the exporter's ("/model/layers.0/attn/MatMul_output_0") are most of the
-    # graph's bytes; the quantized graphs get them too, so sizes compare like with like.
+    # Short names (the exporter's, "/model/layers.0/attn/MatMul_output_0", are most of the
+    # graph's bytes) and no repeated node; the quantized graphs get the same, so sizes compare
+    # like with like.
     import onnx
 
-    from ..export.edge_quant import compact_names
+    from ..export.edge_quant import compact_names, merge_duplicates
     model_proto = onnx.load(str(path), load_external_data=False)  # a large model's data files stay put
+    merge_duplicates(model_proto)
     compact_names(model_proto)
     onnx.save(model_proto, str(path))
     return path
