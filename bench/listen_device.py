@@ -10,7 +10,8 @@ bench/results/listen_device.json and a table in bench/RESULTS.md.
     .venv/bin/python bench/listen_device.py [--envs qemu_m4,qemu_m55,qemu_rv32] [--seconds 20]
 
 The weights are random (seeded): the cost depends on the shapes (the wake word of
-bench/wakeword.py: hidden 48, 2 frames a step, a 1 s window every 200 ms; the commands of
+bench/wakeword.py: hidden 48, 2 frames a step, a 1 s window every 200 ms, a wake at two checks
+in a row over the threshold; the commands of
 `task.kind = "audio"`: hidden 64, 4 frames a step, 15 classes, 3 s after a wake), not on the
 values. The threshold is the 80th percentile of the wake model's margins on this stream, so it
 wakes now and then and both paths run. qemu_esp8266 is left out: its simulated board keeps
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from tinyseek.audio.frontend import FrontendConfig, features  # noqa: E402
 from tinyseek.audio.listen import (ListenConfig, event_mismatches, listen_frames, wake_checks,  # noqa: E402
                                    wake_margins)
+from tinyseek.audio.wakeword import CONFIRM  # noqa: E402
 from tinyseek.codegen.render import render  # noqa: E402
 from tinyseek.config import WakeConfig  # noqa: E402
 from tinyseek.harness.bench import run_device_listen  # noqa: E402
@@ -68,7 +70,7 @@ def main() -> None:
     command = random_audio_model(16, frames_per_step=4, frontend=fe, hidden=64, num_classes=15, name="voice")
     pcm = test_stream(args.seconds)
     feats = features(pcm, fe)
-    cfg = ListenConfig()
+    cfg = ListenConfig(confirm=CONFIRM)  # the wakeword stage's: a wake at two checks in a row over the threshold
     margins = wake_margins(wake, feats, wake_checks(len(feats), cfg), cfg.window)
     cfg = replace(cfg, threshold=int(np.percentile(margins, 80)))
     want = listen_frames(wake, command, feats, cfg, margins)

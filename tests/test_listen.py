@@ -64,12 +64,30 @@ def test_the_rules_on_given_margins():
         listen_frames(wake, command, feats, ListenConfig(**SMALL), margins=np.zeros(3))
 
 
+def test_confirm_wakes_at_the_nth_check_in_a_row_over_the_threshold():
+    """confirm=2: one check over the threshold alone wakes nothing; the second in a row wakes
+    (its margin reported); the count starts again after a check under the threshold and after
+    a wake's rest."""
+    wake, _ = models()
+    feats = np.zeros((60, 40), np.int8)
+    cfg = ListenConfig(threshold=5, window=8, stride=2, rest=6, capture=0, confirm=2)
+    at = wake_checks(60, cfg)  # 8, 10, ..., 60
+    m = np.zeros(len(at), np.int64)
+    m[[0, 2, 3, 4, 5, 6, 7, 8, 10]] = [9, 5, 7, 8, 6, 9, 9, 5, 9]  # frames 8, 12-24, 28
+    events = listen_frames(wake, None, feats, cfg, margins=m)
+    # 8 alone; 12 and 14: a wake at 14 (margin 7); 16-18 rest; 20, 22: a wake at 22; 28 alone
+    assert [(e["frame"], e["margin"]) for e in events] == [(14, 7), (22, 9)]
+    one = listen_frames(wake, None, feats, ListenConfig(**{**cfg.__dict__, "confirm": 1}), margins=m)
+    assert [e["frame"] for e in one] == [8, 14, 20, 28]
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(window=7), "window=7 must be a positive multiple of the wake model's 2 frames"),
     (dict(stride=0), "stride must be at least 1"),
     (dict(capture=2), "capture=2 is shorter than one step of the command model"),
     (dict(threshold=2**31), "does not fit in int32"),
     (dict(rest=70000), "rest=70000 is not a frame count"),
+    (dict(confirm=0), "confirm=0 is not a count of checks"),
 ])
 def test_settings_that_cannot_run_are_refused(change, message):
     wake, command = models()
@@ -92,7 +110,7 @@ def test_models_that_cannot_listen_together_are_refused():
 def _listen_session(dut: HostDut, pcm: np.ndarray, cfg: ListenConfig, sizes) -> tuple[list[dict], list[list[str]]]:
     """`listen set`, then the stream in chunks of the given sizes; the events as the reference
     writes them (labels dropped, logits where the reply carries them)."""
-    cmds, marks, i = [f"listen set {cfg.threshold} {cfg.window} {cfg.stride} {cfg.rest} {cfg.capture}"], [], 0
+    cmds, marks, i = [f"listen set {cfg.threshold} {cfg.window} {cfg.stride} {cfg.rest} {cfg.capture} {cfg.confirm}"], [], 0
     for n in sizes:
         cmds += _load_cmds(pcm[i:i + n].astype("<i2").tobytes(), 200)
         cmds.append("listen")
@@ -137,31 +155,39 @@ def test_the_interpreter_listens_as_the_reference_in_any_chunking(tmp_path):
     events, replies = _listen_session(dut, pcm, cfg, sizes)
     _same(events, reference)
     assert parse_kv(_field(replies[0], "listen-config")) == {
-        "wake": "wake", "threshold": cfg.threshold, "window": 8, "stride": 2, "rest": 6, "capture": 12, "ring": 50,
-        "hop": 320}
+        "wake": "wake", "threshold": cfg.threshold, "window": 8, "stride": 2, "rest": 6, "capture": 12, "confirm": 1,
+        "ring": 50, "hop": 320}
     # hop by hop, as the harness sends it: every command's logits
     events, _ = _listen_session(dut, pcm, cfg, [320] * -(-len(pcm) // 320))
     _same(events, reference)
     assert sum("logits" in e for e in events) == kinds.count("command")
+    # two checks in a row to wake: fewer wakes, the same ones in C
+    twice = ListenConfig(**{**cfg.__dict__, "confirm": 2})
+    reference2 = listen(wake, command, pcm, twice)
+    assert 1 <= sum(e["event"] == "wake" for e in reference2) and reference2 != reference
+    events, _ = _listen_session(dut, pcm, twice, sizes)
+    _same(events, reference2)
 
 
 def test_the_interpreter_reports_listen_errors(tmp_path):
     wake, command = models(4)
     dut = HostDut(command, tmp_path, wake=wake)
-    replies = dut.session("listen", "listen config", "listen set 0 7 2 6 12", "listen set 0 52 2 6 12",
-                          "listen set 0 8 2 6 2", "listen set -5 8 2 6 0", "listen set x 8 2 6 0", "listen set 1 2",
-                          "listen louder", "listen reset")
+    replies = dut.session("listen", "listen config", "listen set 0 7 2 6 12 1", "listen set 0 52 2 6 12 1",
+                          "listen set 0 8 2 6 2 1", "listen set -5 8 2 6 0 3", "listen set x 8 2 6 0 1", "listen set 1 2",
+                          "listen louder", "listen reset", "listen set 0 8 2 6 0 0")
     errors = [line for r in replies for line in r if line.startswith("e-[")]
     assert "listen: no input loaded" in errors[0]
     assert parse_kv(_field(replies[1], "listen-config"))["window"] == 50  # the firmware's defaults
     assert "window must be a positive multiple of the wake model's frames per step" in errors[1]
     assert "window is longer than the frame ring" in errors[2]
     assert "capture is shorter than one step of the command model" in errors[3]
-    assert parse_kv(_field(replies[5], "listen-config"))["threshold"] == -5
+    assert {k: v for k, v in parse_kv(_field(replies[5], "listen-config")).items() if k in ("threshold", "confirm")} == \
+        {"threshold": -5, "confirm": 3}
     assert "THRESHOLD must be a whole number that fits in int32" in errors[4]
     assert "WINDOW, STRIDE, REST and CAPTURE must be frame counts" in errors[5]
     assert "unknown subcommand louder" in errors[6]
-    assert replies[-1] == ["m-listen-reset-done"]
+    assert replies[-2] == ["m-listen-reset-done"]
+    assert "CONFIRM must be a count of checks from 1 to 255" in errors[7]
     (tmp_path / "alone").mkdir()
     alone = HostDut(command, tmp_path / "alone")
     assert "this firmware has no wake-word model" in alone.session("listen")[0][0]

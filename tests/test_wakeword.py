@@ -109,7 +109,7 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
     out = json.loads((run.wake_dir / "wakeword.json").read_text())
     qm = QuantModel.load(run.wake_dir / "int8")
     assert qm.name == "ears_wake" and qm.num_classes == 2
-    assert qm.audio["wake"] == {"threshold": out["threshold"], "window": 50, "stride": 10, "rest": 50}
+    assert qm.audio["wake"] == {"threshold": out["threshold"], "window": 50, "stride": 10, "rest": 50, "confirm": 2}
     # 5 recordings: 3 train (10 placements each), 1 val, 1 test beside the synthesised ones.
     assert out["recordings"] == {"train": 3, "val": 1, "test": 1}
     assert out["train_windows"]["keyword"] == 12 + 30 and out["mined_windows"]["keyword"] > 0
@@ -119,13 +119,14 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
     header = (tmp_path / "lib" / "ears_wake" / "ears_wake_model.h").read_text()
     assert f"#define EARS_WAKE_WAKE_THRESHOLD {out['threshold']}" in header
     assert "#define TINYSEEK_WAKE_THRESHOLD EARS_WAKE_WAKE_THRESHOLD" in header
+    assert "#define EARS_WAKE_WAKE_CONFIRM 2" in header
     assert not run.stage("wakeword")  # unchanged inputs: skipped
     # The command model's SpecAugment is not the wake word's: a shift would move its keyword out.
     wake = [d for name, d in trained if name == "wakeword"]
     assert len(wake) == 2 and all(d.spec_shift_frames == d.spec_time_masks == d.spec_freq_masks == 0 for d in wake)
     from tinyseek.harness.report import _wake_lines
     text = "\n".join(_wake_lines(out))
-    assert 'Wake word "hey tiny"' in text and f"threshold {out['threshold']}" in text
+    assert 'Wake word "hey tiny"' in text and f"2 checks in a row over threshold {out['threshold']}" in text
     assert "Your recordings of the keyword (wake.recordings): 3 in training, 1 and 1" in text
     # Without the keyword the build drops the measurement, so the report shows no stale wake word.
     Run(load(overrides={k: v for k, v in cfg_overrides.items() if not k.startswith("wake.")}),
@@ -135,7 +136,7 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
 
 def test_a_wake_model_records_its_listener_settings_and_the_firmware_takes_them(tmp_path):
     wake, command = models(6)
-    settings = {"threshold": 1234, "window": 20, "stride": 4, "rest": 8}
+    settings = {"threshold": 1234, "window": 20, "stride": 4, "rest": 8, "confirm": 2}
     wake.audio = {**wake.audio, "wake": settings}
     wake.validate()
     wake.save(tmp_path / "int8")
@@ -144,8 +145,13 @@ def test_a_wake_model_records_its_listener_settings_and_the_firmware_takes_them(
     dut = HostDut(command, tmp_path / "dut", wake=wake)
     config = parse_kv(_field(dut.session("listen config")[0], "listen-config"))
     assert {k: config[k] for k in settings} == settings and config["ring"] == 20
+    older = {k: v for k, v in settings.items() if k != "confirm"}  # saved before confirm existed: 1
+    wake.audio = {**wake.audio, "wake": older}
+    wake.validate()
+    assert ListenConfig.of(wake).confirm == 1
     for bad, message in (({**settings, "window": 21}, "window a multiple of 2"),
-                         ({"threshold": 1}, "integers"), ({**settings, "stride": True}, "integers")):
+                         ({"threshold": 1}, "integers"), ({**settings, "stride": True}, "integers"),
+                         ({**settings, "confirm": 0}, "confirm 1..255")):
         wake.audio = {**wake.audio, "wake": bad}
         with pytest.raises(ModelFileError, match=message):
             wake.validate()
@@ -173,8 +179,10 @@ def test_chunked_stream_features_equal_one_pass() -> None:
 def test_detection_counts_hits_false_accepts_and_rests() -> None:
     at = np.arange(50, 1000, 10)
     margin = np.zeros(len(at), np.int64)
-    margin[at == 300] = margin[at == 310] = 9  # one keyword ending at frame 300: the second run rests
-    margin[at == 700] = 9                      # no keyword near frame 700: a false accept
+    assert wakeword.CONFIRM == 2  # a detection: two checks in a row over the threshold
+    margin[(at >= 290) & (at <= 320)] = 9  # one keyword ending at frame 300: a wake at 300, then rest
+    margin[at == 500] = 9                  # one check alone: nothing
+    margin[(at == 700) | (at == 710)] = 9  # no keyword near frame 700: a false accept
     got = wakeword.detect(at, margin, 5, spans=[(260, 300), (860, 900)], other_seconds=3600)
     assert (got["detected"], got["false_accepts"], got["keywords"], got["false_accepts_per_hour"]) == (1, 1, 2, 1.0)
 

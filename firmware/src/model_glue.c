@@ -84,7 +84,8 @@ static int feed_audio(void *state, const int16_t *pcm, int n) {
 
 /* Defaults of `listen set`, in frames of the front end: the wake model's own where its header
  * records them (TINYSEEK_WAKE_*: the settings `tinyseek build` measured it with), else a 1 s
- * window checked every 200 ms, 1 s of rest; 3 s of command after a wake
+ * window checked every 200 ms, 1 s of rest, a wake at the first check over the threshold; 3 s of
+ * command after a wake
  * (tools/tinyseek/audio/listen.py: ListenConfig). A -D flag overrides either. */
 #ifndef TINYSEEK_LISTEN_THRESHOLD
 #ifdef TINYSEEK_WAKE_THRESHOLD
@@ -117,6 +118,13 @@ static int feed_audio(void *state, const int16_t *pcm, int n) {
 #ifndef TINYSEEK_LISTEN_CAPTURE
 #define TINYSEEK_LISTEN_CAPTURE 150
 #endif
+#ifndef TINYSEEK_LISTEN_CONFIRM
+#ifdef TINYSEEK_WAKE_CONFIRM
+#define TINYSEEK_LISTEN_CONFIRM TINYSEEK_WAKE_CONFIRM
+#else
+#define TINYSEEK_LISTEN_CONFIRM 1
+#endif
+#endif
 #ifndef TINYSEEK_LISTEN_RING /* frames kept: the longest window `listen set` can ask for */
 #define TINYSEEK_LISTEN_RING TINYSEEK_LISTEN_WINDOW
 #endif
@@ -146,7 +154,7 @@ static ts_listener ts_listener_of_firmware = {
     .pcm = ts_listen_pcm, .frame = ts_listen_frame, .ring = ts_listen_ring, .ring_frames = TINYSEEK_LISTEN_RING,
     .step = ts_listen_step, .logits = ts_listen_logits,
     .cfg = {TINYSEEK_LISTEN_THRESHOLD, TINYSEEK_LISTEN_WINDOW, TINYSEEK_LISTEN_STRIDE, TINYSEEK_LISTEN_REST,
-            TINYSEEK_LISTEN_CAPTURE},
+            TINYSEEK_LISTEN_CAPTURE, TINYSEEK_LISTEN_CONFIRM},
 };
 #define TS_LISTENER (&ts_listener_of_firmware)
 #else

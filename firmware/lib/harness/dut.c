@@ -47,7 +47,7 @@
 #define USAGE_DB_PRINT "db print [N [OFFSET]]"
 #define USAGE_INFER "infer [N [W]]"
 #define USAGE_SYNC "sync TOKEN"
-#define USAGE_LISTEN "listen [reset | config | set THRESHOLD WINDOW STRIDE REST CAPTURE]"
+#define USAGE_LISTEN "listen [reset | config | set THRESHOLD WINDOW STRIDE REST CAPTURE CONFIRM]"
 #define NO_LISTENER                                                                                  \
     "listen: this firmware has no wake-word model; build it beside an audio model with "           \
     "TINYSEEK_WAKE_MODEL=<name> or TINYSEEK_WAKE_MODEL_DIR=<folder>"
@@ -672,16 +672,16 @@ static void listen_event(void *ctx, const ts_listen_event *e) {
 
 static void out_listen_config(void) {
     const ts_listener *l = M->listener;
-    dut_outf("m-listen-config-[wake=%s,threshold=%d,window=%u,stride=%u,rest=%u,capture=%u,ring=%u,hop=%u]\r\n",
-             l->wake->name, (long)l->cfg.threshold, (unsigned long)l->cfg.window, (unsigned long)l->cfg.stride,
-             (unsigned long)l->cfg.rest, (unsigned long)l->cfg.capture, (unsigned long)l->ring_frames,
-             (unsigned long)l->hop);
+    dut_outf("m-listen-config-[wake=%s,threshold=%d,window=%u,stride=%u,rest=%u,capture=%u,confirm=%u,ring=%u,"
+             "hop=%u]\r\n", l->wake->name, (long)l->cfg.threshold, (unsigned long)l->cfg.window,
+             (unsigned long)l->cfg.stride, (unsigned long)l->cfg.rest, (unsigned long)l->cfg.capture,
+             (unsigned long)l->cfg.confirm, (unsigned long)l->ring_frames, (unsigned long)l->hop);
 }
 
-/* `listen set`: a signed threshold, then four frame counts. */
+/* `listen set`: a signed threshold, four frame counts and a count of checks. */
 static void cmd_listen_set(const char *pos, const char *end) {
     ts_listen_config c;
-    unsigned long v[5];
+    unsigned long v[6];
     const char *e;
     tok_t t = next_tok(&pos, end);
     int negative = t.n > 1 && t.p[0] == '-', i;
@@ -689,11 +689,14 @@ static void cmd_listen_set(const char *pos, const char *end) {
         t.p++;
         t.n--;
     }
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < 6; i++) {
         if (i > 0) t = next_tok(&pos, end);
-        if (!parse_ulong(t, i == 0 ? 0x7FFFFFFFul + (unsigned long)negative : 65535ul, &v[i])) {
-            dut_err("listen set: %s must be %s; usage: %s", i == 0 ? "THRESHOLD" : "WINDOW, STRIDE, REST and CAPTURE",
-                    i == 0 ? "a whole number that fits in int32" : "frame counts from 0 to 65535", USAGE_LISTEN);
+        if (!parse_ulong(t, i == 0 ? 0x7FFFFFFFul + (unsigned long)negative : i == 5 ? 255ul : 65535ul, &v[i]) ||
+            (i == 5 && v[i] < 1)) {
+            dut_err("listen set: %s must be %s; usage: %s",
+                    i == 0 ? "THRESHOLD" : i == 5 ? "CONFIRM" : "WINDOW, STRIDE, REST and CAPTURE",
+                    i == 0 ? "a whole number that fits in int32" : i == 5 ? "a count of checks from 1 to 255"
+                                                                  : "frame counts from 0 to 65535", USAGE_LISTEN);
             return;
         }
     }
@@ -703,6 +706,7 @@ static void cmd_listen_set(const char *pos, const char *end) {
     c.stride = (uint16_t)v[2];
     c.rest = (uint16_t)v[3];
     c.capture = (uint16_t)v[4];
+    c.confirm = (uint8_t)v[5];
     e = ts_listen_configure(M->listener, &c);
     if (e != NULL) {
         dut_err("listen set: %s; the settings are unchanged", e);

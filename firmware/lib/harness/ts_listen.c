@@ -28,6 +28,7 @@ const char *ts_listen_configure(ts_listener *l, const ts_listen_config *cfg) {
         return "window is longer than the frame ring; build with a larger TINYSEEK_LISTEN_RING";
     }
     if (cfg->stride < 1) return "stride must be at least 1 frame";
+    if (cfg->confirm < 1) return "confirm must be at least 1 check";
     if (cfg->capture > 0 && l->command == NULL) {
         return "capture needs a command model; set capture 0 for a wake word alone";
     }
@@ -63,6 +64,7 @@ void ts_listen_reset(ts_listener *l) {
     l->next_check = l->cfg.window;
     l->quiet_until = 0;
     l->capture_end = 0;
+    l->in_a_row = 0;
 }
 
 /* The wake model on the window of frames that ends with the newest one, from a reset. */
@@ -119,11 +121,15 @@ static int heard(ts_listener *l) {
     }
     if (l->frames == l->next_check) {
         l->next_check += l->cfg.stride;
-        if (l->frames >= l->quiet_until) {
+        if (l->frames < l->quiet_until) {
+            l->in_a_row = 0; /* no check while quiet: the count starts again after it */
+        } else {
             int32_t margin = wake_margin(l);
-            if (margin >= l->cfg.threshold) {
+            l->in_a_row = margin >= l->cfg.threshold ? (uint8_t)(l->in_a_row + 1) : 0;
+            if (l->in_a_row >= l->cfg.confirm) {
                 uint16_t quiet = l->cfg.rest > l->cfg.capture ? l->cfg.rest : l->cfg.capture;
                 l->quiet_until = l->frames + quiet;
+                l->in_a_row = 0;
                 if (l->cfg.capture > 0) {
                     l->command->reset(l->command_state);
                     l->step_fill = 0;

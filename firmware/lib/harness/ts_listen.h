@@ -24,6 +24,7 @@ typedef struct {
     uint16_t stride;   /* frames between wake checks */
     uint16_t rest;     /* frames after a wake with no check */
     uint16_t capture;  /* frames the command model hears after a wake; 0: wake word only */
+    uint8_t confirm;   /* checks in a row at or over the threshold that make a wake: 1 to 255 */
 } ts_listen_config;
 
 enum { TS_LISTEN_WAKE = 1, TS_LISTEN_COMMAND = 2 };
@@ -66,6 +67,7 @@ typedef struct ts_listener {
     uint32_t next_check;   /* the frame count of the next wake check: window, window + stride, ... */
     uint32_t quiet_until;  /* no wake check before this many frames */
     uint32_t capture_end;  /* while capturing: the frame count that decides the command; else 0 */
+    uint8_t in_a_row;      /* checks in a row at or over the threshold so far */
 } ts_listener;
 
 /* Checks the models and the buffers, sets cfg and resets; NULL, or what is wrong (the fix in

@@ -3,11 +3,14 @@ in integers: the integer reference the C listener is checked against, event for 
 
 One front end runs on the stream. Its frames go into a ring of the last `window` frames; every
 `stride` frames the wake-word model reads that window afresh (reset, window / k steps), and
-when its margin logits[1] - logits[0] reaches `threshold` the listener reports a wake. The
+when its margin logits[1] - logits[0] reaches `threshold` at `confirm` checks in a row the
+listener reports a wake. The
 command model then hears the next `capture` frames (from a reset, k frames to a step) and its
 logits are reported as the command. No wake is checked for max(rest, capture) frames after a
 wake. The detector is the window classifier of TFLite Micro's micro_speech, re-run on a
-sliding window; the spec is in docs/audio.md ("Wake word and commands on the device").
+sliding window; a wake needs `confirm` checks in a row at or over the threshold (posterior
+smoothing: one loud check alone wakes nothing). The spec is in docs/audio.md ("Wake word and
+commands on the device").
 """
 from __future__ import annotations
 
@@ -35,12 +38,13 @@ class ListenConfig:
     stride: int = 10     # frames between wake checks (200 ms)
     rest: int = 50       # frames after a wake with no check
     capture: int = 150   # frames the command model hears after a wake (3 s); 0: no command
+    confirm: int = 1     # checks in a row at or over the threshold that make a wake
 
     @classmethod
     def of(cls, wake: QuantModel, capture: int = 150) -> "ListenConfig":
         """The settings a wake model was measured with (its audio["wake"], as `tinyseek build`
         records them and the firmware takes as its defaults), else the defaults above."""
-        return cls(**(wake.audio or {}).get("wake", {}), capture=capture)
+        return cls(**(wake.audio or {}).get("wake", {}), capture=capture)  # a wake word saved without "confirm": 1
 
     def check(self, wake: QuantModel, command: QuantModel | None) -> None:
         """ListenError naming the problem unless the two models and these settings fit together."""
@@ -61,6 +65,8 @@ class ListenConfig:
         for field in ("window", "stride", "rest", "capture"):
             if not 0 <= getattr(self, field) <= 65535:
                 raise ListenError(f"{field}={getattr(self, field)} is not a frame count from 0 to 65535")
+        if not 1 <= self.confirm <= 255:
+            raise ListenError(f"confirm={self.confirm} is not a count of checks from 1 to 255")
         if not INT32[0] <= self.threshold <= INT32[1]:
             raise ListenError(f"threshold={self.threshold} does not fit in int32")
         if self.window < k or self.window % k:
@@ -92,14 +98,18 @@ def wake_margins(wake: QuantModel, feats: np.ndarray, at: np.ndarray, window: in
 
 
 def wakes(at: np.ndarray, margins: np.ndarray, cfg: ListenConfig) -> list[int]:
-    """Indices into `at` (wake_checks) of the checks that wake: margin >= threshold, and
-    max(rest, capture) frames after the last wake."""
+    """Indices into `at` (wake_checks) of the checks that wake: the `confirm`-th check in a row
+    with margin >= threshold, counted from max(rest, capture) frames after the last wake (no
+    check runs before: the count starts again)."""
     quiet = max(cfg.rest, cfg.capture)
-    out, until = [], 0
+    out, until, run = [], 0, 0
     for i, (a, margin) in enumerate(zip(at.tolist(), np.asarray(margins).tolist())):
-        if a >= until and margin >= cfg.threshold:
+        if a < until:
+            continue
+        run = run + 1 if margin >= cfg.threshold else 0
+        if run >= cfg.confirm:
             out.append(i)
-            until = a + quiet
+            until, run = a + quiet, 0
     return out
 
 

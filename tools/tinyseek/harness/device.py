@@ -96,7 +96,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     elf = out["memory"]["elf"]
     seconds = len(times) * fe.hop / fe.sample_rate
     return {"keyword": run.cfg.wake.keyword, "config": {k: getattr(cfg, k) for k in
-                                                        ("threshold", "window", "stride", "rest", "capture")},
+                                                        ("threshold", "window", "stride", "rest", "capture", "confirm")},
             "seconds": seconds, "keywords": len(kws), "events": len(want), "mismatches": mismatches,
             "bitexact": mismatches == 0 and len(want) > 0, "wakes": len(wakes), "keywords_detected": len(heard),
             "false_wakes": len(false), "commands_right": int(right), "unit": out["unit"],

@@ -198,10 +198,10 @@ class DutClient:
 
     # -- the listener: a wake word gating commands (firmware/lib/harness/ts_listen.h) --------
     def listen_config(self, cfg=None) -> dict:
-        """`listen set` with a ListenConfig's threshold, window, stride, rest and capture (None:
-        `listen config`); the device's settings as it reports them."""
+        """`listen set` with a ListenConfig's threshold, window, stride, rest, capture and confirm
+        (None: `listen config`); the device's settings as it reports them."""
         command = ("listen config" if cfg is None else
-                   f"listen set {cfg.threshold} {cfg.window} {cfg.stride} {cfg.rest} {cfg.capture}")
+                   f"listen set {cfg.threshold} {cfg.window} {cfg.stride} {cfg.rest} {cfg.capture} {cfg.confirm}")
         return parse_kv(self.command(command).field("listen-config"))
 
     def listen_reset(self) -> None:

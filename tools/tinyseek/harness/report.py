@@ -140,7 +140,8 @@ def _wake_lines(w: dict) -> list[str]:
                 f"{span} of other audio ({r['false_accepts_per_hour']:.1f} per hour) |")
     return ["", f"## Wake word \"{w['keyword']}\"", "",
             f"Library `{w['library']}`; a check of the last {w['window']} frames every {w['stride']} frames, "
-            f"threshold {w['threshold']} (the lowest that keeps the validation stream to "
+            f"a wake at {w.get('confirm', 1)} check{'s' if w.get('confirm', 1) > 1 else ''} in a row over threshold "
+            f"{w['threshold']} (the lowest that keeps the validation stream to "
             f"{w['false_accepts_per_hour_allowed']:g} false accepts per hour), {w['rest']} frames of rest after a wake. "
             "Streams: the split's clips one after another with keywords of its voices between them; a wake from a "
             "keyword's start to 0.5 s after its end finds it, one up to 1 s after its end is no false accept "

@@ -119,7 +119,8 @@ class QuantModel:
     # The device runs the front end on int16 samples and steps the LSTM once per k frames, on
     # their concatenation (num_features = k * channels); None: int8 feature vectors in. A wake
     # word also records the listener settings it was measured with (tinyseek.audio.listen):
-    # "wake": {"threshold", "window", "stride", "rest"}, the firmware's defaults for it.
+    # "wake": {"threshold", "window", "stride", "rest", "confirm"} (without "confirm": 1), the
+    # firmware's defaults for it.
     audio: dict | None = None
 
     @property
@@ -338,12 +339,13 @@ class QuantModel:
         need(isinstance(k, int) and 1 <= k <= 50, f"audio frames_per_step must be 1..50, not {k!r}")
         if "wake" in self.audio:
             w = self.audio["wake"]
-            need(isinstance(w, dict) and set(w) == {"threshold", "window", "stride", "rest"}
+            need(isinstance(w, dict) and set(w) - {"confirm"} == {"threshold", "window", "stride", "rest"}
                  and all(isinstance(v, int) and not isinstance(v, bool) for v in w.values()),
-                 'audio.wake must be {"threshold", "window", "stride", "rest"}, integers')
+                 'audio.wake must be {"threshold", "window", "stride", "rest", "confirm"}, integers')
             need(-2**31 <= w["threshold"] < 2**31 and all(0 <= w[f] <= 65535 for f in ("window", "stride", "rest"))
-                 and w["window"] >= k and w["window"] % k == 0 and w["stride"] >= 1,
-                 f"audio.wake {w} out of range: threshold int32, window a multiple of {k} frames, stride >= 1")
+                 and w["window"] >= k and w["window"] % k == 0 and w["stride"] >= 1 and 1 <= w.get("confirm", 1) <= 255,
+                 f"audio.wake {w} out of range: threshold int32, window a multiple of {k} frames, stride >= 1, "
+                 "confirm 1..255")
             need(self.num_classes == 2, f"a wake word has 2 classes (other, the word), not {self.num_classes}")
         try:
             fe = self.frontend
