@@ -242,6 +242,13 @@ def test_your_recordings_join_the_keywords_of_their_split(tmp_path):
     assert all(len(x) < 0.6 * 16000 + 10 for x in split["train"])  # trimmed to the speech
     placed = wakeword.placed_recordings(split["train"], "train", 0, wakeword.RECORDING_COPIES)
     assert len(placed) == 60 and not np.array_equal(placed[0], placed[1])  # each copy placed anew
+    # Each copy holds the whole recording: it starts 0 to 100 ms into a clip 100 ms longer.
+    leads = []
+    for k, x in enumerate(placed):
+        speech = split["train"][k // wakeword.RECORDING_COPIES].astype(np.float64)
+        assert len(x) == len(speech) + wakeword.KEYWORD_PAD
+        leads.append(int(np.argmax(np.correlate(np.pad(x.astype(np.float64), (0, 3200)), speech, "valid"))))
+    assert 0 <= min(leads) and max(leads) < wakeword.KEYWORD_PAD and len(set(leads)) > 10
     for s, n in (("train", 3), ("val", 1), ("test", 1)):
         _recordings(tmp_path / "split" / s, n)
     assert {s: len(v) for s, v in wakeword.keyword_recordings(tmp_path / "split", 0, 0.2, 0.2).items()} == \

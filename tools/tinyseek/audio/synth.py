@@ -143,10 +143,11 @@ def room(wav: bytes, rng: random.Random, fit: int | None = None) -> np.ndarray:
     return out
 
 
-def place(speech: np.ndarray, clip_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """The utterance at a seeded level and start in a fixed-length clip, with seeded noise (white
-    or brown-ish, 5 to 30 dB under the speech) over the whole clip."""
-    lead = int(rng.integers(0, MAX_LEAD))
+def place(speech: np.ndarray, clip_samples: int, rng: np.random.Generator, max_lead: int = MAX_LEAD) -> np.ndarray:
+    """The utterance at a seeded level and start (before `max_lead` samples) in a fixed-length
+    clip, with seeded noise (white or brown-ish, 5 to 30 dB under the speech) over the whole
+    clip. What does not fit after the start is cut off."""
+    lead = int(rng.integers(0, max_lead))
     speech = speech[:clip_samples - lead].astype(np.float64) * 10 ** (rng.uniform(-18, -1) / 20)
     clip = np.zeros(clip_samples)
     clip[lead:lead + len(speech)] = speech

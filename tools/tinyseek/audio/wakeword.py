@@ -46,6 +46,7 @@ CONFIRM = 2
 HIT_AFTER, MASK_AFTER = 25, 50
 KEYWORD_END = 19  # a training window is the keyword when it ends 0-19 frames after the keyword does
 KEYWORD_SAMPLES = SAMPLE_RATE - 800  # the longest keyword kept: 950 ms, so with its padding it fits the window
+KEYWORD_PAD = 1600  # a keyword clip is its speech and 100 ms of noise, before it (0 to 100 ms) and after
 
 
 def _speech(x: np.ndarray) -> np.ndarray:
@@ -58,7 +59,7 @@ def _speech(x: np.ndarray) -> np.ndarray:
 
 def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword: str) -> list[np.ndarray]:
     """n utterances of `texts` in turn by `split`'s English voices, each trimmed to its speech
-    (at most 1 s with its 100 ms of padding). Each is seeded by its index, so they are made in
+    and placed whole in a clip 100 ms longer (at most 1.05 s). Each is seeded by its index, so they are made in
     parallel (the synthesisers are separate processes) and come out the same in any order."""
     def one(i: int) -> np.ndarray:
         text = texts[i % len(texts)]
@@ -67,7 +68,8 @@ def keyword_clips(split: str, n: int, seed: int, texts: tuple[str, ...], keyword
         pool = VOICES["en"][split]
         voice = pool[rng.randrange(len(pool))]
         speech = _speech(room(speak(text, voice, rng), rng))[:KEYWORD_SAMPLES]
-        return place(speech, len(speech) + 1600, np.random.default_rng([seed, 7, SPLITS.index(split), i]))
+        return place(speech, len(speech) + KEYWORD_PAD, np.random.default_rng([seed, 7, SPLITS.index(split), i]),
+                     max_lead=KEYWORD_PAD)
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(n)))
@@ -116,9 +118,10 @@ def keyword_recordings(folder: str | Path, seed: int, val_fraction: float, test_
 
 
 def placed_recordings(speech: list[np.ndarray], split: str, seed: int, copies: int) -> list[np.ndarray]:
-    """Recordings as the synthesised keywords are made: 50 ms before and after, a seeded level
-    and noise (tinyseek.audio.synth.place); `copies` placements of each."""
-    return [place(x, len(x) + 1600, np.random.default_rng([seed, 19, SPLITS.index(split), i, c]))
+    """Recordings as the synthesised keywords are made: 100 ms of noise split at random before and
+    after, a seeded level (tinyseek.audio.synth.place); `copies` placements of each."""
+    return [place(x, len(x) + KEYWORD_PAD, np.random.default_rng([seed, 19, SPLITS.index(split), i, c]),
+                  max_lead=KEYWORD_PAD)
             for i, x in enumerate(speech) for c in range(copies)]
 
 
