@@ -95,8 +95,8 @@ def main() -> None:
 
 def _wakes(confirm: int) -> str:
     return ("A wake is the first check over the threshold." if confirm == 1 else
-            f"A wake takes {confirm} checks in a row over the threshold (posterior smoothing; 1 check found 93 % "
-            "of the validation keywords at 1 false accept per hour, 2 in a row 98 %, 3 88 %).")
+            f"A wake takes {confirm} checks in a row over the threshold (posterior smoothing, chosen on the "
+            "validation stream: docs/audio.md).")
 
 
 def write_section(out: dict, args) -> None:
