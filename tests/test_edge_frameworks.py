@@ -247,6 +247,17 @@ def test_int4_lstm_weights_dequantize_to_their_rounded_blocks(lstm, tmp_path):
     assert "DequantizeLinear" not in edge_quant.op_counts(tmp_path / "loaded.onnx")
 
 
+def _exporters_own(model_t, ids, mask, path: Path) -> Path:
+    """The TorchScript exporter's graph as it writes it: long names, repeated nodes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model_t, (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), str(path),
+                          input_names=NAMES, output_names=["logits"], opset_version=18, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "logits": {0: "b"}})
+    return path
+
+
 def test_graphs_carry_short_names_and_compute_the_same(student, tmp_path):
     """The exported and quantized graphs name their nodes and tensors shortly (the exporter's
     names were most of the graph's bytes), keep the inputs and outputs callers bind by name,
@@ -258,13 +269,7 @@ def test_graphs_carry_short_names_and_compute_the_same(student, tmp_path):
     values = {x for n in model.graph.node for x in list(n.input) + list(n.output)} - set(NAMES) - {"logits", ""}
     assert values and max(len(v) for v in values) <= 4 and max(len(n.name) for n in model.graph.node) <= 4
     # The same graph under the exporter's own names: the same logits, bit for bit, more bytes.
-    long_path = tmp_path / "long.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model_t, (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), str(long_path),
-                          input_names=NAMES, output_names=["logits"], opset_version=18, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                        "logits": {0: "b"}})
+    long_path = _exporters_own(model_t, ids, mask, tmp_path / "long.onnx")
     assert np.array_equal(_ort(long_path, ids, mask), _ort(path, ids, mask))
     assert path.stat().st_size < long_path.stat().st_size
     q8 = edge_quant.quantize_int8(path, tmp_path / "int8.onnx", per_channel=True)
@@ -280,13 +285,7 @@ def test_repeated_nodes_are_merged_and_compute_the_same(student, tmp_path):
     such nodes and gives the same logits, bit for bit, as the exporter's own graph. Random
     operators and a node that writes a graph output are never merged."""
     model_t, path, ids, mask = student
-    raw = tmp_path / "raw.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model_t, (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2])), str(raw),
-                          input_names=NAMES, output_names=["logits"], opset_version=18, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                        "logits": {0: "b"}})
+    raw = _exporters_own(model_t, ids, mask, tmp_path / "raw.onnx")
     raw_model = onnx.load(str(raw))
     merged = onnx.load(str(raw))
     dropped = edge_quant.merge_duplicates(merged)
