@@ -5,6 +5,7 @@ keep it to a few Ray start-ups (seconds each)."""
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 from dataclasses import replace
@@ -148,11 +149,14 @@ def test_killed_workers_and_an_interrupted_driver_leave_every_shard_once(cluster
     log, again, killed2 = Logged(), [], []
     _kill_on_handout(monkeypatch, 1, "process", killed2)
     extract(task, RAY, run2, batch_size=BATCH, on_shard=lambda s, k, p: again.append((s, k)), log=log)
-    assert len(again) == len(set(again)) == 5 - len(written)
-    assert {f"{s}-{k:05d}.safetensors" for s, k in again} | set(written) == {
-        f"{s}-{k:05d}.safetensors" for s, k in ALL_SHARDS}
-    assert any(f"{5 - len(written)} of 5 shards to compute, {len(written)} kept from an earlier run" in line
-               for line in log)
+    # The first run's workers may land more whole shards after the listing above, as they go
+    # down: the rerun keeps whatever is whole when it starts, and says how many.
+    kept = [int(m.group(1)) for line in log
+            if (m := re.search(r"of 5 shards to compute, (\d+) kept from an earlier run", line))]
+    assert len(kept) == 1 and len(written) <= kept[0] < 5
+    assert len(again) == len(set(again)) == 5 - kept[0]
+    computed = {f"{s}-{k:05d}.safetensors" for s, k in again}
+    assert not computed & set(written) and computed <= {f"{s}-{k:05d}.safetensors" for s, k in ALL_SHARDS}
     redone = _record(run2)["shards_redone"]  # the killed worker's shard, and the next one queued on it
     assert len(killed2) == 1 and killed2[0] in redone and len(set(redone)) == len(redone) <= 2
     assert [line.split("died holding shard ")[1].split()[0] for line in log if "died holding" in line] == redone
