@@ -397,9 +397,9 @@ def build_wakeword(cfg, ds: Dataset, work: Path, lib_dir: Path, log=print) -> di
                              recorded["train"])
     val = measure(qm, ds.val.audio, kws["val"], w.seed)
     threshold = threshold_for(val, w.false_accepts_per_hour)
-    qm = replace(qm, name=f"{cfg.model_name}_wake",
-                 audio={**qm.audio, "wake": {"threshold": threshold, "window": WINDOW, "stride": STRIDE, "rest": REST,
-                                             "confirm": CONFIRM}})
+    # The listener it was measured with, as the model records it (no command model: no capture).
+    settings = {k: v for k, v in asdict(listener(threshold)).items() if k != "capture"}
+    qm = replace(qm, name=f"{cfg.model_name}_wake", audio={**qm.audio, "wake": settings})
     qm.save(work / "int8")
     render(qm, lib_dir)
     checked = verify_audio_host(qm, lib_dir, kws["test"][:16])
@@ -407,9 +407,9 @@ def build_wakeword(cfg, ds: Dataset, work: Path, lib_dir: Path, log=print) -> di
         raise VerifyError(f"the wake-word library {lib_dir} differs from the integer reference on "
                           f"{checked.mismatches} of {checked.samples} clips ({checked.first_mismatch})")
     test = measure(qm, ds.test.audio, kws["test"], w.seed)  # the test stream: read once, for the report
-    out.update(recordings={s: len(mine[s]) for s in SPLITS},
-               threshold=threshold, false_accepts_per_hour_allowed=w.false_accepts_per_hour, window=WINDOW,
-               stride=STRIDE, rest=REST, confirm=CONFIRM, val=val.detect(threshold), test=test.detect(threshold),
+    out.update(recordings={s: len(mine[s]) for s in SPLITS}, **settings,
+               false_accepts_per_hour_allowed=w.false_accepts_per_hour, val=val.detect(threshold),
+               test=test.detect(threshold),
                library=str(lib_dir), host_check={"clips": checked.samples, "compiler": checked.compiler, "bitexact": True})
     (work / "wakeword.json").write_text(json.dumps(out, indent=2) + "\n")
     for s in ("val", "test"):

@@ -3,6 +3,7 @@ checked against the integer reference, written to the run's device.json for the 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 
@@ -95,8 +96,7 @@ def listen_on_device(run, env: str, port: str | None, test, clock: float) -> dic
     decisions = [c["time"] for c in out["chunks"] if "command" in c["events"]]
     elf = out["memory"]["elf"]
     seconds = len(times) * fe.hop / fe.sample_rate
-    return {"keyword": run.cfg.wake.keyword, "config": {k: getattr(cfg, k) for k in
-                                                        ("threshold", "window", "stride", "rest", "capture", "confirm")},
+    return {"keyword": run.cfg.wake.keyword, "config": asdict(cfg),
             "seconds": seconds, "keywords": len(kws), "events": len(want), "mismatches": mismatches,
             "bitexact": mismatches == 0 and len(want) > 0, "wakes": len(wakes), "keywords_detected": len(heard),
             "false_wakes": len(false), "commands_right": int(right), "unit": out["unit"],
