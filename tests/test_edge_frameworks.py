@@ -77,7 +77,7 @@ def test_int8_dynamic_quantizes_every_weight_matmul_and_shrinks_the_file(student
 def test_int4_rtn_packs_matmuls_and_the_embedding_into_4_bit_blocks(student, tmp_path):
     _, path, ids, mask = student
     q, counts = edge_quant.quantize_int4(path, tmp_path / "int4.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": _weights(path), "lstm_int4_tensors": 0}
+    assert counts == {"matmuls_gptq": 0, "matmuls_rtn": _weights(path), "lstm_int4_tensors": 0, "half_scales": 2}
     ops = edge_quant.op_counts(q)
     assert ops.get("MatMulNBits", 0) == _weights(path) and "Gemm" not in ops  # the head too
     assert ops.get("GatherBlockQuantized", 0) == 2  # the token and the position embedding tables
@@ -139,7 +139,8 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
               "attention_mask": mask[n:n + 1, :max(1, int(mask[n].sum()))]} for n in range(len(ids))]
     gptq, counts = edge_quant.quantize_int4(path, tmp_path / "gptq.onnx", "gptq", 16, calib)
     rtn, _ = edge_quant.quantize_int4(path, tmp_path / "rtn.onnx", "rtn", 16)
-    assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0, "lstm_int4_tensors": 0}
+    assert counts == {"matmuls_gptq": _weights(path), "matmuls_rtn": 0, "lstm_int4_tensors": 0,
+                      "half_scales": 2}
     assert edge_quant.op_counts(gptq)["MatMulNBits"] == edge_quant.op_counts(rtn)["MatMulNBits"]
     def packed(p):  # the MatMulNBits weights, in graph order
         graph = onnx.load(str(p)).graph
@@ -152,7 +153,8 @@ def test_gptq_reads_the_calibration_data_and_rounds_what_it_cannot_pack(student,
     odd = edge_quant.odd_block_counts(path, 32)
     assert 0 < len(odd) < _weights(path)
     mixed, counts = edge_quant.quantize_int4(path, tmp_path / "mixed.onnx", "gptq", 32, calib)
-    assert counts == {"matmuls_gptq": _weights(path) - len(odd), "matmuls_rtn": len(odd), "lstm_int4_tensors": 0}
+    assert counts == {"matmuls_gptq": _weights(path) - len(odd), "matmuls_rtn": len(odd), "lstm_int4_tensors": 0,
+                      "half_scales": 2}
     assert edge_quant.op_counts(mixed)["MatMulNBits"] == _weights(path)
     ref, got = _ort(path, ids, mask), _ort(mixed, ids, mask)
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
@@ -227,18 +229,23 @@ def test_int4_lstm_weights_dequantize_to_their_rounded_blocks(lstm, tmp_path):
     float_lstm = next(n for n in float_model.graph.node if n.op_type == "LSTM")
     int4_lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     dq_nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert sorted(list(int4_lstm.input).index(n.output[0]) for n in dq_nodes) == [1, 2]  # W and R
+    # each DequantizeLinear's float16 output (its scales are float16: half_scales) is cast back
+    cast = {n.input[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    assert sorted(list(int4_lstm.input).index(cast[n.output[0]].output[0]) for n in dq_nodes) == [1, 2]  # W and R
     for node in dq_nodes:
-        w = floats[float_lstm.input[list(int4_lstm.input).index(node.output[0])]]
-        graph = onnx.helper.make_graph([node], "dq", [], [onnx.helper.make_tensor_value_info(
-            node.output[0], onnx.TensorProto.FLOAT, None)], [inits[x] for x in node.input])
+        read = cast[node.output[0]].output[0]
+        w = floats[float_lstm.input[list(int4_lstm.input).index(read)]]
+        graph = onnx.helper.make_graph([node, cast[node.output[0]]], "dq", [], [onnx.helper.make_tensor_value_info(
+            read, onnx.TensorProto.FLOAT, None)], [inits[x] for x in node.input])
         one = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", edge_quant.INT4_OPSET)])
         got = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
         q, scale = edge_quant.int4_blocks(w.astype(np.float32), 16)
         assert q.min() >= -8 and q.max() <= 7 and scale.shape == w.shape[:-1] + (-(-w.shape[-1] // 16),)
-        want = q.astype(np.float32) * np.repeat(scale, 16, axis=-1)[..., :w.shape[-1]]
+        assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT16
+        half = np.repeat(scale.astype(np.float16), 16, axis=-1)[..., :w.shape[-1]]
+        want = (q.astype(np.float16) * half).astype(np.float32)  # q * float16 scale, rounded to float16
         assert np.array_equal(got, want)
-        assert np.abs(want - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
+        assert np.abs(want - w).max() <= scale.max() * (0.5 + 2.0 ** -9)  # round to nearest
     # The edge sessions fold them into float constants at load: no DequantizeLinear runs per call.
     from tinyseek.distill.edge import session_options
     opts = session_options()
@@ -335,6 +342,56 @@ def test_int4_table_settings_share_one_quantization_of_the_matmuls(student, tmp_
     assert q.read_bytes() == (tmp_path / "variant.onnx").read_bytes()
     with pytest.raises(edge_quant.QuantizeError, match="table block 48"):
         edge_quant.int4_variants(path, "rtn", 16, None, [(0, 48)])
+
+
+def test_table_and_lstm_scales_are_stored_in_float16_and_read_back_exactly(student, tmp_path):
+    """half_scales stores the 4-bit tables' (GatherBlockQuantized) and LSTM weights'
+    (DequantizeLinear) scales as float16, each output cast back to float32: onnxruntime's
+    lookup gives q * the float16 scale, rounded to float16, bit for bit. MatMulNBits keeps float32
+    scales (they must be its activations' type); a scale float16 would move (beyond its range)
+    stays float32."""
+    import onnxruntime as ort
+    _, path, ids, mask = student
+    (model, counts), = edge_quant.int4_variants(path, "rtn", 16, None, [(1, 16)]).values()
+    assert counts["half_scales"] == 2  # the token and the position tables
+    inits = {t.name: t for t in model.graph.initializer}
+    gathers = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert all(inits[n.input[2]].data_type == onnx.TensorProto.FLOAT16 for n in gathers)
+    assert all(inits[n.input[2]].data_type == onnx.TensorProto.FLOAT
+               for n in model.graph.node if n.op_type == "MatMulNBits")
+    readers = {x: n for n in model.graph.node for x in n.input}
+    for node in gathers:
+        cast = readers[node.output[0]]
+        assert cast.op_type == "Cast" and {a.name: a.i for a in cast.attribute}["to"] == onnx.TensorProto.FLOAT
+        # the whole table looked up, against numpy's float16 product of the stored codes and scales
+        rows = next(t.dims[0] for t in model.graph.initializer if t.name == node.input[0])
+        graph = onnx.helper.make_graph(
+            [node, cast], "table", [onnx.helper.make_tensor_value_info(node.input[1], onnx.TensorProto.INT64, None)],
+            [onnx.helper.make_tensor_value_info(cast.output[0], onnx.TensorProto.FLOAT, None)],
+            [inits[node.input[0]], inits[node.input[2]]])
+        one = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+        got = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {node.input[1]: np.arange(rows, dtype=np.int64)})[0]
+        codes = onnx.numpy_helper.to_array(inits[node.input[0]]).astype(np.int8)
+        scale = onnx.numpy_helper.to_array(inits[node.input[2]])
+        want = (codes.astype(np.float16) * np.repeat(scale, 16, axis=-1)[:, :codes.shape[1]]).astype(np.float32)
+        assert np.array_equal(got, want)
+    edge_quant.save(model, tmp_path / "half.onnx")
+    ref, got = _ort(path, ids, mask), _ort(tmp_path / "half.onnx", ids, mask)
+    assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
+    # A scale beyond float16's range is left float32, and its node uncast.
+    (big, _), = edge_quant.int4_variants(path, "rtn", 16, None, [(1, 16)]).values()
+    scale = next(t for t in big.graph.initializer if t.name == next(
+        n for n in big.graph.node if n.op_type == "GatherBlockQuantized").input[2])
+    assert scale.data_type == onnx.TensorProto.FLOAT16
+    table = next(n for n in big.graph.node if n.op_type == "GatherBlockQuantized")
+    cast = next(n for n in big.graph.node if n.op_type == "Cast" and n.input[0] == table.output[0])
+    big.graph.node.remove(cast)
+    table.output[0] = cast.output[0]
+    scale.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(scale).shape, 1e6, np.float32),
+                                                scale.name))
+    assert edge_quant.half_scales(big) == 0
+    assert scale.data_type == onnx.TensorProto.FLOAT
 
 
 # -- MNN --------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ BLOCKS = (16, 32, 64, 128)
 # along the vocabulary (axis 0, one scale per block of tokens and column). TinyLSTM's 32-wide
 # vectors hold one block whatever its size, so one scale per token (1,024); along the
 # vocabulary, blocks of 128 store 8 per column (256). The truncated teacher's 2,000 x 96 table
-# kept 24 KB of scales in blocks of 32 along its vectors, 6 KB in blocks of 128 along the
-# vocabulary.
+# keeps 12 KB of (float16) scales in blocks of 32 along its vectors, 3 KB in blocks of 128
+# along the vocabulary.
 TABLES = tuple((1, b) for b in BLOCKS) + tuple((0, b) for b in (*BLOCKS, 256))
 OUT_DIR, RESULT_FILE = "frameworks", "frameworks.json"
 

@@ -17,7 +17,8 @@
   `ONNXModel.replace_gemm_with_matmul` (what its static quantizer does for Gemm), so the heads
   are 4-bit too. No 4-bit operator computes an LSTM: its weights are stored as int4 in the
   same blocks by round-to-nearest and read through DequantizeLinear (ONNX opset 21's blocked
-  int4), so the file holds 4 bits per weight and the LSTM computes in float.
+  int4), so the file holds 4 bits per weight and the LSTM computes in float. The tables' and
+  the LSTM weights' scales are stored as float16 (`half_scales`); MatMulNBits' stay float32.
   LayerNorm gains and biases stay float.
 
 Both read the float graph and write a new .onnx without the intermediate tensors' inferred
@@ -296,7 +297,48 @@ def int4_variants(float_path: Path, algorithm: str, block_size: int, calibration
     except Exception as e:
         raise QuantizeError(f"onnxruntime's MatMulNBits quantizer ({algorithm}) failed on {float_path}: {e}") from e
     counts = {"matmuls_gptq": len(gptq_nodes), "matmuls_rtn": len(matmuls) - len(gptq_nodes)}
-    return {t: (m, counts | {"lstm_int4_tensors": _lstm_int4(m, block_size)}) for t, m in out.items()}
+    return {t: (m, counts | {"lstm_int4_tensors": _lstm_int4(m, block_size), "half_scales": half_scales(m)})
+            for t, m in out.items()}
+
+
+# 4-bit operators whose scales may be float16 whatever the graph computes in (input 2 of
+# GatherBlockQuantized, input 1 of DequantizeLinear): their output takes the scales' type and a
+# Cast brings it back to float32. MatMulNBits' scales must be its activations' type, so they stay.
+_HALF_SCALE_INPUT = {"GatherBlockQuantized": 2, "DequantizeLinear": 1}
+
+
+def half_scales(model) -> int:
+    """Store the float32 scales of the 4-bit embedding tables and LSTM weights as float16, in
+    place, each node's output cast back to float32; returns how many scale tensors changed.
+    Half the scale bytes (the truncated teacher's table: 12 KB -> 6 KB); a float16 scale is
+    within a relative 2^-11 of the float32 one, against int4's rounding step of 1/7 of a
+    block's largest weight. A tensor is left float32 where float16 would move any scale
+    further (beyond float16's range, or so small it loses precision), or where any other node
+    reads it."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers = Counter(name for node in graph.node for name in node.input)
+    changed = 0
+    for node in list(graph.node):
+        k = _HALF_SCALE_INPUT.get(node.op_type)
+        if k is None or len(node.input) <= k or node.input[k] not in inits:
+            continue
+        scale = inits[node.input[k]]
+        if scale.data_type != TensorProto.FLOAT or readers[scale.name] != 1:
+            continue
+        full = numpy_helper.to_array(scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            half = full.astype(np.float16)
+            if not np.all(np.abs(half.astype(np.float32) - full) <= np.abs(full) * 2.0 ** -11):
+                continue
+        scale.CopyFrom(numpy_helper.from_array(half, scale.name))
+        out = node.output[0]
+        node.output[0] = out + "_half"
+        graph.node.insert(list(graph.node).index(node) + 1,
+                          helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT))
+        changed += 1
+    return changed
 
 
 def matmul_blocks(model, block_size: int) -> dict[str, int]:
