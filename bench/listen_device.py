@@ -10,7 +10,7 @@ bench/results/listen_device.json and a table in bench/RESULTS.md.
     .venv/bin/python bench/listen_device.py [--envs qemu_m4,qemu_m55,qemu_rv32] [--seconds 20]
 
 The weights are random (seeded): the cost depends on the shapes (the wake word of
-bench/wakeword.py: hidden 48, 2 frames a step, a 1 s window every 200 ms, a wake at two checks
+bench/wakeword.py: hidden 48, 2 frames a step, a 1 s window every 100 ms, a wake at three checks
 in a row over the threshold; the commands of
 `task.kind = "audio"`: hidden 64, 4 frames a step, 15 classes, 3 s after a wake), not on the
 values. The threshold is the 80th percentile of the wake model's margins on this stream, so it
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from tinyseek.audio.frontend import FrontendConfig, features  # noqa: E402
 from tinyseek.audio.listen import (ListenConfig, event_mismatches, listen_frames, wake_checks,  # noqa: E402
                                    wake_margins)
-from tinyseek.audio.wakeword import CONFIRM  # noqa: E402
+from tinyseek.audio.wakeword import listener  # noqa: E402
 from tinyseek.codegen.render import render  # noqa: E402
 from tinyseek.config import WakeConfig  # noqa: E402
 from tinyseek.harness.bench import run_device_listen  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
     command = random_audio_model(16, frames_per_step=4, frontend=fe, hidden=64, num_classes=15, name="voice")
     pcm = test_stream(args.seconds)
     feats = features(pcm, fe)
-    cfg = ListenConfig(confirm=CONFIRM)  # the wakeword stage's: a wake at two checks in a row over the threshold
+    cfg = replace(listener(0), capture=ListenConfig.capture)  # the wakeword stage's rule, with a command model
     margins = wake_margins(wake, feats, wake_checks(len(feats), cfg), cfg.window)
     cfg = replace(cfg, threshold=int(np.percentile(margins, 80)))
     want = listen_frames(wake, command, feats, cfg, margins)
@@ -139,10 +139,10 @@ device"): one front end; a wake-word model (hidden {shape['hidden']}, {shape['fr
 percentile of the wake margins so both paths run ({next(iter(results.values()))['wakes'] if results else 0} wakes); every event bit-exact
 against the integer reference. QEMU counts instructions, not cycles: milliseconds and shares
 take one instruction a cycle at the profile's reference clock (a lower bound on the real
-load). "Waiting": the front end and a wake check every 200 ms; "capturing": the front end and
+load). "Waiting": the front end and a wake check every {cfg.stride * fe.hop * 1000 // fe.sample_rate} ms; "capturing": the front end and
 the command model, no wake checks. "Response": the hop whose frame completes a command's
 capture, from its last sample to the decision (the slowest of them); with the default settings
-(a capture of 150 frames, a multiple of the 10-frame stride) that hop also runs the first wake
+(a capture of {cfg.capture} frames, a multiple of the {cfg.stride}-frame stride) that hop also runs the first wake
 check after the capture, so it equals the slowest hop: 20 ms of audio that runs a wake check
 (the wake model over its whole window). Flash and RAM are the whole image's: both models, the
 listener's ring of {cfg.window} frames (2,000 B), the 4 KiB FFT scratch (the command library's, shared),

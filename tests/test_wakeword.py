@@ -74,8 +74,9 @@ def test_mining_keeps_the_keyword_windows_and_the_hardest_others(monkeypatch):
     keywords = [np.round(rng.normal(0, 500, int(hop * rng.integers(20, 45)))).astype(np.int16) for _ in range(4)]
     seen = {}
 
-    def margins(qm, feats):
-        at = np.arange(wakeword.WINDOW, len(feats) + 1, wakeword.STRIDE)
+    def margins(qm, feats, stride):
+        assert stride == wakeword.MINING_STRIDE  # mining reads the stream at its own stride
+        at = np.arange(wakeword.WINDOW, len(feats) + 1, stride)
         seen["m"] = rng.integers(-1000, 1000, len(at))
         seen["at"] = at
         return at, seen["m"]
@@ -109,7 +110,7 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
     out = json.loads((run.wake_dir / "wakeword.json").read_text())
     qm = QuantModel.load(run.wake_dir / "int8")
     assert qm.name == "ears_wake" and qm.num_classes == 2
-    assert qm.audio["wake"] == {"threshold": out["threshold"], "window": 50, "stride": 10, "rest": 50, "confirm": 2}
+    assert qm.audio["wake"] == {"threshold": out["threshold"], "window": 50, "stride": 5, "rest": 50, "confirm": 3}
     # 5 recordings: 3 train (10 placements each), 1 val, 1 test beside the synthesised ones.
     assert out["recordings"] == {"train": 3, "val": 1, "test": 1}
     assert out["train_windows"]["keyword"] == 12 + 30 and out["mined_windows"]["keyword"] > 0
@@ -119,14 +120,15 @@ def test_the_stage_trains_chooses_renders_and_reports(tmp_path, monkeypatch):
     header = (tmp_path / "lib" / "ears_wake" / "ears_wake_model.h").read_text()
     assert f"#define EARS_WAKE_WAKE_THRESHOLD {out['threshold']}" in header
     assert "#define TINYSEEK_WAKE_THRESHOLD EARS_WAKE_WAKE_THRESHOLD" in header
-    assert "#define EARS_WAKE_WAKE_CONFIRM 2" in header
+    assert "#define EARS_WAKE_WAKE_CONFIRM 3" in header
+    assert "#define EARS_WAKE_WAKE_STRIDE 5" in header
     assert not run.stage("wakeword")  # unchanged inputs: skipped
     # The command model's SpecAugment is not the wake word's: a shift would move its keyword out.
     wake = [d for name, d in trained if name == "wakeword"]
     assert len(wake) == 2 and all(d.spec_shift_frames == d.spec_time_masks == d.spec_freq_masks == 0 for d in wake)
     from tinyseek.harness.report import _wake_lines
     text = "\n".join(_wake_lines(out))
-    assert 'Wake word "hey tiny"' in text and f"2 checks in a row over threshold {out['threshold']}" in text
+    assert 'Wake word "hey tiny"' in text and f"3 checks in a row over threshold {out['threshold']}" in text
     assert "Your recordings of the keyword (wake.recordings): 3 in training, 1 and 1" in text
     # Without the keyword the build drops the measurement, so the report shows no stale wake word.
     Run(load(overrides={k: v for k, v in cfg_overrides.items() if not k.startswith("wake.")}),
@@ -177,12 +179,12 @@ def test_chunked_stream_features_equal_one_pass() -> None:
 
 
 def test_detection_counts_hits_false_accepts_and_rests() -> None:
-    at = np.arange(50, 1000, 10)
+    assert (wakeword.STRIDE, wakeword.CONFIRM) == (5, 3)  # a check every 100 ms; a detection: three in a row
+    at = np.arange(50, 1000, wakeword.STRIDE)
     margin = np.zeros(len(at), np.int64)
-    assert wakeword.CONFIRM == 2  # a detection: two checks in a row over the threshold
     margin[(at >= 290) & (at <= 320)] = 9  # one keyword ending at frame 300: a wake at 300, then rest
-    margin[at == 500] = 9                  # one check alone: nothing
-    margin[(at == 700) | (at == 710)] = 9  # no keyword near frame 700: a false accept
+    margin[(at == 500) | (at == 505)] = 9  # two checks in a row: nothing
+    margin[(at >= 700) & (at <= 710)] = 9  # no keyword near frame 700: a false accept
     got = wakeword.detect(at, margin, 5, spans=[(260, 300), (860, 900)], other_seconds=3600)
     assert (got["detected"], got["false_accepts"], got["keywords"], got["false_accepts_per_hour"]) == (1, 1, 2, 1.0)
 
