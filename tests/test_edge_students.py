@@ -221,6 +221,37 @@ def test_truncated_teacher_keeps_n_layers_and_equals_the_teacher_there(task, run
     assert sum(p.numel() for p in TruncatedTeacher(teacher, 1).parameters()) < sum(p.numel() for p in whole.parameters())
 
 
+def test_truncated_teacher_converts_to_core_ml_with_concatenated_keys(task, run_dir, tmp_path):
+    """DeepSeek's latent attention copies its keys into slices of an empty tensor, which
+    coremltools 9 converts with the wrong shape; within `concatenated_keys` they are
+    concatenated: the same logits, bit for bit, and the truncated teacher (attention, rotary
+    embedding, MoE router) converts, float and quantized. Core ML cannot run here; the spec is
+    checked."""
+    from tinyseek.distill.edge_frameworks import _Logits
+    from tinyseek.export import coreml
+    from tinyseek.student.truncated import concatenated_keys
+    teacher, tok, _ = load_adapted(run_dir / "teacher")
+    model = _Logits(TruncatedTeacher(teacher, 2).eval()).eval()  # layer 2 is a mixture of experts
+    ids, mask = tokenize(tok, task.test.texts, TEACHER.max_tokens)
+    with torch.no_grad():
+        own = model(ids, mask)
+        with concatenated_keys(model) as patched:
+            assert any("expand_kv" in vars(m) for m in patched.modules())
+            concatenated = model(ids, mask)
+    assert not any("expand_kv" in vars(m) for m in model.modules())  # restored
+    assert torch.equal(own, concatenated)
+    example = (ids[:1].numpy(), mask[:1].numpy())
+    with concatenated_keys(model):
+        for quant in ("float", "int8"):
+            path = coreml.convert(model, example, ["input_ids", "attention_mask"], tmp_path / f"{quant}.mlpackage",
+                                  quant)
+            spec = coreml.inspect(path)
+            assert spec["inputs"] == {"input_ids": list(ids[:1].shape), "attention_mask": list(ids[:1].shape)}
+            assert spec["outputs"] == ["logits"]
+    with pytest.raises(coreml.CoremlError, match="update tensor should have shape"):  # its own attention
+        coreml.convert(model, example, ["input_ids", "attention_mask"], tmp_path / "own.mlpackage")
+
+
 @pytest.mark.parametrize("n", [0, 4, 9])
 def test_more_layers_than_the_teacher_has_is_a_clear_error(run_dir, n):
     teacher, _, _ = load_adapted(run_dir / "teacher")

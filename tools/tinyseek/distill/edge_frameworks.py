@@ -286,8 +286,10 @@ def _artifact(st: Student, runtime: str, quant: str, graphs: dict, settings: dic
     if runtime == "coreml":
         from ..export import coreml
         ids, mask, _ = st.splits["test"]
+        from ..student.truncated import concatenated_keys
         block = coreml_block(st.wrapper, block)
-        path = coreml.convert(st.wrapper, (ids[:1], mask[:1]), names, out / f"{quant}.mlpackage", quant, block)
+        with concatenated_keys(st.wrapper):  # DeepSeek's attention as coremltools converts it: the same values
+            path = coreml.convert(st.wrapper, (ids[:1], mask[:1]), names, out / f"{quant}.mlpackage", quant, block)
         extra = {"spec": coreml.inspect(path), "block_size": block if quant == "int4" else None}
         return (coreml.Runner(path, names) if coreml.runnable() else None), path, extra
     raise EdgeError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}")

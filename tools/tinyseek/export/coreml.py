@@ -70,7 +70,45 @@ def _ct():
             import coremltools as ct
     except ImportError as e:
         raise CoremlError(f"coremltools is not installed ({e}): {INSTALL}") from e
+    _fix_converters()
     return ct
+
+
+def _fix_converters() -> None:
+    """Two of coremltools 9's torch conversions, fixed (registered over its own, once; every
+    case they do not cover still goes to coremltools' own code). Both stopped the truncated
+    DeepSeek teacher:
+    - `int` casts a constant with int(value); a traced shape computation such as the rotary
+      embedding's `cos.shape[-1] // 2` folds to a one-element array, which numpy 2 no longer
+      lets int() take ("only 0-dimensional arrays can be converted to Python scalars");
+    - `scatter` with a scalar value fills the updates in the scalar's own type, where torch
+      casts it to the tensor's (the MoE router's `group_mask.scatter_(1, idx, 1)` on a float
+      mask: "updates has dtype int32 whereas data has dtype fp32")."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+    from coremltools.converters.mil.mil import types
+    if _TORCH_OPS_REGISTRY.get_func("int") is not ops._int:
+        return  # registered already
+
+    def _int(context, node):
+        x = ops._get_inputs(context, node, expected=1)[0]
+        if x.can_be_folded_to_const() and np.ndim(x.val) > 0 and np.size(x.val) == 1:
+            context.add(mb.const(val=int(np.asarray(x.val).item()), name=node.name), node.name)
+        else:
+            ops._int(context, node)
+
+    def scatter(context, node):
+        inputs = ops._get_inputs(context, node, expected=(4, 5))
+        data, value = inputs[0], inputs[3]
+        if len(inputs) > 4 or not types.is_scalar(value.sym_type) or value.dtype == data.dtype:
+            return ops.scatter(context, node)
+        value = mb.const(val=types.nptype_from_builtin(data.dtype)(value.val))  # a scalar, as _scatter fills it
+        ops._scatter(context, [data, inputs[1], inputs[2], value], "update", node.name)
+
+    register_torch_op(_int, torch_alias=["int"], override=True)
+    register_torch_op(scatter, torch_alias=["scatter.src", "scatter.value", "scatter.reduce", "scatter.value_reduce"],
+                      override=True)
 
 
 def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], out_path: Path,
@@ -107,7 +145,8 @@ def convert(wrapper, example: tuple[np.ndarray, ...], input_names: list[str], ou
         raise
     except Exception as e:  # the op that failed is in coremltools' error log, not in the exception
         op = f" at {where.text}" if where.text else ""
-        raise CoremlError(f"coremltools could not convert the model{op}: {str(e).strip().splitlines()[-1]}") from e
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # an assert in coremltools says nothing
+        raise CoremlError(f"coremltools could not convert the model{op}: {last}") from e
     if out_path.exists():
         shutil.rmtree(out_path)
     model.save(str(out_path))

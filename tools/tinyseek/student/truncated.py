@@ -14,6 +14,9 @@ expert, which onnxruntime's quantizers take like any other (a 3-D Einsum weight 
 """
 from __future__ import annotations
 
+import contextlib
+import types
+
 import torch
 from torch import nn
 
@@ -114,6 +117,33 @@ class TruncatedTeacher(nn.Module):
         return {"kind": "truncated", "labels": list(labels), "layers": self.num_layers,
                 "teacher_layers": self.teacher_layers, "model_type": self.model_type,
                 "hidden_size": self.hidden_size, "max_tokens": max_tokens, "tokenizer": "tokenizer.json"}
+
+
+def _concatenated_expand_kv(self, kv_nope: torch.Tensor, k_rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepseekV2Attention.expand_kv and V3's (transformers 5) with the key's two parts concatenated
+    instead of copied into an empty tensor: the same values."""
+    batch_size, _, seq_length, _ = kv_nope.shape
+    kv = self.kv_b_proj(kv_nope).view(batch_size, seq_length, -1, self.qk_nope_head_dim + self.v_head_dim)
+    k_nope, value_states = torch.split(kv.transpose(1, 2), [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+    return torch.cat((k_nope, k_rot.expand(-1, k_nope.shape[1], -1, -1)), dim=-1), value_states
+
+
+@contextlib.contextmanager
+def concatenated_keys(model: nn.Module):
+    """Within it, multi-head latent attention (DeepSeek-V2/V3's `expand_kv`) builds its keys with
+    a concatenation. Its own code copies the two parts into slices of an empty tensor, which
+    coremltools 9 converts with the wrong slice shape ("The update tensor should have shape
+    [1, 4, 24, 24]. Got (1, 4, 24, 16)"): Core ML conversion runs inside this. Other modules,
+    and models without that attention, are left as they are."""
+    patched = [m for m in model.modules()
+               if type(m).__name__ in ("DeepseekV2Attention", "DeepseekV3Attention") and hasattr(m, "expand_kv")]
+    for m in patched:
+        m.expand_kv = types.MethodType(_concatenated_expand_kv, m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.expand_kv
 
 
 def param_count(model: nn.Module) -> int:
