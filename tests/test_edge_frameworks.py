@@ -380,17 +380,17 @@ def test_table_and_lstm_scales_are_stored_in_float16_and_read_back_exactly(stude
     ref, got = _ort(path, ids, mask), _ort(tmp_path / "half.onnx", ids, mask)
     assert np.abs(ref - got).max() < 0.5 * np.abs(ref).max()
     # A scale beyond float16's range is left float32, and its node uncast.
-    (big, _), = edge_quant.int4_variants(path, "rtn", 16, None, [(1, 16)]).values()
-    scale = next(t for t in big.graph.initializer if t.name == next(
-        n for n in big.graph.node if n.op_type == "GatherBlockQuantized").input[2])
-    assert scale.data_type == onnx.TensorProto.FLOAT16
-    table = next(n for n in big.graph.node if n.op_type == "GatherBlockQuantized")
-    cast = next(n for n in big.graph.node if n.op_type == "Cast" and n.input[0] == table.output[0])
-    big.graph.node.remove(cast)
-    table.output[0] = cast.output[0]
-    scale.CopyFrom(onnx.numpy_helper.from_array(np.full(onnx.numpy_helper.to_array(scale).shape, 1e6, np.float32),
-                                                scale.name))
+    import ml_dtypes
+    codes = onnx.numpy_helper.from_array(np.zeros((4, 16), ml_dtypes.int4), "codes")
+    scale = onnx.numpy_helper.from_array(np.full((4, 1), 1e6, np.float32), "scale")
+    table = onnx.helper.make_node("GatherBlockQuantized", ["codes", "ids", "scale"], ["rows"], domain="com.microsoft",
+                                  gather_axis=0, quantize_axis=1, block_size=16, bits=4)
+    big = onnx.helper.make_model(onnx.helper.make_graph(
+        [table], "big", [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, None)],
+        [onnx.helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, None)], [codes, scale]))
     assert edge_quant.half_scales(big) == 0
+    assert [n.op_type for n in big.graph.node] == ["GatherBlockQuantized"]
+    scale = big.graph.initializer[1]
     assert scale.data_type == onnx.TensorProto.FLOAT
 
 

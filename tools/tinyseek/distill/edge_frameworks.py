@@ -285,8 +285,8 @@ def _artifact(st: Student, runtime: str, quant: str, graphs: dict, settings: dic
         return tvm.Runner(executable), path, extra
     if runtime == "coreml":
         from ..export import coreml
-        ids, mask, _ = st.splits["test"]
         from ..student.truncated import concatenated_keys
+        ids, mask, _ = st.splits["test"]
         block = coreml_block(st.wrapper, block)
         with concatenated_keys(st.wrapper):  # DeepSeek's attention as coremltools converts it: the same values
             path = coreml.convert(st.wrapper, (ids[:1], mask[:1]), names, out / f"{quant}.mlpackage", quant, block)
